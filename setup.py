@@ -1,0 +1,29 @@
+"""bt_tf: Barlow Twins user-sequence representations for recommendation."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="bt_tf",
+    version="0.1.0",
+    description=(
+        "Self-supervised user-sequence representations with Barlow Twins, "
+        "compared against a TFRS dual encoder on downstream tasks."
+    ),
+    packages=find_packages(include=["bt_tf", "bt_tf.*", "pipelines", "pipelines.*", "tuning", "tuning.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "tensorflow-recommenders>=0.7.3,<0.8",
+        "tensorflow-datasets>=4.9.7,<5",
+        "keras-tuner>=1.4.7,<1.5",
+        "apache-beam>=2.60,<3",
+        "tensorflow-metadata>=1.16,<2",
+        "numpy>=1.26,<3",
+        "pyarrow>=14",
+        "scikit-learn>=1.4,<2",
+        "matplotlib>=3.8,<4",
+        "psutil>=5.9",
+    ],
+    extras_require={"dev": ["pytest>=8", "ruff>=0.5"]},
+)
