@@ -1,0 +1,452 @@
+"""Raw dataset readers: one line in, one record out.
+
+Each source (MovieLens-1M, MovieLens-20M, Yelp Open Dataset) is described by a
+`RawSource`: which files hold its interactions, items and users, and a
+module-level parse function per file. The Beam pipeline (`pipelines.preprocess`)
+reads the files in chunks, numbers the lines and calls `Table.parse` on every
+raw line; a line that cannot be parsed raises `BadRecord`, whose message is the
+reason written next to the line in `bad_records/`.
+
+Record shapes are plain tuples (fast to build, cheap to pickle between Beam
+stages):
+
+* Interaction = ``(user_id: str, item_id: str, timestamp: int, rating: float)``
+  with the timestamp in Unix seconds UTC.
+* ItemRecord = ``(item_id: str, genres: tuple[str, ...])``, ``()`` when none.
+* UserRecord = ``(user_id: str, attributes: dict[str, str])`` with the raw
+  class values, e.g. ``{"gender": "F", "age": "25", "occupation": "7"}``.
+
+Ids are kept as the strings in the file (``"1097"``), never re-numbered. The
+parsers are written for tens of millions of lines: plain `split`, `int`,
+`float`, set look-ups, and `json.loads` for Yelp.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import os
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+__all__ = [
+    "ML1M_ATTRIBUTES",
+    "SOURCE_NAMES",
+    "YELP_HOMEPAGE",
+    "BadRecord",
+    "RawSource",
+    "Table",
+    "get_source",
+    "parse_ml1m_movie",
+    "parse_ml1m_rating",
+    "parse_ml1m_user",
+    "parse_ml20m_movie",
+    "parse_ml20m_rating",
+    "parse_yelp_business",
+    "parse_yelp_review",
+    "resolve_files",
+]
+
+
+class BadRecord(ValueError):
+    """A raw line that cannot be parsed; ``str(err)`` is the reason.
+
+    Example reason: ``"expected 4 '::'-separated fields, got 3"``.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One raw file of a source and how to parse its lines.
+
+    Attributes:
+      filename: base name inside the data directory, e.g. ``"ratings.dat"``.
+      parse: module-level (picklable) function taking ONE raw line as bytes,
+        line terminator (``\\n`` or ``\\r\\n``) already stripped. Returns a
+        record tuple, ``None`` for a blank line, or raises `BadRecord`.
+      header: True if the first line of the file is a header the caller skips.
+      encoding: the file's text encoding (informative; parse decodes itself).
+    """
+
+    filename: str
+    parse: Callable[[bytes], tuple | None]
+    header: bool = False
+    encoding: str = "utf-8"
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSource:
+    """A raw dataset: its tables, user attributes and where to get it.
+
+    Attributes:
+      name: ``"ml-1m"``, ``"ml-20m"`` or ``"yelp"``.
+      interactions: table of Interaction records.
+      items: table of ItemRecord records.
+      users: table of UserRecord records (ML-1M only), else None.
+      attributes: attribute name -> ordered raw class values; ``{}`` when the
+        source has no user attributes.
+      item_feature: what the item's tags are: ``"genre"`` or ``"category"``.
+      homepage: where users get the data.
+    """
+
+    name: str
+    interactions: Table
+    items: Table
+    users: Table | None
+    attributes: Mapping[str, tuple[str, ...]]
+    item_feature: str
+    homepage: str
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers.
+
+_ML1M_GENDERS = ("F", "M")
+_ML1M_AGES = ("1", "18", "25", "35", "45", "50", "56")
+_ML1M_OCCUPATIONS = tuple(str(i) for i in range(21))
+ML1M_ATTRIBUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"gender": _ML1M_GENDERS, "age": _ML1M_AGES, "occupation": _ML1M_OCCUPATIONS}
+)
+_GENDER_SET = frozenset(_ML1M_GENDERS)
+_AGE_SET = frozenset(_ML1M_AGES)
+_OCCUPATION_SET = frozenset(_ML1M_OCCUPATIONS)
+_ML1M_RATINGS = {str(r): float(r) for r in range(1, 6)}
+_NO_GENRES = "(no genres listed)"
+
+YELP_HOMEPAGE = "https://www.yelp.com/dataset"
+_MOVIELENS_HOMEPAGE = "https://grouplens.org/datasets/movielens/"
+
+
+def _is_uint(text: str) -> bool:
+    """True for a non-empty string of ASCII digits (rejects '²', '-1', ' 1')."""
+    return text.isascii() and text.isdigit()
+
+
+def _short(text, limit: int = 40) -> str:
+    """repr() of a field, cut to `limit` characters for error messages."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _decode_utf8(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = line[err.start : err.end]
+        raise BadRecord(
+            f"undecodable bytes at byte {err.start}: {bad!r} is not valid UTF-8"
+        ) from None
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _is_uint(value):
+        raise BadRecord(f"non-numeric {what} {_short(value)}")
+    return value
+
+
+def _check_timestamp(value: str) -> int:
+    if not _is_uint(value):
+        raise BadRecord(
+            f"timestamp must be a non-negative integer (Unix seconds), "
+            f"got {_short(value)}"
+        )
+    return int(value)
+
+
+def _split_genres(field: str) -> tuple[str, ...]:
+    if not field or field == _NO_GENRES:
+        return ()
+    return tuple(g for g in field.split("|") if g)
+
+
+# ---------------------------------------------------------------------------
+# MovieLens-1M: ISO-8859-1, '::' separated, no header.
+
+
+def parse_ml1m_rating(line: bytes):
+    """``UserID::MovieID::Rating::Timestamp`` -> Interaction (integer stars 1-5)."""
+    text = line.decode("latin-1").rstrip("\r")
+    if not text.strip():
+        return None
+    fields = text.split("::")
+    if len(fields) != 4:
+        raise BadRecord(f"expected 4 '::'-separated fields, got {len(fields)}")
+    user_id, item_id, rating, timestamp = fields
+    _check_id(user_id, "UserID")
+    _check_id(item_id, "MovieID")
+    stars = _ML1M_RATINGS.get(rating)
+    if stars is None:
+        raise BadRecord(f"rating must be an integer 1-5, got {_short(rating)}")
+    return (user_id, item_id, _check_timestamp(timestamp), stars)
+
+
+def parse_ml1m_movie(line: bytes):
+    """``MovieID::Title (Year)::Genre|Genre`` -> ItemRecord.
+
+    The title is everything between the first and the last ``::`` (it may hold
+    commas, quotes, parentheses, colons and latin-1 letters) and is not kept.
+    """
+    text = line.decode("latin-1").rstrip("\r")
+    if not text.strip():
+        return None
+    fields = text.split("::")
+    if len(fields) < 3:
+        raise BadRecord(
+            f"expected 3 '::'-separated fields (MovieID::Title::Genres), "
+            f"got {len(fields)}"
+        )
+    return (_check_id(fields[0], "MovieID"), _split_genres(fields[-1]))
+
+
+def parse_ml1m_user(line: bytes):
+    """``UserID::Gender::Age::Occupation::Zip-code`` -> UserRecord (zip dropped)."""
+    text = line.decode("latin-1").rstrip("\r")
+    if not text.strip():
+        return None
+    fields = text.split("::")
+    if len(fields) != 5:
+        raise BadRecord(f"expected 5 '::'-separated fields, got {len(fields)}")
+    user_id, gender, age, occupation, _zip = fields
+    _check_id(user_id, "UserID")
+    if gender not in _GENDER_SET:
+        raise BadRecord(f"gender must be 'F' or 'M', got {_short(gender)}")
+    if age not in _AGE_SET:
+        raise BadRecord(
+            f"age must be one of the bucket codes {', '.join(_ML1M_AGES)}, "
+            f"got {_short(age)}"
+        )
+    if occupation not in _OCCUPATION_SET:
+        raise BadRecord(f"occupation must be an integer 0-20, got {_short(occupation)}")
+    return (user_id, {"gender": gender, "age": age, "occupation": occupation})
+
+
+# ---------------------------------------------------------------------------
+# MovieLens-20M: UTF-8 CSV with a header line.
+
+
+def parse_ml20m_rating(line: bytes):
+    """``userId,movieId,rating,timestamp`` -> Interaction (half stars 0.5-5.0)."""
+    text = _decode_utf8(line).rstrip("\r")
+    if not text.strip():
+        return None
+    fields = text.split(",")
+    if len(fields) != 4:
+        raise BadRecord(f"expected 4 ','-separated fields, got {len(fields)}")
+    user_id, item_id, rating, timestamp = fields
+    _check_id(user_id, "userId")
+    _check_id(item_id, "movieId")
+    try:
+        stars = float(rating)
+    except ValueError:
+        raise BadRecord(f"non-numeric rating {_short(rating)}") from None
+    # `not (a <= x <= b)` is also True for NaN.
+    if not (0.5 <= stars <= 5.0) or stars * 2 != int(stars * 2):
+        raise BadRecord(f"rating must be a half star in 0.5-5.0, got {_short(rating)}")
+    return (user_id, item_id, _check_timestamp(timestamp), stars)
+
+
+def parse_ml20m_movie(line: bytes):
+    """``movieId,title,genres`` (title quoted when it holds commas) -> ItemRecord.
+
+    ``(no genres listed)`` gives ``()``.
+    """
+    text = _decode_utf8(line).rstrip("\r")
+    if not text.strip():
+        return None
+    try:
+        fields = next(csv.reader((text,), strict=True))
+    except csv.Error as err:
+        raise BadRecord(f"malformed CSV: {err}") from None
+    if len(fields) != 3:
+        raise BadRecord(
+            f"expected 3 CSV fields (movieId,title,genres), got {len(fields)}"
+        )
+    return (_check_id(fields[0], "movieId"), _split_genres(fields[2]))
+
+
+# ---------------------------------------------------------------------------
+# Yelp Open Dataset: JSON lines, UTF-8.
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def _yelp_date_to_unix(value) -> int:
+    """``"YYYY-MM-DD HH:MM:SS"`` read as UTC -> Unix seconds."""
+    if (
+        not isinstance(value, str)
+        or len(value) != 19
+        or value[4] != "-"
+        or value[7] != "-"
+        or value[10] != " "
+        or value[13] != ":"
+        or value[16] != ":"
+    ):
+        raise BadRecord(
+            f"date must look like 'YYYY-MM-DD HH:MM:SS', got {_short(value)}"
+        )
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError as err:
+        raise BadRecord(f"invalid date {_short(value)}: {err}") from None
+    return int((moment.replace(tzinfo=datetime.UTC) - _EPOCH).total_seconds())
+
+
+def _load_json_object(line: bytes):
+    text = _decode_utf8(line)
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadRecord(f"broken JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise BadRecord(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _string_field(obj: dict, key: str) -> str:
+    try:
+        value = obj[key]
+    except KeyError:
+        raise BadRecord(f"missing key {key!r}") from None
+    if not isinstance(value, str) or not value:
+        raise BadRecord(f"{key} must be a non-empty string, got {_short(value)}")
+    return value
+
+
+def parse_yelp_review(line: bytes):
+    """A review JSON object -> Interaction ``(user_id, business_id, date, stars)``."""
+    obj = _load_json_object(line)
+    if obj is None:
+        return None
+    user_id = _string_field(obj, "user_id")
+    business_id = _string_field(obj, "business_id")
+    if "stars" not in obj:
+        raise BadRecord("missing key 'stars'")
+    stars = obj["stars"]
+    if isinstance(stars, bool) or not isinstance(stars, (int, float)):
+        raise BadRecord(f"stars must be a number, got {_short(stars)}")
+    if not (1.0 <= stars <= 5.0):
+        raise BadRecord(f"stars must be in 1-5, got {stars!r}")
+    if "date" not in obj:
+        raise BadRecord("missing key 'date'")
+    return (user_id, business_id, _yelp_date_to_unix(obj["date"]), float(stars))
+
+
+def parse_yelp_business(line: bytes):
+    """A business JSON object -> ItemRecord ``(business_id, categories)``.
+
+    ``categories`` is a ``", "``-separated string; null or ``""`` gives ``()``.
+    """
+    obj = _load_json_object(line)
+    if obj is None:
+        return None
+    business_id = _string_field(obj, "business_id")
+    categories = obj.get("categories")
+    if categories is None:
+        return (business_id, ())
+    if not isinstance(categories, str):
+        raise BadRecord(
+            f"categories must be a string or null, got {type(categories).__name__}"
+        )
+    return (
+        business_id,
+        tuple(c for c in (p.strip() for p in categories.split(", ")) if c),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The sources.
+
+_SOURCES = {
+    "ml-1m": RawSource(
+        name="ml-1m",
+        interactions=Table("ratings.dat", parse_ml1m_rating, encoding="iso-8859-1"),
+        items=Table("movies.dat", parse_ml1m_movie, encoding="iso-8859-1"),
+        users=Table("users.dat", parse_ml1m_user, encoding="iso-8859-1"),
+        attributes=ML1M_ATTRIBUTES,
+        item_feature="genre",
+        homepage=_MOVIELENS_HOMEPAGE,
+    ),
+    "ml-20m": RawSource(
+        name="ml-20m",
+        interactions=Table("ratings.csv", parse_ml20m_rating, header=True),
+        items=Table("movies.csv", parse_ml20m_movie, header=True),
+        users=None,
+        attributes=MappingProxyType({}),
+        item_feature="genre",
+        homepage=_MOVIELENS_HOMEPAGE,
+    ),
+    "yelp": RawSource(
+        name="yelp",
+        interactions=Table("yelp_academic_dataset_review.json", parse_yelp_review),
+        items=Table("yelp_academic_dataset_business.json", parse_yelp_business),
+        users=None,
+        attributes=MappingProxyType({}),
+        item_feature="category",
+        homepage=YELP_HOMEPAGE,
+    ),
+}
+SOURCE_NAMES = tuple(_SOURCES)
+
+
+def get_source(name: str) -> RawSource:
+    """Returns the `RawSource` called `name` (``"ml-1m"``, ``"ml-20m"``, ``"yelp"``)."""
+    try:
+        return _SOURCES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown raw source {name!r}; valid names: {', '.join(SOURCE_NAMES)}"
+        ) from None
+
+
+def _tables(source: RawSource) -> dict[str, Table]:
+    tables = {"interactions": source.interactions, "items": source.items}
+    if source.users is not None:
+        tables["users"] = source.users
+    return tables
+
+
+def resolve_files(source: RawSource, data_dir: str) -> dict[str, str]:
+    """Paths of the source's files in `data_dir`.
+
+    Returns:
+      ``{"interactions": path, "items": path}`` plus ``"users"`` for ML-1M.
+
+    Raises:
+      FileNotFoundError: naming every missing or empty (0-byte) file, listing
+        the files expected in `data_dir` and where to get them.
+    """
+    data_dir = os.path.expanduser(data_dir)
+    paths = {
+        role: os.path.join(data_dir, t.filename) for role, t in _tables(source).items()
+    }
+    problems = []
+    for path in paths.values():
+        if not os.path.isfile(path):
+            problems.append(f"missing: {path}")
+        elif os.path.getsize(path) == 0:
+            problems.append(f"empty (0 bytes): {path}")
+    if not problems:
+        return paths
+    expected = ", ".join(t.filename for t in _tables(source).values())
+    if source.name == "yelp":
+        how = (
+            f"Yelp needs a manual download: get the Yelp Open Dataset (JSON "
+            f"version) from {YELP_HOMEPAGE}, extract it, and put "
+            f"{source.interactions.filename} and {source.items.filename} in "
+            f"{data_dir}."
+        )
+    else:
+        how = (
+            f"Download {source.name}.zip from {source.homepage} (or use "
+            f"pipelines.download.fetch_movielens({source.name!r})) and pass the "
+            f"directory that holds {source.interactions.filename} as data_dir."
+        )
+    raise FileNotFoundError(
+        f"{source.name} raw files not usable in {data_dir}:\n  "
+        + "\n  ".join(problems)
+        + f"\nExpected in {data_dir}: {expected}.\n{how}"
+    )
