@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import types
@@ -288,10 +289,12 @@ def item_records(config: SyntheticConfig) -> list[tuple[str, tuple[str, ...]]]:
     cat = _catalog(config)
     return [
         (
-            cat.ids[i],
+            iid,
             (genre_name(g1),) if g2 < 0 else (genre_name(g1), genre_name(g2)),
         )
-        for i, (g1, g2) in enumerate(zip(cat.genre1.tolist(), cat.genre2.tolist()))
+        for iid, g1, g2 in zip(
+            cat.ids.tolist(), cat.genre1.tolist(), cat.genre2.tolist(), strict=True
+        )
     ]
 
 
@@ -382,18 +385,15 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     # Markov: loop over positions, vectorized across users.
     markov = (rng.random(n) < config.markov_p) & ~first
     choice = rng.integers(0, config.num_successors, n)
-    lmax = int(length.max())
-    grid = np.zeros((b, lmax), np.int64)
-    grid[row, pos] = base
-    mgrid = np.zeros((b, lmax), bool)
-    mgrid[row, pos] = markov
-    cgrid = np.zeros((b, lmax), np.int64)
-    cgrid[row, pos] = choice
-    for t in range(1, lmax):
-        m = mgrid[:, t]
-        if m.any():
-            grid[m, t] = cat.successors[grid[m, t - 1], cgrid[m, t]]
-    item = grid[row, pos]
+    # Successor cells grouped by position: each step depends on the previous
+    # position only, so all users advance together.
+    item = base.copy()
+    cells = np.flatnonzero(markov)
+    cells = cells[np.argsort(pos[cells], kind="stable")]
+    bounds = np.searchsorted(pos[cells], np.arange(1, int(length.max()) + 1))
+    for lo, hi in itertools.pairwise(bounds):
+        step = cells[lo:hi]
+        item[step] = cat.successors[item[step - 1], choice[step]]
 
     # Timestamps: start + cumulative gaps (lognormal, median 6 h), some ties.
     gaps = np.rint(rng.lognormal(math.log(6 * 3600), 1.5, n)).astype(np.int64)

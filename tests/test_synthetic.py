@@ -111,6 +111,9 @@ def test_shapes_dtypes_and_ids(data):
 
     records = S.item_records(DEFAULT)
     assert len(records) == 1500 and records[42][0] == "i00042"
+    assert (
+        type(records[0][0]) is str and type(users[0][0]) is str
+    )  # picklable, JSON-able
     assert all(re.fullmatch(r"g\d\d", g) for _, gs in records for g in gs)
     assert all(len(gs) in (1, 2) and len(set(gs)) == len(gs) for _, gs in records)
     assert len({gs[0] for _, gs in records}) == DEFAULT.num_genres
