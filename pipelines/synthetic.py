@@ -59,6 +59,18 @@ ATTRIBUTES: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
 # First timestamp of a user: uniform in [2000-01-01, 2014-01-01) (Unix seconds).
 _T_START_MIN = 946_684_800
 _T_START_MAX = 1_388_534_400
+# Gaps between a user's interactions: lognormal seconds (median 6 h).
+_GAP_MEDIAN_S = 6 * 3600
+_GAP_SIGMA = 1.5
+# Rating score = base + taste_coef * relative taste + item quality
+# + user generosity + noise, rounded to 1..5 stars (all Gaussian, these s.d.).
+_RATING_BASE = 1.6
+_RATING_TASTE_COEF = 2.6
+_RATING_NOISE_SD = 0.8
+_ITEM_QUALITY_SD = 0.4
+_USER_GENEROSITY_SD = 0.3
+# Number of strongly liked genres per user: 1, 2 or 3 with these odds.
+_LIKED_GENRES_P = (0.4, 0.4, 0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +250,7 @@ def _build_catalog(
     ranks = rng.permutation(n)
     popularity = 1.0 / (ranks + 1.0) ** zipf_exponent
     popularity /= popularity.sum()
-    quality = rng.normal(0.0, 0.4, n)
+    quality = rng.normal(0.0, _ITEM_QUALITY_SD, n)
 
     # Base-draw pools: primary members at full popularity, second at half.
     members = np.concatenate([np.arange(n), np.flatnonzero(has2)])
@@ -347,7 +359,7 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
 
     # Tastes: k in {1, 2, 3} liked genres (Gumbel top-k by genre prior),
     # Dirichlet(2) weights over them, plus a uniform floor.
-    k_prob = np.array([0.4, 0.4, 0.2])[: min(3, g)]
+    k_prob = np.array(_LIKED_GENRES_P)[: min(3, g)]
     k = rng.choice(np.arange(1, len(k_prob) + 1), b, p=k_prob / k_prob.sum())
     keys = np.log(cat.genre_weight) + rng.gumbel(size=(b, g))
     rank = np.argsort(np.argsort(-keys, axis=1), axis=1)
@@ -362,7 +374,7 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
         rng.integers(0, _NUM_SEGMENTS, b),
         dominant % _NUM_SEGMENTS,
     )
-    generosity = rng.normal(0.0, 0.3, b)
+    generosity = rng.normal(0.0, _USER_GENEROSITY_SD, b)
     length = _lengths(rng, config, b)
 
     # Flat (user-major) interaction cells.
@@ -382,7 +394,7 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     genre = np.clip(genre, 0, g - 1)
     base = cat.pool_items[_draw_in_groups(rng, cat.pool_cum, cat.pool_start, genre)]
 
-    # Markov: loop over positions, vectorized across users.
+    # Markov: with prob. markov_p an item is a successor of the previous one.
     markov = (rng.random(n) < config.markov_p) & ~first
     choice = rng.integers(0, config.num_successors, n)
     # Successor cells grouped by position: each step depends on the previous
@@ -396,11 +408,13 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
         item[step] = cat.successors[item[step - 1], choice[step]]
 
     # Timestamps: start + cumulative gaps (lognormal, median 6 h), some ties.
-    gaps = np.rint(rng.lognormal(math.log(6 * 3600), 1.5, n)).astype(np.int64)
+    gaps = np.rint(rng.lognormal(math.log(_GAP_MEDIAN_S), _GAP_SIGMA, n)).astype(
+        np.int64
+    )
     gaps[rng.random(n) < config.tie_p] = 0
     gaps[first] = rng.integers(_T_START_MIN, _T_START_MAX, b)
     timestamp = np.cumsum(gaps)
-    timestamp -= np.repeat(np.cumsum(gaps)[first] - gaps[first], length)
+    timestamp -= np.repeat(timestamp[first] - gaps[first], length)
 
     # Ratings: relative taste for the item's best genre, item quality, user
     # generosity, noise; rounded to integer stars 1..5.
@@ -411,7 +425,11 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     )
     rel = aff / taste.max(1)[row]
     score = (
-        1.6 + 2.6 * rel + cat.quality[item] + generosity[row] + rng.normal(0.0, 0.8, n)
+        _RATING_BASE
+        + _RATING_TASTE_COEF * rel
+        + cat.quality[item]
+        + generosity[row]
+        + rng.normal(0.0, _RATING_NOISE_SD, n)
     )
     rating = np.clip(np.rint(score), 1, 5).astype(np.float32)
 
