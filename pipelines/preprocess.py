@@ -2,7 +2,7 @@
 
     python -m pipelines.preprocess --dataset=synthetic --output_dir=/tmp/bt_data
     python -m pipelines.preprocess --dataset=ml-1m --data_dir=~/data/ml-1m --output_dir=/tmp/bt_data
-    python -m pipelines.preprocess --dataset=yelp --data_dir=~/data/yelp --output_dir=/tmp/bt_data \\
+    python -m pipelines.preprocess --dataset=yelp --data_dir=~/data/yelp --output_dir=/tmp/bt \\
         --runner=DataflowRunner --project=... --temp_location=gs://...   # any Beam option
 
 Writes `OUTPUT_DIR/<dataset>/<version>/` (DESIGN.md, "Data contract"):
@@ -37,16 +37,15 @@ import logging
 import os
 import posixpath
 import sys
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
+import apache_beam as beam  # noqa: E402
 import numpy as np
+import tensorflow as tf  # noqa: E402
 
 import pipelines  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
 from bt_tf import features as F
 from pipelines import synthetic, textio
-
-import apache_beam as beam  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 DATASETS = ("synthetic", "ml-1m", "ml-20m", "yelp")
 _BATCH_ROWS = 100_000  # interactions per columnar batch between Beam steps
@@ -84,8 +83,11 @@ class PreprocessConfig:
             raise ValueError(f"--source={self.source!r}: expected 'raw' or 'tfds'")
         if self.source == "tfds" and self.dataset not in ("ml-1m", "ml-20m"):
             raise ValueError("--source=tfds exists only for ml-1m and ml-20m")
-        if not (0 < self.train_percent and 0 <= self.eval_percent
-                and self.train_percent + self.eval_percent <= 100):
+        if not (
+            0 < self.train_percent
+            and 0 <= self.eval_percent
+            and self.train_percent + self.eval_percent <= 100
+        ):
             raise ValueError("need 0 < train_percent, 0 <= eval_percent, sum <= 100")
         if self.future_len < 1 or self.max_len < 1 or self.min_history_len < 1:
             raise ValueError("future_len, max_len and min_history_len must be >= 1")
@@ -249,7 +251,9 @@ def _bad(path: str, line_number: int, reason: str, line: bytes) -> dict:
 
 def _read_raw(p: beam.Pipeline, config: PreprocessConfig, files: dict[str, str]):
     plans = [
-        c for t, path in sorted(files.items()) for c in textio.plan_chunks(t, path, config.chunk_bytes)
+        c
+        for t, path in sorted(files.items())
+        for c in textio.plan_chunks(t, path, config.chunk_bytes)
     ]
     chunks = p | "Chunks" >> beam.Create(plans)
     newlines = (
@@ -293,7 +297,9 @@ def _read_tfds(p: beam.Pipeline, config: PreprocessConfig):
         ).with_outputs("items", "users", "lines", main="interactions")
     )
     items = parsed.items | "DistinctItems" >> beam.Distinct()
-    users = parsed.users | "UserJson" >> beam.Map(lambda r: (r[0], json.dumps(r[1], sort_keys=True)))
+    users = parsed.users | "UserJson" >> beam.Map(
+        lambda r: (r[0], json.dumps(r[1], sort_keys=True))
+    )
     users = (
         users
         | "DistinctUsers" >> beam.Distinct()
@@ -457,8 +463,13 @@ def _k_core(user_seqs, config: PreprocessConfig):
             )
         rounds.append(kept | f"K{i}Round" >> beam.CombineGlobally(_KCoreRound(min_u, min_i)))
     stats = [
-        r | f"K{i}Stats" >> beam.Map(
-            lambda r, i=i: ("kcore", {"iteration": i, "users_removed": r[1], "items_removed": len(r[0])})
+        r
+        | f"K{i}Stats"
+        >> beam.Map(
+            lambda r, i=i: (
+                "kcore",
+                {"iteration": i, "users_removed": r[1], "items_removed": len(r[0])},
+            )
         )
         for i, r in enumerate(rounds)
     ]
@@ -497,7 +508,9 @@ def _frequency_vocab(counts: tuple[np.ndarray, np.ndarray]) -> list[str]:
 
 def _train_genres(row, item_genres: dict) -> np.ndarray:
     _, seq, _ = row
-    return np.asarray([g for item in seq["item"] for g in item_genres.get(str(item), ())], dtype=str)
+    return np.asarray(
+        [g for item in seq["item"] for g in item_genres.get(str(item), ())], dtype=str
+    )
 
 
 # --------------------------------------------------------------------------
@@ -520,7 +533,9 @@ def _int_feature(values) -> tf.train.Feature:
 
 
 def _bytes_feature(values) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values]))
+    return tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values])
+    )
 
 
 def _float_feature(values) -> tf.train.Feature:
@@ -548,10 +563,28 @@ class _MakeExample(beam.DoFn):
             F.HISTORY_LENGTH: _int_feature([history.stop - history.start]),
         }
         for part, names in (
-            (history, (F.HISTORY_ITEM_IDS, F.HISTORY_RAW_ITEM_IDS, F.HISTORY_TIMESTAMPS,
-                       F.HISTORY_RATINGS, F.HISTORY_GENRE_IDS, F.HISTORY_GENRE_COUNTS)),
-            (future, (F.FUTURE_ITEM_IDS, F.FUTURE_RAW_ITEM_IDS, F.FUTURE_TIMESTAMPS,
-                      F.FUTURE_RATINGS, F.FUTURE_GENRE_IDS, F.FUTURE_GENRE_COUNTS)),
+            (
+                history,
+                (
+                    F.HISTORY_ITEM_IDS,
+                    F.HISTORY_RAW_ITEM_IDS,
+                    F.HISTORY_TIMESTAMPS,
+                    F.HISTORY_RATINGS,
+                    F.HISTORY_GENRE_IDS,
+                    F.HISTORY_GENRE_COUNTS,
+                ),
+            ),
+            (
+                future,
+                (
+                    F.FUTURE_ITEM_IDS,
+                    F.FUTURE_RAW_ITEM_IDS,
+                    F.FUTURE_TIMESTAMPS,
+                    F.FUTURE_RATINGS,
+                    F.FUTURE_GENRE_IDS,
+                    F.FUTURE_GENRE_COUNTS,
+                ),
+            ),
         ):
             raw = [str(i) for i in seq["item"][part]]
             genres = [item_genres.get(i, ()) for i in raw]
@@ -559,7 +592,9 @@ class _MakeExample(beam.DoFn):
             feats[names[1]] = _bytes_feature(raw)
             feats[names[2]] = _int_feature(seq["timestamp"][part].tolist())
             feats[names[3]] = _float_feature(seq["rating"][part].tolist())
-            feats[names[4]] = _int_feature([genre_vocab.get(g, F.OOV_ID) for gs in genres for g in gs])
+            feats[names[4]] = _int_feature(
+                [genre_vocab.get(g, F.OOV_ID) for gs in genres for g in gs]
+            )
             feats[names[5]] = _int_feature([len(gs) for gs in genres])
         for name, classes in self._attributes.items():
             value = attrs.get(name)
@@ -708,19 +743,32 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         | "CountRawItems" >> beam.CombineGlobally(_CountIds())
         | "ItemsWithoutMetadata"
         >> beam.Map(
-            lambda counts, genres: ("items_without_metadata", int(sum(i not in genres for i in counts[0]))),
+            lambda counts, genres: (
+                "items_without_metadata",
+                int(sum(i not in genres for i in counts[0])),
+            ),
             beam.pvalue.AsDict(item_genres),
         )
     )
     lines_stat = lines | "LineStats" >> beam.Map(lambda tn: ("lines", tn))
     (
-        [written, bad_written, interactions, dropped, items_seen, lines_stat, *vocab_written, *kcore_stats]
+        [
+            written,
+            bad_written,
+            interactions,
+            dropped,
+            items_seen,
+            lines_stat,
+            *vocab_written,
+            *kcore_stats,
+        ]
         | "AllStats" >> beam.Flatten()
         | "MergeStats" >> beam.combiners.ToList()
         | "WriteStats"
         >> beam.Map(
             lambda entries: _write_text(
-                [json.dumps(_merge_stats(entries), sort_keys=True)], posixpath.join(root, "_stats.json")
+                [json.dumps(_merge_stats(entries), sort_keys=True)],
+                posixpath.join(root, "_stats.json"),
             )
         )
     )
@@ -877,7 +925,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=d.dataset, choices=DATASETS)
     parser.add_argument("--source", default=d.source, choices=("raw", "tfds"))
     parser.add_argument("--data_dir", default=None, help="raw files; default: download")
-    parser.add_argument("--data_output_dir", "--output_dir", dest="data_output_dir", default=d.output_dir)
+    parser.add_argument(
+        "--data_output_dir", "--output_dir", dest="data_output_dir", default=d.output_dir
+    )
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--min_user_interactions", type=int, default=d.min_user_interactions)
     parser.add_argument("--min_item_interactions", type=int, default=d.min_item_interactions)

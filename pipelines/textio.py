@@ -11,7 +11,7 @@ No step ever holds a whole file.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import tensorflow as tf
 
@@ -46,9 +46,7 @@ def plan_chunks(table: str, path: str, chunk_bytes: int) -> list[Chunk]:
     bounds = list(range(0, size, max(1, chunk_bytes))) + [size]
     if len(bounds) == 1:  # empty file: one empty chunk
         bounds = [0, 0]
-    return [
-        Chunk(table, path, i, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)
-    ]
+    return [Chunk(table, path, i, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
 
 
 def count_newlines(chunk: Chunk) -> tuple[str, int]:
