@@ -1,0 +1,298 @@
+"""The Beam preprocessing pipeline, end to end on DirectRunner, on raw-format fixtures."""
+
+import collections
+import dataclasses
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from bt_tf import features as F
+from pipelines import preprocess as pp
+from pipelines import synthetic
+from tests import rawdata
+
+TINY = synthetic.SyntheticConfig(num_users=160, num_items=120, mean_len=30, max_len_seq=60)
+
+
+def _config(tmp_path, **kw) -> pp.PreprocessConfig:
+    kw.setdefault("kcore_max_iterations", 4)
+    kw.setdefault("num_shards", 2)
+    return pp.PreprocessConfig(output_dir=str(tmp_path / "out"), **kw)
+
+
+def _examples(root: str) -> dict[str, list[dict]]:
+    """Split -> parsed Examples as plain dicts of lists."""
+    out = {}
+    for split in F.SPLITS:
+        files = sorted(tf.io.gfile.glob(os.path.join(root, F.SPLIT_DIR.format(split), "*.gz")))
+        rows = []
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            ex = tf.train.Example.FromString(record.numpy())
+            row = {}
+            for name, feat in ex.features.feature.items():
+                kind = feat.WhichOneof("kind")
+                values = list(getattr(feat, kind).value)
+                row[name] = [v.decode() for v in values] if kind == "bytes_list" else values
+            rows.append(row)
+        out[split] = rows
+    return out
+
+
+def _all_files(root: str) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+def _k_core(interactions, min_user, min_item):
+    """Reference iterated k-core on a list of (user, item, ...) tuples."""
+    rows = list(interactions)
+    while True:
+        users = collections.Counter(r[0] for r in rows)
+        rows2 = [r for r in rows if users[r[0]] >= min_user]
+        items = collections.Counter(r[1] for r in rows2)
+        rows2 = [r for r in rows2 if items[r[1]] >= min_item]
+        if len(rows2) == len(rows):
+            return rows
+        rows = rows2
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("synthetic")
+    config = _config(tmp, dataset="synthetic", synthetic=TINY, max_len=25, future_len=5)
+    return config, pp.preprocess(config)
+
+
+def test_synthetic_artifacts_follow_the_data_contract(synthetic_run):
+    config, root = synthetic_run
+    assert root.startswith(os.path.join(config.output_dir, "synthetic", "v-"))
+    files = _all_files(root)
+    for split in F.SPLITS:
+        for shard in range(2):
+            name = f"Split-{split}/data-{shard:05d}-of-00002.tfrecord.gz"
+            assert name in files
+    assert {"schema.pbtxt", "metadata.json", "vocab/items.txt", "vocab/genres.txt"} <= set(files)
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    schema = text_format.Parse(open(os.path.join(root, "schema.pbtxt")).read(), schema_pb2.Schema())
+    names = {f.name for f in schema.feature}
+    assert {F.USER_ID, F.HISTORY_ITEM_IDS, F.FUTURE_RATINGS, "attr_segment"} <= names
+
+    examples = _examples(root)
+    items = open(os.path.join(root, "vocab/items.txt")).read().splitlines()
+    genres = open(os.path.join(root, "vocab/genres.txt")).read().splitlines()
+    assert items[:3] == list(F.RESERVED_TOKENS) and genres[:3] == list(F.RESERVED_TOKENS)
+    assert meta["vocab_sizes"] == {"items": len(items), "genres": len(genres)}
+    catalog = dict(synthetic.item_records(TINY))
+    seen = set()
+    for split, rows in examples.items():
+        assert len(rows) == meta["num_users"][split]
+        for row in rows:
+            user = row[F.USER_ID][0]
+            assert pp.split_of(user, 80, 10) == split and user not in seen
+            seen.add(user)
+            n = row[F.HISTORY_LENGTH][0]
+            assert 3 <= n <= 25 and len(row[F.HISTORY_ITEM_IDS]) == n
+            assert len(row[F.FUTURE_ITEM_IDS]) == 5  # lengths >= 20 > 5 + 3
+            stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
+            assert stamps == sorted(stamps)
+            for ids, raws, counts, gids in (
+                (
+                    F.HISTORY_ITEM_IDS,
+                    F.HISTORY_RAW_ITEM_IDS,
+                    F.HISTORY_GENRE_COUNTS,
+                    F.HISTORY_GENRE_IDS,
+                ),
+                (
+                    F.FUTURE_ITEM_IDS,
+                    F.FUTURE_RAW_ITEM_IDS,
+                    F.FUTURE_GENRE_COUNTS,
+                    F.FUTURE_GENRE_IDS,
+                ),
+            ):
+                for vocab_id, raw in zip(row[ids], row[raws]):
+                    assert vocab_id == (items.index(raw) if raw in items else F.OOV_ID)
+                expected = [g for raw in row[raws] for g in catalog[raw]]
+                assert [genres[g] for g in row[gids]] == expected
+                assert row[counts] == [len(catalog[raw]) for raw in row[raws]]
+            assert row["attr_segment"][0] in range(5)
+    assert len(seen) == TINY.num_users  # every user has >= 20 interactions: none dropped
+    train = [
+        r
+        for row in examples["train"]
+        for k in (F.HISTORY_RAW_ITEM_IDS, F.FUTURE_RAW_ITEM_IDS)
+        for r in row[k]
+    ]
+    # vocab from train users only (a superset: truncated old history counts too)
+    assert set(items[3:]) >= set(train)
+
+
+def test_same_input_and_flags_give_byte_identical_files(synthetic_run, tmp_path):
+    config, first = synthetic_run
+    second = pp.preprocess(dataclasses.replace(config, output_dir=str(tmp_path)))
+    assert os.path.basename(second) == os.path.basename(first)
+    files = _all_files(first)
+    assert files == _all_files(second)
+    match, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(files)
+
+
+def test_existing_version_is_reused_not_rewritten(synthetic_run):
+    config, root = synthetic_run
+    before = os.stat(os.path.join(root, "metadata.json")).st_mtime_ns
+    assert pp.preprocess(config) == root
+    assert os.stat(os.path.join(root, "metadata.json")).st_mtime_ns == before
+
+
+def test_ml1m_k_core_order_split_and_attributes(tmp_path):
+    fixture = rawdata.write_ml1m(tmp_path / "raw", num_users=40, num_items=60, per_user=(4, 16))
+    config = _config(
+        tmp_path,
+        dataset="ml-1m",
+        data_dir=fixture["data_dir"],
+        min_user_interactions=6,
+        min_item_interactions=4,
+        kcore_max_iterations=8,
+        future_len=3,
+    )
+    root = pp.preprocess(config)
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    expected = _k_core(fixture["interactions"], 6, 4)
+    assert meta["kcore"]["iterations"] >= 2  # the fixture needs iterating
+    got = collections.Counter()
+    users = dict(fixture["users"])
+    classes = meta["attributes"]
+    for rows in _examples(root).values():
+        for row in rows:
+            user = row[F.USER_ID][0]
+            raw = row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS]
+            stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
+            # chronological, timestamp ties broken by item id (string order)
+            assert list(zip(stamps, raw)) == sorted(zip(stamps, raw))
+            got.update((user, item) for item in raw)
+            for name in ("gender", "age", "occupation"):
+                value = classes[name]["classes"][row[F.ATTRIBUTE_PREFIX + name][0]]
+                assert value == users[user][name]
+    assert got == collections.Counter((r[0], r[1]) for r in expected)
+    assert sum(meta["num_interactions"].values()) == len(expected)
+    # item vocab: train users' interactions, by descending count, ties by id
+    train_users = {u for u, *_ in expected if pp.split_of(u, 80, 10) == "train"}
+    counts = collections.Counter(i for u, i, *_ in expected if u in train_users)
+    items = open(os.path.join(root, "vocab/items.txt")).read().splitlines()
+    assert items[3:] == sorted(counts, key=lambda i: (-counts[i], i))
+
+
+def test_bad_lines_are_routed_counted_and_fail_above_threshold(tmp_path):
+    bad = [
+        "12::1097::4",
+        "abc::1097::4::978301953",
+        "12::1097::five::978301953",
+        b"\xff\xfe::1::2::3",
+    ]
+    fixture = rawdata.write_ml1m(tmp_path / "raw", num_users=30, per_user=12, bad_lines=bad)
+    config = _config(tmp_path, dataset="ml-1m", data_dir=fixture["data_dir"])
+    with pytest.raises(pp.BadRecordsError) as err:
+        pp.preprocess(config)
+    message = str(err.value)
+    assert "4 of" in message and "ratings.dat: 4" in message and "bad_records" in message
+    partial = os.path.join(pp.artifact_dir(config) + ".partial", "bad_records", "ratings.dat.jsonl")
+    assert not os.path.exists(pp.artifact_dir(config))  # nothing published
+    records = [json.loads(line) for line in open(partial)]
+    assert [r["line"] for r in records] == [line for line, _ in fixture["bad_lines"]]
+    assert all(r["file"] == "ratings.dat" and r["reason"] for r in records)
+
+    # Asked to skip them: they are skipped and counted, the run succeeds.
+    lenient = dataclasses.replace(config, max_bad_fraction=0.05)
+    root = pp.preprocess(lenient)
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    assert meta["bad_records"]["total"] == 4 and meta["bad_records"]["by_file"] == {
+        "ratings.dat": 4
+    }
+    kept = open(os.path.join(root, "bad_records", "ratings.dat.jsonl")).read().splitlines()
+    assert len(kept) == 4
+
+
+def test_small_read_chunks_give_the_same_output_and_line_numbers(tmp_path):
+    fixture = rawdata.write_ml1m(
+        tmp_path / "raw", num_users=30, per_user=12, bad_lines=["1::2", "x::y::z::w"]
+    )
+    roots = []
+    for chunk_bytes in (1 << 20, 97):
+        config = _config(
+            tmp_path / str(chunk_bytes),
+            dataset="ml-1m",
+            data_dir=fixture["data_dir"],
+            chunk_bytes=chunk_bytes,
+            max_bad_fraction=0.1,
+        )
+        roots.append(pp.preprocess(config))
+    files = _all_files(roots[0])
+    assert files == _all_files(roots[1])
+    _, mismatch, _ = filecmp.cmpfiles(roots[0], roots[1], files, shallow=False)
+    assert mismatch == []
+    lines = [
+        json.loads(x)["line"] for x in open(os.path.join(roots[1], "bad_records/ratings.dat.jsonl"))
+    ]
+    assert lines == [line for line, _ in fixture["bad_lines"]]
+
+
+def test_ml20m_and_yelp_raw_formats(tmp_path):
+    ml = rawdata.write_ml20m(tmp_path / "ml20m", num_users=30, per_user=12)
+    root = pp.preprocess(_config(tmp_path, dataset="ml-20m", data_dir=ml["data_dir"]))
+    rows = [r for rs in _examples(root).values() for r in rs]
+    ratings = {x for r in rows for x in r[F.HISTORY_RATINGS] + r[F.FUTURE_RATINGS]}
+    assert ratings <= {x / 2 for x in range(1, 11)} and any(x % 1 for x in ratings)
+
+    yelp = rawdata.write_yelp(tmp_path / "yelp", num_users=30, per_user=12)
+    root = pp.preprocess(_config(tmp_path, dataset="yelp", data_dir=yelp["data_dir"]))
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    assert meta["item_feature"] == "category" and meta["attributes"] == {}
+    rows = [r for rs in _examples(root).values() for r in rs]
+    assert all(len(r[F.USER_ID][0]) == 22 for r in rows)
+    categories = dict(yelp["items"])
+    for r in rows:
+        # businesses with null/empty categories contribute zero genre ids
+        assert r[F.HISTORY_GENRE_COUNTS] == [len(categories[b]) for b in r[F.HISTORY_RAW_ITEM_IDS]]
+    assert any(c == 0 for r in rows for c in r[F.HISTORY_GENRE_COUNTS])
+
+
+def test_missing_input_names_the_path_and_files(tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(FileNotFoundError, match="ratings.dat"):
+        pp.preprocess(_config(tmp_path, dataset="ml-1m", data_dir=str(tmp_path / "raw")))
+    with pytest.raises(FileNotFoundError, match="yelp.com/dataset"):
+        pp.preprocess(_config(tmp_path, dataset="yelp", data_dir=str(tmp_path / "raw")))
+
+
+def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "pipelines.preprocess", "--dataset=synthetic",
+        f"--output_dir={out}", "--synthetic_users=160", "--synthetic_items=120",
+        "--kcore_max_iterations=4", "--num_shards=2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "synthetic").glob("*.partial")):
+        time.sleep(0.05)
+    partial = list((out / "synthetic").glob("*.partial"))
+    assert partial, "the run never started writing"
+    time.sleep(1.0)  # let it write a little, then kill it mid-flight
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in (out / "synthetic").iterdir() if not p.name.endswith(".partial")]
+
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    versions = [p for p in (out / "synthetic").iterdir()]
+    assert len(versions) == 1 and not versions[0].name.endswith(".partial")
+    assert (versions[0] / "metadata.json").exists()
