@@ -140,9 +140,7 @@ def _safe_members(archive: zipfile.ZipFile, target: str):
             raise UnsafeArchiveError(f"zip member {name!r} contains '..'")
         dest = os.path.realpath(os.path.join(root, *[p for p in parts if p]))
         if os.path.commonpath([root, dest]) != root:
-            raise UnsafeArchiveError(
-                f"zip member {name!r} resolves to {dest}, outside {root}"
-            )
+            raise UnsafeArchiveError(f"zip member {name!r} resolves to {dest}, outside {root}")
         yield info, dest
 
 

@@ -149,8 +149,7 @@ def _check_id(value: str, what: str) -> str:
 def _check_timestamp(value: str) -> int:
     if not _is_uint(value):
         raise BadRecord(
-            f"timestamp must be a non-negative integer (Unix seconds), "
-            f"got {_short(value)}"
+            f"timestamp must be a non-negative integer (Unix seconds), got {_short(value)}"
         )
     return int(value)
 
@@ -194,8 +193,7 @@ def parse_ml1m_movie(line: bytes):
     fields = text.split("::")
     if len(fields) < 3:
         raise BadRecord(
-            f"expected 3 '::'-separated fields (MovieID::Title::Genres), "
-            f"got {len(fields)}"
+            f"expected 3 '::'-separated fields (MovieID::Title::Genres), got {len(fields)}"
         )
     return (_check_id(fields[0], "MovieID"), _split_genres(fields[-1]))
 
@@ -214,8 +212,7 @@ def parse_ml1m_user(line: bytes):
         raise BadRecord(f"gender must be 'F' or 'M', got {_short(gender)}")
     if age not in _AGE_SET:
         raise BadRecord(
-            f"age must be one of the bucket codes {', '.join(_ML1M_AGES)}, "
-            f"got {_short(age)}"
+            f"age must be one of the bucket codes {', '.join(_ML1M_AGES)}, got {_short(age)}"
         )
     if occupation not in _OCCUPATION_SET:
         raise BadRecord(f"occupation must be an integer 0-20, got {_short(occupation)}")
@@ -260,9 +257,7 @@ def parse_ml20m_movie(line: bytes):
     except csv.Error as err:
         raise BadRecord(f"malformed CSV: {err}") from None
     if len(fields) != 3:
-        raise BadRecord(
-            f"expected 3 CSV fields (movieId,title,genres), got {len(fields)}"
-        )
+        raise BadRecord(f"expected 3 CSV fields (movieId,title,genres), got {len(fields)}")
     return (_check_id(fields[0], "movieId"), _split_genres(fields[2]))
 
 
@@ -283,9 +278,7 @@ def _yelp_date_to_unix(value) -> int:
         or value[13] != ":"
         or value[16] != ":"
     ):
-        raise BadRecord(
-            f"date must look like 'YYYY-MM-DD HH:MM:SS', got {_short(value)}"
-        )
+        raise BadRecord(f"date must look like 'YYYY-MM-DD HH:MM:SS', got {_short(value)}")
     try:
         moment = datetime.datetime.fromisoformat(value)
     except ValueError as err:
@@ -348,9 +341,7 @@ def parse_yelp_business(line: bytes):
     if categories is None:
         return (business_id, ())
     if not isinstance(categories, str):
-        raise BadRecord(
-            f"categories must be a string or null, got {type(categories).__name__}"
-        )
+        raise BadRecord(f"categories must be a string or null, got {type(categories).__name__}")
     return (
         business_id,
         tuple(c for c in (p.strip() for p in categories.split(", ")) if c),
@@ -420,9 +411,7 @@ def resolve_files(source: RawSource, data_dir: str) -> dict[str, str]:
         the files expected in `data_dir` and where to get them.
     """
     data_dir = os.path.expanduser(data_dir)
-    paths = {
-        role: os.path.join(data_dir, t.filename) for role, t in _tables(source).items()
-    }
+    paths = {role: os.path.join(data_dir, t.filename) for role, t in _tables(source).items()}
     problems = []
     for path in paths.values():
         if not os.path.isfile(path):

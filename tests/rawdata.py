@@ -37,9 +37,7 @@ ML1M_GENRES = (
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
     "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
-ML20M_GENRES = tuple(g if g != "Children's" else "Children" for g in ML1M_GENRES) + (
-    "IMAX",
-)
+ML20M_GENRES = tuple(g if g != "Children's" else "Children" for g in ML1M_GENRES) + ("IMAX",)
 YELP_CATEGORIES = (
     "Restaurants", "Breakfast & Brunch", "Coffee & Tea", "Bars", "Nightlife",
     "Pizza", "Italian", "Mexican", "Shopping", "Beauty & Spas", "Nail Salons",
@@ -76,10 +74,7 @@ def _pick_items(rng, num_items: int, count: int) -> list[int]:
         raise ValueError(f"per_user={count} exceeds num_items={num_items}")
     weights = 1.0 / (np.arange(num_items) + 1.0) ** 0.8
     return [
-        int(i)
-        for i in rng.choice(
-            num_items, size=count, replace=False, p=weights / weights.sum()
-        )
+        int(i) for i in rng.choice(num_items, size=count, replace=False, p=weights / weights.sum())
     ]
 
 
@@ -123,12 +118,10 @@ def _write_lines(path: str, lines: list[bytes]) -> None:
 
 
 def _genres_for(rng, names, index: int) -> tuple[str, ...]:
-    if index % 13 == 12:
+    if index % 13 == 1:
         return ()
     k = int(rng.integers(1, 4))
-    return tuple(
-        names[int(g)] for g in sorted(rng.choice(len(names), k, replace=False))
-    )
+    return tuple(names[int(g)] for g in sorted(rng.choice(len(names), k, replace=False)))
 
 
 def write_ml1m(
@@ -154,18 +147,12 @@ def write_ml1m(
     data_dir = str(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
-    movie_ids = [
-        str(i) for i in sorted(rng.choice(np.arange(1, 4000), num_items, replace=False))
-    ]
+    movie_ids = [str(i) for i in sorted(rng.choice(np.arange(1, 4000), num_items, replace=False))]
     user_ids = [str(i) for i in range(1, num_users + 1)]
 
     items, movie_lines = [], []
     for i, movie_id in enumerate(movie_ids):
-        title = (
-            ML_TITLES[i]
-            if i < len(ML_TITLES)
-            else f"Movie {movie_id} ({1950 + i % 50})"
-        )
+        title = ML_TITLES[i] if i < len(ML_TITLES) else f"Movie {movie_id} ({1950 + i % 50})"
         genres = _genres_for(rng, ML1M_GENRES, i) or ("Drama",)
         items.append((movie_id, genres))
         movie_lines.append(f"{movie_id}::{title}::{'|'.join(genres)}".encode("latin-1"))
@@ -178,9 +165,7 @@ def write_ml1m(
             "age": ages[int(rng.integers(0, len(ages)))],
             "occupation": str(int(rng.integers(0, 21))),
         }
-        zip_code = f"{int(rng.integers(10000, 99999))}" + (
-            "-1234" if u % 7 == 3 else ""
-        )
+        zip_code = f"{int(rng.integers(10000, 99999))}" + ("-1234" if u % 7 == 3 else "")
         users.append((user_id, attrs))
         fields = (user_id, attrs["gender"], attrs["age"], attrs["occupation"], zip_code)
         user_lines.append("::".join(fields).encode("latin-1"))
@@ -191,9 +176,7 @@ def write_ml1m(
     for user_id, user_events in zip(user_ids, events):
         for item, ts, stars in user_events:
             interactions.append((user_id, movie_ids[item], ts, float(stars)))
-            rating_lines.append(
-                f"{user_id}::{movie_ids[item]}::{stars}::{ts}".encode("latin-1")
-            )
+            rating_lines.append(f"{user_id}::{movie_ids[item]}::{stars}::{ts}".encode("latin-1"))
     rating_lines, bad_at = _interleave(rating_lines, bad_lines, "latin-1", 1)
 
     paths = {
@@ -238,29 +221,22 @@ def write_ml20m(
 
     Ratings are half stars printed like the real file (``"4.5"``, ``"3.0"``);
     titles with commas or quotes are quoted by the csv module; every 13th
-    movie has ``(no genres listed)``. `bad_lines` go into ratings.csv.
+    movie from the second on has ``(no genres listed)``. `bad_lines` go into ratings.csv.
     """
     data_dir = str(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     movie_ids = [
-        str(i)
-        for i in sorted(rng.choice(np.arange(1, 131_000), num_items, replace=False))
+        str(i) for i in sorted(rng.choice(np.arange(1, 131_000), num_items, replace=False))
     ]
     user_ids = [str(i) for i in range(1, num_users + 1)]
 
     items, movie_lines = [], [b"movieId,title,genres"]
     for i, movie_id in enumerate(movie_ids):
-        title = (
-            ML_TITLES[i]
-            if i < len(ML_TITLES)
-            else f"Movie {movie_id} ({1950 + i % 50})"
-        )
+        title = ML_TITLES[i] if i < len(ML_TITLES) else f"Movie {movie_id} ({1950 + i % 50})"
         genres = _genres_for(rng, ML20M_GENRES, i)
         items.append((movie_id, genres))
-        movie_lines.append(
-            _csv_line([movie_id, title, "|".join(genres) or "(no genres listed)"])
-        )
+        movie_lines.append(_csv_line([movie_id, title, "|".join(genres) or "(no genres listed)"]))
 
     counts = _per_user_counts(rng, num_users, per_user)
     half_stars = tuple(h / 2 for h in range(1, 11))
@@ -269,9 +245,7 @@ def write_ml20m(
     for user_id, user_events in zip(user_ids, events):
         for item, ts, stars in user_events:
             interactions.append((user_id, movie_ids[item], ts, stars))
-            rating_lines.append(
-                f"{user_id},{movie_ids[item]},{stars:.1f},{ts}".encode()
-            )
+            rating_lines.append(f"{user_id},{movie_ids[item]},{stars:.1f},{ts}".encode())
     rating_lines, bad_at = _interleave(rating_lines, bad_lines, "utf-8", 2)
     rating_lines.insert(0, b"userId,movieId,rating,timestamp")
 
@@ -356,20 +330,14 @@ def write_yelp(
                 }
             ),
             "categories": raw,
-            "hours": None
-            if i % 4 == 1
-            else {"Monday": "7:0-15:0", "Tuesday": "7:0-15:0"},
+            "hours": None if i % 4 == 1 else {"Monday": "7:0-15:0", "Tuesday": "7:0-15:0"},
         }
-        business_lines.append(
-            json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        )
+        business_lines.append(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
 
     counts = _per_user_counts(rng, num_users, per_user)
-    events = _user_events(
-        rng, counts, num_items, YELP_BASE_TIME, (1.0, 2.0, 3.0, 4.0, 5.0)
-    )
+    events = _user_events(rng, counts, num_items, YELP_BASE_TIME, (1.0, 2.0, 3.0, 4.0, 5.0))
     interactions, review_lines = [], []
-    for u, (user_id, user_events) in enumerate(zip(user_ids, events)):
+    for user_id, user_events in zip(user_ids, events):
         for n, (item, ts, stars) in enumerate(user_events):
             date = datetime.datetime.fromtimestamp(ts, datetime.UTC)
             obj = {
@@ -384,9 +352,7 @@ def write_yelp(
                 "date": date.strftime("%Y-%m-%d %H:%M:%S"),
             }
             interactions.append((user_id, business_ids[item], ts, stars))
-            review_lines.append(
-                json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-            )
+            review_lines.append(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
     review_lines, bad_at = _interleave(review_lines, bad_lines, "utf-8", 1)
 
     paths = {

@@ -61,17 +61,13 @@ def _ml1m_zip(tmp_path, zip_path, extra_members=()):
 
 
 def _fetch(server, cache, sha256, name="ml-1m"):
-    return download.fetch_movielens(
-        name, str(cache), url=f"{server.url}/{name}.zip", sha256=sha256
-    )
+    return download.fetch_movielens(name, str(cache), url=f"{server.url}/{name}.zip", sha256=sha256)
 
 
 def test_checksums_are_the_tfds_registered_ones():
     import tensorflow_datasets as tfds
 
-    path = os.path.join(
-        os.path.dirname(tfds.__file__), "url_checksums", "movielens.txt"
-    )
+    path = os.path.join(os.path.dirname(tfds.__file__), "url_checksums", "movielens.txt")
     with open(path) as f:
         rows = {line.split("\t")[0]: line.split("\t") for line in f if line.strip()}
     for name, url in download.MOVIELENS_URLS.items():
@@ -207,9 +203,7 @@ def test_killed_extraction_does_not_look_complete_and_rerun_completes(tmp_path, 
     left = sorted(os.listdir(cache))
     assert left[0].startswith(".ml-1m.partial-") and left[1:] == ["ml-1m.zip"]
     sizes = {
-        f: os.path.getsize(os.path.join(d, f))
-        for d, _, fs in os.walk(cache / left[0])
-        for f in fs
+        f: os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache / left[0]) for f in fs
     }
     # Members in zip order: movies.dat and ratings.dat written, killed while
     # copying users.dat (opened, 0 bytes).
@@ -234,7 +228,5 @@ def test_incomplete_target_dir_is_replaced(tmp_path, server):
 
 
 def test_unknown_name_without_url():
-    with pytest.raises(
-        ValueError, match="no download URL for 'ml-100k'; known: ml-1m, ml-20m"
-    ):
+    with pytest.raises(ValueError, match="no download URL for 'ml-100k'; known: ml-1m, ml-20m"):
         download.fetch_movielens("ml-100k", "/nonexistent")

@@ -286,19 +286,13 @@ def test_yelp_business_categories():
         ("Restaurants", "Breakfast & Brunch", "Coffee & Tea"),
     )
     assert (
-        parse(
-            BUSINESS.replace(
-                '"Restaurants, Breakfast & Brunch, Coffee & Tea"', "null"
-            ).encode()
-        )[1]
+        parse(BUSINESS.replace('"Restaurants, Breakfast & Brunch, Coffee & Tea"', "null").encode())[
+            1
+        ]
         == ()
     )
     assert (
-        parse(
-            BUSINESS.replace(
-                '"Restaurants, Breakfast & Brunch, Coffee & Tea"', '""'
-            ).encode()
-        )[1]
+        parse(BUSINESS.replace('"Restaurants, Breakfast & Brunch, Coffee & Tea"', '""').encode())[1]
         == ()
     )
     assert parse(b'{"business_id":"a-_b","categories":" Bars ,  Pizza"}') == (
@@ -349,9 +343,7 @@ def test_yelp_bad_reviews(line, reason):
 def test_yelp_undecodable_and_bad_business():
     with pytest.raises(BadRecord, match="undecodable bytes at byte 2"):
         sources.parse_yelp_review(b'{"\xc3(":1}')
-    with pytest.raises(
-        BadRecord, match="categories must be a string or null, got list"
-    ):
+    with pytest.raises(BadRecord, match="categories must be a string or null, got list"):
         sources.parse_yelp_business(b'{"business_id":"abc","categories":["Bars"]}')
     with pytest.raises(BadRecord, match="missing key 'business_id'"):
         sources.parse_yelp_business(b'{"categories":"Bars"}')
@@ -363,9 +355,7 @@ def test_yelp_undecodable_and_bad_business():
 @pytest.mark.parametrize("name", sources.SOURCE_NAMES)
 def test_blank_lines_give_none_and_tables_pickle(name):
     source = sources.get_source(name)
-    tables = [source.interactions, source.items] + (
-        [source.users] if source.users else []
-    )
+    tables = [source.interactions, source.items] + ([source.users] if source.users else [])
     for table in tables:
         assert table.parse(b"") is None
         assert table.parse(b"   ") is None
@@ -398,9 +388,7 @@ def test_resolve_files_names_missing_and_empty(tmp_path):
     message = str(err.value)
     assert f"missing: {tmp_path / 'users.dat'}" in message
     assert f"empty (0 bytes): {tmp_path / 'movies.dat'}" in message
-    assert (
-        "ratings.dat" not in message.split("Expected")[0]
-    )  # present, not listed as a problem
+    assert "ratings.dat" not in message.split("Expected")[0]  # present, not listed as a problem
     assert "ratings.dat, movies.dat, users.dat" in message
     assert "https://grouplens.org/datasets/movielens/" in message
 

@@ -1,0 +1,204 @@
+"""MovieLens from TensorFlow Datasets (`movielens/1m-ratings`, `movielens/20m-ratings`).
+
+`tfds_records(dataset, shard, num_shards)` reads one of `num_shards` even
+sub-splits of the TFDS ``train`` split (`tfds.even_splits`), so every Beam
+worker reads only its part, and yields the same record shapes as the raw
+readers of `pipelines.sources`:
+
+* ``("interactions", (user_id, item_id, timestamp, rating))``
+* ``("items", (item_id, genres))``: once per rating; the pipeline deduplicates.
+* ``("users", (user_id, {"gender", "age", "occupation"}))``: ml-1m only, once
+  per rating.
+
+Both sources give the same values for the same data: genre names are the
+ClassLabel names of ``movie_genres`` with TFDS's renaming of the ML-1M genre
+``Children's`` (to ``Children``) undone, ``(no genres listed)`` gives ``()``,
+and user attributes use the raw ML-1M class values of
+`pipelines.sources.ML1M_ATTRIBUTES`:
+
+* gender: ``user_gender`` True -> ``"M"`` (TFDS: "a true value corresponds to
+  male"), False -> ``"F"``.
+* age: ``bucketized_user_age`` (1.0, 18.0, ...) -> ``"1"``, ``"18"``, ...;
+  a value that is not a bucket code is bucketized the way TFDS does for
+  ml-100k (largest code <= value, else ``"1"``).
+* occupation: ``user_occupation_text`` (the raw ML-1M occupation name, which
+  TFDS takes from the ``users.dat`` code) -> the code ``"0"``..``"20"``.
+  ``user_occupation_label`` cannot be used directly: its 22 classes are
+  alphabetical and merge ``K-12 student`` (10) and ``college/grad student``
+  (4) into ``student``. Only if the text is not an ML-1M occupation (never in
+  the real data; random in `tfds.testing.mock_data`) is the label used,
+  with ``student`` -> ``"4"`` and the ml-100k-only ``entertainment`` and
+  ``librarian`` -> ``"0"`` (other/not specified).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+
+from pipelines.sources import ML1M_ATTRIBUTES
+
+__all__ = ["TFDS_NAMES", "prepare_tfds", "tfds_attributes", "tfds_records"]
+
+TFDS_NAMES = {"ml-1m": "movielens/1m-ratings", "ml-20m": "movielens/20m-ratings"}
+
+# ML-1M occupation code -> name, in code order (README of ml-1m; TFDS uses the
+# same table in tensorflow_datasets/structured/movielens_parsing.py).
+_ML1M_OCCUPATIONS = (
+    "other/not specified",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
+)
+_OCCUPATION_CODE = {name: str(code) for code, name in enumerate(_ML1M_OCCUPATIONS)}
+# Only for a `user_occupation_text` that is not an ML-1M name (see docstring).
+# "entertainment" and "librarian" exist only in ml-100k: "other/not specified".
+_LABEL_FALLBACK = {
+    **_OCCUPATION_CODE,
+    "student": _OCCUPATION_CODE["college/grad student"],
+    "entertainment": "0",
+    "librarian": "0",
+}
+_AGE_CODES = tuple(int(a) for a in ML1M_ATTRIBUTES["age"])
+_NO_GENRES = "(no genres listed)"
+_KEEP = ("user_id", "movie_id", "timestamp", "user_rating", "movie_genres")
+_KEEP_1M = _KEEP + ("user_gender", "bucketized_user_age", "user_occupation_text")
+_KEEP_1M_LABEL = "user_occupation_label"
+
+
+def _tfds_name(dataset: str) -> str:
+    try:
+        return TFDS_NAMES[dataset]
+    except KeyError:
+        raise ValueError(
+            f"no TFDS dataset for {dataset!r}; valid: {', '.join(TFDS_NAMES)}"
+        ) from None
+
+
+def tfds_attributes(dataset: str) -> Mapping[str, tuple[str, ...]]:
+    """User attribute -> ordered class values, as `tfds_records` emits them.
+
+    Equal to ``pipelines.sources.get_source(dataset).attributes``.
+    """
+    _tfds_name(dataset)
+    return ML1M_ATTRIBUTES if dataset == "ml-1m" else MappingProxyType({})
+
+
+def _age_code(age: float) -> str:
+    code = 1
+    for bucket in _AGE_CODES:
+        if age >= bucket:
+            code = bucket
+    return str(code)
+
+
+def _builder(dataset: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(_tfds_name(dataset), data_dir=data_dir)
+
+
+def prepare_tfds(dataset: str, data_dir: str | None = None) -> None:
+    """Downloads and prepares the TFDS dataset unless it already is.
+
+    Call once in the launching process before fanning out `tfds_records` over
+    workers, so they do not all prepare it at the same time.
+    """
+    builder = _builder(dataset, data_dir)
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+
+
+def tfds_records(
+    dataset: str,
+    shard: int,
+    num_shards: int,
+    data_dir: str | None = None,
+    *,
+    batch_size: int = 1024,
+) -> Iterator[tuple[str, tuple]]:
+    """Yields the records of shard `shard` of `num_shards` of the TFDS train split.
+
+    Args:
+      dataset: ``"ml-1m"`` or ``"ml-20m"``.
+      shard: which sub-split, ``0 <= shard < num_shards``.
+      num_shards: into how many even, disjoint sub-splits the train split is
+        cut (`tfds.even_splits`, remainder spread over the first ones).
+      data_dir: TFDS data directory; None = TFDS default (~/tensorflow_datasets).
+      batch_size: examples converted to Python per step (a speed knob only).
+
+    Yields:
+      ``(kind, record)`` with kind ``"interactions"``, ``"items"`` or
+      ``"users"``; see the module docstring.
+    """
+    if not 0 <= shard < num_shards:
+        raise ValueError(
+            f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}"
+        )
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = _builder(dataset, data_dir)
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+    try:
+        num_examples = builder.info.splits["train"].num_examples
+    except KeyError:  # split sizes unknown (tfds.testing.mock_data): TFDS decides
+        num_examples = None
+    if isinstance(num_examples, int) and shard >= num_examples:
+        return  # even_splits leaves shards >= num_examples empty; TFDS would raise
+    features = builder.info.features
+    genre_names = list(features["movie_genres"].feature.names)
+    if dataset == "ml-1m":  # undo TFDS's renaming so raw and TFDS agree
+        genre_names = ["Children's" if g == "Children" else g for g in genre_names]
+    is_1m = dataset == "ml-1m"
+    keep = _KEEP_1M + (_KEEP_1M_LABEL,) if is_1m else _KEEP
+    label_names = features[_KEEP_1M_LABEL].names if is_1m else []
+
+    split = tfds.even_splits("train", n=num_shards)[shard]
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = ds.map(lambda ex: {k: ex[k] for k in keep})
+    ds = ds.ragged_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    for batch in ds:
+        user_ids = [u.decode() for u in batch["user_id"].numpy()]
+        item_ids = [m.decode() for m in batch["movie_id"].numpy()]
+        timestamps = batch["timestamp"].numpy().tolist()
+        ratings = batch["user_rating"].numpy().tolist()
+        genres = batch["movie_genres"].to_list()
+        if is_1m:
+            genders = batch["user_gender"].numpy().tolist()
+            ages = batch["bucketized_user_age"].numpy().tolist()
+            texts = batch["user_occupation_text"].numpy().tolist()
+            labels = batch[_KEEP_1M_LABEL].numpy().tolist()
+        for i, user_id in enumerate(user_ids):
+            item_id = item_ids[i]
+            yield "interactions", (user_id, item_id, int(timestamps[i]), float(ratings[i]))
+            names = (genre_names[g] for g in genres[i])
+            yield "items", (item_id, tuple(g for g in names if g != _NO_GENRES))
+            if is_1m:
+                occupation = _OCCUPATION_CODE.get(texts[i].decode())
+                if occupation is None:
+                    occupation = _LABEL_FALLBACK[label_names[labels[i]]]
+                attributes = {
+                    "gender": "M" if genders[i] else "F",
+                    "age": _age_code(ages[i]),
+                    "occupation": occupation,
+                }
+                yield "users", (user_id, attributes)
