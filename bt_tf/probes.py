@@ -1,0 +1,1055 @@
+"""Linear probes on frozen user embeddings: the downstream half of the paper's claim.
+
+Protocol (DESIGN.md, "Downstream evaluation"), for one model's frozen
+embeddings and each label fraction and seed:
+
+1. `sample_label_fraction` draws a seeded (stratified) fraction of TRAIN users
+   that keep their labels;
+2. a linear probe is trained on them (`train_softmax_probe`,
+   `train_pair_probe`); its L2 strength is chosen, and training early-stopped,
+   on EVAL users (all eval users with a label, unless ``subsample_eval``);
+3. it is scored once on TEST users (`bt_tf.metrics`).
+
+`evaluate_embeddings` runs this for every task and returns result rows
+``{"model", "task", "metric", "fraction", "seed", "value", ...}`` that
+`bt_tf.report.write_report` aggregates. Floors use the same rows:
+`majority_floor`, `popularity_floor`, and `bag_of_items_features` (a feature
+matrix fed through the same probes as any embedding; so is an untrained
+encoder's output).
+
+Why the probes are trained with TensorFlow (a hand-written Adam loop, not
+sklearn): next-item prediction is a softmax over the whole item vocabulary
+(thousands of classes) on up to ~100k users, which needs minibatches and runs
+on a GPU when there is one; the same loop takes dense or sparse (bag-of-items)
+inputs, early-stops on an arbitrary eval metric (HR/NDCG for next item), and
+trains the whole L2 grid at once as one stacked weight tensor (Adam is
+element-wise, so each grid member's trajectory is exactly the one it would
+have alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+
+import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
+from bt_tf import metrics
+from bt_tf.features import NUM_RESERVED, PAD_ID
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "DEFAULT_L2_GRID",
+    "Pairs",
+    "Probe",
+    "PairProbe",
+    "sample_label_fraction",
+    "favorite_genre",
+    "first_future_item",
+    "liked_item_pairs",
+    "item_counts",
+    "bag_of_items_features",
+    "pair_features",
+    "train_softmax_probe",
+    "train_pair_probe",
+    "evaluate_embeddings",
+    "majority_floor",
+    "popularity_floor",
+]
+
+DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
+# Strongest first: on an exact tie of the eval metric the earlier (stronger) wins.
+DEFAULT_L2_GRID = (1e-2, 1e-3, 1e-4, 1e-5)
+
+NEXT_ITEM = "next_item"
+LIKED_ITEM = "liked_item"
+
+# Select metric: (scores [m, C] for eval rows `rows`, rows [m]) -> per-row values [m].
+SelectMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+# --------------------------------------------------------------------------
+# Label sampling and label derivation
+# --------------------------------------------------------------------------
+
+
+def sample_label_fraction(
+    labels: np.ndarray, fraction: float, seed: int, *, stratify: bool = True
+) -> np.ndarray:
+    """Seeded sample of the users whose labels a probe may train on.
+
+    Args:
+      labels: ``[n]`` int labels of the TRAIN users only (the caller passes
+        train users, so test users cannot leak); ``< 0`` = unknown, never taken.
+      fraction: in ``(0, 1]``; ``1.0`` returns every labelled index.
+      seed: same seed -> same sample. For a fixed seed the samples are NESTED
+        across fractions (1% is a subset of 5%): each class is shuffled once by
+        the seed and the first ``k`` members are taken.
+      stratify: per class ``c`` with ``n_c`` labelled users take
+        ``k_c = max(1, floor(fraction * n_c + 0.5))`` (round half up, so within
+        0.5 of exact, and at least one per class present). If False (tasks with
+        thousands of classes, e.g. next item, or per-user pair tasks), take
+        ``k = max(1, floor(fraction * n + 0.5))`` users uniformly.
+
+    Returns:
+      Sorted int64 indices into ``labels``.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    labelled = np.flatnonzero(labels >= 0)
+    if fraction == 1.0 or not labelled.size:
+        return labelled.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    if not stratify:
+        k = max(1, int(np.floor(fraction * labelled.size + 0.5)))
+        return np.sort(rng.permutation(labelled)[:k]).astype(np.int64)
+    taken = []
+    for c in np.unique(labels[labelled]):
+        members = labelled[labels[labelled] == c]
+        k = min(members.size, max(1, int(np.floor(fraction * members.size + 0.5))))
+        taken.append(rng.permutation(members)[:k])
+    return np.sort(np.concatenate(taken)).astype(np.int64)
+
+
+def _as_ragged(values: Any, row_lengths: np.ndarray | None = None):
+    """(flat [total], user_of_each [total], n) from a list of arrays, a padded
+    ``[n, L]`` array (0 = padding is dropped), or flat values + row lengths."""
+    if row_lengths is not None:
+        flat = np.asarray(values).reshape(-1)
+        lengths = np.asarray(row_lengths).astype(np.int64).reshape(-1)
+        if lengths.sum() != flat.size:
+            raise ValueError(
+                f"row_lengths sum to {lengths.sum()} but there are {flat.size} values."
+            )
+        return flat, np.repeat(np.arange(lengths.size), lengths), lengths.size
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        r, _ = np.nonzero(values != PAD_ID)
+        return values[values != PAD_ID], r, values.shape[0]
+    rows = [np.asarray(v).reshape(-1) for v in values]
+    lengths = np.array([r.size for r in rows], dtype=np.int64)
+    flat = np.concatenate(rows) if rows else np.zeros(0)
+    return flat, np.repeat(np.arange(len(rows)), lengths), len(rows)
+
+
+def favorite_genre(genre_ids: Any, row_lengths: np.ndarray | None = None) -> np.ndarray:
+    """Future favorite genre per user: the most frequent genre id among the
+    genres of the user's future items (each item adds 1 to each of its genres).
+
+    Args:
+      genre_ids: per user, the flat genre ids of the future items
+        (`features.FUTURE_GENRE_IDS`): a list of arrays, a padded ``[n, L]``
+        array (0 = padding), or flat values with ``row_lengths``.
+      row_lengths: ``[n]``, only with flat ``genre_ids``.
+
+    Returns:
+      ``[n]`` int64 labels. Ties -> the smallest genre id (vocabularies are
+      frequency-ordered, so that is the genre most frequent in train). Reserved
+      ids (pad/mask/OOV) are ignored; users without a genre get ``-1``.
+    """
+    flat, user, n = _as_ragged(genre_ids, row_lengths)
+    flat = flat.astype(np.int64)
+    keep = flat >= NUM_RESERVED
+    flat, user = flat[keep], user[keep]
+    out = np.full(n, -1, dtype=np.int64)
+    if not flat.size:
+        return out
+    pairs, counts = np.unique(np.stack([user, flat], axis=1), axis=0, return_counts=True)
+    # Sort by user, then count descending, then genre ascending; first per user wins.
+    order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.ones(len(pairs), dtype=bool)
+    first[1:] = pairs[1:, 0] != pairs[:-1, 0]
+    out[pairs[first, 0]] = pairs[first, 1]
+    return out
+
+
+def first_future_item(future_item_ids: Any) -> np.ndarray:
+    """``[n]`` next-item targets: each user's first future item (0 if none).
+
+    ``future_item_ids``: a list of arrays or a padded ``[n, L]`` array.
+    """
+    if isinstance(future_item_ids, np.ndarray) and future_item_ids.ndim == 2:
+        return (
+            future_item_ids[:, 0].astype(np.int64)
+            if future_item_ids.shape[1]
+            else (np.zeros(future_item_ids.shape[0], dtype=np.int64))
+        )
+    return np.array(
+        [int(np.asarray(v).reshape(-1)[0]) if np.size(v) else PAD_ID for v in future_item_ids],
+        dtype=np.int64,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """(user, item, label) triples of one split for the liked-item task.
+
+    ``user_index [m]`` rows into that split's user embeddings, ``item_ids [m]``
+    item vocab ids, ``labels [m]`` 1 = liked (rating >= threshold) else 0.
+    """
+
+    user_index: np.ndarray
+    item_ids: np.ndarray
+    labels: np.ndarray
+
+    def subset(self, mask_or_index: np.ndarray) -> Pairs:
+        return Pairs(
+            self.user_index[mask_or_index],
+            self.item_ids[mask_or_index],
+            self.labels[mask_or_index],
+        )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def liked_item_pairs(future_item_ids: Any, future_ratings: Any, *, threshold: float = 4.0) -> Pairs:
+    """Liked-item labels from the future: one pair per future interaction,
+    label ``rating >= threshold`` (ML: 4 stars; Yelp: 4.0).
+
+    Inputs are lists of per-user arrays or padded ``[n, L]`` arrays (item 0 =
+    padding). Pairs whose item is a reserved id (pad, mask, OOV: unknown to
+    the train vocabulary, so no model has an embedding for it) are dropped.
+    """
+    items, user, _ = _as_ragged(future_item_ids)
+    if isinstance(future_ratings, np.ndarray) and future_ratings.ndim == 2:
+        ratings = future_ratings[np.asarray(future_item_ids) != PAD_ID]
+    else:
+        ratings, _, _ = _as_ragged(future_ratings)
+    if ratings.shape != items.shape:
+        raise ValueError(f"{items.size} future items but {ratings.size} ratings; they must align.")
+    keep = items.astype(np.int64) >= NUM_RESERVED
+    return Pairs(
+        user[keep].astype(np.int64),
+        items[keep].astype(np.int64),
+        (ratings[keep] >= threshold).astype(np.int64),
+    )
+
+
+def item_counts(item_ids: Any, num_items: int) -> np.ndarray:
+    """``[num_items]`` float64 occurrence counts (reserved ids count 0).
+
+    ``item_ids``: a list of arrays or padded ``[n, L]`` (0 = padding), e.g. the
+    train users' histories for the popularity floor.
+    """
+    flat, _, _ = _as_ragged(item_ids)
+    flat = flat.astype(np.int64)
+    flat = flat[(flat >= NUM_RESERVED) & (flat < num_items)]
+    return np.bincount(flat, minlength=num_items).astype(np.float64)
+
+
+# --------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------
+
+
+def bag_of_items_features(
+    history_item_ids: Any,
+    vocab_size: int,
+    *,
+    projection_dim: int | None = None,
+    seed: int = 0,
+) -> sp.csr_matrix | np.ndarray:
+    """Bag-of-items user features for the logistic-regression floor.
+
+    Each row is the user's history item counts, L2-normalized (reserved ids
+    dropped). Returns a ``scipy.sparse.csr_matrix [n, vocab_size]`` (the probes
+    accept sparse input), or with ``projection_dim`` a dense ``[n,
+    projection_dim]`` float32 Gaussian random projection (entries
+    ``N(0, 1/projection_dim)``, seeded; Johnson-Lindenstrauss, inner products
+    approximately preserved). Use the projection when the catalog is large:
+    a next-item softmax probe on the sparse bag has ``vocab_size**2`` weights
+    (20k items -> 400M), on the projection ``projection_dim * vocab_size``.
+    """
+    flat, user, n = _as_ragged(history_item_ids)
+    flat = flat.astype(np.int64)
+    keep = (flat >= NUM_RESERVED) & (flat < vocab_size)
+    if np.any(flat >= vocab_size):
+        raise ValueError(
+            f"history holds item id {flat.max()} >= vocab_size {vocab_size}; pass the "
+            "item vocabulary size including the reserved ids."
+        )
+    x = sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float32), (user[keep], flat[keep])),
+        shape=(n, vocab_size),
+    )
+    x.sum_duplicates()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).reshape(-1))
+    x = sp.diags(1.0 / np.maximum(norms, 1e-12)).astype(np.float32) @ x
+    x = x.tocsr().astype(np.float32)
+    if projection_dim is None:
+        return x
+    rng = np.random.default_rng(seed)
+    proj = rng.normal(0.0, 1.0 / np.sqrt(projection_dim), size=(vocab_size, projection_dim))
+    return np.asarray(x @ proj.astype(np.float32), dtype=np.float32)
+
+
+def pair_features(
+    user_emb: np.ndarray | sp.spmatrix,
+    pairs: Pairs,
+    item_emb: np.ndarray | None = None,
+    *,
+    num_items: int | None = None,
+) -> np.ndarray | sp.csr_matrix:
+    """Features of (user, item) pairs for the liked-item probe.
+
+    Dense user ``[n, d]`` and item ``[V, e]`` embeddings give ``[u, v, u*v]``
+    (``u*v`` only when ``d == e``), shape ``[m, 2d+e]`` or ``[m, d+e]``.
+    Without ``item_emb`` (floors: bag-of-items has no item vectors) the item
+    is one-hot over ``num_items`` (a per-item bias), and with sparse user
+    features the result is sparse ``[u, v]``.
+    """
+    u = user_emb[pairs.user_index]
+    if item_emb is None:
+        if num_items is None:
+            raise ValueError("pair_features needs item_emb or num_items (for one-hot items).")
+        m = len(pairs)
+        v = sp.csr_matrix(
+            (np.ones(m, dtype=np.float32), (np.arange(m), pairs.item_ids)),
+            shape=(m, num_items),
+        )
+        return sp.hstack([sp.csr_matrix(u, dtype=np.float32), v], format="csr")
+    v = np.asarray(item_emb, dtype=np.float32)[pairs.item_ids]
+    if sp.issparse(u):
+        return sp.hstack([u, sp.csr_matrix(v)], format="csr").astype(np.float32)
+    u = np.asarray(u, dtype=np.float32)
+    parts = [u, v] + ([u * v] if u.shape[1] == v.shape[1] else [])
+    return np.concatenate(parts, axis=1)
+
+
+# --------------------------------------------------------------------------
+# Probes
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Probe:
+    """A trained linear classifier ``scores = x @ weights + bias``.
+
+    Input standardization (dense inputs) is folded into ``weights``/``bias``,
+    so raw features go in. ``selection`` holds one entry per L2 value:
+    ``{"l2", "eval_metric", "best_epoch", "epochs_run"}``; the chosen one has
+    the highest eval metric (ties -> earliest in the grid).
+    """
+
+    weights: np.ndarray  # [F, C] float32
+    bias: np.ndarray  # [C] float32
+    l2: float
+    best_epoch: int
+    eval_metric: float
+    selection: list
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.bias.shape[0])
+
+    def predict_scores(self, x: np.ndarray | sp.spmatrix, chunk_size: int = 4096) -> np.ndarray:
+        """``[n, C]`` float32 logits for features ``x [n, F]`` (dense or sparse)."""
+        n = x.shape[0]
+        out = np.empty((n, self.num_classes), dtype=np.float32)
+        for s in range(0, n, chunk_size):
+            out[s : s + chunk_size] = self.score_fn(x)(s, min(n, s + chunk_size))
+        return out
+
+    def score_fn(self, x: np.ndarray | sp.spmatrix) -> Callable[[int, int], np.ndarray]:
+        """``(start, stop) -> logits of rows start:stop``, for chunked ranking
+        (`bt_tf.metrics` accepts it as ``scores``)."""
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            z = x[start:stop] @ self.weights
+            return np.asarray(z, dtype=np.float32) + self.bias
+
+        return rows
+
+    def predict(self, x: np.ndarray | sp.spmatrix) -> np.ndarray:
+        """``[n]`` argmax class (ties -> smallest class index)."""
+        return np.argmax(self.predict_scores(x), axis=1)
+
+
+def _accuracy_rows(y_eval: np.ndarray) -> SelectMetric:
+    def per_row(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return (np.argmax(scores, axis=1) == y_eval[rows]).astype(np.float64)
+
+    return per_row
+
+
+def _batches(x, y, order, batch_size):
+    for s in range(0, order.size, batch_size):
+        idx = order[s : s + batch_size]
+        xb = x[idx]
+        if sp.issparse(xb):
+            coo = xb.tocoo()
+            xb = tf.SparseTensor(
+                np.stack([coo.row, coo.col], axis=1).astype(np.int64),
+                coo.data.astype(np.float32),
+                coo.shape,
+            )
+            xb = tf.sparse.reorder(xb)
+        yield xb, y[idx]
+
+
+def _fit_group(
+    x_train,
+    y_train: np.ndarray,
+    x_eval,
+    eval_metric: SelectMetric,
+    l2s: Sequence[float],
+    num_classes: int,
+    *,
+    max_epochs: int,
+    patience: int,
+    seed: int,
+    batch_size: int,
+    learning_rate: float,
+    eval_chunk_size: int,
+) -> list[dict]:
+    """Trains ``len(l2s)`` probes at once (stacked weights ``[F, G*C]``),
+    early-stopping each on the eval metric; returns per-member best state."""
+    num_features, g, c = x_train.shape[1], len(l2s), num_classes
+    sparse = sp.issparse(x_train)
+    w = tf.Variable(tf.zeros([num_features, g * c]), name="probe_w")
+    b = tf.Variable(tf.zeros([g * c]), name="probe_b")
+    l2 = tf.constant(np.asarray(l2s, dtype=np.float32))
+    opt = tf.keras.optimizers.Adam(learning_rate)
+    opt.build([w, b])
+    x_spec = (
+        tf.SparseTensorSpec([None, num_features], tf.float32)
+        if sparse
+        else tf.TensorSpec([None, num_features], tf.float32)
+    )
+
+    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32)])
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            z = tf.sparse.sparse_dense_matmul(xb, w) if sparse else tf.matmul(xb, w)
+            z = tf.reshape(z + b, [-1, g, c])
+            labels = tf.tile(yb[:, None], [1, g])
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z)
+            penalty = l2 * tf.reduce_sum(tf.square(tf.reshape(w, [num_features, g, c])), [0, 2])
+            # Sum over members: each member's gradient only sees its own term.
+            loss = tf.reduce_sum(tf.reduce_mean(ce, axis=0) + penalty)
+        opt.apply_gradients(zip(tape.gradient(loss, [w, b]), [w, b]))
+
+    def evaluate() -> np.ndarray:
+        wn, bn = w.numpy(), b.numpy()
+        n_eval = x_eval.shape[0]
+        totals = np.zeros(g)
+        for s in range(0, n_eval, eval_chunk_size):
+            rows = np.arange(s, min(n_eval, s + eval_chunk_size))
+            z = np.asarray(x_eval[rows] @ wn, dtype=np.float32) + bn
+            z = z.reshape(rows.size, g, c)
+            for j in range(g):
+                totals[j] += float(np.sum(eval_metric(z[:, j, :], rows)))
+        return totals / n_eval
+
+    rng = np.random.default_rng(seed)
+    y32 = y_train.astype(np.int32)
+    best = [
+        {"eval_metric": -np.inf, "best_epoch": 0, "epochs_run": 0, "w": None, "b": None}
+        for _ in range(g)
+    ]
+    stale = np.zeros(g, dtype=np.int64)
+    for epoch in range(1, max_epochs + 1):
+        for xb, yb in _batches(x_train, y32, rng.permutation(y32.size), batch_size):
+            step(xb, yb)
+        scores = evaluate()
+        wn = bn = None
+        for j in range(g):
+            if stale[j] >= patience:
+                continue
+            best[j]["epochs_run"] = epoch
+            if scores[j] > best[j]["eval_metric"]:
+                if wn is None:
+                    wn = w.numpy().reshape(num_features, g, c)
+                    bn = b.numpy().reshape(g, c)
+                best[j].update(
+                    eval_metric=float(scores[j]),
+                    best_epoch=epoch,
+                    w=wn[:, j, :].copy(),
+                    b=bn[j].copy(),
+                )
+                stale[j] = 0
+            else:
+                stale[j] += 1
+        if np.all(stale >= patience):
+            break
+    return best
+
+
+def train_softmax_probe(
+    x_train: np.ndarray | sp.spmatrix,
+    y_train: np.ndarray,
+    x_eval: np.ndarray | sp.spmatrix,
+    y_eval: np.ndarray,
+    num_classes: int,
+    *,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    max_epochs: int = 200,
+    patience: int = 10,
+    seed: int = 0,
+    batch_size: int = 1024,
+    learning_rate: float = 0.01,
+    select_metric: SelectMetric | None = None,
+    max_params: int = 1 << 25,
+    eval_chunk_size: int = 2048,
+) -> Probe:
+    """Multinomial logistic regression on frozen features, selected on eval.
+
+    There is deliberately no test argument: the L2 strength and the stopping
+    epoch can only depend on ``(x_eval, y_eval)``.
+
+    Args:
+      x_train: ``[n, F]`` features (dense, or scipy sparse e.g. bag-of-items).
+        Dense features are standardized with train mean/std.
+      y_train: ``[n]`` int labels in ``[0, num_classes)``.
+      x_eval, y_eval: eval users, same layout; used for early stopping and L2
+        selection only.
+      num_classes: e.g. number of genres, or the item vocabulary size for
+        next-item prediction (reserved ids are then simply never targets).
+      l2_grid: penalties ``l2 * ||W||^2`` added to the mean cross-entropy;
+        strongest first (ties on eval go to the earlier entry).
+      max_epochs, patience: stop a member after ``patience`` epochs without
+        a strict eval improvement; its best-epoch weights are kept.
+      seed: minibatch order (weights start at zero, so nothing else is random).
+      batch_size: minibatch size; ``n <= batch_size`` is full-batch Adam.
+      learning_rate: Adam step size.
+      select_metric: ``(scores [m, C], eval_rows [m]) -> per-row values [m]``
+        averaged over eval users, higher = better; default accuracy
+        (`evaluate_embeddings` passes NDCG@k for next item).
+      max_params: grid members trained together while ``F * C * members``
+        stays under this; larger grids run in several groups.
+      eval_chunk_size: eval rows scored at once.
+    """
+    y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
+    y_eval = np.asarray(y_eval).astype(np.int64).reshape(-1)
+    for name, x, y in (("train", x_train, y_train), ("eval", x_eval, y_eval)):
+        if x.ndim != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x_{name} {x.shape} must be 2-D with one row per label ({y.shape[0]})."
+            )
+        if not y.size:
+            raise ValueError(f"y_{name} is empty; the probe needs {name} users with labels.")
+        if y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(
+                f"y_{name} must be in [0, {num_classes}); got [{y.min()}, {y.max()}]. "
+                "Drop unknown (-1) labels before training."
+            )
+    if x_train.shape[1] != x_eval.shape[1]:
+        raise ValueError(f"feature dims differ: train {x_train.shape}, eval {x_eval.shape}.")
+    if not l2_grid:
+        raise ValueError("l2_grid must hold at least one value.")
+
+    sparse = sp.issparse(x_train)
+    if sparse:
+        x_tr = sp.csr_matrix(x_train, dtype=np.float32)
+        x_ev = sp.csr_matrix(x_eval, dtype=np.float32)
+        mean = scale = None
+    else:
+        x_tr = np.asarray(x_train, dtype=np.float32)
+        mean = x_tr.mean(axis=0)
+        scale = x_tr.std(axis=0)
+        scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
+        x_tr = (x_tr - mean) / scale
+        x_ev = (np.asarray(x_eval, dtype=np.float32) - mean) / scale
+    metric = select_metric or _accuracy_rows(y_eval)
+
+    per_group = max(1, max_params // max(1, x_tr.shape[1] * num_classes))
+    members = []
+    grid = list(l2_grid)
+    for s in range(0, len(grid), per_group):
+        members += _fit_group(
+            x_tr,
+            y_train,
+            x_ev,
+            metric,
+            grid[s : s + per_group],
+            num_classes,
+            max_epochs=max_epochs,
+            patience=patience,
+            seed=seed,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            eval_chunk_size=eval_chunk_size,
+        )
+    chosen = int(np.argmax([m["eval_metric"] for m in members]))  # first on ties
+    w, b = members[chosen]["w"], members[chosen]["b"]
+    if mean is not None:  # fold standardization: ((x - mean)/scale) @ w + b
+        w = w / scale[:, None]
+        b = b - mean @ w
+    selection = [
+        {k: m[k] for k in ("eval_metric", "best_epoch", "epochs_run")} | {"l2": float(l2)}
+        for l2, m in zip(grid, members)
+    ]
+    return Probe(
+        weights=np.asarray(w, dtype=np.float32),
+        bias=np.asarray(b, dtype=np.float32),
+        l2=float(grid[chosen]),
+        best_epoch=int(members[chosen]["best_epoch"]),
+        eval_metric=float(members[chosen]["eval_metric"]),
+        selection=selection,
+    )
+
+
+@dataclasses.dataclass
+class PairProbe:
+    """Liked-item probe: binary logistic regression on `pair_features`."""
+
+    probe: Probe
+    item_emb: np.ndarray | None
+    num_items: int | None
+
+    def features(self, user_emb, pairs: Pairs):
+        return pair_features(user_emb, pairs, self.item_emb, num_items=self.num_items)
+
+    def predict_logits(self, user_emb, pairs: Pairs) -> np.ndarray:
+        """``[m]`` logit of "liked" (class-1 minus class-0 softmax logit)."""
+        z = self.probe.predict_scores(self.features(user_emb, pairs))
+        return (z[:, 1] - z[:, 0]).astype(np.float64)
+
+    def predict_proba(self, user_emb, pairs: Pairs) -> np.ndarray:
+        """``[m]`` probability of "liked"."""
+        return 1.0 / (1.0 + np.exp(-self.predict_logits(user_emb, pairs)))
+
+
+def train_pair_probe(
+    user_emb_train,
+    pairs_train: Pairs,
+    user_emb_eval,
+    pairs_eval: Pairs,
+    *,
+    item_emb: np.ndarray | None = None,
+    num_items: int | None = None,
+    **probe_kwargs,
+) -> PairProbe:
+    """Liked-item probe on (user embedding, model's item embedding) pairs.
+
+    ``user_emb_*`` are the split's user embeddings ``[n_split, d]``; pairs index
+    into them. ``item_emb [V, e]`` is the model's item table (for BT: the
+    encoder's input embeddings; for DE: the item tower); ``None`` = one-hot
+    items over ``num_items``. ``probe_kwargs`` go to `train_softmax_probe`
+    (eval accuracy selects L2 unless ``select_metric`` is given).
+    """
+    x_tr = pair_features(user_emb_train, pairs_train, item_emb, num_items=num_items)
+    x_ev = pair_features(user_emb_eval, pairs_eval, item_emb, num_items=num_items)
+    probe = train_softmax_probe(
+        x_tr, pairs_train.labels, x_ev, pairs_eval.labels, 2, **probe_kwargs
+    )
+    return PairProbe(probe, item_emb, num_items)
+
+
+# --------------------------------------------------------------------------
+# Drivers
+# --------------------------------------------------------------------------
+
+
+def _as_pairs(value: Any) -> Pairs:
+    if isinstance(value, Pairs):
+        return value
+    return Pairs(
+        np.asarray(value["user_index"]).astype(np.int64),
+        np.asarray(value["item_ids"]).astype(np.int64),
+        np.asarray(value["labels"]).astype(np.int64),
+    )
+
+
+def _check_splits(task: str, per_split: Mapping[str, Any]) -> None:
+    missing = [s for s in ("train", "eval", "test") if s not in per_split]
+    if missing:
+        raise ValueError(f"labels[{task!r}] lacks split(s) {missing}; need train, eval, test.")
+
+
+def _next_item_masks(targets: np.ndarray, num_items: int):
+    """(trainable, scored): users with a known target train/select; users with
+    any future item are scored (OOV targets count as misses)."""
+    trainable = (targets >= NUM_RESERVED) & (targets < num_items)
+    scored = targets != PAD_ID
+    return trainable, scored
+
+
+def _row(model, task, metric, fraction, seed, value, **extra) -> dict:
+    return {
+        "model": model,
+        "task": task,
+        "metric": metric,
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "value": float(value),
+    } | extra
+
+
+def evaluate_embeddings(
+    emb: Mapping[str, Any],
+    labels: Mapping[str, Mapping[str, Any]],
+    *,
+    model: str,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0, 1, 2),
+    num_items: int | None = None,
+    item_emb: np.ndarray | None = None,
+    history: Mapping[str, np.ndarray] | None = None,
+    exclude_history: bool = True,
+    k: int = 10,
+    subsample_eval: bool = False,
+    probe_kwargs: Mapping[str, Any] | None = None,
+) -> list[dict]:
+    """Every downstream task for one model's frozen user embeddings.
+
+    Args:
+      emb: split ("train", "eval", "test") -> ``[n_split, d]`` user embeddings
+        (dense, or sparse e.g. `bag_of_items_features`).
+      labels: task -> split -> labels. Task kinds by name:
+        ``"next_item"``: ``[n]`` first future item ids (`first_future_item`),
+        metrics ``hr@k``, ``ndcg@k`` over the full catalog (needs
+        ``num_items``). Users without a future item (0) are skipped; OOV
+        targets are never trained on and count as misses on test;
+        ``"liked_item"``: `Pairs` (or a dict with the same fields), metrics
+        ``accuracy``, ``auc``; users are sampled, then all their pairs used;
+        any other name (``"favorite_genre"``, ``"attr_gender"``, ...):
+        ``[n]`` class ids, -1 = unknown (skipped), metrics ``accuracy``,
+        ``balanced_accuracy``; stratified sampling.
+      model: name stored in every row (e.g. "bt", "de", "untrained").
+      fractions, seeds: label fractions of train users and sampling seeds
+        (the seed also orders the probe's minibatches).
+      num_items: item vocabulary size incl. reserved ids (next/liked item).
+      item_emb: ``[num_items, e]`` the model's item embeddings for the liked
+        probe; None -> one-hot items.
+      history: split -> padded ``[n, L]`` history item ids, needed when
+        ``exclude_history``.
+      exclude_history: remove history items from the next-item ranking
+        (default True: in MovieLens a user rates a movie once, so history items
+        are never a correct next item; the same rule applies to every model
+        and floor). Stored in each next-item row.
+      k: cutoff for HR/NDCG.
+      subsample_eval: if True, eval labels are subsampled with the same
+        fraction (seed + 1) instead of used in full for selection.
+      probe_kwargs: passed to `train_softmax_probe` (l2_grid, max_epochs, ...).
+
+    Returns:
+      Rows ``{"model", "task", "metric", "fraction", "seed", "value",
+      "n_train", "n_eval", "n_test", "l2", "best_epoch"}`` (+
+      ``"exclude_history"``, ``"k"`` for next item).
+    """
+    probe_kwargs = dict(probe_kwargs or {})
+    for split in ("train", "eval", "test"):
+        if split not in emb:
+            raise ValueError(f"emb lacks split {split!r}; need train, eval, test.")
+    rows: list[dict] = []
+    for task, per_split in labels.items():
+        _check_splits(task, per_split)
+        for fraction in fractions:
+            for seed in seeds:
+                kwargs = dict(probe_kwargs, seed=seed)
+                if task == NEXT_ITEM:
+                    rows += _eval_next_item(
+                        emb,
+                        per_split,
+                        model,
+                        fraction,
+                        seed,
+                        num_items,
+                        history,
+                        exclude_history,
+                        k,
+                        subsample_eval,
+                        kwargs,
+                    )
+                elif task == LIKED_ITEM:
+                    rows += _eval_liked(
+                        emb,
+                        per_split,
+                        model,
+                        fraction,
+                        seed,
+                        num_items,
+                        item_emb,
+                        subsample_eval,
+                        kwargs,
+                    )
+                else:
+                    rows += _eval_classification(
+                        emb, per_split, task, model, fraction, seed, subsample_eval, kwargs
+                    )
+    return rows
+
+
+def _eval_subset(y_eval, fraction, seed, subsample, stratify):
+    if not subsample:
+        return np.flatnonzero(np.asarray(y_eval) >= 0)
+    return sample_label_fraction(y_eval, fraction, seed + 1, stratify=stratify)
+
+
+def _eval_classification(emb, per_split, task, model, fraction, seed, subsample, kwargs):
+    y = {s: np.asarray(per_split[s]).astype(np.int64).reshape(-1) for s in per_split}
+    for s in ("train", "eval", "test"):
+        if y[s].shape[0] != emb[s].shape[0]:
+            raise ValueError(
+                f"labels[{task!r}][{s!r}] has {y[s].shape[0]} users, emb[{s!r}] {emb[s].shape[0]}."
+            )
+    num_classes = int(max(v.max(initial=-1) for v in y.values())) + 1
+    tr = sample_label_fraction(y["train"], fraction, seed)
+    ev = _eval_subset(y["eval"], fraction, seed, subsample, stratify=True)
+    te = np.flatnonzero(y["test"] >= 0)
+    probe = train_softmax_probe(
+        emb["train"][tr],
+        y["train"][tr],
+        emb["eval"][ev],
+        y["eval"][ev],
+        num_classes,
+        **kwargs,
+    )
+    pred = probe.predict(emb["test"][te])
+    extra = dict(
+        n_train=int(tr.size),
+        n_eval=int(ev.size),
+        n_test=int(te.size),
+        l2=probe.l2,
+        best_epoch=probe.best_epoch,
+    )
+    return [
+        _row(
+            model, task, "accuracy", fraction, seed, metrics.accuracy(y["test"][te], pred), **extra
+        ),
+        _row(
+            model,
+            task,
+            "balanced_accuracy",
+            fraction,
+            seed,
+            metrics.balanced_accuracy(y["test"][te], pred),
+            **extra,
+        ),
+    ]
+
+
+def _eval_next_item(
+    emb, per_split, model, fraction, seed, num_items, history, exclude, k, subsample, kwargs
+):
+    if num_items is None:
+        raise ValueError("next_item needs num_items (item vocab size incl. reserved ids).")
+    if exclude and (history is None or any(s not in history for s in ("eval", "test"))):
+        raise ValueError(
+            "exclude_history=True needs history={'eval': [n, L], 'test': [n, L]} padded "
+            "item ids; pass them or set exclude_history=False."
+        )
+    t = {s: np.asarray(per_split[s]).astype(np.int64).reshape(-1) for s in per_split}
+    trainable_tr, _ = _next_item_masks(t["train"], num_items)
+    trainable_ev, _ = _next_item_masks(t["eval"], num_items)
+    _, scored_te = _next_item_masks(t["test"], num_items)
+    # Unknown = -1 so sample_label_fraction skips them; no stratification by item.
+    tr = sample_label_fraction(
+        np.where(trainable_tr, t["train"], -1), fraction, seed, stratify=False
+    )
+    ev = _eval_subset(np.where(trainable_ev, t["eval"], -1), fraction, seed, subsample, False)
+    te = np.flatnonzero(scored_te)
+    hist_ev = history["eval"][ev] if exclude else None
+    y_ev = t["eval"][ev]
+
+    def ndcg_rows(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        ex = hist_ev[rows] if hist_ev is not None else None
+        return metrics.ndcg_gains_at_k(metrics.target_ranks(scores, y_ev[rows], exclude=ex), k)
+
+    kwargs.setdefault("select_metric", ndcg_rows)
+    probe = train_softmax_probe(
+        emb["train"][tr], t["train"][tr], emb["eval"][ev], y_ev, num_items, **kwargs
+    )
+    ranks = metrics.target_ranks(
+        probe.score_fn(emb["test"][te]),
+        t["test"][te],
+        exclude=history["test"][te] if exclude else None,
+    )
+    extra = dict(
+        n_train=int(tr.size),
+        n_eval=int(ev.size),
+        n_test=int(te.size),
+        l2=probe.l2,
+        best_epoch=probe.best_epoch,
+        exclude_history=bool(exclude),
+        k=int(k),
+    )
+    return [
+        _row(
+            model, NEXT_ITEM, f"hr@{k}", fraction, seed, metrics.hits_at_k(ranks, k).mean(), **extra
+        ),
+        _row(
+            model,
+            NEXT_ITEM,
+            f"ndcg@{k}",
+            fraction,
+            seed,
+            metrics.ndcg_gains_at_k(ranks, k).mean(),
+            **extra,
+        ),
+    ]
+
+
+def _pair_user_sample(pairs: Pairs, n_users: int, fraction, seed) -> np.ndarray:
+    has_pair = np.zeros(n_users, dtype=bool)
+    has_pair[pairs.user_index] = True
+    users = sample_label_fraction(np.where(has_pair, 0, -1), fraction, seed, stratify=False)
+    return np.flatnonzero(np.isin(pairs.user_index, users))
+
+
+def _eval_liked(emb, per_split, model, fraction, seed, num_items, item_emb, subsample, kwargs):
+    p = {s: _as_pairs(per_split[s]) for s in ("train", "eval", "test")}
+    tr = _pair_user_sample(p["train"], emb["train"].shape[0], fraction, seed)
+    ev = (
+        _pair_user_sample(p["eval"], emb["eval"].shape[0], fraction, seed + 1)
+        if subsample
+        else np.arange(len(p["eval"]))
+    )
+    pp = train_pair_probe(
+        emb["train"],
+        p["train"].subset(tr),
+        emb["eval"],
+        p["eval"].subset(ev),
+        item_emb=item_emb,
+        num_items=num_items,
+        **kwargs,
+    )
+    logits = pp.predict_logits(emb["test"], p["test"])
+    y = p["test"].labels
+    extra = dict(
+        n_train=int(tr.size),
+        n_eval=int(ev.size),
+        n_test=len(p["test"]),
+        l2=pp.probe.l2,
+        best_epoch=pp.probe.best_epoch,
+    )
+    return [
+        _row(
+            model,
+            LIKED_ITEM,
+            "accuracy",
+            fraction,
+            seed,
+            metrics.accuracy(y, (logits > 0).astype(np.int64)),
+            **extra,
+        ),
+        _row(model, LIKED_ITEM, "auc", fraction, seed, metrics.roc_auc(y, logits), **extra),
+    ]
+
+
+def majority_floor(
+    labels: Mapping[str, Mapping[str, Any]],
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0, 1, 2),
+    model: str = "majority",
+) -> list[dict]:
+    """Predict the majority class of the sampled train labels for every test
+    user (classification tasks and liked item; next item is skipped, see
+    `popularity_floor`). Same label samples as `evaluate_embeddings`, so it
+    varies with fraction and seed. Liked-item AUC of a constant is 0.5."""
+    rows = []
+    for task, per_split in labels.items():
+        if task == NEXT_ITEM:
+            continue
+        _check_splits(task, per_split)
+        for fraction in fractions:
+            for seed in seeds:
+                if task == LIKED_ITEM:
+                    p_tr, p_te = _as_pairs(per_split["train"]), _as_pairs(per_split["test"])
+                    n_users = int(p_tr.user_index.max(initial=-1)) + 1
+                    tr = _pair_user_sample(p_tr, n_users, fraction, seed)
+                    c = metrics.majority_class(p_tr.labels[tr])
+                    y = p_te.labels
+                    pred = np.full_like(y, c)
+                    extra = dict(n_train=int(tr.size), n_test=len(p_te), majority=c)
+                    rows += [
+                        _row(
+                            model,
+                            task,
+                            "accuracy",
+                            fraction,
+                            seed,
+                            metrics.accuracy(y, pred),
+                            **extra,
+                        ),
+                        _row(
+                            model,
+                            task,
+                            "auc",
+                            fraction,
+                            seed,
+                            metrics.roc_auc(y, np.zeros(y.shape)),
+                            **extra,
+                        ),
+                    ]
+                    continue
+                y_tr = np.asarray(per_split["train"]).astype(np.int64).reshape(-1)
+                y_te = np.asarray(per_split["test"]).astype(np.int64).reshape(-1)
+                y_te = y_te[y_te >= 0]
+                tr = sample_label_fraction(y_tr, fraction, seed)
+                c = metrics.majority_class(y_tr[tr])
+                pred = np.full_like(y_te, c)
+                extra = dict(n_train=int(tr.size), n_test=int(y_te.size), majority=c)
+                rows += [
+                    _row(
+                        model,
+                        task,
+                        "accuracy",
+                        fraction,
+                        seed,
+                        metrics.accuracy(y_te, pred),
+                        **extra,
+                    ),
+                    _row(
+                        model,
+                        task,
+                        "balanced_accuracy",
+                        fraction,
+                        seed,
+                        metrics.balanced_accuracy(y_te, pred),
+                        **extra,
+                    ),
+                ]
+    return rows
+
+
+def popularity_floor(
+    counts: np.ndarray,
+    test_targets: np.ndarray,
+    *,
+    test_history: np.ndarray | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0, 1, 2),
+    k: int = 10,
+    model: str = "popularity",
+) -> list[dict]:
+    """Next-item floor: the same ranking for every user, by ``counts``
+    (`item_counts` of train users' histories: label-free, so the value is
+    identical for every fraction and seed; rows are repeated so the report
+    can draw it beside the probes). Equal counts are ordered by smaller item id
+    (no ties reach the pessimistic tie rule). ``test_history`` set -> history
+    excluded, as in `evaluate_embeddings`."""
+    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+    num_items = counts.size
+    order = np.lexsort((np.arange(num_items), -counts))  # count desc, id asc
+    scores = np.empty(num_items)
+    scores[order] = np.arange(num_items, 0, -1, dtype=np.float64)
+    targets = np.asarray(test_targets).astype(np.int64).reshape(-1)
+    _, scored = _next_item_masks(targets, num_items)
+    te = np.flatnonzero(scored)
+
+    def rows_fn(start: int, stop: int) -> np.ndarray:
+        return np.broadcast_to(scores, (stop - start, num_items))
+
+    ranks = metrics.target_ranks(
+        rows_fn, targets[te], exclude=None if test_history is None else test_history[te]
+    )
+    hr = float(metrics.hits_at_k(ranks, k).mean())
+    ndcg = float(metrics.ndcg_gains_at_k(ranks, k).mean())
+    extra = dict(n_test=int(te.size), exclude_history=test_history is not None, k=int(k))
+    rows = []
+    for fraction in fractions:
+        for seed in seeds:
+            rows += [
+                _row(model, NEXT_ITEM, f"hr@{k}", fraction, seed, hr, **extra),
+                _row(model, NEXT_ITEM, f"ndcg@{k}", fraction, seed, ndcg, **extra),
+            ]
+    return rows
