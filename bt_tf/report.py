@@ -1,0 +1,319 @@
+"""Downstream report: mean ± std over seeds, Markdown tables, JSON and PNG plots.
+
+Input rows are the dicts produced by `bt_tf.probes.evaluate_embeddings` and
+the floors: ``{"model", "task", "metric", "fraction", "seed", "value", ...}``.
+Aggregates are per (task, metric, model, fraction): the mean over seeds and
+the sample standard deviation (ddof=1; 0 with one seed). NaN values (e.g. an
+AUC on a one-class test set) are left out and shown as "n/a" when no value
+remains. The paper states gains as relative improvement of a model ``m`` over
+the baseline ``b``: ``(m - b) / b`` in percent, computed on the seed means.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FLOORS",
+    "aggregate",
+    "relative_improvement",
+    "write_report",
+    "plot_metric_vs_fraction",
+    "plot_batch_size_ablation",
+]
+
+# Models drawn and listed after the learned ones.
+FLOORS = ("untrained", "bag_of_items", "majority", "popularity")
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    vals = _finite(values)
+    if not vals:
+        return float("nan"), float("nan"), 0
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), std, len(vals)
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """``[{"task", "metric", "model", "fraction", "mean", "std", "n_seeds"}]``,
+    one per (task, metric, model, fraction), sorted by those keys."""
+    groups = collections.defaultdict(list)
+    for r in rows:
+        missing = {"model", "task", "metric", "fraction", "value"} - set(r)
+        if missing:
+            raise ValueError(f"result row {r} lacks {sorted(missing)}.")
+        groups[(r["task"], r["metric"], r["model"], float(r["fraction"]))].append(r["value"])
+    out = []
+    for (task, metric, model, fraction), values in sorted(groups.items()):
+        mean, std, n = _mean_std(values)
+        out.append(
+            dict(
+                task=task,
+                metric=metric,
+                model=model,
+                fraction=fraction,
+                mean=mean,
+                std=std,
+                n_seeds=n,
+            )
+        )
+    return out
+
+
+def relative_improvement(model_mean: float, baseline_mean: float) -> float:
+    """``100 * (m - b) / b``; NaN if either is missing or ``b == 0``."""
+    if not (math.isfinite(model_mean) and math.isfinite(baseline_mean)) or baseline_mean == 0:
+        return float("nan")
+    return 100.0 * (model_mean - baseline_mean) / baseline_mean
+
+
+def _model_order(models: Iterable[str], baseline: str, compare: Sequence[str]) -> list[str]:
+    models = set(models)
+    head = [m for m in (*compare, baseline) if m in models]
+    floors = [m for m in FLOORS if m in models]
+    rest = sorted(models - set(head) - set(floors))
+    return head + rest + floors
+
+
+def _fraction_label(f: float) -> str:
+    return f"{100 * f:g}%"
+
+
+def _cell(mean: float, std: float) -> str:
+    return "n/a" if not math.isfinite(mean) else f"{mean:.3f} ± {std:.3f}"
+
+
+def _pct(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:+.1f}%"
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+def write_report(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str,
+    *,
+    baseline: str = "de",
+    compare: Sequence[str] = ("bt", "bt+de"),
+    title: str = "Downstream evaluation",
+) -> dict[str, str]:
+    """Writes ``report.md``, ``results.json`` and ``metrics_vs_fraction.png``.
+
+    ``report.md`` has, per task and metric, a table (rows = models, columns =
+    label fractions, cells "mean ± std") and, when ``baseline`` is present, the
+    relative improvement of each ``compare`` model over it. ``results.json``
+    holds the raw rows, the aggregates and the improvements (NaN -> null).
+
+    Returns ``{"markdown": path, "json": path, "plot": path}``.
+    """
+    if not rows:
+        raise ValueError("write_report got no rows; run the evaluation first.")
+    os.makedirs(out_dir, exist_ok=True)
+    aggs = aggregate(rows)
+    by_key = {(a["task"], a["metric"], a["model"], a["fraction"]): a for a in aggs}
+    tasks = list(dict.fromkeys(r["task"] for r in rows))  # first-seen order
+    improvements = []
+    n_seeds = sorted({a["n_seeds"] for a in aggs})
+    lines = [
+        f"# {title}",
+        "",
+        f"Mean ± std (ddof=1) over seeds (seeds per cell: {', '.join(map(str, n_seeds))}); "
+        "probes trained on the given fraction of train users' labels, selected on eval "
+        "users, scored on test users. Relative improvement = (m − b) / b on the means, "
+        f"b = `{baseline}`.",
+        "",
+    ]
+    for task in tasks:
+        lines += [f"## {task}", ""]
+        metrics_ = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task))
+        for metric in metrics_:
+            cells = [a for a in aggs if a["task"] == task and a["metric"] == metric]
+            fractions = sorted({a["fraction"] for a in cells})
+            models = _model_order({a["model"] for a in cells}, baseline, compare)
+            lines += [
+                f"### {metric}",
+                "",
+                "| model | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
+                "|---" * (len(fractions) + 1) + "|",
+            ]
+            for m in models:
+                vals = []
+                for f in fractions:
+                    a = by_key.get((task, metric, m, f))
+                    vals.append(_cell(a["mean"], a["std"]) if a else "")
+                lines.append(f"| {m} | " + " | ".join(vals) + " |")
+            lines.append("")
+            present = [c for c in compare if c in models and c != baseline]
+            if baseline in models and present:
+                lines += [
+                    f"Relative improvement over `{baseline}`:",
+                    "",
+                    "| model | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
+                    "|---" * (len(fractions) + 1) + "|",
+                ]
+                for m in present:
+                    vals = []
+                    for f in fractions:
+                        a, b = (
+                            by_key.get((task, metric, m, f)),
+                            by_key.get((task, metric, baseline, f)),
+                        )
+                        v = relative_improvement(
+                            a["mean"] if a else float("nan"), b["mean"] if b else float("nan")
+                        )
+                        improvements.append(
+                            dict(
+                                task=task,
+                                metric=metric,
+                                model=m,
+                                baseline=baseline,
+                                fraction=f,
+                                relative_improvement_pct=v,
+                            )
+                        )
+                        vals.append(_pct(v))
+                    lines.append(f"| {m} | " + " | ".join(vals) + " |")
+                lines.append("")
+    paths = {
+        "markdown": os.path.join(out_dir, "report.md"),
+        "json": os.path.join(out_dir, "results.json"),
+        "plot": os.path.join(out_dir, "metrics_vs_fraction.png"),
+    }
+    with open(paths["markdown"], "w") as f:
+        f.write("\n".join(lines))
+    with open(paths["json"], "w") as f:
+        json.dump(
+            _json_safe(
+                {
+                    "baseline": baseline,
+                    "compare": list(compare),
+                    "rows": [dict(r) for r in rows],
+                    "aggregates": aggs,
+                    "relative_improvement": improvements,
+                }
+            ),
+            f,
+            indent=1,
+            allow_nan=False,
+        )
+    plot_metric_vs_fraction(rows, paths["plot"], baseline=baseline, compare=compare)
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric_vs_fraction(
+    rows: Sequence[Mapping[str, Any]],
+    out_path: str,
+    *,
+    baseline: str = "de",
+    compare: Sequence[str] = ("bt", "bt+de"),
+) -> str:
+    """One panel per (task, metric): mean metric against label fraction (log
+    x), one line per model with ±std error bars. Floors are dashed."""
+    plt = _pyplot()
+    aggs = aggregate(rows)
+    panels = list(dict.fromkeys((r["task"], r["metric"]) for r in rows))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, (task, metric) in zip(axes.flat, panels):
+        cells = [a for a in aggs if a["task"] == task and a["metric"] == metric]
+        for m in _model_order({a["model"] for a in cells}, baseline, compare):
+            pts = sorted((a["fraction"], a["mean"], a["std"]) for a in cells if a["model"] == m)
+            x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
+            ax.errorbar(
+                x,
+                y,
+                yerr=e,
+                marker="o",
+                ms=3,
+                capsize=3,
+                label=m,
+                linestyle="--" if m in FLOORS else "-",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("label fraction of train users")
+        ax.set_ylabel(metric)
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def plot_batch_size_ablation(
+    rows: Sequence[Mapping[str, Any]],
+    out_path: str,
+    *,
+    task: str,
+    metric: str,
+    fraction: float | None = None,
+    x_key: str = "batch_size",
+) -> str:
+    """Metric against pretraining batch size (log2 x), one line per model.
+
+    ``rows`` are result rows carrying ``x_key`` (the entry point adds the run's
+    batch size to each row); only ``task``/``metric`` (and ``fraction`` when
+    given) are drawn, mean ± std over seeds.
+    """
+    plt = _pyplot()
+    groups = collections.defaultdict(list)
+    for r in rows:
+        if r["task"] != task or r["metric"] != metric or x_key not in r:
+            continue
+        if fraction is not None and not math.isclose(float(r["fraction"]), fraction):
+            continue
+        groups[(r["model"], float(r[x_key]))].append(r["value"])
+    if not groups:
+        raise ValueError(
+            f"no rows with task={task!r}, metric={metric!r}, fraction={fraction} and a "
+            f"{x_key!r} field; add the run's {x_key} to each row."
+        )
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m in sorted({k[0] for k in groups}):
+        pts = sorted((x, *_mean_std(v)[:2]) for (mm, x), v in groups.items() if mm == m)
+        x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
+        ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=3, label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(x_key.replace("_", " "))
+    ax.set_ylabel(metric)
+    ax.set_title(task + ("" if fraction is None else f" ({_fraction_label(fraction)} labels)"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
