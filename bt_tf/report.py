@@ -245,25 +245,24 @@ def plot_metric_vs_fraction(
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+    all_models = _model_order({a["model"] for a in aggs}, baseline, compare)
+    colors = {m: f"C{i % 10}" for i, m in enumerate(all_models)}  # same colour in every panel
     for ax, (task, metric) in zip(axes.flat, panels):
         cells = [a for a in aggs if a["task"] == task and a["metric"] == metric]
         for m in _model_order({a["model"] for a in cells}, baseline, compare):
             pts = sorted((a["fraction"], a["mean"], a["std"]) for a in cells if a["model"] == m)
             x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
             ax.errorbar(
-                x,
-                y,
-                yerr=e,
-                marker="o",
-                ms=3,
-                capsize=3,
-                label=m,
+                x, y, yerr=e, marker="o", ms=3, capsize=3, label=m, color=colors[m],
                 linestyle="--" if m in FLOORS else "-",
-            )
+            )  # fmt: skip
+        fractions = sorted({a["fraction"] for a in cells})
         ax.set_xscale("log")
+        ax.set_xticks(fractions, [_fraction_label(f) for f in fractions])
+        ax.minorticks_off()
         ax.set_xlabel("label fraction of train users")
         ax.set_ylabel(metric)
-        ax.set_title(task)
+        ax.set_title(f"{task}: {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
