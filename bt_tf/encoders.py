@@ -1,0 +1,304 @@
+"""User-sequence encoders and the Barlow Twins projector.
+
+`SequenceEncoder` maps a right-padded batch of item ids `[batch, length]`
+(0 = padding, 1 = mask, 2 = out-of-vocabulary, real items >= 3; see
+`bt_tf.features`) to one user vector `[batch, dim]`. The same class is the BT
+backbone, the query tower of the dual-encoder baseline and what gets exported;
+its item table (`encoder.item_embedding`) is reused by the baseline and the
+liked-item probe.
+
+`build_projector` builds the BT projector MLP ("1024-1024-1024") whose batch
+norm is synchronized across replicas under `tf.distribute`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
+from bt_tf.features import PAD_ID
+
+KINDS = ("transformer", "gru", "mean")
+POOLINGS = ("mean", "last")
+
+
+def _masked_pool(x: tf.Tensor, mask: tf.Tensor, pooling: str) -> tf.Tensor:
+    """Pools `x` `[B, L, D]` over the real positions given by `mask` `[B, L]`.
+
+    "mean" averages the real positions; "last" takes the last real position,
+    which assumes right padding (real items are contiguous from position 0).
+    A row with no real position pools to zeros (no NaN).
+    """
+    weights = tf.cast(mask, x.dtype)
+    lengths = tf.reduce_sum(weights, axis=1)  # [B]
+    if pooling == "mean":
+        summed = tf.reduce_sum(x * weights[:, :, tf.newaxis], axis=1)
+        return tf.math.divide_no_nan(summed, lengths[:, tf.newaxis])
+    last = tf.maximum(tf.cast(lengths, tf.int32) - 1, 0)
+    picked = tf.gather(x, last, axis=1, batch_dims=1)  # [B, D]
+    return picked * tf.cast(lengths > 0, x.dtype)[:, tf.newaxis]
+
+
+@tf.keras.utils.register_keras_serializable(package="bt_tf")
+class TransformerBlock(tf.keras.layers.Layer):
+    """Self-attention + feed-forward block with residuals, pre- or post-LN.
+
+    Args:
+        dim: model width D (input and output last dimension).
+        num_heads: attention heads; `dim` must be divisible by it.
+        ffn_dim: hidden width of the feed-forward network.
+        dropout: dropout rate on attention weights and both residual branches.
+        norm_first: True = pre-LN (LayerNorm before each sub-layer, as in
+            GPT-2/SASRec variants; stable without warm-up), False = post-LN
+            (original Transformer).
+        activation: feed-forward activation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float = 0.1,
+        norm_first: bool = True,
+        activation: str = "gelu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(
+                f"dim={dim} is not divisible by num_heads={num_heads}; pick a "
+                "num_heads that divides dim (each head gets dim // num_heads)."
+            )
+        self.dim = dim
+        self.num_heads = num_heads
+        self.ffn_dim = ffn_dim
+        self.dropout = dropout
+        self.norm_first = norm_first
+        self.activation = activation
+        self.attention = tf.keras.layers.MultiHeadAttention(
+            num_heads=num_heads, key_dim=dim // num_heads, dropout=dropout, name="mha"
+        )
+        self.ffn_hidden = tf.keras.layers.Dense(ffn_dim, activation=activation, name="ffn_hidden")
+        self.ffn_out = tf.keras.layers.Dense(dim, name="ffn_out")
+        self.norm1 = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="norm1")
+        self.norm2 = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="norm2")
+        self.drop1 = tf.keras.layers.Dropout(dropout)
+        self.drop2 = tf.keras.layers.Dropout(dropout)
+
+    def call(self, x: tf.Tensor, attention_mask: tf.Tensor, training=False) -> tf.Tensor:
+        """x: float `[B, L, D]`; attention_mask: bool `[B, L, L]`, True = may attend."""
+
+        def attend(h):
+            h = self.attention(h, h, attention_mask=attention_mask, training=training)
+            return self.drop1(h, training=training)
+
+        def feed_forward(h):
+            return self.drop2(self.ffn_out(self.ffn_hidden(h)), training=training)
+
+        if self.norm_first:
+            x = x + attend(self.norm1(x))
+            return x + feed_forward(self.norm2(x))
+        x = self.norm1(x + attend(x))
+        return self.norm2(x + feed_forward(x))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            dim=self.dim,
+            num_heads=self.num_heads,
+            ffn_dim=self.ffn_dim,
+            dropout=self.dropout,
+            norm_first=self.norm_first,
+            activation=self.activation,
+        )
+        return config
+
+
+@tf.keras.utils.register_keras_serializable(package="bt_tf")
+class SequenceEncoder(tf.keras.layers.Layer):
+    """Item-id sequence → user vector.
+
+    kind="transformer": item embedding + learned positional embedding →
+        `num_blocks` `TransformerBlock`s whose attention ignores padded keys.
+    kind="gru": item embedding → `num_blocks` stacked masked GRUs (order comes
+        from the recurrence, no positional embedding).
+    kind="mean": item embedding only (bag of items, order-free).
+    The per-position states are then pooled over the real (non-pad) positions:
+    `pooling="mean"` averages them, `pooling="last"` takes the last real one.
+    Padding never influences the output; an all-padding row gives zeros.
+
+    Args:
+        vocab_size: item vocabulary size including the reserved ids 0/1/2.
+        max_len: longest accepted sequence (size of the positional table);
+            shorter inputs are fine, positions count from 0 at the left.
+        dim: embedding and output width D.
+        num_blocks: Transformer blocks / GRU layers (ignored for "mean").
+        num_heads: attention heads (transformer only).
+        dropout: dropout rate (embeddings, attention, residual branches, between GRUs).
+        kind: "transformer", "gru" or "mean".
+        pooling: "mean" or "last".
+        ffn_dim: feed-forward width of the Transformer blocks; default 4 * dim.
+        norm_first: pre-LN (True, with a final LayerNorm) or post-LN blocks.
+
+    Call: `encoder(items, training=False)` with items int `[B, L]`, L <= max_len,
+    right-padded with PAD_ID; returns float `[B, dim]`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int = 200,
+        dim: int = 64,
+        num_blocks: int = 2,
+        num_heads: int = 2,
+        dropout: float = 0.1,
+        kind: str = "transformer",
+        pooling: str = "mean",
+        ffn_dim: int | None = None,
+        norm_first: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r} is not one of {KINDS}.")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
+        if vocab_size <= PAD_ID + 1:
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small: it must count the reserved "
+                "ids (pad, mask, OOV) plus the items, i.e. metadata.json's item vocab size."
+            )
+        self.vocab_size = vocab_size
+        self.max_len = max_len
+        self.dim = dim
+        self.num_blocks = num_blocks
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.kind = kind
+        self.pooling = pooling
+        self.ffn_dim = ffn_dim if ffn_dim is not None else 4 * dim
+        self.norm_first = norm_first
+
+        self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
+        self.embedding_dropout = tf.keras.layers.Dropout(dropout)
+        self.position_embedding = None
+        self.blocks = []
+        self.final_norm = None
+        if kind == "transformer":
+            self.position_embedding = tf.keras.layers.Embedding(
+                max_len, dim, name="position_embedding"
+            )
+            self.blocks = [
+                TransformerBlock(
+                    dim, num_heads, self.ffn_dim, dropout, norm_first, name=f"block_{i}"
+                )
+                for i in range(num_blocks)
+            ]
+            if norm_first:
+                self.final_norm = tf.keras.layers.LayerNormalization(
+                    epsilon=1e-6, name="final_norm"
+                )
+        elif kind == "gru":
+            self.blocks = [
+                tf.keras.layers.GRU(dim, return_sequences=True, name=f"gru_{i}")
+                for i in range(num_blocks)
+            ]
+            self.block_dropouts = [tf.keras.layers.Dropout(dropout) for _ in range(num_blocks)]
+
+    @property
+    def output_dim(self) -> int:
+        return self.dim
+
+    def call(self, items: tf.Tensor, training=False) -> tf.Tensor:
+        length = items.shape[1]
+        if length is not None and length > self.max_len:
+            raise ValueError(
+                f"Got sequences of length {length} but the encoder was built with "
+                f"max_len={self.max_len}; truncate the input or raise max_len."
+            )
+        mask = tf.not_equal(items, tf.cast(PAD_ID, items.dtype))  # [B, L]
+        x = self.item_embedding(items)  # [B, L, D]
+        if self.kind == "transformer":
+            x = x + self.position_embedding(tf.range(tf.shape(items)[1]))[tf.newaxis]
+            x = self.embedding_dropout(x, training=training)
+            # Queries may attend only to real keys. Padded query rows still see
+            # the real keys (never NaN) and are dropped by the pooling.
+            attention_mask = tf.logical_and(
+                mask[:, tf.newaxis, :], tf.ones_like(mask)[:, :, tf.newaxis]
+            )  # [B, L, L]
+            for block in self.blocks:
+                x = block(x, attention_mask=attention_mask, training=training)
+            if self.final_norm is not None:
+                x = self.final_norm(x)
+        elif self.kind == "gru":
+            x = self.embedding_dropout(x, training=training)
+            for i, (gru, drop) in enumerate(zip(self.blocks, self.block_dropouts)):
+                if i:
+                    x = drop(x, training=training)
+                x = gru(x, mask=mask, training=training)
+        else:
+            x = self.embedding_dropout(x, training=training)
+        return _masked_pool(x, mask, self.pooling)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            max_len=self.max_len,
+            dim=self.dim,
+            num_blocks=self.num_blocks,
+            num_heads=self.num_heads,
+            dropout=self.dropout,
+            kind=self.kind,
+            pooling=self.pooling,
+            ffn_dim=self.ffn_dim,
+            norm_first=self.norm_first,
+        )
+        return config
+
+
+def parse_projector_spec(spec: str) -> list[int]:
+    """ "1024-1024-1024" → [1024, 1024, 1024]."""
+    try:
+        sizes = [int(part) for part in spec.split("-")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size <= 0 for size in sizes):
+        raise ValueError(
+            f"Projector spec {spec!r} is not a dash-separated list of positive layer "
+            'widths; write it like "1024-1024-1024".'
+        )
+    return sizes
+
+
+def build_projector(
+    spec: str, *, synchronized_bn: bool = True, name: str = "projector"
+) -> tf.keras.Sequential:
+    """The BT projector: Dense → BatchNorm → ReLU between layers, a bare last Dense.
+
+    As in facebookresearch/barlowtwins, the Dense layers have no bias (the batch
+    norm that follows, or the loss's own standardization after the last one,
+    would cancel it). With `synchronized_bn=True` the batch norm statistics are
+    all-reduced over the GLOBAL batch when several replicas run under a
+    `tf.distribute` strategy (with one replica it is an ordinary batch norm), so
+    the projector, like the loss, does not depend on how the batch is split.
+
+    Args:
+        spec: layer widths, e.g. "1024-1024-1024"; the last is the output width.
+        synchronized_bn: synchronize batch norm across replicas.
+        name: model name.
+
+    Returns:
+        `tf.keras.Sequential` mapping `[B, D_in]` to `[B, last width]`.
+    """
+    sizes = parse_projector_spec(spec)
+    layers = []
+    for i, size in enumerate(sizes[:-1]):
+        layers += [
+            tf.keras.layers.Dense(size, use_bias=False, name=f"dense_{i}"),
+            tf.keras.layers.BatchNormalization(synchronized=synchronized_bn, name=f"bn_{i}"),
+            tf.keras.layers.ReLU(name=f"relu_{i}"),
+        ]
+    layers.append(tf.keras.layers.Dense(sizes[-1], use_bias=False, name=f"dense_{len(sizes) - 1}"))
+    return tf.keras.Sequential(layers, name=name)

@@ -1,0 +1,175 @@
+"""Sequence encoders: padding never matters, shapes, configs, projector layout."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import bt_tf  # noqa: F401  (One Keras, before tensorflow)
+from bt_tf.encoders import (
+    SequenceEncoder,
+    TransformerBlock,
+    build_projector,
+    parse_projector_spec,
+)
+from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID
+
+VOCAB = 40
+KINDS_AND_POOLINGS = [(k, p) for k in ("transformer", "gru", "mean") for p in ("mean", "last")]
+
+
+def _batch(length=20, seed=0):
+    """Right-padded [4, length] batch: lengths 1, 7, length (full) and 12 with mask ids."""
+    rng = np.random.default_rng(seed)
+    items = np.full((4, length), PAD_ID, np.int64)
+    for row, n in enumerate([1, 7, length, 12]):
+        items[row, :n] = rng.integers(NUM_RESERVED, VOCAB, size=n)
+    items[3, [2, 5]] = MASK_ID  # masked items are real positions, not padding
+    return items
+
+
+def _encoder(kind="transformer", pooling="mean", **kwargs):
+    tf.keras.utils.set_random_seed(0)
+    args = dict(max_len=30, dim=8, num_blocks=2, num_heads=2, dropout=0.0)
+    args.update(kwargs)
+    return SequenceEncoder(VOCAB, kind=kind, pooling=pooling, **args)
+
+
+@pytest.mark.parametrize("kind,pooling", KINDS_AND_POOLINGS)
+def test_output_shape_finite_and_padding_invariant(kind, pooling):
+    encoder = _encoder(kind, pooling)
+    items = _batch(20)
+    out = encoder(items, training=False).numpy()
+    assert out.shape == (4, 8)
+    assert np.isfinite(out).all()
+    assert np.abs(out[0]).max() > 0  # the length-1 row is a real vector, not zeros
+
+    # More right padding (20 → 30 columns) changes nothing ...
+    longer = np.pad(items, [(0, 0), (0, 10)], constant_values=PAD_ID)
+    np.testing.assert_allclose(encoder(longer, training=False).numpy(), out, atol=1e-6)
+    # ... and neither does having no padding at all: each row alone, unpadded.
+    for row, n in enumerate([1, 7, 20, 12]):
+        alone = encoder(items[row : row + 1, :n], training=False).numpy()
+        np.testing.assert_allclose(alone[0], out[row], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "gru"])
+def test_order_aware_kinds_see_order_and_mean_kind_does_not(kind):
+    items = _batch(20)
+    flipped = items.copy()
+    flipped[1, :7] = items[1, :7][::-1]
+    ordered = _encoder(kind)(items, training=False).numpy()
+    again = _encoder(kind)(flipped, training=False).numpy()
+    assert np.abs(ordered[1] - again[1]).max() > 1e-4
+    bag = _encoder("mean")
+    np.testing.assert_allclose(
+        bag(items, training=False).numpy()[1], bag(flipped, training=False).numpy()[1], atol=1e-6
+    )
+
+
+def test_last_pooling_of_mean_kind_is_the_last_items_embedding():
+    encoder = _encoder("mean", "last")
+    items = _batch(20)
+    out = encoder(items, training=False).numpy()
+    table = encoder.item_embedding.embeddings.numpy()
+    for row, n in enumerate([1, 7, 20, 12]):
+        np.testing.assert_allclose(out[row], table[items[row, n - 1]], atol=1e-6)
+
+
+def test_mean_kind_mean_pooling_averages_real_item_embeddings():
+    encoder = _encoder("mean", "mean")
+    items = _batch(20)
+    out = encoder(items, training=False).numpy()
+    table = encoder.item_embedding.embeddings.numpy()
+    np.testing.assert_allclose(out[1], table[items[1, :7]].mean(axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_transformer_pre_and_post_ln_and_all_padding_row(norm_first):
+    encoder = _encoder("transformer", norm_first=norm_first)
+    items = np.zeros((2, 10), np.int64)
+    items[0, 0] = 5  # length 1; row 1 is all padding
+    out = encoder(items, training=True).numpy()  # training path too (dropout 0)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[1], np.zeros(8))
+    has_final_norm = any("final_norm" in w.name for w in encoder.weights)
+    assert has_final_norm == norm_first
+
+
+def test_dropout_is_active_only_in_training():
+    encoder = _encoder("transformer", dropout=0.5)
+    items = _batch(20)
+    inference = encoder(items, training=False).numpy()
+    np.testing.assert_array_equal(inference, encoder(items, training=False).numpy())
+    assert np.abs(encoder(items, training=True).numpy() - inference).max() > 1e-3
+
+
+def test_item_embedding_table_is_exposed():
+    encoder = _encoder()
+    encoder(_batch(20), training=False)
+    assert isinstance(encoder.item_embedding, tf.keras.layers.Embedding)
+    assert encoder.item_embedding.embeddings.shape == (VOCAB, 8)
+    assert encoder.output_dim == 8
+
+
+def test_too_long_input_and_bad_arguments_raise():
+    encoder = _encoder(max_len=10)
+    with pytest.raises(ValueError, match="max_len=10"):
+        encoder(np.ones((1, 11), np.int64))
+    with pytest.raises(ValueError, match="num_heads"):
+        SequenceEncoder(VOCAB, dim=10, num_heads=3)
+    with pytest.raises(ValueError, match="kind"):
+        SequenceEncoder(VOCAB, kind="lstm")
+    with pytest.raises(ValueError, match="pooling"):
+        SequenceEncoder(VOCAB, pooling="max")
+
+
+@pytest.mark.parametrize("kind,pooling", KINDS_AND_POOLINGS[::2] + [("transformer", "last")])
+def test_sequence_encoder_config_round_trip(kind, pooling):
+    encoder = _encoder(kind, pooling, norm_first=False, ffn_dim=12)
+    items = _batch(20)
+    out = encoder(items, training=False).numpy()
+    clone = SequenceEncoder.from_config(encoder.get_config())
+    assert clone.get_config() == encoder.get_config()
+    clone(items, training=False)
+    clone.set_weights(encoder.get_weights())
+    np.testing.assert_allclose(clone(items, training=False).numpy(), out, atol=1e-6)
+    # Also through Keras' generic (de)serialization of registered layers.
+    again = tf.keras.layers.deserialize(tf.keras.layers.serialize(encoder))
+    assert isinstance(again, SequenceEncoder) and again.get_config() == encoder.get_config()
+
+
+def test_transformer_block_config_round_trip():
+    block = TransformerBlock(8, 2, 16, dropout=0.2, norm_first=False, activation="relu")
+    clone = TransformerBlock.from_config(block.get_config())
+    assert clone.get_config() == block.get_config()
+    x = tf.random.stateless_normal([2, 5, 8], seed=[0, 1])
+    mask = tf.ones([2, 5, 5], tf.bool)
+    block(x, attention_mask=mask)
+    clone(x, attention_mask=mask)
+    clone.set_weights(block.get_weights())
+    np.testing.assert_allclose(
+        clone(x, attention_mask=mask).numpy(), block(x, attention_mask=mask).numpy(), atol=1e-6
+    )
+
+
+def test_projector_layout_and_shape():
+    projector = build_projector("32-16-24")
+    out = projector(tf.random.stateless_normal([6, 8], seed=[2, 3]), training=True)
+    assert out.shape == (6, 24)
+    kinds = [type(layer).__name__ for layer in projector.layers]
+    assert kinds == ["Dense", "BatchNormalization", "ReLU"] * 2 + ["Dense"]
+    assert [layer.units for layer in projector.layers if hasattr(layer, "units")] == [32, 16, 24]
+    assert all(not layer.use_bias for layer in projector.layers if hasattr(layer, "units"))
+    bns = [layer for layer in projector.layers if "BatchNorm" in type(layer).__name__]
+    assert all(bn.synchronized for bn in bns)
+    assert not any(
+        bn.synchronized for bn in build_projector("4-4", synchronized_bn=False).layers[1:2]
+    )
+    single = build_projector("16")
+    assert [type(layer).__name__ for layer in single.layers] == ["Dense"]
+
+
+@pytest.mark.parametrize("spec", ["", "1024-", "a-b", "64-0", "64--64"])
+def test_bad_projector_spec_raises(spec):
+    with pytest.raises(ValueError, match="1024-1024-1024"):
+        parse_projector_spec(spec)
