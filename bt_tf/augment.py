@@ -4,9 +4,10 @@ Every op takes a right-padded batch ``items: int[batch, max_len]`` (``PAD_ID``
 after the last real item, real items ``>= NUM_RESERVED``) and returns a batch of
 the same shape and dtype. Row lengths are ``count(items != PAD_ID)`` unless
 passed explicitly. All randomness comes from ``tf.random.stateless_*`` ops
-(Philox bits, converted to floats here so eager and XLA agree bit for bit) keyed by an explicit ``seed: int[2]``,
-so the same seed gives the same views on any run. There is no per-example
-Python: every op compiles under ``tf.function(jit_compile=True)``.
+(Philox bits, converted to floats here so eager and XLA agree bit for bit)
+keyed by an explicit ``seed: int[2]``, so the same seed gives the same views
+on any run. There is no per-example Python: every op compiles under
+``tf.function(jit_compile=True)``.
 
 Invariants shared by all ops:
 
@@ -52,9 +53,7 @@ OP_ORDER = ("crop", "reorder", "mask")  # the fixed order `augment` applies them
 def _as_seed(seed) -> tf.Tensor:
     seed = tf.convert_to_tensor(seed)
     if seed.dtype not in (tf.int32, tf.int64):
-        raise TypeError(
-            f"seed must be an int32/int64 tensor of shape [2], got {seed.dtype}."
-        )
+        raise TypeError(f"seed must be an int32/int64 tensor of shape [2], got {seed.dtype}.")
     seed.shape.assert_is_compatible_with([2])
     return tf.cast(seed, tf.int64)
 
@@ -146,9 +145,7 @@ def _reorder_with_span(items: tf.Tensor, seed, beta, lengths=None):
     inside = (pos >= start[:, None]) & (pos < (start + span)[:, None])
     u = _uniform(tf.shape(items), _fold(seed, _STREAM_REORDER_KEYS), dtype=tf.float64)
     pos_f = tf.cast(pos, tf.float64)
-    span_keys = (
-        tf.cast(start, tf.float64)[:, None] + u * tf.cast(span, tf.float64)[:, None]
-    )
+    span_keys = tf.cast(start, tf.float64)[:, None] + u * tf.cast(span, tf.float64)[:, None]
     keys = tf.where(inside, span_keys, tf.broadcast_to(pos_f, tf.shape(u)))
     perm = tf.argsort(keys, axis=1, stable=True)
     out = tf.gather(items, perm, axis=1, batch_dims=1)
@@ -272,9 +269,7 @@ class AugmentPolicy:
                     f"use any of {sorted(_RANGES)}."
                 )
             if name in values:
-                raise ValueError(
-                    f"Augmentation policy {spec!r}: {name!r} is given twice."
-                )
+                raise ValueError(f"Augmentation policy {spec!r}: {name!r} is given twice.")
             try:
                 values[name] = float(raw)
             except ValueError:
@@ -286,11 +281,7 @@ class AugmentPolicy:
 
     def to_string(self) -> str:
         """Inverse of `from_string` (``"none"`` for the identity policy)."""
-        parts = [
-            f"{n}:{getattr(self, n):g}"
-            for n in OP_ORDER
-            if getattr(self, n) is not None
-        ]
+        parts = [f"{n}:{getattr(self, n):g}" for n in OP_ORDER if getattr(self, n) is not None]
         if not parts:
             return "none"
         if self.apply_prob != 1.0:
@@ -300,9 +291,7 @@ class AugmentPolicy:
     @property
     def ops(self) -> tuple[tuple[str, float], ...]:
         """The used ops with their strengths, in application order."""
-        return tuple(
-            (n, getattr(self, n)) for n in OP_ORDER if getattr(self, n) is not None
-        )
+        return tuple((n, getattr(self, n)) for n in OP_ORDER if getattr(self, n) is not None)
 
     @property
     def is_identity(self) -> bool:
@@ -347,9 +336,7 @@ def augment(items: tf.Tensor, seed, policy: AugmentPolicy) -> tf.Tensor:
     return out
 
 
-def two_views(
-    items: tf.Tensor, seed, policy: AugmentPolicy
-) -> tuple[tf.Tensor, tf.Tensor]:
+def two_views(items: tf.Tensor, seed, policy: AugmentPolicy) -> tuple[tf.Tensor, tf.Tensor]:
     """Two independent views of the same batch: ``(view1, view2)``, each like ``items``.
 
     The seed is split into two independent stateless seeds, one per view.

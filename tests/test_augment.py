@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import bt_tf  # noqa: F401  (One Keras: before tensorflow)
 from bt_tf import augment as A
 from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID
 
@@ -19,9 +18,7 @@ def _batch(lengths, max_len=MAX_LEN, seed=0, dtype=np.int32):
     rng = np.random.default_rng(seed)
     items = np.zeros((len(lengths), max_len), dtype)
     for row, n in enumerate(lengths):
-        items[row, :n] = rng.permutation(np.arange(NUM_RESERVED, NUM_RESERVED + 1000))[
-            :n
-        ]
+        items[row, :n] = rng.permutation(np.arange(NUM_RESERVED, NUM_RESERVED + 1000))[:n]
     return items
 
 
@@ -89,9 +86,7 @@ def test_reorder_permutes_exactly_one_span_of_floor_beta_len():
     beta = 0.4
     lengths = _mixed_lengths(1000)
     items = _batch(lengths)
-    out, start, span = (
-        t.numpy() for t in A._reorder_with_span(tf.constant(items), SEED, beta)
-    )
+    out, start, span = (t.numpy() for t in A._reorder_with_span(tf.constant(items), SEED, beta))
     public = A.reorder(tf.constant(items), SEED, beta).numpy()
     np.testing.assert_array_equal(out, public)
     changed_rows = 0
@@ -202,9 +197,7 @@ def test_two_views_are_independent_draws():
 def test_apply_prob_applies_each_op_to_about_that_fraction_of_rows():
     n = 4000
     items = _batch([MAX_LEN] * n)
-    out = A.augment(
-        tf.constant(items), SEED, A.AugmentPolicy(mask=1.0, apply_prob=0.5)
-    ).numpy()
+    out = A.augment(tf.constant(items), SEED, A.AugmentPolicy(mask=1.0, apply_prob=0.5)).numpy()
     fully_masked = (out == MASK_ID).all(axis=1)
     untouched = (out == items).all(axis=1)
     assert (fully_masked | untouched).all()
@@ -215,13 +208,9 @@ def test_apply_prob_applies_each_op_to_about_that_fraction_of_rows():
 def test_policy_order_crop_then_mask():
     # With crop first, mask:1.0 masks exactly the cropped length.
     items = _batch([20] * 10)
-    out = A.augment(
-        tf.constant(items), SEED, A.AugmentPolicy.from_string("mask:1.0,crop:0.5")
-    )
+    out = A.augment(tf.constant(items), SEED, A.AugmentPolicy.from_string("mask:1.0,crop:0.5"))
     np.testing.assert_array_equal((out.numpy() == MASK_ID).sum(axis=1), [10] * 10)
-    np.testing.assert_array_equal(
-        (out.numpy() == PAD_ID).sum(axis=1), [MAX_LEN - 10] * 10
-    )
+    np.testing.assert_array_equal((out.numpy() == PAD_ID).sum(axis=1), [MAX_LEN - 10] * 10)
 
 
 def test_identity_policy():
