@@ -39,13 +39,13 @@ from bt_tf.features import MASK_ID, PAD_ID
 # Pinned so that eager (CPU kernel) and XLA give identical random numbers.
 _ALG = "philox"
 
-# Fold-in constants: one independent random stream per use of the seed.
-_STREAM_MASK = 1
-_STREAM_REORDER_START = 2
-_STREAM_REORDER_KEYS = 3
-_STREAM_CROP_START = 4
-_STREAM_APPLY = 5  # + op index
-_STREAM_OP = 10  # + op index
+# Randomness layout. Each op consumes one block ``u: float64[batch, max_len + 2]``
+# of U[0, 1) numbers: ``u[:, :max_len]`` per position (mask draws, reorder sort
+# keys), ``u[:, max_len]`` the per-row start, ``u[:, max_len + 1]`` the per-row
+# apply decision. `augment` and `two_views` draw all blocks of all views with
+# ONE Philox call: every random op costs about a second of XLA compile time,
+# so fewer, bigger draws keep `jit_compile=True` compilation fast.
+_EXTRA_COLUMNS = 2
 
 OP_ORDER = ("crop", "reorder", "mask")  # the fixed order `augment` applies them in
 
@@ -58,29 +58,25 @@ def _as_seed(seed) -> tf.Tensor:
     return tf.cast(seed, tf.int64)
 
 
-def _fold(seed: tf.Tensor, stream: int) -> tf.Tensor:
-    return tf.random.experimental.stateless_fold_in(seed, stream, alg=_ALG)
-
-
-def _uniform(shape, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
-    """U[0, 1) floats built from raw Philox bits.
+def _uniform(shape, seed: tf.Tensor) -> tf.Tensor:
+    """U[0, 1) float64 numbers built from raw Philox bits.
 
     `tf.random.stateless_uniform` with a float dtype gives different numbers
     eagerly and under XLA (different bits-to-float conversion), while the raw
-    integer bits agree, so the conversion is done here: the top 24 (float32)
-    or 53 (float64) bits, scaled by 2^-24 / 2^-53, exact in the target dtype.
+    integer bits agree, so the conversion is done here: the top 53 bits of a
+    uint64, scaled by 2^-53 (exact in float64).
     """
-    if dtype == tf.float32:
-        bits = tf.random.stateless_uniform(
-            shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg=_ALG
-        )
-        return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (2.0**-24)
-    if dtype == tf.float64:
-        bits = tf.random.stateless_uniform(
-            shape, seed=seed, minval=None, maxval=None, dtype=tf.uint64, alg=_ALG
-        )
-        return tf.cast(tf.bitwise.right_shift(bits, 11), tf.float64) * (2.0**-53)
-    raise TypeError(f"_uniform supports float32/float64, not {dtype}.")
+    bits = tf.random.stateless_uniform(
+        shape, seed=seed, minval=None, maxval=None, dtype=tf.uint64, alg=_ALG
+    )
+    return tf.cast(tf.bitwise.right_shift(bits, 11), tf.float64) * (2.0**-53)
+
+
+def _draw(items: tf.Tensor, seed, leading=()) -> tf.Tensor:
+    """Random blocks for ``items``: ``float64[*leading, batch, max_len + 2]``."""
+    batch_and_width = tf.shape(items) + tf.constant([0, _EXTRA_COLUMNS])
+    shape = tf.concat([tf.constant(leading, tf.int32, shape=[len(leading)]), batch_and_width], 0)
+    return _uniform(shape, _as_seed(seed))
 
 
 def sequence_lengths(items: tf.Tensor) -> tf.Tensor:
@@ -94,17 +90,19 @@ def _lengths_or_derive(items: tf.Tensor, lengths) -> tf.Tensor:
     return tf.cast(lengths, tf.int32)
 
 
+def _as_float64(value) -> tf.Tensor:
+    if isinstance(value, (int, float)):
+        return tf.constant(value, tf.float64)  # not via float32
+    return tf.cast(value, tf.float64)
+
+
 def _floor_fraction(fraction, lengths: tf.Tensor) -> tf.Tensor:
     """``floor(fraction * lengths)`` in float64 (exactly as Python computes it)."""
-    if isinstance(fraction, (int, float)):
-        fraction = tf.constant(fraction, tf.float64)  # not via float32
-    fraction = tf.cast(fraction, tf.float64)
-    return tf.cast(tf.floor(fraction * tf.cast(lengths, tf.float64)), tf.int32)
+    return tf.cast(tf.floor(_as_float64(fraction) * tf.cast(lengths, tf.float64)), tf.int32)
 
 
-def _uniform_start(num_starts: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def _uniform_start(num_starts: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     """Per row, an int uniform in ``[0, num_starts)`` (0 when ``num_starts <= 1``)."""
-    u = _uniform(tf.shape(num_starts), seed, dtype=tf.float64)
     start = tf.cast(tf.floor(u * tf.cast(num_starts, tf.float64)), tf.int32)
     return tf.clip_by_value(start, 0, tf.maximum(num_starts - 1, 0))
 
@@ -121,29 +119,34 @@ def mask(items: tf.Tensor, seed, gamma, lengths=None) -> tf.Tensor:
     Returns:
       ``int[batch, max_len]``, same dtype. Padding and rows of length <= 1 unchanged.
     """
-    seed = _as_seed(seed)
+    return _mask(items, _draw(items, seed), gamma, lengths)
+
+
+def _mask(items: tf.Tensor, u: tf.Tensor, gamma, lengths=None) -> tf.Tensor:
     lengths = _lengths_or_derive(items, lengths)
     max_len = tf.shape(items)[1]
     real = tf.sequence_mask(lengths, max_len) & (lengths > 1)[:, None]
-    u = _uniform(tf.shape(items), _fold(seed, _STREAM_MASK))
-    hit = real & (u < tf.cast(gamma, tf.float32))
+    hit = real & (u[:, :max_len] < _as_float64(gamma))
     return tf.where(hit, tf.cast(MASK_ID, items.dtype), items)
 
 
 def _reorder_with_span(items: tf.Tensor, seed, beta, lengths=None):
     """`reorder`, also returning the shuffled span per row: ``(out, start, span)``."""
-    seed = _as_seed(seed)
+    return _reorder(items, _draw(items, seed), beta, lengths)
+
+
+def _reorder(items: tf.Tensor, u: tf.Tensor, beta, lengths=None):
     lengths = _lengths_or_derive(items, lengths)
     max_len = tf.shape(items)[1]
     span = tf.where(lengths > 1, _floor_fraction(beta, lengths), 0)
-    start = _uniform_start(lengths - span + 1, _fold(seed, _STREAM_REORDER_START))
+    start = _uniform_start(lengths - span + 1, u[:, max_len])
     # Sort keys: position i outside the span keeps key i; inside the span the
     # key is start + u * span with u ~ U[0, 1). Keys left of the span are
     # <= start - 1, keys right of it >= start + span, so argsort permutes the
     # span uniformly at random and leaves every other position in place.
     pos = tf.range(max_len, dtype=tf.int32)[None, :]
     inside = (pos >= start[:, None]) & (pos < (start + span)[:, None])
-    u = _uniform(tf.shape(items), _fold(seed, _STREAM_REORDER_KEYS), dtype=tf.float64)
+    u = u[:, :max_len]
     pos_f = tf.cast(pos, tf.float64)
     span_keys = tf.cast(start, tf.float64)[:, None] + u * tf.cast(span, tf.float64)[:, None]
     keys = tf.where(inside, span_keys, tf.broadcast_to(pos_f, tf.shape(u)))
@@ -172,11 +175,14 @@ def reorder(items: tf.Tensor, seed, beta, lengths=None) -> tf.Tensor:
 
 def _crop_with_window(items: tf.Tensor, seed, eta, lengths=None):
     """`crop`, also returning the kept window per row: ``(out, start, size)``."""
-    seed = _as_seed(seed)
+    return _crop(items, _draw(items, seed), eta, lengths)
+
+
+def _crop(items: tf.Tensor, u: tf.Tensor, eta, lengths=None):
     lengths = _lengths_or_derive(items, lengths)
     max_len = tf.shape(items)[1]
     size = tf.minimum(tf.maximum(_floor_fraction(eta, lengths), 1), lengths)
-    start = _uniform_start(lengths - size + 1, _fold(seed, _STREAM_CROP_START))
+    start = _uniform_start(lengths - size + 1, u[:, max_len])
     pos = tf.range(max_len, dtype=tf.int32)[None, :]
     src = tf.minimum(pos + start[:, None], max_len - 1)
     shifted = tf.gather(items, src, axis=1, batch_dims=1)
@@ -203,7 +209,12 @@ def crop(items: tf.Tensor, seed, eta, lengths=None) -> tf.Tensor:
     return _crop_with_window(items, seed, eta, lengths)[0]
 
 
-_OPS = {"crop": crop, "reorder": reorder, "mask": mask}
+# name -> op on a random block: (items, u, strength, lengths) -> items
+_OPS = {
+    "crop": lambda x, u, eta, n: _crop(x, u, eta, n)[0],
+    "reorder": lambda x, u, beta, n: _reorder(x, u, beta, n)[0],
+    "mask": _mask,
+}
 _RANGES = {  # name -> (low, high, low inclusive)
     "mask": (0.0, 1.0, True),
     "reorder": (0.0, 1.0, True),
@@ -322,16 +333,23 @@ def augment(items: tf.Tensor, seed, policy: AugmentPolicy) -> tf.Tensor:
     Returns:
       ``int[batch, max_len]``, same dtype.
     """
-    seed = _as_seed(seed)
+    if policy.is_identity:
+        return items
+    return _augment(items, _draw(items, seed, [len(policy.ops)]), policy)
+
+
+def _augment(items: tf.Tensor, u: tf.Tensor, policy: AugmentPolicy) -> tf.Tensor:
+    """`augment` on random blocks ``u: float64[num_ops, batch, max_len + 2]``."""
     out = items
+    max_len = tf.shape(items)[1]
     for index, (name, strength) in enumerate(policy.ops):
         # Lengths are re-derived after each op: crop shortens rows, and
         # MASK_ID != PAD_ID so masking never changes them.
         lengths = sequence_lengths(out)
-        changed = _OPS[name](out, _fold(seed, _STREAM_OP + index), strength, lengths)
+        changed = _OPS[name](out, u[index], strength, lengths)
         if policy.apply_prob < 1.0:
-            u = _uniform(tf.shape(items)[:1], _fold(seed, _STREAM_APPLY + index))
-            changed = tf.where((u < policy.apply_prob)[:, None], changed, out)
+            apply = u[index][:, max_len + 1] < policy.apply_prob
+            changed = tf.where(apply[:, None], changed, out)
         out = changed
     return out
 
@@ -339,7 +357,10 @@ def augment(items: tf.Tensor, seed, policy: AugmentPolicy) -> tf.Tensor:
 def two_views(items: tf.Tensor, seed, policy: AugmentPolicy) -> tuple[tf.Tensor, tf.Tensor]:
     """Two independent views of the same batch: ``(view1, view2)``, each like ``items``.
 
-    The seed is split into two independent stateless seeds, one per view.
+    Both views' randomness comes from one draw of ``[2, num_ops, ...]`` blocks;
+    the views use disjoint halves of it, so they are independent.
     """
-    seeds = tf.random.experimental.stateless_split(_as_seed(seed), num=2, alg=_ALG)
-    return augment(items, seeds[0], policy), augment(items, seeds[1], policy)
+    if policy.is_identity:
+        return items, items
+    u = _draw(items, seed, [2, len(policy.ops)])
+    return _augment(items, u[0], policy), _augment(items, u[1], policy)
