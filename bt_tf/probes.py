@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import tensorflow as tf
+import tensorflow as tf  # bt_tf/__init__ ran first (One Keras): tf.keras is tf_keras
 
-import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
 from bt_tf import metrics
 from bt_tf.features import NUM_RESERVED, PAD_ID
 
@@ -403,6 +402,7 @@ def _fit_group(
     *,
     max_epochs: int,
     patience: int,
+    min_epochs: int,
     seed: int,
     batch_size: int,
     learning_rate: float,
@@ -454,13 +454,14 @@ def _fit_group(
         for _ in range(g)
     ]
     stale = np.zeros(g, dtype=np.int64)
+    stopped = np.zeros(g, dtype=bool)
     for epoch in range(1, max_epochs + 1):
         for xb, yb in _batches(x_train, y32, rng.permutation(y32.size), batch_size):
             step(xb, yb)
         scores = evaluate()
         wn = bn = None
         for j in range(g):
-            if stale[j] >= patience:
+            if stopped[j]:
                 continue
             best[j]["epochs_run"] = epoch
             if scores[j] > best[j]["eval_metric"]:
@@ -476,7 +477,8 @@ def _fit_group(
                 stale[j] = 0
             else:
                 stale[j] += 1
-        if np.all(stale >= patience):
+            stopped[j] = stale[j] >= patience and epoch >= min_epochs
+        if stopped.all():
             break
     return best
 
@@ -490,10 +492,11 @@ def train_softmax_probe(
     *,
     l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     max_epochs: int = 200,
-    patience: int = 10,
+    patience: int = 5,
+    min_epochs: int = 10,
     seed: int = 0,
     batch_size: int = 1024,
-    learning_rate: float = 0.01,
+    learning_rate: float = 0.05,
     select_metric: SelectMetric | None = None,
     max_params: int = 1 << 25,
     eval_chunk_size: int = 2048,
@@ -513,8 +516,12 @@ def train_softmax_probe(
         next-item prediction (reserved ids are then simply never targets).
       l2_grid: penalties ``l2 * ||W||^2`` added to the mean cross-entropy;
         strongest first (ties on eval go to the earlier entry).
-      max_epochs, patience: stop a member after ``patience`` epochs without
-        a strict eval improvement; its best-epoch weights are kept.
+      max_epochs, patience, min_epochs: stop a member after ``patience``
+        epochs without a strict eval improvement, but not before
+        ``min_epochs`` (tiny label fractions have one step per epoch); its
+        best-epoch weights are kept. Next item on ML-1M scale (4.8k users,
+        3.7k classes, 4 L2 values) converges in ~30 epochs at the default
+        learning rate: 80 s on 2 shared CPU cores (measured).
       seed: minibatch order (weights start at zero, so nothing else is random).
       batch_size: minibatch size; ``n <= batch_size`` is full-batch Adam.
       learning_rate: Adam step size.
@@ -571,6 +578,7 @@ def train_softmax_probe(
             num_classes,
             max_epochs=max_epochs,
             patience=patience,
+            min_epochs=min_epochs,
             seed=seed,
             batch_size=batch_size,
             learning_rate=learning_rate,
