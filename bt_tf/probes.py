@@ -67,6 +67,9 @@ DEFAULT_L2_GRID = (1e-2, 1e-3, 1e-4, 1e-5)
 NEXT_ITEM = "next_item"
 LIKED_ITEM = "liked_item"
 
+# Float elements of one logits block (train minibatch or eval chunk): 256 MB.
+_ACTIVATION_BUDGET = 1 << 26
+
 # Select metric: (scores [m, C] for eval rows `rows`, rows [m]) -> per-row values [m].
 SelectMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -439,8 +442,9 @@ def _fit_group(
         wn, bn = w.numpy(), b.numpy()
         n_eval = x_eval.shape[0]
         totals = np.zeros(g)
-        for s in range(0, n_eval, eval_chunk_size):
-            rows = np.arange(s, min(n_eval, s + eval_chunk_size))
+        chunk = max(1, min(eval_chunk_size, _ACTIVATION_BUDGET // (g * c)))
+        for s in range(0, n_eval, chunk):
+            rows = np.arange(s, min(n_eval, s + chunk))
             z = np.asarray(x_eval[rows] @ wn, dtype=np.float32) + bn
             z = z.reshape(rows.size, g, c)
             for j in range(g):
@@ -529,8 +533,10 @@ def train_softmax_probe(
         averaged over eval users, higher = better; default accuracy
         (`evaluate_embeddings` passes NDCG@k for next item).
       max_params: grid members trained together while ``F * C * members``
-        stays under this; larger grids run in several groups.
-      eval_chunk_size: eval rows scored at once.
+        stays under this (and the logits ``batch * C * members`` under 2**26
+        floats); larger grids run in several groups.
+      eval_chunk_size: at most this many eval rows scored at once (fewer when
+        ``rows * C * members`` would exceed 2**26 floats).
     """
     y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_eval = np.asarray(y_eval).astype(np.int64).reshape(-1)
@@ -565,7 +571,13 @@ def train_softmax_probe(
         x_ev = (np.asarray(x_eval, dtype=np.float32) - mean) / scale
     metric = select_metric or _accuracy_rows(y_eval)
 
-    per_group = max(1, max_params // max(1, x_tr.shape[1] * num_classes))
+    per_group = max(
+        1,
+        min(
+            max_params // max(1, x_tr.shape[1] * num_classes),
+            _ACTIVATION_BUDGET // (min(batch_size, y_train.size) * num_classes),
+        ),
+    )
     members = []
     grid = list(l2_grid)
     for s in range(0, len(grid), per_group):

@@ -336,3 +336,16 @@ def test_bag_of_items_floor_runs_through_the_same_driver():
     get = {(r["task"], r["metric"]): r["value"] for r in rows}
     # The history items reveal the genre block, so the floor is strong here.
     assert get[("favorite_genre", "accuracy")] > 0.8
+
+
+def test_grid_trained_jointly_equals_one_at_a_time():
+    # The stacked L2 grid is a speed trick only: Adam is element-wise, so each
+    # member follows the trajectory it would follow alone (max_params=1 forces
+    # one member per group).
+    x_tr, y_tr = _clusters(200, seed=1, sep=0.7)
+    x_ev, y_ev = _clusters(150, seed=2, sep=0.7)
+    kw = dict(l2_grid=(1.0, 1e-4), max_epochs=15, patience=15, learning_rate=0.05, seed=0)
+    joint = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 3, **kw)
+    alone = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 3, max_params=1, **kw)
+    assert joint.selection == alone.selection
+    np.testing.assert_allclose(joint.weights, alone.weights, rtol=1e-4, atol=1e-5)
