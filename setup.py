@@ -15,7 +15,9 @@ setup(
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
         "tensorflow-recommenders>=0.7.3,<0.8",
+        "tensorboard>=2.21,<2.22",  # tf.keras.callbacks.TensorBoard (not pulled in by TF 2.21)
         "tensorflow-datasets>=4.9.7,<5",
+        "importlib-resources>=6",  # used by TFDS to build datasets, undeclared there
         "keras-tuner>=1.4.7,<1.5",
         "apache-beam>=2.60,<3",
         "tensorflow-metadata>=1.16,<2",

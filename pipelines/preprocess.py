@@ -650,6 +650,8 @@ def _merge_stats(entries: Iterable[tuple[str, object]]) -> dict:
             out["kcore"].append(value)
         elif key in ("bad_records", "vocab_size"):
             out[key].update(value)
+        elif key.startswith("max_"):
+            out[key] = max(out.get(key, 0), value)
         elif key == "lines":
             table, n = value
             out["lines"][table] = out["lines"].get(table, 0) + n
@@ -737,6 +739,16 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         lambda row: (f"interactions_{split(row)}", len(row[1]["item"]))
     )
     dropped = examples.dropped | "CountDropped" >> beam.Map(lambda reason: (reason, 1))
+    longest = (
+        rows
+        | "HistoryLengths"
+        >> beam.Map(
+            lambda row: cut(
+                len(row[1]["item"]), config.future_len, config.min_history_len, config.max_len
+            )[0]
+        )
+        | "LongestHistory" >> beam.Map(lambda h: ("max_history_len", max(0, h.stop - h.start)))
+    )
     items_seen = (
         user_seqs
         | "RawItems" >> beam.Map(lambda kv: kv[1]["item"])
@@ -757,6 +769,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
             bad_written,
             interactions,
             dropped,
+            longest,
             items_seen,
             lines_stat,
             *vocab_written,
@@ -845,6 +858,7 @@ def _metadata(config, files, stats, attributes, version) -> dict:
         "version": version,
         "settings": config.output_settings(),
         "max_len": config.max_len,
+        "max_history_len": stats.get("max_history_len", 0),  # longest history written
         "future_len": config.future_len,
         "item_feature": item_feature_name(config),
         "num_users": {s: stats.get(f"users_{s}", 0) for s in F.SPLITS},
@@ -918,16 +932,19 @@ def preprocess(config: PreprocessConfig) -> str:
 # Command line
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """The preprocessing flags, shared with `bt_tf.train` (which preprocesses on demand)."""
+def add_flags(parser: argparse.ArgumentParser, *, output_dir_alias: bool = True) -> None:
+    """The preprocessing flags, shared with `bt_tf.train` (which preprocesses on demand).
+
+    `--data_output_dir` is where artifacts go; here `--output_dir` is its alias,
+    while `bt_tf.train` keeps `--output_dir` for the run directory.
+    """
     d = PreprocessConfig()
     s = d.synthetic
     parser.add_argument("--dataset", default=d.dataset, choices=DATASETS)
     parser.add_argument("--source", default=d.source, choices=("raw", "tfds"))
     parser.add_argument("--data_dir", default=None, help="raw files; default: download")
-    parser.add_argument(
-        "--data_output_dir", "--output_dir", dest="data_output_dir", default=d.output_dir
-    )
+    names = ["--data_output_dir"] + (["--output_dir"] if output_dir_alias else [])
+    parser.add_argument(*names, dest="data_output_dir", default=d.output_dir)
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--min_user_interactions", type=int, default=d.min_user_interactions)
     parser.add_argument("--min_item_interactions", type=int, default=d.min_item_interactions)

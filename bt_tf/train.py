@@ -1,0 +1,372 @@
+"""Pretrain a user-sequence encoder: `python -m bt_tf.train`.
+
+    python -m bt_tf.train               # synthetic default, a few minutes on a laptop CPU
+    python -m bt_tf.train --dataset=ml-1m --lambd=0.005 --projector=1024-1024-1024 \\
+        --augment=mask:0.3,reorder:0.3 --batch_size=256 --epochs=50
+    python -m bt_tf.train --dataset=ml-20m --strategy=multi_worker   # TF_CONFIG set by the cluster
+    python -m bt_tf.train --dataset=ml-1m --model=de                 # TFRS dual-encoder baseline
+
+Preprocesses first when the artifacts are missing (same flags as
+`pipelines.preprocess`). The run directory (`--output_dir`, default
+`runs/<dataset>_<model>`) holds `config.json`, TensorBoard logs (`logs/`),
+checkpoints (`checkpoints/`, one per epoch), `metrics.json` and the exported
+encoder (`export/`). Started again with the same command, a killed run
+continues from its last checkpoint, on exactly the batches it would have seen;
+a finished run is not retrained (raise `--epochs` to train it further).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import bt_tf  # noqa: F401  (One Keras)
+from bt_tf import augment as aug
+from bt_tf import config as cfg
+from bt_tf import encoders, models
+from bt_tf import input as bt_input
+from bt_tf.embeddings import embed_split
+from bt_tf.features import FUTURE_GENRE_IDS
+from pipelines import preprocess as pp
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "export"
+
+
+# --------------------------------------------------------------------------
+# Strategy and cluster
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`--strategy` -> a tf.distribute strategy ("auto": mirrored over GPUs if >1, else default)."""
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise RuntimeError("--strategy=multi_worker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _task() -> tuple[str, int]:
+    """(task type, index) from TF_CONFIG; ("chief", 0) on a single machine."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return task.get("type", "chief"), int(task.get("index", 0))
+
+
+def is_chief() -> bool:
+    kind, index = _task()
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if "chief" in cluster:
+        return kind == "chief"
+    return kind in ("chief", "worker") and index == 0
+
+
+def _worker_dir(run_dir: str) -> str:
+    """Where this task writes: the run dir on the chief, a scratch dir on other workers."""
+    if is_chief():
+        return run_dir
+    kind, index = _task()
+    return os.path.join(run_dir, ".workers", f"{kind}-{index}")
+
+
+def _artifacts(config: cfg.TrainConfig) -> str:
+    """Preprocesses on the chief; other workers wait for the chief's artifacts."""
+    if is_chief():
+        return pp.preprocess(config.data)
+    path = pp.artifact_dir(config.data)
+    while not tf.io.gfile.exists(os.path.join(path, "metadata.json")):
+        time.sleep(2)
+    return path
+
+
+# --------------------------------------------------------------------------
+# Model and data
+
+
+def build_encoder(config: cfg.TrainConfig, vocab_size: int) -> encoders.SequenceEncoder:
+    return encoders.SequenceEncoder(**config.encoder_kwargs(vocab_size), name="encoder")
+
+
+def build_model(config: cfg.TrainConfig, vocab_size: int) -> tf.keras.Model:
+    """The model `--model` names, around a fresh encoder (call inside the strategy scope)."""
+    encoder = build_encoder(config, vocab_size)
+    if config.model == "bt":
+        projector = encoders.build_projector(config.projector)
+        return models.BarlowTwinsModel(encoder, projector, lambd=config.lambd)
+    from bt_tf import dual_encoder
+
+    if config.model == "de":
+        return dual_encoder.DualEncoderModel(
+            encoder, vocab_size=vocab_size, temperature=config.temperature
+        )
+    projector = encoders.build_projector(config.projector)
+    return dual_encoder.JointModel(
+        encoder,
+        projector,
+        vocab_size=vocab_size,
+        lambd=config.lambd,
+        bt_weight=config.bt_weight,
+        temperature=config.temperature,
+    )
+
+
+def data_width(config: cfg.TrainConfig, meta: dict) -> int:
+    """History width of the batches: `max_len`, or less when no history is that long."""
+    return min(config.max_len, int(meta.get("max_history_len") or config.max_len))
+
+
+def make_train_data(
+    config: cfg.TrainConfig,
+    artifact_dir: str,
+    split: str,
+    batch_size: int,
+    *,
+    repeat: bool,
+    seed: int,
+) -> tf.data.Dataset:
+    """Batches in the layout the model's `train_step` reads."""
+    policy = aug.AugmentPolicy.from_string(config.augment) if "bt" in config.model else None
+    outputs = [bt_input.ITEMS] + ([models.VIEW1, models.VIEW2] if policy else [])
+    ds = bt_input.make_dataset(
+        artifact_dir,
+        split,
+        batch_size,
+        max_len=data_width(config, bt_input.load_metadata(artifact_dir)),
+        shuffle=split == "train",
+        seed=seed,
+        repeat=repeat,
+        drop_remainder=True,  # BT standardizes over the batch: keep it full and static
+        augment_policy=policy,
+        outputs=outputs,
+    )
+    if "de" in config.model:
+        from bt_tf import dual_encoder
+
+        ds = dual_encoder.add_next_item_pairs(ds, seed)
+    keep = set(outputs[1:]) | ({"prefix", "target"} if "de" in config.model else set())
+    return ds.map(lambda b: {k: v for k, v in b.items() if k in keep})
+
+
+class _EpochCheckpoint(tf.keras.callbacks.Callback):
+    """Saves model, optimizer and the finished-epoch count at every epoch end."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable):
+        super().__init__()
+        self._manager, self._epoch = manager, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch.assign(epoch + 1)
+        self._manager.save(checkpoint_number=epoch + 1)
+
+
+# --------------------------------------------------------------------------
+# Quick probe
+
+
+def genre_probe(encoder, artifact_dir: str, seed: int, max_len: int | None = None) -> dict:
+    """Future favorite genre/category: logistic regression on frozen embeddings.
+
+    Trained on train users, scored on eval users (a quick health check after
+    training; the full protocol with label fractions is `bt_tf.evaluate`).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from bt_tf import probes
+
+    data = {}
+    for split in ("train", "eval"):
+        emb, kept = embed_split(
+            encoder, artifact_dir, split, max_len=max_len, keep=[FUTURE_GENRE_IDS]
+        )
+        y = probes.favorite_genre(kept[FUTURE_GENRE_IDS])
+        data[split] = (emb[y >= 0], y[y >= 0])
+    (x_train, y_train), (x_eval, y_eval) = data["train"], data["eval"]
+    scaler = StandardScaler().fit(x_train)
+    head = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+    head.fit(scaler.transform(x_train), y_train)
+    majority = np.bincount(y_train).argmax()
+    return {
+        "favorite_genre_accuracy": float(head.score(scaler.transform(x_eval), y_eval)),
+        "majority_accuracy": float(np.mean(y_eval == majority)),
+        "eval_users": int(len(y_eval)),
+    }
+
+
+# --------------------------------------------------------------------------
+# The training function (the CLI and the tuner call this)
+
+
+def _check_resumable(run_dir: str, config: cfg.TrainConfig) -> None:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = config.to_json()
+    changed = sorted(k for k in new if old.get(k) != new.get(k) and k not in cfg.RESUMABLE_CHANGES)
+    if changed and os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
+        raise ValueError(
+            f"{run_dir} holds a run with different settings ({', '.join(changed)}); "
+            "use another --output_dir or delete that run to start over."
+        )
+
+
+def train(config: cfg.TrainConfig) -> dict:
+    """Preprocess if needed, train (resuming), probe, export; returns metrics.json's content."""
+    tf.keras.utils.set_random_seed(config.seed)
+    run_dir = config.run_dir
+    out_dir = _worker_dir(run_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    _check_resumable(run_dir, config)
+    metrics_path = os.path.join(run_dir, METRICS_FILE)
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            done = json.load(f)
+        if done.get("epochs_completed") == config.epochs:
+            logging.info("%s is complete; reusing it", run_dir)
+            return done
+
+    strategy = make_strategy(config.strategy)
+    artifact_dir = _artifacts(config)
+    meta = bt_input.load_metadata(artifact_dir)
+    vocab_size = int(meta["vocab_sizes"]["items"])
+    n_train, n_eval = int(meta["num_users"]["train"]), int(meta["num_users"]["eval"])
+    if n_train < config.batch_size:
+        raise ValueError(
+            f"--batch_size={config.batch_size} is larger than the {n_train} train users"
+        )
+    steps = config.steps_per_epoch or max(1, n_train // config.batch_size)
+
+    if is_chief():
+        derived = {  # what `python -m bt_tf.export --run_dir` needs to rebuild the encoder
+            "artifact_dir": artifact_dir,
+            "max_len": config.max_len,
+            "encoder": config.encoder_kwargs(vocab_size),
+        }
+        with open(os.path.join(run_dir, CONFIG_FILE), "w") as f:
+            json.dump({**config.to_json(), **derived}, f, indent=2)
+
+    with strategy.scope():
+        model = build_model(config, vocab_size)
+        optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(out_dir, CHECKPOINT_DIR), max_to_keep=2
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+        logging.info("resumed from %s", manager.latest_checkpoint)
+    initial_epoch = int(epoch.numpy())
+
+    train_ds = make_train_data(
+        config, artifact_dir, "train", config.batch_size, repeat=True, seed=config.seed
+    )
+    # Resuming replays the stream: skip what the finished epochs consumed, so a
+    # resumed run sees exactly the batches of an uninterrupted one.
+    train_ds = train_ds.skip(initial_epoch * steps)
+    eval_batch = min(config.batch_size, n_eval)
+    val_ds = None
+    if eval_batch >= 2:
+        val_ds = make_train_data(config, artifact_dir, "eval", eval_batch, repeat=False, seed=1)
+    callbacks = [
+        tf.keras.callbacks.TerminateOnNaN(),
+        _EpochCheckpoint(manager, epoch),
+        tf.keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
+    ]
+    if config.early_stopping_patience and val_ds is not None:
+        callbacks.append(
+            tf.keras.callbacks.EarlyStopping(
+                "val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    start = time.time()
+    history = {}
+    if initial_epoch < config.epochs:
+        fit = model.fit(
+            train_ds,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            callbacks=callbacks,
+            verbose=2 if not sys.stdout.isatty() else 1,
+        )
+        history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    result = {
+        "epochs_completed": int(epoch.numpy()),
+        "steps_per_epoch": steps,
+        "train_seconds": round(time.time() - start, 2),
+        "history": history,
+        "final": {k: v[-1] for k, v in history.items()},
+        "artifact_dir": artifact_dir,
+        "vocab_size": vocab_size,
+    }
+    if not is_chief():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return result
+    if config.probe:
+        width = data_width(config, meta)
+        trained = genre_probe(model.encoder, artifact_dir, config.seed, width)
+        with strategy.scope():
+            fresh = build_encoder(config, vocab_size)
+        untrained = genre_probe(fresh, artifact_dir, config.seed, width)
+        result["probe"] = {
+            "trained": trained,
+            "untrained_favorite_genre_accuracy": untrained["favorite_genre_accuracy"],
+        }
+        print(
+            f"favorite-genre probe (eval, {trained['eval_users']} users): trained encoder "
+            f"{trained['favorite_genre_accuracy']:.4f}, untrained encoder "
+            f"{untrained['favorite_genre_accuracy']:.4f}, majority class "
+            f"{trained['majority_accuracy']:.4f}"
+        )
+    if config.export:
+        from bt_tf import export
+
+        item_embeddings = model.item_embeddings() if hasattr(model, "item_embeddings") else None
+        result["export_dir"] = export.export_encoder(
+            model.encoder,
+            bt_input.load_vocab(artifact_dir),
+            os.path.join(run_dir, EXPORT_DIR),
+            max_len=config.max_len,
+            item_embeddings=item_embeddings,
+        )
+        print(f"exported {result['export_dir']}")
+    with open(metrics_path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = cfg.parse(argv, description=__doc__.split("\n\n")[0])
+    return train(dataclasses.replace(config))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
