@@ -1,0 +1,105 @@
+"""Throughput of the input pipeline alone: read + parse (+ two augmented views).
+
+    python -m benchmarks.input_throughput                       # synthetic data, defaults
+    python -m benchmarks.input_throughput --artifact_dir=DIR    # existing artifacts
+
+Generates synthetic artifacts with the real preprocessing pipeline (cached
+under ``--output_dir``; rerunning reuses them), then iterates
+`bt_tf.input.make_dataset` (repeat, shuffle) and prints users/second for:
+every output key, the training keys only (``view1``, ``view2``), and the
+same without augmentation. No model runs; this is the ceiling the input puts on
+training speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import bt_tf  # noqa: F401  (One Keras: before tensorflow)
+from bt_tf import augment
+from bt_tf import input as bt_input
+from pipelines.preprocess import PreprocessConfig, preprocess
+from pipelines.synthetic import SyntheticConfig
+
+
+def measure(ds, warmup_batches: int, batches: int) -> tuple[float, int]:
+    """Iterates ``ds``; returns (users/second after warm-up, users measured)."""
+    it = iter(ds)
+    for _ in range(warmup_batches):
+        next(it)
+    users = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        batch = next(it)
+        users += int(next(iter(batch.values())).shape[0])
+    return users / (time.perf_counter() - start), users
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact_dir", default=None, help="skip generation, use these")
+    parser.add_argument("--output_dir", default="/tmp/bt_bench_data")
+    parser.add_argument("--num_users", type=int, default=10_000)
+    parser.add_argument("--mean_len", type=float, default=120.0)
+    parser.add_argument("--max_len", type=int, default=200)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--policy", default="mask:0.2,reorder:0.2,crop:0.6")
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--warmup_batches", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    artifact_dir = args.artifact_dir
+    if artifact_dir is None:
+        start = time.perf_counter()
+        artifact_dir = preprocess(
+            PreprocessConfig(
+                dataset="synthetic",
+                output_dir=args.output_dir,
+                max_len=args.max_len,
+                synthetic=SyntheticConfig(
+                    num_users=args.num_users,
+                    mean_len=args.mean_len,
+                    max_len_seq=max(int(3 * args.mean_len), args.max_len + 20),
+                ),
+            )
+        )
+        print(f"artifacts: {artifact_dir} ({time.perf_counter() - start:.1f}s incl. reuse)")
+    meta = bt_input.load_metadata(artifact_dir)
+    policy = augment.AugmentPolicy.from_string(args.policy)
+    print(
+        f"train users: {meta['num_users']['train']}, batch {args.batch_size}, "
+        f"max_len {args.max_len}, policy {policy.to_string()}, "
+        f"{args.batches} timed batches after {args.warmup_batches} warm-up"
+    )
+    cases = {
+        "read+parse (all keys)": dict(outputs=None, augment_policy=None),
+        "read+parse+two views (all keys)": dict(outputs=None, augment_policy=policy),
+        "read+parse+two views (view1, view2)": dict(
+            outputs=[bt_input.VIEW1, bt_input.VIEW2], augment_policy=policy
+        ),
+        "read+parse (items, length)": dict(
+            outputs=[bt_input.ITEMS, bt_input.LENGTH], augment_policy=None
+        ),
+    }
+    results = {}
+    for name, kwargs in cases.items():
+        ds = bt_input.make_dataset(
+            artifact_dir,
+            "train",
+            args.batch_size,
+            max_len=args.max_len,
+            seed=args.seed,
+            repeat=True,
+            drop_remainder=True,
+            **kwargs,
+        )
+        rate, users = measure(ds, args.warmup_batches, args.batches)
+        results[name] = rate
+        print(f"{name:40s} {rate:10,.0f} users/s  ({users} users)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
