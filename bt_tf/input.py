@@ -274,6 +274,11 @@ def make_dataset(
     future_len = int(meta["future_len"] if future_len is None else future_len)
     if max_len < 1 or future_len < 1:
         raise ValueError(f"max_len ({max_len}) and future_len ({future_len}) must be >= 1.")
+    if outputs is not None and augment_policy is None and {VIEW1, VIEW2} & set(outputs):
+        raise ValueError(
+            f"outputs {list(outputs)} asks for {VIEW1!r}/{VIEW2!r}, which need an "
+            "augment_policy (e.g. AugmentPolicy.from_string('mask:0.3,reorder:0.3'))."
+        )
     spec = _needed(feature_spec(load_schema(artifact_dir)), outputs)
     if F.HISTORY_ITEM_IDS not in spec and (outputs is None or augment_policy is not None):
         raise ValueError(f"The schema of {artifact_dir!r} has no {F.HISTORY_ITEM_IDS!r}.")

@@ -224,6 +224,8 @@ def test_outputs_selects_keys(artifact_dir):
     assert set(ds.element_spec) == {I.VIEW1, I.VIEW2, I.LENGTH}
     with pytest.raises(ValueError, match="Unknown output feature 'nope'"):
         I.make_dataset(artifact_dir, "eval", 8, outputs=["nope"])
+    with pytest.raises(ValueError, match="need an augment_policy"):
+        I.make_dataset(artifact_dir, "eval", 8, outputs=[I.VIEW1])
 
 
 def test_repeat_and_drop_remainder(artifact_dir):
