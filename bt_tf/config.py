@@ -42,7 +42,7 @@ class TrainConfig:
     bt_weight: float = 0.1
     # optimization
     batch_size: int = 256
-    epochs: int = 10
+    epochs: int = 8
     steps_per_epoch: int = 0  # 0: one pass over the train users
     learning_rate: float = 1e-3
     seed: int = 0

@@ -108,8 +108,8 @@ class SyntheticConfig:
     num_items: int = 1500
     num_genres: int = 12
     min_len: int = 20
-    mean_len: float = 60.0
-    max_len_seq: int = 150
+    mean_len: float = 40.0
+    max_len_seq: int = 100
     markov_p: float = 0.4
     seed: int = 0
     block_size: int = 1000

@@ -118,12 +118,12 @@ def test_shapes_dtypes_and_ids(data):
     assert all(len(gs) in (1, 2) and len(set(gs)) == len(gs) for _, gs in records)
     assert len({gs[0] for _, gs in records}) == DEFAULT.num_genres
 
-    # Whole default dataset: 6000 users, lengths in [20, 150] with mean ~60.
+    # Whole default dataset: 6000 users, lengths in [20, 100] with mean ~40.
     lengths = data["lengths"]
     assert len(lengths) == 6000 and data["user_ids"][-1] == "u005999"
-    assert lengths.min() >= 20 and lengths.max() <= 150
-    print(f"mean length {lengths.mean():.1f} (config 60), max {lengths.max()}")
-    assert abs(lengths.mean() - 60) < 2
+    assert lengths.min() >= 20 and lengths.max() <= 100
+    print(f"mean length {lengths.mean():.1f} (config 40), max {lengths.max()}")
+    assert abs(lengths.mean() - 40) < 2
 
 
 def test_timestamps_non_decreasing_per_user_with_ties(data):
