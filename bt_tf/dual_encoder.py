@@ -38,7 +38,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
-from bt_tf.augment import _as_seed, _fold, _uniform_start, sequence_lengths
+from bt_tf.augment import sequence_lengths
 from bt_tf.features import NUM_RESERVED, PAD_ID
 from bt_tf.input import ITEMS
 from bt_tf.losses import barlow_twins_terms
@@ -47,11 +47,35 @@ from bt_tf.models import VIEW1, VIEW2
 PREFIX = "prefix"
 TARGET = "target"
 
-# Fold-in constant: the cut's random stream, distinct from augment's streams
-# (1..5, 10+), so a seed shared with the view augmentation stays independent.
+# Pinned so that eager (CPU kernel) and XLA draw the same bits (as bt_tf.augment).
+_ALG = "philox"
+# Fold-in constant: the cut's random stream, so a seed shared with the view
+# augmentation gives independent cuts.
 _STREAM_CUT = 101
 # Fold-in constant: per-batch seeds of `add_next_item_pairs` vs. input.py's views.
 _STREAM_PAIRS_BATCH = 102
+
+
+def _fold(seed, stream: int) -> tf.Tensor:
+    seed = tf.convert_to_tensor(seed)
+    if seed.dtype not in (tf.int32, tf.int64):
+        raise TypeError(f"seed must be an int32/int64 tensor of shape [2], got {seed.dtype}.")
+    seed.shape.assert_is_compatible_with([2])
+    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), stream, alg=_ALG)
+
+
+def _uniform_int(upper: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Per row an int uniform in `[0, upper)` (0 where `upper <= 1`), stateless.
+
+    Built from raw Philox bits (top 53 bits of a uint64 → exact float64 in
+    [0, 1)), because float-typed stateless draws differ between eager and XLA.
+    """
+    bits = tf.random.stateless_uniform(
+        tf.shape(upper), seed=seed, minval=None, maxval=None, dtype=tf.uint64, alg=_ALG
+    )
+    u = tf.cast(tf.bitwise.right_shift(bits, 11), tf.float64) * (2.0**-53)
+    draw = tf.cast(tf.floor(u * tf.cast(upper, tf.float64)), tf.int32)
+    return tf.clip_by_value(draw, 0, tf.maximum(upper - 1, 0))
 
 
 # --------------------------------------------------------------------------
@@ -76,11 +100,10 @@ def next_item_pairs(items: tf.Tensor, seed) -> tuple[tf.Tensor, tf.Tensor]:
         `(prefix, target)`: `prefix` like `items` `[B, L]`, `target` `[B]`,
         both of `items`' dtype.
     """
-    seed = _as_seed(seed)
     lengths = sequence_lengths(items)
     valid = lengths >= 2
     width = tf.shape(items)[1]
-    cut = 1 + _uniform_start(lengths - 1, _fold(seed, _STREAM_CUT))  # [B] in [1, n - 1]
+    cut = 1 + _uniform_int(lengths - 1, _fold(seed, _STREAM_CUT))  # [B] in [1, n - 1]
     # Rows without a pair get cut = 1, which may not exist when L = 1.
     cut = tf.minimum(cut, tf.maximum(width - 1, 0))
     pad = tf.cast(PAD_ID, items.dtype)
@@ -296,10 +319,13 @@ def _gather_global(ctx, values: list[tf.Tensor]) -> list[tf.Tensor]:
     gradient of `all_gather` sums the upstream gradient over replicas and
     hands each replica its own rows' part.
     """
-    sizes = ctx.all_gather(tf.shape(values[0])[:1], axis=0)  # [R]
+    # int64, not int32: collectives refuse a mix of host-memory (int32) and
+    # device tensors.
+    sizes = ctx.all_gather(tf.shape(values[0], out_type=tf.int64)[:1], axis=0)  # [R]
     offset = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
-    gathered = ctx.all_gather(values, axis=0)
-    return [tf.roll(g, -offset, axis=0) for g in gathered]
+    # One collective per tensor: a batched all_gather concatenates its inputs
+    # and so needs them all of one dtype.
+    return [tf.roll(ctx.all_gather(v, axis=0), -offset, axis=0) for v in values]
 
 
 class DualEncoderModel(tfrs.Model):
@@ -443,7 +469,7 @@ class DualEncoderModel(tfrs.Model):
         candidate_ids, candidate_weight = target, weight
         if ctx is not None and self.global_negatives:
             candidates, candidate_ids, candidate_weight = _gather_global(
-                ctx, [candidates, target, weight]
+                ctx, [candidates, tf.cast(target, tf.int64), weight]
             )
         score_mask = tf.broadcast_to(
             tf.cast(candidate_weight, tf.bool)[tf.newaxis, :],
