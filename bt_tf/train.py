@@ -317,6 +317,7 @@ def train(config: cfg.TrainConfig) -> dict:
             verbose=2 if not sys.stdout.isatty() else 1,
         )
         history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+        print(f"final loss {history['loss'][-1]:.8g}", flush=True)
     result = {
         "epochs_completed": int(epoch.numpy()),
         "steps_per_epoch": steps,
