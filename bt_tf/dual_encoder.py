@@ -52,8 +52,6 @@ _ALG = "philox"
 # Fold-in constant: the cut's random stream, so a seed shared with the view
 # augmentation gives independent cuts.
 _STREAM_CUT = 101
-# Fold-in constant: per-batch seeds of `add_next_item_pairs` vs. input.py's views.
-_STREAM_PAIRS_BATCH = 102
 
 
 def _fold(seed, stream: int) -> tf.Tensor:
@@ -123,9 +121,9 @@ def add_next_item_pairs(
     """Adds `"prefix"` and `"target"` (see `next_item_pairs`) to batches of `ds`.
 
     Same seeding as `bt_tf.input`'s views: batch `t` uses the stateless seed
-    `[r_t, input_pipeline_id]` (folded with a pairs-specific constant), `r_t`
-    from `tf.data.Dataset.random(seed)`; the pairs are thus fixed by `seed` and
-    independent of the views even when both use the same `seed`.
+    `[r_t, input_pipeline_id]`, `r_t` from `tf.data.Dataset.random(seed)`; the
+    pairs are thus fixed by `seed`, and independent of the views even when both
+    use the same `seed` (`next_item_pairs` folds in its own stream constant).
 
     Args:
         ds: batches of `bt_tf.input.make_dataset` (dicts with `"items"` int `[B, L]`).
@@ -149,9 +147,7 @@ def add_next_item_pairs(
     def add_pairs(batch, draw):
         batch_seed = tf.stack([draw, tf.constant(input_pipeline_id, tf.int64)])
         batch = dict(batch)
-        batch[PREFIX], batch[TARGET] = next_item_pairs(
-            batch[ITEMS], _fold(batch_seed, _STREAM_PAIRS_BATCH)
-        )
+        batch[PREFIX], batch[TARGET] = next_item_pairs(batch[ITEMS], batch_seed)
         return batch
 
     return tf.data.Dataset.zip((ds, draws)).map(
