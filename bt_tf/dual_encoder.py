@@ -365,9 +365,9 @@ class DualEncoderModel(tfrs.Model):
     Metrics: "loss" (global-batch mean cross-entropy) in train and test, plus
     the top-k accuracies in test.
 
-    Under `tf.distribute`, build and compile inside `strategy.scope()`, and
-    create the variables before `fit` (e.g. `model(items)` and
-    `model.item_embeddings()`).
+    Under `tf.distribute`, build and compile inside `strategy.scope()`. The
+    variables are created by the first step (or earlier by `model(items)` and
+    `model.item_embeddings()`, e.g. to `set_weights`).
     """
 
     def __init__(
