@@ -1,0 +1,169 @@
+"""The search objective: a downstream score of frozen embeddings on EVAL users.
+
+Never the Barlow Twins loss (its scale depends on lambda, so losses of two
+trials are not comparable) and never the test split: `evaluate_objective`
+embeds exactly the splits in `SEARCH_SPLITS` (train users give the probe's
+labels, eval users its score), so the test split stays untouched for the
+final report (`bt_tf.evaluate`).
+
+Objectives (``kind`` -> metric name reported to KerasTuner, higher is better):
+
+* ``favorite_genre`` -> ``eval_favorite_genre_accuracy``: the future favorite
+  genre/category, logistic regression (sklearn, C=1, standardized features)
+  on all train users, accuracy on eval users: the same recipe as the quick
+  probe of `bt_tf.train`. Nothing is selected on eval, so the score is unbiased.
+* ``next_item`` -> ``eval_next_item_hr@10``: the first future item over the
+  full catalog (history items excluded), a softmax probe
+  (`bt_tf.probes.train_softmax_probe`) on train users whose L2 and stopping
+  epoch are selected by eval HR@10; the score is that selected eval HR@10
+  (slightly optimistic, equally so for every trial).
+* ``liked_item`` -> ``eval_liked_item_auc``: future rating >= 4 for (user,
+  item) pairs, `bt_tf.probes.train_pair_probe` with the encoder's item
+  embeddings (L2 and epoch selected by eval accuracy), AUC on eval pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bt_tf import features as F
+from bt_tf import input as bt_input
+from bt_tf import metrics, probes
+from bt_tf.embeddings import embed_split
+
+SEARCH_SPLITS = ("train", "eval")  # the only splits a search reads
+OBJECTIVES = {
+    "favorite_genre": "eval_favorite_genre_accuracy",
+    "next_item": "eval_next_item_hr@10",
+    "liked_item": "eval_liked_item_auc",
+}
+_K = 10
+_KEEP = {
+    "favorite_genre": [F.FUTURE_GENRE_IDS],
+    "next_item": [F.FUTURE_ITEM_IDS, bt_input.ITEMS],
+    "liked_item": [F.FUTURE_ITEM_IDS, F.FUTURE_RATINGS],
+}
+
+
+def objective_name(kind: str) -> str:
+    """``"favorite_genre"`` -> ``"eval_favorite_genre_accuracy"`` (see `OBJECTIVES`)."""
+    if kind not in OBJECTIVES:
+        raise ValueError(f"objective {kind!r}: expected one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[kind]
+
+
+def evaluate_objective(
+    encoder,
+    artifact_dir: str,
+    kind: str = "favorite_genre",
+    *,
+    max_len: int | None = None,
+    seed: int = 0,
+    item_embeddings: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Scores a trained encoder for the search, reading only train and eval users.
+
+    Args:
+      encoder: `encoder(items [B, L] int32, training=False) -> [B, d]`
+        (e.g. from `bt_tf.export.restore_encoder`).
+      artifact_dir: preprocessing output; only its ``Split-train`` and
+        ``Split-eval`` shards, metadata and vocab are read.
+      kind: a key of `OBJECTIVES`.
+      max_len: history width fed to the encoder (default: the artifact's).
+      seed: probe seed (minibatch order; sklearn's solver state).
+      item_embeddings: ``[vocab, e]`` item table for ``liked_item``; default
+        the encoder's ``item_embedding`` weights when it has them, else one-hot.
+
+    Returns:
+      ``{objective_name(kind): score, "eval_users": n}`` (floats, so the dict
+      can be reported to KerasTuner as a trial's metrics).
+    """
+    name = objective_name(kind)
+    emb, kept = {}, {}
+    for split in SEARCH_SPLITS:
+        emb[split], kept[split] = embed_split(
+            encoder, artifact_dir, split, max_len=max_len, keep=_KEEP[kind]
+        )
+    if kind == "favorite_genre":
+        score, n = _favorite_genre(emb, kept, seed)
+    elif kind == "next_item":
+        num_items = int(bt_input.load_metadata(artifact_dir)["vocab_sizes"]["items"])
+        score, n = _next_item(emb, kept, num_items, seed)
+    else:
+        num_items = int(bt_input.load_metadata(artifact_dir)["vocab_sizes"]["items"])
+        if item_embeddings is None and hasattr(encoder, "item_embedding"):
+            item_embeddings = np.asarray(encoder.item_embedding.embeddings.numpy())
+        score, n = _liked_item(emb, kept, num_items, item_embeddings, seed)
+    if not np.isfinite(score):
+        raise ValueError(f"{name} is {score} (non-finite embeddings?)")
+    return {name: float(score), "eval_users": float(n)}
+
+
+def _favorite_genre(emb, kept, seed: int) -> tuple[float, int]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    xy = {}
+    for split in SEARCH_SPLITS:
+        y = probes.favorite_genre(kept[split][F.FUTURE_GENRE_IDS])
+        xy[split] = (emb[split][y >= 0], y[y >= 0])
+    (x_train, y_train), (x_eval, y_eval) = xy["train"], xy["eval"]
+    if not len(y_train) or not len(y_eval):
+        raise ValueError("favorite_genre needs train and eval users with future genres")
+    scaler = StandardScaler().fit(x_train)
+    head = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+    head.fit(scaler.transform(x_train), y_train)
+    return float(head.score(scaler.transform(x_eval), y_eval)), len(y_eval)
+
+
+def _next_item(emb, kept, num_items: int, seed: int) -> tuple[float, int]:
+    targets, rows = {}, {}
+    for split in SEARCH_SPLITS:
+        t = probes.first_future_item(kept[split][F.FUTURE_ITEM_IDS])
+        targets[split] = t
+        rows[split] = np.flatnonzero((t >= F.NUM_RESERVED) & (t < num_items))
+        if not rows[split].size:
+            raise ValueError(f"next_item: no {split} user has an in-vocabulary next item")
+    ev = rows["eval"]
+    y_eval = targets["eval"][ev]
+    history_eval = kept["eval"][bt_input.ITEMS][ev]
+
+    def hr_rows(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        ranks = metrics.target_ranks(scores, y_eval[idx], exclude=history_eval[idx])
+        return metrics.hits_at_k(ranks, _K)
+
+    tr = rows["train"]
+    probe = probes.train_softmax_probe(
+        emb["train"][tr],
+        targets["train"][tr],
+        emb["eval"][ev],
+        y_eval,
+        num_items,
+        seed=seed,
+        select_metric=hr_rows,
+    )
+    return float(probe.eval_metric), int(ev.size)
+
+
+def _liked_item(emb, kept, num_items: int, item_embeddings, seed: int) -> tuple[float, int]:
+    pairs = {
+        split: probes.liked_item_pairs(
+            kept[split][F.FUTURE_ITEM_IDS], kept[split][F.FUTURE_RATINGS]
+        )
+        for split in SEARCH_SPLITS
+    }
+    for split, p in pairs.items():
+        if not len(p) or np.unique(p.labels).size < 2:
+            raise ValueError(f"liked_item: {split} pairs need both liked and not-liked labels")
+    pair_probe = probes.train_pair_probe(
+        emb["train"],
+        pairs["train"],
+        emb["eval"],
+        pairs["eval"],
+        item_emb=item_embeddings,
+        num_items=num_items,
+        seed=seed,
+    )
+    logits = pair_probe.predict_logits(emb["eval"], pairs["eval"])
+    n_users = int(np.unique(pairs["eval"].user_index).size)
+    return float(metrics.roc_auc(pairs["eval"].labels, logits)), n_users

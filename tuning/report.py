@@ -1,0 +1,186 @@
+"""Search outputs, read back from the KerasTuner project on disk.
+
+* ``best_hparams.json``: the best trial's searched and pinned values under
+  `bt_tf.train` flag names (``python -m bt_tf.train --hparams=FILE``);
+* ``trials.md``: one row per trial (hyperparameters, objective, epochs,
+  wall time, status);
+* ``objective_vs_lambda.png``: objective against lambda (log x), one colour
+  per projector width.
+
+Everything is computed from the ``trial_*/trial.json`` files, so the chief of a
+distributed search, a resumed search, or anyone with the directory can
+rewrite the reports.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Sequence
+
+from keras_tuner.engine.trial import Trial
+
+from tuning import space as sp
+
+BEST_HPARAMS = "best_hparams.json"
+TRIALS_MD = "trials.md"
+PLOT = "objective_vs_lambda.png"
+
+
+def load_trials(project_dir: str, objective_name: str) -> list[dict]:
+    """Every trial of the project, ordered by trial id.
+
+    Returns dicts ``{"trial_id", "status", "values" (hyperparameters incl.
+    Fixed and tuner/*), "flags" (`space.train_flags`), "objective" (float or
+    None), "epochs", "wall_seconds", "message"}``.
+    """
+    rows = []
+    for path in sorted(glob.glob(os.path.join(project_dir, "trial_*", "trial.json"))):
+        trial = Trial.load(path)
+        values = dict(trial.hyperparameters.values)
+
+        def last(name):
+            if trial.metrics.exists(name):
+                return trial.metrics.get_last_value(name)
+            return None
+
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "status": trial.status,
+                "values": values,
+                "flags": sp.train_flags(values),
+                "objective": last(objective_name),
+                "epochs": last("epochs"),
+                "wall_seconds": last("wall_seconds"),
+                "message": trial.message,
+            }
+        )
+    return rows
+
+
+def completed(trials: Sequence[dict]) -> list[dict]:
+    return [t for t in trials if t["status"] == "COMPLETED" and t["objective"] is not None]
+
+
+def best_trial(trials: Sequence[dict]) -> dict | None:
+    """The completed trial with the highest objective (first trial id on ties)."""
+    done = completed(trials)
+    return max(done, key=lambda t: t["objective"]) if done else None
+
+
+def best_hparams(trial: dict, *, include_epochs: bool = False) -> dict:
+    """`bt_tf.train --hparams` content: searched/pinned values as flag names.
+
+    ``include_epochs``: also the trial's epoch count (Hyperband chooses it).
+    """
+    out = dict(trial["flags"])
+    if include_epochs and trial["epochs"] is not None:
+        out["epochs"] = int(trial["epochs"])
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def trials_table(trials: Sequence[dict], objective_name: str) -> str:
+    """Markdown table, one row per trial; the best trial's id is bold."""
+    best = best_trial(trials)
+    flag_names = [f for f in sp.SEARCHABLE_FLAGS if any(f in t["flags"] for t in trials)]
+    hyperband = any("tuner/epochs" in t["values"] for t in trials)
+    header = ["trial", *flag_names, objective_name, "epochs", "wall time (s)", "status"]
+    if hyperband:
+        header.insert(len(flag_names) + 1, "continues")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in trials:
+        trial_id = f"**{t['trial_id']}**" if best and t is best else t["trial_id"]
+        cells = [trial_id, *(_fmt(t["flags"].get(f)) for f in flag_names)]
+        if hyperband:
+            cells.append(_fmt(t["values"].get("tuner/trial_id")))
+        epochs = None if t["epochs"] is None else int(t["epochs"])
+        status = t["status"]
+        if status != "COMPLETED" and t["message"]:
+            status += ": " + t["message"].strip().splitlines()[-1][:80].replace("|", "/")
+        cells += [_fmt(t["objective"]), _fmt(epochs), _fmt(t["wall_seconds"]), status]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_objective_vs_lambda(trials: Sequence[dict], objective_name: str, path: str) -> None:
+    """Scatter of the objective against lambda (log x), coloured by projector width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in completed(trials) if "lambd" in t["flags"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    widths = sorted({sp.projector_width(t["flags"].get("projector", "0")) for t in done})
+    cmap = plt.get_cmap("viridis", max(2, len(widths)))
+    for i, width in enumerate(widths):
+        group = [t for t in done if sp.projector_width(t["flags"].get("projector", "0")) == width]
+        ax.scatter(
+            [t["flags"]["lambd"] for t in group],
+            [t["objective"] for t in group],
+            color=cmap(i),
+            label=f"width {width}" if width else "projector unknown",
+            edgecolors="black",
+            linewidths=0.5,
+            s=40,
+        )
+    best = best_trial(done)
+    if best is not None:
+        ax.scatter(
+            [best["flags"]["lambd"]],
+            [best["objective"]],
+            s=160,
+            facecolors="none",
+            edgecolors="red",
+            label="best",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("lambda (off-diagonal weight, log scale)")
+    ax.set_ylabel(objective_name)
+    ax.set_title(f"{len(done)} completed trials")
+    if done:
+        ax.legend(title="projector", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(
+    project_dir: str, output_dir: str, objective_name: str, *, include_epochs: bool = False
+) -> dict:
+    """Writes best_hparams.json (when a trial completed), trials.md and the plot.
+
+    Returns ``{"trials": [...], "best": trial or None, "best_hparams": dict or None}``.
+    """
+    trials = load_trials(project_dir, objective_name)
+    best = best_trial(trials)
+    hparams = None
+    if best is not None:
+        hparams = best_hparams(best, include_epochs=include_epochs)
+        tmp = os.path.join(output_dir, BEST_HPARAMS + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(hparams, f, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(output_dir, BEST_HPARAMS))
+    n_done = len(completed(trials))
+    header = f"# Trials ({n_done} completed of {len(trials)}; objective {objective_name}, max)\n\n"
+    if best is not None:
+        header += (
+            f"Best: trial {best['trial_id']}, {objective_name} = {best['objective']:.4f}, "
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(hparams.items()))
+            + "\n\n"
+        )
+    with open(os.path.join(output_dir, TRIALS_MD), "w") as f:
+        f.write(header + trials_table(trials, objective_name))
+    plot_objective_vs_lambda(trials, objective_name, os.path.join(output_dir, PLOT))
+    return {"trials": trials, "best": best, "best_hparams": hparams}

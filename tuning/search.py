@@ -1,0 +1,504 @@
+"""KerasTuner search over lambda, projector size (and augmentation): `python -m tuning.search`.
+
+    python -m tuning.search --dataset=ml-1m --tuner=bayesian --max_trials=30 \\
+        --output_dir=tuning_runs/ml1m
+    python -m tuning.search --dataset=ml-1m --tuner=hyperband --max_epochs=50
+    python -m tuning.search --dataset=yelp --tuner=random --max_trials=20 --distributed_workers=4
+    python -m bt_tf.train --dataset=ml-1m --hparams=tuning_runs/ml1m/best_hparams.json
+
+Every `bt_tf.train` flag works and sets the training of every trial
+(`--epochs` per trial for random/bayesian; Hyperband's budgets go up to
+`--max_epochs`). `--output_dir` here is the SEARCH directory (trials live
+under `<output_dir>/search/trial_<id>/run/`); set the preprocessing output
+with `--data_output_dir` as in `bt_tf.train`.
+
+Searched (see `tuning.space`): lambda log-uniform over `--lambd_range`,
+projector width from `--projector_widths` times depth from
+`--projector_depths`; with `--search_augment` also mask gamma, reorder beta,
+crop eta and the learning rate. Pinning: `--pin=lambd=0.005` (repeatable),
+and any of `--lambd`, `--projector`, `--augment`, `--learning_rate` given
+explicitly on the command line (or in `--hparams`) is pinned as well; pinned
+values are recorded with every trial and written to best_hparams.json.
+
+Objective (`--objective`, see `tuning.objective`): favorite_genre (default),
+next_item (HR@10) or liked_item (AUC), on EVAL users; the test split is
+never read during a search.
+
+Resume: run the same command again. KerasTuner reloads its state from
+`<output_dir>/search/`; a trial that was running when the search died is
+retried in its directory, where training resumes from its last epoch
+checkpoint. Raise `--max_trials` to extend a finished search; other
+changes are refused (use `--overwrite` or another `--output_dir`).
+
+Distributed (KerasTuner's chief/worker mode): `--distributed_workers=N`
+preprocesses once, then starts a chief (`KERASTUNER_TUNER_ID=chief`, runs the
+oracle as a gRPC server, runs no trials) and N workers (`tuner0`..) on this
+machine, logging to `<output_dir>/logs/<id>.log`. To use other machines, run
+the same command (without `--distributed_workers`) with
+`KERASTUNER_ORACLE_IP`/`KERASTUNER_ORACLE_PORT` set to the chief's address and
+`KERASTUNER_TUNER_ID=chief` on one machine, `tuner<i>` on the others;
+Hyperband needs `--output_dir` on a filesystem shared by all of them (a
+continued trial copies its parent's run directory).
+
+Outputs in `--output_dir`: best_hparams.json, trials.md,
+objective_vs_lambda.png, trial_events.jsonl (which tuner ran which trial),
+search_config.json; `--export_best` retrains the best configuration in
+`<output_dir>/best_run` and exports its encoder there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import bt_tf  # noqa: F401  (One Keras: before TensorFlow and KerasTuner)
+from bt_tf import config as cfg
+from tuning import objective as obj
+from tuning import report
+from tuning import space as sp
+
+TUNERS = ("random", "bayesian", "hyperband")
+PROJECT_NAME = "search"
+SEARCH_CONFIG = "search_config.json"
+EVENTS = "trial_events.jsonl"
+BEST_RUN = "best_run"
+LAUNCHER_PID = "TUNING_LAUNCHER_PID"  # set for the chief and workers that launch_local starts
+# Settings a rerun may change without invalidating the search.
+_RERUN_CHANGES = ("max_trials", "distributed_workers", "oracle_ip", "oracle_port", "export_best")
+_RERUN_TRAIN_CHANGES = ("run_dir", "probe", "export", "strategy", "data")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """The tuner's own settings (the training settings are a `TrainConfig`)."""
+
+    output_dir: str
+    tuner: str = "bayesian"
+    objective: str = "favorite_genre"
+    max_trials: int = 20  # random / bayesian
+    max_epochs: int = 27  # hyperband: the largest per-trial budget
+    hyperband_factor: int = 3
+    hyperband_iterations: int = 1
+    num_initial_points: int | None = None  # bayesian; None: KerasTuner's 3 x dimensions
+    tuner_seed: int = 1
+    space: sp.SearchSpace = sp.SearchSpace()
+    distributed_workers: int = 0
+    oracle_ip: str = "127.0.0.1"
+    oracle_port: int = 0  # 0: a free port
+    export_best: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.tuner not in TUNERS:
+            raise ValueError(f"--tuner={self.tuner!r}: expected one of {TUNERS}")
+        obj.objective_name(self.objective)
+        if self.max_trials < 1 or self.max_epochs < 1:
+            raise ValueError("--max_trials and --max_epochs must be >= 1")
+        if self.tuner_seed < 1:
+            raise ValueError("--tuner_seed must be >= 1 (KerasTuner treats 0 as 'random')")
+        if self.distributed_workers < 0:
+            raise ValueError("--distributed_workers must be >= 0")
+
+    @property
+    def project_dir(self) -> str:
+        return os.path.join(self.output_dir, PROJECT_NAME)
+
+    @property
+    def events_path(self) -> str:
+        return os.path.join(self.output_dir, EVENTS)
+
+    @property
+    def objective_name(self) -> str:
+        return obj.objective_name(self.objective)
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["space"] = self.space.to_json()
+        return out
+
+
+# --------------------------------------------------------------------------
+# Library: oracle, tuner, search (plain arguments, no flags or environment)
+
+
+def make_oracle(search: SearchConfig):
+    """The KerasTuner oracle `--tuner` names, maximizing the eval objective."""
+    import keras_tuner
+
+    common = dict(
+        objective=keras_tuner.Objective(search.objective_name, direction="max"),
+        hyperparameters=search.space.hyperparameters(),
+        seed=search.tuner_seed,
+    )
+    if search.tuner == "random":
+        return keras_tuner.oracles.RandomSearchOracle(max_trials=search.max_trials, **common)
+    if search.tuner == "bayesian":
+        return keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=search.max_trials, num_initial_points=search.num_initial_points, **common
+        )
+    return keras_tuner.oracles.HyperbandOracle(
+        max_epochs=search.max_epochs,
+        factor=search.hyperband_factor,
+        hyperband_iterations=search.hyperband_iterations,
+        **common,
+    )
+
+
+def make_tuner(search: SearchConfig, base: cfg.TrainConfig):
+    """A `BarlowTwinsTuner` on the search's project dir (reloads its state if any).
+
+    Its role (single process, chief, worker) is KerasTuner's: the
+    ``KERASTUNER_*`` environment variables of this process.
+    """
+    from tuning.tuner import BarlowTwinsTuner
+
+    return BarlowTwinsTuner(
+        make_oracle(search),
+        base,
+        search.objective,
+        directory=search.output_dir,
+        project_name=PROJECT_NAME,
+        events_path=search.events_path,
+    )
+
+
+def _comparable(search: SearchConfig, base: cfg.TrainConfig) -> dict:
+    skip = _RERUN_CHANGES + ("overwrite", "output_dir")
+    s = {k: v for k, v in search.to_json().items() if k not in skip}
+    t = {k: v for k, v in base.to_json().items() if k not in _RERUN_TRAIN_CHANGES}
+    t["data"] = base.data.output_settings()  # where the data lives may change, not what it is
+    return json.loads(json.dumps({"search": s, "train": t}))  # tuples -> lists, as on disk
+
+
+def prepare(search: SearchConfig, base: cfg.TrainConfig) -> None:
+    """Starts over (``overwrite``) or checks that a rerun continues the same search.
+
+    Writes ``search_config.json``. Raises ValueError naming the differing
+    settings when the directory holds a different search.
+    """
+    os.makedirs(search.output_dir, exist_ok=True)
+    path = os.path.join(search.output_dir, SEARCH_CONFIG)
+    if search.overwrite:
+        for name in (PROJECT_NAME, BEST_RUN, EVENTS, SEARCH_CONFIG):
+            target = os.path.join(search.output_dir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+    new = _comparable(search, base)
+    if os.path.exists(path) and os.path.isdir(search.project_dir):
+        with open(path) as f:
+            old = json.load(f)
+        old = {k: old.get(k) for k in new}
+        changed = [
+            f"{part}.{key}"
+            for part in new
+            for key in sorted(set(new[part]) | set(old[part] or {}))
+            if (old[part] or {}).get(key) != new[part].get(key)
+        ]
+        if changed:
+            raise ValueError(
+                f"{search.output_dir} holds a search with different settings "
+                f"({', '.join(changed)}); rerun with the same flags to continue it (only "
+                f"{', '.join(_RERUN_CHANGES)} may change), or pass --overwrite or another "
+                "--output_dir to start a new one."
+            )
+    with open(path, "w") as f:
+        full = {"search": search.to_json(), "train": base.to_json()}
+        json.dump({**new, "full": full}, f, indent=2)
+
+
+def write_reports(search: SearchConfig) -> dict:
+    """best_hparams.json, trials.md and the plot from the trials on disk."""
+    return report.write_reports(
+        search.project_dir,
+        search.output_dir,
+        search.objective_name,
+        include_epochs=search.tuner == "hyperband",
+    )
+
+
+def export_best(search: SearchConfig, base: cfg.TrainConfig, best: dict) -> dict:
+    """Retrains the best trial's configuration in ``<output_dir>/best_run`` and exports it."""
+    from bt_tf import train
+
+    epochs = int(best["epochs"]) if best.get("epochs") else base.epochs
+    config = sp.trial_config(
+        base,
+        best["values"],
+        os.path.join(search.output_dir, BEST_RUN),
+        epochs=epochs,
+        probe=True,
+        export=True,
+    )
+    return train.train(config)
+
+
+def run_search(search: SearchConfig, base: cfg.TrainConfig, *, role: str = "single") -> dict:
+    """Runs this process's part of the search and returns its summary.
+
+    Args:
+      search, base: tuner and training settings.
+      role: "single" (one process runs every trial), "chief" (serves the
+        oracle until the workers are done, then writes the reports) or
+        "worker" (runs trials it gets from the chief; writes no reports).
+        KerasTuner reads the matching ``KERASTUNER_*`` variables itself.
+
+    Returns:
+      ``{"best_hparams", "best", "trials"}`` for single/chief (see
+      `tuning.report.write_reports`), ``{}`` for a worker.
+    """
+    from pipelines import preprocess as pp
+
+    if role != "worker":
+        prepare(search, base)
+    pp.preprocess(base.data)  # once, before any trial (no-op when the artifacts exist)
+    tuner = make_tuner(search, base)
+    if role == "single":
+        tuner.search_space_summary()
+    tuner.search()
+    if role == "worker":
+        return {}
+    summary = write_reports(search)
+    _print_summary(search, summary)
+    return summary
+
+
+def _print_summary(search: SearchConfig, summary: dict) -> None:
+    done = report.completed(summary["trials"])
+    print(f"\n{len(done)} completed trials of {len(summary['trials'])} in {search.project_dir}")
+    if summary["best"] is not None:
+        best = summary["best"]
+        print(f"best: trial {best['trial_id']}, {search.objective_name}={best['objective']:.4f}")
+        print(f"      {json.dumps(summary['best_hparams'], sort_keys=True)}")
+    for name in (report.BEST_HPARAMS, report.TRIALS_MD, report.PLOT):
+        print(f"wrote {os.path.join(search.output_dir, name)}")
+
+
+# --------------------------------------------------------------------------
+# Local chief + workers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: this process gets SIGKILL when ``parent_pid`` (the launcher) dies, so
+    no orphaned chief or worker keeps running after the launcher is killed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent_pid:  # the launcher died before prctl
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def launch_local(
+    argv: Sequence[str], search: SearchConfig, env: dict, *, poll_seconds: float = 1.0
+) -> None:
+    """Starts a chief and ``search.distributed_workers`` workers as subprocesses
+    running ``python -m tuning.search ARGV`` with KerasTuner's variables, and
+    waits for all of them. If one fails, the others are killed and the error
+    names its log file."""
+    port = search.oracle_port or free_port(search.oracle_ip)
+    log_dir = os.path.join(search.output_dir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    # The launcher already prepared the directory: the children must not start over.
+    command = [sys.executable, "-m", "tuning.search", *argv, "--no-overwrite", "--no-export_best"]
+    base_env = dict(
+        env,
+        KERASTUNER_ORACLE_IP=search.oracle_ip,
+        KERASTUNER_ORACLE_PORT=str(port),
+        **{LAUNCHER_PID: str(os.getpid())},
+    )
+    ids = ["chief"] + [f"tuner{i}" for i in range(search.distributed_workers)]
+    procs: dict[str, subprocess.Popen] = {}
+    print(f"oracle at {search.oracle_ip}:{port}; logs in {log_dir}/{{{','.join(ids)}}}.log")
+    try:
+        for tuner_id in ids:
+            with open(os.path.join(log_dir, f"{tuner_id}.log"), "ab") as log:
+                procs[tuner_id] = subprocess.Popen(
+                    command,
+                    env=dict(base_env, KERASTUNER_TUNER_ID=tuner_id),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+        while True:
+            codes = {tid: p.poll() for tid, p in procs.items()}
+            failed = [tid for tid, code in codes.items() if code not in (None, 0)]
+            if failed:
+                tid = failed[0]
+                raise RuntimeError(
+                    f"{tid} exited with code {codes[tid]}; see {log_dir}/{tid}.log. "
+                    "Rerun the same command to resume the search."
+                )
+            if all(code == 0 for code in codes.values()):
+                return
+            time.sleep(poll_seconds)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def _csv(kind):
+    return lambda text: tuple(kind(x) for x in text.split(",") if x.strip())
+
+
+def _range(text: str) -> tuple[float, float]:
+    low, high = _csv(float)(text)
+    return low, high
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The tuner's own flags; everything else goes to `bt_tf.config.parse`."""
+    d, s = SearchConfig(output_dir=""), sp.SearchSpace()
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Every bt_tf.train flag is accepted too (see python -m bt_tf.train --help).",
+        allow_abbrev=False,
+    )
+    p.add_argument("--output_dir", default=None, help="search dir; default tuning_runs/<dataset>")
+    p.add_argument("--tuner", default=d.tuner, choices=TUNERS)
+    p.add_argument("--objective", default=d.objective, choices=sorted(obj.OBJECTIVES))
+    p.add_argument("--max_trials", type=int, default=d.max_trials, help="random/bayesian")
+    p.add_argument("--max_epochs", type=int, default=d.max_epochs, help="hyperband")
+    p.add_argument("--hyperband_factor", type=int, default=d.hyperband_factor)
+    p.add_argument("--hyperband_iterations", type=int, default=d.hyperband_iterations)
+    p.add_argument("--num_initial_points", type=int, default=None, help="bayesian random starts")
+    p.add_argument("--tuner_seed", type=int, default=d.tuner_seed)
+    p.add_argument("--lambd_range", type=_range, default=s.lambd_range, help="LOW,HIGH")
+    p.add_argument("--projector_widths", type=_csv(int), default=s.projector_widths)
+    p.add_argument("--projector_depths", type=_csv(int), default=s.projector_depths)
+    p.add_argument(
+        "--search_augment",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also search mask/reorder/crop strengths and the learning rate",
+    )
+    p.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"fix a dimension; NAME in {', '.join(sp.PIN_NAMES)}",
+    )
+    p.add_argument("--distributed_workers", type=int, default=0)
+    p.add_argument("--oracle_ip", default=d.oracle_ip, help="chief address (--distributed_workers)")
+    p.add_argument("--oracle_port", type=int, default=d.oracle_port, help="0: a free port")
+    p.add_argument("--export_best", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False)
+    return p
+
+
+def _explicit_training_flags(argv: Sequence[str]) -> dict:
+    """The training flags given on the command line, by dest (defaults suppressed)."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    cfg.add_flags(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv)
+    return vars(given)
+
+
+def parse(argv: Sequence[str]) -> tuple[SearchConfig, cfg.TrainConfig]:
+    """Command line -> (search settings, base training config).
+
+    Pins: every ``--pin``, plus the searchable training flags (`space.SEARCHABLE_FLAGS`)
+    given explicitly or through ``--hparams``.
+    """
+    args, rest = build_parser().parse_known_args(argv)
+    base = cfg.parse(rest)
+    pins = dict(sp.parse_pin(text) for text in args.pin)
+    given = _explicit_training_flags(rest)
+    from_file = {}
+    if given.get("hparams"):
+        with open(os.path.expanduser(given["hparams"])) as f:
+            from_file = json.load(f)
+    for name in sp.SEARCHABLE_FLAGS:
+        if (name in given or name in from_file) and name not in pins:
+            pins[name] = getattr(base, name)
+    space = sp.SearchSpace(
+        lambd_range=args.lambd_range,
+        projector_widths=args.projector_widths,
+        projector_depths=args.projector_depths,
+        search_augment=args.search_augment,
+        pins=tuple(sorted(pins.items())),
+    )
+    search = SearchConfig(
+        output_dir=args.output_dir or os.path.join("tuning_runs", base.data.dataset),
+        tuner=args.tuner,
+        objective=args.objective,
+        max_trials=args.max_trials,
+        max_epochs=args.max_epochs,
+        hyperband_factor=args.hyperband_factor,
+        hyperband_iterations=args.hyperband_iterations,
+        num_initial_points=args.num_initial_points,
+        tuner_seed=args.tuner_seed,
+        space=space,
+        distributed_workers=args.distributed_workers,
+        oracle_ip=args.oracle_ip,
+        oracle_port=args.oracle_port,
+        export_best=args.export_best,
+        overwrite=args.overwrite,
+    )
+    return search, base
+
+
+def role_from_env(env) -> str | None:
+    """KerasTuner's role of this process: "chief", "worker", or None (not distributed)."""
+    tuner_id = env.get("KERASTUNER_TUNER_ID")
+    if tuner_id is None or "KERASTUNER_ORACLE_IP" not in env:
+        return None
+    return "chief" if "chief" in tuner_id else "worker"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    search, base = parse(argv)
+    role = role_from_env(os.environ)
+    if os.environ.get(LAUNCHER_PID):
+        die_with_parent(int(os.environ[LAUNCHER_PID]))
+    if role is not None:
+        return run_search(search, base, role=role)
+    if search.distributed_workers:
+        from pipelines import preprocess as pp
+
+        prepare(search, base)
+        pp.preprocess(base.data)  # once, so the workers do not race to write it
+        launch_local(argv, search, dict(os.environ))
+        summary = write_reports(search)  # the chief wrote them; re-read for the summary
+    else:
+        summary = run_search(search, base, role="single")
+    if search.export_best:
+        if summary["best"] is None:
+            raise RuntimeError("no completed trial to export; see trials.md for the failures")
+        result = export_best(search, base, summary["best"])
+        print(f"best configuration retrained and exported: {result.get('export_dir')}")
+        summary["best_run"] = result
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The search space: which `TrainConfig` fields are tuned, over what, and how a
+trial's values become the `TrainConfig` that `bt_tf.train.train` runs.
+
+KerasTuner hyperparameter names (the keys of a trial's values):
+
+==================  ==========================================  ======================
+name                values                                      TrainConfig field
+==================  ==========================================  ======================
+``lambd``           log-uniform over ``lambd_range``            ``lambd``
+``projector_width`` choice of ``projector_widths``              ``projector`` =
+``projector_depth`` choice of ``projector_depths``              ``"W-W[-W]"`` (depth x)
+``mask``            uniform ``mask_range`` (augment only)       ``augment`` =
+``reorder``         uniform ``reorder_range`` (augment only)    ``"mask:g,reorder:b,``
+``crop``            uniform ``crop_range`` (augment only)       ``crop:e"``
+``learning_rate``   log-uniform (augment only)                  ``learning_rate``
+``projector``       a pinned projector string                   ``projector``
+``augment``         a pinned augment string                     ``augment``
+==================  ==========================================  ======================
+
+A *pin* fixes a value: it becomes a `keras_tuner` ``Fixed`` hyperparameter
+(so it is recorded with every trial and written to ``best_hparams.json``)
+and the dimensions it determines are not searched. Pinning ``projector``
+replaces width and depth; pinning ``augment`` replaces mask/reorder/crop.
+Hyperband's ``tuner/*`` bookkeeping values are ignored here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import keras_tuner
+
+from bt_tf import config as cfg
+
+# TrainConfig fields (= flag names of `bt_tf.train`) that a search may set.
+SEARCHABLE_FLAGS = ("lambd", "projector", "augment", "learning_rate")
+# Names that `--pin=NAME=VALUE` accepts.
+PIN_NAMES = (
+    "lambd",
+    "projector",
+    "projector_width",
+    "projector_depth",
+    "augment",
+    "mask",
+    "reorder",
+    "crop",
+    "learning_rate",
+)
+_AUGMENT_PARTS = ("mask", "reorder", "crop")
+_TYPES = {
+    "lambd": float,
+    "projector": str,
+    "projector_width": int,
+    "projector_depth": int,
+    "augment": str,
+    "mask": float,
+    "reorder": float,
+    "crop": float,
+    "learning_rate": float,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Ranges of the searched dimensions and the pinned values.
+
+    Attributes:
+      lambd_range: (low, high) of the log-uniform Barlow Twins off-diagonal weight.
+      projector_widths, projector_depths: choices; the projector is ``depth``
+        layers of ``width`` units.
+      search_augment: also search mask gamma, reorder beta, crop eta (uniform
+        over their ranges) and the learning rate (log-uniform).
+      pins: ``((name, value), ...)``, names from `PIN_NAMES`; pinned names are
+        not searched (see module docstring).
+    """
+
+    lambd_range: tuple[float, float] = (1e-4, 1e-1)
+    projector_widths: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
+    projector_depths: tuple[int, ...] = (2, 3)
+    search_augment: bool = False
+    mask_range: tuple[float, float] = (0.05, 0.6)
+    reorder_range: tuple[float, float] = (0.05, 0.6)
+    crop_range: tuple[float, float] = (0.5, 1.0)
+    learning_rate_range: tuple[float, float] = (1e-4, 1e-2)
+    pins: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        pins = dict(self.pins)
+        unknown = sorted(set(pins) - set(PIN_NAMES))
+        if unknown:
+            raise ValueError(f"cannot pin {unknown}: pinnable names are {list(PIN_NAMES)}")
+        if "projector" in pins and {"projector_width", "projector_depth"} & set(pins):
+            raise ValueError("pin either projector or projector_width/projector_depth, not both")
+        if "augment" in pins and set(_AUGMENT_PARTS) & set(pins):
+            raise ValueError("pin either augment or mask/reorder/crop, not both")
+        if not self.search_augment and set(_AUGMENT_PARTS) & set(pins):
+            raise ValueError(
+                "mask/reorder/crop are searched only with --search_augment; without it "
+                "pin the whole policy, e.g. --augment=mask:0.3,reorder:0.3"
+            )
+        for name, (low, high) in (
+            ("lambd", self.lambd_range),
+            ("learning_rate", self.learning_rate_range),
+        ):
+            if not 0 < low <= high:
+                raise ValueError(f"{name} range ({low}, {high}) must satisfy 0 < low <= high")
+        if not self.projector_widths or not self.projector_depths:
+            raise ValueError("projector_widths and projector_depths need at least one value")
+        if any(w < 1 for w in self.projector_widths) or any(d < 1 for d in self.projector_depths):
+            raise ValueError("projector widths and depths must be >= 1")
+
+    @property
+    def pinned(self) -> dict[str, Any]:
+        return {name: _TYPES[name](value) for name, value in self.pins}
+
+    def hyperparameters(self) -> keras_tuner.HyperParameters:
+        """The KerasTuner space (pinned values as ``Fixed``), given to the oracle."""
+        hp = keras_tuner.HyperParameters()
+        pinned = self.pinned
+
+        def fixed_or(name: str, make) -> None:
+            if name in pinned:
+                hp.Fixed(name, pinned[name])
+            else:
+                make()
+
+        fixed_or("lambd", lambda: hp.Float("lambd", *self.lambd_range, sampling="log"))
+        if "projector" in pinned:
+            hp.Fixed("projector", pinned["projector"])
+        else:
+            for name in ("projector_width", "projector_depth"):
+                choices = sorted(set(getattr(self, name + "s")))
+                if len(choices) == 1 and name not in pinned:  # one choice: not a dimension
+                    hp.Fixed(name, choices[0])
+                else:
+                    fixed_or(name, lambda n=name, c=choices: hp.Choice(n, c))
+        if "augment" in pinned:
+            hp.Fixed("augment", pinned["augment"])
+        elif self.search_augment:
+            for name in _AUGMENT_PARTS:
+                low, high = getattr(self, f"{name}_range")
+                fixed_or(name, lambda n=name, lo=low, hi=high: hp.Float(n, lo, hi))
+        if self.search_augment or "learning_rate" in pinned:
+            fixed_or(
+                "learning_rate",
+                lambda: hp.Float("learning_rate", *self.learning_rate_range, sampling="log"),
+            )
+        return hp
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["pins"] = self.pinned
+        return out
+
+
+def parse_pin(text: str) -> tuple[str, Any]:
+    """``"lambd=0.005"`` -> ``("lambd", 0.005)`` (typed; see `PIN_NAMES`)."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or name not in _TYPES:
+        raise ValueError(
+            f"--pin={text!r}: expected NAME=VALUE with NAME one of {list(PIN_NAMES)}, "
+            "e.g. --pin=lambd=0.005 or --pin=projector=512-512-512"
+        )
+    try:
+        return name, _TYPES[name](value.strip())
+    except ValueError as err:
+        raise ValueError(
+            f"--pin={text!r}: {value!r} is not a valid {_TYPES[name].__name__}"
+        ) from err
+
+
+def projector_string(width: int, depth: int) -> str:
+    """``(512, 3)`` -> ``"512-512-512"`` (the `--projector` format)."""
+    return "-".join([str(int(width))] * int(depth))
+
+
+def projector_width(projector: str) -> int:
+    """The last (output) width of a projector string, ``"512-512-256"`` -> 256."""
+    return int(projector.split("-")[-1])
+
+
+def augment_string(mask: float, reorder: float, crop: float) -> str:
+    """The `--augment` policy of the searched strengths, 3 significant digits."""
+    return f"mask:{mask:.3g},reorder:{reorder:.3g},crop:{crop:.3g}"
+
+
+def train_flags(values: Mapping[str, Any], base: cfg.TrainConfig | None = None) -> dict:
+    """A trial's hyperparameter values -> ``{TrainConfig field: value}``.
+
+    Only the fields the values determine appear (keys in `SEARCHABLE_FLAGS`);
+    this is the content of ``best_hparams.json``. ``base`` fills an augment
+    part that is missing from ``values`` (mask/reorder/crop are set together).
+    """
+    out: dict[str, Any] = {}
+    if "lambd" in values:
+        out["lambd"] = float(values["lambd"])
+    if "projector" in values:
+        out["projector"] = str(values["projector"])
+    elif "projector_width" in values or "projector_depth" in values:
+        if not ("projector_width" in values and "projector_depth" in values):
+            raise ValueError(f"need both projector_width and projector_depth in {dict(values)}")
+        out["projector"] = projector_string(values["projector_width"], values["projector_depth"])
+    if "augment" in values:
+        out["augment"] = str(values["augment"])
+    elif any(name in values for name in _AUGMENT_PARTS):
+        from bt_tf import augment as aug
+
+        default = aug.AugmentPolicy.from_string((base or cfg.TrainConfig()).augment)
+        parts = {
+            name: float(values[name]) if name in values else (getattr(default, name) or 0.0)
+            for name in _AUGMENT_PARTS
+        }
+        parts["crop"] = parts["crop"] or 1.0  # no crop in the base policy: keep everything
+        out["augment"] = augment_string(**parts)
+    if "learning_rate" in values:
+        out["learning_rate"] = float(values["learning_rate"])
+    return out
+
+
+def trial_config(
+    base: cfg.TrainConfig, values: Mapping[str, Any], run_dir: str, **overrides
+) -> cfg.TrainConfig:
+    """The training config of one trial: ``base`` with the trial's values, its
+    run directory, and ``overrides`` (e.g. ``epochs=``, ``probe=False``)."""
+    return dataclasses.replace(base, run_dir=run_dir, **train_flags(values, base), **overrides)
