@@ -34,7 +34,7 @@ from bt_tf import config as cfg
 from bt_tf import encoders, models
 from bt_tf import input as bt_input
 from bt_tf.embeddings import embed_split
-from bt_tf.features import FUTURE_GENRE_IDS
+from bt_tf.features import FUTURE_GENRE_IDS, NUM_RESERVED
 from pipelines import preprocess as pp
 
 CONFIG_FILE = "config.json"
@@ -164,9 +164,28 @@ def make_train_data(
     if "de" in config.model:
         from bt_tf import dual_encoder
 
-        ds = dual_encoder.add_next_item_pairs(ds, seed)
+        # Training redraws the cut points every epoch; evaluation keeps them fixed
+        # so validation numbers compare across epochs.
+        ds = dual_encoder.add_next_item_pairs(ds, seed, redraw_each_epoch=split == "train")
     keep = set(outputs[1:]) | ({"prefix", "target"} if "de" in config.model else set())
     return ds.map(lambda b: {k: v for k, v in b.items() if k in keep})
+
+
+def _dropout_rng(model: tf.keras.Model) -> tf.Module:
+    """The encoder's dropout generators, gathered for the checkpoint.
+
+    Keras keeps each layer's `tf.random.Generator` out of checkpoints; saving
+    their states beside the weights lets a resumed run draw the same dropout
+    masks as an uninterrupted one. Builds the encoder (creating the generators).
+    """
+    model.encoder(tf.fill([1, 1], NUM_RESERVED), training=False)
+    holder = tf.Module()
+    holder.generators = [
+        layer._random_generator._generator
+        for layer in model.encoder.submodules
+        if getattr(getattr(layer, "_random_generator", None), "_generator", None) is not None
+    ]
+    return holder
 
 
 class _EpochCheckpoint(tf.keras.callbacks.Callback):
@@ -225,7 +244,7 @@ def _check_resumable(run_dir: str, config: cfg.TrainConfig) -> None:
         return
     with open(path) as f:
         old = json.load(f)
-    new = config.to_json()
+    new = json.loads(json.dumps(config.to_json()))  # tuples -> lists, as stored
     changed = sorted(k for k in new if old.get(k) != new.get(k) and k not in cfg.RESUMABLE_CHANGES)
     if changed and os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
         raise ValueError(
@@ -237,6 +256,9 @@ def _check_resumable(run_dir: str, config: cfg.TrainConfig) -> None:
 def train(config: cfg.TrainConfig) -> dict:
     """Preprocess if needed, train (resuming), probe, export; returns metrics.json's content."""
     tf.keras.utils.set_random_seed(config.seed)
+    # Dropout draws from tf.random.Generator state that lives in the model's
+    # variables, so a checkpoint carries it and a resumed run replays exactly.
+    tf.keras.backend.experimental.enable_tf_random_generator()
     run_dir = config.run_dir
     out_dir = _worker_dir(run_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -246,7 +268,7 @@ def train(config: cfg.TrainConfig) -> dict:
         with open(metrics_path) as f:
             done = json.load(f)
         if done.get("epochs_completed") == config.epochs:
-            logging.info("%s is complete; reusing it", run_dir)
+            print(f"{run_dir} is complete; reusing it (raise --epochs to train on)", flush=True)
             return done
 
     strategy = make_strategy(config.strategy)
@@ -272,15 +294,21 @@ def train(config: cfg.TrainConfig) -> dict:
     with strategy.scope():
         model = build_model(config, vocab_size)
         optimizer = tf.keras.optimizers.Adam(config.learning_rate)
-        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        # XLA cannot compile a step that reads other replicas' variables (MirroredStrategy).
+        jit = config.jit_compile and strategy.num_replicas_in_sync == 1
+        if config.jit_compile and not jit:
+            print("--jit_compile ignored: XLA steps need a single replica", flush=True)
+        model.compile(optimizer=optimizer, jit_compile=jit)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+        checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch=epoch, dropout_rng=_dropout_rng(model)
+        )
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(out_dir, CHECKPOINT_DIR), max_to_keep=2
     )
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint)
-        logging.info("resumed from %s", manager.latest_checkpoint)
+        print(f"resumed from {manager.latest_checkpoint}", flush=True)
     initial_epoch = int(epoch.numpy())
 
     train_ds = make_train_data(
