@@ -1,0 +1,321 @@
+"""`tuning.search`: search space and pins, eval-only objective, random search end to end,
+Hyperband continuation, resume after SIGKILL, chief + 2 workers on 127.0.0.1.
+
+Every search here runs on tiny synthetic data whose TEST split has been
+deleted: a search that read it would fail.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras_tuner
+import pytest
+from keras_tuner.engine.trial import Trial
+
+from bt_tf import augment as aug
+from bt_tf import config as cfg
+from bt_tf import encoders, train
+from bt_tf import input as bt_input
+from pipelines import preprocess as pp
+from tuning import objective as obj
+from tuning import report
+from tuning import search as ts
+from tuning import space as sp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny but complete training job: seconds per trial on 2 cores.
+TRAIN_FLAGS = [
+    "--synthetic_users=400",
+    "--synthetic_items=200",
+    "--kcore_max_iterations=2",
+    "--num_shards=2",
+    "--max_len=40",
+    "--dim=16",
+    "--num_blocks=1",
+    "--batch_size=32",
+    "--steps_per_epoch=4",
+]
+TINY_FLAGS = [*TRAIN_FLAGS, "--projector_widths=16,32", "--projector_depths=2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Tiny preprocessed synthetic data WITHOUT its test split."""
+    root = tmp_path_factory.mktemp("tuning_data")
+    _, base = ts.parse([*TINY_FLAGS, f"--data_output_dir={root}"])
+    artifact_dir = pp.preprocess(base.data)
+    shutil.rmtree(os.path.join(artifact_dir, "Split-test"))
+    return str(root)
+
+
+def _flags(data_dir, output_dir, *extra):
+    return [*TINY_FLAGS, f"--data_output_dir={data_dir}", f"--output_dir={output_dir}", *extra]
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    for key in ("TF_CONFIG", "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP"):
+        env.pop(key, None)
+    return env
+
+
+def _events(output_dir) -> list[dict]:
+    with open(os.path.join(output_dir, ts.EVENTS)) as f:
+        return [json.loads(line) for line in f]
+
+
+def _statuses(output_dir) -> dict[str, str]:
+    out = {}
+    for path in glob.glob(os.path.join(output_dir, "search", "trial_*", "trial.json")):
+        with open(path) as f:
+            trial = json.load(f)
+        out[trial["trial_id"]] = trial["status"]
+    return out
+
+
+# --------------------------------------------------------------------------
+# Space, pins, flags (no training)
+
+
+def test_space_and_pins_from_the_command_line(tmp_path):
+    search, base = ts.parse(["--output_dir=x", "--lambd=0.01", "--pin=projector_width=256"])
+    assert search.space.pinned == {"lambd": 0.01, "projector_width": 256}
+    hp = search.space.hyperparameters()
+    kinds = {p.name: type(p).__name__ for p in hp.space}
+    assert kinds == {"lambd": "Fixed", "projector_width": "Fixed", "projector_depth": "Choice"}
+    assert base.lambd == 0.01 and search.output_dir == "x"
+
+    search, _ = ts.parse(["--search_augment", "--augment=mask:0.2"])
+    assert search.output_dir == os.path.join("tuning_runs", "synthetic")
+    kinds = {p.name: type(p).__name__ for p in search.space.hyperparameters().space}
+    assert kinds == {
+        "lambd": "Float",
+        "projector_width": "Choice",
+        "projector_depth": "Choice",
+        "augment": "Fixed",  # explicitly given: pinned, mask/reorder/crop not searched
+        "learning_rate": "Float",
+    }
+    lambd = next(p for p in search.space.hyperparameters().space if p.name == "lambd")
+    assert (lambd.min_value, lambd.max_value, lambd.sampling) == (1e-4, 1e-1, "log")
+
+    with pytest.raises(ValueError, match="pin either projector or projector_width"):
+        ts.parse(["--pin=projector=64-64", "--pin=projector_width=64"])
+    with pytest.raises(ValueError, match="only with --search_augment"):
+        ts.parse(["--pin=mask=0.2"])
+    with pytest.raises(ValueError, match="NAME one of"):
+        ts.parse(["--pin=dim=32"])
+
+
+def test_each_tuner_gets_its_keras_tuner_oracle():
+    expected = {
+        "random": keras_tuner.oracles.RandomSearchOracle,
+        "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
+        "hyperband": keras_tuner.oracles.HyperbandOracle,
+    }
+    for name, kind in expected.items():
+        search, _ = ts.parse([f"--tuner={name}", "--objective=next_item", "--max_epochs=9"])
+        oracle = ts.make_oracle(search)
+        assert type(oracle) is kind
+        assert (oracle.objective.name, oracle.objective.direction) == (
+            "eval_next_item_hr@10",
+            "max",
+        )
+    assert oracle.max_epochs == 9
+
+
+def test_trial_values_become_train_flags():
+    assert sp.projector_string(512, 3) == "512-512-512"
+    values = {"lambd": 0.02, "projector_width": 256, "projector_depth": 2, "tuner/epochs": 4}
+    assert sp.train_flags(values) == {"lambd": 0.02, "projector": "256-256"}
+    values = {"mask": 0.25, "reorder": 0.1, "crop": 0.875, "learning_rate": 0.003}
+    flags = sp.train_flags(values)
+    assert flags == {"augment": "mask:0.25,reorder:0.1,crop:0.875", "learning_rate": 0.003}
+    policy = aug.AugmentPolicy.from_string(flags["augment"])
+    assert (policy.mask, policy.reorder, policy.crop) == (0.25, 0.1, 0.875)
+    base = cfg.TrainConfig(epochs=5)
+    config = sp.trial_config(base, {"lambd": 0.03}, "/tmp/r", epochs=2, export=False)
+    assert (config.lambd, config.projector, config.epochs, config.run_dir, config.export) == (
+        0.03,
+        base.projector,
+        2,
+        "/tmp/r",
+        False,
+    )
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    search, base = ts.parse(["--tuner=random", "--max_trials=3", f"--output_dir={tmp_path}"])
+    ts.prepare(search, base)
+    os.makedirs(search.project_dir)
+    ts.prepare(dataclasses.replace(search, max_trials=5), base)  # extending is fine
+    with pytest.raises(ValueError, match=r"search\.tuner"):
+        ts.prepare(dataclasses.replace(search, tuner="bayesian"), base)
+    with pytest.raises(ValueError, match=r"train\.lambd"):
+        ts.prepare(search, dataclasses.replace(base, lambd=0.5))
+    ts.prepare(dataclasses.replace(search, tuner="bayesian", overwrite=True), base)
+    assert not os.path.exists(search.project_dir)
+
+
+# --------------------------------------------------------------------------
+# Objective
+
+
+def test_objective_reads_only_train_and_eval(data_dir, tmp_path):
+    _, base = ts.parse([*TINY_FLAGS, f"--data_output_dir={data_dir}"])
+    artifact_dir = pp.artifact_dir(base.data)
+    assert not os.path.exists(os.path.join(artifact_dir, "Split-test"))
+    meta = bt_input.load_metadata(artifact_dir)
+    vocab = int(meta["vocab_sizes"]["items"])
+    encoder = encoders.SequenceEncoder(vocab, max_len=40, dim=16, num_blocks=1, name="encoder")
+
+    scores = {kind: obj.evaluate_objective(encoder, artifact_dir, kind) for kind in obj.OBJECTIVES}
+    for kind, result in scores.items():
+        value = result[obj.objective_name(kind)]
+        assert 0.0 <= value <= 1.0, (kind, value)
+        assert 0 < result["eval_users"] <= meta["num_users"]["eval"]
+    # The default objective is exactly bt_tf.train's quick probe on eval users.
+    probe = train.genre_probe(encoder, artifact_dir, seed=0)
+    fav = scores["favorite_genre"]
+    assert fav["eval_favorite_genre_accuracy"] == probe["favorite_genre_accuracy"]
+    assert fav["eval_users"] == probe["eval_users"]
+
+    # With the eval split gone there is nothing to score: it really is read.
+    no_eval = tmp_path / "no_eval"
+    shutil.copytree(artifact_dir, no_eval, ignore=shutil.ignore_patterns("Split-eval"))
+    with pytest.raises(FileNotFoundError, match="Split-eval"):
+        obj.evaluate_objective(encoder, str(no_eval), "favorite_genre")
+
+
+# --------------------------------------------------------------------------
+# Searches
+
+
+def test_random_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
+    out = tmp_path / "search"
+    summary = ts.main(_flags(data_dir, out, "--tuner=random", "--max_trials=3", "--epochs=1"))
+
+    assert _statuses(out) == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}
+    best = json.loads((out / "best_hparams.json").read_text())
+    assert set(best) == {"lambd", "projector"}
+    assert 1e-4 <= best["lambd"] <= 1e-1 and best["projector"] in ("16-16", "32-32")
+    ends = [e for e in _events(out) if e["event"] == "end"]
+    name = "eval_favorite_genre_accuracy"
+    top = max(ends, key=lambda e: e[name])
+    assert summary["best"]["objective"] == top[name]
+    # Ties go to the first trial; either way the best trial's values are the file's.
+    best_trial = [e for e in ends if e[name] == top[name]][0]["trial_id"]
+    assert summary["best"]["trial_id"] == best_trial
+    assert best == sp.train_flags(summary["best"]["values"])
+
+    table = (out / "trials.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| ") and not line.startswith("| trial")]
+    assert len(rows) == 3 and all("COMPLETED" in r for r in rows)
+    assert (out / report.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # bt_tf.train accepts the file and trains with exactly those values.
+    config = cfg.parse(
+        [*TRAIN_FLAGS, f"--data_output_dir={data_dir}", f"--output_dir={tmp_path / 'r'}",
+         "--epochs=1", "--no-probe", "--no-export", f"--hparams={out / 'best_hparams.json'}"]
+    )  # fmt: skip
+    assert (config.lambd, config.projector) == (best["lambd"], best["projector"])
+    assert train.train(config)["epochs_completed"] == 1
+
+    # The same command again: nothing is retrained.
+    before = len(_events(out))
+    ts.main(_flags(data_dir, out, "--tuner=random", "--max_trials=3", "--epochs=1"))
+    assert len(_events(out)) == before
+
+
+def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path):
+    search, base = ts.parse(
+        _flags(data_dir, tmp_path / "hb", "--tuner=hyperband", "--max_epochs=3")
+    )
+    ts.prepare(search, base)
+    tuner = ts.make_tuner(search, base)
+    space = search.space.hyperparameters()
+    values = {"lambd": 0.01, "projector_width": 16, "projector_depth": 2}
+
+    def run(trial_id, **extra):
+        hp = space.copy()
+        hp.values = {**values, **extra}
+        return tuner.run_trial(Trial(hp, trial_id=trial_id))
+
+    parent = run("0000", **{"tuner/epochs": 1, "tuner/initial_epoch": 0})
+    assert parent["epochs"] == 1
+    child = run("0001", **{"tuner/epochs": 3, "tuner/initial_epoch": 1, "tuner/trial_id": "0000"})
+    assert child["epochs"] == 3
+    metrics = json.loads(
+        (tmp_path / "hb" / "search" / "trial_0001" / "run" / "metrics.json").read_text()
+    )
+    assert len(metrics["history"]["loss"]) == 2  # epochs 2 and 3 only: resumed, not retrained
+    # The parent is untouched and still 1 epoch.
+    parent_metrics = tmp_path / "hb" / "search" / "trial_0000" / "run" / "metrics.json"
+    assert json.loads(parent_metrics.read_text())["epochs_completed"] == 1
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(data_dir, tmp_path):
+    out = tmp_path / "search"
+    # 40 steps per epoch so the kill lands inside trial 1's second epoch.
+    flags = _flags(data_dir, out, "--tuner=random", "--max_trials=3", "--epochs=2")
+    flags.append("--steps_per_epoch=40")
+    cmd = [sys.executable, "-m", "tuning.search", *flags]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO
+    )
+    ckpt = out / "search" / "trial_1" / "run" / "checkpoints" / "checkpoint"
+    deadline = time.time() + 400
+    while time.time() < deadline and not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "trial 1 never wrote a checkpoint"
+    ckpts_at_kill = len(glob.glob(str(ckpt.parent / "ckpt-*.index")))
+    assert _statuses(out) == {"0": "COMPLETED", "1": "RUNNING"}
+    trial0_metrics = out / "search" / "trial_0" / "run" / "metrics.json"
+    mtime = trial0_metrics.stat().st_mtime_ns
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert _statuses(out) == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}
+    events = _events(out)
+    starts = [e["trial_id"] for e in events if e["event"] == "start"]
+    ends = [e["trial_id"] for e in events if e["event"] == "end"]
+    assert sorted(ends) == ["0", "1", "2"]  # every trial finished exactly once
+    assert starts.count("0") == 1 and starts.count("1") == 2  # only the killed one again
+    assert trial0_metrics.stat().st_mtime_ns == mtime
+    history = json.loads((ckpt.parent.parent / "metrics.json").read_text())["history"]
+    assert len(history.get("loss", [])) == 2 - ckpts_at_kill  # resumed from its checkpoint
+
+
+def test_chief_and_two_workers_run_each_trial_once(data_dir, tmp_path):
+    out = tmp_path / "dist"
+    flags = _flags(data_dir, out, "--tuner=random", "--max_trials=4", "--epochs=1")
+    done = subprocess.run(
+        [sys.executable, "-m", "tuning.search", *flags, "--distributed_workers=2"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _statuses(out) == {str(i): "COMPLETED" for i in range(4)}
+    events = _events(out)
+    ends = [e for e in events if e["event"] == "end"]
+    starts = [e for e in events if e["event"] == "start"]
+    assert sorted(e["trial_id"] for e in ends) == ["0", "1", "2", "3"]  # none twice
+    assert len(starts) == 4
+    # Both workers trained; the chief only served the oracle.
+    assert {e["tuner_id"] for e in ends} == {"tuner0", "tuner1"}
+    assert len({e["pid"] for e in ends}) == 2
+    for name in ("chief", "tuner0", "tuner1"):
+        assert (out / "logs" / f"{name}.log").exists()
+    assert json.loads((out / "best_hparams.json").read_text()).keys() == {"lambd", "projector"}
