@@ -2,7 +2,8 @@
 Hyperband continuation, resume after SIGKILL, chief + 2 workers on 127.0.0.1.
 
 Every search here runs on tiny synthetic data whose TEST split has been
-deleted: a search that read it would fail.
+deleted: a search that read it would fail. The distributed test is marked
+slow: `pytest -m slow tests/test_tuning.py`.
 """
 
 import dataclasses
@@ -295,6 +296,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(data_dir, tmp_p
     assert len(history.get("loss", [])) == 2 - ckpts_at_kill  # resumed from its checkpoint
 
 
+@pytest.mark.slow  # four Python processes with TensorFlow: ~70 s on an idle 2-core machine
 def test_chief_and_two_workers_run_each_trial_once(data_dir, tmp_path):
     out = tmp_path / "dist"
     flags = _flags(data_dir, out, "--tuner=random", "--max_trials=4", "--epochs=1")

@@ -113,43 +113,60 @@ def trials_table(trials: Sequence[dict], objective_name: str) -> str:
 
 
 def plot_objective_vs_lambda(trials: Sequence[dict], objective_name: str, path: str) -> None:
-    """Scatter of the objective against lambda (log x), coloured by projector width."""
+    """Scatter of the objective against lambda (log x): colour = projector output
+    width, marker = projector depth; the best trial is circled in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
     done = [t for t in completed(trials) if "lambd" in t["flags"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    widths = sorted({sp.projector_width(t["flags"].get("projector", "0")) for t in done})
+
+    def shape(t):
+        widths = t["flags"].get("projector", "0").split("-")
+        return int(widths[-1]), len(widths)
+
+    widths = sorted({shape(t)[0] for t in done})
+    depths = sorted({shape(t)[1] for t in done})
+    markers = dict(zip(depths, "o^sDvp*"))
     cmap = plt.get_cmap("viridis", max(2, len(widths)))
-    for i, width in enumerate(widths):
-        group = [t for t in done if sp.projector_width(t["flags"].get("projector", "0")) == width]
+    colors = {w: cmap(i) for i, w in enumerate(widths)}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for t in done:
+        width, depth = shape(t)
         ax.scatter(
-            [t["flags"]["lambd"] for t in group],
-            [t["objective"] for t in group],
-            color=cmap(i),
-            label=f"width {width}" if width else "projector unknown",
+            t["flags"]["lambd"],
+            t["objective"],
+            color=colors[width],
+            marker=markers[depth],
             edgecolors="black",
             linewidths=0.5,
-            s=40,
+            s=45,
         )
     best = best_trial(done)
     if best is not None:
         ax.scatter(
-            [best["flags"]["lambd"]],
-            [best["objective"]],
-            s=160,
-            facecolors="none",
-            edgecolors="red",
-            label="best",
+            best["flags"]["lambd"], best["objective"], s=180, facecolors="none", edgecolors="red"
         )
+    handles = [
+        Line2D([], [], ls="", marker="o", color=colors[w], mec="black", label=f"width {w}")
+        for w in widths
+    ]
+    handles += [
+        Line2D([], [], ls="", marker=markers[d], color="grey", mec="black", label=f"depth {d}")
+        for d in depths
+    ]
+    if best is not None:
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="red", label="best"))
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("lambda (off-diagonal weight, log scale)")
     ax.set_ylabel(objective_name)
     ax.set_title(f"{len(done)} completed trials")
-    if done:
-        ax.legend(title="projector", fontsize=8)
+    if handles:
+        ax.legend(handles=handles, title="projector", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
