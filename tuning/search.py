@@ -189,7 +189,8 @@ def prepare(search: SearchConfig, base: cfg.TrainConfig) -> None:
     os.makedirs(search.output_dir, exist_ok=True)
     path = os.path.join(search.output_dir, SEARCH_CONFIG)
     if search.overwrite:
-        for name in (PROJECT_NAME, BEST_RUN, EVENTS, SEARCH_CONFIG):
+        outputs = (report.BEST_HPARAMS, report.TRIALS_MD, report.PLOT, "logs")
+        for name in (PROJECT_NAME, BEST_RUN, EVENTS, SEARCH_CONFIG, *outputs):
             target = os.path.join(search.output_dir, name)
             if os.path.isdir(target):
                 shutil.rmtree(target)
@@ -229,18 +230,24 @@ def write_reports(search: SearchConfig) -> dict:
 
 
 def export_best(search: SearchConfig, base: cfg.TrainConfig, best: dict) -> dict:
-    """Retrains the best trial's configuration in ``<output_dir>/best_run`` and exports it."""
+    """Retrains the best trial's configuration in ``<output_dir>/best_run`` and exports it.
+
+    A ``best_run`` of an earlier, different best configuration is replaced; one of
+    the same configuration is resumed or reused (see `bt_tf.train.train`).
+    """
     from bt_tf import train
 
     epochs = int(best["epochs"]) if best.get("epochs") else base.epochs
-    config = sp.trial_config(
-        base,
-        best["values"],
-        os.path.join(search.output_dir, BEST_RUN),
-        epochs=epochs,
-        probe=True,
-        export=True,
-    )
+    run_dir = os.path.join(search.output_dir, BEST_RUN)
+    config = sp.trial_config(base, best["values"], run_dir, epochs=epochs, probe=True, export=True)
+    recorded_path = os.path.join(run_dir, train.CONFIG_FILE)
+    if os.path.exists(recorded_path):
+        with open(recorded_path) as f:
+            recorded = json.load(f)
+        new = json.loads(json.dumps(config.to_json()))
+        if any(recorded.get(k) != v for k, v in new.items() if k not in cfg.RESUMABLE_CHANGES):
+            print(f"replacing {run_dir}: it holds an earlier best configuration")
+            shutil.rmtree(run_dir)
     return train.train(config)
 
 
@@ -495,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if summary["best"] is None:
             raise RuntimeError("no completed trial to export; see trials.md for the failures")
         result = export_best(search, base, summary["best"])
-        print(f"best configuration retrained and exported: {result.get('export_dir')}")
+        best_run = os.path.join(search.output_dir, BEST_RUN)
+        print(f"best configuration trained in {best_run}; exported to {result.get('export_dir')}")
         summary["best_run"] = result
     return summary
 
