@@ -1,0 +1,202 @@
+"""`bt_tf.evaluate`: trained runs -> probes -> report, on tiny synthetic data."""
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from bt_tf import config as cfg
+from bt_tf import evaluate as ev
+from bt_tf import input as bt_input
+from bt_tf import probes, train
+from bt_tf.embeddings import embed_split
+
+# A tiny but complete job: seconds per run on 2 cores.
+TINY_FLAGS = [
+    "--synthetic_users=400",
+    "--synthetic_items=200",
+    "--kcore_max_iterations=2",
+    "--num_shards=2",
+    "--max_len=40",
+    "--dim=16",
+    "--num_blocks=1",
+    "--projector=64-64",
+    "--batch_size=32",
+    "--steps_per_epoch=4",
+    "--epochs=1",
+    "--no-probe",
+    "--no-export",
+]
+QUICK = ev.EvalSettings(probe_max_epochs=20, probe_min_epochs=5)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{"bt": run dir, "de": run dir} trained on one tiny synthetic artifact."""
+    root = tmp_path_factory.mktemp("evaluate")
+    out = {}
+    for model in ("bt", "de"):
+        config = cfg.parse(
+            [
+                *TINY_FLAGS,
+                f"--model={model}",
+                f"--data_output_dir={root / 'data'}",
+                f"--output_dir={root / model}",
+            ]
+        )
+        train.train(config)
+        out[model] = str(root / model)
+    return out
+
+
+def _artifact(run_dir: str) -> str:
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return json.load(f)["artifact_dir"]
+
+
+def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path):
+    out = tmp_path / "report"
+    rows = ev.main(
+        [
+            f"--runs={runs['bt']},{runs['de']}",
+            "--label_fractions=0.5",
+            "--seeds=2",
+            "--probe_max_epochs=20",
+            "--probe_min_epochs=5",
+            f"--output_dir={out}",
+        ]
+    )
+    models = {r["model"] for r in rows}
+    assert models == {"bt", "de", "untrained", "bag_of_items", "majority", "popularity"}
+    tasks = {r["task"] for r in rows}
+    assert tasks == {"next_item", "favorite_genre", "liked_item", "attr_segment"}
+    expected_metrics = {
+        "next_item": {"hr@10", "ndcg@10"},
+        "favorite_genre": {"accuracy", "balanced_accuracy"},
+        "liked_item": {"accuracy", "auc"},
+        "attr_segment": {"accuracy", "balanced_accuracy"},
+    }
+    for model in ("bt", "de", "untrained", "bag_of_items"):  # every probe on every task
+        for task, metric_names in expected_metrics.items():
+            for metric in metric_names:
+                cell = [
+                    r for r in rows if (r["model"], r["task"], r["metric"]) == (model, task, metric)
+                ]
+                assert sorted((r["fraction"], r["seed"]) for r in cell) == [
+                    (0.5, 0),
+                    (0.5, 1),
+                ], (model, task, metric)
+    for r in rows:
+        assert math.isfinite(r["value"]) and 0.0 <= r["value"] <= 1.0, r
+        if r["model"] in ("bt", "de"):
+            assert r["batch_size"] == 32 and r["model_type"] == r["model"]
+    # The report: every model and floor, the improvement table, aggregates in range.
+    md = (out / "report.md").read_text()
+    for name in models:
+        assert f"| {name} |" in md, name
+    assert "Relative improvement over `de`" in md
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["rows"]) == len(rows)
+    for a in results["aggregates"]:
+        assert 0.0 <= a["mean"] <= 1.0 and a["std"] >= 0.0, a
+    assert (out / "metrics_vs_fraction.png").stat().st_size > 10_000
+
+
+def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
+    """No leak: splits are disjoint; the probe training set is a fraction of TRAIN
+    users; replacing test labels and test embeddings changes scores only."""
+    artifact = _artifact(runs["bt"])
+    meta = bt_input.load_metadata(artifact)
+    data = ev.load_eval_data(artifact, width=40)
+    ids = {s: set(data.user_ids[s].tolist()) for s in ev.SPLITS}
+    for s in ev.SPLITS:
+        assert len(ids[s]) == len(data.user_ids[s]) == meta["num_users"][s]
+    assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["eval"])
+    assert not (ids["eval"] & ids["test"])
+
+    encoder, _, _ = ev.restore_run(runs["bt"])
+    emb = ev.embed_users(encoder, data)
+    reference, _ = embed_split(encoder, artifact, "test", max_len=40)  # the canonical reader
+    np.testing.assert_allclose(emb["test"], reference, rtol=1e-5, atol=1e-6)
+    tasks = ["favorite_genre", "attr_segment"]
+    kwargs = dict(fractions=[0.1, 1.0], seeds=[0], tasks=tasks, settings=QUICK)
+    rows = ev.evaluate_features("bt", emb, data, **kwargs)
+    assert ev.evaluate_features("bt", emb, data, **kwargs) == rows  # same seed, same result
+    for r in rows:
+        y = data.labels[r["task"]]
+        labelled_train = int(np.sum(y["train"] >= 0))
+        expected = probes.sample_label_fraction(y["train"], r["fraction"], r["seed"]).size
+        assert r["n_train"] == expected  # drawn from the train split's labels only
+        assert r["n_test"] == int(np.sum(y["test"] >= 0))
+        assert r["n_eval"] == int(np.sum(y["eval"] >= 0))
+        if r["fraction"] == 1.0:  # all labelled train users, not train + test
+            assert r["n_train"] == labelled_train < labelled_train + r["n_test"]
+        else:
+            assert r["n_train"] < labelled_train
+
+    # Scramble the test labels and zero the test embeddings: nothing the probe
+    # chose (L2, stopping epoch, sample sizes) may change; the scores do.
+    rng = np.random.default_rng(0)
+    scrambled = ev.EvalData(
+        **{
+            **vars(data),
+            "labels": {
+                t: {**data.labels[t], "test": rng.permutation(data.labels[t]["test"])}
+                for t in tasks
+            },
+        }
+    )
+    emb2 = {**emb, "test": np.zeros_like(emb["test"])}
+    rows2 = ev.evaluate_features("bt", emb2, scrambled, **kwargs)
+    keys = ("task", "metric", "fraction", "seed", "l2", "best_epoch", "n_train", "n_eval")
+    assert [tuple(r[k] for k in keys) for r in rows] == [tuple(r[k] for k in keys) for r in rows2]
+    assert [r["value"] for r in rows] != [r["value"] for r in rows2]
+
+
+def test_cache_reuses_results_and_settings_invalidate_it(runs, tmp_path):
+    kwargs = dict(
+        label_fractions=[1.0],
+        seeds=1,
+        tasks=["favorite_genre"],
+        include_floors=False,
+        write=False,
+    )
+    first = ev.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
+    cache_file = tmp_path / "cache" / "bt.json"
+    stamp = cache_file.stat().st_mtime_ns
+    again = ev.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
+    assert again == first and cache_file.stat().st_mtime_ns == stamp  # read, not recomputed
+    other = ev.EvalSettings(probe_max_epochs=20, probe_min_epochs=5, l2_grid=(1e-3,))
+    changed = ev.evaluate_runs([runs["bt"]], str(tmp_path), settings=other, **kwargs)
+    assert cache_file.stat().st_mtime_ns != stamp  # recomputed under the new settings
+    assert {r["l2"] for r in changed} == {1e-3}
+
+
+def test_item_embeddings_bt_input_table_de_item_tower(runs):
+    bt_encoder, bt_items, _ = ev.restore_run(runs["bt"])
+    np.testing.assert_array_equal(bt_items, bt_encoder.item_embedding.embeddings.numpy())
+    de_encoder, de_items, config = ev.restore_run(runs["de"])
+    assert de_items.shape == (config["encoder"]["vocab_size"], 16)
+    assert not np.allclose(de_items, de_encoder.item_embedding.embeddings.numpy())
+
+
+def test_runs_on_different_artifacts_are_refused(runs, tmp_path):
+    other = tmp_path / "other_bt"
+    shutil.copytree(runs["bt"], other)
+    config = json.loads((other / "config.json").read_text())
+    config["artifact_dir"] = str(tmp_path / "elsewhere")
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="share one artifact dir"):
+        ev.evaluate_runs([runs["bt"], str(other)], str(tmp_path / "r"), seeds=1)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ev.evaluate_runs([str(tmp_path)], str(tmp_path / "r"), seeds=1)
+
+
+def test_run_names_are_unique():
+    configs = [{"model": "bt"}, {"model": "bt"}, {"model": "de"}]
+    assert ev.run_names(configs, ["runs/a_bt", "runs/b_bt", "runs/x"]) == ["a_bt", "b_bt", "de"]
+    assert ev.run_names(configs[:2], ["x/bt", "y/bt/"]) == ["bt", "bt-2"]
+    assert ev.run_names([{"model": "bt+de"}], ["r"]) == ["bt+de"]

@@ -1,0 +1,152 @@
+"""`bt_tf.reproduce`: equal-budget runs, evaluation, report, batch-size ablation, resume."""
+
+import json
+import os
+
+import pytest
+
+from bt_tf import config as cfg
+from bt_tf import reproduce as rp
+
+TINY_FLAGS = [
+    "--synthetic_users=400",
+    "--synthetic_items=200",
+    "--kcore_max_iterations=2",
+    "--num_shards=2",
+    "--max_len=40",
+    "--dim=16",
+    "--num_blocks=1",
+    "--projector=64-64",
+    "--batch_size=32",
+    "--steps_per_epoch=4",
+    "--epochs=1",
+    "--no-probe",
+    "--no-export",
+]
+
+
+def test_own_flags_are_split_from_training_flags():
+    args, base = rp.parse(
+        [
+            "--seeds=2",
+            "--seed=7",
+            "--dim=8",
+            "--batch_sizes=16,32",
+            "--cache_dir=/c",
+            "--label_fractions=0.1,1.0",
+            "--epochs=3",
+        ]
+    )
+    assert args.seeds == 2 and base.seed == 7  # no prefix matching between the two
+    assert base.dim == 8 and base.epochs == 3 and base.data.cache_dir == "/c"
+    assert args.batch_sizes == [16, 32] and args.label_fractions == [0.1, 1.0]
+    assert args.cache is True  # --cache_dir went to preprocessing, not to --cache
+    assert args.output_dir == os.path.join("runs", "reproduce_synthetic")
+    args, base = rp.parse(["--output_dir=/x", "--dataset=ml-1m"])
+    assert args.output_dir == "/x" and base.run_dir != "/x"
+    with pytest.raises(ValueError, match="--models"):
+        rp.parse(["--model=de"])
+
+
+def test_ablation_runs_see_the_same_number_of_users():
+    base = cfg.TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2)
+    main = rp.main_configs(base, "/out", ["bt", "de", "bt+de"])
+    assert {c.run_dir for c in main.values()} == {"/out/bt", "/out/de", "/out/bt+de"}
+    assert len({(c.batch_size, c.epochs, c.steps_per_epoch, c.dim) for c in main.values()}) == 1
+    runs = rp.ablation_configs(
+        base,
+        "/out",
+        batch_sizes=[16, 32, 64, 100],
+        models=["bt", "de"],
+        num_train_users=313,
+        main=main,
+    )
+    # 313 // 32 = 9 steps of 32 = 288 users per epoch at the base batch size.
+    steps = {(m, b): c.steps_per_epoch for m, b, c in runs}
+    assert steps[("bt", 16)] == 18 and steps[("bt", 64)] == 5 and steps[("bt", 100)] == 3
+    for m, b, c in runs:
+        assert abs(b * (c.steps_per_epoch or 9) - 288) <= b / 2 and c.epochs == 2
+        assert c.model == m and c.batch_size == b
+    reused = [c for m, b, c in runs if b == 32]
+    assert reused == [main["bt"], main["de"]]  # trained once, not twice
+    assert runs[0][2].run_dir == "/out/batch_size/bt_b16"
+    with pytest.raises(ValueError, match="exceed the 313 train users"):
+        rp.ablation_configs(base, "/o", batch_sizes=[512], models=["bt"], num_train_users=313)
+
+
+def _mtimes(paths):
+    return {p: os.stat(p).st_mtime_ns for p in paths}
+
+
+def _argv(tmp_path, *extra):
+    return [
+        *TINY_FLAGS,
+        f"--data_output_dir={tmp_path / 'data'}",
+        f"--output_dir={tmp_path / 'repro'}",
+        "--tasks=favorite_genre",
+        "--label_fractions=0.5",
+        "--seeds=2",
+        "--probe_max_epochs=20",
+        "--probe_min_epochs=5",
+        *extra,
+    ]
+
+
+def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
+    out = tmp_path / "repro"
+    argv = _argv(tmp_path, "--models=bt,de")
+    first = rp.main(argv)
+    md = (out / "report" / "report.md").read_text()
+    for name in ("bt", "de", "untrained", "bag_of_items", "majority"):
+        assert f"| {name} |" in md, name
+    assert "Relative improvement over `de`" in md and "## Training runs" in md
+    metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in ("bt", "de")}
+    # Equal budget: the same batch size, epochs and steps for both models.
+    assert {(m["epochs_completed"], m["steps_per_epoch"]) for m in metrics.values()} == {(1, 4)}
+    for r in first["rows"]:
+        assert 0.0 <= r["value"] <= 1.0, r
+
+    # Rerun: no retraining (metrics.json untouched), no re-probing (cache untouched).
+    watched = [str(out / m / "metrics.json") for m in ("bt", "de")]
+    watched += [str(p) for p in (out / "report" / "cache").iterdir()]
+    before = _mtimes(watched)
+    second = rp.main(argv)
+    assert _mtimes(watched) == before
+    assert second["rows"] == first["rows"]
+
+
+@pytest.mark.slow
+def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
+    out = tmp_path / "repro"
+    argv = _argv(tmp_path, "--batch_sizes=16,32", "--ablation_models=bt")
+    first = rp.main(argv)
+    report_dir = out / "report"
+    md = (report_dir / "report.md").read_text()
+    for name in ("bt", "de", "bt+de", "untrained", "bag_of_items", "majority"):
+        assert f"| {name} |" in md, name
+    assert "Relative improvement over `de`" in md
+    assert "## Training runs" in md and "## Batch-size ablation" in md
+    assert "| model | b=16 | b=32 |" in md
+
+    # Equal budget: same batch, epochs and steps for the three models.
+    metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in ("bt", "de", "bt+de")}
+    assert {(m["epochs_completed"], m["steps_per_epoch"]) for m in metrics.values()} == {(1, 4)}
+    b16 = json.loads((out / "batch_size" / "bt_b16" / "metrics.json").read_text())
+    assert b16["steps_per_epoch"] == 8  # 16 × 8 = 32 × 4 users per epoch
+    assert not (out / "batch_size" / "bt_b32").exists()  # the main bt run was reused
+
+    ablation = json.loads((report_dir / rp.ABLATION_JSON).read_text())
+    assert {(r["model"], r["batch_size"]) for r in ablation} == {("bt", 16), ("bt", 32)}
+    for r in first["rows"] + ablation:
+        assert 0.0 <= r["value"] <= 1.0, r
+    assert (report_dir / "batch_size_favorite_genre_accuracy_50pct.png").stat().st_size > 5_000
+
+    # Rerun: no retraining (metrics.json untouched), no re-probing (cache untouched).
+    watched = [str(out / m / "metrics.json") for m in ("bt", "de", "bt+de")]
+    watched += [str(out / "batch_size" / "bt_b16" / "metrics.json")]
+    watched += [str(p) for p in (report_dir / "cache").iterdir()]
+    before = _mtimes(watched)
+    second = rp.main(argv)
+    assert _mtimes(watched) == before
+    assert second["rows"] == first["rows"]
+    assert second["ablation_rows"] == first["ablation_rows"]
