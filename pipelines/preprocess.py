@@ -382,31 +382,69 @@ def merge_user(kv: tuple[str, Iterable[dict]]) -> tuple[str, dict]:
 
 
 class _CountIds(beam.CombineFn):
-    """Counts string ids given as numpy arrays; accumulates (ids, counts) arrays."""
+    """Counts string ids arriving as numpy arrays (one array per element).
+
+    The accumulator buffers arrays and compacts them into (unique ids, counts)
+    once more than `_COMPACT` ids are buffered, so adding is O(len(input)).
+    """
+
+    _COMPACT = 1 << 20
 
     def create_accumulator(self):
-        return np.array([], dtype=str), np.array([], dtype=np.int64)
+        return {"ids": [], "counts": [], "size": 0}
 
     def add_input(self, acc, ids):
-        return self.merge_accumulators([acc, np.unique(ids, return_counts=True)])
+        acc["ids"].append(ids)
+        acc["counts"].append(np.ones(len(ids), dtype=np.int64))
+        acc["size"] += len(ids)
+        return self._compact(acc) if acc["size"] > self._COMPACT else acc
 
     def merge_accumulators(self, accs):
-        ids = np.concatenate([a[0] for a in accs])
-        counts = np.concatenate([a[1] for a in accs])
-        if len(ids) == 0:
-            return np.array([], dtype=str), np.array([], dtype=np.int64)
+        merged = self.create_accumulator()
+        for acc in accs:
+            merged["ids"] += acc["ids"]
+            merged["counts"] += acc["counts"]
+            merged["size"] += acc["size"]
+        return self._compact(merged) if merged["size"] > self._COMPACT else merged
+
+    @staticmethod
+    def _compact(acc):
+        ids = np.concatenate(acc["ids"]) if acc["ids"] else np.array([], dtype=str)
+        counts = np.concatenate(acc["counts"]) if acc["counts"] else np.array([], np.int64)
         unique, inverse = np.unique(ids, return_inverse=True)
-        return unique, np.bincount(inverse, weights=counts).astype(np.int64)
+        totals = np.bincount(inverse.ravel(), weights=counts, minlength=len(unique))
+        return {"ids": [unique], "counts": [totals.astype(np.int64)], "size": len(unique)}
 
     def extract_output(self, acc):
-        return acc
+        acc = self._compact(acc)
+        return acc["ids"][0], acc["counts"][0]
+
+
+_KCORE_BLOCK = 2000  # users per k-core element: rounds cost O(blocks), not O(users)
+
+
+def _to_block(users: list) -> dict[str, np.ndarray]:
+    """[(user, items)] -> one columnar block of many users' item lists."""
+    return {
+        "user": np.asarray([u for u, _ in users], dtype=str),
+        "length": np.asarray([len(items) for _, items in users], dtype=np.int64),
+        "item": np.concatenate([items for _, items in users]),
+        "position": np.concatenate([np.arange(len(items), dtype=np.int32) for _, items in users]),
+    }
+
+
+def _from_block(block: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+    """Block -> (user, positions of its surviving interactions)."""
+    ends = np.cumsum(block["length"])
+    for user, start, end in zip(block["user"].tolist(), ends - block["length"], ends):
+        yield user, block["position"][start:end]
 
 
 class _KCoreRound(beam.CombineFn):
-    """One k-core round's global view: items that are rare among long-enough users.
+    """One k-core round's global view over blocks of users.
 
-    Input: (user, (items, positions)). Output: (sorted rare item ids, number of
-    users shorter than `min_user`). Users below `min_user` do not count.
+    Output: (sorted item ids with fewer than `min_item` interactions among
+    users that have at least `min_user`, number of users shorter than `min_user`).
     """
 
     def __init__(self, min_user: int, min_item: int):
@@ -416,49 +454,61 @@ class _KCoreRound(beam.CombineFn):
     def create_accumulator(self):
         return self._count.create_accumulator(), 0
 
-    def add_input(self, acc, kv):
-        items = kv[1][0]
-        if len(items) < self._min_user:
-            return acc[0], acc[1] + 1
-        return self._count.add_input(acc[0], items), acc[1]
+    def add_input(self, acc, block):
+        long_enough = block["length"] >= self._min_user
+        items = block["item"][np.repeat(long_enough, block["length"])]
+        return self._count.add_input(acc[0], items), acc[1] + int((~long_enough).sum())
 
     def merge_accumulators(self, accs):
         accs = list(accs)
         return self._count.merge_accumulators([a[0] for a in accs]), sum(a[1] for a in accs)
 
     def extract_output(self, acc):
-        (ids, n), short = acc
-        return np.sort(ids[n < self._min_item]), short
+        ids, n = self._count.extract_output(acc[0])
+        return np.sort(ids[n < self._min_item]), acc[1]
 
 
-def _k_core_step(kv, last_round, min_user: int):
-    """Drops the previous round's rare items, then the user if too short."""
+def _k_core_step(block, last_round, min_user: int):
+    """Drops the users the last round found short, then its rare items."""
     rare, _ = last_round
-    user, (items, positions) = kv
-    if len(items) < min_user:
-        return
-    keep = ~np.isin(items, rare)
-    if len(rare) and not keep.all():
-        items, positions = items[keep], positions[keep]
-    yield user, (items, positions)
+    long_enough = block["length"] >= min_user
+    keep = np.repeat(long_enough, block["length"])
+    if len(rare):
+        keep &= ~np.isin(block["item"], rare)
+    if keep.all():
+        return block
+    owner = np.repeat(np.arange(len(block["length"])), block["length"])
+    lengths = np.bincount(owner[keep], minlength=len(block["length"]))
+    return {
+        "user": block["user"][long_enough],
+        "length": lengths[long_enough],
+        "item": block["item"][keep],
+        "position": block["position"][keep],
+    }
 
 
 def _k_core(user_seqs, config: PreprocessConfig):
-    """Iterated k-core on (user -> items) lists; returns (kept, per-round stats).
+    """Iterated k-core on users' item lists; returns (kept, per-round stats).
 
     `kept` maps each surviving user to the positions (into its sorted sequence)
     of the interactions that survive. Beam graphs are static, so the rounds are
     unrolled `kcore_max_iterations` times; one more round only measures, and
-    anything it would remove means the fixed point was not reached.
+    anything it would remove means the fixed point was not reached. Rounds
+    work on blocks of `_KCORE_BLOCK` users with vectorized numpy, so a round's
+    cost is a pass over the data in a few hundred elements.
     """
     min_u, min_i = config.min_user_interactions, config.min_item_interactions
-    kept = user_seqs | "Project" >> beam.Map(
-        lambda kv: (kv[0], (kv[1]["item"], np.arange(len(kv[1]["item"]))))
+    kept = (
+        user_seqs
+        | "Project" >> beam.Map(lambda kv: (kv[0], kv[1]["item"]))
+        | "BatchUsers"
+        >> beam.BatchElements(min_batch_size=_KCORE_BLOCK, max_batch_size=_KCORE_BLOCK)
+        | "ToBlocks" >> beam.Map(_to_block)
     )
     rounds = []
     for i in range(config.kcore_max_iterations + 1):
         if i:
-            kept = kept | f"K{i}Filter" >> beam.FlatMap(
+            kept = kept | f"K{i}Filter" >> beam.Map(
                 _k_core_step, beam.pvalue.AsSingleton(rounds[-1]), min_u
             )
         rounds.append(kept | f"K{i}Round" >> beam.CombineGlobally(_KCoreRound(min_u, min_i)))
@@ -473,14 +523,14 @@ def _k_core(user_seqs, config: PreprocessConfig):
         )
         for i, r in enumerate(rounds)
     ]
-    return kept, stats
+    return kept | "FromBlocks" >> beam.FlatMap(_from_block), stats
 
 
 def _apply_k_core(kv):
     user, grouped = kv
     if not grouped["kept"]:
         return
-    ((_, positions),) = grouped["kept"]
+    (positions,) = grouped["kept"]
     (seq,) = grouped["seq"]
     user_records = grouped["user"]
     attributes = user_records[0] if user_records else {}
