@@ -296,3 +296,30 @@ def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
     versions = [p for p in (out / "synthetic").iterdir()]
     assert len(versions) == 1 and not versions[0].name.endswith(".partial")
     assert (versions[0] / "metadata.json").exists()
+
+
+def test_tfds_source_through_the_pipeline(tmp_path):
+    """`--source=tfds` on the real TFDS code path with mock examples."""
+    import tensorflow_datasets as tfds
+
+    config = _config(
+        tmp_path,
+        dataset="ml-1m",
+        source="tfds",
+        tfds_shards=1,  # mock_data ignores split slicing: one shard, no duplicates
+        min_user_interactions=1,
+        min_item_interactions=1,
+        min_history_len=1,
+        future_len=1,
+    )
+    with tfds.testing.mock_data(num_examples=300):
+        root = pp.preprocess(config)
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    assert meta["source"] == "tfds" and meta["input_records"] == {"interactions": 300}
+    assert set(meta["attributes"]) == {"gender", "age", "occupation"}
+    rows = [r for rs in _examples(root).values() for r in rs]
+    kept = sum(len(r[F.HISTORY_ITEM_IDS]) + len(r[F.FUTURE_ITEM_IDS]) for r in rows)
+    dropped = meta["dropped_users"]["users_too_short_for_future"]
+    assert sum(meta["num_users"].values()) == len(rows)
+    assert kept == sum(meta["num_interactions"].values()) - dropped  # one-rating users drop
+    assert sum(meta["num_interactions"].values()) == 300
