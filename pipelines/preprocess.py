@@ -296,7 +296,7 @@ def _read_tfds(p: beam.Pipeline, config: PreprocessConfig):
             _tfds_shard, config.dataset, config.tfds_shards, config.cache_dir
         ).with_outputs("items", "users", "lines", main="interactions")
     )
-    items = parsed.items | "DistinctItems" >> beam.Distinct()
+    items = parsed.items | "DistinctTfdsItems" >> beam.Distinct()
     users = parsed.users | "UserJson" >> beam.Map(
         lambda r: (r[0], json.dumps(r[1], sort_keys=True))
     )
@@ -409,8 +409,9 @@ class _CountIds(beam.CombineFn):
 
     @staticmethod
     def _compact(acc):
-        ids = np.concatenate(acc["ids"]) if acc["ids"] else np.array([], dtype=str)
-        counts = np.concatenate(acc["counts"]) if acc["counts"] else np.array([], np.int64)
+        if not acc["ids"]:
+            return {"ids": [np.array([], dtype=str)], "counts": [np.array([], np.int64)], "size": 0}
+        ids, counts = np.concatenate(acc["ids"]), np.concatenate(acc["counts"])
         unique, inverse = np.unique(ids, return_inverse=True)
         totals = np.bincount(inverse.ravel(), weights=counts, minlength=len(unique))
         return {"ids": [unique], "counts": [totals.astype(np.int64)], "size": len(unique)}
@@ -487,9 +488,10 @@ def _k_core_step(block, last_round, min_user: int):
     }
 
 
-def _k_core(user_seqs, config: PreprocessConfig):
+def _k_core(user_seqs, catalog, config: PreprocessConfig):
     """Iterated k-core on users' item lists; returns (kept, per-round stats).
 
+    `catalog` is the sorted array of distinct item ids (a singleton PCollection).
     `kept` maps each surviving user to the positions (into its sorted sequence)
     of the interactions that survive. Beam graphs are static, so the rounds are
     unrolled `kcore_max_iterations` times; one more round only measures, and
@@ -498,9 +500,15 @@ def _k_core(user_seqs, config: PreprocessConfig):
     cost is a pass over the data in a few hundred elements.
     """
     min_u, min_i = config.min_user_interactions, config.min_item_interactions
+    # Rounds carry int32 item codes (index into the sorted distinct item ids),
+    # not strings: 8 bytes per interaction and integer set operations.
     kept = (
         user_seqs
-        | "Project" >> beam.Map(lambda kv: (kv[0], kv[1]["item"]))
+        | "Project"
+        >> beam.Map(
+            lambda kv, ids: (kv[0], np.searchsorted(ids, kv[1]["item"]).astype(np.int32)),
+            beam.pvalue.AsSingleton(catalog),
+        )
         | "BatchUsers"
         >> beam.BatchElements(min_batch_size=_KCORE_BLOCK, max_batch_size=_KCORE_BLOCK)
         | "ToBlocks" >> beam.Map(_to_block)
@@ -730,7 +738,13 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         | "GroupByUser" >> beam.GroupByKey()
         | "SortUser" >> beam.Map(merge_user)
     )
-    kept, kcore_stats = _k_core(user_seqs, config)
+    catalog = (
+        user_seqs
+        | "AllItems" >> beam.Map(lambda kv: kv[1]["item"])
+        | "DistinctItems" >> beam.CombineGlobally(_CountIds())
+        | "SortedItemIds" >> beam.Map(lambda counts: counts[0])
+    )
+    kept, kcore_stats = _k_core(user_seqs, catalog, config)
     rows = (
         {"seq": user_seqs, "kept": kept, "user": users}
         | "JoinUser" >> beam.CoGroupByKey()
@@ -799,18 +813,9 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         )
         | "LongestHistory" >> beam.Map(lambda h: ("max_history_len", max(0, h.stop - h.start)))
     )
-    items_seen = (
-        user_seqs
-        | "RawItems" >> beam.Map(lambda kv: kv[1]["item"])
-        | "CountRawItems" >> beam.CombineGlobally(_CountIds())
-        | "ItemsWithoutMetadata"
-        >> beam.Map(
-            lambda counts, genres: (
-                "items_without_metadata",
-                int(sum(i not in genres for i in counts[0])),
-            ),
-            beam.pvalue.AsDict(item_genres),
-        )
+    items_seen = catalog | "ItemsWithoutMetadata" >> beam.Map(
+        lambda ids, genres: ("items_without_metadata", int(sum(i not in genres for i in ids))),
+        beam.pvalue.AsDict(item_genres),
     )
     lines_stat = lines | "LineStats" >> beam.Map(lambda tn: ("lines", tn))
     (
