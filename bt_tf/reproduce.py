@@ -372,7 +372,7 @@ def parse(argv: Sequence[str] | None):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     args, base = parse(argv)
     out = reproduce(
         base,
