@@ -15,22 +15,9 @@ from bt_tf import config as cfg
 from bt_tf import train
 from pipelines import preprocess as pp
 from pipelines import synthetic
+from tests.tiny import TINY_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A tiny but complete job: seconds per epoch on 2 cores.
-TINY_FLAGS = [
-    "--synthetic_users=400",
-    "--synthetic_items=200",
-    "--kcore_max_iterations=2",
-    "--num_shards=2",
-    "--max_len=40",
-    "--dim=16",
-    "--num_blocks=1",
-    "--projector=64-64",
-    "--batch_size=32",
-    "--steps_per_epoch=4",
-]
 
 
 def _env() -> dict:
@@ -183,8 +170,13 @@ def test_two_workers_on_localhost_train_together(tmp_path):
 def test_export_cli_on_a_trained_run(tmp_path):
     run_dir = tmp_path / "run"
     done = _run(
-        [f"--data_output_dir={tmp_path / 'data'}", f"--output_dir={run_dir}", *TINY_FLAGS,
-         "--epochs=1", "--no-probe"]  # fmt: skip
+        [
+            f"--data_output_dir={tmp_path / 'data'}",
+            f"--output_dir={run_dir}",
+            *TINY_FLAGS,
+            "--epochs=1",
+            "--no-probe",
+        ]  # fmt: skip
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "export" / "saved_model.pb").exists()

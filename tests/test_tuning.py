@@ -25,6 +25,7 @@ from bt_tf import config as cfg
 from bt_tf import encoders, train
 from bt_tf import input as bt_input
 from pipelines import preprocess as pp
+from tests.tiny import TRAIN_FLAGS
 from tuning import objective as obj
 from tuning import report
 from tuning import search as ts
@@ -32,18 +33,6 @@ from tuning import space as sp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A tiny but complete training job: seconds per trial on 2 cores.
-TRAIN_FLAGS = [
-    "--synthetic_users=400",
-    "--synthetic_items=200",
-    "--kcore_max_iterations=2",
-    "--num_shards=2",
-    "--max_len=40",
-    "--dim=16",
-    "--num_blocks=1",
-    "--batch_size=32",
-    "--steps_per_epoch=4",
-]
 TINY_FLAGS = [*TRAIN_FLAGS, "--projector_widths=16,32", "--projector_depths=2"]
 
 
