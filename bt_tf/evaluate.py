@@ -610,7 +610,12 @@ def evaluate_runs(
             name,
             emb,
             item_emb=item_emb,
-            fingerprint={"run_dir": os.path.abspath(run_dir), "checkpoint": checkpoint},
+            fingerprint={
+                "run_dir": os.path.abspath(run_dir),
+                "checkpoint": checkpoint,
+                # A run deleted and retrained to the same epoch reuses the name.
+                "written": tf.io.gfile.stat(checkpoint + ".index").mtime_nsec,
+            },
             extra=extra,
             **common,
         )
