@@ -6,10 +6,24 @@ replica equals two") are created here, once, for the whole session. Tests that
 do not ask for a strategy see the default single device as usual.
 """
 
-import bt_tf  # noqa: F401  (One Keras: must run before tensorflow is imported)
+import pytest
 import tensorflow as tf
 
+import bt_tf  # noqa: F401  (One Keras: must run before tensorflow is imported)
+
 _cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(scope="session")
+def two_replicas():
+    """One MirroredStrategy over the two logical CPUs for the whole session.
+
+    Every strategy numbers its collective ops from the same starting key, and
+    the runtime remembers each key's op type process-wide: a second strategy
+    in the same process would reuse key 100 for a different collective
+    (all-gather after all-reduce) and abort. Sharing one strategy avoids it.
+    """
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    return strategy

@@ -77,13 +77,6 @@ def setup():
     return data, reference.get_weights()
 
 
-@pytest.fixture(scope="module")
-def two_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    return strategy
-
-
 def test_fit_on_two_replicas_equals_fit_on_one_device(setup, two_replicas):
     data, initial = setup
     dataset = _dataset(data)  # created outside any strategy scope, as the trainer may

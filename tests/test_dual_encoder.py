@@ -316,13 +316,6 @@ def test_joint_model_with_bt_weight_zero_is_the_dual_encoder():
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def two_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    return strategy
-
-
 def _replica_data():
     """One global batch of 7 users: two replicas get uneven shards of 4 and 3.
 

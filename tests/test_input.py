@@ -179,8 +179,8 @@ def test_input_context_partitions_the_users(artifact_dir, examples, num_pipeline
     assert set(counts.values()) == {1}
 
 
-def test_distribute_datasets_from_function_gives_per_replica_batches(artifact_dir):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_distribute_datasets_from_function_gives_per_replica_batches(artifact_dir, two_replicas):
+    strategy = two_replicas
     dist = strategy.distribute_datasets_from_function(
         lambda ctx: I.make_dataset(
             artifact_dir, "train", 16, input_context=ctx, drop_remainder=True, outputs=[I.ITEMS]
