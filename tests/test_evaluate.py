@@ -13,23 +13,9 @@ from bt_tf import evaluate as ev
 from bt_tf import input as bt_input
 from bt_tf import probes, train
 from bt_tf.embeddings import embed_split
+from tests.tiny import TINY_FLAGS as TINY
 
-# A tiny but complete job: seconds per run on 2 cores.
-TINY_FLAGS = [
-    "--synthetic_users=400",
-    "--synthetic_items=200",
-    "--kcore_max_iterations=2",
-    "--num_shards=2",
-    "--max_len=40",
-    "--dim=16",
-    "--num_blocks=1",
-    "--projector=64-64",
-    "--batch_size=32",
-    "--steps_per_epoch=4",
-    "--epochs=1",
-    "--no-probe",
-    "--no-export",
-]
+TINY_FLAGS = [*TINY, "--epochs=1", "--no-probe", "--no-export"]
 QUICK = ev.EvalSettings(probe_max_epochs=20, probe_min_epochs=5)
 
 

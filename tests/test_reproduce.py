@@ -7,22 +7,9 @@ import pytest
 
 from bt_tf import config as cfg
 from bt_tf import reproduce as rp
+from tests.tiny import TINY_FLAGS as TINY
 
-TINY_FLAGS = [
-    "--synthetic_users=400",
-    "--synthetic_items=200",
-    "--kcore_max_iterations=2",
-    "--num_shards=2",
-    "--max_len=40",
-    "--dim=16",
-    "--num_blocks=1",
-    "--projector=64-64",
-    "--batch_size=32",
-    "--steps_per_epoch=4",
-    "--epochs=1",
-    "--no-probe",
-    "--no-export",
-]
+TINY_FLAGS = [*TINY, "--epochs=1", "--no-probe", "--no-export"]
 
 
 def test_own_flags_are_split_from_training_flags():
