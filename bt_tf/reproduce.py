@@ -123,12 +123,17 @@ def ablation_configs(
 # Report sections
 
 
-def _run_table(configs: Sequence[cfg.TrainConfig], results: Sequence[dict]) -> list[str]:
+def _run_table(
+    configs: Sequence[cfg.TrainConfig],
+    results: Sequence[dict],
+    heading: str = "## Training runs",
+    note: str = "Equal budget: same encoder, batch size, epochs and steps per epoch, so "
+    "every model sees the same number of users.",
+) -> list[str]:
     lines = [
-        "## Training runs",
+        heading,
         "",
-        "Equal budget: same encoder, batch size, epochs and steps per epoch, so every "
-        "model sees the same number of users.",
+        note,
         "",
         "| model | run dir | batch size | epochs | steps/epoch | users seen | final loss "
         "| train seconds |",
@@ -275,9 +280,10 @@ def reproduce(
             epochs=ablation_epochs,
             main=configs,
         )
+        ablation_results = []
         for m, b, c in runs:
             logging.info("== ablation: training %s at batch size %d in %s", m, b, c.run_dir)
-            train.train(c)
+            ablation_results.append(train.train(c))
         fractions = ablation_fractions or sorted({min(label_fractions), max(label_fractions)})
         main_names = {c.run_dir: m for m, c in configs.items()}
         names = [main_names.get(c.run_dir, f"{m}@b{b}") for m, b, c in runs]
@@ -312,6 +318,12 @@ def reproduce(
         with open(os.path.join(report_dir, ABLATION_JSON), "w") as f:
             json.dump(_json_rows(ablation_rows), f, indent=1, allow_nan=False)
         sections += _ablation_section(ablation_rows, images)
+        sections += _run_table(
+            [c for _, _, c in runs],
+            ablation_results,
+            heading="### Ablation runs",
+            note="Users seen = batch size × steps per epoch × epochs, equal up to rounding.",
+        )
     _append_sections(md, sections)
     logging.info("report: %s", md)
     return {"report": md, "rows": rows, "ablation_rows": ablation_rows}

@@ -114,6 +114,7 @@ def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
     assert "Relative improvement over `de`" in md
     assert "## Training runs" in md and "## Batch-size ablation" in md
     assert "| model | b=16 | b=32 |" in md
+    assert "### Ablation runs" in md and "| 16 | 1 | 8 | 128 |" in md  # 16 × 8 × 1 users
 
     # Equal budget: same batch, epochs and steps for the three models.
     metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in ("bt", "de", "bt+de")}
