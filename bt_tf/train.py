@@ -267,7 +267,7 @@ def train(config: cfg.TrainConfig) -> dict:
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             done = json.load(f)
-        if done.get("epochs_completed") == config.epochs:
+        if done.get("epochs_completed") == config.epochs or done.get("stopped_early"):
             print(f"{run_dir} is complete; reusing it (raise --epochs to train on)", flush=True)
             return done
 
@@ -348,6 +348,7 @@ def train(config: cfg.TrainConfig) -> dict:
         print(f"final loss {history['loss'][-1]:.8g}", flush=True)
     result = {
         "epochs_completed": int(epoch.numpy()),
+        "stopped_early": bool(history) and int(epoch.numpy()) < config.epochs,
         "steps_per_epoch": steps,
         "train_seconds": round(time.time() - start, 2),
         "history": history,
