@@ -147,15 +147,3 @@ def parse(argv: Sequence[str] | None = None, description: str = "") -> TrainConf
     add_flags(parser)
     args, beam_args = parser.parse_known_args(argv)
     return config_from_flags(args, beam_args)
-
-
-def from_json(values: dict) -> TrainConfig:
-    """Inverse of `TrainConfig.to_json` (used to resume and to export a run)."""
-    from pipelines import synthetic
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in values.items() if k in fields}  # config.json adds derived keys
-    data = dict(values["data"])
-    data["synthetic"] = synthetic.SyntheticConfig(**data["synthetic"])
-    data["beam_args"] = tuple(data.get("beam_args", ()))
-    return TrainConfig(**{**values, "data": pp.PreprocessConfig(**data)})

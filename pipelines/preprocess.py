@@ -199,44 +199,30 @@ class _ParseChunk(beam.DoFn):
 
     def process(self, chunk: textio.Chunk, newlines_before: dict):
         table = getattr(self._source, chunk.table)
-        counted = {"n": 0}
+        bad, counted = [], {"n": 0}
 
         def records() -> Iterator[tuple]:
-            lines = textio.read_lines(chunk, newlines_before[chunk.key])
-            for line_number, line in lines:
+            """Good records; bad lines are collected in `bad` (they are few)."""
+            for line_number, line in textio.read_lines(chunk, newlines_before[chunk.key]):
                 if table.header and line_number == 1:
                     continue
                 try:
                     record = table.parse(line)
                 except self._bad_record as err:
-                    counted["n"] += 1
-                    yield beam.pvalue.TaggedOutput(
-                        "bad", _bad(chunk.path, line_number, str(err), line)
-                    )
+                    bad.append(_bad(chunk.path, line_number, str(err), line))
                     continue
                 if record is not None:
                     counted["n"] += 1
                     yield record
 
         if chunk.table == "interactions":
-            good = []
-            for record in records():
-                if isinstance(record, beam.pvalue.TaggedOutput):
-                    yield record
-                else:
-                    good.append(record)
-                    if len(good) >= _BATCH_ROWS:
-                        yield _columnar(good)
-                        good = []
-            if good:
-                yield _columnar(good)
+            yield from _batched(records())
         else:
             for record in records():
-                if isinstance(record, beam.pvalue.TaggedOutput):
-                    yield record
-                else:
-                    yield beam.pvalue.TaggedOutput(chunk.table, record)
-        yield beam.pvalue.TaggedOutput("lines", (chunk.table, counted["n"]))
+                yield beam.pvalue.TaggedOutput(chunk.table, record)
+        for record in bad:
+            yield beam.pvalue.TaggedOutput("bad", record)
+        yield beam.pvalue.TaggedOutput("lines", (chunk.table, counted["n"] + len(bad)))
 
 
 def _bad(path: str, line_number: int, reason: str, line: bytes) -> dict:
