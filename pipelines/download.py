@@ -1,7 +1,8 @@
 """MovieLens downloads: checksummed, cached, extracted safely and atomically.
 
 `fetch_movielens("ml-1m")` returns a directory holding ``ratings.dat`` (or
-``ratings.csv`` for ml-20m) that `pipelines.sources.resolve_files` accepts.
+``ratings.csv`` for ml-20m, ``u.data`` for ml-100k) that
+`pipelines.sources.resolve_files` accepts.
 
 Layout of the cache directory (default ``~/.cache/bt_tf/downloads``)::
 
@@ -42,19 +43,25 @@ __all__ = [
 ]
 
 MOVIELENS_URLS = {
+    "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
     "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
     "ml-20m": "https://files.grouplens.org/datasets/movielens/ml-20m.zip",
 }
 # From tensorflow_datasets/url_checksums/movielens.txt (url, size, sha256).
 MOVIELENS_SHA256 = {
+    "ml-100k": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
     "ml-1m": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
     "ml-20m": "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
 }
-MOVIELENS_SIZES = {"ml-1m": 5_917_549, "ml-20m": 198_702_078}  # bytes, same source
+MOVIELENS_SIZES = {  # bytes, same source
+    "ml-100k": 4_924_029,
+    "ml-1m": 5_917_549,
+    "ml-20m": 198_702_078,
+}
 
 DEFAULT_CACHE_DIR = "~/.cache/bt_tf/downloads"
 COMPLETE_MARKER = ".bt_tf_complete"
-_RATINGS_FILES = ("ratings.dat", "ratings.csv")
+_RATINGS_FILES = ("ratings.dat", "ratings.csv", "u.data")
 
 
 class ChecksumError(ValueError):
@@ -164,7 +171,7 @@ def _extract(zip_path: str, dest_dir: str) -> None:
 
 
 def _find_data_dir(root: str, zip_path: str) -> str:
-    """The one directory under `root` that holds ratings.dat or ratings.csv."""
+    """The one directory under `root` that holds ratings.dat, ratings.csv or u.data."""
     found = [
         dirpath
         for dirpath, _, filenames in os.walk(root)
@@ -193,7 +200,7 @@ def fetch_movielens(
     """Downloads and extracts a MovieLens archive unless already cached.
 
     Args:
-      name: ``"ml-1m"`` or ``"ml-20m"``; also the name of the extracted
+      name: ``"ml-100k"``, ``"ml-1m"`` or ``"ml-20m"``; also the name of the extracted
         directory and of the cached ``<name>.zip``.
       cache_dir: where archive and data live; default ``~/.cache/bt_tf/downloads``.
       url: archive URL; default `MOVIELENS_URLS[name]`.

@@ -1,6 +1,7 @@
 """Raw interactions -> TFX-style TFRecord splits, with Apache Beam.
 
     python -m pipelines.preprocess --dataset=synthetic --output_dir=/tmp/bt_data
+    python -m pipelines.preprocess --dataset=ml-100k --data_dir=~/ml-100k --output_dir=/tmp/bt_data
     python -m pipelines.preprocess --dataset=ml-1m --data_dir=~/data/ml-1m --output_dir=/tmp/bt_data
     python -m pipelines.preprocess --dataset=yelp --data_dir=~/data/yelp --output_dir=/tmp/bt \\
         --runner=DataflowRunner --project=... --temp_location=gs://...   # any Beam option
@@ -47,7 +48,8 @@ import pipelines  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tens
 from bt_tf import features as F
 from pipelines import synthetic, textio
 
-DATASETS = ("synthetic", "ml-1m", "ml-20m", "yelp")
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "yelp")
+TFDS_DATASETS = ("ml-100k", "ml-1m", "ml-20m")  # --source=tfds
 _BATCH_ROWS = 100_000  # interactions per columnar batch between Beam steps
 _TOO_SHORT = "users_too_short_for_future"
 
@@ -59,7 +61,7 @@ class PreprocessConfig:
     dataset: str = "synthetic"
     output_dir: str = "/tmp/bt_data"
     data_dir: str | None = None  # raw files; None: download (MovieLens) / generate
-    source: str = "raw"  # "raw" files or "tfds" (MovieLens only)
+    source: str = "raw"  # "raw" files or "tfds" (TFDS_DATASETS only)
     cache_dir: str | None = None  # downloads (MovieLens) and TFDS data
     min_user_interactions: int = 5
     min_item_interactions: int = 5
@@ -81,8 +83,8 @@ class PreprocessConfig:
             raise ValueError(f"--dataset={self.dataset!r}: expected one of {DATASETS}")
         if self.source not in ("raw", "tfds"):
             raise ValueError(f"--source={self.source!r}: expected 'raw' or 'tfds'")
-        if self.source == "tfds" and self.dataset not in ("ml-1m", "ml-20m"):
-            raise ValueError("--source=tfds exists only for ml-1m and ml-20m")
+        if self.source == "tfds" and self.dataset not in TFDS_DATASETS:
+            raise ValueError(f"--source=tfds exists only for {', '.join(TFDS_DATASETS)}")
         if not (
             0 < self.train_percent
             and 0 <= self.eval_percent
@@ -332,7 +334,12 @@ def attribute_classes(config: PreprocessConfig) -> dict[str, tuple[str, ...]]:
 
 
 def item_feature_name(config: PreprocessConfig) -> str:
-    return "category" if config.dataset == "yelp" else "genre"
+    """What the item tags are: ``"genre"`` (MovieLens, synthetic) or ``"category"`` (Yelp)."""
+    if config.dataset == "synthetic":
+        return "genre"
+    from pipelines import sources
+
+    return sources.get_source(config.dataset).item_feature
 
 
 # --------------------------------------------------------------------------

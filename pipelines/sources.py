@@ -1,6 +1,6 @@
 """Raw dataset readers: one line in, one record out.
 
-Each source (MovieLens-1M, MovieLens-20M, Yelp Open Dataset) is described by a
+Each source (MovieLens-100K, MovieLens-1M, MovieLens-20M, Yelp Open Dataset) is described by a
 `RawSource`: which files hold its interactions, items and users, and a
 module-level parse function per file. The Beam pipeline (`pipelines.preprocess`)
 reads the files in chunks, numbers the lines and calls `Table.parse` on every
@@ -14,7 +14,8 @@ stages):
   with the timestamp in Unix seconds UTC.
 * ItemRecord = ``(item_id: str, genres: tuple[str, ...])``, ``()`` when none.
 * UserRecord = ``(user_id: str, attributes: dict[str, str])`` with the raw
-  class values, e.g. ``{"gender": "F", "age": "25", "occupation": "7"}``.
+  class values, e.g. ``{"gender": "F", "age": "25", "occupation": "7"}``
+  (ML-1M) or ``{"gender": "F", "age": "25", "occupation": "writer"}`` (ML-100K).
 
 Ids are kept as the strings in the file (``"1097"``), never re-numbered. The
 parsers are written for tens of millions of lines: plain `split`, `int`,
@@ -32,13 +33,19 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 __all__ = [
+    "ML100K_ATTRIBUTES",
+    "ML100K_GENRES",
     "ML1M_ATTRIBUTES",
     "SOURCE_NAMES",
     "YELP_HOMEPAGE",
     "BadRecord",
     "RawSource",
     "Table",
+    "age_bucket",
     "get_source",
+    "parse_ml100k_item",
+    "parse_ml100k_rating",
+    "parse_ml100k_user",
     "parse_ml1m_movie",
     "parse_ml1m_rating",
     "parse_ml1m_user",
@@ -81,10 +88,10 @@ class RawSource:
     """A raw dataset: its tables, user attributes and where to get it.
 
     Attributes:
-      name: ``"ml-1m"``, ``"ml-20m"`` or ``"yelp"``.
+      name: ``"ml-100k"``, ``"ml-1m"``, ``"ml-20m"`` or ``"yelp"``.
       interactions: table of Interaction records.
       items: table of ItemRecord records.
-      users: table of UserRecord records (ML-1M only), else None.
+      users: table of UserRecord records (ML-100K, ML-1M), else None.
       attributes: attribute name -> ordered raw class values; ``{}`` when the
         source has no user attributes.
       item_feature: what the item's tags are: ``"genre"`` or ``"category"``.
@@ -220,6 +227,122 @@ def parse_ml1m_user(line: bytes):
 
 
 # ---------------------------------------------------------------------------
+# MovieLens-100K: GroupLens's `ml-100k/` layout, no header. u.data is
+# tab-separated, u.item and u.user '|'-separated, u.item ISO-8859-1.
+
+# u.genre, in the order of u.item's 19 flags.
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+_ML100K_NUM_GENRES = len(ML100K_GENRES)
+# The 21 occupation words of ml-100k's u.occupation (alphabetical, as there).
+_ML100K_OCCUPATIONS = (
+    "administrator", "artist", "doctor", "educator", "engineer", "entertainment",
+    "executive", "healthcare", "homemaker", "lawyer", "librarian", "marketing", "none",
+    "other", "programmer", "retired", "salesman", "scientist", "student", "technician",
+    "writer",
+)  # fmt: skip
+ML100K_ATTRIBUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"gender": _ML1M_GENDERS, "age": _ML1M_AGES, "occupation": _ML100K_OCCUPATIONS}
+)
+_ML100K_OCCUPATION_SET = frozenset(_ML100K_OCCUPATIONS)
+_AGE_BUCKETS = tuple(int(a) for a in _ML1M_AGES)
+
+
+def age_bucket(years: float) -> str:
+    """Age in years -> the ML-1M bucket code: the largest code <= years, else ``"1"``.
+
+    ``17 -> "1"``, ``18 -> "18"``, ``24 -> "18"``, ``49 -> "45"``, ``73 -> "56"``:
+    ML-1M's buckets (under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+), computed
+    the way TFDS bucketizes ``movielens/100k-ratings``, so ML-100K and ML-1M share
+    the age classes.
+    """
+    code = _AGE_BUCKETS[0]
+    for bucket in _AGE_BUCKETS:
+        if years >= bucket:
+            code = bucket
+    return str(code)
+
+
+def parse_ml100k_rating(line: bytes):
+    """u.data ``user id<TAB>item id<TAB>rating<TAB>timestamp`` -> Interaction (stars 1-5)."""
+    text = line.decode("latin-1").rstrip("\r")
+    if not text.strip():
+        return None
+    fields = text.split("\t")
+    if len(fields) != 4:
+        raise BadRecord(f"expected 4 tab-separated fields, got {len(fields)}")
+    user_id, item_id, rating, timestamp = fields
+    _check_id(user_id, "user id")
+    _check_id(item_id, "item id")
+    stars = _ML1M_RATINGS.get(rating)
+    if stars is None:
+        raise BadRecord(f"rating must be an integer 1-5, got {_short(rating)}")
+    return (user_id, item_id, _check_timestamp(timestamp), stars)
+
+
+def parse_ml100k_item(line: bytes):
+    """u.item ``id|title|release date|video release date|URL|`` + 19 flags -> ItemRecord.
+
+    Only the id (first field) and the 19 genre flags (LAST 19 fields, in
+    `ML100K_GENRES` order) are read: titles, dates and URLs are not kept and
+    may be anything, including empty (a title holding ``|`` still parses).
+
+    The ``unknown`` flag is GroupLens's "no genre information", not a genre: it
+    is dropped, so a movie flagged only ``unknown`` (or with no flag at all)
+    gets ``()``, like ML-20M's ``(no genres listed)``; a movie flagged
+    ``unknown`` and real genres keeps the real ones. So "unknown" never becomes
+    a genre token or a favorite-genre class.
+    """
+    text = line.decode("latin-1").rstrip("\r")
+    if not text.strip():
+        return None
+    fields = text.split("|")
+    if len(fields) < 5 + _ML100K_NUM_GENRES:
+        raise BadRecord(
+            f"expected 24 '|'-separated fields (id|title|release date|video release date|"
+            f"URL|19 genre flags), got {len(fields)}"
+        )
+    item_id = _check_id(fields[0], "movie id")
+    flags = fields[-_ML100K_NUM_GENRES:]
+    genres = []
+    for name, flag in zip(ML100K_GENRES, flags):
+        if flag == "1":
+            genres.append(name)
+        elif flag != "0":
+            raise BadRecord(f"genre flag {name!r} must be 0 or 1, got {_short(flag)}")
+    return (item_id, tuple(g for g in genres if g != "unknown"))
+
+
+def parse_ml100k_user(line: bytes):
+    """u.user ``user id|age|gender|occupation|zip code`` -> UserRecord (zip dropped).
+
+    Age (whole years) becomes its ML-1M bucket code (`age_bucket`); the
+    occupation stays the ml-100k word (``"technician"``, ``"none"``, ...).
+    """
+    text = line.decode("latin-1").rstrip("\r")
+    if not text.strip():
+        return None
+    fields = text.split("|")
+    if len(fields) != 5:
+        raise BadRecord(f"expected 5 '|'-separated fields, got {len(fields)}")
+    user_id, age, gender, occupation, _zip = fields
+    _check_id(user_id, "user id")
+    if not _is_uint(age):
+        raise BadRecord(f"age must be a whole number of years, got {_short(age)}")
+    if gender not in _GENDER_SET:
+        raise BadRecord(f"gender must be 'F' or 'M', got {_short(gender)}")
+    if occupation not in _ML100K_OCCUPATION_SET:
+        raise BadRecord(
+            f"occupation must be one of the 21 ml-100k occupations "
+            f"({', '.join(_ML100K_OCCUPATIONS)}), got {_short(occupation)}"
+        )
+    return (user_id, {"gender": gender, "age": age_bucket(int(age)), "occupation": occupation})
+
+
+# ---------------------------------------------------------------------------
 # MovieLens-20M: UTF-8 CSV with a header line.
 
 
@@ -352,6 +475,15 @@ def parse_yelp_business(line: bytes):
 # The sources.
 
 _SOURCES = {
+    "ml-100k": RawSource(
+        name="ml-100k",
+        interactions=Table("u.data", parse_ml100k_rating),
+        items=Table("u.item", parse_ml100k_item, encoding="iso-8859-1"),
+        users=Table("u.user", parse_ml100k_user),
+        attributes=ML100K_ATTRIBUTES,
+        item_feature="genre",
+        homepage=_MOVIELENS_HOMEPAGE,
+    ),
     "ml-1m": RawSource(
         name="ml-1m",
         interactions=Table("ratings.dat", parse_ml1m_rating, encoding="iso-8859-1"),
@@ -384,7 +516,7 @@ SOURCE_NAMES = tuple(_SOURCES)
 
 
 def get_source(name: str) -> RawSource:
-    """Returns the `RawSource` called `name` (``"ml-1m"``, ``"ml-20m"``, ``"yelp"``)."""
+    """Returns the `RawSource` called `name`: one of `SOURCE_NAMES`."""
     try:
         return _SOURCES[name]
     except KeyError:
@@ -404,7 +536,7 @@ def resolve_files(source: RawSource, data_dir: str) -> dict[str, str]:
     """Paths of the source's files in `data_dir`.
 
     Returns:
-      ``{"interactions": path, "items": path}`` plus ``"users"`` for ML-1M.
+      ``{"interactions": path, "items": path}`` plus ``"users"`` for ML-100K and ML-1M.
 
     Raises:
       FileNotFoundError: naming every missing or empty (0-byte) file, listing

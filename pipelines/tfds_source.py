@@ -1,4 +1,4 @@
-"""MovieLens from TensorFlow Datasets (`movielens/1m-ratings`, `movielens/20m-ratings`).
+"""MovieLens from TensorFlow Datasets (`movielens/{100k,1m,20m}-ratings`).
 
 `tfds_records(dataset, shard, num_shards)` reads one of `num_shards` even
 sub-splits of the TFDS ``train`` split (`tfds.even_splits`), so every Beam
@@ -7,8 +7,8 @@ readers of `pipelines.sources`:
 
 * ``("interactions", (user_id, item_id, timestamp, rating))``
 * ``("items", (item_id, genres))``: once per rating; the pipeline deduplicates.
-* ``("users", (user_id, {"gender", "age", "occupation"}))``: ml-1m only, once
-  per rating.
+* ``("users", (user_id, {"gender", "age", "occupation"}))``: ml-100k and
+  ml-1m, once per rating.
 
 Both sources give the same values for the same data: genre names are the
 ClassLabel names of ``movie_genres`` with TFDS's renaming of the ML-1M genre
@@ -29,6 +29,20 @@ and user attributes use the raw ML-1M class values of
   the real data; random in `tfds.testing.mock_data`) is the label used,
   with ``student`` -> ``"4"`` and the ml-100k-only ``entertainment`` and
   ``librarian`` -> ``"0"`` (other/not specified).
+
+ml-100k uses `pipelines.sources.ML100K_ATTRIBUTES` (the raw u.user values):
+
+* genres: the ``Unknown`` flag (TFDS's name for u.genre's ``unknown``) is
+  dropped, as `pipelines.sources.parse_ml100k_item` drops it, and
+  ``Children`` is named back ``Children's``.
+* age: ``raw_user_age`` (years) -> `pipelines.sources.age_bucket`, the same
+  function the raw reader applies to u.user.
+* occupation: ``user_occupation_text`` is the raw u.user word (TFDS keeps it).
+  ``user_occupation_label`` merges words (doctor and healthcare, marketing and
+  salesman, none and other, engineer and technician), so it is used only if
+  the text is not an ml-100k word (never in the real data; random in
+  `tfds.testing.mock_data`), mapped to one word per label and to ``"other"``
+  for the ML-1M-only labels.
 """
 
 from __future__ import annotations
@@ -36,11 +50,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
-from pipelines.sources import ML1M_ATTRIBUTES
+from pipelines.sources import ML1M_ATTRIBUTES, ML100K_ATTRIBUTES, age_bucket
 
 __all__ = ["TFDS_NAMES", "prepare_tfds", "tfds_attributes", "tfds_records"]
 
-TFDS_NAMES = {"ml-1m": "movielens/1m-ratings", "ml-20m": "movielens/20m-ratings"}
+TFDS_NAMES = {
+    "ml-100k": "movielens/100k-ratings",
+    "ml-1m": "movielens/1m-ratings",
+    "ml-20m": "movielens/20m-ratings",
+}
 
 # ML-1M occupation code -> name, in code order (README of ml-1m; TFDS uses the
 # same table in tensorflow_datasets/structured/movielens_parsing.py).
@@ -76,10 +94,31 @@ _LABEL_FALLBACK = {
     "entertainment": "0",
     "librarian": "0",
 }
-_AGE_CODES = tuple(int(a) for a in ML1M_ATTRIBUTES["age"])
+# ml-100k: only for a `user_occupation_text` that is not an ml-100k word.
+_ML100K_WORDS = frozenset(ML100K_ATTRIBUTES["occupation"])
+_LABEL_FALLBACK_100K = {
+    "academic/educator": "educator",
+    "artist": "artist",
+    "clerical/admin": "administrator",
+    "doctor/health care": "healthcare",
+    "entertainment": "entertainment",
+    "executive/managerial": "executive",
+    "homemaker": "homemaker",
+    "lawyer": "lawyer",
+    "librarian": "librarian",
+    "other/not specified": "other",
+    "programmer": "programmer",
+    "retired": "retired",
+    "sales/marketing": "marketing",
+    "scientist": "scientist",
+    "student": "student",
+    "technician/engineer": "technician",
+    "writer": "writer",
+}  # other labels (customer service, farmer, ...) exist only in ML-1M: "other"
 _NO_GENRES = "(no genres listed)"
 _KEEP = ("user_id", "movie_id", "timestamp", "user_rating", "movie_genres")
 _KEEP_1M = _KEEP + ("user_gender", "bucketized_user_age", "user_occupation_text")
+_KEEP_100K = _KEEP + ("user_gender", "raw_user_age", "user_occupation_text")
 _KEEP_1M_LABEL = "user_occupation_label"
 
 
@@ -98,15 +137,9 @@ def tfds_attributes(dataset: str) -> Mapping[str, tuple[str, ...]]:
     Equal to ``pipelines.sources.get_source(dataset).attributes``.
     """
     _tfds_name(dataset)
+    if dataset == "ml-100k":
+        return ML100K_ATTRIBUTES
     return ML1M_ATTRIBUTES if dataset == "ml-1m" else MappingProxyType({})
-
-
-def _age_code(age: float) -> str:
-    code = 1
-    for bucket in _AGE_CODES:
-        if age >= bucket:
-            code = bucket
-    return str(code)
 
 
 def _builder(dataset: str, data_dir: str | None):
@@ -137,7 +170,7 @@ def tfds_records(
     """Yields the records of shard `shard` of `num_shards` of the TFDS train split.
 
     Args:
-      dataset: ``"ml-1m"`` or ``"ml-20m"``.
+      dataset: ``"ml-100k"``, ``"ml-1m"`` or ``"ml-20m"``.
       shard: which sub-split, ``0 <= shard < num_shards``.
       num_shards: into how many even, disjoint sub-splits the train split is
         cut (`tfds.even_splits`, remainder spread over the first ones).
@@ -166,11 +199,17 @@ def tfds_records(
         return  # even_splits leaves shards >= num_examples empty; TFDS would raise
     features = builder.info.features
     genre_names = list(features["movie_genres"].feature.names)
-    if dataset == "ml-1m":  # undo TFDS's renaming so raw and TFDS agree
+    if dataset in ("ml-100k", "ml-1m"):  # undo TFDS's renaming so raw and TFDS agree
         genre_names = ["Children's" if g == "Children" else g for g in genre_names]
-    is_1m = dataset == "ml-1m"
-    keep = _KEEP_1M + (_KEEP_1M_LABEL,) if is_1m else _KEEP
-    label_names = features[_KEEP_1M_LABEL].names if is_1m else []
+    dropped = {_NO_GENRES, "Unknown"} if dataset == "ml-100k" else {_NO_GENRES}
+    is_1m, is_100k = dataset == "ml-1m", dataset == "ml-100k"
+    if is_1m:
+        keep = _KEEP_1M + (_KEEP_1M_LABEL,)
+    elif is_100k:
+        keep = _KEEP_100K + (_KEEP_1M_LABEL,)
+    else:
+        keep = _KEEP
+    label_names = features[_KEEP_1M_LABEL].names if is_1m or is_100k else []
 
     split = tfds.even_splits("train", n=num_shards)[shard]
     ds = builder.as_dataset(split=split, shuffle_files=False)
@@ -182,23 +221,28 @@ def tfds_records(
         timestamps = batch["timestamp"].numpy().tolist()
         ratings = batch["user_rating"].numpy().tolist()
         genres = batch["movie_genres"].to_list()
-        if is_1m:
+        if is_1m or is_100k:
             genders = batch["user_gender"].numpy().tolist()
-            ages = batch["bucketized_user_age"].numpy().tolist()
+            age_key = "raw_user_age" if is_100k else "bucketized_user_age"
+            ages = batch[age_key].numpy().tolist()
             texts = batch["user_occupation_text"].numpy().tolist()
             labels = batch[_KEEP_1M_LABEL].numpy().tolist()
         for i, user_id in enumerate(user_ids):
             item_id = item_ids[i]
             yield "interactions", (user_id, item_id, int(timestamps[i]), float(ratings[i]))
             names = (genre_names[g] for g in genres[i])
-            yield "items", (item_id, tuple(g for g in names if g != _NO_GENRES))
+            yield "items", (item_id, tuple(g for g in names if g not in dropped))
             if is_1m:
                 occupation = _OCCUPATION_CODE.get(texts[i].decode())
                 if occupation is None:
                     occupation = _LABEL_FALLBACK[label_names[labels[i]]]
-                attributes = {
-                    "gender": "M" if genders[i] else "F",
-                    "age": _age_code(ages[i]),
-                    "occupation": occupation,
-                }
-                yield "users", (user_id, attributes)
+                age = age_bucket(ages[i])
+            elif is_100k:
+                occupation = texts[i].decode()
+                if occupation not in _ML100K_WORDS:
+                    occupation = _LABEL_FALLBACK_100K.get(label_names[labels[i]], "other")
+                age = age_bucket(ages[i])
+            else:
+                continue
+            gender = "M" if genders[i] else "F"
+            yield "users", (user_id, {"gender": gender, "age": age, "occupation": occupation})

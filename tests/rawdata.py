@@ -17,7 +17,9 @@ The values are built so that edge cases appear in every fixture: latin-1 and
 UTF-8 titles with commas, quotes, parentheses and colons; the first user has
 three ratings with the same timestamp (tie-break tests); item popularity is
 skewed (k-core tests find rare items); some movies have no genres and some
-businesses null or empty categories.
+businesses null or empty categories; ML-100K users cover every age bucket
+boundary and zip codes with letters, and its movies include ``unknown``-only,
+all-zero and ``unknown`` plus real genre flags and empty release dates.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+ML100K_GENRES = (  # u.genre order
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+ML100K_OCCUPATIONS = (
+    "administrator", "artist", "doctor", "educator", "engineer", "entertainment",
+    "executive", "healthcare", "homemaker", "lawyer", "librarian", "marketing", "none",
+    "other", "programmer", "retired", "salesman", "scientist", "student", "technician",
+    "writer",
+)  # fmt: skip
 ML1M_GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
@@ -55,6 +68,7 @@ ML_TITLES = (
     "Nikita (La Femme Nikita) (1990)",
     "Crème de la crème, La 'Special' (1998)",
 )
+ML100K_BASE_TIME = 874724710  # 1997-09-20, start of the ML-100K period
 ML1M_BASE_TIME = 956703932  # 2000-04-25, start of the ML-1M period
 ML20M_BASE_TIME = 1104537600  # 2005-01-01
 YELP_BASE_TIME = 1262304000  # 2010-01-01
@@ -197,6 +211,108 @@ def write_ml1m(
         "num_lines": {
             "interactions": len(rating_lines),
             "items": len(movie_lines),
+            "users": len(user_lines),
+        },
+    }
+
+
+# Ages chosen to hit every bucket boundary (ML-1M codes), then random ones.
+_ML100K_EDGE_AGES = (7, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 73)
+_ML100K_BUCKETS = ((56, "56"), (50, "50"), (45, "45"), (35, "35"), (25, "25"), (18, "18"))
+
+
+def _ml100k_age_bucket(years: int) -> str:
+    """Written out independently of `pipelines.sources.age_bucket` on purpose."""
+    return next((code for low, code in _ML100K_BUCKETS if years >= low), "1")
+
+
+def write_ml100k(
+    data_dir,
+    *,
+    num_users: int = 30,
+    num_items: int = 40,
+    per_user=12,
+    seed: int = 0,
+    bad_lines: Sequence[str | bytes] = (),
+) -> dict:
+    """Writes u.data, u.item, u.user, u.genre (GroupLens ml-100k layout) into `data_dir`.
+
+    u.data is tab-separated, the others '|'-separated; u.item is latin-1 with
+    an empty video release date, every 4th release date empty, and 19 genre
+    flags. Every 13th movie from the second on is flagged only ``unknown``,
+    every 17th from the 6th on has no flag at all, and every 11th from the 8th
+    on has ``unknown`` and real genres: the expected genres (``items``) drop
+    ``unknown``. User records hold the ML-1M age bucket of the written age.
+    `bad_lines` go into u.data.
+    """
+    data_dir = str(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    movie_ids = [str(i) for i in sorted(rng.choice(np.arange(1, 1683), num_items, replace=False))]
+    user_ids = [str(i) for i in range(1, num_users + 1)]
+
+    items, item_lines = [], []
+    real_genres = ML100K_GENRES[1:]
+    for i, movie_id in enumerate(movie_ids):
+        title = ML_TITLES[i] if i < len(ML_TITLES) else f"Movie {movie_id} ({1950 + i % 50})"
+        genres = _genres_for(rng, real_genres, i)
+        if i % 17 == 5:
+            genres, flagged = (), set()
+        elif not genres:
+            flagged = {"unknown"}
+        else:
+            flagged = set(genres) | ({"unknown"} if i % 11 == 7 else set())
+        items.append((movie_id, genres))
+        flags = "|".join("1" if g in flagged else "0" for g in ML100K_GENRES)
+        date = "" if i % 4 == 3 else f"01-Jan-{1950 + i % 50}"
+        url = f"http://us.imdb.com/M/title-exact?{title.replace(' ', '%20')}"
+        item_lines.append(f"{movie_id}|{title}|{date}||{url}|{flags}".encode("latin-1"))
+
+    users, user_lines = [], []
+    for u, user_id in enumerate(user_ids):
+        years = _ML100K_EDGE_AGES[u] if u < len(_ML100K_EDGE_AGES) else int(rng.integers(7, 74))
+        attrs = {
+            "gender": "FM"[int(rng.integers(0, 2))],
+            "age": _ml100k_age_bucket(years),
+            "occupation": ML100K_OCCUPATIONS[int(rng.integers(0, len(ML100K_OCCUPATIONS)))],
+        }
+        zip_code = "T8H1N" if u % 5 == 2 else f"{int(rng.integers(10000, 99999))}"
+        users.append((user_id, attrs))
+        fields = (user_id, str(years), attrs["gender"], attrs["occupation"], zip_code)
+        user_lines.append("|".join(fields).encode("latin-1"))
+
+    counts = _per_user_counts(rng, num_users, per_user)
+    events = _user_events(rng, counts, num_items, ML100K_BASE_TIME, (1, 2, 3, 4, 5))
+    interactions, rating_lines = [], []
+    for user_id, user_events in zip(user_ids, events):
+        for item, ts, stars in user_events:
+            interactions.append((user_id, movie_ids[item], ts, float(stars)))
+            rating_lines.append(f"{user_id}\t{movie_ids[item]}\t{stars}\t{ts}".encode())
+    rating_lines, bad_at = _interleave(rating_lines, bad_lines, "latin-1", 1)
+
+    paths = {
+        "interactions": os.path.join(data_dir, "u.data"),
+        "items": os.path.join(data_dir, "u.item"),
+        "users": os.path.join(data_dir, "u.user"),
+    }
+    _write_lines(paths["interactions"], rating_lines)
+    _write_lines(paths["items"], item_lines)
+    _write_lines(paths["users"], user_lines)
+    # u.genre as GroupLens ships it (read by nothing here), with its blank last line.
+    _write_lines(
+        os.path.join(data_dir, "u.genre"),
+        [f"{g}|{k}".encode() for k, g in enumerate(ML100K_GENRES)] + [b""],
+    )
+    return {
+        "data_dir": data_dir,
+        "paths": paths,
+        "interactions": interactions,
+        "items": items,
+        "users": users,
+        "bad_lines": bad_at,
+        "num_lines": {
+            "interactions": len(rating_lines),
+            "items": len(item_lines),
             "users": len(user_lines),
         },
     }

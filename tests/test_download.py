@@ -228,5 +228,49 @@ def test_incomplete_target_dir_is_replaced(tmp_path, server):
 
 
 def test_unknown_name_without_url():
-    with pytest.raises(ValueError, match="no download URL for 'ml-100k'; known: ml-1m, ml-20m"):
-        download.fetch_movielens("ml-100k", "/nonexistent")
+    with pytest.raises(
+        ValueError, match="no download URL for 'ml-25m'; known: ml-100k, ml-1m, ml-20m"
+    ):
+        download.fetch_movielens("ml-25m", "/nonexistent")
+
+
+def _ml100k_zip(tmp_path, zip_path):
+    """A zip in the official ml-100k layout: ml-100k/u.* plus the u1-u5/ua/ub splits."""
+    summary = rawdata.write_ml100k(tmp_path / "fixture100k", num_users=6, per_user=5)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("ml-100k/", b"")
+        for name in ("u.data", "u.genre", "u.item", "u.user"):
+            archive.write(tmp_path / "fixture100k" / name, f"ml-100k/{name}")
+        archive.writestr("ml-100k/u.info", b"943 users\n1682 items\n100000 ratings\n")
+        archive.writestr("ml-100k/u.occupation", b"administrator\nartist\n")
+        for split in ("u1.base", "u1.test", "ua.base", "ua.test"):
+            archive.writestr(f"ml-100k/{split}", b"1\t1\t5\t874965758\n")
+        archive.writestr("ml-100k/README", b"SUMMARY\n")
+        archive.writestr("ml-100k/mku.sh", b"#!/bin/sh\n")
+    with open(zip_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return summary, digest
+
+
+def test_ml100k_download_extract_then_cached(tmp_path, server):
+    summary, digest = _ml100k_zip(tmp_path, server.root / "ml-100k.zip")
+    cache = tmp_path / "cache"
+
+    got = _fetch(server, cache, digest, name="ml-100k")
+
+    assert got == str(cache / "ml-100k")
+    assert server.requests == ["/ml-100k.zip"]
+    assert os.path.isfile(os.path.join(got, download.COMPLETE_MARKER))
+    files = sources.resolve_files(sources.get_source("ml-100k"), got)
+    assert files == {
+        role: os.path.join(got, os.path.basename(path)) for role, path in summary["paths"].items()
+    }
+    for role, path in files.items():
+        with open(path, "rb") as f, open(summary["paths"][role], "rb") as g:
+            assert f.read() == g.read()
+    assert sorted(os.listdir(cache)) == ["ml-100k", "ml-100k.zip"]
+    assert _fetch(server, cache, digest, name="ml-100k") == got
+    assert server.requests == ["/ml-100k.zip"]  # second call: no request
+
+    with pytest.raises(download.ChecksumError, match="expected sha256 0000"):
+        _fetch(server, tmp_path / "cache2", "0" * 64, name="ml-100k")

@@ -37,6 +37,7 @@ def _parse_file(table, path):
 @pytest.mark.parametrize(
     "name, writer",
     [
+        ("ml-100k", rawdata.write_ml100k),
         ("ml-1m", rawdata.write_ml1m),
         ("ml-20m", rawdata.write_ml20m),
         ("yelp", rawdata.write_yelp),
@@ -175,6 +176,187 @@ def test_ml1m_bad_movies():
         sources.parse_ml1m_movie(b"1::Toy Story (1995)")
     with pytest.raises(BadRecord, match="non-numeric MovieID 'one'"):
         sources.parse_ml1m_movie(b"one::Toy Story (1995)::Comedy")
+
+
+# --- ML-100K ---------------------------------------------------------------
+
+FLAGS_NONE = "|".join(["0"] * 19)
+
+
+def _flags(*genres):
+    return "|".join("1" if g in genres else "0" for g in rawdata.ML100K_GENRES)
+
+
+def test_ml100k_rating_line():
+    assert sources.parse_ml100k_rating(b"196\t242\t3\t881250949") == (
+        "196",
+        "242",
+        881250949,
+        3.0,
+    )
+    assert sources.parse_ml100k_rating(b"1\t2\t5\t0\r") == ("1", "2", 0, 5.0)
+
+
+def test_ml100k_item_reads_id_and_last_19_flags_only():
+    parse = sources.parse_ml100k_item
+    line = (
+        "1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)|"
+        "0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0"
+    )
+    assert parse(line.encode("latin-1")) == ("1", ("Animation", "Children's", "Comedy"))
+    # latin-1 title, empty release date, empty URL
+    line = f"73|Misérables, Les (1995)|||| {_flags('Drama', 'War')}".replace("| ", "|")
+    assert parse(line.encode("latin-1")) == ("73", ("Drama", "War"))
+    # a title holding '|' still gives the id and the last 19 flags
+    assert parse(f"5|A|B (1999)|01-Jan-1999||url|{_flags('Western')}".encode()) == (
+        "5",
+        ("Western",),
+    )
+    # the first and the last flag are read at the right positions
+    assert parse(f"6|t|d||u|{_flags('Action', 'Western')}".encode()) == (
+        "6",
+        ("Action", "Western"),
+    )
+
+
+def test_ml100k_unknown_flag_means_no_genre():
+    parse = sources.parse_ml100k_item
+    # GroupLens's movie 267 is flagged only "unknown": no genres, like ML-20M's
+    # "(no genres listed)".
+    assert parse(f"267|unknown||||{_flags('unknown')}".encode()) == ("267", ())
+    assert parse(f"268|t|d||u|{FLAGS_NONE}".encode()) == ("268", ())
+    # "unknown" next to real genres: the real ones are kept, "unknown" never.
+    assert parse(f"269|t|d||u|{_flags('unknown', 'Drama')}".encode()) == ("269", ("Drama",))
+
+
+def test_ml100k_user_age_buckets_and_occupation_words():
+    parse = sources.parse_ml100k_user
+    assert parse(b"1|24|M|technician|85711") == (
+        "1",
+        {"gender": "M", "age": "18", "occupation": "technician"},
+    )
+    assert parse(b"2|53|F|none|T8H1N") == ("2", {"gender": "F", "age": "50", "occupation": "none"})
+    years = [0, 7, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 73, 120]
+    codes = ["1", "1", "1", "18", "18", "25", "25", "35", "35", "45", "45", "50", "50", "56"]
+    codes += ["56", "56"]
+    got = [parse(f"3|{y}|F|other|00000".encode())[1]["age"] for y in years]
+    assert got == codes
+    assert [sources.age_bucket(y) for y in years] == codes
+
+
+def test_ml100k_attributes_share_the_ml1m_age_and_gender_classes():
+    attrs = sources.get_source("ml-100k").attributes
+    ml1m = sources.get_source("ml-1m").attributes
+    assert attrs["gender"] == ml1m["gender"] and attrs["age"] == ml1m["age"]
+    assert attrs["occupation"] == rawdata.ML100K_OCCUPATIONS
+    assert len(attrs["occupation"]) == 21 and "none" in attrs["occupation"]
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b"196\t242\t3", "expected 4 tab-separated fields, got 3"),
+        (b"196 242 3 881250949", "expected 4 tab-separated fields, got 1"),
+        (b"196\t242\t3\t881250949\t1", "expected 4 tab-separated fields, got 5"),
+        (b"u196\t242\t3\t881250949", "non-numeric user id 'u196'"),
+        (b"196\t-242\t3\t881250949", "non-numeric item id '-242'"),
+        (b"196\t242\t0\t881250949", "rating must be an integer 1-5, got '0'"),
+        (b"196\t242\t3.5\t881250949", "rating must be an integer 1-5, got '3.5'"),
+        (b"196\t242\t\t881250949", "rating must be an integer 1-5, got ''"),
+        (b"196\t242\t3\t8812.5", "timestamp must be a non-negative integer"),
+    ],
+)
+def test_ml100k_bad_ratings(line, reason):
+    with pytest.raises(BadRecord) as err:
+        sources.parse_ml100k_rating(line)
+    assert reason in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (
+            "1|Toy Story (1995)|01-Jan-1995||url|0|0|1",
+            "expected 24 '|'-separated fields (id|title|release date|video release date|"
+            "URL|19 genre flags), got 8",
+        ),
+        (f"x1|t|d||u|{FLAGS_NONE}", "non-numeric movie id 'x1'"),
+        (f"1|t|d||u|{FLAGS_NONE[:-1]}2", "genre flag 'Western' must be 0 or 1, got '2'"),
+        (f"1|t|d||u|{FLAGS_NONE}|", "genre flag 'Western' must be 0 or 1, got ''"),
+        (f"1|t|d||u|yes|{FLAGS_NONE[2:]}", "genre flag 'unknown' must be 0 or 1, got 'yes'"),
+    ],
+)
+def test_ml100k_bad_items(line, reason):
+    with pytest.raises(BadRecord) as err:
+        sources.parse_ml100k_item(line.encode("latin-1"))
+    assert str(err.value) == reason
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b"1|24|M|technician", "expected 5 '|'-separated fields, got 4"),
+        (b"1::24::M::technician::85711", "expected 5 '|'-separated fields, got 1"),
+        (b"one|24|M|technician|85711", "non-numeric user id 'one'"),
+        (b"1|24.5|M|technician|85711", "age must be a whole number of years, got '24.5'"),
+        (b"1||M|technician|85711", "age must be a whole number of years, got ''"),
+        (b"1|-3|M|technician|85711", "age must be a whole number of years, got '-3'"),
+        (b"1|24|m|technician|85711", "gender must be 'F' or 'M', got 'm'"),
+        (b"1|24|X|technician|85711", "gender must be 'F' or 'M', got 'X'"),
+        (b"1|24|M|Technician|85711", "occupation must be one of the 21 ml-100k occupations"),
+        (b"1|24|M|17|85711", "got '17'"),  # an ML-1M occupation code is not a word
+    ],
+)
+def test_ml100k_bad_users(line, reason):
+    with pytest.raises(BadRecord) as err:
+        sources.parse_ml100k_user(line)
+    assert reason in str(err.value)
+
+
+def test_ml100k_fixture_bad_lines_are_found_at_their_line_numbers(tmp_path):
+    bad_lines = ["196\t242\t3", "196\t242\tfive\t881250949", "x\t1\t4\t881250949"]
+    summary = rawdata.write_ml100k(tmp_path, num_users=5, per_user=4, bad_lines=bad_lines)
+    table = sources.get_source("ml-100k").interactions
+    good, bad = _parse_file(table, summary["paths"]["interactions"])
+    assert good == summary["interactions"]
+    assert [(n, raw) for n, raw, _ in bad] == summary["bad_lines"]
+    assert [n for n, _, _ in bad] == [6, 12, 18]
+    assert [reason for _, _, reason in bad] == [
+        "expected 4 tab-separated fields, got 3",
+        "rating must be an integer 1-5, got 'five'",
+        "non-numeric user id 'x'",
+    ]
+
+
+def test_ml100k_fixture_covers_the_edge_cases(tmp_path):
+    summary = rawdata.write_ml100k(tmp_path, num_users=20, num_items=40)
+    with open(summary["paths"]["items"], "rb") as f:
+        item_lines = f.read().splitlines()
+    flags = [line.split(b"|")[-19:] for line in item_lines]
+    assert any(f[0] == b"1" and b"1" not in f[1:] for f in flags)  # unknown only
+    assert any(b"1" not in f for f in flags)  # no flag at all
+    assert any(f[0] == b"1" and b"1" in f[1:] for f in flags)  # unknown + real genres
+    assert any(line.split(b"|")[2] == b"" for line in item_lines)  # empty release date
+    assert any(b"\xe9" in line for line in item_lines)  # latin-1 title
+    with open(summary["paths"]["users"], "rb") as f:
+        user_lines = f.read().splitlines()
+    assert any(not line.split(b"|")[4].isdigit() for line in user_lines)  # zip with letters
+    assert {a["age"] for _, a in summary["users"]} == set(sources.ML1M_ATTRIBUTES["age"])
+
+
+def test_resolve_files_ml100k(tmp_path):
+    rawdata.write_ml100k(tmp_path, num_users=3, per_user=2)
+    files = sources.resolve_files(sources.get_source("ml-100k"), str(tmp_path))
+    assert files == {
+        r: str(tmp_path / f)
+        for r, f in (("interactions", "u.data"), ("items", "u.item"), ("users", "u.user"))
+    }
+    os.remove(tmp_path / "u.user")
+    with pytest.raises(FileNotFoundError) as err:
+        sources.resolve_files(sources.get_source("ml-100k"), str(tmp_path))
+    message = str(err.value)
+    assert f"missing: {tmp_path / 'u.user'}" in message
+    assert "u.data, u.item, u.user" in message and "ml-100k.zip" in message
 
 
 # --- ML-20M ----------------------------------------------------------------
@@ -371,9 +553,9 @@ def test_crlf_remainder_is_tolerated():
 def test_get_source_unknown_name_lists_valid_names():
     with pytest.raises(
         ValueError,
-        match="unknown raw source 'ml-100k'; valid names: ml-1m, ml-20m, yelp",
+        match="unknown raw source 'ml-25m'; valid names: ml-100k, ml-1m, ml-20m, yelp",
     ):
-        sources.get_source("ml-100k")
+        sources.get_source("ml-25m")
 
 
 # --- resolve_files ----------------------------------------------------------
