@@ -191,6 +191,156 @@ def test_ml1m_k_core_order_split_and_attributes(tmp_path):
     assert items[3:] == sorted(counts, key=lambda i: (-counts[i], i))
 
 
+_ML100K_FIXTURE = dict(num_users=40, num_items=60, per_user=(4, 16), seed=7)
+_ML100K_BAD_DATA = ["196\t242\t3", "196\t242\t9\t881250949"]
+_ML100K_BAD_ITEM = "9999|Bad (1999)|01-Jan-1999||url|" + "|".join(["0"] * 18 + ["2"])
+_ML100K_BAD_USER = "3|twenty|M|student|12345"
+
+
+def _ml100k_config(tmp_path, data_dir, **kw) -> pp.PreprocessConfig:
+    return _config(
+        tmp_path,
+        dataset="ml-100k",
+        data_dir=data_dir,
+        min_user_interactions=6,
+        min_item_interactions=4,
+        future_len=3,
+        max_bad_fraction=0.05,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def ml100k_run(tmp_path_factory):
+    """Raw ml-100k fixture with bad lines in u.data, u.item and u.user, preprocessed."""
+    tmp = tmp_path_factory.mktemp("ml100k")
+    fixture = rawdata.write_ml100k(tmp / "raw", bad_lines=_ML100K_BAD_DATA, **_ML100K_FIXTURE)
+    for role, line in (("items", _ML100K_BAD_ITEM), ("users", _ML100K_BAD_USER)):
+        with open(fixture["paths"][role], "ab") as f:
+            f.write(line.encode() + b"\n")
+    config = _ml100k_config(tmp, fixture["data_dir"])
+    return fixture, config, pp.preprocess(config)
+
+
+def test_ml100k_end_to_end_follows_the_data_contract(ml100k_run):
+    fixture, config, root = ml100k_run
+    assert root.startswith(os.path.join(config.output_dir, "ml-100k", "v-"))
+    files = _all_files(root)
+    for split in F.SPLITS:
+        for shard in range(2):
+            assert f"Split-{split}/data-{shard:05d}-of-00002.tfrecord.gz" in files
+    assert {"schema.pbtxt", "metadata.json", "vocab/items.txt", "vocab/genres.txt"} <= set(files)
+    schema = text_format.Parse(open(os.path.join(root, "schema.pbtxt")).read(), schema_pb2.Schema())
+    kinds = {f.name: f.type for f in schema.feature}
+    for name in ("gender", "age", "occupation"):
+        assert kinds[F.ATTRIBUTE_PREFIX + name] == schema_pb2.INT
+
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    assert meta["dataset"] == "ml-100k" and meta["source"] == "raw"
+    assert meta["item_feature"] == "genre"
+    assert meta["attributes"] == {
+        "gender": {"classes": ["F", "M"]},
+        "age": {"classes": ["1", "18", "25", "35", "45", "50", "56"]},
+        "occupation": {"classes": list(rawdata.ML100K_OCCUPATIONS)},
+    }
+    # Bad lines: routed with file, exact line number and reason; counted.
+    assert meta["bad_records"]["by_file"] == {"u.data": 2, "u.item": 1, "u.user": 1}
+    bad = {
+        name: [json.loads(x) for x in open(os.path.join(root, "bad_records", name + ".jsonl"))]
+        for name in ("u.data", "u.item", "u.user")
+    }
+    assert [(r["line"], r["text"].encode()) for r in bad["u.data"]] == fixture["bad_lines"]
+    assert [r["reason"] for r in bad["u.data"]] == [
+        "expected 4 tab-separated fields, got 3",
+        "rating must be an integer 1-5, got '9'",
+    ]
+    assert [(r["line"], r["reason"]) for r in bad["u.item"]] == [
+        (fixture["num_lines"]["items"] + 1, "genre flag 'Western' must be 0 or 1, got '2'")
+    ]
+    assert [(r["line"], r["reason"]) for r in bad["u.user"]] == [
+        (fixture["num_lines"]["users"] + 1, "age must be a whole number of years, got 'twenty'")
+    ]
+    assert meta["input_records"] == {
+        "interactions": fixture["num_lines"]["interactions"],
+        "items": fixture["num_lines"]["items"] + 1,
+        "users": fixture["num_lines"]["users"] + 1,
+    }
+
+    items = open(os.path.join(root, "vocab/items.txt")).read().splitlines()
+    genres = open(os.path.join(root, "vocab/genres.txt")).read().splitlines()
+    assert meta["vocab_sizes"] == {"items": len(items), "genres": len(genres)}
+    assert "unknown" not in genres and set(genres[3:]) <= set(rawdata.ML100K_GENRES[1:])
+    expected = _k_core(fixture["interactions"], 6, 4)
+    assert meta["kcore"]["iterations"] >= 2  # the fixture needs iterating
+    catalog, users = dict(fixture["items"]), dict(fixture["users"])
+    got = collections.Counter()
+    examples = _examples(root)
+    for split, rows in examples.items():
+        assert len(rows) == meta["num_users"][split]
+        for row in rows:
+            user = row[F.USER_ID][0]
+            assert pp.split_of(user, 80, 10) == split
+            raw = row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS]
+            stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
+            assert list(zip(stamps, raw)) == sorted(zip(stamps, raw))
+            assert len(row[F.FUTURE_ITEM_IDS]) == 3 and row[F.HISTORY_LENGTH][0] >= 3
+            got.update((user, item) for item in raw)
+            for name in ("gender", "age", "occupation"):
+                value = meta["attributes"][name]["classes"][row[F.ATTRIBUTE_PREFIX + name][0]]
+                assert value == users[user][name]
+            hist = row[F.HISTORY_RAW_ITEM_IDS]
+            assert [genres[g] for g in row[F.HISTORY_GENRE_IDS]] == [
+                g for i in hist for g in catalog[i]
+            ]
+            assert row[F.HISTORY_GENRE_COUNTS] == [len(catalog[i]) for i in hist]
+    assert got == collections.Counter((r[0], r[1]) for r in expected)
+    assert sum(meta["num_interactions"].values()) == len(expected)
+    assert meta["max_history_len"] == max(
+        r[F.HISTORY_LENGTH][0] for rows in examples.values() for r in rows
+    )
+    # unknown-only and unflagged movies were kept, with zero genres
+    assert any(
+        c == 0 for rows in examples.values() for r in rows for c in r[F.HISTORY_GENRE_COUNTS]
+    )
+
+
+def test_ml100k_tfds_source_writes_the_same_examples_as_raw(ml100k_run, tmp_path):
+    """TFDS `movielens/100k-ratings` built from the same data (minus the bad lines)."""
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    from pipelines import tfds_source
+
+    pytest.importorskip(
+        "importlib_resources", reason="TFDS 4.9.x download_and_prepare needs importlib_resources"
+    )
+    fixture, raw_config, raw_root = ml100k_run
+    clean = rawdata.write_ml100k(tmp_path / "clean" / "ml-100k", **_ML100K_FIXTURE)
+    assert clean["interactions"] == fixture["interactions"]
+    tfds_dir = str(tmp_path / "tfds")
+    with mock.patch.object(
+        tfds.download.DownloadManager, "download_and_extract", return_value=str(tmp_path / "clean")
+    ):
+        tfds_source.prepare_tfds("ml-100k", data_dir=tfds_dir)
+    config = dataclasses.replace(
+        _ml100k_config(tmp_path, None),
+        source="tfds",
+        cache_dir=tfds_dir,
+        tfds_shards=3,
+    )
+    root = pp.preprocess(config)
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    assert meta["source"] == "tfds" and meta["bad_records"]["total"] == 0
+    raw_meta = json.load(open(os.path.join(raw_root, "metadata.json")))
+    for key in ("attributes", "num_users", "num_interactions", "vocab_sizes", "max_history_len"):
+        assert meta[key] == raw_meta[key], key
+    same = [f for f in _all_files(raw_root) if f.startswith(("Split-", "vocab/"))]
+    assert len(same) == 2 * 3 + 2
+    match, mismatch, errors = filecmp.cmpfiles(raw_root, root, same, shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(same)
+
+
 def test_bad_lines_are_routed_counted_and_fail_above_threshold(tmp_path):
     bad = [
         "12::1097::4",

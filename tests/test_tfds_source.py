@@ -35,8 +35,11 @@ def _by_kind(records):
 
 def test_attributes_match_raw_source():
     assert tfds_source.tfds_attributes("ml-1m") == sources.get_source("ml-1m").attributes
+    assert tfds_source.tfds_attributes("ml-100k") == sources.get_source("ml-100k").attributes
     assert dict(tfds_source.tfds_attributes("ml-20m")) == {}
-    with pytest.raises(ValueError, match="no TFDS dataset for 'yelp'; valid: ml-1m, ml-20m"):
+    with pytest.raises(
+        ValueError, match="no TFDS dataset for 'yelp'; valid: ml-100k, ml-1m, ml-20m"
+    ):
         tfds_source.tfds_attributes("yelp")
 
 
@@ -86,6 +89,39 @@ def test_mock_ml1m_types_and_attribute_mapping():
             assert value in classes[name]
 
 
+def test_mock_ml100k_types_and_attribute_mapping():
+    n = 40
+    with tfds.testing.mock_data(num_examples=n):
+        examples = list(tfds.as_numpy(tfds.load("movielens/100k-ratings", split="train")))
+        records = list(tfds_source.tfds_records("ml-100k", 0, 1, batch_size=16))
+        info = tfds.builder("movielens/100k-ratings").info
+    assert [kind for kind, _ in records] == ["interactions", "items", "users"] * n
+    got = _by_kind(records)
+    genre_names = info.features["movie_genres"].feature.names
+    label_names = info.features["user_occupation_label"].names
+    classes = tfds_source.tfds_attributes("ml-100k")
+    seen_unknown = False
+    for ex, inter, item, user in zip(examples, got["interactions"], got["items"], got["users"]):
+        user_id, item_id, ts, rating = inter
+        assert (type(user_id), type(item_id), type(ts), type(rating)) == (str, str, int, float)
+        assert user_id == ex["user_id"].decode() == user[0]
+        assert item_id == ex["movie_id"].decode() == item[0]
+        expected = [genre_names[g] for g in ex["movie_genres"]]
+        seen_unknown |= "Unknown" in expected
+        expected = ["Children's" if g == "Children" else g for g in expected]
+        assert list(item[1]) == [g for g in expected if g not in ("Unknown", "(no genres listed)")]
+        attrs = user[1]
+        assert attrs["gender"] == ("M" if ex["user_gender"] else "F")
+        assert attrs["age"] == "1"  # mock raw ages are < 1 year
+        # Mock occupation texts are random strings, so the label decides.
+        label = label_names[ex["user_occupation_label"]]
+        expected_word = tfds_source._LABEL_FALLBACK_100K.get(label, "other")
+        assert attrs["occupation"] == expected_word
+        for name, value in attrs.items():
+            assert value in classes[name]
+    assert seen_unknown  # the "Unknown" class was drawn and dropped
+
+
 def test_mock_ml20m_has_no_users():
     with tfds.testing.mock_data(num_examples=5):
         kinds = [kind for kind, _ in tfds_source.tfds_records("ml-20m", 0, 1)]
@@ -124,6 +160,13 @@ def ml1m(tmp_path_factory):
 def ml20m(tmp_path_factory):
     return _build(
         tmp_path_factory, "ml-20m", rawdata.write_ml20m, num_users=12, per_user=(2, 7), seed=2
+    )
+
+
+@pytest.fixture(scope="module")
+def ml100k(tmp_path_factory):
+    return _build(
+        tmp_path_factory, "ml-100k", rawdata.write_ml100k, num_users=16, per_user=(2, 8), seed=4
     )
 
 
@@ -180,3 +223,23 @@ def test_ml20m_tfds_records_equal_raw_records(ml20m):
     expected_items = {i: g for i, g in summary["items"] if i in rated}
     assert dict(got["items"]) == expected_items
     assert () in expected_items.values()  # a "(no genres listed)" movie was rated
+
+
+def test_ml100k_tfds_records_equal_raw_records(ml100k):
+    """TFDS's own u.data/u.item/u.user parsing, mapped back, equals the raw readers."""
+    summary, data_dir = ml100k
+    got = _by_kind(tfds_source.tfds_records("ml-100k", 0, 1, data_dir=data_dir, batch_size=7))
+    assert sorted(got["interactions"]) == sorted(summary["interactions"])
+    rated = {item for _, item, _, _ in summary["interactions"]}
+    expected_items = {i: g for i, g in summary["items"] if i in rated}
+    assert dict(got["items"]) == expected_items
+    assert () in expected_items.values()  # an unknown-only or unflagged movie was rated
+    assert any("Children's" in g for _, g in got["items"])
+    assert dict(got["users"]) == dict(summary["users"])
+    # Every age bucket boundary of the fixture came through raw_user_age alike.
+    assert {a["age"] for _, a in got["users"]} == set(sources.ML1M_ATTRIBUTES["age"])
+    # Sharded reads partition the split.
+    shards = [
+        _by_kind(tfds_source.tfds_records("ml-100k", s, 3, data_dir=data_dir)) for s in range(3)
+    ]
+    assert sorted(r for sh in shards for r in sh["interactions"]) == sorted(summary["interactions"])
