@@ -1,5 +1,6 @@
 """The Beam preprocessing pipeline, end to end on DirectRunner, on raw-format fixtures."""
 
+import argparse
 import collections
 import dataclasses
 import filecmp
@@ -473,3 +474,14 @@ def test_tfds_source_through_the_pipeline(tmp_path):
     assert sum(meta["num_users"].values()) == len(rows)
     assert kept == sum(meta["num_interactions"].values()) - dropped  # one-rating users drop
     assert sum(meta["num_interactions"].values()) == 300
+
+
+def test_dataset_and_source_flags_accept_ml100k():
+    parser = argparse.ArgumentParser()
+    pp.add_flags(parser)
+    args = parser.parse_args(["--dataset=ml-100k", "--source=tfds"])
+    config = pp.config_from_flags(args)
+    assert (config.dataset, config.source) == ("ml-100k", "tfds")
+    assert pp.item_feature_name(config) == "genre"
+    with pytest.raises(ValueError, match="--source=tfds exists only for ml-100k, ml-1m, ml-20m"):
+        pp.PreprocessConfig(dataset="yelp", source="tfds")
