@@ -11,9 +11,10 @@ on any run. There is no per-example Python: every op compiles under
 
 Invariants shared by all ops:
 
-* padding is never augmented in: positions ``>= length`` stay ``PAD_ID``, and
-  no real position becomes ``PAD_ID`` (only ``crop`` shortens a row, and then
-  the dropped tail is padding again);
+* padding is never augmented in: rows stay right-padded, no real position
+  becomes ``PAD_ID``, and no padding becomes an item (only ``crop`` shortens a
+  row, the dropped tail being padding again, and only ``insert`` lengthens
+  one, by shifting its real items right);
 * rows of length 0 or 1 pass through unchanged.
 
 The ops (the paper's masking and reordering, cropping as in CL4SRec, and
@@ -60,13 +61,14 @@ _ALG = "philox"
 # Randomness layout. Each op consumes one block ``u: float64[batch, max_len + 2]``
 # of U[0, 1) numbers: ``u[:, :max_len]`` per position (mask draws, reorder sort
 # keys, substitute/insert position choice), ``u[:, max_len]`` the per-row
-# start, ``u[:, max_len + 1]`` the per-row apply decision. Policies with
-# substitute or insert draw WIDE blocks, ``float64[batch, 2 * max_len + 2]``,
-# whose extra ``u[:, max_len + 2:]`` picks the correlated item per position
-# (other policies keep the narrow blocks, so their views do not change).
-# `augment` and `two_views` draw all blocks of all views with ONE Philox call:
-# every random op costs about a second of XLA compile time, so fewer, bigger
-# draws keep `jit_compile=True` compilation fast.
+# start, ``u[:, max_len + 1]`` the per-row apply decision. Substitute and
+# insert also take a second block, whose ``[:, :max_len]`` picks the correlated
+# item per position: they receive ``concat([op block, pick block], axis=1)``.
+# The pick blocks come after the op blocks of a view (``[num_ops + t]`` for the
+# t-th of them), so policies without these ops draw exactly what they drew
+# before the ops existed. `augment` and `two_views` draw all blocks of all
+# views with ONE Philox call: every random op costs about a second of XLA
+# compile time, so fewer, bigger draws keep `jit_compile=True` compilation fast.
 _EXTRA_COLUMNS = 2
 
 # The fixed order `augment` applies the ops in (see `AugmentPolicy`).
@@ -100,12 +102,9 @@ def _uniform(shape, seed: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.bitwise.right_shift(bits, 11), tf.float64) * (2.0**-53)
 
 
-def _draw(items: tf.Tensor, seed, leading=(), wide: bool = False) -> tf.Tensor:
-    """Random blocks for ``items``: ``float64[*leading, batch, max_len + 2]``
-    (``2 * max_len + 2`` columns if ``wide``)."""
-    shape = tf.shape(items)
-    width = (2 if wide else 1) * shape[1] + _EXTRA_COLUMNS
-    batch_and_width = tf.stack([shape[0], width])
+def _draw(items: tf.Tensor, seed, leading=()) -> tf.Tensor:
+    """Random blocks for ``items``: ``float64[*leading, batch, max_len + 2]``."""
+    batch_and_width = tf.shape(items) + tf.constant([0, _EXTRA_COLUMNS])
     shape = tf.concat([tf.constant(leading, tf.int32, shape=[len(leading)]), batch_and_width], 0)
     return _uniform(shape, _as_seed(seed))
 
@@ -244,15 +243,16 @@ def _choose_positions(u: tf.Tensor, lengths: tf.Tensor, fraction) -> tf.Tensor:
     """Per row, ``floor(fraction * len)`` of the real positions (none if ``len <= 1``),
     uniformly without replacement: ``bool[batch, max_len]``.
 
-    The chosen positions are those whose key ``u`` ranks among the row's
-    ``count`` smallest; padding gets key 2 (> any U[0, 1) number).
+    The chosen positions are those whose key ``u`` is among the row's
+    ``count`` smallest (at most the ``count``-th smallest; keys are distinct
+    53-bit numbers); padding gets key 2 (> any U[0, 1) number).
     """
     max_len = tf.shape(u)[1]
     count = tf.where(lengths > 1, _floor_fraction(fraction, lengths), 0)
     real = tf.sequence_mask(lengths, max_len)
     keys = tf.where(real, u, tf.constant(2.0, tf.float64))
-    rank = tf.argsort(tf.argsort(keys, axis=1, stable=True), axis=1, stable=True)
-    return real & (rank < count[:, None])
+    threshold = tf.gather(tf.sort(keys, axis=1), tf.maximum(count - 1, 0)[:, None], batch_dims=1)
+    return real & (keys <= threshold) & (count > 0)[:, None]
 
 
 def _correlated(items: tf.Tensor, u: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
@@ -263,22 +263,37 @@ def _correlated(items: tf.Tensor, u: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
     differ from the item are candidates, so the pick is uniform over them.
     Items without neighbours (and ids outside the table) are returned as is.
     """
-    table = tf.cast(table, items.dtype)
-    in_table = (items >= 0) & (items < tf.cast(tf.shape(table)[0], items.dtype))
-    ids = tf.where(in_table, items, tf.zeros_like(items))
-    rows = tf.gather(table, ids)  # [batch, max_len, k]
-    n = tf.reduce_sum(tf.cast(tf.not_equal(rows, ids[..., None]), tf.int32), axis=-1)
+    table = tf.cast(table, tf.int32)
+    vocab, k = tf.shape(table)[0], tf.shape(table)[1]
+    # Neighbours per item (a constant of the graph when the table is one).
+    num_neighbours = tf.reduce_sum(
+        tf.cast(tf.not_equal(table, tf.range(vocab)[:, None]), tf.int32), axis=1
+    )
+    in_table = (items >= 0) & (items < tf.cast(vocab, items.dtype))
+    ids = tf.cast(tf.where(in_table, items, tf.zeros_like(items)), tf.int32)
+    n = tf.gather(num_neighbours, ids)
     j = tf.cast(tf.floor(u * tf.cast(n, tf.float64)), tf.int32)
     j = tf.clip_by_value(j, 0, tf.maximum(n - 1, 0))
-    picked = tf.gather(rows, j[..., None], batch_dims=2)[..., 0]
+    picked = tf.cast(tf.gather(tf.reshape(table, [-1]), ids * k + j), items.dtype)
     return tf.where(in_table & (n > 0), picked, items)
+
+
+def _pick_block(u: tf.Tensor, max_len) -> tf.Tensor:
+    """The pick block's per-position columns of a table op's ``concat`` input."""
+    return u[:, max_len + _EXTRA_COLUMNS : 2 * max_len + _EXTRA_COLUMNS]
+
+
+def _draw_with_picks(items: tf.Tensor, seed) -> tf.Tensor:
+    """Op block and pick block of a single table op, side by side."""
+    u = _draw(items, seed, [2])
+    return tf.concat([u[0], u[1]], axis=1)
 
 
 def _substitute(items: tf.Tensor, u: tf.Tensor, rho, lengths=None, table=None) -> tf.Tensor:
     lengths = _lengths_or_derive(items, lengths)
     max_len = tf.shape(items)[1]
     chosen = _choose_positions(u[:, :max_len], lengths, rho)
-    replacement = _correlated(items, u[:, max_len + _EXTRA_COLUMNS :], table)
+    replacement = _correlated(items, _pick_block(u, max_len), table)
     return tf.where(chosen, replacement, items)
 
 
@@ -299,7 +314,7 @@ def substitute(items: tf.Tensor, seed, rho, table, lengths=None) -> tf.Tensor:
     Returns:
       ``int[batch, max_len]``, same dtype.
     """
-    return _substitute(items, _draw(items, seed, wide=True), rho, lengths, table)
+    return _substitute(items, _draw_with_picks(items, seed), rho, lengths, table)
 
 
 def _insert(items: tf.Tensor, u: tf.Tensor, rho, lengths=None, table=None) -> tf.Tensor:
@@ -308,7 +323,7 @@ def _insert(items: tf.Tensor, u: tf.Tensor, rho, lengths=None, table=None) -> tf
     lengths = _lengths_or_derive(items, lengths)
     batch, max_len = tf.shape(items)[0], tf.shape(items)[1]
     chosen = _choose_positions(u[:, :max_len], lengths, rho)
-    inserted = _correlated(items, u[:, max_len + _EXTRA_COLUMNS :], table)
+    inserted = _correlated(items, _pick_block(u, max_len), table)
     # Item i moves right by the number of insertions at or before it (each one
     # goes just before its chosen item); the whole row then moves left by the
     # overflow, dropping the oldest items when it no longer fits.
@@ -351,7 +366,7 @@ def insert(items: tf.Tensor, seed, rho, table, lengths=None) -> tf.Tensor:
     Returns:
       ``int[batch, max_len]``, same dtype.
     """
-    return _insert(items, _draw(items, seed, wide=True), rho, lengths, table)
+    return _insert(items, _draw_with_picks(items, seed), rho, lengths, table)
 
 
 def cooccurrence_table(
@@ -578,6 +593,11 @@ class AugmentPolicy:
         """Whether an op reads the co-occurrence table (substitute, insert)."""
         return any(name in _TABLE_OPS for name, _ in self.ops)
 
+    @property
+    def num_blocks(self) -> int:
+        """Random blocks one view draws: one per op, plus a pick block per table op."""
+        return len(self.ops) + sum(name in _TABLE_OPS for name, _ in self.ops)
+
 
 def _check_value(name: str, value) -> None:
     low, high, low_inclusive = _RANGES[name]
@@ -625,19 +645,23 @@ def augment(items: tf.Tensor, seed, policy: AugmentPolicy, table=None) -> tf.Ten
     if policy.is_identity:
         return items
     table = _check_table(policy, table)
-    u = _draw(items, seed, [len(policy.ops)], wide=policy.needs_cooccurrence)
-    return _augment(items, u, policy, table)
+    return _augment(items, _draw(items, seed, [policy.num_blocks]), policy, table)
 
 
 def _augment(items: tf.Tensor, u: tf.Tensor, policy: AugmentPolicy, table=None) -> tf.Tensor:
-    """`augment` on random blocks ``u: float64[num_ops, batch, width]``."""
+    """`augment` on random blocks ``u: float64[policy.num_blocks, batch, max_len + 2]``."""
     out = items
     max_len = tf.shape(items)[1]
+    num_ops, picks = len(policy.ops), 0
     for index, (name, strength) in enumerate(policy.ops):
         # Lengths are re-derived after each op: crop shortens rows, insert
         # lengthens them, and MASK_ID != PAD_ID so masking never changes them.
         lengths = sequence_lengths(out)
-        changed = _OPS[name](out, u[index], strength, lengths, table)
+        block = u[index]
+        if name in _TABLE_OPS:
+            block = tf.concat([block, u[num_ops + picks]], axis=1)
+            picks += 1
+        changed = _OPS[name](out, block, strength, lengths, table)
         if policy.apply_prob < 1.0:
             apply = u[index][:, max_len + 1] < policy.apply_prob
             changed = tf.where(apply[:, None], changed, out)
@@ -657,5 +681,5 @@ def two_views(
     if policy.is_identity:
         return items, items
     table = _check_table(policy, table)
-    u = _draw(items, seed, [2, len(policy.ops)], wide=policy.needs_cooccurrence)
+    u = _draw(items, seed, [2, policy.num_blocks])
     return _augment(items, u[0], policy, table), _augment(items, u[1], policy, table)
