@@ -28,6 +28,10 @@ key                        dtype / shape               meaning
 ``view1``, ``view2``       like ``items``              only with ``augment_policy``
 =========================  ==========================  ===================================
 
+A policy with ``substitute``/``insert`` draws correlated items from the item
+co-occurrence table of the TRAIN split's histories (`cooccurrence_table`),
+whichever split the dataset reads; it is built once per process and artifact dir.
+
 The ``*_genre_counts`` features are folded into the ragged genre tensors.
 Other features found in the schema are passed through (scalars as ``[B]``,
 lists as ragged ``[B, None]``).
@@ -35,10 +39,12 @@ lists as ragged ``[B, None]``).
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
@@ -143,6 +149,48 @@ def split_files(artifact_dir: str, split: str) -> list[str]:
     return files
 
 
+def train_histories(artifact_dir: str, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """All train users' full stored histories: ``(values, row_lengths)``, int64 numpy.
+
+    ``values`` concatenates the histories (item ids, oldest first) in shard
+    order; ``row_lengths`` gives each history's length.
+    """
+    spec = {F.HISTORY_ITEM_IDS: tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)}
+    ds = tf.data.TFRecordDataset(split_files(artifact_dir, "train"), compression_type="GZIP")
+    ds = ds.batch(batch_size).map(
+        lambda s: tf.io.parse_example(s, spec)[F.HISTORY_ITEM_IDS],
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    values, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for ragged in ds.prefetch(2):
+        values.append(ragged.flat_values.numpy())
+        lengths.append(ragged.row_lengths().numpy())
+    return np.concatenate(values), np.concatenate(lengths)
+
+
+@functools.lru_cache(maxsize=4)
+def cooccurrence_table(
+    artifact_dir: str,
+    top_k: int = aug.COOCCURRENCE_TOP_K,
+    window: int = aug.COOCCURRENCE_WINDOW,
+) -> np.ndarray:
+    """`augment.cooccurrence_table` of the train split's histories (read-only, cached).
+
+    ``int32[vocab_size, top_k]``: each item's ``top_k`` most frequent neighbours
+    within ``window`` positions over the TRAIN users (never eval/test users, and
+    never their futures). Cached per process by its arguments.
+    """
+    vocab_size = int(load_metadata(artifact_dir)["vocab_sizes"]["items"])
+    values, row_lengths = train_histories(artifact_dir)
+    try:
+        table = aug.cooccurrence_table(values, row_lengths, vocab_size, top_k, window)
+    except ValueError as err:
+        raise ValueError(f"Train histories of {artifact_dir!r}: {err}") from None
+    table.setflags(write=False)
+    return table
+
+
 def _pad(ragged: tf.RaggedTensor, width: int, keep_last: bool) -> tf.Tensor:
     """``[B, None]`` ragged -> ``[B, width]``: the last/first ``width`` values, end-padded."""
     cut = ragged[:, -width:] if keep_last else ragged[:, :width]
@@ -213,6 +261,7 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     augment_policy: aug.AugmentPolicy | None = None,
+    cooccurrence: np.ndarray | None = None,
     input_context: tf.distribute.InputContext | None = None,
     num_parallel_reads: int = 8,
     shuffle_buffer_size: int = 10_000,
@@ -258,6 +307,10 @@ def make_dataset(
       augment_policy: if given, adds ``view1``/``view2`` = `augment.two_views`
         of ``items`` with a stateless per-batch seed ``[r, input_pipeline_id]``,
         ``r`` drawn from a seeded ``tf.data.Dataset.random`` stream.
+      cooccurrence: ``int[vocab, k]`` table for a policy with substitute or
+        insert; default: `cooccurrence_table` (train split, top
+        ``augment.COOCCURRENCE_TOP_K`` within ``augment.COOCCURRENCE_WINDOW``).
+        Not read (nor built) for other policies.
       input_context: a `tf.distribute.InputContext` (see above).
       num_parallel_reads: files read concurrently (fixed, so order is reproducible).
       shuffle_buffer_size: users in the shuffle buffer.
@@ -326,12 +379,19 @@ def make_dataset(
 
     if augment_policy is not None:
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        table = None
+        if augment_policy.needs_cooccurrence:
+            if cooccurrence is None:
+                cooccurrence = cooccurrence_table(artifact_dir)
+            table = tf.constant(cooccurrence, tf.int32)  # a constant of the dataset graph
 
         @tf.autograph.experimental.do_not_convert
         def add_views(batch, draw):
             # Per-batch stateless seed; the pipeline id keeps workers' views apart.
             batch_seed = tf.stack([draw, tf.constant(pipeline_id, tf.int64)])
-            batch[VIEW1], batch[VIEW2] = aug.two_views(batch[ITEMS], batch_seed, augment_policy)
+            batch[VIEW1], batch[VIEW2] = aug.two_views(
+                batch[ITEMS], batch_seed, augment_policy, table
+            )
             return batch
 
         ds = tf.data.Dataset.zip((ds, draws)).map(

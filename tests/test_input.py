@@ -245,3 +245,61 @@ def test_clear_errors(artifact_dir, tmp_path):
     (tmp_path / "Split-train").mkdir()
     with pytest.raises(FileNotFoundError, match="Split-train"):
         I.split_files(str(tmp_path), "train")
+
+
+def test_cooccurrence_table_comes_from_the_train_histories(artifact_dir, examples):
+    histories = [ex[F.HISTORY_ITEM_IDS] for ex in examples.values()]
+    values, lengths = I.train_histories(artifact_dir)
+    assert sorted(map(tuple, np.split(values, np.cumsum(lengths)[:-1]))) == sorted(
+        map(tuple, histories)
+    )
+    vocab = I.load_metadata(artifact_dir)["vocab_sizes"]["items"]
+    table = I.cooccurrence_table(artifact_dir)
+    assert table.shape == (vocab, A.COOCCURRENCE_TOP_K) and not table.flags.writeable
+    expected = A.cooccurrence_table(np.concatenate(histories), [len(h) for h in histories], vocab)
+    np.testing.assert_array_equal(table, expected)
+    assert I.cooccurrence_table(artifact_dir) is table  # built once per process
+    assert (table[F.NUM_RESERVED :] >= F.NUM_RESERVED).all()
+
+
+def test_table_is_built_only_for_policies_that_need_it(artifact_dir):
+    I.cooccurrence_table.cache_clear()
+    I.make_dataset(artifact_dir, "train", 8, augment_policy=A.AugmentPolicy(mask=0.3))
+    assert I.cooccurrence_table.cache_info().currsize == 0
+    policy = A.AugmentPolicy(substitute=0.3)
+    I.make_dataset(artifact_dir, "eval", 8, augment_policy=policy)
+    assert I.cooccurrence_table.cache_info().currsize == 1
+
+
+def test_substitute_and_insert_views(artifact_dir):
+    table = I.cooccurrence_table(artifact_dir)
+    policy = A.AugmentPolicy.from_string("substitute:0.3,insert:0.2")
+    ds = I.make_dataset(artifact_dir, "train", 32, augment_policy=policy, drop_remainder=True)
+    for batch in ds.take(2):
+        items, length = batch[I.ITEMS].numpy(), batch[I.LENGTH].numpy()
+        for key in (I.VIEW1, I.VIEW2):
+            view = batch[key].numpy()
+            assert view.shape == (32, MAX_LEN) and view.dtype == np.int32
+            new_len = (view != F.PAD_ID).sum(axis=1)
+            np.testing.assert_array_equal(new_len, np.minimum(length + length // 5, MAX_LEN))
+            for row in range(32):
+                assert (view[row, new_len[row] :] == F.PAD_ID).all()
+                real = view[row, : new_len[row]]
+                assert (real >= F.NUM_RESERVED).all()
+                # Every item is a history item or within 2 hops of one (insert,
+                # then substitute of the inserted item).
+                history = items[row, : length[row]]
+                allowed = set(history) | set(table[history].ravel())
+                allowed |= set(table[table[history]].ravel())
+                assert set(real) <= allowed
+            assert (view != items).any(axis=1).all()
+    # An explicit table is used instead of the train one: map every item to item 3.
+    forced = np.repeat(np.arange(table.shape[0], dtype=np.int32)[:, None], 2, axis=1)
+    forced[F.NUM_RESERVED + 1 :, 0] = F.NUM_RESERVED
+    policy = A.AugmentPolicy(substitute=1.0)
+    ds = I.make_dataset(artifact_dir, "eval", 8, augment_policy=policy, cooccurrence=forced)
+    batch = next(iter(ds))
+    view, length = batch[I.VIEW1].numpy(), batch[I.LENGTH].numpy()
+    for row, n in enumerate(length):
+        items = batch[I.ITEMS].numpy()[row, :n]
+        assert (view[row, :n] == F.NUM_RESERVED).all(), items

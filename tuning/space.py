@@ -11,7 +11,9 @@ name                values                                      TrainConfig fiel
 ``projector_depth`` choice of ``projector_depths``              ``"W-W[-W]"`` (depth x)
 ``mask``            uniform ``mask_range`` (augment only)       ``augment`` =
 ``reorder``         uniform ``reorder_range`` (augment only)    ``"mask:g,reorder:b,``
-``crop``            uniform ``crop_range`` (augment only)       ``crop:e"``
+``crop``            uniform ``crop_range`` (augment only)       ``crop:e``
+``substitute``      ``substitute_range``, step 0.1 (augment)    ``[,substitute:s]``
+``insert``          ``insert_range``, step 0.1 (augment)        ``[,insert:i]"``
 ``learning_rate``   log-uniform (augment only)                  ``learning_rate``
 ``projector``       a pinned projector string                   ``projector``
 ``augment``         a pinned augment string                     ``augment``
@@ -20,8 +22,10 @@ name                values                                      TrainConfig fiel
 A *pin* fixes a value: it becomes a `keras_tuner` ``Fixed`` hyperparameter
 (so it is recorded with every trial and written to ``best_hparams.json``)
 and the dimensions it determines are not searched. Pinning ``projector``
-replaces width and depth; pinning ``augment`` replaces mask/reorder/crop.
-Hyperband's ``tuner/*`` bookkeeping values are ignored here.
+replaces width and depth; pinning ``augment`` replaces mask/reorder/crop/
+substitute/insert.
+Hyperband's ``tuner/*`` bookkeeping values are ignored here. A substitute or
+insert value of 0 turns that op off (it is left out of the policy string).
 """
 
 from __future__ import annotations
@@ -46,9 +50,14 @@ PIN_NAMES = (
     "mask",
     "reorder",
     "crop",
+    "substitute",
+    "insert",
     "learning_rate",
 )
-_AUGMENT_PARTS = ("mask", "reorder", "crop")
+_AUGMENT_PARTS = ("mask", "reorder", "crop", "substitute", "insert")
+# Parts searched on a grid that includes 0 (= op off): the co-occurrence ops
+# are new, so the search must be able to leave them out.
+_AUGMENT_STEPS = {"substitute": 0.1, "insert": 0.1}
 _TYPES = {
     "lambd": float,
     "projector": str,
@@ -58,6 +67,8 @@ _TYPES = {
     "mask": float,
     "reorder": float,
     "crop": float,
+    "substitute": float,
+    "insert": float,
     "learning_rate": float,
 }
 
@@ -71,7 +82,8 @@ class SearchSpace:
       projector_widths, projector_depths: choices; the projector is ``depth``
         layers of ``width`` units.
       search_augment: also search mask gamma, reorder beta, crop eta (uniform
-        over their ranges) and the learning rate (log-uniform).
+        over their ranges), the substitute and insert fractions (over their
+        ranges in steps of 0.1, 0 = off) and the learning rate (log-uniform).
       pins: ``((name, value), ...)``, names from `PIN_NAMES`; pinned names are
         not searched (see module docstring).
     """
@@ -83,6 +95,8 @@ class SearchSpace:
     mask_range: tuple[float, float] = (0.05, 0.6)
     reorder_range: tuple[float, float] = (0.05, 0.6)
     crop_range: tuple[float, float] = (0.5, 1.0)
+    substitute_range: tuple[float, float] = (0.0, 0.5)
+    insert_range: tuple[float, float] = (0.0, 0.5)
     learning_rate_range: tuple[float, float] = (1e-4, 1e-2)
     pins: tuple[tuple[str, Any], ...] = ()
 
@@ -93,11 +107,12 @@ class SearchSpace:
             raise ValueError(f"cannot pin {unknown}: pinnable names are {list(PIN_NAMES)}")
         if "projector" in pins and {"projector_width", "projector_depth"} & set(pins):
             raise ValueError("pin either projector or projector_width/projector_depth, not both")
+        parts = "/".join(_AUGMENT_PARTS)
         if "augment" in pins and set(_AUGMENT_PARTS) & set(pins):
-            raise ValueError("pin either augment or mask/reorder/crop, not both")
+            raise ValueError(f"pin either augment or {parts}, not both")
         if not self.search_augment and set(_AUGMENT_PARTS) & set(pins):
             raise ValueError(
-                "mask/reorder/crop are searched only with --search_augment; without it "
+                f"{parts} are searched only with --search_augment; without it "
                 "pin the whole policy, e.g. --augment=mask:0.3,reorder:0.3"
             )
         for name, (low, high) in (
@@ -141,7 +156,8 @@ class SearchSpace:
         elif self.search_augment:
             for name in _AUGMENT_PARTS:
                 low, high = getattr(self, f"{name}_range")
-                fixed_or(name, lambda n=name, lo=low, hi=high: hp.Float(n, lo, hi))
+                step = _AUGMENT_STEPS.get(name)
+                fixed_or(name, lambda n=name, lo=low, hi=high, s=step: hp.Float(n, lo, hi, step=s))
         if self.search_augment or "learning_rate" in pinned:
             fixed_or(
                 "learning_rate",
@@ -182,9 +198,16 @@ def projector_width(projector: str) -> int:
     return int(projector.split("-")[-1])
 
 
-def augment_string(mask: float, reorder: float, crop: float) -> str:
-    """The `--augment` policy of the searched strengths, 3 significant digits."""
-    return f"mask:{mask:.3g},reorder:{reorder:.3g},crop:{crop:.3g}"
+def augment_string(
+    mask: float, reorder: float, crop: float, substitute: float = 0.0, insert: float = 0.0
+) -> str:
+    """The `--augment` policy of the searched strengths, 3 significant digits
+    (substitute/insert only when > 0: at 0 the op, and its table, are skipped)."""
+    out = f"mask:{mask:.3g},reorder:{reorder:.3g},crop:{crop:.3g}"
+    for name, value in (("substitute", substitute), ("insert", insert)):
+        if float(f"{value:.3g}") > 0:
+            out += f",{name}:{value:.3g}"
+    return out
 
 
 def train_flags(values: Mapping[str, Any], base: cfg.TrainConfig | None = None) -> dict:
@@ -192,7 +215,8 @@ def train_flags(values: Mapping[str, Any], base: cfg.TrainConfig | None = None) 
 
     Only the fields the values determine appear (keys in `SEARCHABLE_FLAGS`);
     this is the content of ``best_hparams.json``. ``base`` fills an augment
-    part that is missing from ``values`` (mask/reorder/crop are set together).
+    part that is missing from ``values`` (mask/reorder/crop/substitute/insert
+    are set together).
     """
     out: dict[str, Any] = {}
     if "lambd" in values:
