@@ -117,7 +117,12 @@ def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
         expected = probes.sample_label_fraction(y["train"], r["fraction"], r["seed"]).size
         assert r["n_train"] == expected  # drawn from the train split's labels only
         assert r["n_test"] == int(np.sum(y["test"] >= 0))
-        assert r["n_eval"] == int(np.sum(y["eval"] >= 0))
+        # Selection sees the same fraction of eval labels (at least the minimum),
+        # not all of them (the old rule, changed on purpose).
+        selection = probes.sample_selection_users(y["eval"], r["fraction"], r["seed"])
+        assert r["n_eval"] == selection.size and r["n_eval_labelled"] == np.sum(y["eval"] >= 0)
+        if r["fraction"] < 1.0:
+            assert r["n_eval"] < r["n_eval_labelled"]
         if r["fraction"] == 1.0:  # all labelled train users, not train + test
             assert r["n_train"] == labelled_train < labelled_train + r["n_test"]
         else:
