@@ -654,7 +654,14 @@ def evaluate_runs(
     if write:
         if out_dir is None:
             raise ValueError("write=True needs an out_dir.")
-        paths = report.write_report(rows, out_dir, baseline=baseline, compare=compare, title=title)
+        paths = report.write_report(
+            rows,
+            out_dir,
+            baseline=baseline,
+            compare=compare,
+            title=title,
+            protocol=settings.protocol(),
+        )
         logging.info("wrote %s", paths["markdown"])
     return rows
 

@@ -84,6 +84,7 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
     for name in models:
         assert f"| {name} |" in md, name
     assert "Relative improvement over `de`" in md
+    assert probes.selection_rule() in md  # the selection rule, stated once
     results = json.loads((out / "results.json").read_text())
     assert len(results["rows"]) == len(rows)
     for a in results["aggregates"]:
