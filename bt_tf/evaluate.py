@@ -5,10 +5,13 @@
 
 For every run: the encoder is restored from its latest checkpoint and frozen;
 train/eval/test users are embedded; linear probes (`bt_tf.probes`) are trained
-on a seeded fraction of TRAIN users' labels, their L2 strength and stopping
-epoch chosen on EVAL users, and scored once on TEST users. Writes
-`report.md`, `results.json` and PNG plots (`bt_tf.report.write_report`) to
-`--output_dir`.
+on a seeded fraction f of TRAIN users' labels, their L2 strength and stopping
+epoch chosen on the same fraction f of EVAL users (at least
+``--min_selection_users``; scarce labels are scarce for selection too), and
+scored once on TEST users. Probes start from the prior (majority-class)
+predictor and leave it only when a candidate beats it by more than
+``--probe_se_rule`` standard errors on those eval users. Writes `report.md`,
+`results.json` and PNG plots (`bt_tf.report.write_report`) to `--output_dir`.
 
 Tasks (labels from each user's future, i.e. the interactions after the
 history the encoder sees):
@@ -44,7 +47,8 @@ epoch was at most ~45 of the allowed 200). Measured on the synthetic default
 (6k users, 1.5k items; 5 fractions x 3 seeds x 4 tasks = 60 probes per model)
 on 2 heavily shared CPU cores: ~2-3 min per trained model or the untrained
 encoder, ~13 min for the bag-of-items floor (its next-item probe is a sparse
-[1.5k x 1.5k] softmax), ~24 min in all. Cheaper: fewer ``--label_fractions``
+[1.5k x 1.5k] softmax), ~24 min in all (measured with a 4-value L2 grid; the default grid now has 6
+values, trained jointly, so expect up to ~1.5x). Cheaper: fewer ``--label_fractions``
 or ``--seeds``, ``--l2_grid=1e-3``, ``--probe_max_epochs=30``,
 ``--bag_projection_above=1000`` (a dense random projection of the bag), or
 ``--no-floors`` when the floors are already known. Results are cached per
@@ -115,8 +119,11 @@ class EvalSettings:
     """Everything that changes a probe result besides the model and (task, fraction, seed).
 
     Attributes:
-        l2_grid: probe L2 strengths, strongest first (chosen on eval).
+        l2_grid: probe L2 strengths (chosen on eval; see `probes.train_softmax_probe`).
         probe_max_epochs, probe_patience, probe_min_epochs: probe early stopping.
+        probe_se_rule: selection slack in standard errors (`probes.DEFAULT_SE_RULE`).
+        min_selection_users: at fraction f, selection uses f of the eval users
+            but at least this many (`probes.sample_selection_users`).
         exclude_history: remove history items from the next-item ranking.
         k: cutoff of HR@k / NDCG@k.
         liked_threshold: a future rating >= this is "liked".
@@ -130,6 +137,8 @@ class EvalSettings:
     probe_max_epochs: int = 200
     probe_patience: int = 5
     probe_min_epochs: int = 10
+    probe_se_rule: float = probes.DEFAULT_SE_RULE
+    min_selection_users: int = probes.MIN_SELECTION_USERS
     exclude_history: bool = True
     k: int = 10
     liked_threshold: float = 4.0
@@ -143,7 +152,12 @@ class EvalSettings:
             max_epochs=self.probe_max_epochs,
             patience=self.probe_patience,
             min_epochs=min(self.probe_min_epochs, self.probe_max_epochs),
+            se_rule=self.probe_se_rule,
         )
+
+    def protocol(self) -> str:
+        """The selection rule in one sentence, for the report."""
+        return probes.selection_rule(self.min_selection_users, self.probe_se_rule)
 
 
 # --------------------------------------------------------------------------
@@ -438,6 +452,7 @@ def evaluate_features(
                     history=data.history,
                     exclude_history=settings.exclude_history,
                     k=settings.k,
+                    min_selection_users=settings.min_selection_users,
                     probe_kwargs=settings.probe_kwargs(),
                 )
                 new = [dict(r, **(extra or {})) for r in new]
@@ -639,7 +654,14 @@ def evaluate_runs(
     if write:
         if out_dir is None:
             raise ValueError("write=True needs an out_dir.")
-        paths = report.write_report(rows, out_dir, baseline=baseline, compare=compare, title=title)
+        paths = report.write_report(
+            rows,
+            out_dir,
+            baseline=baseline,
+            compare=compare,
+            title=title,
+            protocol=settings.protocol(),
+        )
         logging.info("wrote %s", paths["markdown"])
     return rows
 
@@ -678,6 +700,19 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe_patience", type=int, default=d.probe_patience)
     parser.add_argument("--probe_min_epochs", type=int, default=d.probe_min_epochs)
     parser.add_argument(
+        "--probe_se_rule",
+        type=float,
+        default=d.probe_se_rule,
+        help="probe selection: the simplest candidate within this many standard errors "
+        "of the best wins (0 = plain argmax)",
+    )
+    parser.add_argument(
+        "--min_selection_users",
+        type=int,
+        default=d.min_selection_users,
+        help="at label fraction f, probes are selected on f of the eval users, at least this many",
+    )
+    parser.add_argument(
         "--exclude_history", default=d.exclude_history, action=argparse.BooleanOptionalAction
     )
     parser.add_argument("--k", type=int, default=d.k, help="HR@k / NDCG@k cutoff")
@@ -696,6 +731,8 @@ def settings_from_flags(args: argparse.Namespace) -> EvalSettings:
         probe_max_epochs=args.probe_max_epochs,
         probe_patience=args.probe_patience,
         probe_min_epochs=args.probe_min_epochs,
+        probe_se_rule=args.probe_se_rule,
+        min_selection_users=args.min_selection_users,
         exclude_history=args.exclude_history,
         k=args.k,
         liked_threshold=args.liked_threshold,

@@ -7,6 +7,12 @@ the sample standard deviation (ddof=1; 0 with one seed). NaN values (e.g. an
 AUC on a one-class test set) are left out and shown as "n/a" when no value
 remains. The paper states gains as relative improvement of a model ``m`` over
 the baseline ``b``: ``(m - b) / b`` in percent, computed on the seed means.
+
+Floors (`FLOORS`: majority class, popularity, bag-of-items, untrained encoder)
+are the last rows of every table, so each learned model is read beside them;
+a learned model whose mean is below a floor's mean at that fraction is marked
+`BELOW_FLOOR` and the footnote under the table names the floor (every metric
+here is higher-is-better). `below_floors` lists those cells.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ import numpy as np
 
 __all__ = [
     "FLOORS",
+    "BELOW_FLOOR",
+    "is_floor",
+    "below_floors",
     "aggregate",
     "relative_improvement",
     "write_report",
@@ -29,8 +38,20 @@ __all__ = [
     "plot_batch_size_ablation",
 ]
 
-# Models drawn and listed after the learned ones.
+# Models drawn and listed after the learned ones ("untrained(<run>)" counts as "untrained").
 FLOORS = ("untrained", "bag_of_items", "majority", "popularity")
+BELOW_FLOOR = "▼"  # marks a learned model's cell whose mean is below a floor's
+
+
+def is_floor(model: str) -> bool:
+    """A floor: a name of `FLOORS`, or ``untrained(<run>)`` (one untrained encoder
+    per architecture when runs differ)."""
+    return model in FLOORS or model.startswith("untrained(")
+
+
+def _floor_rank(model: str) -> tuple[int, str]:
+    base = "untrained" if model.startswith("untrained(") else model
+    return FLOORS.index(base), model
 
 
 def _finite(values: Iterable[float]) -> list[float]:
@@ -80,10 +101,46 @@ def relative_improvement(model_mean: float, baseline_mean: float) -> float:
 
 def _model_order(models: Iterable[str], baseline: str, compare: Sequence[str]) -> list[str]:
     models = set(models)
-    head = [m for m in (*compare, baseline) if m in models]
-    floors = [m for m in FLOORS if m in models]
+    floors = sorted((m for m in models if is_floor(m)), key=_floor_rank)
+    head = [m for m in (*compare, baseline) if m in models and not is_floor(m)]
     rest = sorted(models - set(head) - set(floors))
     return head + rest + floors
+
+
+def below_floors(aggs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Learned-model cells whose mean is below a floor's mean at the same
+    (task, metric, fraction).
+
+    Args:
+      aggs: `aggregate` output.
+
+    Returns:
+      ``[{"task", "metric", "fraction", "model", "mean", "floors": {floor:
+      mean}}]`` in ``aggs`` order; ``floors`` holds every floor above the
+      model, highest first. NaN means are never flagged.
+    """
+    floors: dict[tuple, dict[str, float]] = collections.defaultdict(dict)
+    for a in aggs:
+        if is_floor(a["model"]) and math.isfinite(a["mean"]):
+            floors[(a["task"], a["metric"], a["fraction"])][a["model"]] = a["mean"]
+    out = []
+    for a in aggs:
+        if is_floor(a["model"]) or not math.isfinite(a["mean"]):
+            continue
+        here = floors.get((a["task"], a["metric"], a["fraction"]), {})
+        above = sorted(((v, f) for f, v in here.items() if a["mean"] < v), reverse=True)
+        if above:
+            out.append(
+                dict(
+                    task=a["task"],
+                    metric=a["metric"],
+                    fraction=a["fraction"],
+                    model=a["model"],
+                    mean=a["mean"],
+                    floors={f: v for v, f in above},
+                )
+            )
+    return out
 
 
 def _fraction_label(f: float) -> str:
@@ -117,20 +174,31 @@ def write_report(
     baseline: str = "de",
     compare: Sequence[str] = ("bt", "bt+de"),
     title: str = "Downstream evaluation",
+    protocol: str | None = None,
 ) -> dict[str, str]:
     """Writes ``report.md``, ``results.json`` and ``metrics_vs_fraction.png``.
 
-    ``report.md`` has, per task and metric, a table (rows = models, columns =
-    label fractions, cells "mean ± std") and, when ``baseline`` is present, the
+    ``report.md`` states the selection protocol (``protocol``, default
+    `bt_tf.probes.selection_rule` with its defaults) and has, per task and
+    metric, a table (rows = models then floors, columns = label fractions,
+    cells "mean ± std", `BELOW_FLOOR` on a learned model below a floor, with
+    a footnote naming the floor) and, when ``baseline`` is present, the
     relative improvement of each ``compare`` model over it. ``results.json``
-    holds the raw rows, the aggregates and the improvements (NaN -> null).
+    holds the raw rows, the aggregates, the improvements and the
+    below-floor cells (`below_floors`) (NaN -> null).
 
     Returns ``{"markdown": path, "json": path, "plot": path}``.
     """
     if not rows:
         raise ValueError("write_report got no rows; run the evaluation first.")
+    if protocol is None:
+        from bt_tf import probes  # TensorFlow is loaded with bt_tf anyway
+
+        protocol = probes.selection_rule()
     os.makedirs(out_dir, exist_ok=True)
     aggs = aggregate(rows)
+    flagged = below_floors(aggs)
+    flags = {(b["task"], b["metric"], b["model"], b["fraction"]): b for b in flagged}
     by_key = {(a["task"], a["metric"], a["model"], a["fraction"]): a for a in aggs}
     tasks = list(dict.fromkeys(r["task"] for r in rows))  # first-seen order
     improvements = []
@@ -139,9 +207,15 @@ def write_report(
         f"# {title}",
         "",
         f"Mean ± std (ddof=1) over seeds (seeds per cell: {', '.join(map(str, n_seeds))}); "
-        "probes trained on the given fraction of train users' labels, selected on eval "
-        "users, scored on test users. Relative improvement = (m − b) / b on the means, "
-        f"b = `{baseline}`.",
+        "probes trained on the given fraction of train users' labels, selected on the "
+        "same fraction of eval users, scored on test users. Relative improvement = "
+        f"(m − b) / b on the means, b = `{baseline}`.",
+        "",
+        protocol,
+        "",
+        "Floors (" + ", ".join(f"`{f}`" for f in FLOORS) + ") are the last rows of every "
+        f"table; {BELOW_FLOOR} marks a learned model whose mean is below a floor's mean at "
+        "that fraction, and the note under the table names the floor.",
         "",
     ]
     for task in tasks:
@@ -157,13 +231,22 @@ def write_report(
                 "| model | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
                 "|---" * (len(fractions) + 1) + "|",
             ]
+            notes = []
             for m in models:
                 vals = []
                 for f in fractions:
                     a = by_key.get((task, metric, m, f))
-                    vals.append(_cell(a["mean"], a["std"]) if a else "")
+                    cell = _cell(a["mean"], a["std"]) if a else ""
+                    b = flags.get((task, metric, m, f))
+                    if b:
+                        cell += f" {BELOW_FLOOR}"
+                        below = ", ".join(f"`{fl}` {v:.4f}" for fl, v in b["floors"].items())
+                        notes.append(f"`{m}` at {_fraction_label(f)} ({b['mean']:.4f}) < {below}")
+                    vals.append(cell)
                 lines.append(f"| {m} | " + " | ".join(vals) + " |")
             lines.append("")
+            if notes:
+                lines += [f"{BELOW_FLOOR} below a floor: " + "; ".join(notes) + ".", ""]
             present = [c for c in compare if c in models and c != baseline]
             if baseline in models and present:
                 lines += [
@@ -211,6 +294,8 @@ def write_report(
                     "rows": [dict(r) for r in rows],
                     "aggregates": aggs,
                     "relative_improvement": improvements,
+                    "below_floor": flagged,
+                    "protocol": protocol,
                 }
             ),
             f,
@@ -254,7 +339,7 @@ def plot_metric_vs_fraction(
             x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
             ax.errorbar(
                 x, y, yerr=e, marker="o", ms=3, capsize=3, label=m, color=colors[m],
-                linestyle="--" if m in FLOORS else "-",
+                linestyle="--" if is_floor(m) else "-",
             )  # fmt: skip
         fractions = sorted({a["fraction"] for a in cells})
         ax.set_xscale("log")

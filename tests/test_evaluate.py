@@ -84,6 +84,7 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
     for name in models:
         assert f"| {name} |" in md, name
     assert "Relative improvement over `de`" in md
+    assert probes.selection_rule() in md  # the selection rule, stated once
     results = json.loads((out / "results.json").read_text())
     assert len(results["rows"]) == len(rows)
     for a in results["aggregates"]:
@@ -117,7 +118,12 @@ def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
         expected = probes.sample_label_fraction(y["train"], r["fraction"], r["seed"]).size
         assert r["n_train"] == expected  # drawn from the train split's labels only
         assert r["n_test"] == int(np.sum(y["test"] >= 0))
-        assert r["n_eval"] == int(np.sum(y["eval"] >= 0))
+        # Selection sees the same fraction of eval labels (at least the minimum),
+        # not all of them (the old rule, changed on purpose).
+        selection = probes.sample_selection_users(y["eval"], r["fraction"], r["seed"])
+        assert r["n_eval"] == selection.size and r["n_eval_labelled"] == np.sum(y["eval"] >= 0)
+        if r["fraction"] < 1.0:
+            assert r["n_eval"] < r["n_eval_labelled"]
         if r["fraction"] == 1.0:  # all labelled train users, not train + test
             assert r["n_train"] == labelled_train < labelled_train + r["n_test"]
         else:

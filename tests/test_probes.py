@@ -65,6 +65,51 @@ def test_unstratified_sample_size():
 
 
 # --------------------------------------------------------------------------
+# sample_selection_users: the eval users that select a probe
+# --------------------------------------------------------------------------
+
+EVAL_LABELS = np.random.default_rng(6).permutation(
+    np.array([0] * 120 + [1] * 50 + [2] * 20 + [3] * 6 + [4] * 4 + [-1] * 10)
+)  # 200 labelled eval users in 5 classes, 10 unknown
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05, 0.1, 0.25, 1.0])
+def test_selection_sample_size_is_the_fraction_with_a_minimum(fraction):
+    idx = probes.sample_selection_users(EVAL_LABELS, fraction, seed=0)
+    assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0)
+    assert np.all(EVAL_LABELS[idx] >= 0)  # -1 never taken
+    # k = min(200, max(10, floor(f * 200 + 0.5))): 1% -> 2 -> the minimum 10;
+    # 5% -> 10; 10% -> 20; 25% -> 50; 100% -> all 200.
+    expected = {0.01: 10, 0.05: 10, 0.1: 20, 0.25: 50, 1.0: 200}[fraction]
+    assert idx.size == expected
+    # Stratified without an at-least-one-per-class rule: class c gets k * n_c / n
+    # within +-1 (at 10%: 12, 5, 2, 0.6, 0.4).
+    counts = np.bincount(EVAL_LABELS[idx], minlength=5)
+    for c, n_c in enumerate((120, 50, 20, 6, 4)):
+        assert abs(counts[c] - expected * n_c / 200) < 1, (c, counts)
+
+
+def test_selection_sample_seeded_nested_and_apart_from_the_train_sample():
+    a = probes.sample_selection_users(EVAL_LABELS, 0.25, seed=3)
+    np.testing.assert_array_equal(a, probes.sample_selection_users(EVAL_LABELS, 0.25, seed=3))
+    assert not np.array_equal(a, probes.sample_selection_users(EVAL_LABELS, 0.25, seed=4))
+    assert set(probes.sample_selection_users(EVAL_LABELS, 0.1, seed=3)) <= set(a)  # nested
+    # Its own random stream: not the train sampler's draw on the same array.
+    train_like = probes.sample_label_fraction(EVAL_LABELS, 0.25, seed=3)
+    assert not np.array_equal(a, train_like)
+    # Unstratified (next item, liked item): uniform over labelled users.
+    flat = np.where(EVAL_LABELS >= 0, 0, -1)
+    u = probes.sample_selection_users(flat, 0.1, seed=3, stratify=False)
+    assert u.size == 20 and np.all(flat[u] == 0)
+    assert probes.sample_selection_users(flat, 0.1, seed=3, stratify=False, min_users=50).size == 50
+    assert probes.sample_selection_users(flat[:7], 0.1, seed=3).size == 7  # fewer than the min
+    with pytest.raises(ValueError, match="fraction"):
+        probes.sample_selection_users(flat, 1.5, seed=0)
+    with pytest.raises(ValueError, match="min_users"):
+        probes.sample_selection_users(flat, 0.5, seed=0, min_users=0)
+
+
+# --------------------------------------------------------------------------
 # Label derivation and features
 # --------------------------------------------------------------------------
 
@@ -163,8 +208,9 @@ def test_l2_is_selected_on_eval_not_test():
     # eval prefers a probe that ignores the features: the strong penalty (10.0)
     # shrinks W to ~0 and predicts the majority class 0 -> eval accuracy ~0.3,
     # while the weak one (1e-4) fits -> ~0.0 on flipped eval but ~1.0 on a test
-    # set drawn like train. Selection must follow eval: l2 = 10.0. The weak value
-    # comes first in the grid, so it is not the tie-break that picks 10.0.
+    # set drawn like train. Selection must follow eval: l2 = 10.0 (or the prior
+    # predictor, reported as the strongest L2 at epoch 0). The grid is given
+    # weak-first; the probe sorts it strongest-first.
     x_tr, y_tr = _clusters(400, seed=1, num_classes=2, sep=3.0, weights=[0.7, 0.3])
     x_ev, y_ev = _clusters(300, seed=2, num_classes=2, sep=3.0, weights=[0.7, 0.3])
     x_te, y_te = _clusters(300, seed=3, num_classes=2, sep=3.0, weights=[0.7, 0.3])
@@ -175,11 +221,115 @@ def test_l2_is_selected_on_eval_not_test():
     assert probe.l2 == 10.0, probe.selection
     by_l2 = {s["l2"]: s["eval_metric"] for s in probe.selection}
     assert by_l2[10.0] > by_l2[1e-4]
-    # The recorded eval metric is the final probe's accuracy on eval.
-    assert probe.eval_metric == pytest.approx(metrics.accuracy(1 - y_ev, probe.predict(x_ev)))
+    # The recorded eval metric is the final probe's mean log-likelihood of the eval
+    # labels (the default select metric; it was accuracy before selection moved to
+    # a proper scoring rule).
+    z = probe.predict_scores(x_ev).astype(np.float64)
+    loglik = z[np.arange(len(y_ev)), 1 - y_ev] - np.log(np.exp(z).sum(axis=1))
+    assert probe.eval_metric == pytest.approx(loglik.mean(), rel=1e-5)
+    assert [s["l2"] for s in probe.selection] == [10.0, 1e-4]
     # On test the other L2 would have won (it separates the clusters); the chosen
     # probe is no better than majority there.
     assert metrics.accuracy(y_te, probe.predict(x_te)) < 0.8
+
+
+# 8 classes with an imbalanced prior (majority 0.5) and 64-d features.
+PRIOR_8 = np.array([0.5, 0.2, 0.1, 0.06, 0.05, 0.04, 0.03, 0.02])
+
+
+def _prior_world(signal: float, *, seed: int = 0, sizes=(750, 100, 1000), d: int = 64):
+    """ML-100K-sized splits (750 train, 100 eval users): labels drawn from `PRIOR_8`,
+    features Gaussian noise plus ``signal`` times a fixed class centre."""
+    centres = np.random.default_rng(7).normal(size=(PRIOR_8.size, d))
+    rng = np.random.default_rng(seed)
+    emb, y = {}, {}
+    for split, n in zip(("train", "eval", "test"), sizes):
+        y[split] = rng.choice(PRIOR_8.size, n, p=PRIOR_8)
+        emb[split] = (rng.normal(size=(n, d)) + signal * centres[y[split]]).astype(np.float32)
+    return emb, {"favorite_genre": y}
+
+
+def _probe_vs_majority(emb, labels, fractions=probes.DEFAULT_FRACTIONS, seeds=(0, 1, 2)):
+    """{(fraction, seed): (probe accuracy, majority floor accuracy)} on test users."""
+    rows = probes.evaluate_embeddings(emb, labels, model="x", fractions=fractions, seeds=seeds)
+    floor = probes.majority_floor(labels, fractions=fractions, seeds=seeds)
+    acc = {(r["fraction"], r["seed"]): r["value"] for r in rows if r["metric"] == "accuracy"}
+    maj = {(r["fraction"], r["seed"]): r["value"] for r in floor if r["metric"] == "accuracy"}
+    return {key: (acc[key], maj[key]) for key in acc}
+
+
+def test_uninformative_embedding_scores_the_majority_class_at_every_fraction():
+    # Pure noise: nothing to learn, so the probe must come within noise of the
+    # majority floor (the prior predictor it starts from). Tolerance: 2 binomial
+    # standard errors of an accuracy near 0.5 on the 1000 test users
+    # (2 * sqrt(0.25 / 1000) = 0.032) + 0.01 slack. Before the prior bias, the
+    # strong-L2 grid, log-likelihood selection and the SE rule, a probe on noise
+    # picked by 10 eval users' accuracy scored as low as 0.26 against 0.46.
+    emb, labels = _prior_world(signal=0.0)
+    n_test = len(labels["favorite_genre"]["test"])
+    tolerance = 2 * np.sqrt(0.25 / n_test) + 0.01
+    for (fraction, seed), (acc, majority) in _probe_vs_majority(emb, labels).items():
+        assert abs(acc - majority) <= tolerance, (fraction, seed, acc, majority)
+
+
+def test_informative_embedding_still_beats_the_majority_class():
+    # The same labels with class-dependent features: the strong end of the grid and
+    # the SE rule must not stop the probe from learning once labels suffice
+    # (measured: ~0.68 at 25% and ~0.76 at 100% vs majority ~0.5).
+    emb, labels = _prior_world(signal=0.3)
+    got = _probe_vs_majority(emb, labels, fractions=(0.25, 1.0))
+    for fraction in (0.25, 1.0):
+        for seed in (0, 1, 2):
+            acc, majority = got[(fraction, seed)]
+            assert acc > majority + 0.1, (fraction, seed, acc, majority)
+
+
+def test_log_prior_bias_and_the_prior_predictor():
+    # Hand case: counts [2, 1, 0] + 0.5 -> [2.5, 1.5, 0.5] / 4.5.
+    np.testing.assert_allclose(
+        probes.log_prior(np.array([0, 0, 1]), 3), np.log([2.5 / 4.5, 1.5 / 4.5, 0.5 / 4.5]),
+        rtol=1e-6,
+    )  # fmt: skip
+    # A selection rule no candidate can beat leaves the probe at epoch 0: zero
+    # weights and the log prior of the TRAIN labels as bias, so it predicts their
+    # majority class (here class 1) for everyone.
+    x, _ = _clusters(60, seed=1)
+    y = np.array([1] * 30 + [0] * 20 + [2] * 10)
+    probe = probes.train_softmax_probe(x, y, x, y, 4, se_rule=1e9, **FAST)
+    assert probe.best_epoch == 0 and probe.l2 == max(probes.DEFAULT_L2_GRID)
+    assert not probe.weights.any()
+    np.testing.assert_allclose(probe.bias, probes.log_prior(y, 4), rtol=1e-6)
+    assert set(probe.predict(x)) == {1}
+    assert probe.eval_metric == probe.prior_eval_metric < probe.best_eval_metric
+    with pytest.raises(ValueError, match="prior_smoothing"):
+        probes.train_softmax_probe(x, y, x, y, 4, prior_smoothing=0.0)
+
+
+def test_strongest_l2_drives_the_weights_to_about_zero():
+    # l2 multiplies the SUM of squared weights and the cross-entropy is a MEAN,
+    # so at l2 = 10 the optimum is |W| ~ |grad CE| / 20: on noise features the
+    # trained weights barely move the logits, while l2 = 1e-4 fits the noise.
+    # A select metric that grows with every call prefers each later epoch, so the
+    # probe returns the weights of its last (60th) epoch. (Adam's first step moves
+    # every weight by the learning rate; the penalty pulls them back within ~40
+    # epochs: logit spread 0.47 at epoch 1, 0.02 at epoch 60, measured.)
+    emb, labels = _prior_world(signal=0.0)
+    x, y = emb["train"][:200], labels["favorite_genre"]["train"][:200]
+    spread = {}
+    for l2 in (10.0, 1e-4):
+        calls = iter(range(1, 1 << 30))
+
+        def later_is_better(scores, rows):
+            return np.full(len(rows), float(next(calls)))
+
+        probe = probes.train_softmax_probe(
+            x, y, emb["eval"], labels["favorite_genre"]["eval"], 8, l2_grid=(l2,), se_rule=0.0,
+            max_epochs=60, patience=60, select_metric=later_is_better, seed=0,
+        )  # fmt: skip
+        assert probe.best_epoch == 60
+        logits = emb["test"] @ probe.weights  # the part of the logits the features give
+        spread[l2] = float(np.std(logits, axis=0).max())
+    assert spread[10.0] < 0.05 and spread[1e-4] > 1.0, spread
 
 
 def test_sparse_bag_of_items_probe_learns_genre():
@@ -282,6 +432,50 @@ def test_evaluate_embeddings_rows_and_learning():
     assert get[("favorite_genre", "accuracy", 1.0, 0)] > 0.8
     assert get[("next_item", "hr@10", 1.0, 0)] > 0.6
     assert get[("liked_item", "auc", 1.0, 0)] > 0.8
+
+
+def test_selection_sees_only_the_fraction_of_eval_labels_on_every_task():
+    """At fraction f the probe is selected on ~f of the eval labels: the row counts
+    say so, and scrambling every eval label OUTSIDE that sample changes nothing."""
+    w, num_items = _synthetic_world()
+    labels = {"favorite_genre": w["fav"], "next_item": w["next"], "liked_item": w["liked"]}
+    kw = dict(
+        model="bt", seeds=(0,), num_items=num_items, item_emb=w["item_emb"],
+        history=w["hist"], probe_kwargs=FAST,
+    )  # fmt: skip
+    fractions = (0.05, 0.25)
+    rows = probes.evaluate_embeddings(w["emb"], labels, fractions=fractions, **kw)
+    n_eval_users = len(w["fav"]["eval"])  # 90; every eval user has a next item and 2 pairs
+    for r in rows:
+        labelled = r.get("n_eval_users_labelled", r["n_eval_labelled"])
+        used = r.get("n_eval_users", r["n_eval"])
+        budget = max(probes.MIN_SELECTION_USERS, np.floor(r["fraction"] * labelled + 0.5))
+        assert used == budget < labelled <= n_eval_users, r  # 10 of ~86-90, then ~22
+        if r["task"] == "liked_item":
+            assert r["n_eval"] == 2 * used  # all pairs of the sampled users, no more
+    # Scramble what the selection must not see: the eval embeddings of users outside
+    # the selection samples of every (task, fraction), and their next-item
+    # targets and liked labels. Every row stays identical. (Class labels outside
+    # the sample are kept: stratifying by class reads them to form the strata.)
+    rng = np.random.default_rng(1)
+    inside = np.zeros(n_eval_users, dtype=bool)
+    known = np.zeros(n_eval_users, dtype=np.int64)  # all have a next item and pairs
+    for f in fractions:
+        inside[probes.sample_selection_users(w["fav"]["eval"], f, 0)] = True
+        inside[probes.sample_selection_users(known, f, 0, stratify=False)] = True
+    assert 0 < inside.sum() < n_eval_users
+    emb = {**w["emb"], "eval": np.where(inside[:, None], w["emb"]["eval"], 0.0)}
+    emb["eval"][~inside] = rng.normal(size=(int((~inside).sum()), 8))
+    nxt = np.where(inside, w["next"]["eval"], rng.integers(3, num_items, n_eval_users))
+    p = w["liked"]["eval"]
+    flip = ~inside[p.user_index]
+    liked = probes.Pairs(p.user_index, p.item_ids, np.where(flip, 1 - p.labels, p.labels))
+    scrambled = {
+        "favorite_genre": w["fav"],
+        "next_item": {**w["next"], "eval": nxt},
+        "liked_item": {**w["liked"], "eval": liked},
+    }
+    assert probes.evaluate_embeddings(emb, scrambled, fractions=fractions, **kw) == rows
 
 
 def test_evaluate_embeddings_needs_history_when_excluding():

@@ -115,3 +115,82 @@ def test_empty_rows_and_missing_fields_raise(tmp_path):
         report.write_report([], str(tmp_path))
     with pytest.raises(ValueError, match="lacks"):
         report.aggregate([{"model": "bt", "task": "t", "metric": "m", "value": 1.0}])
+
+
+def _floor_rows():
+    """Hand-made results, 2 seeds with equal values (std 0), floors beside each task.
+
+    favorite_genre accuracy:   1%     100%
+        majority             0.50    0.50
+        bag_of_items         0.45    0.60
+        untrained            0.42    0.44
+        bt                   0.48 ▼  0.65      (< majority at 1%)
+        bt+de                0.40 ▼  0.70      (< majority, bag_of_items, untrained at 1%)
+        de                   0.52    0.55 ▼    (< bag_of_items at 100%)
+    next_item hr@10 at 100%: popularity 0.04, bt 0.03 ▼, de 0.05.
+    liked_item auc at 100%: untrained(bt) 0.60 (a per-architecture floor), bt 0.55 ▼,
+    bt@b32 (an ablation run: learned, not a floor) 0.58 ▼, majority 0.50.
+    """
+    table = {
+        ("favorite_genre", "accuracy", 0.01): dict(
+            majority=0.5, bag_of_items=0.45, untrained=0.42, bt=0.48, de=0.52, **{"bt+de": 0.4}
+        ),
+        ("favorite_genre", "accuracy", 1.0): dict(
+            majority=0.5, bag_of_items=0.6, untrained=0.44, bt=0.65, de=0.55, **{"bt+de": 0.7}
+        ),
+        ("next_item", "hr@10", 1.0): dict(popularity=0.04, bt=0.03, de=0.05),
+        ("liked_item", "auc", 1.0): {
+            "untrained(bt)": 0.6,
+            "bt": 0.55,
+            "bt@b32": 0.58,
+            "majority": 0.5,
+        },
+    }
+    return [
+        dict(model=m, task=t, metric=k, fraction=f, seed=s, value=v)
+        for (t, k, f), models in table.items()
+        for m, v in models.items()
+        for s in (0, 1)
+    ]
+
+
+def test_floors_beside_every_table_and_learned_models_below_a_floor_are_flagged(tmp_path):
+    assert report.is_floor("majority") and report.is_floor("untrained(bt)")
+    assert not report.is_floor("bt") and not report.is_floor("bt@b32")
+    paths = report.write_report(_floor_rows(), str(tmp_path), protocol="THE RULE.")
+    md = open(paths["markdown"]).read()
+    assert "THE RULE." in md  # the selection rule is stated
+    fav = md.split("## favorite_genre")[1].split("## next_item")[0]
+    # Floors are rows of the same table, after the learned models.
+    order = ["| bt |", "| bt+de |", "| de |", "| untrained |", "| bag_of_items |", "| majority |"]
+    assert [fav.index(r) for r in order] == sorted(fav.index(r) for r in order)
+    assert "| bt | 0.480 ± 0.000 ▼ | 0.650 ± 0.000 |" in fav
+    assert "| bt+de | 0.400 ± 0.000 ▼ | 0.700 ± 0.000 |" in fav
+    assert "| de | 0.520 ± 0.000 | 0.550 ± 0.000 ▼ |" in fav
+    # Floors are never flagged (majority 0.5 < bag_of_items 0.6 at 100%).
+    assert "| majority | 0.500 ± 0.000 | 0.500 ± 0.000 |" in fav
+    # The note under the table names the floor(s), highest first.
+    assert (
+        "▼ below a floor: `bt` at 1% (0.4800) < `majority` 0.5000; "
+        "`bt+de` at 1% (0.4000) < `majority` 0.5000, `bag_of_items` 0.4500, "
+        "`untrained` 0.4200; `de` at 100% (0.5500) < `bag_of_items` 0.6000." in fav
+    )
+    nxt = md.split("## next_item")[1].split("## liked_item")[0]
+    assert "| bt | 0.030 ± 0.000 ▼ |" in nxt and "| de | 0.050 ± 0.000 |" in nxt
+    assert "`bt` at 100% (0.0300) < `popularity` 0.0400." in nxt
+    liked = md.split("## liked_item")[1]
+    assert liked.index("| bt@b32 |") < liked.index("| untrained(bt) |")
+    assert "| bt@b32 | 0.580 ± 0.000 ▼ |" in liked and "| untrained(bt) | 0.600 ± 0.000 |" in liked
+    # The same cells in results.json.
+    res = json.load(open(paths["json"]))
+    flagged = {(b["task"], b["model"], b["fraction"]): b["floors"] for b in res["below_floor"]}
+    assert flagged == {
+        ("favorite_genre", "bt", 0.01): {"majority": 0.5},
+        ("favorite_genre", "bt+de", 0.01): {"majority": 0.5, "bag_of_items": 0.45,
+                                            "untrained": 0.42},
+        ("favorite_genre", "de", 1.0): {"bag_of_items": 0.6},
+        ("next_item", "bt", 1.0): {"popularity": 0.04},
+        ("liked_item", "bt", 1.0): {"untrained(bt)": 0.6},
+        ("liked_item", "bt@b32", 1.0): {"untrained(bt)": 0.6},
+    }  # fmt: skip
+    assert res["protocol"] == "THE RULE."

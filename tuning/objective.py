@@ -15,11 +15,17 @@ Objectives (``kind`` -> metric name reported to KerasTuner, higher is better):
 * ``next_item`` -> ``eval_next_item_hr@10``: the first future item over the
   full catalog (history items excluded), a softmax probe
   (`bt_tf.probes.train_softmax_probe`) on train users whose L2 and stopping
-  epoch are selected by eval HR@10; the score is that selected eval HR@10
-  (slightly optimistic, equally so for every trial).
+  epoch are selected by eval HR@10 (the probes' standard-error rule, starting
+  from the prior predictor); the score is that selected eval HR@10 (slightly
+  optimistic, equally so for every trial).
 * ``liked_item`` -> ``eval_liked_item_auc``: future rating >= 4 for (user,
   item) pairs, `bt_tf.probes.train_pair_probe` with the encoder's item
-  embeddings (L2 and epoch selected by eval accuracy), AUC on eval pairs.
+  embeddings (L2 and epoch selected by the eval log-likelihood, the probes'
+  default), AUC on eval pairs.
+
+Every objective uses all train and all eval labels (a 100% label fraction), so
+the scarce-label selection rule of `bt_tf.evaluate` (selection on the same
+fraction of eval users) is met trivially here.
 """
 
 from __future__ import annotations
