@@ -206,6 +206,49 @@ def test_saved_model_cli_lists_the_signatures(exported):
     # (An export without item_embeddings has no `recommend`: see the atomic test.)
 
 
+def _replay_warmup(export_dir):
+    """{signature: (request inputs as numpy, outputs)}: each warmup request run on the reload."""
+    loaded = ex.load_export(export_dir)
+    replies = {}
+    for log in ex.read_warmup_requests(export_dir):
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        name = request.model_spec.signature_name
+        assert name not in replies, f"two warmup requests for {name}"
+        inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+        outputs = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        replies[name] = (inputs, {k: v.numpy() for k, v in outputs.items()})
+    return loaded, replies
+
+
+def test_warmup_requests_replay_against_every_signature(exported):
+    assert os.path.isfile(
+        os.path.join(exported["dir"], "assets.extra", "tf_serving_warmup_requests")
+    )
+    loaded, replies = _replay_warmup(exported["dir"])
+    assert sorted(replies) == sorted(loaded.signatures) == ["recommend", "serving_default"]
+    inputs, outputs = replies["serving_default"]
+    rows = inputs["item_ids"]
+    assert list(inputs) == ["item_ids"] and rows.shape == (ex.WARMUP_ROWS, 3)
+    assert rows.tolist()[1][1:] == [b"", b""]  # padding is part of the warmup
+    assert sorted(outputs) == ["user_embedding"]
+    assert outputs["user_embedding"].shape == (ex.WARMUP_ROWS, DIM)
+    text_rows = [[v.decode() for v in row] for row in rows]
+    want = _embed(exported["encoder"], _to_ids(text_rows))
+    np.testing.assert_allclose(outputs["user_embedding"], want, atol=1e-5)
+    inputs, outputs = replies["recommend"]
+    assert inputs["item_ids"].tolist() == rows.tolist()
+    assert outputs["item_ids"].shape == outputs["scores"].shape == (ex.WARMUP_ROWS, K)
+    assert outputs["item_ids"].dtype == object and outputs["scores"].dtype == np.float32
+
+
+def test_warmup_of_an_export_without_recommend_has_one_request(exported, tmp_path):
+    export_dir = ex.export_encoder(exported["encoder"], VOCAB, str(tmp_path / "e"), max_len=2)
+    loaded, replies = _replay_warmup(export_dir)
+    assert sorted(replies) == ["serving_default"]
+    assert replies["serving_default"][1]["user_embedding"].shape == (ex.WARMUP_ROWS, DIM)
+
+
 def test_export_is_atomic_and_replaces_a_previous_export(exported, tmp_path):
     export_dir = str(tmp_path / "export")
     # A crashed export left a partial .tmp behind.
