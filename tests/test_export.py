@@ -124,12 +124,19 @@ def exported(tmp_path_factory):
     request.write_text(json.dumps({"dir": export_dir, "batches": BATCHES}))
     loader = _start([sys.executable, "-c", _LOADER, str(request)])
     cli = _start([SAVED_MODEL_CLI, "show", "--dir", export_dir, "--all"])
+    # The README's `saved_model_cli run` call, verbatim but for the ids.
+    run = _start(
+        [SAVED_MODEL_CLI, "run", "--dir", export_dir, "--tag_set", "serve"]
+        + ["--signature_def", "serving_default"]
+        + ["--input_exprs", 'item_ids=[["item01","item02",""],["item03","",""]]']
+    )
     return {
         "encoder": encoder,
         "dir": export_dir,
         "item_embeddings": item_embeddings,
         "results": json.loads(_finish(loader).strip().splitlines()[-1]),
         "cli": _finish(cli),
+        "cli_run": _finish(run),
     }
 
 
@@ -204,6 +211,17 @@ def test_saved_model_cli_lists_the_signatures(exported):
     assert "inputs['item_ids']" in recommend
     assert "outputs['item_ids']" in recommend and "outputs['scores']" in recommend
     # (An export without item_embeddings has no `recommend`: see the atomic test.)
+
+
+def test_saved_model_cli_runs_the_serving_signature(exported):
+    out = exported["cli_run"]
+    assert "Result for output key user_embedding:" in out
+    values = (
+        out.split("Result for output key user_embedding:")[1].replace("[", " ").replace("]", " ")
+    )
+    got = np.array(values.split(), np.float32).reshape(2, DIM)
+    want = _embed(exported["encoder"], _to_ids([["item01", "item02", ""], ["item03", "", ""]]))
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def _replay_warmup(export_dir):
