@@ -26,6 +26,7 @@ setup(
         "scikit-learn>=1.4,<2",
         "matplotlib>=3.8,<4",
         "psutil>=5.9",
+        "tensorflow-serving-api>=2.21,<2.22",  # PredictionLog protos of the export's warmup file
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.5"]},
 )

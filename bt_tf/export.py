@@ -30,6 +30,12 @@ Input handling, identical in both signatures:
     ``max_len`` (the last ones), as `bt_tf.input` does for training;
   - a row with no real item gets the encoder's all-padding output (zeros).
 
+Extra files (``assets.extra/``, which TF Serving reads and never serves):
+``export_info.json`` (signatures, max_len, dim, vocab size, k) and
+``tf_serving_warmup_requests``, a TFRecord of ``PredictionLog`` records, one
+``PredictRequest`` per signature, that TF Serving replays when it loads the
+model (`write_warmup_requests`).
+
 Loading needs only TensorFlow (no bt_tf import)::
 
     loaded = tf.saved_model.load(export_dir)
@@ -72,6 +78,9 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 EXPORT_INFO_FILE = "assets.extra/export_info.json"  # SavedModel's place for extra files
+# TF Serving replays these PredictionLog records when it loads the model (SavedModel warmup).
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+WARMUP_ROWS = 2  # users per warmup request
 
 _INPUT_SPEC = tf.TensorSpec([None, None], tf.string, name=INPUT_KEY)
 _ITEM_TOWER = "item_tower"
@@ -261,8 +270,59 @@ def export_encoder(
     tf.io.gfile.makedirs(posixpath.dirname(posixpath.join(tmp, EXPORT_INFO_FILE)))
     with tf.io.gfile.GFile(posixpath.join(tmp, EXPORT_INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
+    write_warmup_requests(posixpath.join(tmp, WARMUP_FILE), sorted(signatures), vocab)
     _replace_dir(tmp, export_dir)
     return export_dir
+
+
+def warmup_batch(item_vocab: Sequence[str]) -> np.ndarray:
+    """A small request batch of real catalog ids: string ``[WARMUP_ROWS, 3]``, rows
+    of different lengths right-padded with ``""`` (so warmup also traces padding)."""
+    real = list(item_vocab[NUM_RESERVED:])
+    pick = [real[i % len(real)] for i in range(3)]
+    return np.array([pick, [pick[-1], "", ""]][:WARMUP_ROWS], dtype=object)
+
+
+def write_warmup_requests(path: str, signature_names: Sequence[str], item_vocab) -> str:
+    """Writes TF Serving's SavedModel warmup file: a TFRecord of
+    ``tensorflow_serving.apis.PredictionLog`` records, one ``PredictRequest`` per
+    signature (``model_spec.signature_name`` set, model name left empty so any
+    serving name matches), input ``item_ids`` = `warmup_batch(item_vocab)`.
+
+    TF Serving runs them once when it loads a version, so the first real request
+    does not pay for graph initialization. Returns `path`.
+    """
+    try:
+        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    except ImportError as err:  # declared in setup.py; only a broken install gets here
+        raise ImportError(
+            "Writing the TF Serving warmup file needs the tensorflow-serving-api package "
+            "(pip install 'tensorflow-serving-api>=2.21,<2.22')."
+        ) from err
+
+    batch = tf.make_tensor_proto(warmup_batch(item_vocab), dtype=tf.string)
+    with tf.io.TFRecordWriter(path) as writer:
+        for name in signature_names:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(signature_name=name)
+            )
+            request.inputs[INPUT_KEY].CopyFrom(batch)
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup_requests(export_dir: str) -> list:
+    """The warmup file of an export as a list of ``PredictionLog`` protos."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = posixpath.join(export_dir, WARMUP_FILE)
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(path)
+    ]
 
 
 def load_export(export_dir: str):

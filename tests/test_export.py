@@ -124,12 +124,19 @@ def exported(tmp_path_factory):
     request.write_text(json.dumps({"dir": export_dir, "batches": BATCHES}))
     loader = _start([sys.executable, "-c", _LOADER, str(request)])
     cli = _start([SAVED_MODEL_CLI, "show", "--dir", export_dir, "--all"])
+    # The README's `saved_model_cli run` call, verbatim but for the ids.
+    run = _start(
+        [SAVED_MODEL_CLI, "run", "--dir", export_dir, "--tag_set", "serve"]
+        + ["--signature_def", "serving_default"]
+        + ["--input_exprs", 'item_ids=[["item01","item02",""],["item03","",""]]']
+    )
     return {
         "encoder": encoder,
         "dir": export_dir,
         "item_embeddings": item_embeddings,
         "results": json.loads(_finish(loader).strip().splitlines()[-1]),
         "cli": _finish(cli),
+        "cli_run": _finish(run),
     }
 
 
@@ -204,6 +211,60 @@ def test_saved_model_cli_lists_the_signatures(exported):
     assert "inputs['item_ids']" in recommend
     assert "outputs['item_ids']" in recommend and "outputs['scores']" in recommend
     # (An export without item_embeddings has no `recommend`: see the atomic test.)
+
+
+def test_saved_model_cli_runs_the_serving_signature(exported):
+    out = exported["cli_run"]
+    assert "Result for output key user_embedding:" in out
+    values = (
+        out.split("Result for output key user_embedding:")[1].replace("[", " ").replace("]", " ")
+    )
+    got = np.array(values.split(), np.float32).reshape(2, DIM)
+    want = _embed(exported["encoder"], _to_ids([["item01", "item02", ""], ["item03", "", ""]]))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _replay_warmup(export_dir):
+    """{signature: (request inputs as numpy, outputs)}: each warmup request run on the reload."""
+    loaded = ex.load_export(export_dir)
+    replies = {}
+    for log in ex.read_warmup_requests(export_dir):
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        name = request.model_spec.signature_name
+        assert name not in replies, f"two warmup requests for {name}"
+        inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+        outputs = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        replies[name] = (inputs, {k: v.numpy() for k, v in outputs.items()})
+    return loaded, replies
+
+
+def test_warmup_requests_replay_against_every_signature(exported):
+    assert os.path.isfile(
+        os.path.join(exported["dir"], "assets.extra", "tf_serving_warmup_requests")
+    )
+    loaded, replies = _replay_warmup(exported["dir"])
+    assert sorted(replies) == sorted(loaded.signatures) == ["recommend", "serving_default"]
+    inputs, outputs = replies["serving_default"]
+    rows = inputs["item_ids"]
+    assert list(inputs) == ["item_ids"] and rows.shape == (ex.WARMUP_ROWS, 3)
+    assert rows.tolist()[1][1:] == [b"", b""]  # padding is part of the warmup
+    assert sorted(outputs) == ["user_embedding"]
+    assert outputs["user_embedding"].shape == (ex.WARMUP_ROWS, DIM)
+    text_rows = [[v.decode() for v in row] for row in rows]
+    want = _embed(exported["encoder"], _to_ids(text_rows))
+    np.testing.assert_allclose(outputs["user_embedding"], want, atol=1e-5)
+    inputs, outputs = replies["recommend"]
+    assert inputs["item_ids"].tolist() == rows.tolist()
+    assert outputs["item_ids"].shape == outputs["scores"].shape == (ex.WARMUP_ROWS, K)
+    assert outputs["item_ids"].dtype == object and outputs["scores"].dtype == np.float32
+
+
+def test_warmup_of_an_export_without_recommend_has_one_request(exported, tmp_path):
+    export_dir = ex.export_encoder(exported["encoder"], VOCAB, str(tmp_path / "e"), max_len=2)
+    loaded, replies = _replay_warmup(export_dir)
+    assert sorted(replies) == ["serving_default"]
+    assert replies["serving_default"][1]["user_embedding"].shape == (ex.WARMUP_ROWS, DIM)
 
 
 def test_export_is_atomic_and_replaces_a_previous_export(exported, tmp_path):
