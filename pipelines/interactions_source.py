@@ -36,7 +36,8 @@ Timestamps (`parse_time`), per value, so styles may be mixed in one file:
   magnitude: ``|t| < 1e11`` seconds, ``< 1e14`` milliseconds, ``< 1e17``
   microseconds, else nanoseconds (1e11 s is the year 5138; 1e11 ms is
   1973-03-03, so millisecond stamps before March 1973 would be read as
-  seconds); fractions are floored to whole seconds;
+  seconds); fractions are floored to whole seconds; a string of digits is
+  always Unix time (the ISO basic date ``20190314`` is not read as a date);
 * anything else must be ISO 8601 as Python's ``datetime.fromisoformat``
   reads it: ``2019-03-14``, ``2019-03-14 18:05:42``, ``2019-03-14T18:05:42.5Z``,
   ``...+02:00``; without a time zone it is UTC.
@@ -84,6 +85,7 @@ __all__ = [
     "ParquetPart",
     "RowParser",
     "attribute_classes",
+    "attribute_name",
     "attribute_names",
     "describe",
     "find_interaction_files",
