@@ -188,11 +188,25 @@ class EvalData:
     labels: dict[str, dict[str, Any]]
 
 
+def unavailable_tasks(artifact_dir: str) -> dict[str, str]:
+    """Default tasks the data cannot support -> why (own data without ratings or categories)."""
+    meta = bt_input.load_metadata(artifact_dir)
+    out = {}
+    if meta.get("has_ratings") is False:
+        out[LIKED_ITEM] = "the data has no ratings (no --rating_col)"
+    if int(meta["vocab_sizes"]["genres"]) <= F.NUM_RESERVED:
+        out[FAVORITE_GENRE] = "no item has a genre/category (e.g. no --items_file)"
+    return out
+
+
 def available_tasks(artifact_dir: str) -> list[str]:
-    """The tasks this data supports: `DEFAULT_TASKS` + ``attr_<name>`` per user attribute."""
+    """The tasks this data supports: `DEFAULT_TASKS` (minus `unavailable_tasks`) +
+    ``attr_<name>`` per user attribute."""
     meta = bt_input.load_metadata(artifact_dir)
     attrs = sorted((meta.get("attributes") or {}).keys())
-    return list(DEFAULT_TASKS) + [F.ATTRIBUTE_PREFIX + a for a in attrs]
+    missing = unavailable_tasks(artifact_dir)
+    tasks = [t for t in DEFAULT_TASKS if t not in missing]
+    return tasks + [F.ATTRIBUTE_PREFIX + a for a in attrs]
 
 
 def _check_tasks(tasks: Sequence[str] | None, artifact_dir: str) -> list[str]:
@@ -201,7 +215,11 @@ def _check_tasks(tasks: Sequence[str] | None, artifact_dir: str) -> list[str]:
         return known
     unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise ValueError(f"tasks {unknown} are not available for {artifact_dir}; known: {known}")
+        why = unavailable_tasks(artifact_dir)
+        reasons = "".join(f" ({t}: {why[t]})" for t in unknown if t in why)
+        raise ValueError(
+            f"tasks {unknown} are not available for {artifact_dir}{reasons}; known: {known}"
+        )
     return list(tasks)
 
 

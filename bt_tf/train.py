@@ -359,7 +359,9 @@ def train(config: cfg.TrainConfig) -> dict:
     if not is_chief():
         shutil.rmtree(out_dir, ignore_errors=True)
         return result
-    if config.probe:
+    if config.probe and int(meta["vocab_sizes"]["genres"]) <= NUM_RESERVED:
+        print("favorite-genre probe skipped: the data has no item genres/categories", flush=True)
+    elif config.probe:
         width = data_width(config, meta)
         trained = genre_probe(model.encoder, artifact_dir, config.seed, width)
         with strategy.scope():

@@ -5,6 +5,8 @@
     python -m pipelines.preprocess --dataset=ml-1m --data_dir=~/data/ml-1m --output_dir=/tmp/bt_data
     python -m pipelines.preprocess --dataset=yelp --data_dir=~/data/yelp --output_dir=/tmp/bt \\
         --runner=DataflowRunner --project=... --temp_location=gs://...   # any Beam option
+    python -m pipelines.preprocess --dataset=interactions --data_dir=~/my_log \\
+        --user_col=customer --item_col=sku --time_col=ts --rating_col=stars   # your own data
 
 Writes `OUTPUT_DIR/<dataset>/<version>/` (DESIGN.md, "Data contract"):
 `Split-{train,eval,test}/data-NNNNN-of-NNNNN.tfrecord.gz`, `schema.pbtxt`,
@@ -15,7 +17,8 @@ same directory, and any change writes a new one.
 
 Steps (each a small named function below):
 1. read: raw files are cut into byte-range chunks read in parallel with exact
-   line numbers (`pipelines.textio`); unparsable lines go to `bad_records/`.
+   line numbers (`pipelines.textio`), Parquet files into row groups
+   (`pipelines.interactions_source`); unparsable lines go to `bad_records/`.
 2. group: interactions are grouped per user and sorted by (timestamp, item id).
 3. k-core: per-user item lists are filtered alternately by user length and
    item count, unrolled `kcore_max_iterations` times; the run fails if that
@@ -46,9 +49,9 @@ import tensorflow as tf  # noqa: E402
 
 import pipelines  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
 from bt_tf import features as F
-from pipelines import synthetic, textio
+from pipelines import interactions_source, synthetic, textio
 
-DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "yelp")
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "yelp", "interactions")
 TFDS_DATASETS = ("ml-100k", "ml-1m", "ml-20m")  # --source=tfds
 _BATCH_ROWS = 100_000  # interactions per columnar batch between Beam steps
 _TOO_SHORT = "users_too_short_for_future"
@@ -76,6 +79,8 @@ class PreprocessConfig:
     chunk_bytes: int = 32 << 20  # bytes per parallel read of a raw file
     tfds_shards: int = 8
     synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
+    # --dataset=interactions: columns and optional item/user files
+    interactions: interactions_source.InteractionsConfig = interactions_source.InteractionsConfig()
     beam_args: tuple[str, ...] = ()  # passed through to Beam unchanged
 
     def __post_init__(self):
@@ -93,6 +98,14 @@ class PreprocessConfig:
             raise ValueError("need 0 < train_percent, 0 <= eval_percent, sum <= 100")
         if self.future_len < 1 or self.max_len < 1 or self.min_history_len < 1:
             raise ValueError("future_len, max_len and min_history_len must be >= 1")
+        if self.dataset == "interactions" and not self.data_dir:
+            raise ValueError(
+                "--dataset=interactions needs --data_dir: a directory of CSV, TSV, JSON lines "
+                "or Parquet interaction files, or one such file"
+            )
+        own = self.interactions
+        if self.dataset != "interactions" and (own.items_file or own.users_file):
+            raise ValueError("--items_file and --users_file apply to --dataset=interactions only")
 
     def output_settings(self) -> dict:
         """The settings that change the output bytes (everything but where/how)."""
@@ -101,6 +114,12 @@ class PreprocessConfig:
             out.pop(key)
         if self.dataset != "synthetic":
             out.pop("synthetic")
+        if self.dataset == "interactions":
+            # Which items/users file is read is in the input fingerprints, not its path.
+            out["interactions"].pop("items_file")
+            out["interactions"].pop("users_file")
+        else:
+            out.pop("interactions")
         if self.source != "tfds":
             out.pop("tfds_shards")
         return out
@@ -122,9 +141,17 @@ def _fingerprint(path: str) -> dict:
 
 
 def resolve_inputs(config: PreprocessConfig) -> dict[str, str]:
-    """Table name -> raw file path (downloading MovieLens when no data_dir is given)."""
+    """Input label -> raw file path (downloading MovieLens when no data_dir is given).
+
+    Labels are table names (``"interactions"``, ``"items"``, ``"users"``); for
+    ``--dataset=interactions`` each interaction file is ``"interactions/<name>"``.
+    """
     if config.dataset == "synthetic" or config.source == "tfds":
         return {}
+    if config.dataset == "interactions":
+        return interactions_source.resolve_files(
+            config.interactions, os.path.expanduser(config.data_dir)
+        )
     from pipelines import sources
 
     source = sources.get_source(config.dataset)
@@ -183,6 +210,20 @@ def _batched(rows: Iterable[tuple]) -> Iterator[dict[str, np.ndarray]]:
         yield _columnar(buffer)
 
 
+def _table_of(label: str) -> str:
+    """Input label -> its table: ``"interactions/ratings.csv"`` -> ``"interactions"``."""
+    return label.split("/", 1)[0]
+
+
+def _emit(table: str, records: Iterable[tuple]):
+    """Routes good records: interactions as columnar batches, others tagged by table."""
+    if table == "interactions":
+        yield from _batched(records)
+    else:
+        for record in records:
+            yield beam.pvalue.TaggedOutput(table, record)
+
+
 class _ParseChunk(beam.DoFn):
     """Parses the lines of one chunk; main output: columnar interaction batches.
 
@@ -190,17 +231,16 @@ class _ParseChunk(beam.DoFn):
     "lines" ((table, number of non-blank data lines)).
     """
 
-    def __init__(self, dataset: str):
-        self._dataset = dataset
+    def __init__(self, tables: dict):
+        self._tables = tables  # path -> sources.Table
 
     def setup(self):
         from pipelines import sources
 
-        self._source = sources.get_source(self._dataset)
         self._bad_record = sources.BadRecord
 
     def process(self, chunk: textio.Chunk, newlines_before: dict):
-        table = getattr(self._source, chunk.table)
+        table = self._tables[chunk.path]
         bad, counted = [], {"n": 0}
 
         def records() -> Iterator[tuple]:
@@ -217,48 +257,119 @@ class _ParseChunk(beam.DoFn):
                     counted["n"] += 1
                     yield record
 
-        if chunk.table == "interactions":
-            yield from _batched(records())
-        else:
-            for record in records():
-                yield beam.pvalue.TaggedOutput(chunk.table, record)
+        yield from _emit(chunk.table, records())
         for record in bad:
             yield beam.pvalue.TaggedOutput("bad", record)
         yield beam.pvalue.TaggedOutput("lines", (chunk.table, counted["n"] + len(bad)))
 
 
-def _bad(path: str, line_number: int, reason: str, line: bytes) -> dict:
+class _ParseParquet(beam.DoFn):
+    """Reads one Parquet row group; the same outputs as `_ParseChunk`.
+
+    Bad rows are reported with their 1-based row number in the file (``"row"``).
+    """
+
+    def __init__(self, parsers: dict):
+        self._parsers = parsers  # path -> (columns, RowParser)
+
+    def process(self, part: interactions_source.ParquetPart):
+        columns, parser = self._parsers[part.path]
+        bad, counted = [], {"n": 0}
+
+        def records() -> Iterator[tuple]:
+            for row, record, reason, values in interactions_source.read_parquet_part(
+                part, columns, parser
+            ):
+                if record is None:
+                    text = json.dumps(values, ensure_ascii=False, default=str)
+                    bad.append(_bad(part.path, row, reason, text.encode("utf-8"), key="row"))
+                else:
+                    counted["n"] += 1
+                    yield record
+
+        yield from _emit(part.table, records())
+        for record in bad:
+            yield beam.pvalue.TaggedOutput("bad", record)
+        yield beam.pvalue.TaggedOutput("lines", (part.table, counted["n"] + len(bad)))
+
+
+def _bad(path: str, number: int, reason: str, line: bytes, key: str = "line") -> dict:
     return {
         "file": os.path.basename(path),
         "path": path,
-        "line": line_number,
+        key: number,
         "reason": reason,
         "text": line[:500].decode("utf-8", errors="backslashreplace"),
     }
 
 
+def _readers(config: PreprocessConfig, files: dict[str, str]) -> tuple[dict, dict]:
+    """(path -> `sources.Table` of line-oriented files, path -> Parquet parser)."""
+    if config.dataset != "interactions":
+        from pipelines import sources
+
+        source = sources.get_source(config.dataset)
+        return {path: getattr(source, label) for label, path in files.items()}, {}
+    text, parquet = {}, {}
+    for label, path in files.items():
+        f = interactions_source.describe(_table_of(label), path)
+        if f.format == "parquet":
+            parquet[path] = interactions_source.row_parser(f, config.interactions)
+        else:
+            text[path] = interactions_source.text_table(f, config.interactions)
+    return text, parquet
+
+
+_OUTPUTS = ("items", "users", "bad", "lines")
+
+
 def _read_raw(p: beam.Pipeline, config: PreprocessConfig, files: dict[str, str]):
+    tables, parquet = _readers(config, files)
     plans = [
         c
-        for t, path in sorted(files.items())
-        for c in textio.plan_chunks(t, path, config.chunk_bytes)
+        for label, path in sorted(files.items())
+        if path in tables
+        for c in textio.plan_chunks(_table_of(label), path, config.chunk_bytes)
     ]
-    chunks = p | "Chunks" >> beam.Create(plans)
-    newlines = (
-        chunks
-        | "CountNewlines" >> beam.Map(textio.count_newlines)
-        | "NewlineTable" >> beam.combiners.ToDict()
-        | "FirstLines" >> beam.Map(textio.first_line_numbers, plans)
-    )
-    parsed = (
-        chunks
-        | "SpreadChunks" >> beam.Reshuffle()
-        | "Parse"
-        >> beam.ParDo(_ParseChunk(config.dataset), beam.pvalue.AsSingleton(newlines)).with_outputs(
-            "items", "users", "bad", "lines", main="interactions"
+    branches = []
+    if plans:
+        chunks = p | "Chunks" >> beam.Create(plans)
+        newlines = (
+            chunks
+            | "CountNewlines" >> beam.Map(textio.count_newlines)
+            | "NewlineTable" >> beam.combiners.ToDict()
+            | "FirstLines" >> beam.Map(textio.first_line_numbers, plans)
         )
+        branches.append(
+            chunks
+            | "SpreadChunks" >> beam.Reshuffle()
+            | "Parse"
+            >> beam.ParDo(_ParseChunk(tables), beam.pvalue.AsSingleton(newlines)).with_outputs(
+                *_OUTPUTS, main="interactions"
+            )
+        )
+    parts = [
+        part
+        for label, path in sorted(files.items())
+        if path in parquet
+        for part in interactions_source.parquet_parts(_table_of(label), path)
+    ]
+    if parts:
+        branches.append(
+            p
+            | "RowGroups" >> beam.Create(parts)
+            | "SpreadRowGroups" >> beam.Reshuffle()
+            | "ReadParquet"
+            >> beam.ParDo(_ParseParquet(parquet)).with_outputs(*_OUTPUTS, main="interactions")
+        )
+    if len(branches) == 1:
+        (b,) = branches
+        return b.interactions, b.items, b.users, b.bad, b.lines
+    return tuple(
+        tuple(getattr(b, tag) for b in branches)
+        | f"Merge{tag.capitalize()}Branches" >> beam.Flatten()
+        for tag in ("interactions", *_OUTPUTS)
     )
-    return parsed.interactions, parsed.items, parsed.users, parsed.bad, parsed.lines
 
 
 def _tfds_shard(shard: int, dataset: str, num_shards: int, data_dir: str | None):
@@ -321,7 +432,13 @@ def _read_synthetic(p: beam.Pipeline, config: PreprocessConfig):
 
 
 def attribute_classes(config: PreprocessConfig) -> dict[str, tuple[str, ...]]:
-    """Attribute name -> ordered raw class values for this dataset/source."""
+    """Attribute name -> ordered raw class values for this dataset/source.
+
+    ``--dataset=interactions`` gives ``{}``: its classes come from the users
+    file and are counted by the pipeline (`_attribute_classes`).
+    """
+    if config.dataset == "interactions":
+        return {}
     if config.dataset == "synthetic":
         return dict(synthetic.ATTRIBUTES)
     if config.source == "tfds":
@@ -334,9 +451,12 @@ def attribute_classes(config: PreprocessConfig) -> dict[str, tuple[str, ...]]:
 
 
 def item_feature_name(config: PreprocessConfig) -> str:
-    """What the item tags are: ``"genre"`` (MovieLens, synthetic) or ``"category"`` (Yelp)."""
+    """What the item tags are: ``"genre"`` (MovieLens, synthetic) or ``"category"``
+    (Yelp, your own interactions)."""
     if config.dataset == "synthetic":
         return "genre"
+    if config.dataset == "interactions":
+        return "category"
     from pipelines import sources
 
     return sources.get_source(config.dataset).item_feature
@@ -360,13 +480,13 @@ def split_by_user(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, dict]]:
 def merge_user(kv: tuple[str, Iterable[dict]]) -> tuple[str, dict]:
     """All parts of one user's rows -> one sequence sorted by (timestamp, item id).
 
-    The item id breaks timestamp ties, so the order never depends on file order
-    or on how the input was sharded.
+    The item id, then the rating, break timestamp ties, so the order never
+    depends on file order or on how the input was sharded.
     """
     user, parts = kv
     parts = list(parts)
     seq = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-    order = np.lexsort((seq["item"], seq["timestamp"]))
+    order = np.lexsort((seq["rating"], seq["item"], seq["timestamp"]))
     return user, {k: v[order] for k, v in seq.items()}
 
 
@@ -534,7 +654,8 @@ def _apply_k_core(kv):
     (positions,) = grouped["kept"]
     (seq,) = grouped["seq"]
     user_records = grouped["user"]
-    attributes = user_records[0] if user_records else {}
+    # A user listed twice: the smallest record wins, whatever the arrival order.
+    attributes = min(user_records, key=lambda a: sorted(a.items())) if user_records else {}
     yield user, {k: v[positions] for k, v in seq.items()}, attributes
 
 
@@ -596,11 +717,10 @@ def _float_feature(values) -> tf.train.Feature:
 class _MakeExample(beam.DoFn):
     """(user, seq, attributes) -> ((split, shard), (user, serialized Example))."""
 
-    def __init__(self, config: PreprocessConfig, attributes: dict[str, tuple[str, ...]]):
+    def __init__(self, config: PreprocessConfig):
         self._config = config
-        self._attributes = attributes
 
-    def process(self, row, item_vocab, genre_vocab, item_genres):
+    def process(self, row, item_vocab, genre_vocab, item_genres, attributes):
         user, seq, attrs = row
         cfg = self._config
         split = split_of(user, cfg.train_percent, cfg.eval_percent)
@@ -647,7 +767,7 @@ class _MakeExample(beam.DoFn):
                 [genre_vocab.get(g, F.OOV_ID) for gs in genres for g in gs]
             )
             feats[names[5]] = _int_feature([len(gs) for gs in genres])
-        for name, classes in self._attributes.items():
+        for name, classes in attributes:
             value = attrs.get(name)
             index = classes.index(value) if value in classes else -1
             feats[F.ATTRIBUTE_PREFIX + name] = _int_feature([index])
@@ -681,7 +801,7 @@ def _write_text(lines: Sequence[str], path: str) -> None:
 
 def _write_bad(kv, root: str):
     name, records = kv
-    records = sorted(records, key=lambda r: r["line"])
+    records = sorted(records, key=lambda r: r.get("line", r.get("row")))
     _write_text(
         [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in records],
         posixpath.join(root, F.BAD_RECORDS_DIR, name + ".jsonl"),
@@ -701,6 +821,8 @@ def _merge_stats(entries: Iterable[tuple[str, object]]) -> dict:
             out["kcore"].append(value)
         elif key in ("bad_records", "vocab_size"):
             out[key].update(value)
+        elif key == "attributes":
+            out[key] = value
         elif key.startswith("max_"):
             out[key] = max(out.get(key, 0), value)
         elif key == "lines":
@@ -712,6 +834,28 @@ def _merge_stats(entries: Iterable[tuple[str, object]]) -> dict:
     return out
 
 
+def _attribute_classes(p: beam.Pipeline, users, config: PreprocessConfig, files: dict):
+    """A singleton: ``[(attribute, [class, ...]), ...]``.
+
+    Fixed per dataset, except for ``--dataset=interactions``, whose users
+    file's values are counted (`interactions_source.attribute_classes`).
+    """
+    if config.dataset != "interactions" or "users" not in files:
+        fixed = [(n, list(c)) for n, c in attribute_classes(config).items()]
+        return p | "FixedAttributeClasses" >> beam.Create([fixed])
+    own = config.interactions
+    users_file = interactions_source.describe("users", files["users"])
+    names = [n for _, n in interactions_source.attribute_names(users_file, own)]
+    return (
+        users
+        | "AttributeValues" >> beam.FlatMap(lambda kv: kv[1].items())
+        | "CountAttributeValues" >> beam.combiners.Count.PerElement()
+        | "AllAttributeCounts" >> beam.combiners.ToList()
+        | "AttributeClasses"
+        >> beam.Map(interactions_source.attribute_classes, names, own.max_attribute_classes)
+    )
+
+
 def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root: str) -> None:
     """Adds every step to `p`; outputs go under `root` (the temporary version dir)."""
     if config.dataset == "synthetic":
@@ -720,10 +864,10 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         batches, items, users, bad, lines = _read_tfds(p, config)
     else:
         batches, items, users, bad, lines = _read_raw(p, config, files)
-    attributes = attribute_classes(config)
     # Plain str keys: GroupByKey needs deterministic coders (numpy.str_ is not).
     items = items | "ItemKeys" >> beam.Map(lambda r: (str(r[0]), tuple(str(g) for g in r[1])))
     users = users | "UserKeys" >> beam.Map(lambda r: (str(r[0]), dict(r[1])))
+    attributes = _attribute_classes(p, users, config, files)
 
     user_seqs = (
         batches
@@ -764,10 +908,11 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
     )
     vocab_index = lambda tokens: {t: i for i, t in enumerate(tokens)}  # noqa: E731
     examples = rows | "MakeExamples" >> beam.ParDo(
-        _MakeExample(config, attributes),
+        _MakeExample(config),
         item_vocab=beam.pvalue.AsSingleton(item_vocab | "ItemIndex" >> beam.Map(vocab_index)),
         genre_vocab=beam.pvalue.AsSingleton(genre_vocab | "GenreIndex" >> beam.Map(vocab_index)),
         item_genres=beam.pvalue.AsDict(item_genres),
+        attributes=beam.pvalue.AsSingleton(attributes),
     ).with_outputs("dropped", main="examples")
     empty_shards = p | "AllShards" >> beam.Create(
         [((s, i), None) for s in F.SPLITS for i in range(config.num_shards)]
@@ -811,6 +956,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         beam.pvalue.AsDict(item_genres),
     )
     lines_stat = lines | "LineStats" >> beam.Map(lambda tn: ("lines", tn))
+    attributes_stat = attributes | "AttributeStats" >> beam.Map(lambda a: ("attributes", a))
     (
         [
             written,
@@ -820,6 +966,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
             longest,
             items_seen,
             lines_stat,
+            attributes_stat,
             *vocab_written,
             *kcore_stats,
         ]
@@ -909,6 +1056,8 @@ def _metadata(config, files, stats, attributes, version) -> dict:
         "max_history_len": stats.get("max_history_len", 0),  # longest history written
         "future_len": config.future_len,
         "item_feature": item_feature_name(config),
+        # False when --dataset=interactions has no --rating_col (ratings written as 0).
+        "has_ratings": config.dataset != "interactions" or config.interactions.has_ratings,
         "num_users": {s: stats.get(f"users_{s}", 0) for s in F.SPLITS},
         "num_interactions": {s: stats.get(f"interactions_{s}", 0) for s in F.SPLITS},
         "vocab_sizes": {"items": vocab[F.ITEM_VOCAB_FILE], "genres": vocab[F.GENRE_VOCAB_FILE]},
@@ -963,7 +1112,7 @@ def preprocess(config: PreprocessConfig) -> str:
         stats = json.load(f)
     tf.io.gfile.remove(stats_path)
     _check(stats, config, tmp)
-    attributes = attribute_classes(config)
+    attributes = {name: tuple(classes) for name, classes in stats["attributes"]}
     meta = _metadata(config, files, stats, attributes, version)
     _write_text([json.dumps(meta, indent=2, sort_keys=True)], posixpath.join(tmp, F.METADATA_FILE))
     from google.protobuf import text_format
@@ -1007,6 +1156,67 @@ def add_flags(parser: argparse.ArgumentParser, *, output_dir_alias: bool = True)
     parser.add_argument("--synthetic_users", type=int, default=s.num_users)
     parser.add_argument("--synthetic_items", type=int, default=s.num_items)
     parser.add_argument("--synthetic_seed", type=int, default=s.seed)
+    _add_interactions_flags(parser)
+
+
+def _add_interactions_flags(parser: argparse.ArgumentParser) -> None:
+    o = interactions_source.InteractionsConfig()
+    group = parser.add_argument_group(
+        "--dataset=interactions (your own data; see pipelines/interactions_source.py)"
+    )
+    add = group.add_argument
+    add("--user_col", default=o.user_col, help="user id column (default: %(default)s)")
+    add("--item_col", default=o.item_col, help="item id column (default: %(default)s)")
+    add(
+        "--time_col",
+        default=o.time_col,
+        help="timestamp column: Unix s/ms or ISO 8601, naive = UTC (default: %(default)s)",
+    )
+    add(
+        "--rating_col",
+        default=o.rating_col,
+        help="rating column; empty: no ratings, liked-item task unavailable (default: none)",
+    )
+    add(
+        "--items_file",
+        default=o.items_file,
+        help="optional item file with --item_col and --category_col (categories = genres)",
+    )
+    add(
+        "--category_col",
+        default=o.category_col,
+        help="item category column (default: %(default)s)",
+    )
+    add(
+        "--category_sep",
+        default=o.category_sep,
+        help="separator inside a category value; empty: no splitting (default: %(default)s)",
+    )
+    add(
+        "--users_file",
+        default=o.users_file,
+        help="optional user file: every column but --user_col becomes an attribute",
+    )
+    add(
+        "--max_attribute_classes",
+        type=int,
+        default=o.max_attribute_classes,
+        help="most frequent values kept per user attribute, rarer = unknown (default: %(default)s)",
+    )
+
+
+def _interactions_config(args: argparse.Namespace) -> interactions_source.InteractionsConfig:
+    return interactions_source.InteractionsConfig(
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        rating_col=args.rating_col,
+        items_file=args.items_file,
+        category_col=args.category_col,
+        category_sep=args.category_sep,
+        users_file=args.users_file,
+        max_attribute_classes=args.max_attribute_classes,
+    )
 
 
 def config_from_flags(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> PreprocessConfig:
@@ -1032,6 +1242,7 @@ def config_from_flags(args: argparse.Namespace, beam_args: Sequence[str] = ()) -
             num_items=args.synthetic_items,
             seed=args.synthetic_seed,
         ),
+        interactions=_interactions_config(args),
         beam_args=tuple(beam_args),
     )
 

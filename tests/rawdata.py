@@ -486,3 +486,176 @@ def write_yelp(
         "bad_lines": bad_at,
         "num_lines": {"interactions": len(review_lines), "items": len(business_lines)},
     }
+
+
+# ---------------------------------------------------------------------------
+# Your own data (`--dataset=interactions`): CSV, TSV, JSON lines, Parquet.
+
+OWN_CATEGORIES = ("Books", "Garden", "Kitchen", "Toys", "Music, Film & TV", "Sports")
+OWN_BASE_TIME = 1_600_000_000  # 2020-09-13
+OWN_TIME_STYLES = ("s", "ms", "iso_z", "iso_naive", "iso_offset", "iso_fraction", "s_float")
+_OWN_EXT = {"csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl", "parquet": ".parquet"}
+
+
+def own_time(ts: int, style: str) -> str | int | float:
+    """Unix seconds `ts` written in `style` (every style reads back as `ts`)."""
+    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    if style == "s":
+        return ts
+    if style == "ms":
+        return ts * 1000 + 999  # sub-second part is floored away
+    if style == "s_float":
+        return ts + 0.75
+    if style == "iso_z":
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if style == "iso_naive":
+        return moment.strftime("%Y-%m-%d %H:%M:%S")  # naive = UTC
+    if style == "iso_offset":
+        local = moment.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+        return local.isoformat()  # 2020-09-13T14:26:40+02:00
+    if style == "iso_fraction":
+        return moment.strftime("%Y-%m-%dT%H:%M:%S") + ".250+00:00"
+    raise ValueError(style)
+
+
+def _own_user_id(index: int) -> str:
+    # Every 7th id holds a comma, a quote and a tab-free space: CSV must quote it.
+    return f'user "{index}", ltd' if index % 7 == 3 else f"u{index:03d}"
+
+
+def write_interactions(
+    data_dir,
+    *,
+    formats: Sequence[str] = ("csv",),
+    num_users: int = 30,
+    num_items: int = 40,
+    per_user=12,
+    seed: int = 0,
+    ratings: bool = True,
+    items_file: str | None = "items.csv",
+    users_file: str | None = "users.jsonl",
+    bad_lines: Sequence[str | bytes] = (),
+    parquet_bad_rows: int = 0,
+    row_group_size: int = 64,
+) -> dict:
+    """Writes a user's own interaction log split over one file per format.
+
+    Interaction ``k`` (in generation order) goes to file ``k % len(formats)``, so
+    one user's interactions span files. Files are ``part-<i>-<format>.<ext>``
+    with the columns ``timestamp, note, item_id, user_id[, rating]`` (a
+    shuffled order plus an extra ``note`` column, which holds commas and
+    quotes); timestamps cycle through `OWN_TIME_STYLES`. The Parquet file
+    stores timestamps as strings (styles mixed), in row groups of
+    `row_group_size` rows, followed by `parquet_bad_rows` rows with the
+    timestamp ``"yesterday"``. `bad_lines` go raw into the first text file.
+
+    `items_file` (CSV: ``item_id,title,categories``, '|'-separated, some
+    empty, titles with commas and quotes) and `users_file` (JSON lines:
+    ``user_id, gender, age, country``; some values missing or null) are written
+    into `data_dir` too (None: not written).
+
+    Returns the usual summary plus ``"files"``: path -> the records of that
+    file's good rows in file order, and ``"bad"``: [(file name, line or row
+    number, raw)], and ``"attributes"``: {user: {attribute: value}}.
+    """
+    data_dir = str(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    item_ids = [str(1000 + 7 * i) for i in range(num_items)]
+    user_ids = [_own_user_id(i) for i in range(num_users)]
+    counts = _per_user_counts(rng, num_users, per_user)
+    events = _user_events(rng, counts, num_items, OWN_BASE_TIME, (1.0, 2.0, 3.0, 4.0, 5.0))
+    rows = [
+        (user_ids[u], item_ids[item], ts, stars if ratings else 0.0)
+        for u, user_events in enumerate(events)
+        for item, ts, stars in user_events
+    ]
+    header = ["timestamp", "note", "item_id", "user_id"] + (["rating"] if ratings else [])
+    paths, per_file, bad, text_bad_written = [], {}, [], False
+    for f_index, fmt in enumerate(formats):
+        path = os.path.join(data_dir, f"part-{f_index}-{fmt}{_OWN_EXT[fmt]}")
+        mine = [(k, r) for k, r in enumerate(rows) if k % len(formats) == f_index]
+        records = [r for _, r in mine]
+        values = []
+        for k, (user, item, ts, stars) in mine:
+            style = OWN_TIME_STYLES[k % len(OWN_TIME_STYLES)]
+            stamp = own_time(ts, style)
+            note = f'said "ok", {k}' if k % 5 == 0 else ""
+            values.append([stamp, note, item, user] + ([stars] if ratings else []))
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            columns = {name: [v[i] for v in values] for i, name in enumerate(header)}
+            columns["timestamp"] = [str(t) for t in columns["timestamp"]]
+            for j in range(parquet_bad_rows):
+                bad.append((os.path.basename(path), len(values) + j + 1, None))
+                for name in header:
+                    columns[name].append("yesterday" if name == "timestamp" else columns[name][j])
+            table = pa.table(columns)
+            pq.write_table(table, path, row_group_size=row_group_size)
+        else:
+            if fmt == "jsonl":
+                lines = [
+                    json.dumps(dict(zip(header, v)), ensure_ascii=False).encode() for v in values
+                ]
+                first = 1
+            else:
+                sep = "," if fmt == "csv" else "\t"
+                lines = [_delimited(v, sep) for v in values]
+                first = 2
+            if bad_lines and not text_bad_written:
+                lines, bad_at = _interleave(lines, bad_lines, "utf-8", first)
+                bad += [(os.path.basename(path), n, raw) for n, raw in bad_at]
+                text_bad_written = True
+            if fmt != "jsonl":
+                lines.insert(0, _delimited(header, sep))
+            _write_lines(path, lines)
+        paths.append(path)
+        per_file[path] = records
+
+    items = []
+    if items_file:
+        lines = [_delimited(["item_id", "title", "categories"], ",")]
+        for i, item in enumerate(item_ids):
+            k = int(rng.integers(0, 3)) if i % 9 != 4 else 0
+            cats = tuple(
+                OWN_CATEGORIES[int(c)] for c in rng.choice(len(OWN_CATEGORIES), k, replace=False)
+            )
+            items.append((item, cats))
+            title = f'The "{i}", part {i % 3}' if i % 4 == 0 else f"Thing {i}"
+            lines.append(_delimited([item, title, "|".join(cats)], ","))
+        _write_lines(os.path.join(data_dir, items_file), lines)
+
+    users, attributes = [], {}
+    if users_file:
+        lines = []
+        for u, user in enumerate(user_ids):
+            obj = {"user_id": user, "gender": "FM"[u % 2], "age": 20 + 5 * (u % 4)}
+            obj["country"] = None if u % 6 == 5 else ("DE", "FR", "US")[u % 3]
+            if u % 10 == 9:
+                del obj["gender"]
+            attrs = {k: str(v) for k, v in obj.items() if k != "user_id" and v is not None}
+            users.append((user, attrs))
+            attributes[user] = attrs
+            lines.append(json.dumps(obj, ensure_ascii=False).encode())
+        _write_lines(os.path.join(data_dir, users_file), lines)
+
+    return {
+        "data_dir": data_dir,
+        "paths": paths,
+        "items_path": os.path.join(data_dir, items_file) if items_file else "",
+        "users_path": os.path.join(data_dir, users_file) if users_file else "",
+        "interactions": rows,
+        "items": items,
+        "users": users,
+        "attributes": attributes,
+        "files": per_file,
+        "bad": bad,
+    }
+
+
+def _delimited(fields, sep: str) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=sep, lineterminator="").writerow(fields)
+    return buf.getvalue().encode("utf-8")
