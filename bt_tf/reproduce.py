@@ -538,13 +538,16 @@ def parse(argv: Sequence[str] | None):
         raise ValueError("--model is set by bt_tf.reproduce for each run; use --models=bt,de,...")
     description = "bt_tf.reproduce training flags"
     base = cfg.parse(rest, description=description)
-    args.model_configs = {
-        model: dataclasses.replace(
-            cfg.parse(rest, description=description, hparams=[path]), model=model
-        )
-        for name, model in HPARAMS_FLAGS.items()
-        if (path := getattr(args, f"hparams_{name}"))
-    }
+    args.model_configs = {}
+    for name, model in HPARAMS_FLAGS.items():
+        path = getattr(args, f"hparams_{name}")
+        if not path:
+            continue
+        named = cfg.read_hparams(path).get("model", model)
+        if named != model:
+            raise ValueError(f"{path}: sets model={named!r}, but it is --hparams_{name} ({model})")
+        own = cfg.parse(rest, description=description, hparams=[path])
+        args.model_configs[model] = dataclasses.replace(own, model=model)
     args.skip_too_big = args.batch_sizes is None
     if args.batch_sizes is None:
         args.batch_sizes = list(DEFAULT_BATCH_SIZES)

@@ -69,6 +69,10 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
         "temperature",
         "learning_rate",
     ]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"model": "bt"}))
+    with pytest.raises(ValueError, match="sets model='bt', but it is --hparams_de"):
+        rp.parse([f"--hparams_de={wrong}"])
     other = tmp_path / "x.json"
     other.write_text(json.dumps({"max_len": 12}))
     args, base = rp.parse([f"--hparams_de={other}"])
