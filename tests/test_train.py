@@ -107,6 +107,14 @@ def test_hparams_files_name_the_cap_either_way(tmp_path, key):
         cfg.parse([f"--hparams={path}"])
 
 
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    """Preprocessed once for the tests that train several tiny runs on it."""
+    path = tmp_path_factory.mktemp("tiny_data")
+    pp.preprocess(cfg.parse([*TINY_FLAGS, f"--data_output_dir={path}"]).data)
+    return str(path)
+
+
 def _encoder_variables(checkpoint: str) -> dict:
     reader = tf.train.load_checkpoint(checkpoint)
     return {
@@ -116,10 +124,10 @@ def _encoder_variables(checkpoint: str) -> dict:
     }
 
 
-def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path):
+def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data):
     """val_loss peaks early (a high learning rate): the best epoch's weights, not the
     last one's, are what metrics.json names and export/, evaluate and bt_tf.export use."""
-    flags = [*TINY_FLAGS, f"--data_output_dir={tmp_path / 'data'}", "--no-probe"]
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe"]
     flags += ["--learning_rate=0.03", "--early_stopping_patience=1"]
     run = tmp_path / "peaked"
     result = train.train(cfg.parse([*flags, f"--output_dir={run}", "--max_epochs=5"]))
@@ -270,10 +278,10 @@ def test_export_cli_on_a_trained_run(tmp_path):
     assert config["encoder"]["dim"] == 16 and os.path.isdir(config["artifact_dir"])
 
 
-def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path):
+def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_data):
     """Old layout: config.json with `epochs` and without the newer settings, the last
     epoch's full state in checkpoints/, no train_state/: reused, loaded, resumable."""
-    flags = [*TINY_FLAGS, f"--data_output_dir={tmp_path / 'data'}", "--no-probe", "--no-export"]
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
     run = tmp_path / "old"
     train.train(cfg.parse([*flags, f"--output_dir={run}", "--epochs=1"]))
     # Rewrite it the way the code before train_state/ left it.
