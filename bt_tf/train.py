@@ -259,9 +259,12 @@ class _EpochEnd(tf.keras.callbacks.Callback):
             significant = improved and (
                 not np.isfinite(ref) or value < ref - self._min_delta * abs(ref)
             )
+        # Without any finite val_loss yet (e.g. NaN at epoch 1) the latest epoch stands in,
+        # so that the run always has weights.
+        improved = improved or int(p.best_epoch.numpy()) == 0
         if improved:
             p.best_epoch.assign(n)
-            p.best_loss.assign(np.inf if value is None else value)
+            p.best_loss.assign(value if value is not None and np.isfinite(value) else np.inf)
         if significant:
             p.ref_epoch.assign(n)
             p.ref_loss.assign(np.inf if value is None else value)
