@@ -3,7 +3,8 @@
     python -m bt_tf.evaluate --runs=runs/ml1m_bt,runs/ml1m_de \\
         --label_fractions=0.01,0.05,0.1,0.25,1.0 --seeds=3 --output_dir=runs/ml1m_report
 
-For every run: the encoder is restored from its latest checkpoint and frozen;
+For every run: the encoder is restored from its checkpoint (``RUN/checkpoints/``:
+the weights of its best val_loss epoch, `metrics.json`'s ``best_epoch``) and frozen;
 train/eval/test users are embedded; linear probes (`bt_tf.probes`) are trained
 on a seeded fraction f of TRAIN users' labels, their L2 strength and stopping
 epoch chosen on the same fraction f of EVAL users (at least
@@ -53,7 +54,7 @@ or ``--seeds``, ``--l2_grid=1e-3``, ``--probe_max_epochs=30``,
 ``--bag_projection_above=1000`` (a dense random projection of the bag), or
 ``--no-floors`` when the floors are already known. Results are cached per
 (model, task, fraction, seed) in ``<output_dir>/cache/`` and reused when the
-run (its latest checkpoint) and the evaluation settings are unchanged, so an
+run (its checkpoint) and the evaluation settings are unchanged, so an
 interrupted evaluation resumes where it stopped.
 """
 
@@ -539,6 +540,7 @@ def floor_rows(
 
 
 def _latest_checkpoint(run_dir: str) -> str:
+    """The run's weights: its best epoch (`bt_tf.train` keeps only those in checkpoints/)."""
     path = tf.train.latest_checkpoint(os.path.join(run_dir, export.CHECKPOINT_DIR))
     if path is None:
         raise FileNotFoundError(f"{run_dir!r} has no checkpoint; train it first.")
@@ -627,7 +629,7 @@ def evaluate_runs(
     for run_dir, config, name in zip(run_dirs, configs, names):
         if not os.path.exists(os.path.join(run_dir, "metrics.json")):
             logging.warning(
-                "%s has no metrics.json (unfinished?); using its latest checkpoint", run_dir
+                "%s has no metrics.json (unfinished?); using its best epoch so far", run_dir
             )
         checkpoint = _latest_checkpoint(run_dir)
         encoder, item_emb, _ = restore_run(run_dir)

@@ -46,8 +46,10 @@ Run layout read by ``python -m bt_tf.export --run_dir=RUN`` (see `restore_encode
 `SequenceEncoder` kwargs) and ``model`` ("bt", "de" or "bt+de");
 ``RUN/checkpoints/`` object checkpoints written as
 ``tf.train.Checkpoint(model=model)`` where ``model.encoder`` is the encoder
-(and, for DE runs, ``model.item_tower`` an item-embedding table). The export
-goes to ``RUN/export/``.
+(and, for DE runs, ``model.item_tower`` an item-embedding table); its latest
+checkpoint is the run's weights (`bt_tf.train` keeps the best val_loss epoch
+there, ``best_epoch`` in ``metrics.json``; the last epoch's training state is
+in ``RUN/train_state/``, never exported). The export goes to ``RUN/export/``.
 """
 
 from __future__ import annotations
@@ -351,6 +353,7 @@ def _read_config(run_dir: str) -> dict:
 
 
 def _latest_checkpoint(run_dir: str) -> str:
+    """The run's weights: the latest checkpoint in ``RUN/checkpoints/`` (its best epoch)."""
     ckpt_dir = posixpath.join(run_dir, CHECKPOINT_DIR)
     path = tf.train.latest_checkpoint(ckpt_dir)
     if path is None:
@@ -362,7 +365,7 @@ def _latest_checkpoint(run_dir: str) -> str:
 
 
 def restore_encoder(run_dir: str):
-    """Rebuilds the run's encoder and restores its weights from the latest checkpoint.
+    """Rebuilds the run's encoder and restores the run's weights (its best epoch).
 
     Expects ``RUN/checkpoints/`` written with ``tf.train.Checkpoint(model=model)``
     (optionally with an optimizer etc. beside it) where ``model.encoder`` is the
@@ -390,7 +393,7 @@ def restore_encoder(run_dir: str):
 
 
 def restore_item_embeddings(run_dir: str, vocab_size: int, dim: int) -> np.ndarray:
-    """The DE candidate table `[vocab_size, dim]` from the latest checkpoint.
+    """The DE candidate table `[vocab_size, dim]` from the run's weights (its best epoch).
 
     Expects the item tower at ``model.item_tower`` holding exactly one
     `[vocab_size, dim]` variable (an embedding table, e.g. a

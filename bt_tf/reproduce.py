@@ -1,33 +1,54 @@
 """One command from data to the paper's comparison: `python -m bt_tf.reproduce`.
 
     python -m bt_tf.reproduce --dataset=synthetic
-    python -m bt_tf.reproduce --dataset=ml-1m --epochs=50 --batch_size=256
-    python -m bt_tf.reproduce --dataset=synthetic --batch_sizes=32,64,128,256,512
+    python -m bt_tf.reproduce --dataset=ml-1m --max_epochs=50 --batch_size=256
+    python -m bt_tf.reproduce --dataset=ml-1m --hparams_bt=tuning_runs/bt/best_hparams.json \\
+        --hparams_de=tuning_runs/de/best_hparams.json
+    python -m bt_tf.reproduce --dataset=synthetic --no-ablation     # main comparison only
 
-Trains BT, DE and BT+DE (``--models``) at an EQUAL budget: the same encoder
-(every training flag of `bt_tf.train` is passed to all three unchanged), the
-same batch size, epochs and steps per epoch, hence the same number of users
-seen. Runs go to ``<output_dir>/<model>`` (default output dir
+Trains BT, DE and BT+DE (``--models``) on the same encoder: every training
+flag of `bt_tf.train` is passed to all of them. ``--hparams_bt=FILE``,
+``--hparams_de=FILE``, ``--hparams_joint=FILE`` (for bt+de) apply a model's
+own best settings on top of the shared flags (the JSON of `bt_tf.train
+--hparams`, e.g. a tuner's ``best_hparams.json``: keys are flag names).
+
+Equal budget, trained to convergence: every run, main and ablation, stops when
+its val_loss has not improved by ``--min_delta`` for
+``--early_stopping_patience`` epochs, keeps its best epoch, and has the same
+cap: ``--max_epochs`` epochs of ``E`` users, ``E = steps_per_epoch ×
+batch_size`` of the shared flags (one pass over the train users, at least
+``--min_steps_per_epoch`` steps). A run at another batch size ``b`` (a
+per-model file's ``batch_size``, or the ablation) trains ``round(E / b)``
+steps per epoch, so the cap in users seen is the same for all. The budget
+flags (``max_epochs``/``epochs``, ``steps_per_epoch``, ``min_steps_per_epoch``,
+``early_stopping_patience``, ``min_delta``) are shared: in a per-model file
+they are ignored, with a warning. Data flags (e.g. ``--max_len``) must be
+shared too. The run tables list what each run actually used: epochs, best
+epoch, optimizer steps, users seen, training seconds and the settings that
+differ between models.
+
+Runs go to ``<output_dir>/<model>`` (default output dir
 ``runs/reproduce_<dataset>``). Then every run and the floors are evaluated
 (`bt_tf.evaluate`; its flags, e.g. ``--label_fractions``, ``--seeds``,
 ``--probe_max_epochs``, apply) and the report is written to
 ``<output_dir>/report/`` (``report.md``, ``results.json``, PNGs).
 
-``--batch_sizes=...`` adds the batch-size ablation: ``--ablation_models``
-(BT and DE) are trained at each batch size ``b`` with
-``steps_per_epoch = round(E / b)`` where ``E = steps_per_epoch × batch_size``
-of the main runs, so every ablation run sees the same number of users
-(``--ablation_epochs`` epochs, default ``--epochs``); runs go to
+The batch-size ablation runs by default (``--batch_sizes``, default
+32,64,128,256,512; ``--no-ablation`` or ``--batch_sizes=`` turns it off):
+``--ablation_models`` (BT and DE), each with its own settings, are trained at
+each batch size under the budget above (``--ablation_epochs`` replaces the cap
+of the ablation runs if given); runs go to
 ``<output_dir>/batch_size/<model>_b<b>`` (a main run is reused where its
-settings coincide). They are evaluated on ``--ablation_tasks`` at
-``--ablation_fractions`` (default: the smallest and the largest label
-fraction); the table is appended to ``report.md`` and each (task, metric,
-fraction) is plotted against batch size (``batch_size_*.png``).
+settings coincide). Default batch sizes larger than the train users are
+skipped (given explicitly, they are an error). The runs are evaluated on
+``--ablation_tasks`` at ``--ablation_fractions`` (default: the smallest and
+the largest label fraction); the table is appended to ``report.md`` and each
+(task, metric, fraction) is plotted against batch size (``batch_size_*.png``).
 
 Resumable: a finished run is reused (`bt_tf.train` returns it untouched), an
-interrupted one continues from its last checkpoint, and probe results are
-cached per (model, task, fraction, seed) in ``report/cache/``. Run the same
-command again after an interruption.
+interrupted one continues from its last epoch, and probe results are cached
+per (model, task, fraction, seed) in ``report/cache/``. Run the same command
+again after an interruption.
 """
 
 from __future__ import annotations
@@ -39,7 +60,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import config as cfg
@@ -53,6 +74,17 @@ __all__ = ["equal_budget_steps", "main_configs", "ablation_configs", "reproduce"
 REPORT_DIR = "report"
 ABLATION_DIR = "batch_size"
 ABLATION_JSON = "batch_size_ablation.json"
+DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512)
+# Settings that make the budget: shared by every run, never taken from a per-model file.
+BUDGET_KEYS = (
+    "epochs",
+    "steps_per_epoch",
+    "min_steps_per_epoch",
+    "early_stopping_patience",
+    "min_delta",
+)
+# --hparams_<name> flag -> model.
+HPARAMS_FLAGS = {"bt": "bt", "de": "de", "joint": "bt+de"}
 
 
 # --------------------------------------------------------------------------
@@ -60,15 +92,53 @@ ABLATION_JSON = "batch_size_ablation.json"
 
 
 def main_configs(
-    base: cfg.TrainConfig, output_dir: str, models: Sequence[str]
+    base: cfg.TrainConfig,
+    output_dir: str,
+    models: Sequence[str],
+    *,
+    own: Mapping[str, cfg.TrainConfig] | None = None,
+    num_train_users: int | None = None,
 ) -> dict[str, cfg.TrainConfig]:
-    """model -> its config: ``base`` with only ``model`` and ``run_dir`` changed."""
+    """model -> its config: ``own[model]`` (its own settings; default ``base``)
+    with ``model``, ``run_dir`` and the budget of ``base``.
+
+    The budget (`BUDGET_KEYS`) and the data settings are ``base``'s. A model
+    whose own ``batch_size`` differs trains `equal_budget_steps` per epoch, so
+    that its epoch is as many users as ``base``'s (needs ``num_train_users``).
+    """
     unknown = [m for m in models if m not in cfg.MODELS]
     if unknown or not models:
         raise ValueError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
-    return {
-        m: dataclasses.replace(base, model=m, run_dir=os.path.join(output_dir, m)) for m in models
-    }
+    out = {}
+    for m in models:
+        c = (own or {}).get(m, base)
+        if c.model != m and c is not base:
+            raise ValueError(f"the settings given for {m} set model={c.model!r}")
+        if c.data != base.data:
+            raise ValueError(
+                f"the settings given for {m} change data settings; pass data flags "
+                "(e.g. --max_len) to every model alike"
+            )
+        ignored = [k for k in BUDGET_KEYS if getattr(c, k) != getattr(base, k)]
+        if ignored:
+            logging.warning(
+                "%s: ignoring its own %s: the budget is shared (set them as common flags)",
+                m,
+                ", ".join(f"{k}={getattr(c, k)}" for k in ignored),
+            )
+        c = dataclasses.replace(
+            c,
+            model=m,
+            run_dir=os.path.join(output_dir, m),
+            **{k: getattr(base, k) for k in BUDGET_KEYS},
+        )
+        if c.batch_size != base.batch_size:
+            if not base.steps_per_epoch and num_train_users is None:
+                raise ValueError(f"{m} has its own batch size: num_train_users is needed")
+            examples = base.steps_for(num_train_users or 0) * base.batch_size
+            c = dataclasses.replace(c, steps_per_epoch=equal_budget_steps(examples, c.batch_size))
+        out[m] = c
+    return out
 
 
 def equal_budget_steps(examples_per_epoch: int, batch_size: int) -> int:
@@ -84,36 +154,49 @@ def ablation_configs(
     models: Sequence[str],
     num_train_users: int,
     epochs: int | None = None,
-    main: dict[str, cfg.TrainConfig] | None = None,
+    main: Mapping[str, cfg.TrainConfig] | None = None,
+    own: Mapping[str, cfg.TrainConfig] | None = None,
+    skip_too_big: bool = False,
 ) -> list[tuple[str, int, cfg.TrainConfig]]:
     """(model, batch size, config) of every ablation run, at an equal number of users seen.
 
-    ``E = (base.steps_per_epoch or num_train_users // base.batch_size) ×
-    base.batch_size`` users per epoch; batch size ``b`` trains
-    `equal_budget_steps(E, b)` steps per epoch for ``epochs`` (default
-    ``base.epochs``). Where a main run (``main``) has exactly these settings
+    Each model starts from its main run's config (``main[model]``), else its
+    own settings (``own[model]``, see `main_configs`), else ``base``. With
+    ``E = steps × batch size`` users per epoch of that config (``steps`` from
+    `TrainConfig.steps_for`), batch size ``b`` trains `equal_budget_steps(E, b)`
+    steps per epoch, for at most ``epochs`` epochs (default: the config's cap),
+    with the same early stopping. Where a main run has exactly these settings
     its config (and run dir) is returned instead, so it is trained only once.
+    Batch sizes above ``num_train_users`` are an error, or skipped with
+    ``skip_too_big``.
     """
-    base_steps = base.steps_per_epoch or max(1, num_train_users // base.batch_size)
-    examples = base_steps * base.batch_size
-    epochs = epochs or base.epochs
     too_big = [b for b in batch_sizes if b > num_train_users]
-    if too_big:
+    if too_big and not skip_too_big:
         raise ValueError(
             f"--batch_sizes {too_big} exceed the {num_train_users} train users; drop them."
         )
+    if too_big:
+        logging.warning(
+            "ablation: skipping batch sizes %s > %d train users", too_big, num_train_users
+        )
     out = []
     for m in models:
+        reuse = (main or {}).get(m)
+        start = reuse or (own or {}).get(m) or dataclasses.replace(base, model=m)
+        own_steps = start.steps_for(num_train_users)
+        examples = own_steps * start.batch_size
+        cap = epochs or start.epochs
         for b in batch_sizes:
+            if b in too_big:
+                continue
             steps = equal_budget_steps(examples, b)
-            reuse = (main or {}).get(m)
-            if reuse is not None and b == base.batch_size and steps == base_steps:
-                if epochs == base.epochs:
+            if reuse is not None and b == start.batch_size and steps == own_steps:
+                if cap == start.epochs:
                     out.append((m, b, reuse))
                     continue
             run_dir = os.path.join(output_dir, ABLATION_DIR, f"{m}_b{b}")
             config = dataclasses.replace(
-                base, model=m, batch_size=b, steps_per_epoch=steps, epochs=epochs, run_dir=run_dir
+                start, model=m, batch_size=b, steps_per_epoch=steps, epochs=cap, run_dir=run_dir
             )
             out.append((m, b, config))
     return out
@@ -123,29 +206,71 @@ def ablation_configs(
 # Report sections
 
 
+# Columns of the run table (the other settings that differ go to its last column).
+_TABLE_KEYS = ("model", "run_dir", "batch_size", "steps_per_epoch", "epochs", "data")
+
+
+def differing_settings(configs: Sequence[cfg.TrainConfig]) -> list[str]:
+    """Names of the settings (other than the table's columns) that differ between runs."""
+    rows = [json.loads(json.dumps(c.to_json())) for c in configs]
+    keys = [k for k in rows[0] if k not in _TABLE_KEYS] if rows else []
+    return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
+
+
+def budget_note(base: cfg.TrainConfig, num_train_users: int | None) -> str:
+    """How the runs' budgets compare, for the report."""
+    steps = base.steps_for(num_train_users) if num_train_users else base.steps_per_epoch
+    epoch = (
+        f"{steps} steps × {base.batch_size} = {steps * base.batch_size} users"
+        if steps
+        else (f"one pass over the train users, >= {base.min_steps_per_epoch} steps")
+    )
+    stop = (
+        f"stops once val_loss has not improved by {base.min_delta:g} (relative) for "
+        f"{base.early_stopping_patience} epochs"
+        if base.early_stopping_patience
+        else "early stopping off: trains the full cap"
+    )
+    return (
+        f"Equal budget, trained to convergence: every run has the same cap, {base.epochs} "
+        f"epochs of {epoch} (another batch size b trains E/b steps per epoch), {stop}, "
+        "and keeps the weights of its best val_loss epoch (evaluated below). Users seen "
+        "= optimizer steps × batch size, as trained."
+    )
+
+
+def _cell(value, fmt: str = "{}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
 def _run_table(
     configs: Sequence[cfg.TrainConfig],
     results: Sequence[dict],
     heading: str = "## Training runs",
-    note: str = "Equal budget: same encoder, batch size, epochs and steps per epoch, so "
-    "every model sees the same number of users.",
+    note: str = "",
 ) -> list[str]:
-    lines = [
-        heading,
-        "",
-        note,
-        "",
-        "| model | run dir | batch size | epochs | steps/epoch | users seen | final loss "
-        "| train seconds |",
-        "|---|---|---|---|---|---|---|---|",
+    """One row per run: its budget as trained and the settings in which runs differ."""
+    differ = differing_settings(configs)
+    lines = [heading, ""] + ([note, ""] if note else [])
+    lines += [
+        "| model | run dir | batch size | steps/epoch | max epochs | epochs | best epoch | "
+        "stopped by | optimizer steps | users seen | best val loss | train seconds | "
+        "differing settings |",
+        "|---" * 13 + "|",
     ]
     for c, r in zip(configs, results):
-        steps = int(r.get("steps_per_epoch", 0))
-        loss = r.get("final", {}).get("loss")
+        steps = int(r.get("steps_per_epoch") or 0)
+        epochs = int(r.get("epochs_completed") or 0)
+        # Runs from before these fields: every epoch was a full one.
+        optimizer_steps = r.get("optimizer_steps", steps * epochs)
+        users = r.get("users_seen", optimizer_steps * c.batch_size)
+        own = json.loads(json.dumps(c.to_json()))
+        settings = ", ".join(f"{k}={own[k]}" for k in differ) or "-"
         lines.append(
-            f"| {c.model} | `{c.run_dir}` | {c.batch_size} | {r.get('epochs_completed')} | "
-            f"{steps} | {c.batch_size * steps * int(r.get('epochs_completed') or 0)} | "
-            f"{'n/a' if loss is None else f'{loss:.4g}'} | {r.get('train_seconds', 'n/a')} |"
+            f"| {c.model} | `{c.run_dir}` | {c.batch_size} | {steps} | {c.epochs} | {epochs} | "
+            f"{_cell(r.get('best_epoch'))} | {_cell(r.get('stop_reason'))} | "
+            f"{optimizer_steps} | {users} | {_cell(r.get('best_val_loss'), '{:.4g}')} | "
+            f"{_cell(r.get('train_seconds'))} | {settings} |"
         )
     lines.append("")
     return lines
@@ -223,6 +348,7 @@ def reproduce(
     output_dir: str,
     *,
     models: Sequence[str] = cfg.MODELS,
+    model_configs: Mapping[str, cfg.TrainConfig] | None = None,
     label_fractions: Sequence[float] = (0.01, 0.05, 0.1, 0.25, 1.0),
     seeds: int = 3,
     tasks: Sequence[str] | None = None,
@@ -231,7 +357,8 @@ def reproduce(
     cache: bool = True,
     baseline: str = "de",
     compare: Sequence[str] = ("bt", "bt+de"),
-    batch_sizes: Sequence[int] = (),
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    skip_too_big: bool = False,
     ablation_models: Sequence[str] = ("bt", "de"),
     ablation_epochs: int | None = None,
     ablation_fractions: Sequence[float] | None = None,
@@ -239,12 +366,17 @@ def reproduce(
 ) -> dict:
     """Trains (or reuses) every run, evaluates, writes ``<output_dir>/report/``.
 
-    ``base`` carries every training setting; only ``model``, ``run_dir`` (and,
-    for the ablation, ``batch_size``/``steps_per_epoch``/``epochs``) change.
+    ``base`` carries every shared training setting; ``model_configs`` a
+    model's own settings (default ``base``), see `main_configs`. Only
+    ``model``, ``run_dir`` (and, for the ablation, ``batch_size`` /
+    ``steps_per_epoch`` / ``epochs``) change. ``batch_sizes=()``: no ablation;
+    ``skip_too_big``: drop batch sizes above the train users instead of failing.
     Returns ``{"report": path of report.md, "rows": main rows, "ablation_rows": [...]}``.
     """
     report_dir = os.path.join(output_dir, REPORT_DIR)
-    configs = main_configs(base, output_dir, models)
+    artifact_dir = pp.preprocess(base.data)
+    n_train = int(bt_input.load_metadata(artifact_dir)["num_users"]["train"])
+    configs = main_configs(base, output_dir, models, own=model_configs, num_train_users=n_train)
     results = []
     for m, c in configs.items():
         logging.info("== training %s in %s", m, c.run_dir)
@@ -265,12 +397,10 @@ def reproduce(
         title=f"Downstream evaluation: {base.data.dataset}",
     )
     md = os.path.join(report_dir, "report.md")
-    sections = _run_table(list(configs.values()), results)
+    sections = _run_table(list(configs.values()), results, note=budget_note(base, n_train))
 
     ablation_rows: list[dict] = []
     if batch_sizes:
-        artifact_dir = pp.preprocess(base.data)
-        n_train = int(bt_input.load_metadata(artifact_dir)["num_users"]["train"])
         runs = ablation_configs(
             base,
             output_dir,
@@ -279,6 +409,10 @@ def reproduce(
             num_train_users=n_train,
             epochs=ablation_epochs,
             main=configs,
+            own=main_configs(
+                base, output_dir, ablation_models, own=model_configs, num_train_users=n_train
+            ),
+            skip_too_big=skip_too_big,
         )
         ablation_results = []
         for m, b, c in runs:
@@ -318,11 +452,16 @@ def reproduce(
         with open(os.path.join(report_dir, ABLATION_JSON), "w") as f:
             json.dump(_json_rows(ablation_rows), f, indent=1, allow_nan=False)
         sections += _ablation_section(ablation_rows, images)
+        cap = f"{ablation_epochs} epochs (--ablation_epochs)" if ablation_epochs else "the same"
         sections += _run_table(
             [c for _, _, c in runs],
             ablation_results,
             heading="### Ablation runs",
-            note="Users seen = batch size × steps per epoch × epochs, equal up to rounding.",
+            note="Cap: "
+            + cap
+            + ", in epochs of the same number of users (steps per epoch scaled by 1/batch "
+            "size); each run stops on its own val_loss. Users seen = optimizer steps × "
+            "batch size, as trained.",
         )
     _append_sections(md, sections)
     logging.info("report: %s", md)
@@ -342,11 +481,14 @@ def _names(text: str) -> list[str]:
 
 
 def parse(argv: Sequence[str] | None):
-    """(reproduce args, training config) from one command line.
+    """(reproduce args, shared training config) from one command line.
 
     The tool's own flags are parsed first (exact names only: no abbreviations,
     so ``--seed`` stays a training flag and ``--seeds`` an evaluation one);
     everything else goes to `bt_tf.config.parse` (training and Beam flags).
+    ``args.model_configs``: model -> its config with its ``--hparams_*`` file
+    applied after the shared flags (as `bt_tf.train --hparams` would).
+    ``args.skip_too_big``: the batch sizes are the defaults (too big ones are skipped).
     """
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -359,12 +501,29 @@ def parse(argv: Sequence[str] | None):
         help="root of the runs and the report (runs/reproduce_<dataset>)",
     )
     parser.add_argument("--models", type=_names, default=list(cfg.MODELS))
+    for name, model in HPARAMS_FLAGS.items():
+        parser.add_argument(
+            f"--hparams_{name}",
+            default=None,
+            metavar="FILE",
+            help=f"JSON of {model}'s own flag values (e.g. a tuner's best_hparams.json)",
+        )
     parser.add_argument(
-        "--batch_sizes", type=_ints, default=[], help="batch-size ablation, e.g. 32,128,512"
+        "--batch_sizes",
+        type=_ints,
+        default=None,
+        help=f"batch-size ablation (default {','.join(map(str, DEFAULT_BATCH_SIZES))}; "
+        "empty: none)",
+    )
+    parser.add_argument(
+        "--ablation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the batch-size ablation (--no-ablation: only the main comparison)",
     )
     parser.add_argument("--ablation_models", type=_names, default=["bt", "de"])
     parser.add_argument(
-        "--ablation_epochs", type=int, default=0, help="epochs of ablation runs (0: --epochs)"
+        "--ablation_epochs", type=int, default=0, help="cap of the ablation runs (0: --max_epochs)"
     )
     parser.add_argument(
         "--ablation_fractions",
@@ -377,7 +536,23 @@ def parse(argv: Sequence[str] | None):
     args, rest = parser.parse_known_args(argv)
     if any(a == "--model" or a.startswith("--model=") for a in rest):
         raise ValueError("--model is set by bt_tf.reproduce for each run; use --models=bt,de,...")
-    base = cfg.parse(rest, description="bt_tf.reproduce training flags")
+    description = "bt_tf.reproduce training flags"
+    base = cfg.parse(rest, description=description)
+    args.model_configs = {}
+    for name, model in HPARAMS_FLAGS.items():
+        path = getattr(args, f"hparams_{name}")
+        if not path:
+            continue
+        named = cfg.read_hparams(path).get("model", model)
+        if named != model:
+            raise ValueError(f"{path}: sets model={named!r}, but it is --hparams_{name} ({model})")
+        own = cfg.parse(rest, description=description, hparams=[path])
+        args.model_configs[model] = dataclasses.replace(own, model=model)
+    args.skip_too_big = args.batch_sizes is None
+    if args.batch_sizes is None:
+        args.batch_sizes = list(DEFAULT_BATCH_SIZES)
+    if not args.ablation:
+        args.batch_sizes = []
     if not args.output_dir:
         args.output_dir = os.path.join("runs", f"reproduce_{base.data.dataset}")
     return args, base
@@ -390,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         base,
         args.output_dir,
         models=args.models,
+        model_configs=args.model_configs,
         label_fractions=args.label_fractions,
         seeds=args.seeds,
         tasks=ev.tasks_from_flags(args),
@@ -399,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         baseline=args.baseline,
         compare=_names(args.compare),
         batch_sizes=args.batch_sizes,
+        skip_too_big=args.skip_too_big,
         ablation_models=args.ablation_models,
         ablation_epochs=args.ablation_epochs or None,
         ablation_fractions=args.ablation_fractions,

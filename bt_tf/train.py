@@ -2,17 +2,30 @@
 
     python -m bt_tf.train               # synthetic default, a few minutes on a laptop CPU
     python -m bt_tf.train --dataset=ml-1m --lambd=0.005 --projector=1024-1024-1024 \\
-        --augment=mask:0.3,reorder:0.3 --batch_size=256 --epochs=50
+        --augment=mask:0.3,reorder:0.3 --batch_size=256 --max_epochs=50
     python -m bt_tf.train --dataset=ml-20m --strategy=multi_worker   # TF_CONFIG set by the cluster
     python -m bt_tf.train --dataset=ml-1m --model=de                 # TFRS dual-encoder baseline
 
 Preprocesses first when the artifacts are missing (same flags as
-`pipelines.preprocess`). The run directory (`--output_dir`, default
-`runs/<dataset>_<model>`) holds `config.json`, TensorBoard logs (`logs/`),
-checkpoints (`checkpoints/`, one per epoch), `metrics.json` and the exported
-encoder (`export/`). Started again with the same command, a killed run
-continues from its last checkpoint, on exactly the batches it would have seen;
-a finished run is not retrained (raise `--epochs` to train it further).
+`pipelines.preprocess`). Trains until the validation objective (``val_loss``:
+the model's loss on eval users, on views and cuts fixed by the seed) has not
+improved by ``--min_delta`` (relative) for ``--early_stopping_patience``
+epochs, at most ``--max_epochs`` (old name ``--epochs``); see `bt_tf.config`.
+
+The run directory (`--output_dir`, default `runs/<dataset>_<model>`) holds
+`config.json`, TensorBoard logs (`logs/`), `checkpoints/` (THE run's weights:
+those of the epoch with the lowest val_loss, the only weights that
+`metrics.json`, `export/`, `bt_tf.evaluate`, `bt_tf.export`, the tuner and
+`bt_tf.reproduce` ever use), `train_state/` (the last epoch's full training
+state, for resuming), `metrics.json` (``best_epoch``, ``best_val_loss``,
+epochs run, optimizer steps, users seen, training seconds, why it stopped) and
+the exported encoder (`export/`). Without eval users (fewer than 2) there is no
+val_loss: every epoch counts as the best, so the last one is kept.
+
+Started again with the same command, a killed run continues from its last
+epoch, on exactly the batches it would have seen, with the same early-stopping
+state; a finished run (stopped early, or at the cap) is not retrained (raise
+`--max_epochs` to train a run that hit the cap further).
 """
 
 from __future__ import annotations
@@ -39,8 +52,10 @@ from pipelines import preprocess as pp
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = "checkpoints"  # the run's weights (best epoch): what every loader reads
+STATE_DIR = "train_state"  # the last epoch's model, optimizer, data position, stopping state
 EXPORT_DIR = "export"
+MONITOR = "val_loss"
 
 
 # --------------------------------------------------------------------------
@@ -188,16 +203,78 @@ def _dropout_rng(model: tf.keras.Model) -> tf.Module:
     return holder
 
 
-class _EpochCheckpoint(tf.keras.callbacks.Callback):
-    """Saves model, optimizer and the finished-epoch count at every epoch end."""
+class _Progress(tf.Module):
+    """Where training is, checkpointed with the state so a resumed run decides alike.
 
-    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable):
+    ``best_*``: the epoch with the lowest val_loss (its weights are in
+    ``checkpoints/``); ``ref_*``: the last epoch whose val_loss beat the
+    reference by more than ``min_delta`` (patience counts from it).
+    """
+
+    def __init__(self):
+        super().__init__(name="progress")
+        f64, i64 = tf.float64, tf.int64
+        self.best_epoch = tf.Variable(0, dtype=i64, trainable=False, name="best_epoch")
+        self.best_loss = tf.Variable(np.inf, dtype=f64, trainable=False, name="best_loss")
+        self.ref_epoch = tf.Variable(0, dtype=i64, trainable=False, name="ref_epoch")
+        self.ref_loss = tf.Variable(np.inf, dtype=f64, trainable=False, name="ref_loss")
+        self.train_seconds = tf.Variable(0.0, dtype=f64, trainable=False, name="train_seconds")
+
+
+def _checkpoint_number(path: str | None) -> int:
+    return int(path.rsplit("-", 1)[1]) if path else 0
+
+
+def patience_exhausted(progress: _Progress, epoch: int, patience: int) -> bool:
+    return bool(patience) and epoch - int(progress.ref_epoch.numpy()) >= patience
+
+
+class _EpochEnd(tf.keras.callbacks.Callback):
+    """At every epoch end: early-stopping bookkeeping, the state, the best weights.
+
+    Order matters for a kill at any point: the state (with the new best epoch)
+    is saved before the best weights; a resumed run whose state names a best
+    epoch newer than ``checkpoints/`` holds re-saves it from the restored state
+    (the only epoch that can be missing is the state's own), see `train`.
+    """
+
+    def __init__(self, state, best, epoch, progress, *, monitor, patience, min_delta):
         super().__init__()
-        self._manager, self._epoch = manager, epoch
+        self._state, self._best, self._epoch, self._progress = state, best, epoch, progress
+        self._monitor, self._patience, self._min_delta = monitor, patience, min_delta
+
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+        self._seconds = float(self._progress.train_seconds.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
-        self._epoch.assign(epoch + 1)
-        self._manager.save(checkpoint_number=epoch + 1)
+        n, p = epoch + 1, self._progress
+        value = None if self._monitor is None else (logs or {}).get(self._monitor)
+        if self._monitor is None:
+            improved = significant = True
+        else:
+            value = float(value) if value is not None else float("nan")
+            best, ref = float(p.best_loss.numpy()), float(p.ref_loss.numpy())
+            improved = np.isfinite(value) and value < best
+            significant = improved and (
+                not np.isfinite(ref) or value < ref - self._min_delta * abs(ref)
+            )
+        # Without any finite val_loss yet (e.g. NaN at epoch 1) the latest epoch stands in,
+        # so that the run always has weights.
+        improved = improved or int(p.best_epoch.numpy()) == 0
+        if improved:
+            p.best_epoch.assign(n)
+            p.best_loss.assign(value if value is not None and np.isfinite(value) else np.inf)
+        if significant:
+            p.ref_epoch.assign(n)
+            p.ref_loss.assign(np.inf if value is None else value)
+        p.train_seconds.assign(self._seconds + time.time() - self._start)
+        self._epoch.assign(n)
+        self._state.save(checkpoint_number=n)
+        if improved:
+            self._best.save(checkpoint_number=n)
+        if patience_exhausted(p, n, self._patience):
+            self.model.stop_training = True
 
 
 # --------------------------------------------------------------------------
@@ -243,8 +320,8 @@ def _check_resumable(run_dir: str, config: cfg.TrainConfig) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        old = json.load(f)
-    new = json.loads(json.dumps(config.to_json()))  # tuples -> lists, as stored
+        old = cfg.comparable_settings(json.load(f))
+    new = cfg.comparable_settings(json.loads(json.dumps(config.to_json())))  # tuples -> lists
     changed = sorted(k for k in new if old.get(k) != new.get(k) and k not in cfg.RESUMABLE_CHANGES)
     if changed and os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
         raise ValueError(
@@ -253,8 +330,32 @@ def _check_resumable(run_dir: str, config: cfg.TrainConfig) -> None:
         )
 
 
+def _is_full_state(path: str) -> bool:
+    """Whether a checkpoint holds a training state (written before `STATE_DIR` existed)."""
+    return any(name.startswith("epoch/") for name, _ in tf.train.list_variables(path))
+
+
+def _restore_state(checkpoint, state, out_dir: str, progress: _Progress) -> None:
+    """Restores the last epoch's state (or a run from before `STATE_DIR`), if any."""
+    if state.latest_checkpoint:
+        checkpoint.restore(state.latest_checkpoint)
+        print(f"resumed from {state.latest_checkpoint}", flush=True)
+        return
+    legacy = tf.train.latest_checkpoint(os.path.join(out_dir, CHECKPOINT_DIR))
+    if legacy and _is_full_state(legacy):
+        # Its last epoch is the best known: the epochs before left no val record.
+        checkpoint.restore(legacy).expect_partial()
+        progress.best_epoch.assign(_checkpoint_number(legacy))
+        progress.ref_epoch.assign(_checkpoint_number(legacy))
+        print(f"resumed from {legacy} (a run from before {STATE_DIR}/)", flush=True)
+
+
 def train(config: cfg.TrainConfig) -> dict:
-    """Preprocess if needed, train (resuming), probe, export; returns metrics.json's content."""
+    """Preprocess if needed, train (resuming), probe, export; returns metrics.json's content.
+
+    The model in memory after training, the probe, the export, and
+    ``checkpoints/`` all hold the weights of ``metrics["best_epoch"]``.
+    """
     tf.keras.utils.set_random_seed(config.seed)
     # Dropout draws from tf.random.Generator state that lives in the model's
     # variables, so a checkpoint carries it and a resumed run replays exactly.
@@ -267,8 +368,8 @@ def train(config: cfg.TrainConfig) -> dict:
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             done = json.load(f)
-        if done.get("epochs_completed") == config.epochs or done.get("stopped_early"):
-            print(f"{run_dir} is complete; reusing it (raise --epochs to train on)", flush=True)
+        if done.get("epochs_completed", 0) >= config.epochs or done.get("stopped_early"):
+            print(f"{run_dir} is complete; reusing it (raise --max_epochs to train on)", flush=True)
             return done
 
     strategy = make_strategy(config.strategy)
@@ -280,7 +381,7 @@ def train(config: cfg.TrainConfig) -> dict:
         raise ValueError(
             f"--batch_size={config.batch_size} is larger than the {n_train} train users"
         )
-    steps = config.steps_per_epoch or max(1, n_train // config.batch_size)
+    steps = config.steps_for(n_train)
 
     if is_chief():
         derived = {  # what `python -m bt_tf.export --run_dir` needs to rebuild the encoder
@@ -300,16 +401,23 @@ def train(config: cfg.TrainConfig) -> dict:
             print("--jit_compile ignored: XLA steps need a single replica", flush=True)
         model.compile(optimizer=optimizer, jit_compile=jit)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        progress = _Progress()
         checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, epoch=epoch, dropout_rng=_dropout_rng(model)
+            model=model,
+            optimizer=optimizer,
+            epoch=epoch,
+            dropout_rng=_dropout_rng(model),
+            progress=progress,
         )
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(out_dir, CHECKPOINT_DIR), max_to_keep=2
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
-        print(f"resumed from {manager.latest_checkpoint}", flush=True)
+        weights = tf.train.Checkpoint(model=model)
+    state = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, STATE_DIR), max_to_keep=2)
+    best = tf.train.CheckpointManager(weights, os.path.join(out_dir, CHECKPOINT_DIR), max_to_keep=1)
+    _restore_state(checkpoint, state, out_dir, progress)
     initial_epoch = int(epoch.numpy())
+    if initial_epoch and int(progress.best_epoch.numpy()) > _checkpoint_number(
+        best.latest_checkpoint
+    ):
+        best.save(checkpoint_number=initial_epoch)  # killed between the state and the weights
 
     train_ds = make_train_data(
         config, artifact_dir, "train", config.batch_size, repeat=True, seed=config.seed
@@ -321,20 +429,27 @@ def train(config: cfg.TrainConfig) -> dict:
     val_ds = None
     if eval_batch >= 2:
         val_ds = make_train_data(config, artifact_dir, "eval", eval_batch, repeat=False, seed=1)
+        # The first pass's views and cuts, every epoch and after a resume: one fixed objective.
+        val_ds = val_ds.cache()
+    else:
+        print(f"{n_eval} eval users: no val_loss, the last epoch is kept", flush=True)
+    patience = config.early_stopping_patience if val_ds is not None else 0
     callbacks = [
         tf.keras.callbacks.TerminateOnNaN(),
-        _EpochCheckpoint(manager, epoch),
+        _EpochEnd(
+            state,
+            best,
+            epoch,
+            progress,
+            monitor=MONITOR if val_ds is not None else None,
+            patience=patience,
+            min_delta=config.min_delta,
+        ),
         tf.keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
     ]
-    if config.early_stopping_patience and val_ds is not None:
-        callbacks.append(
-            tf.keras.callbacks.EarlyStopping(
-                "val_loss", patience=config.early_stopping_patience, restore_best_weights=True
-            )
-        )
-    start = time.time()
     history = {}
-    if initial_epoch < config.epochs:
+    stop_now = patience_exhausted(progress, initial_epoch, patience)
+    if initial_epoch < config.epochs and not stop_now:
         fit = model.fit(
             train_ds,
             epochs=config.epochs,
@@ -346,16 +461,41 @@ def train(config: cfg.TrainConfig) -> dict:
         )
         history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
         print(f"final loss {history['loss'][-1]:.8g}", flush=True)
+    epochs_done = int(epoch.numpy())
+    best_epoch = int(progress.best_epoch.numpy())
+    optimizer_steps = int(optimizer.iterations.numpy())  # before the weights restore its own
+    if best.latest_checkpoint:  # the best epoch's weights, as every loader gets them
+        weights.restore(best.latest_checkpoint).assert_existing_objects_matched()
+    best_loss = float(progress.best_loss.numpy())
+    if not history.get("loss") or np.isfinite(history["loss"][-1]):
+        reason = "patience" if patience_exhausted(progress, epochs_done, patience) else None
+        reason = reason or ("max_epochs" if epochs_done >= config.epochs else "interrupted")
+    else:
+        reason = "nan"
     result = {
-        "epochs_completed": int(epoch.numpy()),
-        "stopped_early": bool(history) and int(epoch.numpy()) < config.epochs,
+        "epochs_completed": epochs_done,
+        "max_epochs": config.epochs,
+        "stopped_early": epochs_done < config.epochs,
+        "stop_reason": reason,
+        "monitor": MONITOR if val_ds is not None else None,
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss if np.isfinite(best_loss) else None,
+        "patience": patience,
+        "min_delta": config.min_delta,
         "steps_per_epoch": steps,
-        "train_seconds": round(time.time() - start, 2),
+        "optimizer_steps": optimizer_steps,
+        "users_seen": optimizer_steps * config.batch_size,
+        "train_seconds": round(float(progress.train_seconds.numpy()), 2),
         "history": history,
         "final": {k: v[-1] for k, v in history.items()},
         "artifact_dir": artifact_dir,
         "vocab_size": vocab_size,
     }
+    print(
+        f"kept epoch {best_epoch} of {epochs_done} (val_loss {result['best_val_loss']}; "
+        f"stopped: {reason}); {optimizer_steps} steps, {result['users_seen']} users seen",
+        flush=True,
+    )
     if not is_chief():
         shutil.rmtree(out_dir, ignore_errors=True)
         return result

@@ -1,5 +1,6 @@
 """`bt_tf.reproduce`: equal-budget runs, evaluation, report, batch-size ablation, resume."""
 
+import dataclasses
 import json
 import os
 
@@ -35,8 +36,52 @@ def test_own_flags_are_split_from_training_flags():
         rp.parse(["--model=de"])
 
 
+def test_ablation_by_default_and_how_to_turn_it_off():
+    args, _ = rp.parse([])
+    assert args.batch_sizes == [32, 64, 128, 256, 512] and args.skip_too_big
+    for off in (["--no-ablation"], ["--batch_sizes="]):
+        assert rp.parse(off)[0].batch_sizes == [], off
+    args, _ = rp.parse(["--batch_sizes=16,32"])
+    assert args.batch_sizes == [16, 32] and not args.skip_too_big
+
+
+def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
+    bt, de = tmp_path / "bt.json", tmp_path / "de.json"
+    bt.write_text(json.dumps({"lambd": 0.02, "epochs": 40}))  # a Hyperband file's epochs
+    de.write_text(json.dumps({"temperature": 0.05, "learning_rate": 0.003, "batch_size": 16}))
+    shared = ["--dim=8", "--learning_rate=0.002", "--batch_size=32", "--max_epochs=3"]
+    args, base = rp.parse([*shared, f"--hparams_bt={bt}", f"--hparams_de={de}"])
+    assert set(args.model_configs) == {"bt", "de"}
+    configs = rp.main_configs(
+        base, "/out", ["bt", "de", "bt+de"], own=args.model_configs, num_train_users=330
+    )
+    bt_c, de_c, joint = configs["bt"], configs["de"], configs["bt+de"]
+    assert (bt_c.lambd, bt_c.learning_rate, bt_c.dim) == (0.02, 0.002, 8)
+    assert (de_c.temperature, de_c.learning_rate, de_c.dim) == (0.05, 0.003, 8)
+    assert joint == dataclasses.replace(base, model="bt+de", run_dir="/out/bt+de")
+    # The budget is shared: the file's epochs are ignored; a batch of 16 trains twice
+    # the steps (max(16, 330 // 32) = 16 steps of 32 users -> 32 steps of 16).
+    assert {c.epochs for c in configs.values()} == {3}
+    assert de_c.batch_size == 16 and de_c.steps_per_epoch == 32
+    assert bt_c.steps_per_epoch == joint.steps_per_epoch == 0
+    assert rp.differing_settings(list(configs.values())) == [
+        "lambd",
+        "temperature",
+        "learning_rate",
+    ]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"model": "bt"}))
+    with pytest.raises(ValueError, match="sets model='bt', but it is --hparams_de"):
+        rp.parse([f"--hparams_de={wrong}"])
+    other = tmp_path / "x.json"
+    other.write_text(json.dumps({"max_len": 12}))
+    args, base = rp.parse([f"--hparams_de={other}"])
+    with pytest.raises(ValueError, match="data settings"):
+        rp.main_configs(base, "/o", ["de"], own=args.model_configs, num_train_users=330)
+
+
 def test_ablation_runs_see_the_same_number_of_users():
-    base = cfg.TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2)
+    base = cfg.TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2, min_steps_per_epoch=1)
     main = rp.main_configs(base, "/out", ["bt", "de", "bt+de"])
     assert {c.run_dir for c in main.values()} == {"/out/bt", "/out/de", "/out/bt+de"}
     assert len({(c.batch_size, c.epochs, c.steps_per_epoch, c.dim) for c in main.values()}) == 1
@@ -59,6 +104,24 @@ def test_ablation_runs_see_the_same_number_of_users():
     assert runs[0][2].run_dir == "/out/batch_size/bt_b16"
     with pytest.raises(ValueError, match="exceed the 313 train users"):
         rp.ablation_configs(base, "/o", batch_sizes=[512], models=["bt"], num_train_users=313)
+    kept = rp.ablation_configs(
+        base, "/o", batch_sizes=[32, 512], models=["bt"], num_train_users=313, skip_too_big=True
+    )
+    assert [b for _, b, _ in kept] == [32]
+
+
+def test_ablation_on_a_small_dataset_keeps_the_floor_of_steps_and_early_stopping():
+    # 750 train users (ML-100K): 2 batches of 256 per pass, so an epoch is 16 steps.
+    base = cfg.TrainConfig(batch_size=256, min_steps_per_epoch=16, epochs=20)
+    main = rp.main_configs(base, "/out", ["bt", "de"])
+    runs = rp.ablation_configs(
+        base, "/out", batch_sizes=[32, 256, 512], models=["de"], num_train_users=750, main=main
+    )
+    steps = {b: c.steps_per_epoch for _, b, c in runs}
+    assert steps == {32: 128, 256: 0, 512: 8}  # 16 × 256 = 4096 users per epoch for all
+    for _, _, c in runs:
+        assert c.epochs == 20 and c.early_stopping_patience == base.early_stopping_patience
+    assert runs[1][2] is main["de"]
 
 
 def _mtimes(paths):
@@ -81,15 +144,23 @@ def _argv(tmp_path, *extra):
 
 def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     out = tmp_path / "repro"
-    argv = _argv(tmp_path, "--models=bt,de")
+    de_hparams = tmp_path / "de.json"
+    de_hparams.write_text(json.dumps({"temperature": 0.2}))
+    argv = _argv(tmp_path, "--models=bt,de", "--no-ablation", f"--hparams_de={de_hparams}")
     first = rp.main(argv)
     md = (out / "report" / "report.md").read_text()
     for name in ("bt", "de", "untrained", "bag_of_items", "majority"):
         assert f"| {name} |" in md, name
     assert "Relative improvement over `de`" in md and "## Training runs" in md
+    assert "## Batch-size ablation" not in md
     metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in ("bt", "de")}
-    # Equal budget: the same batch size, epochs and steps for both models.
+    # Equal budget: the same batch size, cap and steps for both models.
     assert {(m["epochs_completed"], m["steps_per_epoch"]) for m in metrics.values()} == {(1, 4)}
+    assert json.loads((out / "de" / "config.json").read_text())["temperature"] == 0.2
+    # The run table: budget as trained, and the setting in which the models differ.
+    row = [line for line in md.splitlines() if line.startswith("| de | `")][0]
+    assert "| 32 | 4 | 1 | 1 | 1 | max_epochs | 4 | 128 |" in row and "temperature=0.2" in row
+    assert "best epoch" in md and "train seconds" in md
     for r in first["rows"]:
         assert 0.0 <= r["value"] <= 1.0, r
 
@@ -114,7 +185,8 @@ def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
     assert "Relative improvement over `de`" in md
     assert "## Training runs" in md and "## Batch-size ablation" in md
     assert "| model | b=16 | b=32 |" in md
-    assert "### Ablation runs" in md and "| 16 | 1 | 8 | 128 |" in md  # 16 × 8 × 1 users
+    # 16 × 8 × 1 users: batch, steps/epoch, cap, epochs, best epoch, stop, steps, users
+    assert "### Ablation runs" in md and "| 16 | 8 | 1 | 1 | 1 | max_epochs | 8 | 128 |" in md
 
     # Equal budget: same batch, epochs and steps for the three models.
     metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in ("bt", "de", "bt+de")}

@@ -10,9 +10,11 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from bt_tf import config as cfg
-from bt_tf import train
+from bt_tf import evaluate, export, train
+from bt_tf import input as bt_input
 from pipelines import preprocess as pp
 from pipelines import synthetic
 from tests.tiny import TINY_FLAGS
@@ -84,6 +86,88 @@ def test_hparams_file_overrides_flags(tmp_path):
         cfg.parse([f"--hparams={path}"])
 
 
+def test_max_epochs_and_its_old_name_epochs():
+    assert cfg.parse(["--max_epochs=7"]).epochs == cfg.parse(["--epochs=7"]).epochs == 7
+    assert cfg.parse([]).max_epochs == cfg.TrainConfig().epochs
+    d = cfg.TrainConfig()
+    assert d.early_stopping_patience > 0 and d.min_steps_per_epoch > 1  # convergence by default
+    # An epoch is one pass over the train users, but at least min_steps_per_epoch steps.
+    assert d.steps_for(750) == d.min_steps_per_epoch  # ML-100K: 2 batches of 256
+    assert d.steps_for(100 * d.batch_size) == 100
+    assert cfg.TrainConfig(steps_per_epoch=3).steps_for(10**6) == 3
+
+
+@pytest.mark.parametrize("key", ["epochs", "max_epochs"])
+def test_hparams_files_name_the_cap_either_way(tmp_path, key):
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({key: 3, "lambd": 0.01}))
+    assert cfg.parse(["--max_epochs=9", f"--hparams={path}"]).epochs == 3
+    path.write_text(json.dumps({"epochs": 3, "max_epochs": 4}))
+    with pytest.raises(ValueError, match="both"):
+        cfg.parse([f"--hparams={path}"])
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    """Preprocessed once for the tests that train several tiny runs on it."""
+    path = tmp_path_factory.mktemp("tiny_data")
+    pp.preprocess(cfg.parse([*TINY_FLAGS, f"--data_output_dir={path}"]).data)
+    return str(path)
+
+
+def _encoder_variables(checkpoint: str) -> dict:
+    reader = tf.train.load_checkpoint(checkpoint)
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.startswith("model/encoder/") and k.endswith("VARIABLE_VALUE")
+    }
+
+
+def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data):
+    """val_loss peaks early (a high learning rate): the best epoch's weights, not the
+    last one's, are what metrics.json names and export/, evaluate and bt_tf.export use."""
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe"]
+    flags += ["--learning_rate=0.03", "--early_stopping_patience=1"]
+    run = tmp_path / "peaked"
+    result = train.train(cfg.parse([*flags, f"--output_dir={run}", "--max_epochs=5"]))
+    val = result["history"]["val_loss"]
+    best = result["best_epoch"]
+    assert result["stop_reason"] == "patience" and result["stopped_early"]
+    assert best < result["epochs_completed"] == len(val)  # the last epoch is not the best
+    assert best == 1 + int(np.argmin(val)) and result["best_val_loss"] == pytest.approx(min(val))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == best and metrics["monitor"] == "val_loss"
+    assert metrics["optimizer_steps"] == 4 * len(val)  # every epoch ran, to the stop
+    assert metrics["users_seen"] == 32 * 4 * len(val) and metrics["train_seconds"] > 0
+
+    # The same run capped at the best epoch: its last weights ARE the best epoch's.
+    short = tmp_path / "short"
+    train.train(cfg.parse([*flags, f"--output_dir={short}", f"--max_epochs={best}", "--no-export"]))
+    want = _encoder_variables(tf.train.latest_checkpoint(str(short / train.STATE_DIR)))
+    last = _encoder_variables(tf.train.latest_checkpoint(str(run / train.STATE_DIR)))
+    kept = _encoder_variables(tf.train.latest_checkpoint(str(run / train.CHECKPOINT_DIR)))
+    assert kept.keys() == want.keys() == last.keys() and kept
+    for k in kept:
+        np.testing.assert_allclose(kept[k], want[k], rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(kept[k], last[k]) for k in kept)
+
+    # Loaders: evaluate/tuner/bt_tf.export restore the run, export/ was written by train.
+    ids = tf.constant([list(range(3, 13))])
+    by_short, _ = export.restore_encoder(str(short))
+    by_eval, _, _ = evaluate.restore_run(str(run))
+    want_emb = by_short(ids, training=False).numpy()
+    np.testing.assert_allclose(by_eval(ids, training=False).numpy(), want_emb, atol=1e-5)
+    vocab = bt_input.load_vocab(metrics["artifact_dir"])
+    loaded = tf.saved_model.load(str(run / "export"))
+    served = loaded.signatures["serving_default"](item_ids=tf.constant([vocab[3:13]]))
+    np.testing.assert_allclose(served["user_embedding"].numpy(), want_emb, atol=1e-5)
+
+    # A run that stopped early is finished: a rerun with a higher cap reuses it.
+    again = train.train(cfg.parse([*flags, f"--output_dir={run}", "--max_epochs=9"]))
+    assert again == metrics
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     data_flags = [f"--data_output_dir={tmp_path / 'data'}", *TINY_FLAGS, "--epochs=4", "--no-probe"]
     whole = _run([*data_flags, f"--output_dir={tmp_path / 'whole'}", "--no-export"])
@@ -96,9 +180,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not (run_dir / "checkpoints" / "checkpoint").exists():
+    state = run_dir / train.STATE_DIR / "checkpoint"
+    while time.time() < deadline and not state.exists():
         time.sleep(0.05)
-    assert (run_dir / "checkpoints" / "checkpoint").exists(), "no checkpoint was written"
+    assert state.exists(), "no checkpoint was written"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "metrics.json").exists()  # it really died before the end
@@ -110,6 +195,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     b = json.loads((run_dir / "metrics.json").read_text())
     assert a["epochs_completed"] == b["epochs_completed"] == 4
     assert len(b["history"]["loss"]) < 4  # the resumed process did not start over
+    # The same early-stopping record: the same epoch kept, the same counts.
+    for key in ("best_epoch", "optimizer_steps", "users_seen", "stop_reason"):
+        assert a[key] == b[key], key
+    assert a["best_val_loss"] == pytest.approx(b["best_val_loss"], rel=1e-4)
     # Same batches, same weights: the resumed epochs replay the uninterrupted ones.
     resumed_epochs = len(b["history"]["loss"])
     np.testing.assert_allclose(
@@ -187,3 +276,38 @@ def test_export_cli_on_a_trained_run(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["encoder"]["dim"] == 16 and os.path.isdir(config["artifact_dir"])
+
+
+def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_data):
+    """Old layout: config.json with `epochs` and without the newer settings, the last
+    epoch's full state in checkpoints/, no train_state/: reused, loaded, resumable."""
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
+    run = tmp_path / "old"
+    train.train(cfg.parse([*flags, f"--output_dir={run}", "--epochs=1"]))
+    # Rewrite it the way the code before train_state/ left it.
+    (run / train.CHECKPOINT_DIR / "checkpoint").unlink()
+    for path in (run / train.CHECKPOINT_DIR).iterdir():
+        path.unlink()
+    (run / train.CHECKPOINT_DIR).rmdir()
+    (run / train.STATE_DIR).rename(run / train.CHECKPOINT_DIR)
+    config = json.loads((run / "config.json").read_text())
+    for key in ("min_steps_per_epoch", "min_delta"):
+        del config[key]
+    config["early_stopping_patience"] = 0
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((run / "metrics.json").read_text())
+    old_keys = ("epochs_completed", "stopped_early", "steps_per_epoch", "train_seconds")
+    old = {k: metrics[k] for k in (*old_keys, "history", "final", "artifact_dir", "vocab_size")}
+    (run / "metrics.json").write_text(json.dumps(old))
+
+    # Reused as it is, by the command that made it (and by today's defaults).
+    assert train.train(cfg.parse([*flags, f"--output_dir={run}", "--epochs=1"])) == old
+    # Loaded by export and evaluate.
+    encoder, loaded_config = export.restore_encoder(str(run))
+    assert loaded_config["epochs"] == 1
+    evaluate.restore_run(str(run))
+    # A higher cap trains on from its last epoch.
+    more = train.train(cfg.parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
+    assert more["epochs_completed"] == 2 and len(more["history"]["loss"]) == 1
+    assert more["optimizer_steps"] == 8 and more["best_epoch"] in (1, 2)
+    export.restore_encoder(str(run))
