@@ -119,6 +119,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Command-line defaults per dataset (explicit flags and --hparams still win).
+# The recipe chosen on ML-100K (see README, "Results"): shorter histories (the
+# most recent 50 items: faster steps, and the recent past is what predicts the
+# future), small batches with many steps, a 512-512 projector, and crop views.
+# The larger MovieLens sets keep the same recipe with longer histories.
+_MOVIELENS_RECIPE = {
+    "batch_size": 64,
+    "projector": "512-512",
+    "augment": "crop:0.6,mask:0.2,reorder:0.2",
+}
+DATASET_DEFAULTS: dict[str, dict] = {
+    "ml-100k": {**_MOVIELENS_RECIPE, "max_len": 50, "epochs": 30},
+    "ml-1m": {**_MOVIELENS_RECIPE, "max_len": 100, "epochs": 30},
+    "ml-20m": {**_MOVIELENS_RECIPE, "max_len": 100, "batch_size": 256},
+}
+
+
+def dataset_defaults(dataset: str) -> dict:
+    """Flag defaults of `dataset` (flag names without dashes), ``{}`` when none."""
+    return dict(DATASET_DEFAULTS.get(dataset, {}))
+
+
 # Settings a resumed run may change without invalidating its checkpoints.
 RESUMABLE_CHANGES = (
     "epochs",
@@ -246,5 +268,15 @@ def parse(
         description=description, epilog="Other --flags are passed to Beam (preprocessing)."
     )
     add_flags(parser)
+    apply_dataset_defaults(parser, argv)
     args, beam_args = parser.parse_known_args(argv)
     return config_from_flags(args, beam_args, hparams)
+
+
+def apply_dataset_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> str:
+    """Sets `parser`'s defaults to those of the ``--dataset`` in `argv`; returns its name."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--dataset", default=pp.PreprocessConfig().dataset)
+    dataset = probe.parse_known_args(argv)[0].dataset
+    parser.set_defaults(**dataset_defaults(dataset))
+    return dataset
