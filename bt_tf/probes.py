@@ -650,6 +650,7 @@ def train_softmax_probe(
     max_params: int = 1 << 25,
     eval_chunk_size: int = 2048,
     prior_smoothing: float = 0.5,
+    prior_counts: np.ndarray | None = None,
     se_rule: float = DEFAULT_SE_RULE,
 ) -> Probe:
     """Multinomial logistic regression on frozen features, selected on eval.
@@ -700,6 +701,10 @@ def train_softmax_probe(
         floats); larger grids run in several groups.
       eval_chunk_size: at most this many eval rows scored at once (fewer when
         ``rows * C * members`` would exceed 2**26 floats).
+      prior_counts: ``[num_classes]`` label-free counts the initial bias is the
+        smoothed log prior of instead of ``y_train``'s (next item: item
+        popularity in train histories, so that at 1% labels the probe starts
+        from the popularity ranking rather than from the 7 sampled targets).
       prior_smoothing: add-``smoothing`` counts of the initial log-prior bias
         (> 0, so classes absent from the sample keep a finite bias).
       se_rule: standard errors of slack in the selection rule; 0 = plain
@@ -747,7 +752,13 @@ def train_softmax_probe(
         x_tr = (x_tr - mean) / scale
         x_ev = (np.asarray(x_eval, dtype=np.float32) - mean) / scale
     metric = select_metric or log_likelihood_rows(y_eval)
-    bias_init = log_prior(y_train, num_classes, smoothing=prior_smoothing)
+    if prior_counts is None:
+        bias_init = log_prior(y_train, num_classes, smoothing=prior_smoothing)
+    else:
+        counts = np.asarray(prior_counts, dtype=np.float64).reshape(-1) + prior_smoothing
+        if counts.size != num_classes:
+            raise ValueError(f"prior_counts has {counts.size} entries, expected {num_classes}.")
+        bias_init = np.log(counts / counts.sum()).astype(np.float32)
 
     per_group = max(
         1,
@@ -1080,6 +1091,9 @@ def _eval_next_item(
         return metrics.ndcg_gains_at_k(metrics.target_ranks(scores, y_ev[rows], exclude=ex), k)
 
     kwargs.setdefault("select_metric", ndcg_rows)
+    if history is not None and "train" in history:
+        # Start from the popularity floor's ranking (label-free train histories).
+        kwargs.setdefault("prior_counts", item_counts(history["train"], num_items))
     probe = train_softmax_probe(
         emb["train"][tr], t["train"][tr], emb["eval"][ev], y_ev, num_items, **kwargs
     )

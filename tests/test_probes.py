@@ -543,3 +543,36 @@ def test_grid_trained_jointly_equals_one_at_a_time():
     alone = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 3, max_params=1, **kw)
     assert joint.selection == alone.selection
     np.testing.assert_allclose(joint.weights, alone.weights, rtol=1e-4, atol=1e-5)
+
+
+def test_next_item_probe_on_noise_starts_from_the_popularity_ranking():
+    # Next item's "majority class" is the popularity ranking of the train
+    # histories (label-free). At 1% of 600 users (6 targets), a prior taken from
+    # the sampled targets alone ranks 6 items first; the popularity prior keeps
+    # a noise probe at the popularity floor. Tolerance: 2 standard errors of an
+    # HR@10 near 0.3 on 800 test users (2 * sqrt(0.21 / 800) = 0.032) + 0.01.
+    num_items, d = 60, 16
+    rng = np.random.default_rng(0)
+    popularity = 1.0 / np.arange(1, num_items - probes.NUM_RESERVED + 1)
+    popularity /= popularity.sum()
+
+    def draw(n, size=None):
+        return probes.NUM_RESERVED + rng.choice(
+            popularity.size, (n,) if size is None else (n, size), p=popularity
+        )
+
+    sizes = {"train": 600, "eval": 100, "test": 800}
+    targets = {s: draw(n) for s, n in sizes.items()}
+    history = {s: draw(n, 20) for s, n in sizes.items()}
+    emb = {s: rng.normal(size=(n, d)).astype(np.float32) for s, n in sizes.items()}
+    rows = probes.evaluate_embeddings(
+        emb, {"next_item": targets}, model="noise", fractions=(0.01, 1.0), seeds=(0,),
+        num_items=num_items, history=history, exclude_history=False,
+        probe_kwargs={"max_epochs": 30, "min_epochs": 5},
+    )  # fmt: skip
+    counts = probes.item_counts(history["train"], num_items)
+    floor = probes.popularity_floor(counts, targets["test"], fractions=(0.01, 1.0), seeds=(0,))
+    pop = {r["fraction"]: r["value"] for r in floor if r["metric"] == "hr@10"}
+    for r in rows:
+        if r["metric"] == "hr@10":
+            assert abs(r["value"] - pop[r["fraction"]]) <= 2 * np.sqrt(0.21 / 800) + 0.01, r
