@@ -37,9 +37,11 @@ class TrainConfig:
     projector: str = "1024-1024-1024"
     lambd: float = 0.005
     augment: str = "mask:0.3,reorder:0.3"
-    # dual encoder / joint
+    # dual encoder / joint (causal query tower, every position a next-item query)
     temperature: float = 0.1
     bt_weight: float = 0.1
+    de_candidates: int = 0  # shared sampled-softmax candidates per step; 0: one per user
+    de_logq: bool = False  # logQ correction of the sampled softmax
     # optimization
     batch_size: int = 256
     epochs: int = 8
@@ -62,6 +64,10 @@ class TrainConfig:
             raise ValueError("--batch_size must be >= 2 (Barlow Twins standardizes over the batch)")
         if self.epochs < 1:
             raise ValueError("--epochs must be >= 1")
+        if self.de_candidates < 0:
+            raise ValueError("--de_candidates must be >= 0 (0: one per user of the batch)")
+        if self.temperature <= 0:
+            raise ValueError("--temperature must be > 0")
 
     @property
     def max_len(self) -> int:
@@ -78,6 +84,9 @@ class TrainConfig:
             "dropout": self.dropout,
             "kind": self.encoder_kind,
             "pooling": self.pooling,
+            # The DE (and BT+DE) query tower predicts the next item at every
+            # position: causal. BT alone stays bidirectional (bt_tf.encoders).
+            "causal": "de" in self.model.split("+"),
         }
 
     def to_json(self) -> dict:
@@ -115,6 +124,18 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{name}", default=getattr(d, name), action=argparse.BooleanOptionalAction
         )
+    parser.add_argument(
+        "--de_candidates",
+        type=int,
+        default=d.de_candidates,
+        help="DE: shared sampled-softmax candidates per step (0: one per user of the batch)",
+    )
+    parser.add_argument(
+        "--de_logq",
+        default=d.de_logq,
+        action=argparse.BooleanOptionalAction,
+        help="DE: logQ correction of the sampled softmax",
+    )
     parser.add_argument("--hparams", default=None, help="JSON file of flag values; overrides flags")
 
 
