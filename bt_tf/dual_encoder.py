@@ -25,7 +25,10 @@ A candidate equal to the query's target is masked (accidental hit); with
 `logq_correction` every logit is corrected by `- log Q(item)`, Q the item's
 share of the valid positions the candidates are drawn from (the exact
 sampling distribution of this draw, as `tfrs.tasks.Retrieval`'s
-`candidate_sampling_probability`). Memory is `[b·L, 1 + C]` logits per
+`candidate_sampling_probability`; off in this class as in TFRS, on in
+`bt_tf.train`'s default config `--de_logq`, because without it the candidates,
+drawn in proportion to popularity, push popular items down and full-catalog
+next-item HR suffers). Memory is `[b·L, 1 + C]` logits per
 replica (b·L queries, C candidates); the `[B·L, B·L]` matrix of "every
 target against every query" is never formed (256 users × 200 positions would
 be 51,200² logits). Why sampled positions and not every distinct item: the
@@ -125,7 +128,12 @@ def sample_candidates(pool: tf.Tensor, num: int | tf.Tensor, seed) -> tuple[tf.T
         tf.shape(pool), seed=seed, minval=None, maxval=None, dtype=tf.int32, alg=_ALG
     )
     keys = tf.where(valid, tf.bitwise.bitwise_and(bits, 0x7FFFFFFF), -1)
-    _, index = tf.math.top_k(keys, k=tf.minimum(num, tf.size(pool)), sorted=False)
+    size = pool.shape.num_elements()
+    if isinstance(num, int) and size is not None:
+        k = min(num, size)  # static: XLA needs a compile-time k
+    else:
+        k = tf.minimum(num, tf.size(pool))
+    _, index = tf.math.top_k(keys, k=k)
     return tf.gather(pool, index), tf.gather(valid, index)
 
 
@@ -458,7 +466,9 @@ class DualEncoderModel(tfrs.Model):
         pool = targets
         if ctx is not None and self.global_negatives:
             pool = _gather_targets(ctx, targets)
-        num = self.num_candidates if self.num_candidates is not None else tf.shape(pool)[0]
+        num = self.num_candidates
+        if num is None:  # one per user of the global batch
+            num = pool.shape[0] if pool.shape[0] is not None else tf.shape(pool)[0]
         if seed is None:
             seed = self._sample_seed(training=False)
         flat_pool = tf.reshape(pool, [-1])

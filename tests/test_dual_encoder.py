@@ -95,6 +95,11 @@ def test_sample_candidates_draws_valid_positions_without_replacement():
     assert sorted(ids.numpy()[ok.numpy()]) == [5, 6, 7, 9] and ok.numpy().sum() == 4
     # Capped at the pool size.
     assert sample_candidates(pool, 100, [1, 2])[0].shape == (8,)
+    # The same draw under XLA (integer Philox bits), so --jit_compile changes nothing.
+    xla = tf.function(lambda s: sample_candidates(pool, 3, s), jit_compile=True)
+    np.testing.assert_array_equal(
+        xla(tf.constant([1, 2]))[0], sample_candidates(pool, 3, [1, 2])[0]
+    )
 
 
 def test_sample_candidates_is_uniform_over_valid_positions():
@@ -134,6 +139,22 @@ def test_the_query_at_t_does_not_see_later_items(kind):
     assert terms.targets.numpy()[0, 2] == 7 and moved.targets.numpy()[0, 2] == 20
     # The user embedding (export, probes) is the query at the last real position.
     np.testing.assert_allclose(model(items).numpy()[0], q[4], atol=1e-6)
+
+
+def test_train_builds_a_causal_de_and_a_bidirectional_bt():
+    from bt_tf import config as cfg
+    from bt_tf import train
+
+    de = train.build_model(cfg.TrainConfig(model="de", dim=8, temperature=0.3), 20)
+    assert isinstance(de, DualEncoderModel) and de.encoder.causal
+    assert (de.temperature, de.logq_correction, de.num_candidates) == (0.3, True, None)
+    joint = train.build_model(cfg.TrainConfig(model="bt+de", dim=8, de_candidates=7), 20)
+    assert isinstance(joint, JointModel) and joint.encoder.causal and joint.num_candidates == 7
+    bt = train.build_model(cfg.TrainConfig(model="bt", dim=8, projector="8"), 20)
+    assert not bt.encoder.causal
+    # What export/evaluate rebuild from config.json: the same mode.
+    assert cfg.TrainConfig(model="de").encoder_kwargs(20)["causal"] is True
+    assert cfg.TrainConfig(model="bt").encoder_kwargs(20)["causal"] is False
 
 
 def test_de_needs_a_causal_query_tower():
