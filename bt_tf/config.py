@@ -55,9 +55,13 @@ class TrainConfig:
     projector: str = "1024-1024-1024"
     lambd: float = 0.005
     augment: str = "mask:0.3,reorder:0.3"
-    # dual encoder / joint
+    # dual encoder / joint (causal query tower, every position a next-item query)
     temperature: float = 0.1
     bt_weight: float = 0.1
+    de_candidates: int = 0  # shared sampled-softmax candidates per step; 0: one per user
+    # logQ correction of the sampled softmax: without it, candidates drawn from the
+    # batch's targets push popular items down and full-catalog HR@10 suffers.
+    de_logq: bool = True
     # optimization
     batch_size: int = 256
     epochs: int = 10  # the cap: --max_epochs (alias --epochs)
@@ -87,6 +91,11 @@ class TrainConfig:
         if self.early_stopping_patience < 0 or not 0.0 <= self.min_delta < 1.0:
             raise ValueError("--early_stopping_patience must be >= 0 and 0 <= --min_delta < 1")
 
+        if self.de_candidates < 0:
+            raise ValueError("--de_candidates must be >= 0 (0: one per user of the batch)")
+        if self.temperature <= 0:
+            raise ValueError("--temperature must be > 0")
+
     @property
     def max_epochs(self) -> int:
         """The epoch cap (stored as ``epochs``, the flag's old name)."""
@@ -113,6 +122,9 @@ class TrainConfig:
             "dropout": self.dropout,
             "kind": self.encoder_kind,
             "pooling": self.pooling,
+            # The DE (and BT+DE) query tower predicts the next item at every
+            # position: causal. BT alone stays bidirectional (bt_tf.encoders).
+            "causal": "de" in self.model.split("+"),
         }
 
     def to_json(self) -> dict:
@@ -222,6 +234,18 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{name}", default=getattr(d, name), action=argparse.BooleanOptionalAction
         )
+    parser.add_argument(
+        "--de_candidates",
+        type=int,
+        default=d.de_candidates,
+        help="DE: shared sampled-softmax candidates per step (0: one per user of the batch)",
+    )
+    parser.add_argument(
+        "--de_logq",
+        default=d.de_logq,
+        action=argparse.BooleanOptionalAction,
+        help="DE: logQ correction of the sampled softmax",
+    )
     parser.add_argument("--hparams", default=None, help="JSON file of flag values; overrides flags")
 
 

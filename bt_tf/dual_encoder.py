@@ -6,26 +6,54 @@ tower is the same `SequenceEncoder` class (and size) as the Barlow Twins
 backbone, so the two are compared at equal encoder capacity; the candidate
 tower is an item embedding table (`ItemTower`).
 
-Training pairs (`next_item_pairs`): from a right-padded history
-`[i_0, ..., i_{n-1}, 0, ...]` a cut `c` is drawn uniformly in `[1, n - 1]`;
-the query is the prefix `[i_0, ..., i_{c-1}]` (re-padded to the same width)
-and the target is `i_c`. Rows with fewer than 2 items have no pair: their
-target is `PAD_ID`, and the loss gives them weight 0 and never uses them as
-negatives, so batch shapes stay static (no filtering inside `tf.data`).
+Every position is a training pair (SASRec / sequential TFRS retrieval): the
+query tower is a CAUSAL `SequenceEncoder` (`causal=True`), which gives one
+user vector per position of a right-padded history `[i_0, ..., i_{n-1}, 0, ...]`
+in a single pass; the query at position t (the user after `i_0..i_t`) is
+paired with the target `i_{t+1}`, for t = 0..n-2 (`next_item_targets`).
+Padding positions, the last real position (no next item) and targets that
+are not real items (OOV) are no query. A user of n items thus gives n - 1
+pairs per epoch, where a single random (prefix, next item) cut gave one.
 
-Batches: `DualEncoderModel` reads `{"prefix": int [B, L], "target": int [B]}`;
-`JointModel` additionally reads `{"view1", "view2"}` (two augmented views of
-the full history, as `BarlowTwinsModel`). Extra keys are ignored.
+Loss (`DualEncoderModel.retrieval_terms`): a sampled softmax in the TFRS way.
+Every valid query of the batch is scored `q·e / temperature` against its own
+target (the positive) and against a SHARED candidate set: the targets at
+`num_candidates` positions drawn uniformly without replacement among the
+valid positions of the GLOBAL batch (default: as many as the global batch has
+users, i.e. the number of in-batch negatives the one-pair-per-user DE had).
+A candidate equal to the query's target is masked (accidental hit); with
+`logq_correction` every logit is corrected by `- log Q(item)`, Q the item's
+share of the valid positions the candidates are drawn from (the exact
+sampling distribution of this draw, as `tfrs.tasks.Retrieval`'s
+`candidate_sampling_probability`; off in this class as in TFRS, on in
+`bt_tf.train`'s default config `--de_logq`, because without it the candidates,
+drawn in proportion to popularity, push popular items down and full-catalog
+next-item HR suffers). Memory is `[b·L, 1 + C]` logits per
+replica (b·L queries, C candidates); the `[B·L, B·L]` matrix of "every
+target against every query" is never formed (256 users × 200 positions would
+be 51,200² logits). Why sampled positions and not every distinct item: the
+cost then follows the batch, not the catalog, and the number of negatives per
+query scales with the batch size as in-batch negatives do (the batch-size
+ablation's mechanism). The loss is the mean cross-entropy over all valid
+(user, position) queries of the global batch.
+
+Batches: `DualEncoderModel` reads `{"items": int [B, L]}` (right-padded
+histories, as `bt_tf.input.make_dataset` gives them); `JointModel`
+additionally reads `{"view1", "view2"}` (two augmented views of the full
+history, as `BarlowTwinsModel`). Extra keys are ignored.
 
 Both models expose the same API as `BarlowTwinsModel` for probes and export:
-`model(items)` is the user embedding `[B, dim]` (the encoder output), and
-`model.item_embeddings()` the candidate matrix `[vocab_size, dim]` whose row
-`i` scores item id `i` by dot product (rows `< NUM_RESERVED` are the reserved
-pad/mask/OOV ids, not items: exclude them when recommending).
+`model(items)` is the user embedding `[B, dim]` (the causal encoder's output
+at the last real position: exactly the query the training loss would use at
+that position), and `model.item_embeddings()` the candidate matrix
+`[vocab_size, dim]` whose row `i` scores item id `i` by dot product (rows
+`< NUM_RESERVED` are the reserved pad/mask/OOV ids, not items: exclude them
+when recommending).
 
-In-batch negatives span the GLOBAL batch under `tf.distribute` (see
-`DualEncoderModel`), so R replicas give the same loss and update as one
-device on the same global batch; plain TFRS uses only each replica's rows.
+Under `tf.distribute` the candidate positions are drawn from the all-gathered
+targets of the GLOBAL batch with a seed every replica shares, so R replicas
+give the same loss and update as one device on the same global batch; plain
+TFRS uses only each replica's rows.
 """
 
 from __future__ import annotations
@@ -38,135 +66,89 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
-from bt_tf.augment import sequence_lengths
 from bt_tf.features import NUM_RESERVED, PAD_ID
 from bt_tf.input import ITEMS
 from bt_tf.losses import barlow_twins_terms
 from bt_tf.models import VIEW1, VIEW2
 
-PREFIX = "prefix"
-TARGET = "target"
-
 # Pinned so that eager (CPU kernel) and XLA draw the same bits (as bt_tf.augment).
 _ALG = "philox"
-# Fold-in constant: the cut's random stream, so a seed shared with the view
-# augmentation gives independent cuts.
-_STREAM_CUT = 101
-
-
-def _fold(seed, stream: int) -> tf.Tensor:
-    seed = tf.convert_to_tensor(seed)
-    if seed.dtype not in (tf.int32, tf.int64):
-        raise TypeError(f"seed must be an int32/int64 tensor of shape [2], got {seed.dtype}.")
-    seed.shape.assert_is_compatible_with([2])
-    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), stream, alg=_ALG)
-
-
-def _uniform_int(upper: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Per row an int uniform in `[0, upper)` (0 where `upper <= 1`), stateless.
-
-    Built from raw Philox bits (top 53 bits of a uint64 → exact float64 in
-    [0, 1)), because float-typed stateless draws differ between eager and XLA.
-    """
-    bits = tf.random.stateless_uniform(
-        tf.shape(upper), seed=seed, minval=None, maxval=None, dtype=tf.uint64, alg=_ALG
-    )
-    u = tf.cast(tf.bitwise.right_shift(bits, 11), tf.float64) * (2.0**-53)
-    draw = tf.cast(tf.floor(u * tf.cast(upper, tf.float64)), tf.int32)
-    return tf.clip_by_value(draw, 0, tf.maximum(upper - 1, 0))
+# Stateless-seed step used outside training (evaluate, compute_loss by hand):
+# the same batch then always gets the same candidates.
+_EVAL_STEP = -1
+# Logit of a masked candidate (accidental hit, or a drawn position without a
+# target): exp() of it is 0 in float32 after the temperature division.
+_MASKED = -1e9
 
 
 # --------------------------------------------------------------------------
-# Training pairs
+# Training pairs: every position
 
 
-def next_item_pairs(items: tf.Tensor, seed) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random (prefix, next item) pairs from a padded batch of histories.
+def next_item_targets(items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The next-item target of the query at every position of `items`.
 
-    For a row with `n >= 2` real items a cut `c` is drawn uniformly from
-    `[1, n - 1]`; `prefix` holds the first `c` items then `PAD_ID`, `target`
-    is `items[c]`. Rows with `n < 2` keep `prefix = items` and get
-    `target = PAD_ID`, which the DE loss treats as "no pair" (weight 0, not a
-    negative). Vectorized stateless ops: compiles with `jit_compile=True`,
-    same seed → same pairs.
+    The query at `(b, t)` is the user after `items[b, :t + 1]`; its target is
+    `items[b, t + 1]`. It is a valid pair when position t is real and
+    `items[b, t + 1]` is a real item (id `>= NUM_RESERVED`): so for a
+    right-padded row of n items, t = 0..n-2 (minus positions followed by an
+    OOV id). Elementwise ops only: compiles with XLA.
 
     Args:
         items: int `[B, L]` item ids, right-padded with `PAD_ID`.
-        seed: int `[2]` stateless seed.
 
     Returns:
-        `(prefix, target)`: `prefix` like `items` `[B, L]`, `target` `[B]`,
-        both of `items`' dtype.
+        `(targets, valid)`: `targets` int32 `[B, L]` (`PAD_ID` where not
+        valid), `valid` bool `[B, L]`.
     """
-    lengths = sequence_lengths(items)
-    valid = lengths >= 2
-    width = tf.shape(items)[1]
-    cut = 1 + _uniform_int(lengths - 1, _fold(seed, _STREAM_CUT))  # [B] in [1, n - 1]
-    # Rows without a pair get cut = 1, which may not exist when L = 1.
-    cut = tf.minimum(cut, tf.maximum(width - 1, 0))
-    pad = tf.cast(PAD_ID, items.dtype)
-    positions = tf.range(width)[tf.newaxis, :]
-    prefix = tf.where(valid[:, tf.newaxis] & (positions >= cut[:, tf.newaxis]), pad, items)
-    target = tf.where(valid, tf.gather(items, cut, axis=1, batch_dims=1), pad)
-    return prefix, target
+    items = tf.cast(items, tf.int32)
+    following = tf.concat([items[:, 1:], tf.zeros_like(items[:, :1])], axis=1)  # items[t + 1]
+    valid = tf.not_equal(items, PAD_ID) & (following >= NUM_RESERVED)
+    return tf.where(valid, following, PAD_ID), valid
 
 
-def add_next_item_pairs(
-    ds: tf.data.Dataset,
-    seed: int,
-    *,
-    input_pipeline_id: int = 0,
-    redraw_each_epoch: bool = True,
-) -> tf.data.Dataset:
-    """Adds `"prefix"` and `"target"` (see `next_item_pairs`) to batches of `ds`.
-
-    Same seeding as `bt_tf.input`'s views: batch `t` uses the stateless seed
-    `[r_t, input_pipeline_id]`, `r_t` from `tf.data.Dataset.random(seed)`; the
-    pairs are thus fixed by `seed`, and independent of the views even when both
-    use the same `seed` (`next_item_pairs` folds in its own stream constant).
+def sample_candidates(pool: tf.Tensor, num: int | tf.Tensor, seed) -> tuple[tf.Tensor, tf.Tensor]:
+    """`num` positions of `pool` drawn uniformly without replacement among its valid ones.
 
     Args:
-        ds: batches of `bt_tf.input.make_dataset` (dicts with `"items"` int `[B, L]`).
-        seed: seeds the cuts.
-        input_pipeline_id: `InputContext.input_pipeline_id` when the dataset is
-            built per worker, so workers draw different cuts.
-        redraw_each_epoch: draw new cuts every epoch (training); False keeps the
-            same pairs every epoch (comparable eval numbers across epochs).
+        pool: int `[N]` targets (`< NUM_RESERVED` = not a valid position).
+        num: candidates to draw; capped at N. When fewer than `num` positions
+            are valid, every valid one is drawn and the rest are invalid fillers.
+        seed: int `[2]` stateless seed; same seed and pool, same draw.
 
     Returns:
-        `ds` with `"prefix"` int `[B, L]` and `"target"` int `[B]` added.
+        `(ids, ok)`: int32 `[min(num, N)]` the drawn targets and bool
+        `[min(num, N)]` whether each is a real candidate.
     """
-    if not isinstance(ds.element_spec, dict) or ITEMS not in ds.element_spec:
-        raise ValueError(
-            f"add_next_item_pairs needs batches with {ITEMS!r} (int [B, L]); got "
-            f"{ds.element_spec}. Build ds with bt_tf.input.make_dataset and keep "
-            f"{ITEMS!r} in `outputs`."
-        )
-    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=redraw_each_epoch)
-
-    def add_pairs(batch, draw):
-        batch_seed = tf.stack([draw, tf.constant(input_pipeline_id, tf.int64)])
-        batch = dict(batch)
-        batch[PREFIX], batch[TARGET] = next_item_pairs(batch[ITEMS], batch_seed)
-        return batch
-
-    return tf.data.Dataset.zip((ds, draws)).map(
-        add_pairs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    pool = tf.cast(pool, tf.int32)
+    valid = pool >= NUM_RESERVED
+    # Random 31-bit keys from raw Philox bits (integer draws are identical in
+    # eager and XLA); invalid positions get -1 and so come last.
+    bits = tf.random.stateless_uniform(
+        tf.shape(pool), seed=seed, minval=None, maxval=None, dtype=tf.int32, alg=_ALG
     )
+    keys = tf.where(valid, tf.bitwise.bitwise_and(bits, 0x7FFFFFFF), -1)
+    size = pool.shape.num_elements()
+    if isinstance(num, int) and size is not None:
+        k = min(num, size)  # static: XLA needs a compile-time k
+    else:
+        k = tf.minimum(num, tf.size(pool))
+    _, index = tf.math.top_k(keys, k=k)
+    return tf.gather(pool, index), tf.gather(valid, index)
 
 
-def _pairs(data, extra_keys: Sequence[str] = (), model_name: str = "DualEncoderModel"):
-    """Unpacks a batch: a dict with PREFIX/TARGET (+ extra keys), or `(dict,)`."""
+def _batch(data, extra_keys: Sequence[str] = (), model_name: str = "DualEncoderModel"):
+    """Unpacks a batch: a dict with "items" (+ extra keys), or `(dict,)`."""
     if isinstance(data, (tuple, list)):
         data = data[0]
-    keys = (PREFIX, TARGET, *extra_keys)
+    keys = (ITEMS, *extra_keys)
     if not isinstance(data, dict) or any(k not in data for k in keys):
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(
-            f"{model_name} expects batches with keys {list(keys)} ({PREFIX!r}: int "
-            f"[B, L], {TARGET!r}: int [B]), got {got}. Add the next-item pairs with "
-            "bt_tf.dual_encoder.add_next_item_pairs(ds, seed)"
-            + (" on a dataset made with an augment_policy." if extra_keys else ".")
+            f"{model_name} expects batches with keys {list(keys)} ({ITEMS!r}: int [B, L] "
+            f"right-padded histories; every position is a next-item pair), got {got}. "
+            "Build them with bt_tf.input.make_dataset"
+            + (" and an augment_policy." if extra_keys else ".")
         )
     return data
 
@@ -273,22 +255,24 @@ class _LiveCatalog(tfrs.layers.factorized_top_k.TopK):
 
 
 # --------------------------------------------------------------------------
-# In-batch softmax over the global batch
+# Sampled softmax over the global batch
 
 
 class RetrievalTerms(NamedTuple):
     """The DE loss of one step.
 
-    `loss` is the mean in-batch softmax cross-entropy over the valid pairs of
-    the GLOBAL batch (identical on every replica, what the metrics report);
-    `replica_share` is this replica's rows' part of it (Σ over replicas =
-    `loss`), the quantity to differentiate (see `DualEncoderModel`).
+    `loss` is the mean sampled-softmax cross-entropy over the valid (user,
+    position) queries of the GLOBAL batch (identical on every replica, what
+    the metrics report); `replica_share` is this replica's queries' part of it
+    (Σ over replicas = `loss`), the quantity to differentiate (see
+    `DualEncoderModel`).
     """
 
     replica_share: tf.Tensor
     loss: tf.Tensor
-    query: tf.Tensor  # [b, dim] this replica's user embeddings
-    weight: tf.Tensor  # [b] 1.0 for valid pairs, 0.0 for target == PAD_ID
+    queries: tf.Tensor  # [b, L, dim] this replica's per-position user vectors
+    targets: tf.Tensor  # [b, L] next item of each position, PAD_ID where no pair
+    valid: tf.Tensor  # [b, L] bool, the positions that are queries
 
 
 def _replica_context():
@@ -304,63 +288,67 @@ def _num_replicas() -> int:
     return 1 if ctx is None else ctx.num_replicas_in_sync
 
 
-def _gather_global(ctx, values: list[tf.Tensor]) -> list[tf.Tensor]:
-    """All-gathers `[b, ...]` tensors over replicas, this replica's rows first.
+def _gather_targets(ctx, targets: tf.Tensor) -> tf.Tensor:
+    """All-gathers `[b, L]` targets over replicas: the global batch, replica 0 first.
 
-    The gathered order is replica 0, 1, ...; rolling by this replica's offset
-    (the sizes of the replicas before it; shards may be uneven) puts its own
-    rows at the top, so query `i` keeps its positive in column `i` (the
-    `tf.eye` labels of `tfrs.tasks.Retrieval`), as in TFRS's
-    `_cross_replica_concat`. The order of the negatives does not matter. The
-    gradient of `all_gather` sums the upstream gradient over replicas and
-    hands each replica its own rows' part.
+    Every replica gets the same array (the rows in global-batch order), so
+    candidates drawn from it with a shared seed are the same everywhere and
+    the same as on one device. int64: collectives refuse a mix of host-memory
+    (int32) and device tensors.
     """
-    # int64, not int32: collectives refuse a mix of host-memory (int32) and
-    # device tensors.
-    sizes = ctx.all_gather(tf.shape(values[0], out_type=tf.int64)[:1], axis=0)  # [R]
-    offset = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
-    # One collective per tensor: a batched all_gather concatenates its inputs
-    # and so needs them all of one dtype.
-    return [tf.roll(ctx.all_gather(v, axis=0), -offset, axis=0) for v in values]
+    return tf.cast(ctx.all_gather(tf.cast(targets, tf.int64), axis=0), tf.int32)
 
 
 class DualEncoderModel(tfrs.Model):
-    """TFRS two-tower retrieval: `SequenceEncoder` queries, `ItemTower` candidates.
+    """TFRS two-tower retrieval: causal `SequenceEncoder` queries, `ItemTower` candidates.
 
-    The loss is `tfrs.tasks.Retrieval`'s softmax cross-entropy of each query
-    against the targets of the batch (its own target the positive, the others
-    negatives), scores `q·e / temperature`, averaged over the valid pairs.
+    Trained on every position of every history (module docstring): the query
+    at each valid position is scored against its next item and a shared set of
+    candidates drawn from the global batch's targets; the loss is the mean
+    softmax cross-entropy over all valid queries.
 
     How the global batch is formed: under `tf.distribute` each replica holds
-    b of the N rows. The candidates (target embeddings, ids, validity) are
-    all-gathered so every query is scored against all N targets, exactly as
-    on one device; each replica's loss is its rows' cross-entropies summed and
-    divided by the global count of valid pairs (an all-reduce), so the
-    replicas' losses sum to the single-device mean loss. Backprop through the
-    all-gather sends each replica the gradient of the WHOLE loss w.r.t. its own
-    targets' embeddings, `apply_gradients` sums over replicas: the applied
-    gradient is exactly the single-device one, with no extra division by R
-    (unlike the BT loss, which is already global on every replica).
+    b of the B rows. The targets (int ids, `[b, L]`) are all-gathered, and
+    every replica draws the same candidate positions from the global `[B, L]`
+    targets with the same stateless seed (the optimizer step in training, a
+    fixed one in evaluation), so each query sees exactly the candidates it
+    sees on one device. Each replica embeds those candidate ids with its copy
+    of the item tower; its loss is its queries' cross-entropies summed and
+    divided by the global count of valid queries (an all-reduce), so the
+    replicas' losses sum to the single-device mean loss and `apply_gradients`,
+    which sums the replicas' gradients, applies exactly the single-device
+    gradient (no extra division by R, unlike the BT loss, which is already
+    global on every replica).
 
     Args:
-        encoder: query tower, int items `[B, L]` → `[B, dim]` (a `SequenceEncoder`,
-            the same class and size as the BT backbone).
+        encoder: query tower, a `SequenceEncoder` built with `causal=True`
+            (the same class and size as the BT backbone): `encoder(items,
+            per_position=True)` `[B, L, dim]`, `encoder(items)` `[B, dim]`.
         item_tower: candidate tower, int ids → `[..., dim]`; default a plain
             `ItemTower(vocab_size, encoder.output_dim)`.
         vocab_size: item vocabulary size incl. reserved ids; default
             `encoder.vocab_size` (checked against it when both are known).
         temperature: softmax temperature; scores are divided by it.
-        remove_accidental_hits: exclude in-batch negatives whose item equals
-            the query's target (several users with the same next item); off by
-            default, as in TFRS.
-        global_negatives: score against the global batch's targets (default);
-            False = TFRS's per-replica negatives (the update then depends on the
-            number of replicas; kept for comparison).
+        num_candidates: shared candidates per step, drawn among the global
+            batch's valid positions; None = the number of users in the global
+            batch (one per user, the negatives of one-pair-per-user in-batch
+            softmax).
+        remove_accidental_hits: mask a candidate whose item equals the query's
+            target (on by default: with every position a query, popular items
+            recur in a batch many times).
+        logq_correction: subtract `log Q(item)` from every logit, Q the item's
+            share of the valid positions the candidates are drawn from.
+        global_negatives: draw candidates from the global batch (default);
+            False = each replica from its own rows, as plain TFRS (the update
+            then depends on the number of replicas; kept for comparison).
         top_k: ks of `tfrs.metrics.FactorizedTopK` computed in `test_step` only
-            (evaluate / validation): exact retrieval over all real items (ids
-            `>= NUM_RESERVED`) with the current towers, reported as
-            "factorized_top_k/top_{k}_categorical_accuracy" (= HR@k, one target
-            per query; history items are not excluded). None = off.
+            (evaluate / validation): for each user, the query at the last
+            valid position (the history without its last item) against
+            exact retrieval over all real items (ids `>= NUM_RESERVED`) with
+            the current towers, reported as
+            "factorized_top_k/top_{k}_categorical_accuracy" (= HR@k; history
+            items are not excluded). None = off.
+        seed: seeds the candidate draws (with the optimizer step).
 
     Metrics: "loss" (global-batch mean cross-entropy) in train and test, plus
     the top-k accuracies in test.
@@ -377,9 +365,12 @@ class DualEncoderModel(tfrs.Model):
         *,
         vocab_size: int | None = None,
         temperature: float = 1.0,
-        remove_accidental_hits: bool = False,
+        num_candidates: int | None = None,
+        remove_accidental_hits: bool = True,
+        logq_correction: bool = False,
         global_negatives: bool = True,
         top_k: Sequence[int] | None = (10,),
+        seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -397,6 +388,14 @@ class DualEncoderModel(tfrs.Model):
             raise ValueError(f"vocab_size={vocab_size} leaves no real items (ids >= 3).")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if num_candidates is not None and num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1 (or None), got {num_candidates}.")
+        if not getattr(encoder, "causal", False):
+            raise ValueError(
+                "The dual encoder trains a query at every position, so its query tower "
+                "must be causal: build it with SequenceEncoder(..., causal=True) (a "
+                "bidirectional encoder's query at t would see its own target)."
+            )
         self.encoder = encoder
         self.vocab_size = vocab_size
         self.item_tower = (
@@ -405,17 +404,11 @@ class DualEncoderModel(tfrs.Model):
             else ItemTower(vocab_size, encoder.output_dim, name="item_tower")
         )
         self.temperature = temperature
+        self.num_candidates = num_candidates
         self.remove_accidental_hits = remove_accidental_hits
+        self.logq_correction = logq_correction
         self.global_negatives = global_negatives
-        self.task = tfrs.tasks.Retrieval(
-            # Per-row cross-entropies summed; normalized by the global count in
-            # `retrieval_terms`, where the replicas' shares are formed.
-            loss=tf.keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.SUM
-            ),
-            temperature=temperature,
-            remove_accidental_hits=remove_accidental_hits,
-        )
+        self.seed = seed
         self.top_k = None
         if top_k:
             self.top_k = tfrs.metrics.FactorizedTopK(
@@ -426,7 +419,7 @@ class DualEncoderModel(tfrs.Model):
     # ---- API shared with BarlowTwinsModel (probes, export)
 
     def call(self, items, training=False):
-        """User embedding `[B, dim]` of int items `[B, L]` (the query tower)."""
+        """User embedding `[B, dim]` of int items `[B, L]`: the query at the last real position."""
         return self.encoder(items, training=training)
 
     def item_embeddings(self) -> tf.Tensor:
@@ -448,39 +441,64 @@ class DualEncoderModel(tfrs.Model):
         top_k = self.top_k.metrics if self.top_k is not None else []
         return self._train_trackers + list(top_k)
 
-    def retrieval_terms(self, prefix, target, training=False) -> RetrievalTerms:
-        """In-batch softmax of `encoder(prefix)` against `item_tower(target)`.
+    def _sample_seed(self, training: bool) -> tf.Tensor:
+        """Candidate-draw seed, identical on every replica: (seed, optimizer step) in training."""
+        optimizer = getattr(self, "optimizer", None)
+        if training and optimizer is not None:
+            step = tf.cast(optimizer.iterations, tf.int64)
+        else:
+            step = tf.constant(_EVAL_STEP, tf.int64)
+        return tf.stack([tf.constant(self.seed, tf.int64), step])
+
+    def retrieval_terms(self, items, training=False, seed=None) -> RetrievalTerms:
+        """Sampled softmax of every valid position's query (see the class docstring).
 
         Args:
-            prefix: int `[b, L]` query sequences (this replica's rows).
-            target: int `[b]` next items; `PAD_ID` = no pair (weight 0, and
-                not a negative for the other queries).
+            items: int `[b, L]` right-padded histories (this replica's rows).
             training: passed to the encoder.
+            seed: int `[2]` stateless seed of the candidate draw; default
+                `(self.seed, -1)`. Must be the same on every replica.
         """
-        query = self.encoder(prefix, training=training)
-        target = tf.cast(target, tf.int32)
-        candidates = self.item_tower(target)
-        weight = tf.cast(tf.not_equal(target, PAD_ID), tf.float32)
+        items = tf.cast(items, tf.int32)
+        queries = self.encoder(items, training=training, per_position=True)  # [b, L, D]
+        targets, valid = next_item_targets(items)
         ctx = _replica_context()
-        candidate_ids, candidate_weight = target, weight
+        pool = targets
         if ctx is not None and self.global_negatives:
-            candidates, candidate_ids, candidate_weight = _gather_global(
-                ctx, [candidates, tf.cast(target, tf.int64), weight]
+            pool = _gather_targets(ctx, targets)
+        num = self.num_candidates
+        if num is None:  # one per user of the global batch
+            num = pool.shape[0] if pool.shape[0] is not None else tf.shape(pool)[0]
+        if seed is None:
+            seed = self._sample_seed(training=False)
+        flat_pool = tf.reshape(pool, [-1])
+        cand_ids, cand_ok = sample_candidates(flat_pool, num, seed)
+
+        dim = tf.shape(queries)[-1]
+        q = tf.reshape(queries, [-1, dim])  # [N, D], N = b·L
+        pos_ids = tf.reshape(targets, [-1])
+        q_valid = tf.reshape(valid, [-1])
+        positive = tf.reduce_sum(q * self.item_tower(pos_ids), axis=-1) / self.temperature  # [N]
+        negative = tf.matmul(q, self.item_tower(cand_ids), transpose_b=True) / self.temperature
+        if self.logq_correction:
+            # Q(item) = the item's share of the pool's valid positions: each
+            # position is drawn with the same probability.
+            counts = tf.math.unsorted_segment_sum(
+                tf.cast(flat_pool >= NUM_RESERVED, tf.float32), flat_pool, self.vocab_size
             )
-        score_mask = tf.broadcast_to(
-            tf.cast(candidate_weight, tf.bool)[tf.newaxis, :],
-            [tf.shape(query)[0], tf.shape(candidates)[0]],
-        )
-        summed = self.task(
-            query,
-            candidates,
-            sample_weight=weight,
-            candidate_ids=candidate_ids if self.remove_accidental_hits else None,
-            compute_metrics=False,
-            score_mask=score_mask,
-        )
+            log_q = tf.math.log(tf.maximum(counts, 1.0) / tf.maximum(tf.reduce_sum(counts), 1.0))
+            positive -= tf.gather(log_q, pos_ids)
+            negative -= tf.gather(log_q, cand_ids)[tf.newaxis, :]
+        keep = tf.broadcast_to(cand_ok[tf.newaxis, :], tf.shape(negative))
+        if self.remove_accidental_hits:
+            keep &= tf.not_equal(cand_ids[tf.newaxis, :], pos_ids[:, tf.newaxis])
+        negative = tf.where(keep, negative, _MASKED)
+        logits = tf.concat([positive[:, tf.newaxis], negative], axis=1)  # [N, 1 + C]
+        weight = tf.cast(q_valid, tf.float32)
+        cross_entropy = (tf.reduce_logsumexp(logits, axis=1) - positive) * weight
+        summed = tf.reduce_sum(cross_entropy)
         # How the global loss is formed: one all-reduce (SUM) of this replica's
-        # summed cross-entropy and valid-pair count gives the global ones.
+        # summed cross-entropy and valid-query count gives the global ones.
         count = tf.reduce_sum(weight)
         total, global_count = summed, count
         if ctx is not None:
@@ -489,14 +507,17 @@ class DualEncoderModel(tfrs.Model):
         return RetrievalTerms(
             replica_share=tf.math.divide_no_nan(summed, global_count),
             loss=tf.math.divide_no_nan(total, global_count),
-            query=query,
-            weight=weight,
+            queries=queries,
+            targets=targets,
+            valid=valid,
         )
 
     def _objective(self, inputs, training: bool) -> tuple[tf.Tensor, RetrievalTerms]:
         """(this replica's share of the loss, the DE terms); updates the loss trackers."""
-        data = _pairs(inputs)
-        terms = self.retrieval_terms(data[PREFIX], data[TARGET], training=training)
+        data = _batch(inputs)
+        terms = self.retrieval_terms(
+            data[ITEMS], training=training, seed=self._sample_seed(training)
+        )
         self.loss_tracker.update_state(terms.loss)
         return terms.replica_share, terms
 
@@ -504,7 +525,7 @@ class DualEncoderModel(tfrs.Model):
         """This replica's share of the loss (Σ over replicas = the global mean loss).
 
         Also updates the loss trackers with the global-batch values. `inputs`:
-        `{"prefix": int [b, L], "target": int [b]}` (JointModel: + views).
+        `{"items": int [b, L]}` (JointModel: + views).
         """
         return self._objective(inputs, training)[0]
 
@@ -525,12 +546,21 @@ class DualEncoderModel(tfrs.Model):
     def test_step(self, data):
         _, terms = self._objective(data, training=False)
         if self.top_k is not None:
-            target = tf.cast(_pairs(data)[TARGET], tf.int32)
+            # One query per user: the last valid position (its target is the
+            # history's last item), as the one-pair-per-user DE measured.
+            width = tf.shape(terms.valid)[1]
+            position = tf.reduce_max(
+                tf.where(terms.valid, tf.range(width)[tf.newaxis, :], -1), axis=1
+            )
+            has_pair = position >= 0
+            position = tf.maximum(position, 0)
+            query = tf.gather(terms.queries, position, axis=1, batch_dims=1)
+            target = tf.gather(terms.targets, position, axis=1, batch_dims=1)
             self.top_k.update_state(
-                terms.query,
+                query,
                 self.item_tower(target),
                 true_candidate_ids=target,
-                sample_weight=terms.weight,
+                sample_weight=tf.cast(has_pair, tf.float32),
             )
         return {m.name: m.result() for m in self.metrics}
 
@@ -538,19 +568,22 @@ class DualEncoderModel(tfrs.Model):
 class JointModel(DualEncoderModel):
     """One encoder trained with `DE loss + bt_weight × Barlow Twins loss` (`--model=bt+de`).
 
-    The DE part is `DualEncoderModel`'s (next-item pairs, global in-batch
-    negatives); the BT part is `BarlowTwinsModel`'s (`bt_tf.losses`
-    `barlow_twins_terms` on the projected views, global-batch statistics).
-    Batches: `{"view1", "view2": int [B, L], "prefix": int [B, L], "target": int [B]}`.
+    The DE part is `DualEncoderModel`'s (every position a next-item query,
+    candidates from the global batch); the BT part is `BarlowTwinsModel`'s
+    (`bt_tf.losses` `barlow_twins_terms` on the projected views, global-batch
+    statistics). The shared encoder is causal (the DE needs it); the BT part
+    sees its user vector, the output at the last real position of each view.
+    Batches: `{"items", "view1", "view2": int [B, L]}`.
 
     Args:
-        encoder: the shared `SequenceEncoder` (query tower and BT backbone).
+        encoder: the shared causal `SequenceEncoder` (query tower and BT backbone).
         projector: BT projector, `bt_tf.encoders.build_projector(...)`.
         bt_weight: weight of the BT loss; 0 gives exactly the DE loss and update.
         lambd: BT off-diagonal weight.
         eps: BT standardization epsilon.
-        item_tower, vocab_size, temperature, remove_accidental_hits,
-        global_negatives, top_k: as in `DualEncoderModel`.
+        item_tower, vocab_size, temperature, num_candidates,
+        remove_accidental_hits, logq_correction, global_negatives, top_k, seed:
+        as in `DualEncoderModel`.
 
     Metrics: "loss" (= de_loss + bt_weight × bt_loss), "de_loss", "bt_loss"
     (= on_diag + lambd × off_diag), all over the global batch; test adds top-k.
@@ -587,8 +620,8 @@ class JointModel(DualEncoderModel):
 
     def _objective(self, inputs, training: bool) -> tuple[tf.Tensor, RetrievalTerms]:
         """This replica's share of `de_loss + bt_weight × bt_loss` (Σ over replicas = total)."""
-        data = _pairs(inputs, (VIEW1, VIEW2), model_name="JointModel")
-        de = self.retrieval_terms(data[PREFIX], data[TARGET], training=training)
+        data = _batch(inputs, (VIEW1, VIEW2), model_name="JointModel")
+        de = self.retrieval_terms(data[ITEMS], training=training, seed=self._sample_seed(training))
         z1 = self.project(data[VIEW1], training=training)
         z2 = self.project(data[VIEW2], training=training)
         bt = barlow_twins_terms(z1, z2, eps=self.eps)

@@ -7,6 +7,18 @@ backbone, the query tower of the dual-encoder baseline and what gets exported;
 its item table (`encoder.item_embedding`) is reused by the baseline and the
 liked-item probe.
 
+Causal mode (`causal=True`, the dual encoder's query tower): position t sees
+only the items at positions <= t, and `encoder(items, per_position=True)`
+gives one user vector per position `[batch, length, dim]` (the user after
+their first t + 1 items), so a sequential retrieval model can train on every
+prefix of a history in one pass (SASRec-style). `encoder(items)` is then the
+vector at the last real position, i.e. exactly what the per-position output
+holds there. The Barlow Twins backbone stays bidirectional (`causal=False`):
+its loss compares two views of the WHOLE history and never predicts an item
+of the sequence from the sequence, so there is nothing to hide from a
+position, and attending in both directions gives every position the full
+context for the one summary vector BT learns.
+
 `build_projector` builds the BT projector MLP ("1024-1024-1024") whose batch
 norm is synchronized across replicas under `tf.distribute`.
 """
@@ -20,6 +32,28 @@ from bt_tf.features import PAD_ID
 
 KINDS = ("transformer", "gru", "mean")
 POOLINGS = ("mean", "last")
+
+
+def _causal_pool(x: tf.Tensor, mask: tf.Tensor, pooling: str) -> tf.Tensor:
+    """Per-position pooling of `x` `[B, L, D]` over the real positions `<= t`.
+
+    "mean" is the cumulative mean of the real positions up to t; "last" is the
+    state at t itself. Padded positions give zeros. Assumes right padding.
+    """
+    weights = tf.cast(mask, x.dtype)[:, :, tf.newaxis]  # [B, L, 1]
+    if pooling == "mean":
+        summed = tf.cumsum(x * weights, axis=1)
+        out = tf.math.divide_no_nan(summed, tf.cumsum(weights, axis=1))
+    else:
+        out = x
+    return out * weights
+
+
+def _last_real(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """`x` `[B, L, D]` at each row's last real position (zeros for an all-padding row)."""
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)  # [B]
+    picked = tf.gather(x, tf.maximum(lengths - 1, 0), axis=1, batch_dims=1)  # [B, D]
+    return picked * tf.cast(lengths > 0, x.dtype)[:, tf.newaxis]
 
 
 def _masked_pool(x: tf.Tensor, mask: tf.Tensor, pooling: str) -> tf.Tensor:
@@ -128,6 +162,13 @@ class SequenceEncoder(tf.keras.layers.Layer):
     `pooling="mean"` averages them, `pooling="last"` takes the last real one.
     Padding never influences the output; an all-padding row gives zeros.
 
+    With `causal=True` the transformer's attention is also masked to keys at
+    positions <= the query's (a GRU and the bag of items need no change: the
+    recurrence runs left to right, and an item's own embedding sees nothing
+    else), and the pooling is per position: the cumulative mean of the real
+    states up to t ("mean") or the state at t ("last"). The output at position
+    t therefore depends only on the items at positions 0..t.
+
     Args:
         vocab_size: item vocabulary size including the reserved ids 0/1/2.
         max_len: longest accepted sequence (size of the positional table);
@@ -140,9 +181,15 @@ class SequenceEncoder(tf.keras.layers.Layer):
         pooling: "mean" or "last".
         ffn_dim: feed-forward width of the Transformer blocks; default 4 * dim.
         norm_first: pre-LN (True, with a final LayerNorm) or post-LN blocks.
+        causal: position t sees only positions <= t (see above); the dual
+            encoder's query tower. False (default): bidirectional, the BT backbone.
 
     Call: `encoder(items, training=False)` with items int `[B, L]`, L <= max_len,
-    right-padded with PAD_ID; returns float `[B, dim]`.
+    right-padded with PAD_ID; returns float `[B, dim]`. With `causal=True`,
+    `encoder(items, training=False, per_position=True)` returns float
+    `[B, L, dim]`: row b, position t is the user vector of items[b, :t + 1]
+    (zeros at padded positions); `encoder(items)` equals it at the last real
+    position.
     """
 
     def __init__(
@@ -157,6 +204,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         pooling: str = "mean",
         ffn_dim: int | None = None,
         norm_first: bool = True,
+        causal: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -179,6 +227,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         self.pooling = pooling
         self.ffn_dim = ffn_dim if ffn_dim is not None else 4 * dim
         self.norm_first = norm_first
+        self.causal = bool(causal)
 
         self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
         self.embedding_dropout = tf.keras.layers.Dropout(dropout)
@@ -210,7 +259,12 @@ class SequenceEncoder(tf.keras.layers.Layer):
     def output_dim(self) -> int:
         return self.dim
 
-    def call(self, items: tf.Tensor, training=False) -> tf.Tensor:
+    def call(self, items: tf.Tensor, training=False, per_position: bool = False) -> tf.Tensor:
+        if per_position and not self.causal:
+            raise ValueError(
+                "per_position=True needs a causal encoder (SequenceEncoder(..., causal=True)): "
+                "a bidirectional encoder's state at t has seen the items after t."
+            )
         length = items.shape[1]
         if length is not None and length > self.max_len:
             raise ValueError(
@@ -226,7 +280,11 @@ class SequenceEncoder(tf.keras.layers.Layer):
             # the real keys (never NaN) and are dropped by the pooling.
             attention_mask = tf.logical_and(
                 mask[:, tf.newaxis, :], tf.ones_like(mask)[:, :, tf.newaxis]
-            )  # [B, L, L]
+            )  # [B, L, L]: [b, query t, key s]
+            if self.causal:
+                width = tf.shape(items)[1]
+                earlier = tf.linalg.band_part(tf.ones([width, width], tf.bool), -1, 0)  # s <= t
+                attention_mask = tf.logical_and(attention_mask, earlier[tf.newaxis])
             for block in self.blocks:
                 x = block(x, attention_mask=attention_mask, training=training)
             if self.final_norm is not None:
@@ -239,7 +297,10 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 x = gru(x, mask=mask, training=training)
         else:
             x = self.embedding_dropout(x, training=training)
-        return _masked_pool(x, mask, self.pooling)
+        if not self.causal:
+            return _masked_pool(x, mask, self.pooling)
+        per_pos = _causal_pool(x, mask, self.pooling)
+        return per_pos if per_position else _last_real(per_pos, mask)
 
     def get_config(self):
         config = super().get_config()
@@ -254,6 +315,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
             pooling=self.pooling,
             ffn_dim=self.ffn_dim,
             norm_first=self.norm_first,
+            causal=self.causal,
         )
         return config
 

@@ -132,18 +132,18 @@ def build_model(config: cfg.TrainConfig, vocab_size: int) -> tf.keras.Model:
         return models.BarlowTwinsModel(encoder, projector, lambd=config.lambd)
     from bt_tf import dual_encoder
 
+    de_kwargs = dict(
+        vocab_size=vocab_size,
+        temperature=config.temperature,
+        num_candidates=config.de_candidates or None,
+        logq_correction=config.de_logq,
+        seed=config.seed,
+    )
     if config.model == "de":
-        return dual_encoder.DualEncoderModel(
-            encoder, vocab_size=vocab_size, temperature=config.temperature
-        )
+        return dual_encoder.DualEncoderModel(encoder, **de_kwargs)
     projector = encoders.build_projector(config.projector)
     return dual_encoder.JointModel(
-        encoder,
-        projector,
-        vocab_size=vocab_size,
-        lambd=config.lambd,
-        bt_weight=config.bt_weight,
-        temperature=config.temperature,
+        encoder, projector, lambd=config.lambd, bt_weight=config.bt_weight, **de_kwargs
     )
 
 
@@ -176,13 +176,8 @@ def make_train_data(
         augment_policy=policy,
         outputs=outputs,
     )
-    if "de" in config.model:
-        from bt_tf import dual_encoder
-
-        # Training redraws the cut points every epoch; evaluation keeps them fixed
-        # so validation numbers compare across epochs.
-        ds = dual_encoder.add_next_item_pairs(ds, seed, redraw_each_epoch=split == "train")
-    keep = set(outputs[1:]) | ({"prefix", "target"} if "de" in config.model else set())
+    # The DE reads the histories themselves: every position is a next-item pair.
+    keep = set(outputs[1:]) | ({bt_input.ITEMS} if "de" in config.model else set())
     return ds.map(lambda b: {k: v for k, v in b.items() if k in keep})
 
 

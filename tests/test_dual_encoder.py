@@ -1,4 +1,5 @@
-"""Dual-encoder baseline and joint BT+DE model: pairs, loss by hand, learning, replicas.
+"""Dual-encoder baseline and joint BT+DE model: every position a pair, loss by hand,
+causality, learning, replicas, export.
 
 The one-vs-two-replica tests use the two logical CPUs of `tests/conftest.py`;
 SGD (not Adam) so that a wrong gradient scale shows in the weights.
@@ -9,17 +10,17 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
+from bt_tf import export as ex
 from bt_tf.dual_encoder import (
-    PREFIX,
-    TARGET,
     DualEncoderModel,
     ItemTower,
     JointModel,
-    add_next_item_pairs,
-    next_item_pairs,
+    next_item_targets,
+    sample_candidates,
 )
 from bt_tf.encoders import SequenceEncoder, build_projector
-from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID
+from bt_tf.features import MASK_ID, NUM_RESERVED, OOV_ID, PAD_ID, RESERVED_TOKENS
+from bt_tf.input import ITEMS
 from bt_tf.models import VIEW1, VIEW2
 
 HR10 = "factorized_top_k/top_10_categorical_accuracy"
@@ -35,137 +36,212 @@ def _histories(num_users, length, vocab, seed, min_len=0):
 
 
 # --------------------------------------------------------------------------
-# next_item_pairs
+# Every position is a pair
 
 
-def _check_pairs(items, lengths, prefix, target):
-    for row, n in enumerate(lengths):
-        if n < 2:
-            assert target[row] == PAD_ID
-            np.testing.assert_array_equal(prefix[row], items[row])
-            continue
-        cut = int(np.sum(prefix[row] != PAD_ID))
-        assert 1 <= cut <= n - 1
-        np.testing.assert_array_equal(prefix[row, :cut], items[row, :cut])  # a prefix
-        assert np.all(prefix[row, cut:] == PAD_ID)  # re-padded, padding kept
-        assert target[row] == items[row, cut]  # the item right after it
-
-
-def test_next_item_pairs_are_prefix_and_following_item():
-    items, lengths = _histories(200, 9, 50, seed=0)
-    assert {0, 1, 2, 9} <= set(lengths)  # the edge cases are present
-    prefix, target = next_item_pairs(tf.constant(items), tf.constant([3, 4]))
-    assert prefix.shape == items.shape and target.shape == (200,)
-    assert prefix.dtype == tf.int32 and target.dtype == tf.int32
-    _check_pairs(items, lengths, prefix.numpy(), target.numpy())
-
-
-def test_next_item_pairs_cut_is_uniform_over_1_to_len_minus_1():
-    items = np.tile(np.arange(3, 8, dtype=np.int32), (4000, 1))  # 4000 rows of length 5
-    _, target = next_item_pairs(items, [0, 1])
-    counts = np.bincount(target.numpy() - 3, minlength=5)
-    # cut c in {1, 2, 3, 4} -> target items[c] = 4..7; never the first item (3).
-    assert counts[0] == 0
-    # Each ~1000 (binomial sd ~27): a bias of 15% or an off-by-one range fails.
-    np.testing.assert_allclose(counts[1:], 1000, atol=120)
-
-
-def test_next_item_pairs_seeded_and_identical_under_xla():
-    items, _ = _histories(64, 12, 40, seed=1)
-    items = tf.constant(items)
-    a = next_item_pairs(items, [7, 8])
-    b = next_item_pairs(items, [7, 8])
-    c = next_item_pairs(items, [7, 9])
-    xla = tf.function(next_item_pairs, jit_compile=True)(items, tf.constant([7, 8]))
-    for x, y in [(a, b), (a, xla)]:
-        np.testing.assert_array_equal(x[0], y[0])
-        np.testing.assert_array_equal(x[1], y[1])
-    assert not np.array_equal(a[0].numpy(), c[0].numpy())
-
-
-def test_next_item_pairs_on_width_one_rows():
-    prefix, target = next_item_pairs(tf.constant([[5], [0]]), [0, 0])
-    np.testing.assert_array_equal(prefix, [[5], [0]])
-    np.testing.assert_array_equal(target, [0, 0])
-
-
-def test_add_next_item_pairs_maps_batches_and_is_seeded():
-    items, lengths = _histories(40, 8, 30, seed=2)
-    base = tf.data.Dataset.from_tensor_slices({"items": items}).batch(16)
-
-    def epochs(ds, n=2):
-        return [[{k: v.numpy() for k, v in b.items()} for b in ds] for _ in range(n)]
-
-    runs = epochs(add_next_item_pairs(base, seed=5))
-    again = epochs(add_next_item_pairs(base, seed=5))
-    fixed = epochs(add_next_item_pairs(base, seed=5, redraw_each_epoch=False))
-    for start, batch in zip(range(0, 40, 16), runs[0]):
-        rows = slice(start, start + 16)
-        _check_pairs(items[rows], lengths[rows], batch[PREFIX], batch[TARGET])
-        np.testing.assert_array_equal(batch["items"], items[rows])  # kept
-    same = lambda r1, r2: all(
-        np.array_equal(x[PREFIX], y[PREFIX]) for x, y in zip(r1, r2, strict=True)
+def test_next_item_targets_by_hand():
+    items = np.array(
+        [
+            [3, 5, 6, 0, 0],  # n = 3: queries at t = 0, 1 (targets 5, 6); t = 2 has no next
+            [4, 5, 0, 0, 0],  # n = 2: one query
+            [7, 0, 0, 0, 0],  # n = 1: none
+            [0, 0, 0, 0, 0],  # empty
+            [3, OOV_ID, 6, 7, 8],  # full; the OOV is a query input but never a target
+        ],
+        np.int32,
     )
-    assert same(runs[0], again[0]) and same(runs[1], again[1])  # same seed, same pairs
-    assert not same(runs[0], runs[1])  # new cuts in the next epoch
-    assert same(fixed[0], fixed[1])  # ... unless told otherwise
-    with pytest.raises(ValueError, match="items"):
-        add_next_item_pairs(tf.data.Dataset.from_tensor_slices({"x": items}), seed=0)
+    targets, valid = next_item_targets(tf.constant(items))
+    np.testing.assert_array_equal(
+        valid,
+        [
+            [1, 1, 0, 0, 0],
+            [1, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 1, 1, 1, 0],
+        ],
+    )
+    np.testing.assert_array_equal(
+        targets,
+        [
+            [5, 6, 0, 0, 0],
+            [5, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 6, 7, 8, 0],
+        ],
+    )
+    assert targets.dtype == tf.int32
+
+
+def test_next_item_targets_count_n_minus_1_pairs_per_user():
+    items, lengths = _histories(300, 12, 40, seed=0)
+    targets, valid = next_item_targets(tf.constant(items))
+    assert valid.numpy().sum(axis=1).tolist() == np.maximum(lengths - 1, 0).tolist()
+    rows, cols = np.nonzero(valid.numpy())
+    np.testing.assert_array_equal(targets.numpy()[rows, cols], items[rows, cols + 1])
+    assert np.all(targets.numpy()[~valid.numpy()] == PAD_ID)
+
+
+def test_sample_candidates_draws_valid_positions_without_replacement():
+    pool = tf.constant([5, 0, 6, 7, 0, 9, 1, 2], tf.int32)  # valid: 5, 6, 7, 9 (0/1/2 reserved)
+    ids, ok = sample_candidates(pool, 3, [1, 2])
+    assert ids.shape == (3,) and ok.numpy().all()
+    assert len(set(ids.numpy())) == 3 and set(ids.numpy()) <= {5, 6, 7, 9}
+    again, _ = sample_candidates(pool, 3, [1, 2])
+    np.testing.assert_array_equal(again, ids)  # same seed, same draw
+    # More than the valid positions: every valid one, then invalid fillers.
+    ids, ok = sample_candidates(pool, 6, [1, 2])
+    assert sorted(ids.numpy()[ok.numpy()]) == [5, 6, 7, 9] and ok.numpy().sum() == 4
+    # Capped at the pool size.
+    assert sample_candidates(pool, 100, [1, 2])[0].shape == (8,)
+    # The same draw under XLA (integer Philox bits), so --jit_compile changes nothing.
+    xla = tf.function(lambda s: sample_candidates(pool, 3, s), jit_compile=True)
+    np.testing.assert_array_equal(
+        xla(tf.constant([1, 2]))[0], sample_candidates(pool, 3, [1, 2])[0]
+    )
+
+
+def test_sample_candidates_is_uniform_over_valid_positions():
+    pool = tf.constant([3, 4, 5, 6, 0, 0, 7, 0], tf.int32)  # 5 valid positions
+    draw = tf.function(lambda seed: sample_candidates(pool, 2, seed)[0])
+    drawn = np.concatenate([draw(tf.constant([s, 7], tf.int64)).numpy() for s in range(2000)])
+    counts = np.bincount(drawn, minlength=8)[3:]
+    # Each valid position is drawn with probability 2/5: 800 of 2000 (sd ~22).
+    np.testing.assert_allclose(counts, 800, atol=90)
+    assert np.all(drawn >= NUM_RESERVED)
+
+
+# --------------------------------------------------------------------------
+# Causal queries
+
+
+def _causal_encoder(kind="transformer", pooling="last", dim=8, vocab=40, length=8, seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    return SequenceEncoder(
+        vocab, max_len=length, dim=dim, num_blocks=1, num_heads=2, dropout=0.0,
+        kind=kind, pooling=pooling, causal=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["transformer", "gru"])
+def test_the_query_at_t_does_not_see_later_items(kind):
+    model = DualEncoderModel(_causal_encoder(kind, "mean"), top_k=None)
+    items = np.array([[3, 5, 6, 7, 8, 0, 0, 0]], np.int32)
+    later = items.copy()
+    later[0, 3] = 20  # perturb position 3
+    terms = model.retrieval_terms(items)
+    moved = model.retrieval_terms(later)
+    q, q2 = terms.queries.numpy()[0], moved.queries.numpy()[0]
+    np.testing.assert_allclose(q2[:3], q[:3], atol=1e-6)  # queries before the change: same
+    assert np.abs(q2[3:5] - q[3:5]).max() > 1e-4  # from position 3 on: changed
+    # The targets move with the history: query 2 now predicts item 20.
+    assert terms.targets.numpy()[0, 2] == 7 and moved.targets.numpy()[0, 2] == 20
+    # The user embedding (export, probes) is the query at the last real position.
+    np.testing.assert_allclose(model(items).numpy()[0], q[4], atol=1e-6)
+
+
+def test_train_builds_a_causal_de_and_a_bidirectional_bt():
+    from bt_tf import config as cfg
+    from bt_tf import train
+
+    de = train.build_model(cfg.TrainConfig(model="de", dim=8, temperature=0.3), 20)
+    assert isinstance(de, DualEncoderModel) and de.encoder.causal
+    assert (de.temperature, de.logq_correction, de.num_candidates) == (0.3, True, None)
+    joint = train.build_model(cfg.TrainConfig(model="bt+de", dim=8, de_candidates=7), 20)
+    assert isinstance(joint, JointModel) and joint.encoder.causal and joint.num_candidates == 7
+    bt = train.build_model(cfg.TrainConfig(model="bt", dim=8, projector="8"), 20)
+    assert not bt.encoder.causal
+    # What export/evaluate rebuild from config.json: the same mode.
+    assert cfg.TrainConfig(model="de").encoder_kwargs(20)["causal"] is True
+    assert cfg.TrainConfig(model="bt").encoder_kwargs(20)["causal"] is False
+
+
+def test_de_needs_a_causal_query_tower():
+    bidirectional = SequenceEncoder(20, max_len=4, dim=4, num_blocks=1)
+    with pytest.raises(ValueError, match="causal=True"):
+        DualEncoderModel(bidirectional)
 
 
 # --------------------------------------------------------------------------
 # The loss, by hand
 
 
-def _hand_model(query_rows, candidate_rows, temperature, **kwargs):
-    """A DE whose user embedding is the embedding of the last prefix item.
+def _hand_model(temperature=1.0, **kwargs):
+    """A DE whose query at t is the embedding of item t (bag kind, "last" pooling).
 
-    kind="mean" + pooling="last" (no dropout) makes the query tower a plain
-    lookup, so the scores can be written down: query item 3 + i has embedding
-    query_rows[i], candidate item 5 + j has item_tower row candidate_rows[j].
+    Query embeddings: e3 = [1, 0], e4 = [0, 1], e5 = [1, 1]; candidate
+    embeddings: c5 = [1, 0], c6 = [0, 1]; every other row 0.
     """
-    dim = len(query_rows[0])
-    encoder = SequenceEncoder(8, max_len=2, dim=dim, kind="mean", pooling="last", dropout=0.0)
+    encoder = SequenceEncoder(
+        8, max_len=4, dim=2, kind="mean", pooling="last", dropout=0.0, causal=True
+    )
     model = DualEncoderModel(encoder, temperature=temperature, top_k=None, **kwargs)
-    model(tf.zeros([1, 2], tf.int32))
+    model(tf.zeros([1, 4], tf.int32))
     model.item_embeddings()
-    table = np.zeros([8, dim], np.float32)
-    table[3 : 3 + len(query_rows)] = query_rows
+    table = np.zeros([8, 2], np.float32)
+    table[3:6] = [[1, 0], [0, 1], [1, 1]]
     encoder.item_embedding.set_weights([table])
-    table = np.zeros([8, dim], np.float32)
-    table[5 : 5 + len(candidate_rows)] = candidate_rows
+    table = np.zeros([8, 2], np.float32)
+    table[5:7] = [[1, 0], [0, 1]]
     model.item_tower.embedding.set_weights([table])
     return model
 
 
-def _loss(model, prefix_last, target):
-    prefix = np.stack([prefix_last, np.zeros_like(prefix_last)], axis=1).astype(np.int32)
-    return float(model.compute_loss({PREFIX: prefix, TARGET: np.asarray(target, np.int32)}))
+# Queries (user, t) -> target: (0, 0) e3 -> 5, (0, 1) e5 -> 6, (1, 0) e4 -> 5; row 2
+# (one item) and all padding give none. Candidates: the targets 5, 6, 5 (all drawn).
+HAND_ITEMS = np.array([[3, 5, 6, 0], [4, 5, 0, 0], [7, 0, 0, 0]], np.int32)
 
 
-def test_in_batch_softmax_two_by_two_by_hand():
-    # q0 = [1, 0], q1 = [1, 1]; c0 = [1, 0] (item 5), c1 = [0, 1] (item 6).
-    # scores / T with T = 0.5: row 0 = [2, 0], positive 2; row 1 = [2, 2], positive 2.
-    # CE0 = log(1 + e^-2) = 0.126928, CE1 = log 2 = 0.693147; mean = 0.410038.
-    model = _hand_model([[1, 0], [1, 1]], [[1, 0], [0, 1]], temperature=0.5)
-    expected = (np.log(1 + np.exp(-2)) + np.log(2)) / 2
-    assert _loss(model, [3, 4], [5, 6]) == pytest.approx(expected, abs=1e-6)
-    assert expected == pytest.approx(0.410038, abs=1e-6)
-    # A row without a pair (target PAD) is neither a query nor a negative.
-    assert _loss(model, [3, 4, 3], [5, 6, PAD_ID]) == pytest.approx(expected, abs=1e-6)
-    # Temperature 1: CE0 = log(1 + e^-1) = 0.313262, CE1 = log 2.
-    model = _hand_model([[1, 0], [1, 1]], [[1, 0], [0, 1]], temperature=1.0)
-    assert _loss(model, [3, 4], [5, 6]) == pytest.approx((0.313262 + 0.693147) / 2, abs=1e-6)
+def _loss(model, items=HAND_ITEMS):
+    return float(model.compute_loss({ITEMS: items}))
 
 
-def test_accidental_hits_are_removed_only_when_asked():
-    # Both users' next item is 5: each query sees the same candidate twice.
-    # Kept: row 0 scores [1, 1] -> log 2, row 1 scores [0, 0] -> log 2.
-    # Removed: only the positive column is left in each row -> 0.
-    kept = _hand_model([[1, 0], [0, 1]], [[1, 0]], temperature=1.0)
-    removed = _hand_model([[1, 0], [0, 1]], [[1, 0]], temperature=1.0, remove_accidental_hits=True)
-    assert _loss(kept, [3, 4], [5, 5]) == pytest.approx(np.log(2), abs=1e-6)
-    assert _loss(removed, [3, 4], [5, 5]) == pytest.approx(0.0, abs=1e-6)
+def test_sampled_softmax_by_hand_with_accidental_hits_removed():
+    # (0, 0): q = [1, 0]; positive c5: 1; negatives 5 (hit), 6: 0, 5 (hit) -> log(1 + e^-1)
+    # (0, 1): q = [1, 1]; positive c6: 1; negatives 5: 1, 6 (hit), 5: 1   -> log 3
+    # (1, 0): q = [0, 1]; positive c5: 0; negatives 6: 1                  -> log(1 + e)
+    expected = (np.log1p(np.exp(-1)) + np.log(3) + np.log1p(np.e)) / 3
+    assert expected == pytest.approx(0.908379, abs=1e-6)
+    assert _loss(_hand_model()) == pytest.approx(expected, abs=1e-6)
+    # Temperature 0.5 doubles every score.
+    expected = (np.log1p(np.exp(-2)) + np.log(3) + np.log1p(np.exp(2))) / 3
+    assert _loss(_hand_model(temperature=0.5)) == pytest.approx(expected, abs=1e-6)
+    # Padding, the one-item row and more padding columns change nothing.
+    wider = np.pad(HAND_ITEMS, [(0, 1), (0, 0)])
+    assert _loss(_hand_model(), wider) == pytest.approx(_loss(_hand_model()), abs=1e-6)
+
+
+def test_sampled_softmax_by_hand_keeping_accidental_hits():
+    # Every drawn candidate stays a negative, the positive's duplicates too.
+    e = np.e
+    ce = [
+        np.log(1 * e + e + 1 + e) - 1,  # (0, 0): positive 1; negatives 1, 0, 1
+        np.log(e + e + e + e) - 1,  # (0, 1): positive 1; negatives 1, 1, 1
+        np.log(1 + 1 + e + 1) - 0,  # (1, 0): positive 0; negatives 0, 1, 0
+    ]
+    model = _hand_model(remove_accidental_hits=False)
+    assert _loss(model) == pytest.approx(np.mean(ce), abs=1e-6)
+
+
+def test_sampled_softmax_by_hand_with_logq_correction():
+    # Q(5) = 2/3, Q(6) = 1/3 (the pool's valid targets 5, 6, 5); every logit - log Q.
+    ce = [
+        np.log1p(2 / np.e),  # (0, 0): [1 - log(2/3), 0 - log(1/3)]
+        np.log(2),  # (0, 1): [1 - log(1/3), 1 - log(2/3), 1 - log(2/3)]
+        np.log1p(2 * np.e),  # (1, 0): [0 - log(2/3), 1 - log(1/3)]
+    ]
+    model = _hand_model(logq_correction=True)
+    assert _loss(model) == pytest.approx(np.mean(ce), abs=1e-6)
+
+
+def test_fewer_candidates_are_a_subset_of_the_pool():
+    # One candidate: each query's loss is log(1 + e^(neg - pos)) or 0 (a hit or no
+    # negative), whichever target was drawn; the mean is one of three values.
+    model = _hand_model(num_candidates=1)
+    drawn_5 = (0 + np.log1p(np.exp(0)) + 0) / 3  # only (0, 1) has the negative c5: [1, 1]
+    drawn_6 = (np.log1p(np.exp(-1)) + 0 + np.log1p(np.e)) / 3
+    assert min(abs(_loss(model) - v) for v in (drawn_5, drawn_6)) < 1e-6
 
 
 def test_item_tower_adds_the_mean_of_the_item_genres():
@@ -187,23 +263,25 @@ VOCAB, LENGTH = NUM_RESERVED + 30, 8
 _SUCCESSOR = np.random.default_rng(123).permutation(np.arange(NUM_RESERVED, VOCAB))
 
 
-def _planted_pairs(num_users, seed):
-    """Random prefixes; the next item is a fixed permutation of the LAST prefix item."""
-    items, lengths = _histories(num_users, LENGTH, VOCAB, seed, min_len=1)
-    last = items[np.arange(num_users), lengths - 1]
-    return {PREFIX: items, TARGET: _SUCCESSOR[last - NUM_RESERVED].astype(np.int32)}
+def _planted(num_users, seed):
+    """Chains: a random first item, then each next item is a fixed permutation of the last."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, LENGTH + 1, size=num_users)
+    items = np.zeros((num_users, LENGTH), np.int32)
+    items[:, 0] = rng.integers(NUM_RESERVED, VOCAB, size=num_users)
+    for t in range(1, LENGTH):
+        items[:, t] = _SUCCESSOR[items[:, t - 1] - NUM_RESERVED]
+    items[np.arange(LENGTH)[None, :] >= lengths[:, None]] = PAD_ID
+    return {ITEMS: items}
 
 
 def _encoder(dim=16, seed=0):
-    tf.keras.utils.set_random_seed(seed)
-    return SequenceEncoder(
-        VOCAB, max_len=LENGTH, dim=dim, num_blocks=1, num_heads=2, dropout=0.0, pooling="last"
-    )
+    return _causal_encoder("transformer", "last", dim=dim, vocab=VOCAB, length=LENGTH, seed=seed)
 
 
 def test_de_learns_a_planted_next_item_rule_and_beats_chance_in_hr_at_10():
-    train = tf.data.Dataset.from_tensor_slices(_planted_pairs(1024, seed=10)).batch(64)
-    test = tf.data.Dataset.from_tensor_slices(_planted_pairs(256, seed=11)).batch(64)
+    train = tf.data.Dataset.from_tensor_slices(_planted(1024, seed=10)).batch(64)
+    test = tf.data.Dataset.from_tensor_slices(_planted(256, seed=11)).batch(64)
     model = DualEncoderModel(_encoder(), temperature=0.2, top_k=(1, 10))
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
     before = model.evaluate(test, verbose=0, return_dict=True)
@@ -223,7 +301,7 @@ def test_de_learns_a_planted_next_item_rule_and_beats_chance_in_hr_at_10():
 
 def test_call_and_item_embeddings_shapes():
     model = DualEncoderModel(_encoder(dim=8), top_k=None)
-    items = _planted_pairs(5, seed=0)[PREFIX]
+    items = _planted(5, seed=0)[ITEMS]
     assert model(items).shape == (5, 8)
     np.testing.assert_allclose(model(items), model.encoder(items), atol=1e-6)
     assert model.predict(items, verbose=0).shape == (5, 8)
@@ -232,12 +310,34 @@ def test_call_and_item_embeddings_shapes():
         DualEncoderModel(_encoder(), vocab_size=VOCAB + 1)
 
 
-def test_batches_without_pairs_are_rejected_with_a_clear_message():
+def test_batches_without_items_are_rejected_with_a_clear_message():
     model = DualEncoderModel(_encoder(dim=8))
     model.compile(optimizer="sgd")
-    items = _planted_pairs(8, seed=0)[PREFIX]
-    with pytest.raises(ValueError, match="add_next_item_pairs"):
-        model.fit(tf.data.Dataset.from_tensors({"items": items}), verbose=0)
+    items = _planted(8, seed=0)[ITEMS]
+    with pytest.raises(ValueError, match="'items'"):
+        model.fit(tf.data.Dataset.from_tensors({"prefix": items}), verbose=0)
+
+
+def test_export_round_trip_serves_the_trained_towers(tmp_path):
+    model = DualEncoderModel(_encoder(dim=8), temperature=0.2, top_k=None)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+    model.fit(tf.data.Dataset.from_tensors(_planted(64, seed=5)), epochs=2, verbose=0)
+    vocab = list(RESERVED_TOKENS) + [f"m{i}" for i in range(NUM_RESERVED, VOCAB)]
+    path = ex.export_encoder(
+        model.encoder, vocab, str(tmp_path / "export"), max_len=LENGTH,
+        item_embeddings=model.item_embeddings().numpy(), k=5,
+    )  # fmt: skip
+    loaded = ex.load_export(path)
+    items = _planted(4, seed=6)[ITEMS]
+    raw = np.where(items == PAD_ID, "", np.array(vocab, object)[items]).astype(str)
+    served = loaded.signatures["serving_default"](item_ids=tf.constant(raw))["user_embedding"]
+    user = model(items).numpy()
+    np.testing.assert_allclose(served.numpy(), user, atol=1e-5)
+    top = loaded.signatures["recommend"](item_ids=tf.constant(raw))
+    table = model.item_embeddings().numpy()[NUM_RESERVED:]
+    want = np.argsort(-(user @ table.T), axis=1, kind="stable")[:, :5]
+    got = top["item_ids"].numpy().astype(str)
+    assert got.tolist() == [[vocab[NUM_RESERVED + j] for j in row] for row in want]
 
 
 # --------------------------------------------------------------------------
@@ -245,15 +345,15 @@ def test_batches_without_pairs_are_rejected_with_a_clear_message():
 
 
 def _joint_batches(num_users, seed):
-    data = _planted_pairs(num_users, seed)
-    view2 = data[PREFIX].copy()
+    data = _planted(num_users, seed)
+    view2 = data[ITEMS].copy()
     rng = np.random.default_rng(seed)
     view2[(rng.random(view2.shape) < 0.3) & (view2 != PAD_ID)] = MASK_ID
-    return {**data, VIEW1: data[PREFIX], VIEW2: view2}
+    return {**data, VIEW1: data[ITEMS], VIEW2: view2}
 
 
 def _joint(bt_weight, dim=8, seed=0, **kwargs):
-    model = JointModel(
+    return JointModel(
         _encoder(dim=dim, seed=seed),
         build_projector("16-8"),
         bt_weight=bt_weight,
@@ -261,7 +361,6 @@ def _joint(bt_weight, dim=8, seed=0, **kwargs):
         temperature=0.5,
         **kwargs,
     )
-    return model
 
 
 def test_joint_model_trains_and_reports_its_parts():
@@ -275,10 +374,10 @@ def test_joint_model_trains_and_reports_its_parts():
     result = model.evaluate(data.take(1), verbose=0, return_dict=True)
     assert result["loss"] == pytest.approx(result["de_loss"] + 0.1 * result["bt_loss"], rel=1e-5)
     assert HR10 in result
-    items = _planted_pairs(3, seed=0)[PREFIX]
+    items = _planted(3, seed=0)[ITEMS]
     assert model(items).shape == (3, 8) and model.item_embeddings().shape == (VOCAB, 8)
     with pytest.raises(ValueError, match="view1"):
-        model.fit(tf.data.Dataset.from_tensors(_planted_pairs(8, seed=0)), verbose=0)
+        model.fit(tf.data.Dataset.from_tensors(_planted(8, seed=0)), verbose=0)
 
 
 def _tower_weights(model):
@@ -291,7 +390,7 @@ def test_joint_model_with_bt_weight_zero_is_the_dual_encoder():
     de = DualEncoderModel(_encoder(dim=8, seed=1), temperature=0.5)
     joint = _joint(bt_weight=0.0, seed=2)
     for model in (de, joint):
-        model(batch[PREFIX][:1])
+        model(batch[ITEMS][:1])
         model.item_embeddings()
     joint.encoder.set_weights(de.encoder.get_weights())
     joint.item_tower.set_weights(de.item_tower.get_weights())
@@ -319,27 +418,33 @@ TOL = 1e-5
 def _replica_data():
     """One global batch of 7 users: two replicas get uneven shards of 4 and 3.
 
-    User 2 has no pair (target PAD) and user 5 has the same next item as user
-    0, so the masking and the global count of pairs are exercised too.
+    User 2 has one item (no query), user 4 an OOV target, users 0 and 5 the
+    same history (accidental hits), and 5 candidates are drawn among the ~30
+    valid positions, so the shared draw, the masking and the global count of
+    queries are all exercised.
     """
     data = _joint_batches(7, seed=7)
-    data[TARGET][2] = PAD_ID
-    data[TARGET][5] = data[TARGET][0]
+    items = data[ITEMS]
+    items[2, 1:] = PAD_ID
+    items[4, 1] = OOV_ID
+    items[5] = items[0]
+    data[VIEW1] = items
     return data
 
 
-def _make(kind, global_negatives=True):
+def _make(kind, global_negatives=True, num_candidates=5):
+    common = dict(temperature=0.5, global_negatives=global_negatives, num_candidates=num_candidates)
     if kind == "de":
-        return DualEncoderModel(
-            _encoder(dim=8, seed=0), temperature=0.5, global_negatives=global_negatives
-        )
-    return _joint(bt_weight=0.5, seed=0, global_negatives=global_negatives)
+        return DualEncoderModel(_encoder(dim=8, seed=0), **common)
+    if kind == "de_logq":
+        return DualEncoderModel(_encoder(dim=8, seed=0), logq_correction=True, **common)
+    return _joint(bt_weight=0.5, seed=0, **common)
 
 
-def _under(strategy, kind, data, initial=None, global_negatives=True):
+def _under(strategy, kind, data, initial=None, global_negatives=True, num_candidates=5):
     with strategy.scope():
-        model = _make(kind, global_negatives)
-        model(data[PREFIX][:2])
+        model = _make(kind, global_negatives, num_candidates)
+        model(data[ITEMS][:2])
         model.item_embeddings()
         if kind == "joint":
             model.project(data[VIEW1][:2])
@@ -347,7 +452,7 @@ def _under(strategy, kind, data, initial=None, global_negatives=True):
             model.set_weights(initial)
         # The BT gradients are much larger than the DE ones: a smaller step
         # keeps the joint update in a range where float32 round-off is < TOL.
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.5 if kind == "de" else 0.02))
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.02 if kind == "joint" else 0.5))
     return model
 
 
@@ -358,10 +463,10 @@ def _network_weights(model):
 
 # The joint variant (~20 s: synchronized batch norm and BT all-reduces on top)
 # checks that only the BT part is divided by the replica count.
-@pytest.mark.parametrize("kind", ["de", pytest.param("joint", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["de", "de_logq", pytest.param("joint", marks=pytest.mark.slow)])
 def test_fit_and_evaluate_on_two_replicas_equal_one_device(kind, two_replicas):
     data = _replica_data()
-    dataset = tf.data.Dataset.from_tensors(data)  # one optimizer step
+    dataset = tf.data.Dataset.from_tensors(data).repeat(2)  # two steps: two candidate draws
     reference = _under(tf.distribute.get_strategy(), kind, data)
     initial, start = reference.get_weights(), _network_weights(reference)
     runs = {}
@@ -372,7 +477,7 @@ def test_fit_and_evaluate_on_two_replicas_equal_one_device(kind, two_replicas):
         model = _under(strategy, kind, data, initial)
         history = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history
         # evaluate (incl. top-k) on the DE only: the joint model adds nothing there.
-        evaluated = model.evaluate(dataset, verbose=0, return_dict=True) if kind == "de" else {}
+        evaluated = model.evaluate(dataset, verbose=0, return_dict=True) if kind != "joint" else {}
         runs[name] = (history, evaluated, _network_weights(model))
 
     (hist_one, eval_one, w_one), (hist_two, eval_two, w_two) = runs["one"], runs["two"]
@@ -388,13 +493,19 @@ def test_fit_and_evaluate_on_two_replicas_equal_one_device(kind, two_replicas):
 
 
 def test_per_replica_negatives_would_change_the_loss(two_replicas):
-    """The teeth of the test above: TFRS's local negatives differ from one device."""
+    """The teeth of the test above: candidates from each replica's own rows only.
+
+    One candidate per user (the default): 7 on one device, 4 or 3 per replica
+    when each replica draws from its own rows.
+    """
     data = _replica_data()
     batch = tf.data.Dataset.from_tensors(data)
     initial = _under(tf.distribute.get_strategy(), "de", data).get_weights()
-    one = _under(tf.distribute.OneDeviceStrategy("/cpu:0"), "de", data, initial)
-    local = _under(two_replicas, "de", data, initial, global_negatives=False)
+    one = _under(
+        tf.distribute.OneDeviceStrategy("/cpu:0"), "de", data, initial, num_candidates=None
+    )
+    local = _under(two_replicas, "de", data, initial, global_negatives=False, num_candidates=None)
     loss_one = one.evaluate(batch, verbose=0, return_dict=True)["loss"]
     loss_local = local.evaluate(batch, verbose=0, return_dict=True)["loss"]
     # Fewer negatives per query: a clearly smaller cross-entropy.
-    assert loss_local < loss_one - 0.1
+    assert loss_local < loss_one - 0.1, (loss_one, loss_local)

@@ -1,4 +1,4 @@
-"""Sequence encoders: padding never matters, shapes, configs, projector layout."""
+"""Sequence encoders: padding never matters, causal mode, shapes, configs, projector layout."""
 
 import numpy as np
 import pytest
@@ -83,6 +83,55 @@ def test_mean_kind_mean_pooling_averages_real_item_embeddings():
     np.testing.assert_allclose(out[1], table[items[1, :7]].mean(axis=0), atol=1e-6)
 
 
+@pytest.mark.parametrize("kind,pooling", KINDS_AND_POOLINGS)
+def test_causal_position_t_is_the_encoding_of_the_first_t_plus_1_items(kind, pooling):
+    encoder = _encoder(kind, pooling, causal=True)
+    items = _batch(20)
+    lengths = [1, 7, 20, 12]
+    per_position = encoder(items, training=False, per_position=True).numpy()
+    assert per_position.shape == (4, 20, 8) and np.isfinite(per_position).all()
+    for row, n in enumerate(lengths):
+        for t in range(n):
+            prefix = encoder(items[row : row + 1, : t + 1], training=False).numpy()[0]
+            np.testing.assert_allclose(per_position[row, t], prefix, atol=1e-5)
+        assert not per_position[row, n:].any()  # padded positions are zeros
+    # The user vector is the one at the last real position.
+    users = encoder(items, training=False).numpy()
+    np.testing.assert_allclose(users, per_position[np.arange(4), np.array(lengths) - 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,pooling", KINDS_AND_POOLINGS)
+def test_causal_outputs_before_a_changed_item_do_not_change(kind, pooling):
+    encoder = _encoder(kind, pooling, causal=True)
+    items = _batch(20)
+    later = items.copy()
+    later[2, 9] = MASK_ID if items[2, 9] != MASK_ID else NUM_RESERVED  # row 2 is full
+    a = encoder(items, training=False, per_position=True).numpy()
+    b = encoder(later, training=False, per_position=True).numpy()
+    np.testing.assert_allclose(b[2, :9], a[2, :9], atol=1e-6)
+    np.testing.assert_allclose(b[[0, 1, 3]], a[[0, 1, 3]], atol=1e-6)  # other rows untouched
+    assert np.abs(b[2, 9] - a[2, 9]).max() > 1e-4  # the changed position itself moves
+
+
+def test_bidirectional_encoder_is_not_causal_and_refuses_per_position():
+    """The BT backbone: with the same weights, position t attends to later items too."""
+    items = _batch(20)
+    bidirectional = _encoder("transformer", "mean")
+    causal = _encoder("transformer", "mean", causal=True)
+    bidirectional(items), causal(items)  # build both
+    causal.set_weights(bidirectional.get_weights())  # same weights, only the mask differs
+    later = items.copy()
+    later[2, 19] = MASK_ID
+    # The causal user vector of the first 19 items ignores item 19; the
+    # bidirectional mean over the 20 states moves in every state, not only the last.
+    np.testing.assert_allclose(
+        causal(later[2:3, :19]).numpy(), causal(items[2:3, :19]).numpy(), atol=1e-6
+    )
+    assert np.abs(bidirectional(items).numpy()[2] - causal(items).numpy()[2]).max() > 1e-4
+    with pytest.raises(ValueError, match="causal=True"):
+        bidirectional(items, per_position=True)
+
+
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_transformer_pre_and_post_ln_and_all_padding_row(norm_first):
     encoder = _encoder("transformer", norm_first=norm_first)
@@ -123,9 +172,13 @@ def test_too_long_input_and_bad_arguments_raise():
         SequenceEncoder(VOCAB, pooling="max")
 
 
-@pytest.mark.parametrize("kind,pooling", KINDS_AND_POOLINGS[::2] + [("transformer", "last")])
-def test_sequence_encoder_config_round_trip(kind, pooling):
-    encoder = _encoder(kind, pooling, norm_first=False, ffn_dim=12)
+@pytest.mark.parametrize(
+    "kind,pooling,causal",
+    [(k, p, False) for k, p in KINDS_AND_POOLINGS[::2]]
+    + [("transformer", "last", False), ("transformer", "mean", True), ("gru", "last", True)],
+)
+def test_sequence_encoder_config_round_trip(kind, pooling, causal):
+    encoder = _encoder(kind, pooling, norm_first=False, ffn_dim=12, causal=causal)
     items = _batch(20)
     out = encoder(items, training=False).numpy()
     clone = SequenceEncoder.from_config(encoder.get_config())

@@ -104,6 +104,50 @@ def test_space_and_pins_from_the_command_line(tmp_path):
         ts.parse(["--pin=dim=32"])
 
 
+def _kinds(search) -> dict:
+    return {p.name: type(p).__name__ for p in search.space.hyperparameters().space}
+
+
+def test_de_space_is_temperature_and_learning_rate_only():
+    search, base = ts.parse(["--model=de", "--lambd=0.01", "--projector=64-64"])
+    # BT settings given on the command line are not pinned: a DE has none.
+    assert base.model == "de" and search.space.pinned == {}
+    assert _kinds(search) == {"learning_rate": "Float", "temperature": "Float"}
+    params = {p.name: p for p in search.space.hyperparameters().space}
+    assert (params["temperature"].min_value, params["temperature"].max_value) == (0.02, 1.0)
+    assert params["temperature"].sampling == params["learning_rate"].sampling == "log"
+
+    search, _ = ts.parse(["--model=de", "--temperature=0.2", "--temperature_range=0.05,0.5"])
+    assert search.space.pinned == {"temperature": 0.2}
+    assert _kinds(search) == {"learning_rate": "Float", "temperature": "Fixed"}
+    search, _ = ts.parse(["--model=de", "--learning_rate_range=1e-3,3e-3"])
+    lr = next(p for p in search.space.hyperparameters().space if p.name == "learning_rate")
+    assert (lr.min_value, lr.max_value) == (1e-3, 3e-3)
+
+    with pytest.raises(ValueError, match="cannot pin \\['lambd'\\] for --model=de"):
+        ts.parse(["--model=de", "--pin=lambd=0.01"])
+    with pytest.raises(ValueError, match="--model=de has none"):
+        ts.parse(["--model=de", "--search_augment"])
+    with pytest.raises(ValueError, match="for --model=bt"):
+        ts.parse(["--pin=temperature=0.1"])  # BT has no temperature
+
+
+def test_joint_space_adds_temperature_learning_rate_and_bt_weight():
+    search, _ = ts.parse(["--model=bt+de", "--bt_weight=0.3"])
+    assert _kinds(search) == {
+        "lambd": "Float",
+        "projector_width": "Choice",
+        "projector_depth": "Choice",
+        "learning_rate": "Float",
+        "temperature": "Float",
+        "bt_weight": "Fixed",
+    }
+    values = {"temperature": 0.07, "learning_rate": 0.002, "bt_weight": 0.3, "lambd": 0.01}
+    assert sp.train_flags(values) == values
+    # BT alone is unchanged: no temperature, no learning rate unless asked for.
+    assert "temperature" not in _kinds(ts.parse([])[0])
+
+
 def test_each_tuner_gets_its_keras_tuner_oracle():
     expected = {
         "random": keras_tuner.oracles.RandomSearchOracle,
@@ -222,6 +266,28 @@ def test_random_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path
     before = len(_events(out))
     ts.main(_flags(data_dir, out, "--tuner=random", "--max_trials=3", "--epochs=1"))
     assert len(_events(out)) == before
+
+
+def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
+    out = tmp_path / "de_search"
+    flags = _flags(data_dir, out, "--model=de", "--tuner=random", "--max_trials=2", "--epochs=1")
+    summary = ts.main(flags)
+    assert _statuses(out) == {"0": "COMPLETED", "1": "COMPLETED"}
+    best = json.loads((out / "best_hparams.json").read_text())
+    assert set(best) == {"temperature", "learning_rate"}
+    assert 0.02 <= best["temperature"] <= 1.0 and 1e-4 <= best["learning_rate"] <= 1e-2
+    assert 0.0 <= summary["best"]["objective"] <= 1.0
+    config = cfg.parse(
+        [*TRAIN_FLAGS, f"--data_output_dir={data_dir}", f"--output_dir={tmp_path / 'r'}",
+         "--model=de", "--epochs=1", "--no-probe", "--no-export",
+         f"--hparams={out / 'best_hparams.json'}"]
+    )  # fmt: skip
+    assert (config.temperature, config.learning_rate) == (
+        best["temperature"],
+        best["learning_rate"],
+    )
+    assert config.encoder_kwargs(10)["causal"]  # the DE's query tower
+    assert train.train(config)["epochs_completed"] == 1
 
 
 def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path):

@@ -5,6 +5,9 @@
     python -m tuning.search --dataset=ml-1m --tuner=hyperband --max_epochs=50
     python -m tuning.search --dataset=yelp --tuner=random --max_trials=20 --distributed_workers=4
     python -m bt_tf.train --dataset=ml-1m --hparams=tuning_runs/ml1m/best_hparams.json
+    python -m tuning.search --dataset=ml-1m --model=de --objective=next_item \\
+        --output_dir=tuning_runs/ml1m_de      # the dual encoder: temperature, learning rate
+    python -m bt_tf.train --dataset=ml-1m --model=de --hparams=tuning_runs/ml1m_de/best_hparams.json
 
 Every `bt_tf.train` flag works and sets the training of every trial
 (`--epochs` per trial for random/bayesian; Hyperband's budgets go up to
@@ -12,13 +15,20 @@ Every `bt_tf.train` flag works and sets the training of every trial
 under `<output_dir>/search/trial_<id>/run/`); set the preprocessing output
 with `--data_output_dir` as in `bt_tf.train`.
 
-Searched (see `tuning.space`): lambda log-uniform over `--lambd_range`,
-projector width from `--projector_widths` times depth from
-`--projector_depths`; with `--search_augment` also mask gamma, reorder beta,
-crop eta and the learning rate. Pinning: `--pin=lambd=0.005` (repeatable),
-and any of `--lambd`, `--projector`, `--augment`, `--learning_rate` given
-explicitly on the command line (or in `--hparams`) is pinned as well; pinned
-values are recorded with every trial and written to best_hparams.json.
+Searched (see `tuning.space`), by `--model`:
+- bt (default): lambda log-uniform over `--lambd_range`, projector width from
+  `--projector_widths` times depth from `--projector_depths`; with
+  `--search_augment` also mask gamma, reorder beta, crop eta and the learning
+  rate (`--learning_rate_range`).
+- de: the temperature (log-uniform over `--temperature_range`) and the
+  learning rate (log-uniform over `--learning_rate_range`); nothing of BT.
+- bt+de: all of bt's, plus temperature, learning rate and `bt_weight`
+  (log-uniform over `--bt_weight_range`).
+Pinning: `--pin=lambd=0.005` (repeatable, only names the model has), and any
+of `--lambd`, `--projector`, `--augment`, `--learning_rate`, `--temperature`,
+`--bt_weight` that applies to the model and is given explicitly on the
+command line (or in `--hparams`) is pinned as well; pinned values are
+recorded with every trial and written to best_hparams.json.
 
 Objective (`--objective`, see `tuning.objective`): favorite_genre (default),
 next_item (HR@10) or liked_item (AUC), on EVAL users; the test split is
@@ -395,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_initial_points", type=int, default=None, help="bayesian random starts")
     p.add_argument("--tuner_seed", type=int, default=d.tuner_seed)
     p.add_argument("--lambd_range", type=_range, default=s.lambd_range, help="LOW,HIGH")
+    for name in ("learning_rate", "temperature", "bt_weight"):
+        p.add_argument(
+            f"--{name}_range", type=_range, default=getattr(s, f"{name}_range"), help="LOW,HIGH"
+        )
     p.add_argument("--projector_widths", type=_csv(int), default=s.projector_widths)
     p.add_argument("--projector_depths", type=_csv(int), default=s.projector_depths)
     p.add_argument(
@@ -431,8 +445,8 @@ def _explicit_training_flags(argv: Sequence[str]) -> dict:
 def parse(argv: Sequence[str]) -> tuple[SearchConfig, cfg.TrainConfig]:
     """Command line -> (search settings, base training config).
 
-    Pins: every ``--pin``, plus the searchable training flags (`space.SEARCHABLE_FLAGS`)
-    given explicitly or through ``--hparams``.
+    Pins: every ``--pin``, plus the searchable training flags of the model
+    (`space.searchable_flags`) given explicitly or through ``--hparams``.
     """
     args, rest = build_parser().parse_known_args(argv)
     base = cfg.parse(rest)
@@ -442,11 +456,15 @@ def parse(argv: Sequence[str]) -> tuple[SearchConfig, cfg.TrainConfig]:
     if given.get("hparams"):
         with open(os.path.expanduser(given["hparams"])) as f:
             from_file = json.load(f)
-    for name in sp.SEARCHABLE_FLAGS:
+    for name in sp.searchable_flags(base.model):
         if (name in given or name in from_file) and name not in pins:
             pins[name] = getattr(base, name)
     space = sp.SearchSpace(
+        model=base.model,
         lambd_range=args.lambd_range,
+        learning_rate_range=args.learning_rate_range,
+        temperature_range=args.temperature_range,
+        bt_weight_range=args.bt_weight_range,
         projector_widths=args.projector_widths,
         projector_depths=args.projector_depths,
         search_augment=args.search_augment,

@@ -14,10 +14,21 @@ name                values                                      TrainConfig fiel
 ``crop``            uniform ``crop_range`` (augment only)       ``crop:e``
 ``substitute``      ``substitute_range``, step 0.1 (augment)    ``[,substitute:s]``
 ``insert``          ``insert_range``, step 0.1 (augment)        ``[,insert:i]"``
-``learning_rate``   log-uniform (augment only)                  ``learning_rate``
+``learning_rate``   log-uniform (bt: augment only)              ``learning_rate``
+``temperature``     log-uniform over ``temperature_range``      ``temperature``
+``bt_weight``       log-uniform over ``bt_weight_range``        ``bt_weight``
 ``projector``       a pinned projector string                   ``projector``
 ``augment``         a pinned augment string                     ``augment``
 ==================  ==========================================  ======================
+
+Which names a search has depends on the model it tunes (``--model``, see
+`MODEL_PARAMETERS`): ``bt`` searches the Barlow Twins settings (lambda,
+projector, with ``search_augment`` also the augmentation and the learning
+rate); ``de`` (the dual encoder) its softmax temperature and learning rate
+only (it has no lambda, projector or augmentation); ``bt+de`` both, plus
+``bt_weight``. So a DE gets its own temperature and learning rate, found with
+the same tuner and budget as BT, and its ``best_hparams.json`` holds exactly
+the flags ``python -m bt_tf.train --model=de --hparams=FILE`` reads.
 
 A *pin* fixes a value: it becomes a `keras_tuner` ``Fixed`` hyperparameter
 (so it is recorded with every trial and written to ``best_hparams.json``)
@@ -39,7 +50,7 @@ import keras_tuner
 from bt_tf import config as cfg
 
 # TrainConfig fields (= flag names of `bt_tf.train`) that a search may set.
-SEARCHABLE_FLAGS = ("lambd", "projector", "augment", "learning_rate")
+SEARCHABLE_FLAGS = ("lambd", "projector", "augment", "learning_rate", "temperature", "bt_weight")
 # Names that `--pin=NAME=VALUE` accepts.
 PIN_NAMES = (
     "lambd",
@@ -53,11 +64,21 @@ PIN_NAMES = (
     "substitute",
     "insert",
     "learning_rate",
+    "temperature",
+    "bt_weight",
 )
 _AUGMENT_PARTS = ("mask", "reorder", "crop", "substitute", "insert")
 # Parts searched on a grid that includes 0 (= op off): the co-occurrence ops
 # are new, so the search must be able to leave them out.
 _AUGMENT_STEPS = {"substitute": 0.1, "insert": 0.1}
+_BT_NAMES = ("lambd", "projector", "projector_width", "projector_depth", "augment")
+_BT_NAMES += _AUGMENT_PARTS
+# The hyperparameter names (pins included) that apply to each model.
+MODEL_PARAMETERS = {
+    "bt": (*_BT_NAMES, "learning_rate"),
+    "de": ("temperature", "learning_rate"),
+    "bt+de": (*_BT_NAMES, "learning_rate", "temperature", "bt_weight"),
+}
 _TYPES = {
     "lambd": float,
     "projector": str,
@@ -70,7 +91,14 @@ _TYPES = {
     "substitute": float,
     "insert": float,
     "learning_rate": float,
+    "temperature": float,
+    "bt_weight": float,
 }
+
+
+def searchable_flags(model: str) -> tuple[str, ...]:
+    """The `SEARCHABLE_FLAGS` that apply to ``model`` ("bt", "de", "bt+de")."""
+    return tuple(f for f in SEARCHABLE_FLAGS if f in MODEL_PARAMETERS[model])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,16 +106,25 @@ class SearchSpace:
     """Ranges of the searched dimensions and the pinned values.
 
     Attributes:
+      model: the model the search tunes ("bt", "de", "bt+de"); it decides the
+        dimensions (module docstring).
       lambd_range: (low, high) of the log-uniform Barlow Twins off-diagonal weight.
       projector_widths, projector_depths: choices; the projector is ``depth``
         layers of ``width`` units.
       search_augment: also search mask gamma, reorder beta, crop eta (uniform
         over their ranges), the substitute and insert fractions (over their
-        ranges in steps of 0.1, 0 = off) and the learning rate (log-uniform).
+        ranges in steps of 0.1, 0 = off) and, for bt, the learning rate
+        (log-uniform); not for de (no augmentation).
+      learning_rate_range: (low, high), log-uniform; always searched for de
+        and bt+de.
+      temperature_range: (low, high) of the log-uniform DE softmax
+        temperature (de, bt+de).
+      bt_weight_range: (low, high) of the log-uniform BT loss weight (bt+de).
       pins: ``((name, value), ...)``, names from `PIN_NAMES`; pinned names are
         not searched (see module docstring).
     """
 
+    model: str = "bt"
     lambd_range: tuple[float, float] = (1e-4, 1e-1)
     projector_widths: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
     projector_depths: tuple[int, ...] = (2, 3)
@@ -98,13 +135,28 @@ class SearchSpace:
     substitute_range: tuple[float, float] = (0.0, 0.5)
     insert_range: tuple[float, float] = (0.0, 0.5)
     learning_rate_range: tuple[float, float] = (1e-4, 1e-2)
+    temperature_range: tuple[float, float] = (0.02, 1.0)
+    bt_weight_range: tuple[float, float] = (0.01, 1.0)
     pins: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         pins = dict(self.pins)
+        if self.model not in MODEL_PARAMETERS:
+            raise ValueError(f"model {self.model!r}: expected one of {list(MODEL_PARAMETERS)}")
         unknown = sorted(set(pins) - set(PIN_NAMES))
         if unknown:
             raise ValueError(f"cannot pin {unknown}: pinnable names are {list(PIN_NAMES)}")
+        foreign = sorted(set(pins) - set(MODEL_PARAMETERS[self.model]))
+        if foreign:
+            raise ValueError(
+                f"cannot pin {foreign} for --model={self.model}: it has no such setting "
+                f"(its names: {list(MODEL_PARAMETERS[self.model])})"
+            )
+        if self.search_augment and self.model == "de":
+            raise ValueError(
+                "--search_augment searches the Barlow Twins augmentation; --model=de has "
+                "none (its search always covers temperature and learning rate)"
+            )
         if "projector" in pins and {"projector_width", "projector_depth"} & set(pins):
             raise ValueError("pin either projector or projector_width/projector_depth, not both")
         parts = "/".join(_AUGMENT_PARTS)
@@ -118,6 +170,8 @@ class SearchSpace:
         for name, (low, high) in (
             ("lambd", self.lambd_range),
             ("learning_rate", self.learning_rate_range),
+            ("temperature", self.temperature_range),
+            ("bt_weight", self.bt_weight_range),
         ):
             if not 0 < low <= high:
                 raise ValueError(f"{name} range ({low}, {high}) must satisfy 0 < low <= high")
@@ -141,6 +195,23 @@ class SearchSpace:
             else:
                 make()
 
+        def log_uniform(name: str) -> None:
+            low, high = getattr(self, f"{name}_range")
+            fixed_or(name, lambda: hp.Float(name, low, high, sampling="log"))
+
+        if self.model != "de":
+            self._bt_hyperparameters(hp, fixed_or)
+        if self.model != "bt" or self.search_augment or "learning_rate" in pinned:
+            log_uniform("learning_rate")
+        if self.model != "bt":
+            log_uniform("temperature")
+        if self.model == "bt+de":
+            log_uniform("bt_weight")
+        return hp
+
+    def _bt_hyperparameters(self, hp: keras_tuner.HyperParameters, fixed_or) -> None:
+        """Lambda, projector and (``search_augment``) the augmentation strengths."""
+        pinned = self.pinned
         fixed_or("lambd", lambda: hp.Float("lambd", *self.lambd_range, sampling="log"))
         if "projector" in pinned:
             hp.Fixed("projector", pinned["projector"])
@@ -158,12 +229,6 @@ class SearchSpace:
                 low, high = getattr(self, f"{name}_range")
                 step = _AUGMENT_STEPS.get(name)
                 fixed_or(name, lambda n=name, lo=low, hi=high, s=step: hp.Float(n, lo, hi, step=s))
-        if self.search_augment or "learning_rate" in pinned:
-            fixed_or(
-                "learning_rate",
-                lambda: hp.Float("learning_rate", *self.learning_rate_range, sampling="log"),
-            )
-        return hp
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -239,8 +304,9 @@ def train_flags(values: Mapping[str, Any], base: cfg.TrainConfig | None = None) 
         }
         parts["crop"] = parts["crop"] or 1.0  # no crop in the base policy: keep everything
         out["augment"] = augment_string(**parts)
-    if "learning_rate" in values:
-        out["learning_rate"] = float(values["learning_rate"])
+    for name in ("learning_rate", "temperature", "bt_weight"):
+        if name in values:
+            out[name] = float(values[name])
     return out
 
 
