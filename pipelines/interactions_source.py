@@ -76,7 +76,7 @@ from collections.abc import Iterator, Sequence
 import tensorflow as tf
 
 from pipelines import textio
-from pipelines.sources import BadRecord, Table, _decode_utf8, _short
+from pipelines.sources import BadRecord, Table, _decode_utf8, _load_json_object, _short
 
 __all__ = [
     "FORMATS",
@@ -577,15 +577,9 @@ class _JsonLine:
     parser: RowParser
 
     def __call__(self, line: bytes):
-        text = _decode_utf8(line)
-        if not text.strip():
+        obj = _load_json_object(line)
+        if obj is None:
             return None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BadRecord(f"broken JSON: {err}") from None
-        if not isinstance(obj, dict):
-            raise BadRecord(f"expected a JSON object, got {type(obj).__name__}")
         return self.parser([obj.get(c) for c in self.columns])
 
 
