@@ -438,6 +438,7 @@ def _make(kind, global_negatives=True, num_candidates=5):
         return DualEncoderModel(_encoder(dim=8, seed=0), **common)
     if kind == "de_logq":
         return DualEncoderModel(_encoder(dim=8, seed=0), logq_correction=True, **common)
+    common.pop("temperature")  # _joint sets the same 0.5
     return _joint(bt_weight=0.5, seed=0, **common)
 
 

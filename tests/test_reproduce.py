@@ -149,7 +149,7 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     argv = _argv(tmp_path, "--models=bt,de", "--no-ablation", f"--hparams_de={de_hparams}")
     first = rp.main(argv)
     md = (out / "report" / "report.md").read_text()
-    for name in ("bt", "de", "untrained", "bag_of_items", "majority"):
+    for name in ("bt", "de", "untrained(bt)", "untrained(de)", "bag_of_items", "majority"):
         assert f"| {name} |" in md, name
     assert "Relative improvement over `de`" in md and "## Training runs" in md
     assert "## Batch-size ablation" not in md
@@ -180,7 +180,7 @@ def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
     first = rp.main(argv)
     report_dir = out / "report"
     md = (report_dir / "report.md").read_text()
-    for name in ("bt", "de", "bt+de", "untrained", "bag_of_items", "majority"):
+    for name in ("bt", "de", "bt+de", "untrained(bt)", "untrained(de)", "bag_of_items", "majority"):
         assert f"| {name} |" in md, name
     assert "Relative improvement over `de`" in md
     assert "## Training runs" in md and "## Batch-size ablation" in md
