@@ -1487,6 +1487,15 @@ def local_runner(options):
     name = options.view_as(StandardOptions).runner
     if not isinstance(name, str) or name.lower() not in _DIRECT_RUNNER_NAMES:
         return None
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_threading" and direct.direct_num_workers != 1:
+        logging.warning(
+            "--direct_running_mode=multi_threading with several workers gave wrong output "
+            "(blocks lost) and 'Invalid PaneInfoEncoding' crashes with Beam 2.77 on this "
+            "pipeline; use multi_processing or in_memory"
+        )
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
