@@ -17,18 +17,30 @@ same directory, and any change writes a new one.
 
 Steps (each a small named function below):
 1. read: raw files are cut into byte-range chunks read in parallel with exact
-   line numbers (`pipelines.textio`), Parquet files into row groups
+   line numbers (`pipelines.textio`); MovieLens ratings lines are parsed with
+   numpy, other lines (and any line the vectorized reader does not accept) by
+   the source's line parser; Parquet files are read by row group
    (`pipelines.interactions_source`); unparsable lines go to `bad_records/`.
-2. group: interactions are grouped per user and sorted by (timestamp, item id).
-3. k-core: per-user item lists are filtered alternately by user length and
-   item count, unrolled `kcore_max_iterations` times; the run fails if that
-   was not enough to converge.
-4. split: a stable hash of the user id gives train/eval/test.
+2. group: a hash of the user id puts each user in a bucket (split, output
+   shard, part of that shard); interactions are grouped per bucket into
+   columnar *blocks*, each user's sorted by (timestamp, item id, rating).
+3. k-core: rounds of per-item counts over the blocks, each a combine, each
+   filtering users by length and items by count given the previous rounds'
+   results, unrolled `kcore_max_iterations` times; the run fails if that was
+   not enough to converge.
+4. split: the bucket's (the same stable hash of the user id).
 5. vocab: item and genre vocabularies, frequency-ordered over train users only.
-6. examples: history/future cut, one `tf.train.Example` per user, written to a
-   fixed number of shards per split, sorted by user id (byte-identical reruns).
+6. examples: history/future cut, one `tf.train.Example` per user; each block
+   writes its users' Examples, sorted by user id, to a part file, and each of
+   the fixed number of shards per split is a streaming merge of its parts
+   (byte-identical reruns, however the input was chunked).
 Everything is written to `<version>.partial/` and renamed at the very end, so
-an interrupted run leaves no partial version and a rerun starts clean.
+an interrupted run leaves no partial version and a rerun starts clean. No step
+holds all interactions: a block holds the users of one of 3 * num_shards * 8
+buckets.
+
+Runner: `--runner=DirectRunner` unless a `--runner` is given (`local_runner`:
+DirectRunner's batch engine, without its attempt to download the Prism runner).
 """
 
 from __future__ import annotations
@@ -36,10 +48,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 import os
 import posixpath
+import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -187,13 +201,31 @@ def artifact_dir(config: PreprocessConfig) -> str:
 
 # --------------------------------------------------------------------------
 # Step 1: read
+#
+# Interactions travel as columnar batches: "user" and "item" as numpy arrays
+# of UTF-8 bytes (dtype S, a quarter of the memory of str arrays; byte order is
+# code point order, so every sort is the same as on the strings), "timestamp"
+# int64 and "rating" float32.
+
+
+def _utf8(values) -> np.ndarray:
+    """Strings (a sequence, or a numpy str array) -> numpy array of their UTF-8 bytes."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "S":
+            return values
+        if values.dtype.kind == "U":
+            try:
+                return values.astype(np.bytes_)  # ASCII: no Python loop
+            except UnicodeEncodeError:
+                pass
+    return np.array([str(v).encode("utf-8") for v in values], dtype=np.bytes_)
 
 
 def _columnar(rows: list[tuple]) -> dict[str, np.ndarray]:
     users, items, stamps, ratings = zip(*rows)
     return {
-        "user": np.asarray(users, dtype=str),
-        "item": np.asarray(items, dtype=str),
+        "user": _utf8(users),
+        "item": _utf8(items),
         "timestamp": np.asarray(stamps, dtype=np.int64),
         "rating": np.asarray(ratings, dtype=np.float32),
     }
@@ -224,11 +256,123 @@ def _emit(table: str, records: Iterable[tuple]):
             yield beam.pvalue.TaggedOutput(table, record)
 
 
+@dataclasses.dataclass(frozen=True)
+class _RatingLines:
+    """``user SEP item SEP rating SEP timestamp`` of digits: the MovieLens ratings files.
+
+    `_parse_rating_lines` reads many such lines at once with numpy. It accepts
+    only plain spellings (ids and timestamps of ASCII digits, ratings exactly
+    as listed below) and leaves every other line to the table's own parser, so
+    records, bad-record reasons and line numbers are exactly the line-by-line
+    parser's.
+    """
+
+    sep: bytes  # one byte, possibly repeated: b",", b"\t", b"::"
+    half_stars: bool  # True: "0.5" ... "5.0" in halves and "1" ... "5"; False: "1" ... "5"
+
+
+_MAX_FAST_TIMESTAMP_DIGITS = 18  # always fits int64
+
+
+def _rating_lines_of(parse) -> _RatingLines | None:
+    """The vectorized layout of a `sources.Table.parse` function, if it has one."""
+    from pipelines import sources
+
+    return {
+        sources.parse_ml20m_rating: _RatingLines(b",", half_stars=True),
+        sources.parse_ml1m_rating: _RatingLines(b"::", half_stars=False),
+        sources.parse_ml100k_rating: _RatingLines(b"\t", half_stars=False),
+    }.get(parse)
+
+
+def _windows(buf: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+    """[len(start), width] bytes of `buf` from each start (zeros past its end)."""
+    padded = np.concatenate([buf, np.zeros(width, dtype=np.uint8)])
+    return np.lib.stride_tricks.sliding_window_view(padded, width)[start]
+
+
+def _field_bytes(buf: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """Byte ranges [start, stop) of `buf` -> a numpy bytes (S) array of them."""
+    width = int((stop - start).max(initial=1))
+    matrix = _windows(buf, start, width)
+    matrix[np.arange(width) >= (stop - start)[:, None]] = 0
+    return matrix.view(f"S{width}").ravel()
+
+
+def _field_uint(buf: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """Byte ranges of 1 to 18 ASCII digits -> their values (int64)."""
+    length = stop - start
+    width = int(length.max(initial=0))
+    digits = _windows(buf, start, max(width, 1))
+    value = np.zeros(len(start), dtype=np.int64)
+    for j in range(width):
+        value = np.where(j < length, value * 10 + digits[:, j].astype(np.int64) - 48, value)
+    return value
+
+
+def _parse_rating_lines(
+    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, layout: _RatingLines
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(accepted mask over the lines, columnar batch of the accepted lines, in order)."""
+    width = len(layout.sep)
+    seps = np.flatnonzero(buf == layout.sep[0])
+    seps_before = np.searchsorted(seps, starts)
+    ok = np.searchsorted(seps, ends) - seps_before == 3 * width
+    rows = np.flatnonzero(ok)
+    at = seps[seps_before[rows, None] + np.arange(3 * width)]  # [rows, separator bytes]
+    good = np.ones(len(rows), dtype=bool)
+    for field in range(3):
+        for i in range(1, width):  # a separator's bytes are adjacent
+            good &= at[:, field * width + i] == at[:, field * width] + i
+    start = [starts[rows]] + [at[:, f * width - 1] + 1 for f in (1, 2, 3)]
+    stop = [at[:, f * width] for f in (0, 1, 2)] + [ends[rows]]
+    length = [b - a for a, b in zip(start, stop)]
+    good &= (length[0] > 0) & (length[1] > 0) & (length[3] > 0)
+    good &= length[3] <= _MAX_FAST_TIMESTAMP_DIGITS
+    b0, b1, b2 = _windows(buf, start[2], 3).T
+    whole = (length[2] == 1) & (b0 >= ord("1")) & (b0 <= ord("5"))
+    stars = b0.astype(np.float32) - 48
+    valid = whole
+    if layout.half_stars:
+        halves = (b0.astype(np.int64) - 48) * 2 + (b2 == ord("5"))
+        half = (
+            (length[2] == 3)
+            & (b0 >= ord("0"))
+            & (b0 <= ord("5"))
+            & (b1 == ord("."))
+            & ((b2 == ord("0")) | (b2 == ord("5")))
+            & (halves >= 1)
+            & (halves <= 10)
+        )
+        stars = np.where(whole, stars, halves.astype(np.float32) / 2)
+        valid = whole | half
+    good &= valid
+    # Every other byte is a digit: a line's only non-digits are its separators
+    # and the rating's ".".
+    non_digits = np.flatnonzero((buf < 48) | (buf > 57))
+    found = np.searchsorted(non_digits, stop[3]) - np.searchsorted(non_digits, start[0])
+    good &= found == 3 * width + (length[2] == 3)
+    ok[rows] = good
+    keep = np.flatnonzero(good)
+    columns = {
+        "user": _field_bytes(buf, start[0][keep], stop[0][keep]),
+        "item": _field_bytes(buf, start[1][keep], stop[1][keep]),
+        "timestamp": _field_uint(buf, start[3][keep], stop[3][keep]),
+        "rating": stars[keep].astype(np.float32),
+    }
+    return ok, columns
+
+
+_PIECE_BYTES = 4 << 20  # lines parsed at once by the vectorized path
+
+
 class _ParseChunk(beam.DoFn):
     """Parses the lines of one chunk; main output: columnar interaction batches.
 
     Tagged outputs: "items", "users" (records), "bad" (one dict per bad line),
-    "lines" ((table, number of non-blank data lines)).
+    "lines" ((table, number of non-blank data lines)). MovieLens ratings lines
+    are parsed with numpy (`_parse_rating_lines`); all others, and any line it
+    does not accept, one by one with the table's parser.
     """
 
     def __init__(self, tables: dict):
@@ -241,26 +385,36 @@ class _ParseChunk(beam.DoFn):
 
     def process(self, chunk: textio.Chunk, newlines_before: dict):
         table = self._tables[chunk.path]
-        bad, counted = [], {"n": 0}
-
-        def records() -> Iterator[tuple]:
-            """Good records; bad lines are collected in `bad` (they are few)."""
-            for line_number, line in textio.read_lines(chunk, newlines_before[chunk.key]):
-                if table.header and line_number == 1:
-                    continue
+        layout = _rating_lines_of(table.parse) if chunk.table == "interactions" else None
+        first, data = textio.read_block(chunk, newlines_before[chunk.key])
+        records, bad, counted = [], [], 0
+        for lines_before, piece in textio.split_block(data, _PIECE_BYTES):
+            buf = np.frombuffer(piece, dtype=np.uint8)
+            starts, ends = textio.line_bounds(buf)
+            number = first + lines_before  # the line number of starts[0]
+            if table.header and number == 1 and len(starts):
+                starts, ends, number = starts[1:], ends[1:], 2
+            slow = range(len(starts))
+            if layout is not None:
+                ok, columns = _parse_rating_lines(buf, starts, ends, layout)
+                if len(columns["user"]):
+                    counted += len(columns["user"])
+                    yield columns
+                slow = np.flatnonzero(~ok).tolist()
+            for i in slow:
+                line = piece[starts[i] : ends[i]]
                 try:
                     record = table.parse(line)
                 except self._bad_record as err:
-                    bad.append(_bad(chunk.path, line_number, str(err), line))
+                    bad.append(_bad(chunk.path, number + i, str(err), line))
                     continue
                 if record is not None:
-                    counted["n"] += 1
-                    yield record
-
-        yield from _emit(chunk.table, records())
+                    counted += 1
+                    records.append(record)
+        yield from _emit(chunk.table, records)
         for record in bad:
             yield beam.pvalue.TaggedOutput("bad", record)
-        yield beam.pvalue.TaggedOutput("lines", (chunk.table, counted["n"] + len(bad)))
+        yield beam.pvalue.TaggedOutput("lines", (chunk.table, counted + len(bad)))
 
 
 class _ParseParquet(beam.DoFn):
@@ -413,6 +567,8 @@ def _synthetic_block(block: int, config: synthetic.SyntheticConfig):
     for user in users:
         yield beam.pvalue.TaggedOutput("users", user)
     yield beam.pvalue.TaggedOutput("lines", ("interactions", len(interactions["user"])))
+    interactions = dict(interactions, user=_utf8(interactions["user"]))
+    interactions["item"] = _utf8(interactions["item"])
     for start in range(0, len(interactions["user"]), _BATCH_ROWS):
         yield {k: v[start : start + _BATCH_ROWS] for k, v in interactions.items()}
 
@@ -463,226 +619,392 @@ def item_feature_name(config: PreprocessConfig) -> str:
 
 
 # --------------------------------------------------------------------------
-# Step 2: group per user
+# Step 2: buckets of users -> sorted blocks
+#
+# Each user belongs to one bucket (split, shard, part), from a hash of the user
+# id: the split, the output shard its Example goes to, and one of
+# `_PARTS_PER_SHARD` parts of that shard. Interactions are grouped per bucket,
+# not per user, so a group is a few large numpy arrays rather than one small
+# group per user, and each bucket becomes one *block*: its users' interactions
+# as columns sorted by (user id, timestamp, item id, rating), with items as
+# int32 codes into the sorted distinct item ids (the "catalog"). A block holds
+# about 1 / (3 * num_shards * _PARTS_PER_SHARD) of the data, never all of it.
+
+_PARTS_PER_SHARD = 8
 
 
-def split_by_user(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, dict]]:
-    """Columnar batch -> (user id, that user's columnar rows) pairs."""
-    order = np.argsort(batch["user"], kind="stable")
-    users = batch["user"][order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    for start, end in zip(starts, ends):
-        rows = order[start:end]
-        yield str(users[start]), {k: v[rows] for k, v in batch.items() if k != "user"}
-
-
-def merge_user(kv: tuple[str, Iterable[dict]]) -> tuple[str, dict]:
-    """All parts of one user's rows -> one sequence sorted by (timestamp, item id).
-
-    The item id, then the rating, break timestamp ties, so the order never
-    depends on file order or on how the input was sharded.
-    """
-    user, parts = kv
-    parts = list(parts)
-    seq = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-    order = np.lexsort((seq["rating"], seq["item"], seq["timestamp"]))
-    return user, {k: v[order] for k, v in seq.items()}
-
-
-# --------------------------------------------------------------------------
-# Step 3: k-core
-
-
-class _CountIds(beam.CombineFn):
-    """Counts string ids arriving as numpy arrays (one array per element).
-
-    The accumulator buffers arrays and compacts them into (unique ids, counts)
-    once more than `_COMPACT` ids are buffered, so adding is O(len(input)).
-    """
-
-    _COMPACT = 1 << 20
-
-    def create_accumulator(self):
-        return {"ids": [], "counts": [], "size": 0}
-
-    def add_input(self, acc, ids):
-        acc["ids"].append(ids)
-        acc["counts"].append(np.ones(len(ids), dtype=np.int64))
-        acc["size"] += len(ids)
-        return self._compact(acc) if acc["size"] > self._COMPACT else acc
-
-    def merge_accumulators(self, accs):
-        merged = self.create_accumulator()
-        for acc in accs:
-            merged["ids"] += acc["ids"]
-            merged["counts"] += acc["counts"]
-            merged["size"] += acc["size"]
-        return self._compact(merged) if merged["size"] > self._COMPACT else merged
-
-    @staticmethod
-    def _compact(acc):
-        if not acc["ids"]:
-            return {"ids": [np.array([], dtype=str)], "counts": [np.array([], np.int64)], "size": 0}
-        ids, counts = np.concatenate(acc["ids"]), np.concatenate(acc["counts"])
-        unique, inverse = np.unique(ids, return_inverse=True)
-        totals = np.bincount(inverse.ravel(), weights=counts, minlength=len(unique))
-        return {"ids": [unique], "counts": [totals.astype(np.int64)], "size": len(unique)}
-
-    def extract_output(self, acc):
-        acc = self._compact(acc)
-        return acc["ids"][0], acc["counts"][0]
-
-
-_KCORE_BLOCK = 2000  # users per k-core element: rounds cost O(blocks), not O(users)
-
-
-def _to_block(users: list) -> dict[str, np.ndarray]:
-    """[(user, items)] -> one columnar block of many users' item lists."""
-    return {
-        "user": np.asarray([u for u, _ in users], dtype=str),
-        "length": np.asarray([len(items) for _, items in users], dtype=np.int64),
-        "item": np.concatenate([items for _, items in users]),
-        "position": np.concatenate([np.arange(len(items), dtype=np.int32) for _, items in users]),
-    }
-
-
-def _from_block(block: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
-    """Block -> (user, positions of its surviving interactions)."""
-    ends = np.cumsum(block["length"])
-    for user, start, end in zip(block["user"].tolist(), ends - block["length"], ends):
-        yield user, block["position"][start:end]
-
-
-class _KCoreRound(beam.CombineFn):
-    """One k-core round's global view over blocks of users.
-
-    Output: (sorted item ids with fewer than `min_item` interactions among
-    users that have at least `min_user`, number of users shorter than `min_user`).
-    """
-
-    def __init__(self, min_user: int, min_item: int):
-        self._min_user, self._min_item = min_user, min_item
-        self._count = _CountIds()
-
-    def create_accumulator(self):
-        return self._count.create_accumulator(), 0
-
-    def add_input(self, acc, block):
-        long_enough = block["length"] >= self._min_user
-        items = block["item"][np.repeat(long_enough, block["length"])]
-        return self._count.add_input(acc[0], items), acc[1] + int((~long_enough).sum())
-
-    def merge_accumulators(self, accs):
-        accs = list(accs)
-        return self._count.merge_accumulators([a[0] for a in accs]), sum(a[1] for a in accs)
-
-    def extract_output(self, acc):
-        ids, n = self._count.extract_output(acc[0])
-        return np.sort(ids[n < self._min_item]), acc[1]
-
-
-def _k_core_step(block, last_round, min_user: int):
-    """Drops the users the last round found short, then its rare items."""
-    rare, _ = last_round
-    long_enough = block["length"] >= min_user
-    keep = np.repeat(long_enough, block["length"])
-    if len(rare):
-        keep &= ~np.isin(block["item"], rare)
-    if keep.all():
-        return block
-    owner = np.repeat(np.arange(len(block["length"])), block["length"])
-    lengths = np.bincount(owner[keep], minlength=len(block["length"]))
-    return {
-        "user": block["user"][long_enough],
-        "length": lengths[long_enough],
-        "item": block["item"][keep],
-        "position": block["position"][keep],
-    }
-
-
-def _k_core(user_seqs, catalog, config: PreprocessConfig):
-    """Iterated k-core on users' item lists; returns (kept, per-round stats).
-
-    `catalog` is the sorted array of distinct item ids (a singleton PCollection).
-    `kept` maps each surviving user to the positions (into its sorted sequence)
-    of the interactions that survive. Beam graphs are static, so the rounds are
-    unrolled `kcore_max_iterations` times; one more round only measures, and
-    anything it would remove means the fixed point was not reached. Rounds
-    work on blocks of `_KCORE_BLOCK` users with vectorized numpy, so a round's
-    cost is a pass over the data in a few hundred elements.
-    """
-    min_u, min_i = config.min_user_interactions, config.min_item_interactions
-    # Rounds carry int32 item codes (index into the sorted distinct item ids),
-    # not strings: 8 bytes per interaction and integer set operations.
-    kept = (
-        user_seqs
-        | "Project"
-        >> beam.Map(
-            lambda kv, ids: (kv[0], np.searchsorted(ids, kv[1]["item"]).astype(np.int32)),
-            beam.pvalue.AsSingleton(catalog),
-        )
-        | "BatchUsers"
-        >> beam.BatchElements(min_batch_size=_KCORE_BLOCK, max_batch_size=_KCORE_BLOCK)
-        | "ToBlocks" >> beam.Map(_to_block)
-    )
-    rounds = []
-    for i in range(config.kcore_max_iterations + 1):
-        if i:
-            kept = kept | f"K{i}Filter" >> beam.Map(
-                _k_core_step, beam.pvalue.AsSingleton(rounds[-1]), min_u
-            )
-        rounds.append(kept | f"K{i}Round" >> beam.CombineGlobally(_KCoreRound(min_u, min_i)))
-    stats = [
-        r
-        | f"K{i}Stats"
-        >> beam.Map(
-            lambda r, i=i: (
-                "kcore",
-                {"iteration": i, "users_removed": r[1], "items_removed": len(r[0])},
-            )
-        )
-        for i, r in enumerate(rounds)
-    ]
-    return kept | "FromBlocks" >> beam.FlatMap(_from_block), stats
-
-
-def _apply_k_core(kv):
-    user, grouped = kv
-    if not grouped["kept"]:
-        return
-    (positions,) = grouped["kept"]
-    (seq,) = grouped["seq"]
-    user_records = grouped["user"]
-    # A user listed twice: the smallest record wins, whatever the arrival order.
-    attributes = min(user_records, key=lambda a: sorted(a.items())) if user_records else {}
-    yield user, {k: v[positions] for k, v in seq.items()}, attributes
-
-
-# --------------------------------------------------------------------------
-# Step 4/5: split and vocabularies
-
-
-def split_of(user_id: str, train_percent: int, eval_percent: int) -> str:
-    """Stable split by a hash of the user id (the same on every machine and run)."""
-    bucket = int.from_bytes(hashlib.sha256(user_id.encode("utf-8")).digest()[:8], "big") % 100
+def _split_of_digest(digest: bytes, train_percent: int, eval_percent: int) -> str:
+    bucket = int.from_bytes(digest[:8], "big") % 100
     if bucket < train_percent:
         return "train"
     return "eval" if bucket < train_percent + eval_percent else "test"
 
 
-def _frequency_vocab(counts: tuple[np.ndarray, np.ndarray]) -> list[str]:
-    """Tokens by descending count, ties by token: reserved ids first."""
-    ids, n = counts
-    order = np.lexsort((ids, -n))
-    return list(F.RESERVED_TOKENS) + [str(t) for t in ids[order]]
+def split_of(user_id: str, train_percent: int, eval_percent: int) -> str:
+    """Stable split by a hash of the user id (the same on every machine and run)."""
+    digest = hashlib.sha256(user_id.encode("utf-8")).digest()
+    return _split_of_digest(digest, train_percent, eval_percent)
 
 
-def _train_genres(row, item_genres: dict) -> np.ndarray:
-    _, seq, _ = row
-    return np.asarray(
-        [g for item in seq["item"] for g in item_genres.get(str(item), ())], dtype=str
+def bucket_of(user: bytes, config: PreprocessConfig) -> tuple[str, int, int]:
+    """(split, shard, part) of a user id (UTF-8 bytes)."""
+    digest = hashlib.sha256(user).digest()
+    return (
+        _split_of_digest(digest, config.train_percent, config.eval_percent),
+        int.from_bytes(digest[:4], "big") % config.num_shards,
+        int.from_bytes(digest[8:16], "big") % _PARTS_PER_SHARD,
     )
+
+
+def _order_keys(ids: np.ndarray) -> np.ndarray | None:
+    """uint64 keys that sort like the byte strings `ids` (dtype S), if at most 8 bytes wide.
+
+    Zero-padded big-endian: ``b"12" < b"123" < b"2"`` as keys too. Integer
+    sorts and searches are several times faster than string ones.
+    """
+    width = ids.dtype.itemsize
+    if width > 8:
+        return None
+    padded = np.zeros((len(ids), 8), dtype=np.uint8)
+    padded[:, :width] = np.ascontiguousarray(ids).view(np.uint8).reshape(len(ids), width)
+    return padded.view(">u8").ravel().astype(np.uint64)  # native byte order: fast compares
+
+
+def _unique(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values of the bytes array `ids`, index of each id in them)."""
+    keys = _order_keys(ids)
+    if keys is None:
+        distinct, inverse = np.unique(ids, return_inverse=True)
+        return distinct, inverse.ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return ids[first], inverse.ravel()
+
+
+def _codes(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Index of each of `ids` in `sorted_ids` (which holds them all), as int32."""
+    keys, sorted_keys = _order_keys(ids), _order_keys(sorted_ids)
+    if keys is None or sorted_keys is None:
+        return np.searchsorted(sorted_ids, ids).astype(np.int32)
+    return np.searchsorted(sorted_keys, keys).astype(np.int32)
+
+
+def _sequence_order(owner, timestamp, item, rating) -> np.ndarray:
+    """``np.lexsort((rating, item, timestamp, owner))``, on two packed int keys when they fit.
+
+    (item, rating) pack into one key (rating as order-preserving bits, -0.0 as
+    0.0 and NaN last, as numpy compares them); (owner, timestamp) into another
+    when the block's timestamps span few enough seconds.
+    """
+    r = np.asarray(rating, dtype=np.float32) + np.float32(0.0)  # -0.0 -> 0.0
+    r = np.where(np.isnan(r), np.float32(np.nan), r)
+    bits = r.view(np.uint32).astype(np.uint64)
+    bits = np.where(bits >> np.uint64(31), bits ^ np.uint64(0xFFFFFFFF), bits | np.uint64(1 << 31))
+    low = (item.astype(np.uint64) << np.uint64(32)) | bits
+    if len(owner):
+        t0 = int(timestamp.min())
+        span = int(timestamp.max()) - t0 + 1
+        if span * (int(owner.max()) + 1) < 2**63:
+            high = owner.astype(np.int64) * span + (timestamp - t0)
+            return np.lexsort((low, high))
+    return np.lexsort((low, timestamp, owner))
+
+
+def _to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
+    """Columnar batch -> (bucket, fragment): the batch's rows of each bucket.
+
+    A fragment's rows are sorted by user; its users are run-length coded
+    (``"user"`` distinct ids, ``"count"`` rows of each).
+    """
+    users, owner = _unique(batch["user"])
+    buckets = [bucket_of(u, config) for u in users.tolist()]
+    keys = sorted(set(buckets))
+    index = {key: i for i, key in enumerate(keys)}
+    row_bucket = np.asarray([index[b] for b in buckets], dtype=np.int64)[owner]
+    order = np.lexsort((owner, row_bucket))
+    bounds = np.searchsorted(row_bucket[order], np.arange(len(keys) + 1))
+    for i, key in enumerate(keys):
+        rows = order[bounds[i] : bounds[i + 1]]
+        ids, counts = np.unique(owner[rows], return_counts=True)
+        yield (
+            key,
+            {
+                "user": users[ids],
+                "count": counts,
+                "item": batch["item"][rows],
+                "timestamp": batch["timestamp"][rows],
+                "rating": batch["rating"][rows],
+            },
+        )
+
+
+class _DistinctIds(beam.CombineFn):
+    """Sorted distinct values of numpy bytes arrays (one array per input)."""
+
+    _COMPACT = 1 << 20  # compact the buffered arrays beyond this many values
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, ids):
+        acc.append(_unique(ids)[0])
+        return self._compact(acc)
+
+    def merge_accumulators(self, accs):
+        return self._compact([ids for acc in accs for ids in acc])
+
+    def _compact(self, acc):
+        if sum(len(ids) for ids in acc) > self._COMPACT:
+            return [_unique(np.concatenate(acc))[0]]
+        return acc
+
+    def extract_output(self, acc):
+        return _unique(np.concatenate(acc))[0] if acc else np.array([], dtype=np.bytes_)
+
+
+def _first_record(records: Iterable[dict]) -> dict:
+    """A user listed twice: the smallest record wins, whatever the arrival order."""
+    return min(records, key=lambda a: sorted(a.items()))
+
+
+def _build_block(kv, catalog: np.ndarray):
+    """(bucket, {"rows": fragments, "users": (user, attributes)}) -> (bucket, block).
+
+    A block: ``"user"`` (sorted distinct ids, bytes), ``"length"`` (interactions
+    per user), ``"item"`` (int32 catalog codes), ``"timestamp"``, ``"rating"``
+    (all per interaction, user after user, each user's sorted by (timestamp,
+    item id, rating): the order never depends on file order or sharding),
+    ``"attributes"`` (user -> attribute dict) and ``"num_items"`` (catalog size).
+    """
+    bucket, grouped = kv
+    fragments = list(grouped["rows"])
+    if not fragments:
+        return
+    users, fragment_users = _unique(np.concatenate([f["user"] for f in fragments]))
+    owner = np.repeat(fragment_users, np.concatenate([f["count"] for f in fragments]))
+    item = _codes(np.concatenate([f["item"] for f in fragments]), catalog)
+    timestamp = np.concatenate([f["timestamp"] for f in fragments])
+    rating = np.concatenate([f["rating"] for f in fragments])
+    del fragments
+    # Catalog codes sort like the item ids; the item id, then the rating, break
+    # timestamp ties.
+    order = _sequence_order(owner, timestamp, item, rating)
+    records: dict[bytes, list[dict]] = {}
+    for u, attributes in grouped["users"]:
+        records.setdefault(u, []).append(attributes)
+    if records:
+        present = set(users.tolist())
+        records = {u: r for u, r in records.items() if u in present}
+    yield (
+        bucket,
+        {
+            "user": users,
+            "length": np.bincount(owner, minlength=len(users)),
+            "item": item[order],
+            "timestamp": timestamp[order],
+            "rating": rating[order],
+            "attributes": {u: _first_record(r) for u, r in records.items()},
+            "num_items": len(catalog),
+        },
+    )
+
+
+# --------------------------------------------------------------------------
+# Step 3: k-core
+#
+# Rounds never rewrite the blocks. Round j's data is the blocks minus two
+# cumulative sets: the items found rare in rounds 0..j-1 (removed from every
+# user), and the users found short in rounds 0..j-1. Item removal only
+# shortens users, so a user is still there in round j exactly when its length
+# without the items of rounds 0..j-2 is at least min_user. Each round is thus
+# a vectorized count over the same blocks given (items removed before round
+# j-1, items removed before round j): its `_KCoreState`.
+
+
+@dataclasses.dataclass(frozen=True)
+class _KCoreState:
+    """Items removed before the previous round (None: this is round 0) and before this one."""
+
+    removed_before_last: np.ndarray | None
+    removed: np.ndarray  # sorted catalog codes
+
+
+def _remaining_lengths(block: dict, removed: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(mask of the interactions whose item is not removed, or None: all; per-user lengths)."""
+    if not len(removed):
+        return None, block["length"]
+    is_removed = np.zeros(block["num_items"], dtype=bool)
+    is_removed[removed] = True
+    keep = ~is_removed[block["item"]]
+    running = np.concatenate([[0], np.cumsum(keep)])
+    ends = np.cumsum(block["length"])
+    return keep, running[ends] - running[ends - block["length"]]
+
+
+def _k_core_view(block: dict, state: _KCoreState, min_user: int):
+    """(users still there, mask of the interactions whose item is not removed or
+    None: all, every user's length without the removed items)."""
+    keep, lengths = _remaining_lengths(block, state.removed)
+    if state.removed_before_last is None:
+        present = np.ones(len(lengths), dtype=bool)
+    else:
+        present = _remaining_lengths(block, state.removed_before_last)[1] >= min_user
+    return present, keep, lengths
+
+
+def _sparse_counts(block: dict, users: np.ndarray, keep: np.ndarray | None, short: int = 0):
+    """(item codes, their counts over `users` (a mask) and `keep`, `short`, catalog size)."""
+    mask = np.repeat(users, block["length"])
+    if keep is not None:
+        mask &= keep
+    counts = np.bincount(block["item"][mask], minlength=block["num_items"])
+    codes = np.flatnonzero(counts)
+    return codes, counts[codes], short, block["num_items"]
+
+
+def _k_core_counts(kv, state: _KCoreState, min_user: int) -> tuple:
+    """One block's part of a round: `_sparse_counts` over the users with at least
+    `min_user` interactions, and the number of users shorter than that."""
+    present, keep, lengths = _k_core_view(kv[1], state, min_user)
+    long_enough = present & (lengths >= min_user)
+    return _sparse_counts(kv[1], long_enough, keep, int((present & ~long_enough).sum()))
+
+
+def _train_counts(kv, state: _KCoreState, min_user: int):
+    """`_sparse_counts` of a train block as the k-core left it (nothing for other splits)."""
+    if kv[0][0] == "train":
+        present, keep, _ = _k_core_view(kv[1], state, min_user)
+        yield _sparse_counts(kv[1], present, keep)
+
+
+def _k_core_filter(block: dict, state: _KCoreState, min_user: int) -> dict:
+    """A block as the k-core left it: its users still there, without removed items."""
+    present, keep, lengths = _k_core_view(block, state, min_user)
+    mask = np.repeat(present, block["length"])
+    if keep is not None:
+        mask &= keep
+    if mask.all() and present.all():
+        return block
+    out = dict(block, user=block["user"][present], length=lengths[present])
+    for column in ("item", "timestamp", "rating"):
+        out[column] = block[column][mask]
+    return out
+
+
+class _SumCounts(beam.CombineFn):
+    """Sums `_sparse_counts` parts: (dense per-item counts or None, summed short users)."""
+
+    def create_accumulator(self):
+        return None, 0
+
+    def add_input(self, acc, part):
+        codes, counts, short, num_items = part
+        total = np.zeros(num_items, dtype=np.int64) if acc[0] is None else acc[0]
+        np.add.at(total, codes, counts)
+        return total, acc[1] + short
+
+    def merge_accumulators(self, accs):
+        total, short = None, 0
+        for counts, n in accs:
+            short += n
+            if counts is not None:
+                total = counts.copy() if total is None else total + counts
+        return total, short
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _rare_items(summed, min_item: int) -> tuple[np.ndarray, int]:
+    """A round's result: (sorted codes of the items with fewer than `min_item`
+    interactions among users that have at least `min_user`, number of users
+    shorter than `min_user`)."""
+    counts, short = summed
+    if counts is None:
+        return np.zeros(0, dtype=np.int64), short
+    return np.flatnonzero((counts > 0) & (counts < min_item)), short
+
+
+def _next_state(round_output, state: _KCoreState) -> _KCoreState:
+    rare, _ = round_output
+    return _KCoreState(state.removed, np.union1d(state.removed, rare).astype(np.int64))
+
+
+def _k_core(p: beam.Pipeline, blocks, config: PreprocessConfig):
+    """Iterated k-core on blocks; returns (the final `_KCoreState`, per-round stats).
+
+    Beam graphs are static, so the rounds are unrolled `kcore_max_iterations`
+    times; one more round only measures, and anything it would remove means the
+    fixed point was not reached. `_k_core_filter` with the final state gives the
+    filtered blocks.
+    """
+    min_u, min_i = config.min_user_interactions, config.min_item_interactions
+    state = p | "KCoreStart" >> beam.Create([_KCoreState(None, np.zeros(0, dtype=np.int64))])
+    stats = []
+    for i in range(config.kcore_max_iterations + 1):
+        result = (
+            blocks
+            | f"K{i}Count" >> beam.Map(_k_core_counts, beam.pvalue.AsSingleton(state), min_u)
+            | f"K{i}Sum" >> beam.CombineGlobally(_SumCounts())
+            | f"K{i}Round" >> beam.Map(_rare_items, min_i)
+        )
+        stats.append(
+            result
+            | f"K{i}Stats"
+            >> beam.Map(
+                lambda r, i=i: (
+                    "kcore",
+                    {"iteration": i, "users_removed": r[1], "items_removed": len(r[0])},
+                )
+            )
+        )
+        if i < config.kcore_max_iterations:
+            state = result | f"K{i}Next" >> beam.Map(_next_state, beam.pvalue.AsSingleton(state))
+    return state, stats
+
+
+# --------------------------------------------------------------------------
+# Step 4/5: split (in the bucket) and vocabularies
+
+
+def _item_tables(train_counts, catalog: np.ndarray, item_genres: dict) -> dict:
+    """Vocabularies and per-catalog-code lookup tables from train users' `_SumCounts`.
+
+    Both vocabularies are frequency-ordered over train users' interactions,
+    ties by token, reserved tokens first. Per code: ``"vocab_id"`` (OOV when
+    no train user has the item) and the item's genres as genre vocab ids
+    (``"genre_ids"`` from ``"genre_start"``, ``"genre_count"`` of them).
+    """
+    num_items = len(catalog)
+    counts = train_counts[0]
+    if counts is None:  # no train users
+        counts = np.zeros(num_items, np.int64)
+    seen = np.flatnonzero(counts)
+    ranked = seen[np.lexsort((seen, -counts[seen]))]
+    names = [i.decode("utf-8") for i in catalog.tolist()]
+    reserved = len(F.RESERVED_TOKENS)
+    vocab_id = np.full(num_items, F.OOV_ID, dtype=np.int64)
+    vocab_id[ranked] = np.arange(reserved, reserved + len(ranked))
+    genres = [item_genres.get(name, ()) for name in names]
+    genre_counts: dict[str, int] = {}
+    for code, n in zip(seen.tolist(), counts[seen].tolist()):
+        for g in genres[code]:
+            genre_counts[g] = genre_counts.get(g, 0) + n
+    genre_tokens = list(F.RESERVED_TOKENS) + sorted(
+        genre_counts, key=lambda g: (-genre_counts[g], g)
+    )
+    genre_index = {g: i for i, g in enumerate(genre_tokens)}
+    genre_count = np.asarray([len(gs) for gs in genres], dtype=np.int64)
+    return {
+        "items": list(F.RESERVED_TOKENS) + [names[c] for c in ranked.tolist()],
+        "genres": genre_tokens,
+        "vocab_id": vocab_id,
+        "genre_start": np.concatenate([[0], np.cumsum(genre_count)]).astype(np.int64),
+        "genre_count": genre_count,
+        "genre_ids": np.asarray(
+            [genre_index.get(g, F.OOV_ID) for gs in genres for g in gs], dtype=np.int64
+        ),
+        "items_without_metadata": sum(name not in item_genres for name in names),
+    }
 
 
 # --------------------------------------------------------------------------
@@ -700,80 +1022,143 @@ def cut(n: int, future_len: int, min_history_len: int, max_len: int) -> tuple[sl
     return slice(max(0, n - k - max_len), n - k), slice(n - k, n)
 
 
-def _int_feature(values) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+def _add_ints(features, name: str, values) -> None:
+    """Sets Feature `name` of `features` (an Example's feature map) in place: no copies."""
+    field = features[name].int64_list
+    field.SetInParent()  # present even when empty
+    field.value.extend(values)
 
 
-def _bytes_feature(values) -> tf.train.Feature:
-    return tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values])
-    )
+def _add_bytes(features, name: str, values: list[bytes]) -> None:
+    field = features[name].bytes_list
+    field.SetInParent()
+    field.value.extend(values)
 
 
-def _float_feature(values) -> tf.train.Feature:
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+def _add_floats(features, name: str, values) -> None:
+    field = features[name].float_list
+    field.SetInParent()
+    field.value.extend(values)
 
 
-class _MakeExample(beam.DoFn):
-    """(user, seq, attributes) -> ((split, shard), (user, serialized Example))."""
+_HISTORY_FEATURES = (
+    F.HISTORY_ITEM_IDS,
+    F.HISTORY_RAW_ITEM_IDS,
+    F.HISTORY_TIMESTAMPS,
+    F.HISTORY_RATINGS,
+    F.HISTORY_GENRE_IDS,
+    F.HISTORY_GENRE_COUNTS,
+)
+_FUTURE_FEATURES = (
+    F.FUTURE_ITEM_IDS,
+    F.FUTURE_RAW_ITEM_IDS,
+    F.FUTURE_TIMESTAMPS,
+    F.FUTURE_RATINGS,
+    F.FUTURE_GENRE_IDS,
+    F.FUTURE_GENRE_COUNTS,
+)
+_PARTS_DIR = "_parts"  # per-block sorted Examples, merged into shards, then deleted
 
-    def __init__(self, config: PreprocessConfig):
+
+def _part_path(root: str, bucket: tuple[str, int, int]) -> str:
+    split, shard, part = bucket
+    return posixpath.join(root, _PARTS_DIR, f"{split}-{shard:05d}-{part:03d}.bin")
+
+
+def _write_part(path: str, records: list[tuple[bytes, bytes]]) -> None:
+    """(user, serialized Example) records, in order, as length-prefixed pairs."""
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(b"".join(struct.pack("<II", len(k), len(v)) + k + v for k, v in records))
+
+
+def _read_part(path: str) -> Iterator[tuple[bytes, bytes]]:
+    with textio.open_binary(path) as f:
+        while head := f.read(8):
+            key_size, value_size = struct.unpack("<II", head)
+            yield f.read(key_size), f.read(value_size)
+
+
+class _WriteBlock(beam.DoFn):
+    """Block, k-core filtered -> one `tf.train.Example` per user, sorted by user, in a part file.
+
+    Main output: ((split, shard), part file path); tagged "stats": stat entries.
+    """
+
+    def __init__(self, config: PreprocessConfig, root: str):
         self._config = config
+        self._root = root
 
-    def process(self, row, item_vocab, genre_vocab, item_genres, attributes):
-        user, seq, attrs = row
+    def process(self, kv, k_core, tables, catalog, attributes):
         cfg = self._config
-        split = split_of(user, cfg.train_percent, cfg.eval_percent)
-        n = len(seq["item"])
-        if n < cfg.min_history_len + 1:
-            yield beam.pvalue.TaggedOutput("dropped", _TOO_SHORT)
+        bucket, block = kv
+        block = _k_core_filter(block, k_core, cfg.min_user_interactions)
+        split = bucket[0]
+        lengths = block["length"]
+        if not len(lengths):
             return
-        history, future = cut(n, cfg.future_len, cfg.min_history_len, cfg.max_len)
-        feats = {
-            F.USER_ID: _bytes_feature([user]),
-            F.HISTORY_LENGTH: _int_feature([history.stop - history.start]),
-        }
-        for part, names in (
-            (
-                history,
-                (
-                    F.HISTORY_ITEM_IDS,
-                    F.HISTORY_RAW_ITEM_IDS,
-                    F.HISTORY_TIMESTAMPS,
-                    F.HISTORY_RATINGS,
-                    F.HISTORY_GENRE_IDS,
-                    F.HISTORY_GENRE_COUNTS,
-                ),
-            ),
-            (
-                future,
-                (
-                    F.FUTURE_ITEM_IDS,
-                    F.FUTURE_RAW_ITEM_IDS,
-                    F.FUTURE_TIMESTAMPS,
-                    F.FUTURE_RATINGS,
-                    F.FUTURE_GENRE_IDS,
-                    F.FUTURE_GENRE_COUNTS,
-                ),
-            ),
+        yield beam.pvalue.TaggedOutput("stats", (f"interactions_{split}", int(lengths.sum())))
+        # `cut`, for all users at once.
+        k = np.minimum(cfg.future_len, lengths - cfg.min_history_len)
+        history_stop = lengths - k
+        history_start = np.maximum(0, history_stop - cfg.max_len)
+        longest = int(np.maximum(0, history_stop - history_start).max())
+        yield beam.pvalue.TaggedOutput("stats", ("max_history_len", longest))
+
+        items = block["item"]
+        genre_count = tables["genre_count"][items]
+        genre_end = np.cumsum(genre_count)
+        genre_rows = np.repeat(
+            tables["genre_start"][items] - (genre_end - genre_count), genre_count
+        )
+        genre_ids = tables["genre_ids"][genre_rows + np.arange(len(genre_rows))].tolist()
+        genre_at = np.concatenate([[0], genre_end]).tolist()  # first genre of interaction i
+        columns = (
+            tables["vocab_id"][items].tolist(),
+            catalog[items].tolist(),
+            block["timestamp"].tolist(),
+            block["rating"].tolist(),
+        )
+        genre_count = genre_count.tolist()
+        starts = (np.cumsum(lengths) - lengths).tolist()
+        user_attributes = block["attributes"]
+        records, dropped = [], 0
+        for user, n, start, h0, h1 in zip(
+            block["user"].tolist(),
+            lengths.tolist(),
+            starts,
+            history_start.tolist(),
+            history_stop.tolist(),
         ):
-            raw = [str(i) for i in seq["item"][part]]
-            genres = [item_genres.get(i, ()) for i in raw]
-            feats[names[0]] = _int_feature([item_vocab.get(i, F.OOV_ID) for i in raw])
-            feats[names[1]] = _bytes_feature(raw)
-            feats[names[2]] = _int_feature(seq["timestamp"][part].tolist())
-            feats[names[3]] = _float_feature(seq["rating"][part].tolist())
-            feats[names[4]] = _int_feature(
-                [genre_vocab.get(g, F.OOV_ID) for gs in genres for g in gs]
-            )
-            feats[names[5]] = _int_feature([len(gs) for gs in genres])
-        for name, classes in attributes:
-            value = attrs.get(name)
-            index = classes.index(value) if value in classes else -1
-            feats[F.ATTRIBUTE_PREFIX + name] = _int_feature([index])
-        example = tf.train.Example(features=tf.train.Features(feature=feats))
-        shard = int(hashlib.sha256(user.encode("utf-8")).hexdigest()[:8], 16) % cfg.num_shards
-        yield (split, shard), (user, example.SerializeToString(deterministic=True))
+            if n < cfg.min_history_len + 1:
+                dropped += 1
+                continue
+            example = tf.train.Example()
+            feats = example.features.feature
+            _add_bytes(feats, F.USER_ID, [user])
+            _add_ints(feats, F.HISTORY_LENGTH, [h1 - h0])
+            for a, b, names in (
+                (start + h0, start + h1, _HISTORY_FEATURES),
+                (start + h1, start + n, _FUTURE_FEATURES),
+            ):
+                _add_ints(feats, names[0], columns[0][a:b])
+                _add_bytes(feats, names[1], columns[1][a:b])
+                _add_ints(feats, names[2], columns[2][a:b])
+                _add_floats(feats, names[3], columns[3][a:b])
+                _add_ints(feats, names[4], genre_ids[genre_at[a] : genre_at[b]])
+                _add_ints(feats, names[5], genre_count[a:b])
+            attrs = user_attributes.get(user, {})
+            for name, classes in attributes:
+                value = attrs.get(name)
+                index = classes.index(value) if value in classes else -1
+                _add_ints(feats, F.ATTRIBUTE_PREFIX + name, [index])
+            records.append((user, example.SerializeToString(deterministic=True)))
+        if dropped:
+            yield beam.pvalue.TaggedOutput("stats", (_TOO_SHORT, dropped))
+        if records:
+            path = _part_path(self._root, bucket)
+            _write_part(path, records)
+            yield (split, bucket[1]), path
 
 
 def shard_path(root: str, split: str, shard: int, num_shards: int) -> str:
@@ -783,14 +1168,17 @@ def shard_path(root: str, split: str, shard: int, num_shards: int) -> str:
 
 
 def _write_shard(kv, root: str, num_shards: int):
-    (split, shard), records = kv
+    """Merges a shard's sorted part files into its TFRecord file, streaming."""
+    (split, shard), parts = kv
     path = shard_path(root, split, shard, num_shards)
     tf.io.gfile.makedirs(posixpath.dirname(path))
-    records = sorted(r for r in records if r is not None)
+    readers = [_read_part(part) for part in sorted(p for p in parts if p is not None)]
+    count = 0
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for _, serialized in records:
+        for _, serialized in heapq.merge(*readers, key=lambda record: record[0]):
             writer.write(serialized)
-    return (f"users_{split}", len(records))
+            count += 1
+    return (f"users_{split}", count)
 
 
 def _write_text(lines: Sequence[str], path: str) -> None:
@@ -869,56 +1257,50 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
     users = users | "UserKeys" >> beam.Map(lambda r: (str(r[0]), dict(r[1])))
     attributes = _attribute_classes(p, users, config, files)
 
-    user_seqs = (
-        batches
-        | "SplitByUser" >> beam.FlatMap(split_by_user)
-        | "GroupByUser" >> beam.GroupByKey()
-        | "SortUser" >> beam.Map(merge_user)
-    )
     catalog = (
-        user_seqs
-        | "AllItems" >> beam.Map(lambda kv: kv[1]["item"])
-        | "DistinctItems" >> beam.CombineGlobally(_CountIds())
-        | "SortedItemIds" >> beam.Map(lambda counts: counts[0])
+        batches
+        | "ItemIds" >> beam.Map(lambda batch: batch["item"])
+        | "DistinctItems" >> beam.CombineGlobally(_DistinctIds())
     )
-    kept, kcore_stats = _k_core(user_seqs, catalog, config)
-    rows = (
-        {"seq": user_seqs, "kept": kept, "user": users}
-        | "JoinUser" >> beam.CoGroupByKey()
-        | "ApplyKCore" >> beam.FlatMap(_apply_k_core)
+    fragments = batches | "ToBuckets" >> beam.FlatMap(_to_fragments, config)
+    user_records = users | "UserBuckets" >> beam.Map(
+        lambda kv: (bucket_of(kv[0].encode("utf-8"), config), (kv[0].encode("utf-8"), kv[1]))
     )
+    blocks = (
+        {"rows": fragments, "users": user_records}
+        | "GroupBuckets" >> beam.CoGroupByKey()
+        | "SortBlocks" >> beam.FlatMap(_build_block, beam.pvalue.AsSingleton(catalog))
+    )
+    k_core, kcore_stats = _k_core(p, blocks, config)
+
     item_genres = (
         items
         | "ItemByKey" >> beam.GroupByKey()
         | "FirstGenres" >> beam.Map(lambda kv: (kv[0], tuple(sorted(kv[1])[0])))
     )
-    split = lambda row: split_of(row[0], config.train_percent, config.eval_percent)  # noqa: E731
-    train_rows = rows | "TrainUsers" >> beam.Filter(lambda row: split(row) == "train")
-    item_vocab = (
-        train_rows
-        | "TrainItems" >> beam.Map(lambda row: row[1]["item"])
-        | "CountTrainItems" >> beam.CombineGlobally(_CountIds())
-        | "ItemVocab" >> beam.Map(_frequency_vocab)
+    train_counts = (
+        blocks
+        | "TrainItems"
+        >> beam.FlatMap(
+            _train_counts, beam.pvalue.AsSingleton(k_core), config.min_user_interactions
+        )
+        | "CountTrainItems" >> beam.CombineGlobally(_SumCounts())
     )
-    genre_vocab = (
-        train_rows
-        | "TrainGenres" >> beam.Map(_train_genres, beam.pvalue.AsDict(item_genres))
-        | "CountTrainGenres" >> beam.CombineGlobally(_CountIds())
-        | "GenreVocab" >> beam.Map(_frequency_vocab)
+    tables = train_counts | "ItemTables" >> beam.Map(
+        _item_tables, beam.pvalue.AsSingleton(catalog), beam.pvalue.AsDict(item_genres)
     )
-    vocab_index = lambda tokens: {t: i for i, t in enumerate(tokens)}  # noqa: E731
-    examples = rows | "MakeExamples" >> beam.ParDo(
-        _MakeExample(config),
-        item_vocab=beam.pvalue.AsSingleton(item_vocab | "ItemIndex" >> beam.Map(vocab_index)),
-        genre_vocab=beam.pvalue.AsSingleton(genre_vocab | "GenreIndex" >> beam.Map(vocab_index)),
-        item_genres=beam.pvalue.AsDict(item_genres),
+    parts = blocks | "MakeExamples" >> beam.ParDo(
+        _WriteBlock(config, root),
+        k_core=beam.pvalue.AsSingleton(k_core),
+        tables=beam.pvalue.AsSingleton(tables),
+        catalog=beam.pvalue.AsSingleton(catalog),
         attributes=beam.pvalue.AsSingleton(attributes),
-    ).with_outputs("dropped", main="examples")
+    ).with_outputs("stats", main="parts")
     empty_shards = p | "AllShards" >> beam.Create(
         [((s, i), None) for s in F.SPLITS for i in range(config.num_shards)]
     )
     written = (
-        (examples.examples, empty_shards)
+        (parts.parts, empty_shards)
         | "WithEmptyShards" >> beam.Flatten()
         | "GroupShards" >> beam.GroupByKey()
         | "WriteShards" >> beam.Map(_write_shard, root, config.num_shards)
@@ -930,30 +1312,21 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         | "WriteBad" >> beam.Map(_write_bad, root)
     )
     vocab_written = [
-        item_vocab
+        tables
         | "WriteItemVocab"
-        >> beam.Map(_write_vocab, posixpath.join(root, F.VOCAB_DIR, F.ITEM_VOCAB_FILE)),
-        genre_vocab
-        | "WriteGenreVocab"
-        >> beam.Map(_write_vocab, posixpath.join(root, F.VOCAB_DIR, F.GENRE_VOCAB_FILE)),
-    ]
-    interactions = rows | "CountInteractions" >> beam.Map(
-        lambda row: (f"interactions_{split(row)}", len(row[1]["item"]))
-    )
-    dropped = examples.dropped | "CountDropped" >> beam.Map(lambda reason: (reason, 1))
-    longest = (
-        rows
-        | "HistoryLengths"
         >> beam.Map(
-            lambda row: cut(
-                len(row[1]["item"]), config.future_len, config.min_history_len, config.max_len
-            )[0]
-        )
-        | "LongestHistory" >> beam.Map(lambda h: ("max_history_len", max(0, h.stop - h.start)))
-    )
-    items_seen = catalog | "ItemsWithoutMetadata" >> beam.Map(
-        lambda ids, genres: ("items_without_metadata", int(sum(i not in genres for i in ids))),
-        beam.pvalue.AsDict(item_genres),
+            lambda t: _write_vocab(t["items"], posixpath.join(root, F.VOCAB_DIR, F.ITEM_VOCAB_FILE))
+        ),
+        tables
+        | "WriteGenreVocab"
+        >> beam.Map(
+            lambda t: _write_vocab(
+                t["genres"], posixpath.join(root, F.VOCAB_DIR, F.GENRE_VOCAB_FILE)
+            )
+        ),
+    ]
+    items_seen = tables | "ItemsWithoutMetadata" >> beam.Map(
+        lambda t: ("items_without_metadata", t["items_without_metadata"])
     )
     lines_stat = lines | "LineStats" >> beam.Map(lambda tn: ("lines", tn))
     attributes_stat = attributes | "AttributeStats" >> beam.Map(lambda a: ("attributes", a))
@@ -961,9 +1334,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
         [
             written,
             bad_written,
-            interactions,
-            dropped,
-            longest,
+            parts.stats,
             items_seen,
             lines_stat,
             attributes_stat,
@@ -1088,6 +1459,55 @@ def _metadata(config, files, stats, attributes, version) -> dict:
     }
 
 
+def pipeline_options(beam_args: Sequence[str] = ()):
+    """Beam `PipelineOptions` from the pass-through flags; ``--runner=DirectRunner``
+    unless they name a runner."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.insert(0, "--runner=DirectRunner")
+    return PipelineOptions(args)
+
+
+_DIRECT_RUNNER_NAMES = ("direct", "directrunner", "switchingdirectrunner")
+
+
+def local_runner(options):
+    """The runner object for `options` when they name the DirectRunner, else None.
+
+    Beam's DirectRunner first tries its Prism runner, which downloads a binary
+    from GitHub, and only then falls back to the FnApiRunner it uses for batch
+    pipelines. We start that FnApiRunner directly, set up as DirectRunner does,
+    so it honours ``--direct_num_workers`` and ``--direct_running_mode``. Other
+    runners (None) are made by Beam from the options.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    name = options.view_as(StandardOptions).runner
+    if not isinstance(name, str) or name.lower() not in _DIRECT_RUNNER_NAMES:
+        return None
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_threading" and direct.direct_num_workers != 1:
+        logging.warning(
+            "--direct_running_mode=multi_threading with several workers gave wrong output "
+            "(blocks lost) and 'Invalid PaneInfoEncoding' crashes with Beam 2.77 on this "
+            "pipeline; use multi_processing or in_memory"
+        )
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(
+        provision_info=fn_runner.ExtendedProvisionInfo(
+            beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+        )
+    )
+
+
 def preprocess(config: PreprocessConfig) -> str:
     """Runs the pipeline unless its version already exists; returns the artifact dir."""
     files = resolve_inputs(config)
@@ -1101,11 +1521,12 @@ def preprocess(config: PreprocessConfig) -> str:
         tf.io.gfile.rmtree(tmp)
     tf.io.gfile.makedirs(tmp)
 
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    options = PipelineOptions(list(config.beam_args))
-    with beam.Pipeline(options=options) as p:
+    options = pipeline_options(config.beam_args)
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
         build_pipeline(p, config, files, tmp)
+    parts = posixpath.join(tmp, _PARTS_DIR)
+    if tf.io.gfile.exists(parts):
+        tf.io.gfile.rmtree(parts)
 
     stats_path = posixpath.join(tmp, "_stats.json")
     with tf.io.gfile.GFile(stats_path) as f:

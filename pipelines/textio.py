@@ -6,6 +6,10 @@ read exactly once whatever the chunk size. Line numbers stay exact: a first
 cheap pass counts the newlines in every chunk, and the prefix sum of those
 counts is the number of the first line a chunk owns (`first_line_numbers`).
 No step ever holds a whole file.
+
+`read_block` gives the same lines as `read_lines` as one bytes object (a chunk
+at a time), and `line_bounds` finds them with numpy, for parsers that work on
+many lines at once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+import numpy as np
 import tensorflow as tf
 
 _READ_BLOCK = 1 << 20
@@ -99,3 +104,60 @@ def read_lines(chunk: Chunk, newlines_before: int) -> Iterator[tuple[int, bytes]
                 line = line[:-1]
             yield line_number, line
             line_number += 1
+
+
+def read_block(chunk: Chunk, newlines_before: int) -> tuple[int, bytes]:
+    """(number of the first owned line, the bytes of every line `chunk` owns).
+
+    The same lines as `read_lines`, with their terminators, in one read: from
+    the first line that starts in ``[chunk.start, chunk.end)`` to the end of
+    the last one (which may run past ``chunk.end``).
+    """
+    with open_binary(chunk.path) as f:
+        line_number = newlines_before + 1
+        start = chunk.start
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                # The line that straddles our start belongs to the previous chunk.
+                start += len(f.readline())
+                line_number += 1
+        if start >= chunk.end:
+            return line_number, b""
+        data = f.read(chunk.end - start)
+        if data and not data.endswith(b"\n"):
+            data += f.readline()
+        return line_number, data
+
+
+def split_block(data: bytes, piece_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Cuts `data` at line ends into pieces of about `piece_bytes` bytes.
+
+    Yields (number of lines before the piece, piece); every piece but the last
+    ends with a newline.
+    """
+    lines_before, start = 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start + max(1, piece_bytes) - 1)
+        end = len(data) if end < 0 else end + 1
+        piece = data[start:end]
+        yield lines_before, piece
+        lines_before += piece.count(b"\n")
+        start = end
+
+
+def line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the lines in `buf` (uint8), as `read_lines` cuts them.
+
+    A line ends before its ``\\n``, and before one ``\\r`` preceding it; a last
+    line without a newline counts; after a final newline there is no empty line.
+    """
+    newlines = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.concatenate([newlines, [len(buf)]])
+    if starts[-1] == len(buf):  # data ends with a newline (or is empty)
+        starts, ends = starts[:-1], ends[:-1]
+    cr = np.zeros(len(ends), dtype=bool)
+    nonempty = ends > starts
+    cr[nonempty] = buf[ends[nonempty] - 1] == 13
+    return starts, ends - cr

@@ -5,12 +5,15 @@ import collections
 import dataclasses
 import filecmp
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import apache_beam as beam
+import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
@@ -18,7 +21,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from bt_tf import features as F
 from pipelines import preprocess as pp
-from pipelines import synthetic
+from pipelines import sources, synthetic, textio
 from tests import rawdata
 
 TINY = synthetic.SyntheticConfig(num_users=160, num_items=120, mean_len=30, max_len_seq=60)
@@ -145,6 +148,19 @@ def test_same_input_and_flags_give_byte_identical_files(synthetic_run, tmp_path)
     assert files == _all_files(second)
     match, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
     assert mismatch == [] and errors == [] and len(match) == len(files)
+
+
+def test_output_does_not_depend_on_how_users_are_bucketed(synthetic_run, tmp_path, monkeypatch):
+    # Users are grouped in (split, shard, part) buckets whose sorted Examples are
+    # merged per shard: one part or three per shard write the same bytes.
+    config, first = synthetic_run
+    for parts in (1, 3):
+        monkeypatch.setattr(pp, "_PARTS_PER_SHARD", parts)
+        other = pp.preprocess(dataclasses.replace(config, output_dir=str(tmp_path / str(parts))))
+        files = _all_files(first)
+        assert files == _all_files(other) and not any("_parts" in f for f in files)
+        _, mismatch, errors = filecmp.cmpfiles(first, other, files, shallow=False)
+        assert mismatch == [] and errors == []
 
 
 def test_existing_version_is_reused_not_rewritten(synthetic_run):
@@ -396,6 +412,146 @@ def test_small_read_chunks_give_the_same_output_and_line_numbers(tmp_path):
     assert lines == [line for line, _ in fixture["bad_lines"]]
 
 
+# (parser, lines); "+" marks the lines the vectorized reader must take itself.
+_RATING_LINES = {
+    ",": (
+        sources.parse_ml20m_rating,
+        [
+            "+1,2,3.5,1112486027",
+            "+1,2,4,1",
+            "+007,0,0.5,0001",
+            "+9,9,5.0,123456789012345678",
+            "+1,2,1.0,1\r",
+            "1,2,5.5,1",
+            "1,2,0.0,1",
+            "1,2,0,1",
+            "1,2,4.50,1",
+            "1,2, 4,1",
+            "1,2,4.5e0,1",
+            "1,2,4_5,1",
+            "1,2,nan,1",
+            "1,2,.5,1",
+            "1,2,5.,1",
+            "a,2,3.0,1",
+            "1,b,3.0,1",
+            "1,2,3.0",
+            "1,2,3.0,4,5",
+            "1,,3.0,4",
+            ",1,3.0,4",
+            "1,2,3.0,",
+            "1,2,3.0,-4",
+            "1,2,3.0,1234567890123456789",
+            "1,2,3.0, 4",
+            "",
+            "   ",
+            "1;2;3.0;4",
+            "1,2,3.0,4\r\r",
+            "\xb2,2,3.0,4",
+            "1,2,3.0,\xd9\xa3",
+        ],
+    ),
+    "::": (
+        sources.parse_ml1m_rating,
+        [
+            "+1::1193::5::978300760",
+            "+01::2::1::0",
+            "1::2::4.5::3",
+            "1::2::0::3",
+            "1::2::6::3",
+            "1:::2::5::3",
+            "1::2:::5::3",
+            "1::2::5:::3",
+            "1:2::5::3::",
+            "1::2::5",
+            "1::2::5::3::4",
+            "::2::5::3",
+            "1::2::5::",
+            "1::2::5::3a",
+            "",
+        ],
+    ),
+    "\t": (
+        sources.parse_ml100k_rating,
+        ["+196\t242\t3\t881250949", "196\t242\t3.0\t1", "196 242 3 1", "196\t242\t3", ""],
+    ),
+}
+
+
+@pytest.mark.parametrize("sep", list(_RATING_LINES))
+def test_vectorized_rating_reader_matches_the_line_parser(sep):
+    parse, lines = _RATING_LINES[sep]
+    fast = [line.startswith("+") for line in lines]
+    raw = [line.lstrip("+").encode("latin-1") for line in lines]
+    data = b"\n".join(raw) + b"\n"
+    buf = np.frombuffer(data, dtype=np.uint8)
+    starts, ends = textio.line_bounds(buf)
+    assert len(starts) == len(lines)
+    ok, columns = pp._parse_rating_lines(buf, starts, ends, pp._rating_lines_of(parse))
+    assert ok.tolist() == fast
+    expected = [parse(data[a:b]) for a, b, taken in zip(starts, ends, ok) if taken]
+    got = list(
+        zip(
+            [u.decode() for u in columns["user"].tolist()],
+            [i.decode() for i in columns["item"].tolist()],
+            columns["timestamp"].tolist(),
+            columns["rating"].tolist(),
+        )
+    )
+    assert got == expected
+
+
+def test_k_core_drops_a_user_whose_every_item_was_rare(tmp_path):
+    # User 9's only item is rare in round 0; round 1 finds 9 empty, hence short;
+    # round 2 must no longer see it.
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ratings = ["userId,movieId,rating,timestamp", "9,99,4.0,5"]
+    ratings += [f"{u},{i},3.0,{i}" for u in (1, 2, 3) for i in (10, 11)]
+    (raw / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    movies = ["movieId,title,genres", "10,A (1990),Drama", "11,B (1991),Comedy", "99,C (1992),"]
+    (raw / "movies.csv").write_text("\n".join(movies) + "\n")
+    config = _config(
+        tmp_path,
+        dataset="ml-20m",
+        data_dir=str(raw),
+        min_user_interactions=1,
+        min_item_interactions=2,
+        future_len=1,
+        min_history_len=1,
+    )
+    root = pp.preprocess(config)
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    assert meta["kcore"]["rounds"][:3] == [
+        {"iteration": 0, "users_removed": 0, "items_removed": 1},
+        {"iteration": 1, "users_removed": 1, "items_removed": 0},
+        {"iteration": 2, "users_removed": 0, "items_removed": 0},
+    ]
+    users = sorted(r[F.USER_ID][0] for rows in _examples(root).values() for r in rows)
+    assert users == ["1", "2", "3"] and sum(meta["num_interactions"].values()) == 6
+
+
+def test_pipeline_options_name_the_direct_runner_unless_given_one(caplog):
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    default = pp.pipeline_options(["--direct_num_workers=2"])
+    assert default.view_as(StandardOptions).runner == "DirectRunner"
+    assert default.view_as(DirectOptions).direct_num_workers == 2
+    for given, name in (
+        (["--runner=PrismRunner"], "PrismRunner"),
+        (["--runner", "FlinkRunner", "--parallelism=2"], "FlinkRunner"),
+    ):
+        options = pp.pipeline_options(given)
+        assert options.view_as(StandardOptions).runner == name
+        assert pp.local_runner(options) is None  # Beam makes it from the options
+    # The DirectRunner runs batch pipelines without first trying (downloading) Prism.
+    default = pp.pipeline_options()
+    with caplog.at_level(logging.INFO):
+        with beam.Pipeline(runner=pp.local_runner(default), options=default) as p:
+            assert_that(p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * x), equal_to([1, 4, 9]))
+    assert "prism" not in caplog.text.lower()
+
+
 def test_ml20m_and_yelp_raw_formats(tmp_path):
     ml = rawdata.write_ml20m(tmp_path / "ml20m", num_users=30, per_user=12)
     root = pp.preprocess(_config(tmp_path, dataset="ml-20m", data_dir=ml["data_dir"]))
@@ -433,11 +589,11 @@ def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "synthetic").glob("*.partial")):
-        time.sleep(0.05)
+    # Kill it mid-flight: once it has written its first Examples (to part files).
+    while time.time() < deadline and not list((out / "synthetic").glob("*.partial/_parts/*")):
+        time.sleep(0.01)
     partial = list((out / "synthetic").glob("*.partial"))
     assert partial, "the run never started writing"
-    time.sleep(1.0)  # let it write a little, then kill it mid-flight
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not [p for p in (out / "synthetic").iterdir() if not p.name.endswith(".partial")]
