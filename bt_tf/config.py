@@ -17,6 +17,7 @@ from pipelines import preprocess as pp
 
 MODELS = ("bt", "de", "bt+de")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,12 @@ class TrainConfig:
     strategy: str = "auto"
     jit_compile: bool = False
     early_stopping_patience: int = 0  # 0: off; else epochs without val_loss gain
+    # speed (None = the default, so runs written before these fields still resume)
+    bucket_boundaries: str | None = None  # "25,50,100" | "auto" | "" (off); None: auto
+    # for real datasets, off for synthetic (see `buckets`)
+    cache_input: bool | None = None  # parse the data once into memory (implied by buckets)
+    mixed_precision: str | None = None  # None = float32 | mixed_float16 | mixed_bfloat16
+    steps_per_execution: int = 1  # train steps per tf.function call (Keras compile)
     # after training
     probe: bool = True
     export: bool = True
@@ -62,6 +69,25 @@ class TrainConfig:
             raise ValueError("--batch_size must be >= 2 (Barlow Twins standardizes over the batch)")
         if self.epochs < 1:
             raise ValueError("--epochs must be >= 1")
+        if self.mixed_precision not in (None, *PRECISIONS):
+            raise ValueError(
+                f"--mixed_precision={self.mixed_precision!r}: expected one of {PRECISIONS}"
+            )
+        if self.steps_per_execution < 1:
+            raise ValueError("--steps_per_execution must be >= 1")
+        from bt_tf.input import parse_bucket_boundaries
+
+        try:
+            parse_bucket_boundaries(self.bucket_boundaries)
+        except ValueError as err:
+            raise ValueError(f"--{err}") from None
+
+    @property
+    def buckets(self) -> str:
+        """`--bucket_boundaries` resolved: "auto" for real datasets, "" for synthetic."""
+        if self.bucket_boundaries is not None:
+            return self.bucket_boundaries
+        return "" if self.data.dataset == "synthetic" else "auto"
 
     @property
     def max_len(self) -> int:
@@ -85,7 +111,14 @@ class TrainConfig:
 
 
 # Settings a resumed run may change without invalidating its checkpoints.
-RESUMABLE_CHANGES = ("epochs", "probe", "export", "early_stopping_patience", "strategy")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "probe",
+    "export",
+    "early_stopping_patience",
+    "strategy",
+    "steps_per_execution",
+)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +144,25 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", default=d.augment, help='e.g. "mask:0.3,reorder:0.3,crop:0.8"')
     parser.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
     parser.add_argument("--early_stopping_patience", type=int, default=d.early_stopping_patience)
+    parser.add_argument(
+        "--bucket_boundaries",
+        default=d.bucket_boundaries,
+        help='length buckets of the batches: "25,50,100,150", "auto" (length quantiles) or '
+        '"" (off); default: auto for real datasets, off for synthetic',
+    )
+    parser.add_argument(
+        "--cache_input",
+        default=d.cache_input,
+        action=argparse.BooleanOptionalAction,
+        help="parse the split once into memory (implied by --bucket_boundaries)",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        default=d.mixed_precision,
+        choices=PRECISIONS,
+        help="Keras mixed-precision policy (the BT loss stays float32)",
+    )
+    parser.add_argument("--steps_per_execution", type=int, default=d.steps_per_execution)
     for name in ("jit_compile", "probe", "export"):
         parser.add_argument(
             f"--{name}", default=getattr(d, name), action=argparse.BooleanOptionalAction

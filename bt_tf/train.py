@@ -160,6 +160,8 @@ def make_train_data(
         drop_remainder=True,  # BT standardizes over the batch: keep it full and static
         augment_policy=policy,
         outputs=outputs,
+        bucket_boundaries=config.buckets,
+        cache=bool(config.cache_input),
     )
     if "de" in config.model:
         from bt_tf import dual_encoder
@@ -272,6 +274,7 @@ def train(config: cfg.TrainConfig) -> dict:
             return done
 
     strategy = make_strategy(config.strategy)
+    models.set_precision(config.mixed_precision)
     artifact_dir = _artifacts(config)
     meta = bt_input.load_metadata(artifact_dir)
     vocab_size = int(meta["vocab_sizes"]["items"])
@@ -293,12 +296,14 @@ def train(config: cfg.TrainConfig) -> dict:
 
     with strategy.scope():
         model = build_model(config, vocab_size)
-        optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+        optimizer = models.optimizer_for_policy(tf.keras.optimizers.Adam(config.learning_rate))
         # XLA cannot compile a step that reads other replicas' variables (MirroredStrategy).
         jit = config.jit_compile and strategy.num_replicas_in_sync == 1
         if config.jit_compile and not jit:
             print("--jit_compile ignored: XLA steps need a single replica", flush=True)
-        model.compile(optimizer=optimizer, jit_compile=jit)
+        model.compile(
+            optimizer=optimizer, jit_compile=jit, steps_per_execution=config.steps_per_execution
+        )
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=epoch, dropout_rng=_dropout_rng(model)
