@@ -73,6 +73,12 @@ class TrainConfig:
             raise ValueError(
                 f"--mixed_precision={self.mixed_precision!r}: expected one of {PRECISIONS}"
             )
+        if self.mixed_precision not in (None, "float32") and self.model != "bt":
+            # DualEncoderModel.retrieval_terms mixes the 16-bit logits with a
+            # float32 count; it needs float32 casts of its query and candidates.
+            raise ValueError(
+                f"--mixed_precision={self.mixed_precision} supports --model=bt only so far"
+            )
         if self.steps_per_execution < 1:
             raise ValueError("--steps_per_execution must be >= 1")
         from bt_tf.input import parse_bucket_boundaries

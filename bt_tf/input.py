@@ -28,6 +28,10 @@ key                        dtype / shape               meaning
 ``view1``, ``view2``       like ``items``              only with ``augment_policy``
 =========================  ==========================  ===================================
 
+With length buckets (``make_dataset(bucket_boundaries=...)``) every
+``max_len``-wide entry above is as wide as the batch's bucket instead
+(``[B, None]`` in the element spec); the rest of the layout is unchanged.
+
 A policy with ``substitute``/``insert`` draws correlated items from the item
 co-occurrence table of the TRAIN split's histories (`cooccurrence_table`),
 whichever split the dataset reads; it is built once per process and artifact dir.
@@ -309,15 +313,17 @@ def auto_bucket_boundaries(
 ) -> tuple[int, ...]:
     """Bucket boundaries at equal-count quantiles of ``min(lengths, width)``.
 
-    ``k = clip(len(lengths) // (4 * batch_size), 1, max_buckets)`` buckets, so
-    that a bucket holds about four batches or more per epoch (each bucket's
-    last partial batch goes to the few mixed batches of `make_dataset`); the
+    ``k = clip(len(lengths) // (2 * batch_size), 1, max_buckets)`` buckets, so
+    that a bucket holds about two batches or more per epoch (each bucket's
+    last partial batch goes to the few mixed batches of `epoch_plan`); the
     ``i/k`` quantiles are rounded up to a multiple of ``multiple`` (fewer
     distinct shapes), and those ``>= width`` dropped (the last bucket's width
-    is ``width``). ``()`` (no bucketing) when ``k == 1``.
+    is ``width``). ``()`` (no bucketing) when ``k == 1``. On ML-1M (4,832
+    train users at batch 256, 24% at the cap of 200) this gives
+    ``(24, 40, 56, 80, 120)``: padded width 115 on average instead of 200.
     """
     lengths = np.minimum(np.asarray(lengths, np.int64), width)
-    k = int(np.clip(lengths.size // (4 * batch_size), 1, max_buckets))
+    k = int(np.clip(lengths.size // (2 * batch_size), 1, max_buckets))
     if k == 1:
         return ()
     quantiles = np.quantile(lengths, np.arange(1, k) / k, method="higher")

@@ -220,12 +220,22 @@ def test_bucket_boundary_specs():
     assert cfg.parse(["--bucket_boundaries=25,50"]).buckets == "25,50"
 
 
+def test_config_speed_flags():
+    config = cfg.parse(["--mixed_precision=mixed_bfloat16", "--cache_input"])
+    assert config.mixed_precision == "mixed_bfloat16" and config.cache_input
+    assert cfg.TrainConfig().mixed_precision is None and cfg.TrainConfig().cache_input is None
+    with pytest.raises(ValueError, match="model=bt only"):
+        cfg.parse(["--mixed_precision=mixed_float16", "--model=de"])
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        cfg.TrainConfig(steps_per_execution=0)
+
+
 def test_auto_boundaries_are_rounded_quantiles():
     lengths = np.concatenate([np.arange(1, 201), np.full(100, 250)])  # 300 users, cap 200
-    assert I.auto_bucket_boundaries(lengths, 200, 64) == ()  # too few users per bucket
-    got = I.auto_bucket_boundaries(lengths, 200, 25)  # k = 3: quantiles 1/3, 2/3
+    assert I.auto_bucket_boundaries(lengths, 200, 160) == ()  # too few users per bucket
+    got = I.auto_bucket_boundaries(lengths, 200, 50)  # k = 3: quantiles 1/3, 2/3
     assert got == (104,)  # 2/3 quantile is the cap: dropped
-    got = I.auto_bucket_boundaries(np.arange(1, 1001), 1000, 10, max_buckets=4)
+    got = I.auto_bucket_boundaries(np.arange(1, 1001), 1000, 20, max_buckets=4)
     assert got == (256, 504, 752)
 
 
