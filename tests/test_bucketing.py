@@ -129,10 +129,16 @@ def test_batches_are_padded_to_their_bucket_only(artifact_dir, fixed):
 
 def test_same_seed_same_stream_other_seed_other_stream(artifact_dir):
     def stream(seed):
-        ds = _bucketed(artifact_dir, repeat=True, seed=seed, augment_policy=POLICY)
+        ds = _bucketed(
+            artifact_dir,
+            repeat=True,
+            seed=seed,
+            augment_policy=POLICY,
+            outputs=[F.USER_ID, F.HISTORY_GENRE_IDS, I.VIEW1, I.VIEW2],
+        )
         return [  # > 2 epochs
             {k: v.to_list() if isinstance(v, tf.RaggedTensor) else v.numpy() for k, v in b.items()}
-            for b in ds.take(25)
+            for b in ds.take(17)
         ]
 
     a, b, c = stream(4), stream(4), stream(5)
@@ -145,8 +151,10 @@ def test_same_seed_same_stream_other_seed_other_stream(artifact_dir):
                 np.testing.assert_array_equal(x[key], y[key], err_msg=key)
     assert [x[F.USER_ID].tolist() for x in a] != [x[F.USER_ID].tolist() for x in c]
     # Resume: skipping k batches of a fresh stream gives the uninterrupted stream's tail.
-    ds = _bucketed(artifact_dir, repeat=True, seed=4, augment_policy=POLICY).skip(11)
-    for x, y in zip(a[11:], ds.take(len(a) - 11)):
+    ds = _bucketed(
+        artifact_dir, repeat=True, seed=4, augment_policy=POLICY, outputs=[I.VIEW2]
+    ).skip(11)
+    for x, y in zip(a[11:], ds.take(len(a) - 11), strict=True):
         np.testing.assert_array_equal(x[I.VIEW2], y[I.VIEW2].numpy())
 
 
