@@ -8,8 +8,16 @@ under ``--output_dir``; rerunning reuses them), then iterates
 `bt_tf.input.make_dataset` (repeat, shuffle) and prints users/second for:
 every output key, the training keys only (``view1``, ``view2``), and the
 same without augmentation (`--policy`, e.g. with ``substitute:0.2,insert:0.2``,
-whose co-occurrence table build is timed separately). No model runs; this is
-the ceiling the input puts on training speed.
+whose co-occurrence table build is timed separately); each for the streamed
+pipeline (read + parse every epoch), the in-memory one (``cache=True``: parsed
+once, the one-time load timed separately) and the length-bucketed one
+(``bucket_boundaries="auto"``). No model runs; this is the ceiling the input
+puts on training speed.
+
+Rates are wall clock and per CPU-second (process CPU time of all threads,
+steadier when other jobs share the machine; on an idle machine the wall rate
+approaches ``cores x`` the per-CPU-second rate when the pipeline's parallel
+maps keep every core busy).
 """
 
 from __future__ import annotations
@@ -24,17 +32,23 @@ from pipelines.preprocess import PreprocessConfig, preprocess
 from pipelines.synthetic import SyntheticConfig
 
 
-def measure(ds, warmup_batches: int, batches: int) -> tuple[float, int]:
-    """Iterates ``ds``; returns (users/second after warm-up, users measured)."""
+def rates(ds, warmup_batches: int, batches: int) -> tuple[float, float, int]:
+    """Iterates ``ds``; returns (users/second, users per CPU-second, users measured)."""
     it = iter(ds)
     for _ in range(warmup_batches):
         next(it)
     users = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         batch = next(it)
         users += int(next(iter(batch.values())).shape[0])
-    return users / (time.perf_counter() - start), users
+    return users / (time.perf_counter() - start), users / (time.process_time() - cpu), users
+
+
+def measure(ds, warmup_batches: int, batches: int) -> tuple[float, int]:
+    """Iterates ``ds``; returns (users/second after warm-up, users measured)."""
+    rate, _, users = rates(ds, warmup_batches, batches)
+    return rate, users
 
 
 def main(argv=None) -> dict:
@@ -49,6 +63,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--warmup_batches", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pipelines", default="", help="comma list of streamed, in memory, bucketed (all)"
+    )
     args = parser.parse_args(argv)
 
     artifact_dir = args.artifact_dir
@@ -88,21 +105,34 @@ def main(argv=None) -> dict:
             outputs=[bt_input.ITEMS, bt_input.LENGTH], augment_policy=None
         ),
     }
+    pipelines = {
+        "streamed": {},
+        "in memory": dict(cache=True),
+        "bucketed": dict(bucket_boundaries="auto"),
+    }
     results = {}
+    print(f"{'':40s} {'pipeline':10s} {'users/s':>10s} {'per CPU-s':>10s}")
     for name, kwargs in cases.items():
-        ds = bt_input.make_dataset(
-            artifact_dir,
-            "train",
-            args.batch_size,
-            max_len=args.max_len,
-            seed=args.seed,
-            repeat=True,
-            drop_remainder=True,
-            **kwargs,
-        )
-        rate, users = measure(ds, args.warmup_batches, args.batches)
-        results[name] = rate
-        print(f"{name:40s} {rate:10,.0f} users/s  ({users} users)")
+        for pipeline, extra in pipelines.items():
+            if args.pipelines and pipeline not in args.pipelines.split(","):
+                continue
+            start = time.perf_counter()
+            ds = bt_input.make_dataset(
+                artifact_dir,
+                "train",
+                args.batch_size,
+                max_len=args.max_len,
+                seed=args.seed,
+                repeat=True,
+                drop_remainder=True,
+                **kwargs,
+                **extra,
+            )
+            made = time.perf_counter() - start
+            wall, cpu, users = rates(ds, args.warmup_batches, args.batches)
+            results[f"{name}, {pipeline}"] = wall
+            load = f"  (parsed into memory in {made:.1f}s)" if extra else ""
+            print(f"{name:40s} {pipeline:10s} {wall:10,.0f} {cpu:10,.0f}{load}", flush=True)
     return results
 
 

@@ -35,6 +35,7 @@ from pipelines import preprocess as pp
 
 MODELS = ("bt", "de", "bt+de")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,12 @@ class TrainConfig:
     jit_compile: bool = False
     early_stopping_patience: int = 3  # 0: off; else epochs without val_loss gain
     min_delta: float = 0.002  # a gain is val_loss < (1 - min_delta) × the reference
+    # speed (None = the default, so runs written before these fields still resume)
+    bucket_boundaries: str | None = None  # "25,50,100" | "auto" | "" (off); None: auto
+    # for real datasets, off for synthetic (see `buckets`)
+    cache_input: bool | None = None  # parse the data once into memory (implied by buckets)
+    mixed_precision: str | None = None  # None = float32 | mixed_float16 | mixed_bfloat16
+    steps_per_execution: int = 1  # train steps per tf.function call (Keras compile)
     # after training
     probe: bool = True
     export: bool = True
@@ -95,6 +102,24 @@ class TrainConfig:
             raise ValueError("--de_candidates must be >= 0 (0: one per user of the batch)")
         if self.temperature <= 0:
             raise ValueError("--temperature must be > 0")
+        if self.mixed_precision not in (None, *PRECISIONS):
+            raise ValueError(
+                f"--mixed_precision={self.mixed_precision!r}: expected one of {PRECISIONS}"
+            )
+        if self.mixed_precision not in (None, "float32") and self.model != "bt":
+            # DualEncoderModel.retrieval_terms mixes the 16-bit logits with a
+            # float32 count; it needs float32 casts of its query and candidates.
+            raise ValueError(
+                f"--mixed_precision={self.mixed_precision} supports --model=bt only so far"
+            )
+        if self.steps_per_execution < 1:
+            raise ValueError("--steps_per_execution must be >= 1")
+        from bt_tf.input import parse_bucket_boundaries
+
+        try:
+            parse_bucket_boundaries(self.bucket_boundaries)
+        except ValueError as err:
+            raise ValueError(f"--{err}") from None
 
     @property
     def max_epochs(self) -> int:
@@ -106,6 +131,13 @@ class TrainConfig:
         if self.steps_per_epoch:
             return self.steps_per_epoch
         return max(self.min_steps_per_epoch, num_train_users // self.batch_size)
+
+    @property
+    def buckets(self) -> str:
+        """`--bucket_boundaries` resolved: "auto" for real datasets, "" for synthetic."""
+        if self.bucket_boundaries is not None:
+            return self.bucket_boundaries
+        return "" if self.data.dataset == "synthetic" else "auto"
 
     @property
     def max_len(self) -> int:
@@ -161,6 +193,7 @@ RESUMABLE_CHANGES = (
     "early_stopping_patience",
     "min_delta",
     "strategy",
+    "steps_per_execution",
 )
 # Values of settings that a run directory written before they existed ran with.
 LEGACY_DEFAULTS = {"min_steps_per_epoch": 1, "min_delta": 0.0}
@@ -230,6 +263,25 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default=d.min_delta,
         help="relative val_loss decrease that counts as a gain for the patience",
     )
+    parser.add_argument(
+        "--bucket_boundaries",
+        default=d.bucket_boundaries,
+        help='length buckets of the batches: "25,50,100,150", "auto" (length quantiles) or '
+        '"" (off); default: auto for real datasets, off for synthetic',
+    )
+    parser.add_argument(
+        "--cache_input",
+        default=d.cache_input,
+        action=argparse.BooleanOptionalAction,
+        help="parse the split once into memory (implied by --bucket_boundaries)",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        default=d.mixed_precision,
+        choices=PRECISIONS,
+        help="Keras mixed-precision policy (the BT loss stays float32)",
+    )
+    parser.add_argument("--steps_per_execution", type=int, default=d.steps_per_execution)
     for name in ("jit_compile", "probe", "export"):
         parser.add_argument(
             f"--{name}", default=getattr(d, name), action=argparse.BooleanOptionalAction

@@ -175,6 +175,8 @@ def make_train_data(
         drop_remainder=True,  # BT standardizes over the batch: keep it full and static
         augment_policy=policy,
         outputs=outputs,
+        bucket_boundaries=config.buckets,
+        cache=bool(config.cache_input),
     )
     # The DE reads the histories themselves: every position is a next-item pair.
     keep = set(outputs[1:]) | ({bt_input.ITEMS} if "de" in config.model else set())
@@ -368,6 +370,7 @@ def train(config: cfg.TrainConfig) -> dict:
             return done
 
     strategy = make_strategy(config.strategy)
+    models.set_precision(config.mixed_precision)
     artifact_dir = _artifacts(config)
     meta = bt_input.load_metadata(artifact_dir)
     vocab_size = int(meta["vocab_sizes"]["items"])
@@ -389,12 +392,14 @@ def train(config: cfg.TrainConfig) -> dict:
 
     with strategy.scope():
         model = build_model(config, vocab_size)
-        optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+        optimizer = models.optimizer_for_policy(tf.keras.optimizers.Adam(config.learning_rate))
         # XLA cannot compile a step that reads other replicas' variables (MirroredStrategy).
         jit = config.jit_compile and strategy.num_replicas_in_sync == 1
         if config.jit_compile and not jit:
             print("--jit_compile ignored: XLA steps need a single replica", flush=True)
-        model.compile(optimizer=optimizer, jit_compile=jit)
+        model.compile(
+            optimizer=optimizer, jit_compile=jit, steps_per_execution=config.steps_per_execution
+        )
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         progress = _Progress()
         checkpoint = tf.train.Checkpoint(

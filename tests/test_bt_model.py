@@ -7,8 +7,8 @@ import tensorflow as tf
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
 from bt_tf.encoders import SequenceEncoder, build_projector
 from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID
-from bt_tf.losses import barlow_twins_loss
-from bt_tf.models import VIEW1, VIEW2, BarlowTwinsModel
+from bt_tf.losses import barlow_twins_loss, barlow_twins_terms
+from bt_tf.models import VIEW1, VIEW2, BarlowTwinsModel, optimizer_for_policy, set_precision
 
 VOCAB, LENGTH, BATCH = 30, 12, 32
 METRIC_NAMES = ["loss", "on_diag", "off_diag", "c_diag_mean"]
@@ -91,3 +91,60 @@ def test_batches_without_two_views_are_rejected_with_a_clear_message():
     items = _views(num_users=8)[VIEW1]
     with pytest.raises(ValueError, match="view1"):
         model.fit(tf.data.Dataset.from_tensors({"items": items}), verbose=0)
+
+
+@pytest.fixture
+def precision():
+    """Sets a Keras dtype policy for one test and restores float32 afterwards."""
+    yield set_precision
+    set_precision(None)
+
+
+def _steps(weights, num_steps):
+    """(model, evaluate loss at ``weights``, per-step losses of SGD on one batch)."""
+    data = _views(num_users=BATCH)
+    model = _model()
+    model.project(data[VIEW1][:2])  # creates the variables
+    model.set_weights(weights)
+    model.compile(optimizer=optimizer_for_policy(tf.keras.optimizers.SGD(0.01)))
+    batch = tf.data.Dataset.from_tensors(data)
+    loss = model.evaluate(batch, verbose=0, return_dict=True)["loss"]
+    # One step per epoch: each logged loss is that step's loss (metrics reset per epoch).
+    history = model.fit(batch.repeat(), steps_per_epoch=1, epochs=num_steps, verbose=0)
+    return model, loss, np.array(history.history["loss"])
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_steps_are_finite_and_close_to_float32(precision, policy):
+    """16-bit compute, float32 weights, float32 BT statistics.
+
+    Tolerances: at the same weights the loss is within 1% of float32; over 3
+    bfloat16 SGD steps (8-bit mantissa) every step's loss within 5%. float16
+    gets a dynamic loss scale, whose first steps may be skipped (overflow),
+    so its trajectory is only required to be finite and to learn.
+    """
+    precision("float32")
+    reference = _model()
+    reference.project(_views(num_users=2)[VIEW1])
+    weights = reference.get_weights()
+    _, eval32, steps32 = _steps(weights, 6)
+    precision(policy)
+    model, eval16, steps16 = _steps(weights, 6)
+
+    compute = policy.split("_")[1]
+    assert model.encoder.compute_dtype == compute and model.projector.compute_dtype == compute
+    assert model.encoder.variable_dtype == "float32"  # master weights stay float32
+    is_scaled = isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    assert is_scaled == (policy == "mixed_float16")
+    views = _views(num_users=BATCH)
+    z1, z2 = model.project(views[VIEW1]), model.project(views[VIEW2])
+    assert z1.dtype == compute
+    assert barlow_twins_terms(z1, z2).c.dtype == tf.float32  # the loss casts up
+
+    assert eval16 == pytest.approx(eval32, rel=0.01)
+    assert np.isfinite(steps16).all(), steps16
+    assert steps16[-1] < 0.8 * steps16[0]  # it learns
+    if policy == "mixed_bfloat16":
+        np.testing.assert_allclose(steps16[:3], steps32[:3], rtol=0.05)
+    else:
+        assert 1.0 <= float(model.optimizer.loss_scale) <= 2.0**15
