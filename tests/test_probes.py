@@ -543,3 +543,64 @@ def test_grid_trained_jointly_equals_one_at_a_time():
     alone = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 3, max_params=1, **kw)
     assert joint.selection == alone.selection
     np.testing.assert_allclose(joint.weights, alone.weights, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# Speed without changing results: sparse arithmetic and exact shortcuts
+# --------------------------------------------------------------------------
+
+
+def _bag_world(n, seed):
+    """Next-item-like data on bag-of-items features: 60 classes of which the
+    train labels use only ~20 (the others share one weight column), items
+    50..59 only ever in eval histories (dropped train feature columns)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(3, 23, n)  # labels 3..22 of 60 classes
+    hist = np.concatenate(
+        [y[:, None] + 20 * rng.integers(0, 2, (n, 3)), rng.integers(3, 50, (n, 3))], 1
+    )
+    if seed == 2:  # eval: histories reach items unseen in train
+        hist[:, -1] = rng.integers(50, 60, n)
+    return probes.bag_of_items_features(hist, 60), y
+
+
+def test_sparse_probe_equals_the_dense_computation_and_the_plain_one():
+    x_tr, y_tr = _bag_world(240, seed=1)
+    x_ev, y_ev = _bag_world(80, seed=2)
+    assert sp.issparse(x_tr) and np.unique(x_tr.indices).size < 60
+    kw = dict(
+        l2_grid=(10.0, 1e-2, 1e-4), max_epochs=30, patience=3, min_epochs=4, batch_size=64,
+        learning_rate=0.05, seed=3,
+    )  # fmt: skip
+    fast = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, **kw)
+    dense = probes.train_softmax_probe(
+        x_tr.toarray(), y_tr, x_ev.toarray(), y_ev, 60, standardize=False, **kw
+    )
+    plain = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, shortcuts=False, **kw)
+    # The members stop at different epochs, so dropping stopped members is exercised.
+    assert len({m["epochs_run"] for m in fast.selection}) > 1
+    assert fast.best_epoch > 0  # a trained member, not the prior, was chosen
+    for other in (dense, plain):
+        assert [(m["l2"], m["best_epoch"], m["epochs_run"]) for m in other.selection] == [
+            (m["l2"], m["best_epoch"], m["epochs_run"]) for m in fast.selection
+        ]
+        assert (other.l2, other.best_epoch) == (fast.l2, fast.best_epoch)
+        np.testing.assert_allclose(other.weights, fast.weights, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(other.bias, fast.bias, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            other.predict_scores(x_ev), fast.predict_scores(x_ev), rtol=1e-4, atol=1e-4
+        )
+    # Classes that are no train label keep identical weights: one shared column.
+    unseen = np.setdiff1d(np.arange(60), y_tr)
+    assert np.all(fast.weights[:, unseen] == fast.weights[:, unseen[:1]])
+    assert np.all(fast.weights[50:] == 0)  # features absent from train: no weight
+    with pytest.raises(ValueError, match="standardize"):
+        probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, standardize=True, **kw)
+
+
+def test_sparse_products_are_bitwise_those_of_scipy():
+    x = sp.random(300, 500, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    w = np.random.default_rng(0).normal(size=(500, 700)).astype(np.float32)
+    # Large enough for row blocks on threads and column blocks.
+    np.testing.assert_array_equal(probes._spmm(x, w, block_cols=128), x @ w)
+    np.testing.assert_array_equal(probes._spmm(x[:5], w[:, :3]), x[:5] @ w[:, :3])
