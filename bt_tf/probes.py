@@ -45,10 +45,7 @@ from ~340 s to ~40 s of CPU per (fraction 1.0, seed) with identical results.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -527,57 +524,6 @@ def log_likelihood_rows(y_eval: np.ndarray) -> SelectMetric:
     return per_row
 
 
-def _threads() -> int:
-    """Threads for the sparse products: TF's intra-op setting, else the CPU count."""
-    n = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
-    return max(1, min(int(n), 16))
-
-
-@functools.cache
-def _pool(n: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="probe_spmm")
-
-
-def _spmm(a: sp.csr_matrix, b: np.ndarray, block_cols: int = 256) -> np.ndarray:
-    """``a @ b`` (CSR times dense) as float32: row blocks of equal nnz on threads,
-    ``b`` in column blocks that stay in cache (1.7x less CPU than one product
-    when ``b`` is a 3.5k x 8k weight matrix).
-
-    scipy's CSR kernel releases the GIL and computes every output element by
-    the same sum in the same order whatever the blocks, so the result is
-    bitwise that of ``a @ b``.
-    """
-    b = np.asarray(b, dtype=np.float32)
-    n_rows, n_cols = a.shape[0], b.shape[1]
-    if a.nnz * n_cols < (1 << 22):
-        return np.asarray(a @ b, dtype=np.float32)
-    starts = range(0, n_cols, block_cols)
-    blocks = [np.ascontiguousarray(b[:, s : s + block_cols]) for s in starts]
-    n = _threads() if n_rows >= 2 * _threads() else 1
-    bounds = np.searchsorted(a.indptr, np.linspace(0, a.nnz, n + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], bounds, [n_rows]]))
-    out = np.empty((n_rows, n_cols), dtype=np.float32)
-
-    def row_block(i: int) -> None:
-        lo, hi = bounds[i], bounds[i + 1]
-        rows = a[lo:hi]
-        for s, block in zip(starts, blocks):
-            out[lo:hi, s : s + block_cols] = rows @ block
-
-    if bounds.size == 2:
-        row_block(0)
-    else:
-        list(_pool(bounds.size - 1).map(row_block, range(bounds.size - 1)))
-    return out
-
-
-def _matmul(x, w: np.ndarray) -> np.ndarray:
-    """``x @ w`` as float32 for dense or CSR ``x``."""
-    if sp.issparse(x):
-        return _spmm(sp.csr_matrix(x), w)
-    return np.asarray(x @ w, dtype=np.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Columns:
     """How the probe's weight columns map to classes.
@@ -640,27 +586,36 @@ class _Members:
         b = np.tile(bias_init.astype(np.float32), g)
         self._build([zeros, zeros, zeros, b, np.zeros_like(b), np.zeros_like(b)])
 
-    def _build(self, arrays: list[np.ndarray]) -> None:
+    def _build(self, arrays) -> None:
         self.vars = [tf.Variable(a, name="probe") for a in arrays]
-        self._step = self._make_step()
+        self._step, self._scores = self._make_fns()
 
     def keep(self, members: Sequence[int]) -> None:
         """Drops every member but ``members`` (grid positions), state untouched."""
         pos = [self.members.index(m) for m in members]
         c = self.columns.num_cols
         cols = (np.asarray(pos)[:, None] * c + np.arange(c)).reshape(-1)
-        arrays = [np.take(v.numpy(), cols, axis=-1) for v in self.vars]
+        arrays = [tf.gather(v, cols, axis=v.shape.rank - 1) for v in self.vars]
         self.members = list(members)
         self.l2 = self.l2[pos]
         self._build(arrays)
 
-    def weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """(``[F, g, C']``, ``[g, C']``) of the current members."""
-        g, c = len(self.members), self.columns.num_cols
-        w, b = self.vars[0].numpy(), self.vars[3].numpy()
-        return w.reshape(w.shape[0], g, c), b.reshape(g, c)
+    def member(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """(weights ``[F, C']``, bias ``[C']``) of grid member ``j``."""
+        c, p = self.columns.num_cols, self.members.index(j)
+        cols = slice(p * c, (p + 1) * c)
+        return self.vars[0][:, cols].numpy(), self.vars[3][cols].numpy()
 
-    def _make_step(self):
+    def feed(self, x):
+        """Rows of features as the step and `scores` take them."""
+        return _coo(sp.csr_matrix(x)) if self.sparse else np.asarray(x, dtype=np.float32)
+
+    def scores(self, xb) -> np.ndarray:
+        """``[m, g, C']`` logits of the current members for ``feed(rows)``."""
+        z = self._scores(xb).numpy()
+        return z.reshape(z.shape[0], len(self.members), self.columns.num_cols)
+
+    def _make_fns(self):
         g, c = len(self.members), self.columns.num_cols
         f = self.x.shape[1]
         w, mw, vw, b, mb, vb = self.vars
@@ -680,6 +635,9 @@ class _Members:
                 z = tf.raw_ops.SparseMatrixMatMul(a=csr(*xb[:3]), b=wv)
                 return tf.ensure_shape(z, [None, g * c])
 
+            def score(xb):
+                return tf.raw_ops.SparseMatrixMatMul(a=csr(*xb), b=w.read_value()) + b
+
             def matmul_t(xb, dz):
                 out = tf.raw_ops.SparseMatrixMatMul(a=csr(*xb[3:]), b=dz)
                 return tf.ensure_shape(out, [f, g * c])
@@ -689,8 +647,11 @@ class _Members:
                 tf.TensorSpec([None], tf.float32),
                 tf.TensorSpec([2], tf.int64),
             )
-            x_spec = coo + coo
+            x_spec, one_spec = coo + coo, coo
         else:
+
+            def score(xb):
+                return tf.matmul(xb, w) + b
 
             def matmul(xb, wv):
                 return tf.matmul(xb, wv)
@@ -698,7 +659,7 @@ class _Members:
             def matmul_t(xb, dz):
                 return tf.matmul(xb, dz, transpose_a=True)
 
-            x_spec = tf.TensorSpec([None, f], tf.float32)
+            x_spec = one_spec = tf.TensorSpec([None, f], tf.float32)
 
         @tf.function(
             input_signature=[x_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -730,7 +691,7 @@ class _Members:
                     grad=grad,
                 )
 
-        return step
+        return step, tf.function(score, input_signature=[one_spec])
 
     def epoch(self, y: np.ndarray, order: np.ndarray, batch_size: int) -> None:
         for s in range(0, order.size, batch_size):
@@ -754,8 +715,8 @@ def _coo_pair(x: sp.csr_matrix) -> tuple:
     """COO parts of ``x`` and of ``x^T``, turned into CSR matrices in the step.
 
     ``SparseMatrixMatMul`` (``tf.linalg.sparse``) on CPU takes 3-4x less time
-    than ``tf.sparse.sparse_dense_matmul`` and 1.5x less than scipy; with
-    ``transpose_a`` it is 2x slower, hence the explicit transpose.
+    than ``tf.sparse.sparse_dense_matmul`` (about scipy's speed, measured);
+    with ``transpose_a`` it is 2x slower, hence the explicit transpose.
     """
     x = sp.csr_matrix(x)
     x.sort_indices()
@@ -789,19 +750,18 @@ def _fit_group(
     """
     g, c, num_classes = len(l2s), columns.num_cols, columns.of_class.size
     state = _Members(x_train, l2s, columns, bias_init, learning_rate)
+    n_eval = x_eval.shape[0]
+    chunk = max(1, min(eval_chunk_size, _ACTIVATION_BUDGET // (g * max(c, num_classes))))
+    chunks = [
+        (rows, state.feed(x_eval[rows]))
+        for rows in (np.arange(s, min(n_eval, s + chunk)) for s in range(0, n_eval, chunk))
+    ]
 
     def evaluate(members: Sequence[int]) -> dict[int, np.ndarray]:
         """Per-row eval values of the current members (all classes scored)."""
-        wn, bn = state.weights()
-        wn = wn.reshape(wn.shape[0], -1)
-        bn = bn.reshape(-1)
-        n_eval = x_eval.shape[0]
         values = {j: np.zeros(n_eval) for j in members}
-        gs = len(state.members)
-        chunk = max(1, min(eval_chunk_size, _ACTIVATION_BUDGET // (gs * max(c, num_classes))))
-        for s in range(0, n_eval, chunk):
-            rows = np.arange(s, min(n_eval, s + chunk))
-            z = (_matmul(x_eval[rows], wn) + bn).reshape(rows.size, gs, c)
+        for rows, xb in chunks:
+            z = state.scores(xb)
             for j in members:
                 zj = z[:, state.members.index(j), :]
                 values[j][rows] = eval_metric(zj[:, columns.of_class] if columns.tied else zj, rows)
@@ -824,21 +784,12 @@ def _fit_group(
         state.epoch(y32, rng.permutation(y32.size), batch_size)
         alive = [j for j in range(g) if not stopped[j]]
         values = evaluate(alive)
-        wn = bn = None
         for j in alive:
             best[j]["epochs_run"] = epoch
             score = float(values[j].mean())
             if score > best[j]["eval_metric"]:
-                if wn is None:
-                    wn, bn = state.weights()
-                p = state.members.index(j)
-                best[j].update(
-                    eval_metric=score,
-                    values=values[j],
-                    best_epoch=epoch,
-                    w=wn[:, p, :].copy(),
-                    b=bn[p].copy(),
-                )
+                w, b = state.member(j)
+                best[j].update(eval_metric=score, values=values[j], best_epoch=epoch, w=w, b=b)
                 stale[j] = 0
             else:
                 stale[j] += 1

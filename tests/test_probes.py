@@ -596,11 +596,3 @@ def test_sparse_probe_equals_the_dense_computation_and_the_plain_one():
     assert np.all(fast.weights[50:] == 0)  # features absent from train: no weight
     with pytest.raises(ValueError, match="standardize"):
         probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, standardize=True, **kw)
-
-
-def test_sparse_products_are_bitwise_those_of_scipy():
-    x = sp.random(300, 500, density=0.05, format="csr", dtype=np.float32, random_state=0)
-    w = np.random.default_rng(0).normal(size=(500, 700)).astype(np.float32)
-    # Large enough for row blocks on threads and column blocks.
-    np.testing.assert_array_equal(probes._spmm(x, w, block_cols=128), x @ w)
-    np.testing.assert_array_equal(probes._spmm(x[:5], w[:, :3]), x[:5] @ w[:, :3])
