@@ -67,9 +67,12 @@ def ml1m_like(args) -> pp.PreprocessConfig:
 
 def history_stats(data: ev.EvalData) -> str:
     lengths = np.concatenate([ev._extents(data.history[s]) for s in ev.SPLITS])
+    bag = probes.bag_of_items_features(data.history["train"], data.num_items)
     return (
         f"history lengths: median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
-        f"{np.mean(lengths == data.width):.0%} at the cap {data.width}"
+        f"{np.mean(lengths == data.width):.0%} at the cap {data.width}; distinct items per "
+        f"train history (the bag-of-items nonzeros) {bag.nnz / bag.shape[0]:.1f} "
+        "(ML-1M has no repeats: as many as its length)"
     )
 
 
