@@ -43,30 +43,41 @@ projection to ``--bag_projection_dim`` when the catalog exceeds
 architecture, freshly initialized with the run's seed).
 
 Cost. One probe per (model, task, fraction, seed); the whole L2 grid trains
-at once, and probes stop early (on the synthetic default data the chosen
-epoch was at most ~45 of the allowed 200). Measured on the synthetic default
-(6k users, 1.5k items; 5 fractions x 3 seeds x 4 tasks = 60 probes per model)
-on 2 heavily shared CPU cores: ~2-3 min per trained model or the untrained
-encoder, ~13 min for the bag-of-items floor (its next-item probe is a sparse
-[1.5k x 1.5k] softmax), ~24 min in all (measured with a 4-value L2 grid; the default grid now has 6
-values, trained jointly, so expect up to ~1.5x). Cheaper: fewer ``--label_fractions``
-or ``--seeds``, ``--l2_grid=1e-3``, ``--probe_max_epochs=30``,
-``--bag_projection_above=1000`` (a dense random projection of the bag), or
-``--no-floors`` when the floors are already known. Results are cached per
-(model, task, fraction, seed) in ``<output_dir>/cache/`` and reused when the
-run (its checkpoint) and the evaluation settings are unchanged, so an
+at once, probes stop early, and `bt_tf.probes.train_softmax_probe` skips the
+work that cannot change a result (classes that are no train label share one
+weight column, stopped grid members leave the stacked weights, sparse
+features multiply as CSR matrices). `python -m benchmarks.evaluate` measures
+one run's full evaluation (6k users with ML-1M-like history lengths, 3.5k
+items, 18 genres, 4 tasks, 5 fractions x 3 seeds, every floor) per stage:
+~280 s of CPU time in all, ~130 s of it the bag-of-items next-item probe,
+which alone took ~340 s of CPU per seed at fraction 1.0 before (same
+results). Each stage's wall and CPU time is logged and written to
+``<output_dir>/timings.json``. Cheaper: fewer ``--label_fractions`` or
+``--seeds``, ``--l2_grid=1e-3``, ``--probe_max_epochs=30``, or ``--no-floors``
+when the floors are already known.
+
+Caches (``--cache``, on by default), in ``<output_dir>/cache/``: every run's
+and the untrained encoder's user and item embeddings
+(``embeddings/<model>.npz``), computed once and reused by every (task,
+fraction, seed) and every rerun while the run's latest checkpoint (its path
+and the checksums in its ``.index`` file) and the data (metadata, width, user
+ids) are unchanged; and the result rows per (model, task, fraction, seed),
+reused while the checkpoint and the evaluation settings are unchanged, so an
 interrupted evaluation resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import resource
 import sys
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -89,6 +100,9 @@ __all__ = [
     "run_names",
     "restore_run",
     "embed_users",
+    "checkpoint_fingerprint",
+    "data_fingerprint",
+    "cached_embeddings",
     "evaluate_features",
     "floor_rows",
     "evaluate_runs",
@@ -101,6 +115,8 @@ LIKED_ITEM = probes.LIKED_ITEM
 DEFAULT_TASKS = (NEXT_ITEM, FAVORITE_GENRE, LIKED_ITEM)  # + every attr_<name> of the data
 SPLITS = F.SPLITS
 CACHE_DIR = "cache"
+EMBEDDINGS_DIR = "embeddings"  # under CACHE_DIR
+TIMINGS_FILE = "timings.json"
 
 _KEEP = (
     F.USER_ID,
@@ -336,12 +352,23 @@ def untrained_encoder(config: Mapping[str, Any]):
     return encoder
 
 
+def _extents(items: np.ndarray) -> np.ndarray:
+    """``[n]`` one past each row's last non-padding position (0 for an empty row)."""
+    real = items != F.PAD_ID
+    last = items.shape[1] - np.argmax(real[:, ::-1], axis=1)
+    return np.where(real.any(axis=1), last, 0)
+
+
 def embed_users(encoder, data: EvalData, *, batch_size: int = 512) -> dict[str, np.ndarray]:
     """split -> float32 ``[n_split, d]`` frozen embeddings, aligned with ``data``'s users.
 
     Feeds ``data.history`` (the ``items`` batches `embed_split` reads, kept by
-    `load_eval_data`) through ``encoder(items, training=False)`` in batches, so
-    the splits are read from disk once for all models, not once per model.
+    `load_eval_data`) through ``encoder(items, training=False)``, so the splits
+    are read from disk once for all models, not once per model. Users go in
+    order of history length and each batch is cut to its longest history:
+    padding never reaches the encoder's output (it is masked), and with
+    ML-1M-like lengths (median ~80 of 200) it takes 0.56x the CPU time of
+    full-width batches (7.9 s instead of 14.0 s for 6k users, d 64, 2 blocks).
     """
     forward = tf.function(
         lambda items: encoder(items, training=False),
@@ -350,11 +377,118 @@ def embed_users(encoder, data: EvalData, *, batch_size: int = 512) -> dict[str, 
     out = {}
     for split in SPLITS:
         items = data.history[split].astype(np.int32)
-        parts = [
-            forward(items[s : s + batch_size]).numpy() for s in range(0, len(items), batch_size)
-        ]
-        out[split] = np.concatenate(parts).astype(np.float32)
+        extents = _extents(items)
+        order = np.argsort(extents, kind="stable")
+        parts = []
+        for s in range(0, len(items), batch_size):
+            idx = order[s : s + batch_size]
+            width = max(1, int(extents[idx].max()))
+            parts.append(forward(items[idx, :width]).numpy())
+        emb = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
+        out[split] = np.empty_like(emb)
+        out[split][order] = emb
     return out
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_fingerprint(run_dir: str) -> dict:
+    """What identifies a run's latest checkpoint: its path and the SHA-256 of its
+    ``.index`` file, which holds a CRC32C of every saved tensor, so retrained
+    weights give a new fingerprint even under the same name."""
+    path = _latest_checkpoint(run_dir)
+    return {
+        "run_dir": os.path.abspath(run_dir),
+        "checkpoint": path,
+        "index_sha256": _sha256_file(path + ".index"),
+    }
+
+
+def data_fingerprint(data: EvalData) -> dict:
+    """What identifies the evaluated users: the artifact's metadata, the width
+    and every split's user ids in order."""
+    ids = hashlib.sha256()
+    for split in SPLITS:
+        ids.update(split.encode())
+        for user in data.user_ids[split]:
+            ids.update(user if isinstance(user, bytes) else str(user).encode())
+            ids.update(b"\0")
+    return {
+        "artifact_dir": os.path.abspath(data.artifact_dir),
+        "metadata_sha256": _sha256_file(os.path.join(data.artifact_dir, F.METADATA_FILE)),
+        "width": int(data.width),
+        "user_ids_sha256": ids.hexdigest(),
+    }
+
+
+def cached_embeddings(
+    cache_dir: str | None, name: str, fingerprint: Mapping[str, Any], compute
+) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+    """``compute() -> (split -> user embeddings, item embeddings)``, stored in
+    ``<cache_dir>/embeddings/<name>.npz`` under ``fingerprint`` (the run's
+    checkpoint and the data) and read back while it matches.
+
+    Returns (user embeddings, item embeddings, whether they came from the cache).
+    """
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+    path = None
+    if cache_dir is not None:
+        path = os.path.join(cache_dir, EMBEDDINGS_DIR, urllib.parse.quote(name, safe="") + ".npz")
+        if os.path.exists(path):
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if str(z["fingerprint"]) == key:
+                        return {s: z[s] for s in SPLITS}, z["items"], True
+            except (OSError, ValueError, KeyError) as err:  # unreadable: recompute
+                logging.warning("ignoring embedding cache %s: %s", path, err)
+    emb, items = compute()
+    if path is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, fingerprint=np.array(key), items=items, **emb)
+        os.replace(tmp, path)  # never a half-written cache
+    return emb, items, False
+
+
+# --------------------------------------------------------------------------
+# Stage timings
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class StageClock:
+    """Wall and CPU time per stage; ``records`` is a list of
+    ``{"stage", "wall_s", "cpu_s"}``. CPU time is this process's (every
+    thread): on a shared machine it is the figure that does not depend on the
+    other users' load."""
+
+    def __init__(self, records: list | None = None):
+        self.records = records if records is not None else []
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        try:
+            yield
+        finally:
+            record = {
+                "stage": stage,
+                "wall_s": round(time.perf_counter() - wall, 3),
+                "cpu_s": round(_cpu_seconds() - cpu, 3),
+            }
+            self.records.append(record)
+            logging.info("time %s: wall %.1fs, cpu %.1fs", stage, record["wall_s"], record["cpu_s"])
 
 
 # --------------------------------------------------------------------------
@@ -424,6 +558,7 @@ def evaluate_features(
     cache_dir: str | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    clock: StageClock | None = None,
 ) -> list[dict]:
     """`probes.evaluate_embeddings` for one model, one (task, fraction, seed) at a time.
 
@@ -440,6 +575,7 @@ def evaluate_features(
             reused (None: no cache); ``fingerprint`` identifies the features
             (e.g. the run's checkpoint).
         extra: fields added to every row (e.g. ``run_dir``, ``batch_size``).
+        clock: records the time of each task (stage ``"<model>: <task>"``).
     """
     tasks = list(data.labels) if tasks is None else list(tasks)
     fp = {
@@ -450,41 +586,52 @@ def evaluate_features(
         "width": data.width,
     }
     cache = _Cache(cache_dir, model, fp)
+    clock = clock or StageClock()
     rows: list[dict] = []
     for task in tasks:
-        for fraction in fractions:
-            for seed in seeds:
-                key = cache.key(task, fraction, seed)
-                cached = cache.get(key)
-                if cached is not None:
-                    logging.info("%s %s fraction=%g seed=%d: cached", model, task, fraction, seed)
-                    rows += _none_to_nan(cached)
-                    continue
-                new = probes.evaluate_embeddings(
-                    emb,
-                    {task: data.labels[task]},
-                    model=model,
-                    fractions=[fraction],
-                    seeds=[seed],
-                    num_items=data.num_items,
-                    item_emb=item_emb,
-                    history=data.history,
-                    exclude_history=settings.exclude_history,
-                    k=settings.k,
-                    min_selection_users=settings.min_selection_users,
-                    probe_kwargs=settings.probe_kwargs(),
-                )
-                new = [dict(r, **(extra or {})) for r in new]
-                logging.info(
-                    "%s %s fraction=%g seed=%d: %s",
-                    model,
-                    task,
-                    fraction,
-                    seed,
-                    ", ".join(f"{r['metric']}={r['value']:.4f}" for r in new),
-                )
-                cache.put(key, _nan_to_none(new))
-                rows += new
+        with clock(f"{model}: {task}"):
+            rows += _task_rows(
+                model, emb, data, task, fractions, seeds, item_emb, settings, cache, extra
+            )
+    return rows
+
+
+def _task_rows(model, emb, data, task, fractions, seeds, item_emb, settings, cache, extra):
+    """Rows of one task for every (fraction, seed), from the cache where it has them."""
+    rows: list[dict] = []
+    for fraction in fractions:
+        for seed in seeds:
+            key = cache.key(task, fraction, seed)
+            cached = cache.get(key)
+            if cached is not None:
+                logging.info("%s %s fraction=%g seed=%d: cached", model, task, fraction, seed)
+                rows += _none_to_nan(cached)
+                continue
+            new = probes.evaluate_embeddings(
+                emb,
+                {task: data.labels[task]},
+                model=model,
+                fractions=[fraction],
+                seeds=[seed],
+                num_items=data.num_items,
+                item_emb=item_emb,
+                history=data.history,
+                exclude_history=settings.exclude_history,
+                k=settings.k,
+                min_selection_users=settings.min_selection_users,
+                probe_kwargs=settings.probe_kwargs(),
+            )
+            new = [dict(r, **(extra or {})) for r in new]
+            logging.info(
+                "%s %s fraction=%g seed=%d: %s",
+                model,
+                task,
+                fraction,
+                seed,
+                ", ".join(f"{r['metric']}={r['value']:.4f}" for r in new),
+            )
+            cache.put(key, _nan_to_none(new))
+            rows += new
     return rows
 
 
@@ -496,9 +643,40 @@ def floor_rows(
     tasks: Sequence[str] | None = None,
     settings: EvalSettings = EvalSettings(),
     cache_dir: str | None = None,
+    clock: StageClock | None = None,
 ) -> list[dict]:
-    """Label-only floors (``majority``, ``popularity``) and the ``bag_of_items`` probe."""
+    """Label-only floors (``majority``, ``popularity``) and the ``bag_of_items`` probe
+    (sparse history counts unless the catalog exceeds ``bag_projection_above``)."""
     tasks = list(data.labels) if tasks is None else list(tasks)
+    clock = clock or StageClock()
+    with clock("majority + popularity"):
+        rows = _label_floors(data, fractions, seeds, tasks, settings)
+    projection = (
+        settings.bag_projection_dim if data.num_items > settings.bag_projection_above else None
+    )
+    with clock("bag_of_items: features"):
+        bag = {
+            s: probes.bag_of_items_features(
+                data.history[s], data.num_items, projection_dim=projection, seed=0
+            )
+            for s in SPLITS
+        }
+    rows += evaluate_features(
+        "bag_of_items",
+        bag,
+        data,
+        fractions=fractions,
+        seeds=seeds,
+        tasks=tasks,
+        settings=settings,
+        cache_dir=cache_dir,
+        fingerprint={"projection_dim": projection},
+        clock=clock,
+    )
+    return rows
+
+
+def _label_floors(data, fractions, seeds, tasks, settings) -> list[dict]:
     rows = probes.majority_floor(
         {t: data.labels[t] for t in tasks if t != NEXT_ITEM}, fractions=fractions, seeds=seeds
     )
@@ -512,26 +690,6 @@ def floor_rows(
             seeds=seeds,
             k=settings.k,
         )
-    projection = (
-        settings.bag_projection_dim if data.num_items > settings.bag_projection_above else None
-    )
-    bag = {
-        s: probes.bag_of_items_features(
-            data.history[s], data.num_items, projection_dim=projection, seed=0
-        )
-        for s in SPLITS
-    }
-    rows += evaluate_features(
-        "bag_of_items",
-        bag,
-        data,
-        fractions=fractions,
-        seeds=seeds,
-        tasks=tasks,
-        settings=settings,
-        cache_dir=cache_dir,
-        fingerprint={"projection_dim": projection},
-    )
     return rows
 
 
@@ -570,6 +728,7 @@ def evaluate_runs(
     baseline: str = "de",
     compare: Sequence[str] = ("bt", "bt+de"),
     title: str = "Downstream evaluation",
+    timings: list | None = None,
 ) -> list[dict]:
     """Evaluates trained runs (and the floors) on every task; writes the report.
 
@@ -582,10 +741,16 @@ def evaluate_runs(
         include_floors: add majority / popularity / bag-of-items / untrained.
         names: model names (default `run_names`).
         settings: probe and task settings.
-        cache: reuse finished (model, task, fraction, seed) results in
-            ``out_dir/cache``.
-        write: write ``report.md``, ``results.json`` and plots to ``out_dir``.
+        cache: reuse the user embeddings of every run and floor encoder
+            (``out_dir/cache/embeddings/``, keyed by the checkpoint and the
+            data) and finished (model, task, fraction, seed) results
+            (``out_dir/cache/<model>.json``).
+        write: write ``report.md``, ``results.json``, ``timings.json`` and
+            plots to ``out_dir``.
         baseline, compare: the relative-improvement table of the report.
+        timings: if given, a list that gets one ``{"stage", "wall_s",
+            "cpu_s"}`` per stage (loading, each model's embedding, each
+            model's and floor's tasks, the report); every stage is also logged.
 
     Returns:
         Result rows (`probes.evaluate_embeddings` layout); rows of runs also
@@ -613,9 +778,12 @@ def evaluate_runs(
         raise ValueError(f"names {names} must be unique, one per run dir.")
     cache_dir = os.path.join(out_dir, CACHE_DIR) if (cache and out_dir) else None
 
-    data = load_eval_data(
-        artifact_dir, width=widths.pop(), tasks=tasks, liked_threshold=settings.liked_threshold
-    )
+    clock = StageClock(timings)
+    with clock("load data"):
+        data = load_eval_data(
+            artifact_dir, width=widths.pop(), tasks=tasks, liked_threshold=settings.liked_threshold
+        )
+        data_fp = data_fingerprint(data)
     tasks = list(data.labels)
     common = dict(
         data=data,
@@ -624,6 +792,7 @@ def evaluate_runs(
         tasks=tasks,
         settings=settings,
         cache_dir=cache_dir,
+        clock=clock,
     )
     rows: list[dict] = []
     for run_dir, config, name in zip(run_dirs, configs, names):
@@ -631,9 +800,17 @@ def evaluate_runs(
             logging.warning(
                 "%s has no metrics.json (unfinished?); using its best epoch so far", run_dir
             )
-        checkpoint = _latest_checkpoint(run_dir)
-        encoder, item_emb, _ = restore_run(run_dir)
-        emb = embed_users(encoder, data, batch_size=settings.embed_batch_size)
+        checkpoint = checkpoint_fingerprint(run_dir)
+
+        def embed_run(run_dir=run_dir):
+            encoder, item_emb, _ = restore_run(run_dir)
+            return embed_users(encoder, data, batch_size=settings.embed_batch_size), item_emb
+
+        with clock(f"{name}: embed"):
+            emb, item_emb, hit = cached_embeddings(
+                cache_dir, name, {"run": checkpoint, "data": data_fp}, embed_run
+            )
+        logging.info("%s: embeddings %s", name, "cached" if hit else "computed")
         extra = dict(
             run_dir=run_dir,
             model_type=config.get("model", "bt"),
@@ -642,20 +819,10 @@ def evaluate_runs(
             steps_per_epoch=int(config.get("steps_per_epoch") or 0),
         )
         rows += evaluate_features(
-            name,
-            emb,
-            item_emb=item_emb,
-            fingerprint={
-                "run_dir": os.path.abspath(run_dir),
-                "checkpoint": checkpoint,
-                # A run deleted and retrained to the same epoch reuses the name.
-                "written": tf.io.gfile.stat(checkpoint + ".index").mtime_nsec,
-            },
-            extra=extra,
-            **common,
+            name, emb, item_emb=item_emb, fingerprint=checkpoint, extra=extra, **common
         )
     if include_floors:
-        rows += floor_rows(**{k: v for k, v in common.items() if k != "data"}, data=data)
+        rows += floor_rows(**common)
         architectures: dict[str, list[str]] = {}
         for config, name in zip(configs, names):
             key = json.dumps([config["encoder"], int(config.get("seed", 0))], sort_keys=True)
@@ -663,25 +830,35 @@ def evaluate_runs(
         for key, members in architectures.items():
             kwargs, seed = json.loads(key)
             floor = "untrained" if len(architectures) == 1 else f"untrained({members[0]})"
-            encoder = untrained_encoder({"encoder": kwargs, "seed": seed})
-            rows += evaluate_features(
-                floor,
-                embed_users(encoder, data, batch_size=settings.embed_batch_size),
-                item_emb=encoder.item_embedding.embeddings.numpy(),
-                fingerprint={"encoder": kwargs, "seed": seed},
-                **common,
-            )
+            floor_fp = {"encoder": kwargs, "seed": seed}
+
+            def embed_untrained(kwargs=kwargs, seed=seed):
+                encoder = untrained_encoder({"encoder": kwargs, "seed": seed})
+                emb = embed_users(encoder, data, batch_size=settings.embed_batch_size)
+                return emb, encoder.item_embedding.embeddings.numpy()
+
+            with clock(f"{floor}: embed"):
+                emb, item_emb, _ = cached_embeddings(
+                    cache_dir,
+                    floor,
+                    {"untrained": floor_fp, "tensorflow": tf.__version__, "data": data_fp},
+                    embed_untrained,
+                )
+            rows += evaluate_features(floor, emb, item_emb=item_emb, fingerprint=floor_fp, **common)
     if write:
         if out_dir is None:
             raise ValueError("write=True needs an out_dir.")
-        paths = report.write_report(
-            rows,
-            out_dir,
-            baseline=baseline,
-            compare=compare,
-            title=title,
-            protocol=settings.protocol(),
-        )
+        with clock("report"):
+            paths = report.write_report(
+                rows,
+                out_dir,
+                baseline=baseline,
+                compare=compare,
+                title=title,
+                protocol=settings.protocol(),
+            )
+        with open(os.path.join(out_dir, TIMINGS_FILE), "w") as f:
+            json.dump({"stages": clock.records, "cpu_count": os.cpu_count()}, f, indent=1)
         logging.info("wrote %s", paths["markdown"])
     return rows
 

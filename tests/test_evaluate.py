@@ -7,11 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from bt_tf import config as cfg
 from bt_tf import evaluate as ev
+from bt_tf import export, probes, train
 from bt_tf import input as bt_input
-from bt_tf import probes, train
 from bt_tf.embeddings import embed_split
 from tests.tiny import TINY_FLAGS as TINY
 
@@ -194,3 +195,88 @@ def test_run_names_are_unique():
     assert ev.run_names(configs, ["runs/a_bt", "runs/b_bt", "runs/x"]) == ["a_bt", "b_bt", "de"]
     assert ev.run_names(configs[:2], ["x/bt", "y/bt/"]) == ["bt", "bt-2"]
     assert ev.run_names([{"model": "bt+de"}], ["r"]) == ["bt+de"]
+
+
+class CountingEncoder:
+    """The real encoder, counting the user rows it embeds (a TF variable, so
+    every run of a traced function counts, not only its tracing)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.rows = tf.Variable(0, dtype=tf.int64)
+
+    def __call__(self, items, training=False):
+        self.rows.assign_add(tf.cast(tf.shape(items)[0], tf.int64))
+        return self.encoder(items, training=training)
+
+    def __getattr__(self, name):  # item_embedding, output_dim, ...
+        return getattr(self.encoder, name)
+
+
+def test_embeddings_are_cached_on_disk_until_the_checkpoint_changes(runs, tmp_path, monkeypatch):
+    run = tmp_path / "bt"
+    shutil.copytree(runs["bt"], run)
+    encoders = []
+
+    def counting(make):
+        def wrapper(*args, **kwargs):
+            out = make(*args, **kwargs)
+            encoder = out[0] if isinstance(out, tuple) else out
+            encoders.append(CountingEncoder(encoder))
+            return (encoders[-1], *out[1:]) if isinstance(out, tuple) else encoders[-1]
+
+        return wrapper
+
+    monkeypatch.setattr(ev, "restore_run", counting(ev.restore_run))
+    monkeypatch.setattr(ev, "untrained_encoder", counting(ev.untrained_encoder))
+    out = tmp_path / "report"
+    kwargs = dict(label_fractions=[1.0], seeds=1, tasks=["favorite_genre"], settings=QUICK)
+
+    def evaluate(write=False):
+        encoders.clear()
+        for rows_cache in (out / "cache").glob("*.json"):  # probe rows: recompute them
+            rows_cache.unlink()
+        timings = []
+        rows = ev.evaluate_runs([str(run)], str(out), timings=timings, write=write, **kwargs)
+        return rows, sum(int(e.rows.numpy()) for e in encoders), timings
+
+    first, embedded, timings = evaluate(write=True)
+    n_users = sum(
+        len(v) for v in ev.load_eval_data(_artifact(str(run)), tasks=[]).user_ids.values()
+    )
+    assert embedded == 2 * n_users  # the run and the untrained floor, every user once
+    stages = [t["stage"] for t in timings]
+    for stage in ("load data", "bt: embed", "bt: favorite_genre", "untrained: embed",
+                  "bag_of_items: favorite_genre", "report"):  # fmt: skip
+        assert stage in stages
+    assert all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in timings)
+    assert json.loads((out / ev.TIMINGS_FILE).read_text())["stages"] == timings
+
+    again, embedded, _ = evaluate()  # a rerun: embeddings from the cache, probes rerun
+    assert embedded == 0 and encoders == []  # nothing restored, nothing embedded
+    assert again == first
+
+    # New weights under the SAME checkpoint name: the cache must notice.
+    cached = dict(np.load(out / "cache" / ev.EMBEDDINGS_DIR / "bt.npz"))
+    encoder, _ = export.restore_encoder(str(run))
+    for v in encoder.weights:
+        v.assign(v + 0.5)
+    path = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder))
+    assert checkpoint.save(str(run / "checkpoints" / "ckpt")) == path  # overwritten in place
+    _, embedded, _ = evaluate()
+    assert embedded == n_users  # only the run: the untrained floor is unchanged
+    recached = dict(np.load(out / "cache" / ev.EMBEDDINGS_DIR / "bt.npz"))
+    assert not np.allclose(recached["train"], cached["train"])
+    assert str(recached["fingerprint"]) != str(cached["fingerprint"])
+
+
+def test_length_sorted_batches_embed_like_full_width_ones(runs):
+    data = ev.load_eval_data(_artifact(runs["bt"]), tasks=[])
+    encoder, _, _ = ev.restore_run(runs["bt"])
+    lengths = ev._extents(data.history["train"])
+    assert lengths.min() < lengths.max()  # so the batches really are cut to different widths
+    small = ev.embed_users(encoder, data, batch_size=5)  # many batches, each cut to its longest
+    for split in ev.SPLITS:
+        full = encoder(tf.constant(data.history[split], tf.int32), training=False).numpy()
+        np.testing.assert_allclose(small[split], full, rtol=1e-5, atol=1e-5)

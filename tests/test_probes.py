@@ -576,3 +576,66 @@ def test_next_item_probe_on_noise_starts_from_the_popularity_ranking():
     for r in rows:
         if r["metric"] == "hr@10":
             assert abs(r["value"] - pop[r["fraction"]]) <= 2 * np.sqrt(0.21 / 800) + 0.01, r
+
+
+# --------------------------------------------------------------------------
+# Speed without changing results: sparse arithmetic and exact shortcuts
+# --------------------------------------------------------------------------
+
+
+def _bag_world(n, seed):
+    """Next-item-like data on bag-of-items features: 60 classes of which the
+    train labels use only ~20 (the others share one weight column), items
+    50..59 only ever in eval histories (dropped train feature columns)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(3, 23, n)  # labels 3..22 of 60 classes
+    hist = np.concatenate(
+        [y[:, None] + 20 * rng.integers(0, 2, (n, 3)), rng.integers(3, 50, (n, 3))], 1
+    )
+    if seed == 2:  # eval: histories reach items unseen in train
+        hist[:, -1] = rng.integers(50, 60, n)
+    return probes.bag_of_items_features(hist, 60), y
+
+
+def test_sparse_probe_equals_the_dense_computation_and_the_plain_one():
+    x_tr, y_tr = _bag_world(240, seed=1)
+    x_ev, y_ev = _bag_world(80, seed=2)
+    assert sp.issparse(x_tr) and np.unique(x_tr.indices).size < 60
+    kw = dict(
+        l2_grid=(10.0, 1e-2, 1e-4), max_epochs=30, patience=3, min_epochs=4, batch_size=64,
+        learning_rate=0.05, seed=3,
+    )  # fmt: skip
+    fast = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, **kw)
+    dense = probes.train_softmax_probe(
+        x_tr.toarray(), y_tr, x_ev.toarray(), y_ev, 60, standardize=False, **kw
+    )
+    plain = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, shortcuts=False, **kw)
+    # The members stop at different epochs, so dropping stopped members is exercised.
+    assert len({m["epochs_run"] for m in fast.selection}) > 1
+    assert fast.best_epoch > 0  # a trained member, not the prior, was chosen
+    for other in (dense, plain):
+        assert [(m["l2"], m["best_epoch"], m["epochs_run"]) for m in other.selection] == [
+            (m["l2"], m["best_epoch"], m["epochs_run"]) for m in fast.selection
+        ]
+        assert (other.l2, other.best_epoch) == (fast.l2, fast.best_epoch)
+        np.testing.assert_allclose(other.weights, fast.weights, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(other.bias, fast.bias, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            other.predict_scores(x_ev), fast.predict_scores(x_ev), rtol=1e-4, atol=1e-4
+        )
+    # Classes that are no train label keep identical weights: one shared column.
+    unseen = np.setdiff1d(np.arange(60), y_tr)
+    assert np.all(fast.weights[:, unseen] == fast.weights[:, unseen[:1]])
+    assert np.all(fast.weights[50:] == 0)  # features absent from train: no weight
+    # With a popularity prior, unseen classes share columns by equal prior count.
+    counts = np.random.default_rng(4).integers(0, 4, 60)
+    fast_pop = probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, prior_counts=counts, **kw)
+    plain_pop = probes.train_softmax_probe(
+        x_tr, y_tr, x_ev, y_ev, 60, prior_counts=counts, shortcuts=False, **kw
+    )
+    assert (plain_pop.l2, plain_pop.best_epoch) == (fast_pop.l2, fast_pop.best_epoch)
+    np.testing.assert_allclose(plain_pop.weights, fast_pop.weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(plain_pop.bias, fast_pop.bias, rtol=1e-4, atol=1e-5)
+    assert len(np.unique(fast_pop.bias[unseen])) > 1  # the prior differs across them
+    with pytest.raises(ValueError, match="standardize"):
+        probes.train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, standardize=True, **kw)
