@@ -115,14 +115,14 @@ def main_configs(
     """
     unknown = [m for m in models if m not in cfg.MODELS]
     if unknown or not models:
-        raise ValueError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
+        raise UserError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
     out = {}
     for m in models:
         c = (own or {}).get(m, base)
         if c.model != m and c is not base:
-            raise ValueError(f"the settings given for {m} set model={c.model!r}")
+            raise UserError(f"the settings given for {m} set model={c.model!r}")
         if c.data != base.data:
-            raise ValueError(
+            raise UserError(
                 f"the settings given for {m} change data settings; pass data flags "
                 "(e.g. --max_len) to every model alike"
             )
@@ -179,7 +179,7 @@ def ablation_configs(
     """
     too_big = [b for b in batch_sizes if b > num_train_users]
     if too_big and not skip_too_big:
-        raise ValueError(
+        raise UserError(
             f"--batch_sizes {too_big} exceed the {num_train_users} train users; drop them."
         )
     if too_big:

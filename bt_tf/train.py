@@ -617,6 +617,8 @@ def build_parser(argv=None):
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = cfg.parse(argv, description=cli.summary(__doc__), prog=PROG)
+    if config.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
+        raise UserError("--strategy=multi_worker needs TF_CONFIG describing the cluster")
     return train(dataclasses.replace(config))
 
 

@@ -180,6 +180,29 @@ def test_run_main_exit_codes(capsys):
     assert isinstance(parser.parse_args([]), argparse.Namespace)
 
 
+def test_start_up_output_is_held_back_unless_the_start_fails():
+    """What libraries print while they are imported (C++ code writes to file descriptor 2)
+    is dropped once `run_main` starts, and shown if the program dies before."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    start = "import os; from bt_tf import cli; cli.startup([]); os.write(2, b'import noise\\n'); "
+    runs = {
+        "ok": start + "cli.run_main(lambda argv: print('ran'), [])",
+        "dies": start + "raise SystemExit('start-up failed')",
+        "verbose": "import os; from bt_tf import cli; cli.startup(['--verbose']); "
+        "os.write(2, b'import noise\\n'); cli.run_main(lambda argv: 0, ['--verbose'])",
+    }
+    done = {
+        name: subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO
+        )
+        for name, code in runs.items()
+    }
+    assert (done["ok"].returncode, done["ok"].stdout, done["ok"].stderr) == (0, "ran\n", "")
+    assert done["dies"].returncode == 1
+    assert done["dies"].stderr == "import noise\nstart-up failed\n"
+    assert (done["verbose"].returncode, done["verbose"].stderr) == (0, "import noise\n")
+
+
 # --------------------------------------------------------------------------
 # As subprocesses
 

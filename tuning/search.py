@@ -190,7 +190,7 @@ def _comparable(search: SearchConfig, base: cfg.TrainConfig) -> dict:
 def prepare(search: SearchConfig, base: cfg.TrainConfig) -> None:
     """Starts over (``overwrite``) or checks that a rerun continues the same search.
 
-    Writes ``search_config.json``. Raises ValueError naming the differing
+    Writes ``search_config.json``. Raises UserError (a ValueError) naming the differing
     settings when the directory holds a different search.
     """
     os.makedirs(search.output_dir, exist_ok=True)
@@ -215,7 +215,7 @@ def prepare(search: SearchConfig, base: cfg.TrainConfig) -> None:
             if (old[part] or {}).get(key) != new[part].get(key)
         ]
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{search.output_dir} holds a search with different settings "
                 f"({', '.join(changed)}); rerun with the same flags to continue it (only "
                 f"{', '.join(_RERUN_CHANGES)} may change), or pass --overwrite or another "
@@ -484,7 +484,7 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         "--overwrite",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="start the search over (delete OUTPUT_DIR/search)",
+        help="start the search over (delete the trials and reports in OUTPUT_DIR)",
     )
     if passed:
         cli.add_passed_flags(p, TRAINING_GROUP, cfg.add_flags)
