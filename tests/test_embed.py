@@ -182,7 +182,7 @@ def test_rerun_resumes_a_deleted_part_with_the_same_bytes(run, tmp_path):
 
     # Other settings into the same directory: a one-line usage error, nothing touched.
     with pytest.raises(SystemExit) as exit_info:
-        embed.main([*args, *FLAGS, "--format=tfrecord"])
+        cli.run_main(embed.main, [*args, *FLAGS, "--format=tfrecord"])
     assert exit_info.value.code == 2
     assert _files(out) == before
 
