@@ -207,6 +207,7 @@ def test_start_up_output_is_held_back_unless_the_start_fails():
 # As subprocesses
 
 
+@pytest.mark.slow  # seven TensorFlow start-ups (~45 s on 2 cores); in process: above
 def test_help_of_every_entry_point():
     results = _finish({m: _start(m, "--help") for m in ENTRY_POINTS})
     for module, (code, stdout, stderr) in results.items():
