@@ -14,7 +14,9 @@ setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
-        "tensorflow-recommenders>=0.7.3,<0.8",
+        # 0.7.6: the first release whose tfrs.tasks.Retrieval.call takes score_mask (0.7.3
+        # lacks it; 0.7.4 and 0.7.5 were never published), used by bt_tf.dual_encoder.
+        "tensorflow-recommenders>=0.7.6,<0.8",
         "tensorboard>=2.21,<2.22",  # tf.keras.callbacks.TensorBoard (not pulled in by TF 2.21)
         "tensorflow-datasets>=4.9.7,<5",
         "importlib-resources>=6",  # used by TFDS to build datasets, undeclared there

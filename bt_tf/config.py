@@ -31,11 +31,36 @@ import json
 import os
 from collections.abc import Sequence
 
+from bt_tf import augment as aug
+from bt_tf import cli, encoders
+from bt_tf.errors import UserError
 from pipelines import preprocess as pp
 
 MODELS = ("bt", "de", "bt+de")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+ENCODERS = encoders.KINDS
+POOLINGS = encoders.POOLINGS
+
+
+def check_projector(spec: str) -> str:
+    """A `--projector` value ("1024-1024-1024"), or ValueError saying what is wrong."""
+    encoders.parse_projector_spec(spec)
+    return spec
+
+
+def check_augment(spec: str) -> str:
+    """An `--augment` value ("mask:0.3,reorder:0.3"), or ValueError saying what is wrong."""
+    aug.AugmentPolicy.from_string(spec)
+    return spec
+
+
+def check_buckets(spec: str) -> str:
+    """A `--bucket_boundaries` value ("auto", "" or "25,50,100"), or ValueError."""
+    from bt_tf.input import parse_bucket_boundaries
+
+    parse_bucket_boundaries(spec)
+    return spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +122,15 @@ class TrainConfig:
             raise ValueError("--steps_per_epoch must be >= 0 and --min_steps_per_epoch >= 1")
         if self.early_stopping_patience < 0 or not 0.0 <= self.min_delta < 1.0:
             raise ValueError("--early_stopping_patience must be >= 0 and 0 <= --min_delta < 1")
+        if self.encoder_kind not in ENCODERS:
+            raise ValueError(f"--encoder={self.encoder_kind!r}: expected one of {ENCODERS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling={self.pooling!r}: expected one of {POOLINGS}")
+        for flag, check in (("projector", check_projector), ("augment", check_augment)):
+            try:
+                check(getattr(self, flag))
+            except ValueError as err:
+                raise ValueError(f"--{flag}={getattr(self, flag)!r}: {err}") from None
 
         if self.de_candidates < 0:
             raise ValueError("--de_candidates must be >= 0 (0: one per user of the batch)")
@@ -214,20 +248,91 @@ def comparable_settings(recorded: dict) -> dict:
     return out
 
 
+def flag_type(check):
+    """An argparse ``type`` from a check raising ValueError (the message names the flag)."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+def check_hparams_file(path: str) -> str:
+    """An `--hparams` file that exists and holds a JSON object (its keys are checked later)."""
+    try:
+        read_hparams(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a JSON file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}, line {err.lineno} column {err.colno}: not valid JSON ({err.msg})"
+        ) from None
+    return path
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The training flags (`bt_tf.train`), preprocessing flags included."""
     pp.add_flags(parser, output_dir_alias=False)
     d = TrainConfig()
-    parser.add_argument("--output_dir", dest="run_dir", default="", help="the run directory")
-    parser.add_argument("--model", default=d.model, choices=MODELS)
-    parser.add_argument(
+    add = parser.add_argument
+    add(
+        "--output_dir",
+        dest="run_dir",
+        default="",
+        help="the run directory (empty: runs/<dataset>_<model>)",
+    )
+    add(
+        "--model",
+        default=d.model,
+        choices=MODELS,
+        help="bt: Barlow Twins; de: TFRS dual encoder (next item); bt+de: both losses",
+    )
+    add(
         "--encoder",
         dest="encoder_kind",
         default=d.encoder_kind,
-        choices=("transformer", "gru", "mean"),
+        choices=ENCODERS,
+        help="user-sequence encoder",
     )
-    for name in ("dim", "num_blocks", "num_heads", "batch_size", "steps_per_epoch"):
-        parser.add_argument(f"--{name}", type=int, default=getattr(d, name))
-    parser.add_argument(
+    add("--dim", type=int, default=d.dim, help="encoder width (item embeddings and output)")
+    add("--num_blocks", type=int, default=d.num_blocks, help="transformer blocks or GRU layers")
+    add("--num_heads", type=int, default=d.num_heads, help="attention heads per transformer block")
+    add("--dropout", type=float, default=d.dropout, help="encoder dropout rate")
+    add("--pooling", default=d.pooling, choices=POOLINGS, help="user vector from the positions")
+    add(
+        "--projector",
+        type=flag_type(check_projector),
+        default=d.projector,
+        help="BT projector MLP widths, dash-separated",
+    )
+    add("--lambd", type=float, default=d.lambd, help="BT weight of the off-diagonal term")
+    add(
+        "--augment",
+        type=flag_type(check_augment),
+        default=d.augment,
+        help="BT views: comma-separated name:strength of mask, reorder, crop, substitute, "
+        "insert, apply_prob (none: identical views)",
+    )
+    add(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help="DE softmax temperature (scores / temperature)",
+    )
+    add("--bt_weight", type=float, default=d.bt_weight, help="weight of the BT loss in bt+de")
+    add(
+        "--batch_size",
+        type=int,
+        default=d.batch_size,
+        help="GLOBAL batch (users per step, split over replicas; BT statistics over all of it)",
+    )
+    add(
         "--max_epochs",
         "--epochs",
         dest="epochs",
@@ -236,69 +341,88 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="cap on epochs (training stops earlier when val_loss stops improving); "
         "--epochs is its old name",
     )
-    parser.add_argument(
+    add(
+        "--steps_per_epoch",
+        type=int,
+        default=d.steps_per_epoch,
+        help="optimizer steps per epoch (0: one pass over the train users)",
+    )
+    add(
         "--min_steps_per_epoch",
         type=int,
         default=d.min_steps_per_epoch,
         help="floor of steps per epoch when --steps_per_epoch=0 (one pass)",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    for name in ("dropout", "lambd", "temperature", "bt_weight", "learning_rate"):
-        parser.add_argument(f"--{name}", type=float, default=getattr(d, name))
-    parser.add_argument("--pooling", default=d.pooling, choices=("mean", "last"))
-    parser.add_argument(
-        "--projector", default=d.projector, help='MLP widths, e.g. "1024-1024-1024"'
+    add("--learning_rate", type=float, default=d.learning_rate, help="Adam learning rate")
+    add("--seed", type=int, default=d.seed, help="seeds weights, shuffles, views and probes")
+    add(
+        "--strategy",
+        default=d.strategy,
+        choices=STRATEGIES,
+        help="tf.distribute strategy (auto: mirrored over GPUs if > 1; multi_worker reads "
+        "TF_CONFIG; tpu is untested)",
     )
-    parser.add_argument("--augment", default=d.augment, help='e.g. "mask:0.3,reorder:0.3,crop:0.8"')
-    parser.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
-    parser.add_argument(
+    add(
         "--early_stopping_patience",
         type=int,
         default=d.early_stopping_patience,
         help="stop after this many epochs without a val_loss gain (0: train --max_epochs)",
     )
-    parser.add_argument(
+    add(
         "--min_delta",
         type=float,
         default=d.min_delta,
         help="relative val_loss decrease that counts as a gain for the patience",
     )
-    parser.add_argument(
+    add(
         "--bucket_boundaries",
+        type=flag_type(check_buckets),
         default=d.bucket_boundaries,
         help='length buckets of the batches: "25,50,100,150", "auto" (length quantiles) or '
-        '"" (off); default: auto for real datasets, off for synthetic',
+        '"" (off); default (None): auto for real datasets, off for synthetic',
     )
-    parser.add_argument(
+    boolean = argparse.BooleanOptionalAction
+    add(
         "--cache_input",
         default=d.cache_input,
-        action=argparse.BooleanOptionalAction,
+        action=boolean,
         help="parse the split once into memory (implied by --bucket_boundaries)",
     )
-    parser.add_argument(
+    add(
         "--mixed_precision",
         default=d.mixed_precision,
         choices=PRECISIONS,
-        help="Keras mixed-precision policy (the BT loss stays float32)",
+        help="Keras mixed-precision policy (the BT loss stays float32; --model=bt only)",
     )
-    parser.add_argument("--steps_per_execution", type=int, default=d.steps_per_execution)
-    for name in ("jit_compile", "probe", "export"):
-        parser.add_argument(
-            f"--{name}", default=getattr(d, name), action=argparse.BooleanOptionalAction
-        )
-    parser.add_argument(
+    add(
+        "--steps_per_execution",
+        type=int,
+        default=d.steps_per_execution,
+        help="train steps per tf.function call (fewer Python round trips)",
+    )
+    add(
         "--de_candidates",
         type=int,
         default=d.de_candidates,
         help="DE: shared sampled-softmax candidates per step (0: one per user of the batch)",
     )
-    parser.add_argument(
+    add(
         "--de_logq",
         default=d.de_logq,
-        action=argparse.BooleanOptionalAction,
+        action=boolean,
         help="DE: logQ correction of the sampled softmax",
     )
-    parser.add_argument("--hparams", default=None, help="JSON file of flag values; overrides flags")
+    add("--jit_compile", default=d.jit_compile, action=boolean, help="XLA-compile the train step")
+    add("--probe", default=d.probe, action=boolean, help="favorite-genre probe after training")
+    add("--export", default=d.export, action=boolean, help="export the encoder as a SavedModel")
+    add(
+        "--hparams",
+        type=flag_type(check_hparams_file),
+        default=None,
+        metavar="FILE",
+        help="JSON object of flag values (names without dashes, e.g. a tuner's "
+        "best_hparams.json); overrides the flags",
+    )
 
 
 def read_hparams(path: str) -> dict:
@@ -313,19 +437,56 @@ def read_hparams(path: str) -> dict:
     return {HPARAMS_ALIASES.get(k, k): v for k, v in values.items()}
 
 
+# Flags that are not settings of the run, never taken from an hparams file.
+_NOT_HPARAMS = ("hparams", "verbose")
+
+
+def _hparam_value(path: str, key: str, value, current):
+    """`value` of hparams key `key`, of the type of the flag's `current` value, checked."""
+    where = f"{path}: {key!r}"
+    if isinstance(current, bool) or current is None and isinstance(value, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        raise UserError(f"{where} must be a string, got {value!r}")
+    check = {"projector": check_projector, "augment": check_augment}.get(key)
+    if check is not None:
+        try:
+            check(value)
+        except ValueError as err:
+            raise UserError(f"{where}: {err}") from None
+    return value
+
+
 def _apply_hparams(args: argparse.Namespace, path: str) -> None:
-    values = read_hparams(path)
-    unknown = sorted(k for k in values if not hasattr(args, k) or k == "hparams")
+    try:
+        values = read_hparams(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--hparams={path}: {err}") from None
+    unknown = sorted(k for k in values if not hasattr(args, k) or k in _NOT_HPARAMS)
     if unknown:
-        raise ValueError(f"{path}: unknown flags {unknown}; known: {sorted(vars(args))}")
+        known = sorted(k for k in vars(args) if k not in _NOT_HPARAMS)
+        raise UserError(f"{path}: unknown flags {unknown}; known: {known}")
     for key, value in values.items():
-        setattr(args, key, value)
+        setattr(args, key, _hparam_value(path, key, value, getattr(args, key)))
 
 
 def config_from_flags(
     args: argparse.Namespace, beam_args: Sequence[str] = (), hparams: Sequence[str] = ()
 ) -> TrainConfig:
-    """The config of parsed flags; ``--hparams`` and then each file of ``hparams`` override."""
+    """The config of parsed flags; ``--hparams`` and then each file of ``hparams`` override.
+
+    Raises `UserError` (naming the flag or the hparams file) for bad values.
+    """
     args = argparse.Namespace(**vars(args))  # the caller's namespace stays as parsed
     for path in ([args.hparams] if args.hparams else []) + list(hparams):
         _apply_hparams(args, path)
@@ -333,18 +494,43 @@ def config_from_flags(
     values = {k: v for k, v in vars(args).items() if k in fields}
     if not values.get("run_dir"):
         values["run_dir"] = os.path.join("runs", f"{args.dataset}_{args.model}")
-    return TrainConfig(data=pp.config_from_flags(args, beam_args), **values)
+    data = pp.config_from_flags(args, beam_args)
+    try:
+        return TrainConfig(data=data, **values)
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
-def parse(
-    argv: Sequence[str] | None = None, description: str = "", hparams: Sequence[str] = ()
-) -> TrainConfig:
-    """Command line -> config (``hparams``: extra files applied after ``--hparams``)."""
-    parser = argparse.ArgumentParser(
-        description=description, epilog="Other --flags are passed to Beam (preprocessing)."
+def build_parser(
+    argv: Sequence[str] | None = None, *, prog: str | None = None, description: str = ""
+) -> argparse.ArgumentParser:
+    """The parser of the training flags, with the defaults of the ``--dataset`` in `argv`."""
+    parser = cli.ArgumentParser(
+        prog=prog or "python -m bt_tf.train",
+        usage="%(prog)s [--flag=VALUE ...]",
+        description=description,
+        epilog="Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
+        allow_abbrev=True,
     )
     add_flags(parser)
     apply_dataset_defaults(parser, argv)
+    return parser
+
+
+def parse(
+    argv: Sequence[str] | None = None,
+    description: str = "",
+    hparams: Sequence[str] = (),
+    *,
+    prog: str | None = None,
+) -> TrainConfig:
+    """Command line -> config (``hparams``: extra files applied after ``--hparams``).
+
+    Unknown flags are Beam options. Raises `UserError` naming the flag for a bad value.
+    """
+    parser = build_parser(argv, prog=prog, description=description)
     args, beam_args = parser.parse_known_args(argv)
     return config_from_flags(args, beam_args, hparams)
 

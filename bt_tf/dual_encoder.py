@@ -294,9 +294,15 @@ def _gather_targets(ctx, targets: tf.Tensor) -> tf.Tensor:
     Every replica gets the same array (the rows in global-batch order), so
     candidates drawn from it with a shared seed are the same everywhere and
     the same as on one device. int64: collectives refuse a mix of host-memory
-    (int32) and device tensors.
+    (int32) and device tensors. Replicas may hold batches of different widths
+    (length-bucketed input): each pads its rows with `PAD_ID` (never a
+    candidate) to the widest replica's width first.
     """
-    return tf.cast(ctx.all_gather(tf.cast(targets, tf.int64), axis=0), tf.int32)
+    targets = tf.cast(targets, tf.int64)
+    width = tf.shape(targets, out_type=tf.int64)[1]
+    widest = tf.reduce_max(ctx.all_gather(tf.reshape(width, [1]), axis=0))
+    targets = tf.pad(targets, [[0, 0], [0, widest - width]], constant_values=PAD_ID)
+    return tf.cast(ctx.all_gather(targets, axis=0), tf.int32)
 
 
 class DualEncoderModel(tfrs.Model):

@@ -53,6 +53,13 @@ stops with an error; ``--overwrite`` starts over.
 
 from __future__ import annotations
 
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow is imported: quiet unless --verbose
+
 import argparse
 import dataclasses
 import hashlib
@@ -61,7 +68,6 @@ import json
 import math
 import os
 import posixpath
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -72,6 +78,7 @@ import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import export, probes
 from bt_tf import features as F
 from bt_tf import input as bt_input
+from bt_tf.errors import UserError
 
 FORMATS = ("parquet", "tfrecord")
 SPLIT_CHOICES = ("all", *F.SPLITS)
@@ -630,7 +637,7 @@ def write_projector(
     return {"users": len(ids), "max_users": max_users, "seed": seed, "splits": splits}
 
 
-class OutputMismatch(ValueError):
+class OutputMismatch(UserError):
     """The output dir holds embeddings of other settings or another model."""
 
 
@@ -759,16 +766,19 @@ def _ordered(splits: Iterable[str]) -> list[str]:
 # Command line
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bt_tf.embed",
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
+        "bt_tf.embed",
         description="Write every user's embedding (Parquet or TFRecord) and a TensorBoard "
-        "Embedding Projector folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Embedding Projector folder.\n\n" + __doc__.split("\n\n")[1],
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run_dir", help="training run directory (latest checkpoint)")
-    source.add_argument("--saved_model", help="exported SavedModel directory, e.g. RUN/export")
+    source.add_argument(
+        "--run_dir", help="training run directory (its weights: the best epoch)", default=None
+    )
+    source.add_argument(
+        "--saved_model", help="exported SavedModel directory, e.g. RUN/export", default=None
+    )
     parser.add_argument(
         "--artifact_dir",
         help="with --saved_model: preprocessing output with the users' histories "
@@ -830,34 +840,31 @@ def _listing(output_dir: str, info: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    """The command line (module doc). Missing runs, exports, artifacts or inputs and an
+    output of other settings raise `UserError`/`FileNotFoundError`: `bt_tf.cli.run_main`
+    prints them on one line and exits with code 2."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     for flag in ("batch_size", "part_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag}={getattr(args, flag)} must be >= 1")
     if args.projector_users < 0:
         parser.error(f"--projector_users={args.projector_users} must be >= 0")
-    try:
-        source = _source_from_flags(args, parser)
-    except FileNotFoundError as err:  # missing run, export, artifact or input: no traceback
-        parser.error(str(err))
-    try:
-        info = write_embeddings(
-            source,
-            args.output_dir,
-            splits=None if args.split == "all" else [args.split],
-            fmt=args.format,
-            part_size=args.part_size,
-            projector_users=args.projector_users,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            progress=args.progress,
-        )
-    except OutputMismatch as err:
-        parser.error(str(err))
+    source = _source_from_flags(args, parser)
+    info = write_embeddings(
+        source,
+        args.output_dir,
+        splits=None if args.split == "all" else [args.split],
+        fmt=args.format,
+        part_size=args.part_size,
+        projector_users=args.projector_users,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
     print(_listing(args.output_dir, info))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)

@@ -68,6 +68,13 @@ interrupted evaluation resumes where it stopped.
 
 from __future__ import annotations
 
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow is imported: quiet unless --verbose
+
 import argparse
 import contextlib
 import dataclasses
@@ -76,7 +83,6 @@ import json
 import logging
 import os
 import resource
-import sys
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -90,6 +96,7 @@ from bt_tf import export, probes, report
 from bt_tf import features as F
 from bt_tf import input as bt_input
 from bt_tf.embeddings import embed_split
+from bt_tf.errors import UserError
 
 __all__ = [
     "DEFAULT_TASKS",
@@ -871,55 +878,105 @@ def float_list(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """The evaluation flags shared with `bt_tf.reproduce` (not --runs / --output_dir)."""
+# argparse types: comma-separated values, checked (errors name the flag).
+fraction_list = cli.comma_list(float, "fractions in (0, 1]", lambda f: 0.0 < f <= 1.0)
+_l2_list = cli.comma_list(float, "L2 strengths >= 0", lambda v: v >= 0.0)
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+
+    return parse
+
+
+def add_flags(parser) -> None:
+    """The evaluation flags shared with `bt_tf.reproduce` (not --runs / --output_dir).
+
+    `parser`: an `argparse.ArgumentParser` or argument group.
+    """
     d = EvalSettings()
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--label_fractions",
-        type=float_list,
+        type=fraction_list,
         default=list(probes.DEFAULT_FRACTIONS),
-        help="fractions of train users' labels the probes see, e.g. 0.01,0.1,1.0",
+        help="fractions of train users' labels the probes see, comma-separated",
     )
-    parser.add_argument(
-        "--seeds", type=int, default=3, help="label-sampling seeds per fraction (0..n-1)"
-    )
-    parser.add_argument(
+    add("--seeds", type=_at_least(1), default=3, help="label-sampling seeds per fraction (0..n-1)")
+    add(
         "--tasks",
         default="",
-        help=f"comma-separated subset of {', '.join(DEFAULT_TASKS)}, attr_<name> (default all)",
+        help=f"comma-separated subset of {', '.join(DEFAULT_TASKS)}, attr_<name> (empty: all)",
     )
-    parser.add_argument("--floors", default=True, action=argparse.BooleanOptionalAction)
-    parser.add_argument("--cache", default=True, action=argparse.BooleanOptionalAction)
-    parser.add_argument(
-        "--l2_grid", type=float_list, default=list(d.l2_grid), help="probe L2 values (on eval)"
+    boolean = argparse.BooleanOptionalAction
+    add("--floors", default=True, action=boolean, help="also evaluate the baseline floors")
+    add("--cache", default=True, action=boolean, help="reuse results cached in OUTPUT_DIR/cache")
+    add("--l2_grid", type=_l2_list, default=list(d.l2_grid), help="probe L2 values (on eval)")
+    add(
+        "--probe_max_epochs",
+        type=_at_least(1),
+        default=d.probe_max_epochs,
+        help="probe training epochs, at most",
     )
-    parser.add_argument("--probe_max_epochs", type=int, default=d.probe_max_epochs)
-    parser.add_argument("--probe_patience", type=int, default=d.probe_patience)
-    parser.add_argument("--probe_min_epochs", type=int, default=d.probe_min_epochs)
-    parser.add_argument(
+    add(
+        "--probe_patience",
+        type=_at_least(1),
+        default=d.probe_patience,
+        help="probe early stopping: epochs without an eval gain",
+    )
+    add(
+        "--probe_min_epochs",
+        type=_at_least(0),
+        default=d.probe_min_epochs,
+        help="probe epochs before early stopping may stop",
+    )
+    add(
         "--probe_se_rule",
         type=float,
         default=d.probe_se_rule,
         help="probe selection: the simplest candidate within this many standard errors "
         "of the best wins (0 = plain argmax)",
     )
-    parser.add_argument(
+    add(
         "--min_selection_users",
-        type=int,
+        type=_at_least(1),
         default=d.min_selection_users,
         help="at label fraction f, probes are selected on f of the eval users, at least this many",
     )
-    parser.add_argument(
-        "--exclude_history", default=d.exclude_history, action=argparse.BooleanOptionalAction
+    add(
+        "--exclude_history",
+        default=d.exclude_history,
+        action=boolean,
+        help="next item: leave the user's history items out of the ranking",
     )
-    parser.add_argument("--k", type=int, default=d.k, help="HR@k / NDCG@k cutoff")
-    parser.add_argument("--liked_threshold", type=float, default=d.liked_threshold)
-    parser.add_argument("--bag_projection_dim", type=int, default=d.bag_projection_dim)
-    parser.add_argument("--bag_projection_above", type=int, default=d.bag_projection_above)
-    parser.add_argument("--baseline", default="de", help="model the improvements are relative to")
-    parser.add_argument(
-        "--compare", default="bt,bt+de", help="models whose improvement over --baseline is shown"
+    add("--k", type=_at_least(1), default=d.k, help="HR@k / NDCG@k cutoff")
+    add(
+        "--liked_threshold",
+        type=float,
+        default=d.liked_threshold,
+        help="liked item: a future rating >= this is liked",
     )
+    add(
+        "--bag_projection_dim",
+        type=_at_least(1),
+        default=d.bag_projection_dim,
+        help="bag-of-items floor: random-projection width for large catalogs",
+    )
+    add(
+        "--bag_projection_above",
+        type=int,
+        default=d.bag_projection_above,
+        help="bag-of-items floor: project the bag when the catalog has more items",
+    )
+    add("--baseline", default="de", help="model the improvements are relative to")
+    add("--compare", default="bt,bt+de", help="models whose improvement over --baseline is shown")
 
 
 def settings_from_flags(args: argparse.Namespace) -> EvalSettings:
@@ -942,14 +999,27 @@ def tasks_from_flags(args: argparse.Namespace) -> list[str] | None:
     return [t.strip() for t in args.tasks.split(",") if t.strip()] or None
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser("bt_tf.evaluate", description=cli.summary(__doc__))
+    parser.add_argument("--runs", required=True, help="comma-separated run directories")
+    parser.add_argument(
+        "--output_dir", default="", help="report dir (empty: report/ beside the first run)"
+    )
+    add_flags(parser.add_argument_group("evaluation flags (the probes of bt_tf.probes)"))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--runs", required=True, help="comma-separated run directories")
-    parser.add_argument("--output_dir", default="", help="report dir (default: runs/report)")
-    add_flags(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     run_dirs = [r for r in args.runs.split(",") if r.strip()]
+    if not run_dirs:
+        raise UserError("--runs names no run directory")
+    for run_dir in run_dirs:  # before any work
+        try:
+            _read_run_config(run_dir)
+        except FileNotFoundError as err:
+            raise UserError(f"--runs: {err}") from None
     out_dir = args.output_dir or os.path.join(os.path.dirname(run_dirs[0]) or ".", "report")
     rows = evaluate_runs(
         run_dirs,
@@ -968,4 +1038,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_main(main)

@@ -54,11 +54,17 @@ in ``RUN/train_state/``, never exported). The export goes to ``RUN/export/``.
 
 from __future__ import annotations
 
-# Importing bt_tf.export runs bt_tf/__init__ first, which sets One Keras.
+import sys
+
+# Importing bt_tf.cli runs bt_tf/__init__ first, which sets One Keras.
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow is imported: quiet unless --verbose
+
 import argparse
 import json
 import posixpath
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -447,23 +453,32 @@ def export_run(run_dir: str, *, recommend: bool | None = None, k: int = RECOMMEN
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Export a run's user encoder as a SavedModel taking raw item ids."
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
+        "bt_tf.export",
+        description="Export a run's user encoder as a SavedModel taking raw item ids "
+        "(RUN/export/; signatures in the module doc of bt_tf/export.py).",
     )
     parser.add_argument("--run_dir", required=True, help="training run directory")
     parser.add_argument(
         "--recommend",
         default=None,
         action=argparse.BooleanOptionalAction,
-        help="add the top-k `recommend` signature (default: only for DE runs)",
+        help="add the top-k `recommend` signature (none: only for runs with an item tower, DE)",
     )
     parser.add_argument("--k", type=int, default=RECOMMEND_K, help="items per recommendation")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error(f"--k={args.k} must be >= 1")
     path = export_run(args.run_dir, recommend=args.recommend, k=args.k)
     print(path)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)

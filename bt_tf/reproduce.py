@@ -53,13 +53,19 @@ again after an interruption.
 
 from __future__ import annotations
 
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
@@ -67,6 +73,7 @@ from bt_tf import config as cfg
 from bt_tf import evaluate as ev
 from bt_tf import input as bt_input
 from bt_tf import report, train
+from bt_tf.errors import UserError
 from pipelines import preprocess as pp
 
 __all__ = ["equal_budget_steps", "main_configs", "ablation_configs", "reproduce", "main"]
@@ -108,14 +115,14 @@ def main_configs(
     """
     unknown = [m for m in models if m not in cfg.MODELS]
     if unknown or not models:
-        raise ValueError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
+        raise UserError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
     out = {}
     for m in models:
         c = (own or {}).get(m, base)
         if c.model != m and c is not base:
-            raise ValueError(f"the settings given for {m} set model={c.model!r}")
+            raise UserError(f"the settings given for {m} set model={c.model!r}")
         if c.data != base.data:
-            raise ValueError(
+            raise UserError(
                 f"the settings given for {m} change data settings; pass data flags "
                 "(e.g. --max_len) to every model alike"
             )
@@ -172,7 +179,7 @@ def ablation_configs(
     """
     too_big = [b for b in batch_sizes if b > num_train_users]
     if too_big and not skip_too_big:
-        raise ValueError(
+        raise UserError(
             f"--batch_sizes {too_big} exceed the {num_train_users} train users; drop them."
         )
     if too_big:
@@ -480,62 +487,91 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def parse(argv: Sequence[str] | None):
-    """(reproduce args, shared training config) from one command line.
+# argparse types of the comma-separated flags (errors name the flag).
+_models = cli.comma_list(str, f"models ({', '.join(cfg.MODELS)})", lambda m: m in cfg.MODELS)
+_batch_sizes = cli.comma_list(int, "batch sizes >= 2", lambda b: b >= 2)
+TRAINING_GROUP = "training flags (passed to bt_tf.train, for every run)"
+EVALUATION_GROUP = "evaluation flags (passed to bt_tf.evaluate)"
 
-    The tool's own flags are parsed first (exact names only: no abbreviations,
-    so ``--seed`` stays a training flag and ``--seeds`` an evaluation one);
-    everything else goes to `bt_tf.config.parse` (training and Beam flags).
-    ``args.model_configs``: model -> its config with its ``--hparams_*`` file
-    applied after the shared flags (as `bt_tf.train --hparams` would).
-    ``args.skip_too_big``: the batch sizes are the defaults (too big ones are skipped).
+
+def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
+    """The command line of `bt_tf.reproduce`; with `passed`, the training flags too.
+
+    The tool's own flags are exact names only (no abbreviations, so ``--seed``
+    stays a training flag and ``--seeds`` an evaluation one).
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        allow_abbrev=False,
-        epilog="Every other flag is a bt_tf.train flag, passed to all trainings.",
+    parser = cli.ArgumentParser(
+        "bt_tf.reproduce",
+        description=cli.summary(__doc__),
+        usage="%(prog)s [--flag=VALUE ...]",
+        epilog="Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--output_dir",
         default="",
-        help="root of the runs and the report (runs/reproduce_<dataset>)",
+        help="root of the runs and the report (empty: runs/reproduce_<dataset>)",
     )
-    parser.add_argument("--models", type=_names, default=list(cfg.MODELS))
+    add("--models", type=_models, default=list(cfg.MODELS), help="models of the comparison")
     for name, model in HPARAMS_FLAGS.items():
-        parser.add_argument(
+        add(
             f"--hparams_{name}",
+            type=cfg.flag_type(cfg.check_hparams_file),
             default=None,
             metavar="FILE",
             help=f"JSON of {model}'s own flag values (e.g. a tuner's best_hparams.json)",
         )
-    parser.add_argument(
+    add(
         "--batch_sizes",
-        type=_ints,
+        type=_batch_sizes,
         default=None,
-        help=f"batch-size ablation (default {','.join(map(str, DEFAULT_BATCH_SIZES))}; "
-        "empty: none)",
+        help=f"batch-size ablation (none: {','.join(map(str, DEFAULT_BATCH_SIZES))} without "
+        "those above the train users; empty: no ablation)",
     )
-    parser.add_argument(
+    add(
         "--ablation",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="run the batch-size ablation (--no-ablation: only the main comparison)",
     )
-    parser.add_argument("--ablation_models", type=_names, default=["bt", "de"])
-    parser.add_argument(
-        "--ablation_epochs", type=int, default=0, help="cap of the ablation runs (0: --max_epochs)"
-    )
-    parser.add_argument(
+    add("--ablation_models", type=_models, default=["bt", "de"], help="models of the ablation")
+    add("--ablation_epochs", type=int, default=0, help="cap of the ablation runs (0: --max_epochs)")
+    add(
         "--ablation_fractions",
-        type=ev.float_list,
+        type=ev.fraction_list,
         default=None,
-        help="label fractions of the ablation (default: smallest and largest)",
+        help="label fractions of the ablation (none: the smallest and largest)",
     )
-    parser.add_argument("--ablation_tasks", type=_names, default=[ev.FAVORITE_GENRE, ev.NEXT_ITEM])
-    ev.add_flags(parser)
-    args, rest = parser.parse_known_args(argv)
+    add(
+        "--ablation_tasks",
+        type=_names,
+        default=[ev.FAVORITE_GENRE, ev.NEXT_ITEM],
+        help="tasks of the ablation",
+    )
+    ev.add_flags(parser.add_argument_group(EVALUATION_GROUP))
+    if passed:
+        cli.add_passed_flags(parser, TRAINING_GROUP, cfg.add_flags, exclude=("--model",))
+        cfg.apply_dataset_defaults(parser, argv)
+    return parser
+
+
+def parse(argv: Sequence[str] | None):
+    """(reproduce args, shared training config) from one command line.
+
+    Every flag's value is checked first, training flags included (`UserError`
+    naming the flag). The tool's own and the evaluation flags are then parsed;
+    everything else goes to `bt_tf.config.parse` (training and Beam flags).
+    ``args.model_configs``: model -> its config with its ``--hparams_*`` file
+    applied after the shared flags (as `bt_tf.train --hparams` would).
+    ``args.skip_too_big``: the batch sizes are the defaults (too big ones are skipped).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    build_parser(argv).parse_known_args(argv)  # --help; a bad value stops here
+    args, rest = build_parser(argv, passed=False).parse_known_args(argv)
     if any(a == "--model" or a.startswith("--model=") for a in rest):
-        raise ValueError("--model is set by bt_tf.reproduce for each run; use --models=bt,de,...")
+        raise UserError("--model is set by bt_tf.reproduce for each run; use --models=bt,de,...")
+    if not args.models:
+        raise UserError(f"--models names no model; expected a subset of {cfg.MODELS}")
     description = "bt_tf.reproduce training flags"
     base = cfg.parse(rest, description=description)
     args.model_configs = {}
@@ -545,7 +581,7 @@ def parse(argv: Sequence[str] | None):
             continue
         named = cfg.read_hparams(path).get("model", model)
         if named != model:
-            raise ValueError(f"{path}: sets model={named!r}, but it is --hparams_{name} ({model})")
+            raise UserError(f"{path}: sets model={named!r}, but it is --hparams_{name} ({model})")
         own = cfg.parse(rest, description=description, hparams=[path])
         args.model_configs[model] = dataclasses.replace(own, model=model)
     args.skip_too_big = args.batch_sizes is None
@@ -586,4 +622,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_main(main)

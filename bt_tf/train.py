@@ -30,12 +30,18 @@ state; a finished run (stopped early, or at the cap) is not retrained (raise
 
 from __future__ import annotations
 
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import dataclasses
 import json
 import logging
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -47,6 +53,7 @@ from bt_tf import config as cfg
 from bt_tf import encoders, models
 from bt_tf import input as bt_input
 from bt_tf.embeddings import embed_split
+from bt_tf.errors import UserError
 from bt_tf.features import FUTURE_GENRE_IDS, NUM_RESERVED
 from pipelines import preprocess as pp
 
@@ -56,6 +63,7 @@ CHECKPOINT_DIR = "checkpoints"  # the run's weights (best epoch): what every loa
 STATE_DIR = "train_state"  # the last epoch's model, optimizer, data position, stopping state
 EXPORT_DIR = "export"
 MONITOR = "val_loss"
+PROG = "python -m bt_tf.train"
 
 
 # --------------------------------------------------------------------------
@@ -76,7 +84,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise RuntimeError("--strategy=multi_worker needs TF_CONFIG describing the cluster")
+            raise UserError("--strategy=multi_worker needs TF_CONFIG describing the cluster")
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
     tf.config.experimental_connect_to_cluster(resolver)
@@ -160,8 +168,16 @@ def make_train_data(
     *,
     repeat: bool,
     seed: int,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
-    """Batches in the layout the model's `train_step` reads."""
+    """Batches in the layout the model's `train_step` reads.
+
+    ``batch_size`` is the global batch. With an ``input_context`` (see
+    `train_input_options`) this is one input pipeline's share: its users, in
+    batches of ``batch_size / num_replicas_in_sync``, with views and cuts drawn
+    from stateless seeds that include the pipeline's id, so that every worker
+    (or replica) draws its own.
+    """
     policy = aug.AugmentPolicy.from_string(config.augment) if "bt" in config.model else None
     outputs = [bt_input.ITEMS] + ([models.VIEW1, models.VIEW2] if policy else [])
     ds = bt_input.make_dataset(
@@ -174,6 +190,7 @@ def make_train_data(
         repeat=repeat,
         drop_remainder=True,  # BT standardizes over the batch: keep it full and static
         augment_policy=policy,
+        input_context=input_context,
         outputs=outputs,
         bucket_boundaries=config.buckets,
         cache=bool(config.cache_input),
@@ -181,6 +198,34 @@ def make_train_data(
     # The DE reads the histories themselves: every position is a next-item pair.
     keep = set(outputs[1:]) | ({bt_input.ITEMS} if "de" in config.model else set())
     return ds.map(lambda b: {k: v for k, v in b.items() if k in keep})
+
+
+def replica_contexts(context: tf.distribute.InputContext) -> list[tf.distribute.InputContext]:
+    """The input contexts of the replicas that one input pipeline feeds, one per replica.
+
+    How the global batch is formed: training reads one shard of the train users
+    per REPLICA. Replica r of R reads shard r (`bt_tf.input.make_dataset` with
+    ``InputContext(R, r, R)``) in batches of batch_size / R and draws its views
+    and next-item cuts from stateless seeds that include r, so no two replicas,
+    and no two workers, share augmentation draws. The pipeline of a worker with
+    L local replicas (pipeline p of P, L = R / P) feeds replicas p·L ... p·L+L-1:
+    it builds their shards and interleaves their batches, since a worker's
+    replicas take its pipeline's batches in turn. The global batches depend on R
+    only: two single-replica workers (``multi_worker``) and one machine with two
+    replicas (``mirrored``) train on the same batches.
+    """
+    total = context.num_replicas_in_sync
+    local = total // context.num_input_pipelines
+    first = context.input_pipeline_id * local
+    return [tf.distribute.InputContext(total, first + i, total) for i in range(local)]
+
+
+def _interleave(parts: list[tf.data.Dataset]) -> tf.data.Dataset:
+    """Batch 0 of each part in turn, then batch 1 of each, ..."""
+    if len(parts) == 1:
+        return parts[0]
+    turns = tf.data.Dataset.range(len(parts)).repeat()
+    return tf.data.Dataset.choose_from_datasets(parts, turns)
 
 
 def _dropout_rng(model: tf.keras.Model) -> tf.Module:
@@ -321,7 +366,7 @@ def _check_resumable(run_dir: str, config: cfg.TrainConfig) -> None:
     new = cfg.comparable_settings(json.loads(json.dumps(config.to_json())))  # tuples -> lists
     changed = sorted(k for k in new if old.get(k) != new.get(k) and k not in cfg.RESUMABLE_CHANGES)
     if changed and os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
-        raise ValueError(
+        raise UserError(
             f"{run_dir} holds a run with different settings ({', '.join(changed)}); "
             "use another --output_dir or delete that run to start over."
         )
@@ -376,8 +421,13 @@ def train(config: cfg.TrainConfig) -> dict:
     vocab_size = int(meta["vocab_sizes"]["items"])
     n_train, n_eval = int(meta["num_users"]["train"]), int(meta["num_users"]["eval"])
     if n_train < config.batch_size:
-        raise ValueError(
+        raise UserError(
             f"--batch_size={config.batch_size} is larger than the {n_train} train users"
+        )
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise UserError(
+            f"--batch_size={config.batch_size} does not split evenly over the "
+            f"{strategy.num_replicas_in_sync} replicas"
         )
     steps = config.steps_for(n_train)
 
@@ -419,18 +469,38 @@ def train(config: cfg.TrainConfig) -> dict:
     ):
         best.save(checkpoint_number=initial_epoch)  # killed between the state and the weights
 
-    train_ds = make_train_data(
-        config, artifact_dir, "train", config.batch_size, repeat=True, seed=config.seed
-    )
-    # Resuming replays the stream: skip what the finished epochs consumed, so a
-    # resumed run sees exactly the batches of an uninterrupted one.
-    train_ds = train_ds.skip(initial_epoch * steps)
-    eval_batch = min(config.batch_size, n_eval)
+    def train_data(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        parts = [
+            make_train_data(
+                config,
+                artifact_dir,
+                "train",
+                config.batch_size,
+                repeat=True,
+                seed=config.seed,
+                input_context=replica,
+            )
+            for replica in replica_contexts(context)
+        ]
+        # Resuming replays the stream: skip what the finished epochs consumed, so a
+        # resumed run sees exactly the batches of an uninterrupted one.
+        return _interleave(parts).skip(initial_epoch * steps * len(parts))
+
+    # One device: the dataset itself; else one input pipeline per worker.
+    train_ds = strategy.distribute_datasets_from_function(train_data)
+    replicas = strategy.num_replicas_in_sync
+    eval_batch = min(config.batch_size, n_eval) // replicas * replicas
     val_ds = None
     if eval_batch >= 2:
         val_ds = make_train_data(config, artifact_dir, "eval", eval_batch, repeat=False, seed=1)
         # The first pass's views and cuts, every epoch and after a resume: one fixed objective.
-        val_ds = val_ds.cache()
+        # Keras splits each global batch over the replicas; under multi_worker every worker
+        # reads all eval users and keeps its replicas' rows (DATA sharding, after the batch),
+        # so the validation batches, views included, are those of one device.
+        options = tf.data.Options()
+        data_sharding = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = data_sharding
+        val_ds = val_ds.cache().with_options(options)
     else:
         print(f"{n_eval} eval users: no val_loss, the last epoch is kept", flush=True)
     patience = config.early_stopping_patience if val_ds is not None else 0
@@ -534,11 +604,18 @@ def train(config: cfg.TrainConfig) -> dict:
     return result
 
 
+def build_parser(argv=None):
+    """The command line of `python -m bt_tf.train` (defaults of the ``--dataset`` in `argv`)."""
+    return cfg.build_parser(argv, prog=PROG, description=cli.summary(__doc__))
+
+
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = cfg.parse(argv, description=__doc__.split("\n\n")[0])
+    config = cfg.parse(argv, description=cli.summary(__doc__), prog=PROG)
+    if config.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
+        raise UserError("--strategy=multi_worker needs TF_CONFIG describing the cluster")
     return train(dataclasses.replace(config))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_main(main)

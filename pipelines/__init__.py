@@ -4,4 +4,3 @@ import os
 
 # Same "One Keras" rule as bt_tf (DESIGN.md): set before TensorFlow is imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

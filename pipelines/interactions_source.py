@@ -75,6 +75,7 @@ from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 
+from bt_tf.errors import UserError
 from pipelines import textio
 from pipelines.sources import BadRecord, Table, _decode_utf8, _load_json_object, _short
 
@@ -359,7 +360,7 @@ def _header(path: str, sep: str) -> tuple[str, ...]:
         text = line.decode("utf-8").lstrip("\ufeff")
         fields = next(csv.reader((text,), delimiter=sep, strict=True))
     except (UnicodeDecodeError, csv.Error, StopIteration) as err:
-        raise ValueError(f"{path}: cannot read the header line (column names): {err}") from None
+        raise UserError(f"{path}: cannot read the header line (column names): {err}") from None
     return tuple(f.strip() for f in fields)
 
 
@@ -374,7 +375,7 @@ def _json_keys(path: str) -> tuple[str, ...]:
             if not text:
                 continue
             if number == 1 and text.startswith("["):
-                raise ValueError(
+                raise UserError(
                     f"{path} holds a JSON array; write JSON lines instead, one object per "
                     "line (e.g. jq -c '.[]' FILE > FILE.jsonl)"
                 )
@@ -384,20 +385,20 @@ def _json_keys(path: str) -> tuple[str, ...]:
                 continue
             if isinstance(obj, dict):
                 return tuple(obj)
-    raise ValueError(f"{path}: no JSON object in its first {_JSON_PROBE_LINES} lines")
+    raise UserError(f"{path}: no JSON object in its first {_JSON_PROBE_LINES} lines")
 
 
 def describe(table: str, path: str) -> InputFile:
     """Reads the column names of `path` (header, first JSON object or Parquet schema)."""
     fmt = _format_of(path)
     if fmt is None:
-        raise ValueError(
+        raise UserError(
             f"{path}: unknown format; the name must end in one of {', '.join(sorted(FORMATS))}"
         )
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{table} file not found: {path}")
     if tf.io.gfile.stat(path).length == 0:
-        raise ValueError(f"{table} file is empty (0 bytes): {path}")
+        raise UserError(f"{table} file is empty (0 bytes): {path}")
     if fmt == "parquet":
         columns = tuple(_parquet_file(path).schema_arrow.names)
     elif fmt == "jsonl":
@@ -423,12 +424,12 @@ def _required(table: str, config: InteractionsConfig) -> list[tuple[str, str]]:
 def _check_columns(f: InputFile, config: InteractionsConfig) -> None:
     for flag, column in _required(f.table, config):
         if column not in f.columns:
-            raise ValueError(
+            raise UserError(
                 f"{f.path}: no column {column!r} (--{flag}) in this {f.table} file; "
                 f"columns found: {', '.join(map(repr, f.columns)) or 'none'}"
             )
         if f.columns.count(column) > 1:
-            raise ValueError(f"{f.path}: column {column!r} (--{flag}) appears twice")
+            raise UserError(f"{f.path}: column {column!r} (--{flag}) appears twice")
 
 
 def attribute_names(f: InputFile, config: InteractionsConfig) -> tuple[tuple[str, str], ...]:
@@ -437,7 +438,7 @@ def attribute_names(f: InputFile, config: InteractionsConfig) -> tuple[tuple[str
     seen: dict[str, str] = {}
     for column, name in pairs:
         if name in seen:
-            raise ValueError(
+            raise UserError(
                 f"{f.path}: columns {seen[name]!r} and {column!r} both give attribute {name!r}"
             )
         seen[name] = column
@@ -521,7 +522,7 @@ def resolve_files(config: InteractionsConfig, data_dir: str) -> dict[str, str]:
             attribute_names(f, config)
         base = posixpath.basename(path)
         if base in names:  # bad records are filed per file name
-            raise ValueError(f"two input files share the name {base!r}: {names[base]}, {path}")
+            raise UserError(f"two input files share the name {base!r}: {names[base]}, {path}")
         names[base] = path
     return files
 

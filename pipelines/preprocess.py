@@ -45,6 +45,13 @@ DirectRunner's batch engine, without its attempt to download the Prism runner).
 
 from __future__ import annotations
 
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import argparse
 import dataclasses
 import hashlib
@@ -54,15 +61,15 @@ import logging
 import os
 import posixpath
 import struct
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 
-import apache_beam as beam  # noqa: E402
+import apache_beam as beam
 import numpy as np
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 import pipelines  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
 from bt_tf import features as F
+from bt_tf.errors import UserError
 from pipelines import interactions_source, synthetic, textio
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "ml-20m", "yelp", "interactions")
@@ -1558,25 +1565,74 @@ def add_flags(parser: argparse.ArgumentParser, *, output_dir_alias: bool = True)
     """
     d = PreprocessConfig()
     s = d.synthetic
-    parser.add_argument("--dataset", default=d.dataset, choices=DATASETS)
-    parser.add_argument("--source", default=d.source, choices=("raw", "tfds"))
-    parser.add_argument("--data_dir", default=None, help="raw files; default: download")
+    add = parser.add_argument
+    add("--dataset", default=d.dataset, choices=DATASETS, help="which data (README: Datasets)")
+    add(
+        "--source",
+        default=d.source,
+        choices=("raw", "tfds"),
+        help="raw files, or TFDS (ml-100k, ml-1m, ml-20m)",
+    )
+    add(
+        "--data_dir",
+        default=None,
+        help="directory (or file) of the raw data; none: download MovieLens, generate synthetic",
+    )
     names = ["--data_output_dir"] + (["--output_dir"] if output_dir_alias else [])
-    parser.add_argument(*names, dest="data_output_dir", default=d.output_dir)
-    parser.add_argument("--cache_dir", default=None)
-    parser.add_argument("--min_user_interactions", type=int, default=d.min_user_interactions)
-    parser.add_argument("--min_item_interactions", type=int, default=d.min_item_interactions)
-    parser.add_argument("--kcore_max_iterations", type=int, default=d.kcore_max_iterations)
-    parser.add_argument("--future_len", type=int, default=d.future_len)
-    parser.add_argument("--min_history_len", type=int, default=d.min_history_len)
-    parser.add_argument("--max_len", type=int, default=d.max_len)
-    parser.add_argument("--num_shards", type=int, default=d.num_shards)
-    parser.add_argument("--max_bad_fraction", type=float, default=d.max_bad_fraction)
-    parser.add_argument("--chunk_bytes", type=int, default=d.chunk_bytes)
-    parser.add_argument("--tfds_shards", type=int, default=d.tfds_shards)
-    parser.add_argument("--synthetic_users", type=int, default=s.num_users)
-    parser.add_argument("--synthetic_items", type=int, default=s.num_items)
-    parser.add_argument("--synthetic_seed", type=int, default=s.seed)
+    add(
+        *names,
+        dest="data_output_dir",
+        default=d.output_dir,
+        help="where artifacts go (<dir>/<dataset>/<version>/; reused when present)",
+    )
+    add(
+        "--cache_dir",
+        default=None,
+        help="downloads (none: ~/.cache/bt_tf/downloads) and TFDS data (none: TFDS's default)",
+    )
+    add(
+        "--min_user_interactions",
+        type=int,
+        default=d.min_user_interactions,
+        help="k-core: users with fewer interactions are dropped",
+    )
+    add(
+        "--min_item_interactions",
+        type=int,
+        default=d.min_item_interactions,
+        help="k-core: items with fewer interactions are dropped",
+    )
+    add(
+        "--kcore_max_iterations",
+        type=int,
+        default=d.kcore_max_iterations,
+        help="k-core rounds; more needed is an error",
+    )
+    add(
+        "--future_len",
+        type=int,
+        default=d.future_len,
+        help="each user's last interactions held out as the future (downstream labels)",
+    )
+    add(
+        "--min_history_len",
+        type=int,
+        default=d.min_history_len,
+        help="the future shrinks for short users so the history keeps this many",
+    )
+    add("--max_len", type=int, default=d.max_len, help="most recent history items kept")
+    add("--num_shards", type=int, default=d.num_shards, help="TFRecord files per split")
+    add(
+        "--max_bad_fraction",
+        type=float,
+        default=d.max_bad_fraction,
+        help="fraction of unparsable input records above which the run fails",
+    )
+    add("--chunk_bytes", type=int, default=d.chunk_bytes, help="bytes per parallel raw read")
+    add("--tfds_shards", type=int, default=d.tfds_shards, help="parallel reads of a TFDS split")
+    add("--synthetic_users", type=int, default=s.num_users, help="users of --dataset=synthetic")
+    add("--synthetic_items", type=int, default=s.num_items, help="items of --dataset=synthetic")
+    add("--synthetic_seed", type=int, default=s.seed, help="seed of --dataset=synthetic")
     _add_interactions_flags(parser)
 
 
@@ -1641,6 +1697,14 @@ def _interactions_config(args: argparse.Namespace) -> interactions_source.Intera
 
 
 def config_from_flags(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> PreprocessConfig:
+    """The config of parsed flags; `UserError` (naming the flag) for a bad combination."""
+    try:
+        return _config_from_flags(args, beam_args)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _config_from_flags(args: argparse.Namespace, beam_args: Sequence[str]) -> PreprocessConfig:
     return PreprocessConfig(
         dataset=args.dataset,
         source=args.source,
@@ -1668,13 +1732,19 @@ def config_from_flags(args: argparse.Namespace, beam_args: Sequence[str] = ()) -
     )
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
+        "pipelines.preprocess",
+        description=cli.summary(__doc__),
+        usage="%(prog)s [--flag=VALUE ...]",
         epilog="Any other --flag is a Beam pipeline option (e.g. --runner=...).",
     )
     add_flags(parser)
-    args, beam_args = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = preprocess(config_from_flags(args, beam_args))
     with tf.io.gfile.GFile(posixpath.join(path, F.METADATA_FILE)) as f:
@@ -1687,4 +1757,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_main(main)

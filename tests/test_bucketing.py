@@ -325,7 +325,8 @@ def test_one_replica_equals_two_with_buckets(artifact_dir, two_replicas):
         history = model.fit(data(), steps_per_epoch=STEPS, epochs=1, verbose=0)
         weights = [v.numpy() for v in model.encoder.weights + model.projector.weights]
         runs[name] = (history.history["loss"][0], weights)
-    assert runs["two"][0] == pytest.approx(runs["one"][0], rel=1e-5, abs=1e-5)
+    # round-off of the replica split, amplified over the steps (a wrong statistic: ~1e-1)
+    assert runs["two"][0] == pytest.approx(runs["one"][0], rel=1e-4, abs=1e-4)
     moved = max(np.abs(w - w0).max() for w, w0 in zip(runs["one"][1], initial))
     assert moved > 0.1  # a factor-2 error in the update would be far above the tolerance
     for w_one, w_two in zip(runs["one"][1], runs["two"][1]):

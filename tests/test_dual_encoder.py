@@ -493,6 +493,34 @@ def test_fit_and_evaluate_on_two_replicas_equal_one_device(kind, two_replicas):
         np.testing.assert_allclose(b, a, rtol=TOL, atol=TOL)
 
 
+def test_replicas_with_batches_of_different_widths_equal_one_padded_batch(two_replicas):
+    """Length-bucketed input gives each replica its own width; the loss is that of
+    one device on the same rows, padded to the widest (pads are never queries or
+    candidates)."""
+    data = _replica_data()[ITEMS]  # [7, L]
+    narrow = data[4:, :3].copy()  # replica 1: 3 users cut to width 3
+    narrow[narrow == OOV_ID] = NUM_RESERVED
+    padded = data.copy()
+    padded[4:] = PAD_ID
+    padded[4:, :3] = narrow
+    initial = _under(tf.distribute.get_strategy(), "de", {ITEMS: padded}).get_weights()
+
+    def per_replica(context):  # one pipeline; its replicas take its batches in turn
+        ds = tf.data.Dataset.from_tensors({ITEMS: data[:4]})
+        return ds.concatenate(tf.data.Dataset.from_tensors({ITEMS: narrow}))
+
+    two = _under(two_replicas, "de", {ITEMS: padded}, initial)
+    got = two.evaluate(
+        two_replicas.distribute_datasets_from_function(per_replica),
+        steps=1,
+        verbose=0,
+        return_dict=True,
+    )
+    one = _under(tf.distribute.OneDeviceStrategy("/cpu:0"), "de", {ITEMS: padded}, initial)
+    want = one.evaluate(tf.data.Dataset.from_tensors({ITEMS: padded}), verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(want["loss"], rel=TOL, abs=TOL)
+
+
 def test_per_replica_negatives_would_change_the_loss(two_replicas):
     """The teeth of the test above: candidates from each replica's own rows only.
 

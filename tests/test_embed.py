@@ -13,8 +13,8 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 
+from bt_tf import cli, embed, export, probes, train
 from bt_tf import config as cfg
-from bt_tf import embed, export, probes, train
 from bt_tf import features as F
 from bt_tf import input as bt_input
 from bt_tf.embeddings import embed_split
@@ -182,7 +182,7 @@ def test_rerun_resumes_a_deleted_part_with_the_same_bytes(run, tmp_path):
 
     # Other settings into the same directory: a one-line usage error, nothing touched.
     with pytest.raises(SystemExit) as exit_info:
-        embed.main([*args, *FLAGS, "--format=tfrecord"])
+        cli.run_main(embed.main, [*args, *FLAGS, "--format=tfrecord"])
     assert exit_info.value.code == 2
     assert _files(out) == before
 
@@ -267,11 +267,13 @@ def test_flag_errors_exit_with_code_2(run, tmp_path, capsys):
     ]
     for flags in bad:
         with pytest.raises(SystemExit) as exit_info:
-            embed.main([*flags, f"--output_dir={tmp_path / 'out'}"])
+            cli.run_main(embed.main, [*flags, f"--output_dir={tmp_path / 'out'}"])
         assert exit_info.value.code == 2, flags
     err = capsys.readouterr().err
     assert "--input and --artifact_dir" not in err and "go with --saved_model" in err
     assert "--artifact_dir=ART" in err and "No config.json" in err and "--part_size=0" in err
+    lines = err.splitlines()  # one line per error, no traceback
+    assert len(lines) == len(bad) and all(line.startswith("error: ") for line in lines)
 
 
 def test_progress_falls_back_to_a_stderr_counter_without_tqdm(monkeypatch, capsys):

@@ -15,6 +15,7 @@ import tensorflow as tf
 from bt_tf import config as cfg
 from bt_tf import evaluate, export, train
 from bt_tf import input as bt_input
+from bt_tf.features import MASK_ID, PAD_ID
 from pipelines import preprocess as pp
 from pipelines import synthetic
 from tests.tiny import TINY_FLAGS
@@ -219,41 +220,134 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_workers_on_localhost_train_together(tmp_path):
+# One process, two replicas: MirroredStrategy over two logical CPUs (configured
+# before anything else uses TensorFlow), then the training command.
+_TWO_REPLICAS = """
+import sys
+import bt_tf
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from bt_tf import cli, train
+cli.run_main(train.main, sys.argv[1:])
+"""
+
+
+def _network_variables(run_dir) -> dict:
+    """Encoder and projector weights (incl. batch-norm statistics) of a run's checkpoint."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints")))
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.startswith(("model/encoder/", "model/projector/"))
+    }
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_one_process_with_two_replicas(tmp_path, tiny_data):
+    """Two single-CPU workers (multi_worker, TF_CONFIG on 127.0.0.1) end with the weights
+    of one process running two replicas (mirrored over two logical CPUs).
+
+    Why the global batches are the same (`train.replica_contexts`): replica r of
+    R reads shard r of the train users and draws its views from seeds that
+    include r, whether the replicas are workers or devices of one machine. So
+    the test fails if the workers read the wrong shards, draw the same views
+    (the former bug: every worker used seed id 0), or do not combine gradients
+    and batch statistics over both. Validation batches are those of one device
+    in both, so val_loss and the kept epoch agree too. Dropout is on: each
+    replica's draws are the same in both set-ups. A GRU encoder: the
+    transformer has weights without a gradient (attention key biases, the last
+    layer norm's offset, which the projector's batch norm cancels), which Adam
+    moves by amplified round-off, differently in every set-up.
+    """
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     flags = [
-        f"--data_output_dir={tmp_path / 'data'}",
-        f"--output_dir={tmp_path / 'run'}",
+        f"--data_output_dir={tiny_data}",
         *TINY_FLAGS,
-        "--epochs=1",
-        "--strategy=multi_worker",
+        "--encoder=gru",
+        "--epochs=2",
         "--no-probe",
         "--no-export",
     ]
-    procs = []
-    for index in range(2):
-        env = _env()
-        task = {"type": "worker", "index": index}
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": task})
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "bt_tf.train", *flags],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-                cwd=REPO,
-            )
+
+    def start(command, output_dir, **env):
+        return subprocess.Popen(
+            [*command, *flags, f"--output_dir={output_dir}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(_env(), **env),
+            cwd=REPO,
         )
-    outputs = [p.communicate(timeout=600) for p in procs]
+
+    workers, replicas = tmp_path / "workers", tmp_path / "replicas"
+    procs = [
+        start(
+            [sys.executable, "-m", "bt_tf.train", "--strategy=multi_worker"],
+            workers,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    # After the workers: on a busy machine a third process could starve one of them
+    # past the coordination service's heartbeat timeout.
+    procs.append(start([sys.executable, "-c", _TWO_REPLICAS, "--strategy=mirrored"], replicas))
+    outputs.append(procs[-1].communicate(timeout=900))
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    losses = [_final_loss(out) for out, _ in outputs]
-    assert np.isfinite(losses).all() and losses[0] == pytest.approx(losses[1], rel=1e-6)
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())  # chief only
-    assert metrics["epochs_completed"] == 1
-    assert not (tmp_path / "run" / ".workers" / "worker-1").exists()  # scratch cleaned
+
+    a = json.loads((workers / "metrics.json").read_text())  # written by the chief only
+    b = json.loads((replicas / "metrics.json").read_text())
+    assert a["epochs_completed"] == b["epochs_completed"] == 2
+    assert a["best_epoch"] == b["best_epoch"] and a["optimizer_steps"] == b["optimizer_steps"] == 8
+    for key in ("loss", "val_loss"):  # val_loss: every worker validates, on one device's batches
+        np.testing.assert_allclose(a["history"][key], b["history"][key], rtol=1e-5)
+    assert _final_loss(outputs[0][0]) == pytest.approx(_final_loss(outputs[2][0]), rel=1e-6)
+    ours, theirs = _network_variables(workers), _network_variables(replicas)
+    assert sorted(ours) == sorted(theirs) and len(ours) >= 8
+    for key, value in ours.items():
+        np.testing.assert_allclose(value, theirs[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert not (workers / ".workers" / "worker-1").exists()  # scratch cleaned
+
+
+def test_each_replica_draws_its_own_views(tiny_data):
+    """Views come from stateless seeds that include the replica's index: with one seed id
+    for all (the former multi-worker bug) two replicas' masks would coincide wherever
+    both have an item; drawn apart, they agree about as often as two coin flips."""
+    config = cfg.parse([*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--augment=mask:0.5"])
+    artifact_dir = pp.preprocess(config.data)  # reused
+    views = []
+    for replica in range(2):
+        context = tf.distribute.InputContext(2, replica, 2)
+        ds = train.make_train_data(
+            config, artifact_dir, "train", 32, repeat=False, seed=0, input_context=context
+        )
+        views.append(next(iter(ds))["view1"].numpy())
+        assert views[-1].shape[0] == 16  # batch_size / replicas
+    both = (views[0] != PAD_ID) & (views[1] != PAD_ID)
+    masked = [v == MASK_ID for v in views]
+    assert both.sum() > 100
+    agreement = np.mean(masked[0][both] == masked[1][both])
+    assert 0.3 < agreement < 0.7, agreement
+
+
+def test_replica_contexts_give_each_replica_its_own_shard():
+    """Replica r of R reads shard r: one pipeline feeding two replicas builds shards 0 and 1,
+    the second of two single-replica workers builds shard 1."""
+
+    def ids(pipelines, pipeline, replicas):
+        context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+        return [
+            (c.num_input_pipelines, c.input_pipeline_id, c.num_replicas_in_sync)
+            for c in train.replica_contexts(context)
+        ]
+
+    assert ids(1, 0, 1) == [(1, 0, 1)]  # one device: the whole data, as before
+    assert ids(1, 0, 2) == [(2, 0, 2), (2, 1, 2)]  # mirrored, two replicas
+    assert ids(2, 1, 2) == [(2, 1, 2)]  # multi_worker, worker 1 of 2
+    assert ids(2, 1, 4) == [(4, 2, 4), (4, 3, 4)]  # worker 1 of 2, two replicas each
 
 
 def test_export_cli_on_a_trained_run(tmp_path):

@@ -58,6 +58,13 @@ search_config.json; `--export_best` retrains the best configuration in
 
 from __future__ import annotations
 
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import argparse
 import dataclasses
 import json
@@ -67,12 +74,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras: before TensorFlow and KerasTuner)
 from bt_tf import config as cfg
+from bt_tf.errors import UserError
 from tuning import objective as obj
 from tuning import report
 from tuning import space as sp
@@ -193,7 +200,7 @@ def _comparable(search: SearchConfig, base: cfg.TrainConfig) -> dict:
 def prepare(search: SearchConfig, base: cfg.TrainConfig) -> None:
     """Starts over (``overwrite``) or checks that a rerun continues the same search.
 
-    Writes ``search_config.json``. Raises ValueError naming the differing
+    Writes ``search_config.json``. Raises UserError (a ValueError) naming the differing
     settings when the directory holds a different search.
     """
     os.makedirs(search.output_dir, exist_ok=True)
@@ -218,7 +225,7 @@ def prepare(search: SearchConfig, base: cfg.TrainConfig) -> None:
             if (old[part] or {}).get(key) != new[part].get(key)
         ]
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{search.output_dir} holds a search with different settings "
                 f"({', '.join(changed)}); rerun with the same flags to continue it (only "
                 f"{', '.join(_RERUN_CHANGES)} may change), or pass --overwrite or another "
@@ -383,52 +390,122 @@ def _csv(kind):
 
 
 def _range(text: str) -> tuple[float, float]:
-    low, high = _csv(float)(text)
+    try:
+        low, high = _csv(float)(text)
+    except ValueError:
+        low = high = None
+    if low is None or not 0 < low < high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW,HIGH with 0 < LOW < HIGH")
     return low, high
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The tuner's own flags; everything else goes to `bt_tf.config.parse`."""
+def _positive_ints(what: str):
+    parse = cli.comma_list(int, f"{what} (integers >= 1)", lambda v: v >= 1)
+    return lambda text: tuple(parse(text))
+
+
+TRAINING_GROUP = "training flags (passed to bt_tf.train, for every trial)"
+
+
+def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
+    """The tuner's own flags; with `passed`, the training flags too (for --help and checks).
+
+    Everything but the tuner's own flags goes to `bt_tf.config.parse`.
+    """
     d, s = SearchConfig(output_dir=""), sp.SearchSpace()
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Every bt_tf.train flag is accepted too (see python -m bt_tf.train --help).",
-        allow_abbrev=False,
+    p = cli.ArgumentParser(
+        "tuning.search",
+        description=cli.summary(__doc__),
+        usage="%(prog)s [--flag=VALUE ...]",
+        epilog="Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
     )
-    p.add_argument("--output_dir", default=None, help="search dir; default tuning_runs/<dataset>")
-    p.add_argument("--tuner", default=d.tuner, choices=TUNERS)
-    p.add_argument("--objective", default=d.objective, choices=sorted(obj.OBJECTIVES))
-    p.add_argument("--max_trials", type=int, default=d.max_trials, help="random/bayesian")
-    p.add_argument("--max_epochs", type=int, default=d.max_epochs, help="hyperband")
-    p.add_argument("--hyperband_factor", type=int, default=d.hyperband_factor)
-    p.add_argument("--hyperband_iterations", type=int, default=d.hyperband_iterations)
-    p.add_argument("--num_initial_points", type=int, default=None, help="bayesian random starts")
-    p.add_argument("--tuner_seed", type=int, default=d.tuner_seed)
-    p.add_argument("--lambd_range", type=_range, default=s.lambd_range, help="LOW,HIGH")
+    add = p.add_argument
+    add("--output_dir", default=None, help="search dir (none: tuning_runs/<dataset>)")
+    add("--tuner", default=d.tuner, choices=TUNERS, help="KerasTuner oracle")
+    add(
+        "--objective",
+        default=d.objective,
+        choices=sorted(obj.OBJECTIVES),
+        help="probe metric on eval users that the search maximizes",
+    )
+    add("--max_trials", type=int, default=d.max_trials, help="trials of random/bayesian")
+    add(
+        "--max_epochs",
+        type=int,
+        default=d.max_epochs,
+        help="hyperband: the largest per-trial budget in epochs (--epochs sets the "
+        "epochs of a random/bayesian trial)",
+    )
+    add("--hyperband_factor", type=int, default=d.hyperband_factor, help="hyperband reduction")
+    add(
+        "--hyperband_iterations",
+        type=int,
+        default=d.hyperband_iterations,
+        help="hyperband brackets run",
+    )
+    add(
+        "--num_initial_points",
+        type=int,
+        default=None,
+        help="bayesian: random trials first (none: KerasTuner's 3 x dimensions)",
+    )
+    add("--tuner_seed", type=int, default=d.tuner_seed, help="seed of the oracle (>= 1)")
+    add("--lambd_range", type=_range, default=s.lambd_range, help="lambda range LOW,HIGH (log)")
     for name in ("learning_rate", "temperature", "bt_weight"):
-        p.add_argument(
-            f"--{name}_range", type=_range, default=getattr(s, f"{name}_range"), help="LOW,HIGH"
+        add(
+            f"--{name}_range",
+            type=_range,
+            default=getattr(s, f"{name}_range"),
+            help=f"{name} range LOW,HIGH (log; searched for the models that use it)",
         )
-    p.add_argument("--projector_widths", type=_csv(int), default=s.projector_widths)
-    p.add_argument("--projector_depths", type=_csv(int), default=s.projector_depths)
-    p.add_argument(
+    add(
+        "--projector_widths",
+        type=_positive_ints("widths"),
+        default=s.projector_widths,
+        help="projector widths searched",
+    )
+    add(
+        "--projector_depths",
+        type=_positive_ints("depths"),
+        default=s.projector_depths,
+        help="projector depths (layers) searched",
+    )
+    add(
         "--search_augment",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="also search mask/reorder/crop strengths and the learning rate",
     )
-    p.add_argument(
+    add(
         "--pin",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help=f"fix a dimension; NAME in {', '.join(sp.PIN_NAMES)}",
+        help=f"fix a dimension, repeatable; NAME in {', '.join(sp.PIN_NAMES)}",
     )
-    p.add_argument("--distributed_workers", type=int, default=0)
-    p.add_argument("--oracle_ip", default=d.oracle_ip, help="chief address (--distributed_workers)")
-    p.add_argument("--oracle_port", type=int, default=d.oracle_port, help="0: a free port")
-    p.add_argument("--export_best", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False)
+    add(
+        "--distributed_workers",
+        type=int,
+        default=0,
+        help="tuner workers started on this machine (0: one process runs the search)",
+    )
+    add("--oracle_ip", default=d.oracle_ip, help="chief address (--distributed_workers)")
+    add("--oracle_port", type=int, default=d.oracle_port, help="chief port (0: a free port)")
+    add(
+        "--export_best",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="retrain the best configuration in OUTPUT_DIR/best_run and export it",
+    )
+    add(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="start the search over (delete the trials and reports in OUTPUT_DIR)",
+    )
+    if passed:
+        cli.add_passed_flags(p, TRAINING_GROUP, cfg.add_flags)
+        cfg.apply_dataset_defaults(p, argv)
     return p
 
 
@@ -448,8 +525,18 @@ def parse(argv: Sequence[str]) -> tuple[SearchConfig, cfg.TrainConfig]:
     Pins: every ``--pin``, plus the searchable training flags of the model
     (`space.searchable_flags`) given explicitly or through ``--hparams``.
     """
-    args, rest = build_parser().parse_known_args(argv)
+    build_parser(argv).parse_known_args(argv)  # --help; a bad value stops here
+    args, rest = build_parser(argv, passed=False).parse_known_args(argv)
     base = cfg.parse(rest)
+    try:
+        return _configs(args, rest, base)
+    except ValueError as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(str(err)) from None
+
+
+def _configs(args, rest: Sequence[str], base: cfg.TrainConfig):
     pins = dict(sp.parse_pin(text) for text in args.pin)
     given = _explicit_training_flags(rest)
     from_file = {}
@@ -527,4 +614,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

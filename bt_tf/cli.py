@@ -1,0 +1,281 @@
+"""The command-line shell of every entry point: quiet start-up, help, one-line errors.
+
+Entry points (``python -m bt_tf.train``, ``bt_tf.evaluate``, ``bt_tf.export``,
+``bt_tf.reproduce``, ``bt_tf.embed``, ``pipelines.preprocess``,
+``tuning.search``) are written like this::
+
+    import sys
+
+    from bt_tf import cli
+
+    if __name__ == "__main__":
+        cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported
+
+    import tensorflow as tf
+    ...
+
+    def main(argv=None):
+        parser = cli.ArgumentParser("bt_tf.train", description=...)
+        ...
+
+    if __name__ == "__main__":
+        cli.run_main(main)
+
+What that gives the user:
+
+- **Quiet start-up.** `startup` holds back what TensorFlow, absl and Beam print
+  while they are imported (C++ logs written before absl::InitializeLog, which no
+  log level silences; oneDNN and CUDA probes; Beam's "apitools not found"),
+  sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless the environment sets it, and lowers
+  the TensorFlow, absl and Beam Python loggers to warnings/errors. A crash
+  during the imports still shows everything that was held back. ``--verbose``
+  changes none of this: every library speaks as it normally does.
+- **Help.** `ArgumentParser` sets ``prog`` to the ``python -m`` command, shows
+  every flag's default, and has ``--verbose``. `add_passed_flags` lists the
+  flags a command passes on to another one as an argument group.
+- **Errors.** `run_main` turns a user error (`USER_ERRORS`: bad flags, missing
+  files or columns, too many bad records, ...) into ONE line ``error: ...``
+  on stderr and exit code 2; the traceback is printed only with ``--verbose``.
+  Any other exception is a bug and keeps its traceback (exit code 1).
+
+This module imports nothing heavy: it runs before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from bt_tf.errors import UserError
+
+VERBOSE = "--verbose"
+# Start-up messages of libraries that are noise for a user (Python logging records).
+_NOISE = ("apitools not found",)
+# Python loggers lowered without --verbose: name -> level.
+_QUIET_LOGGERS = {
+    "tensorflow": logging.ERROR,
+    "absl": logging.ERROR,
+    "apache_beam": logging.WARNING,
+}
+
+_held: tuple[int, Any] | None = None  # (saved stderr fd, temp file) while start-up is quiet
+
+
+def is_verbose(argv: Sequence[str]) -> bool:
+    return VERBOSE in argv
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in _NOISE)
+
+
+def startup(argv: Sequence[str]) -> None:
+    """Start of an entry point, BEFORE TensorFlow or Beam is imported (see the module doc).
+
+    Without ``--verbose`` in `argv`, stderr (file descriptor 2, where C++ code
+    writes too) goes to a temporary file until `run_main` starts, and the
+    libraries' loggers are quieted. Python logging is set up (INFO, bare
+    messages) either way, so that a library's import cannot set it up first.
+    """
+    global _held
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if is_verbose(argv) or _held is not None:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger().addFilter(_drop_noise)
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    sys.stderr.flush()
+    saved, held = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    _held = (saved, held)
+    atexit.register(_release, replay=True)
+
+
+def _release(replay: bool = False) -> None:
+    """Gives stderr back; with `replay`, writes what was held back (a crash at start-up)."""
+    global _held
+    if _held is None:
+        return
+    saved, held = _held
+    _held = None
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    if replay:
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+        sys.stderr.flush()
+    held.close()
+
+
+def _end_startup() -> None:
+    """Ends the quiet start-up: the CUDA probes (logged on first device use) happen inside it."""
+    if _held is None:
+        return
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        tf.config.list_physical_devices()  # does not initialize the runtime (strategies may)
+    _release()
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types that are a user's mistake, not a bug (of the modules loaded)."""
+    types: list[type[BaseException]] = [UserError, FileNotFoundError, NotADirectoryError]
+    for module, names in (
+        ("pipelines.preprocess", ("BadRecordsError", "KCoreNotConvergedError")),
+        ("pipelines.download", ("ChecksumError", "UnsafeArchiveError")),
+    ):
+        loaded = sys.modules.get(module)
+        types += [getattr(loaded, n) for n in names if loaded is not None and hasattr(loaded, n)]
+    return tuple(types)
+
+
+def error_line(err: BaseException) -> str:
+    """``error: <message>`` on one line."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    return f"error: {message}"
+
+
+def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> NoReturn:
+    """Runs ``main(argv)`` and exits: 0 (or main's int), 2 on a user error, 130 on Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = is_verbose(argv)
+    _end_startup()
+    try:
+        result = main(argv)
+    except KeyboardInterrupt:
+        if verbose:
+            traceback.print_exc()
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except user_error_types() as err:
+        if verbose:
+            traceback.print_exc()
+        print(error_line(err), file=sys.stderr, flush=True)
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+# --------------------------------------------------------------------------
+# Parsers
+
+
+def summary(doc: str, paragraphs: int = 2) -> str:
+    """The first `paragraphs` of a module docstring (title and usage examples), for --help."""
+    return "\n\n".join(doc.strip().split("\n\n")[:paragraphs])
+
+
+def _shown(value: Any) -> str:
+    """A default as it is written on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value or '""'
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value) or '""'
+    return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or "default:" in text
+            or not action.option_strings
+            or action.default is argparse.SUPPRESS
+            or isinstance(action, argparse._HelpAction)
+        ):
+            return text
+        return f"{text} (default: {_shown(action.default).replace('%', '%%')})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` of an entry point.
+
+    ``module`` (e.g. ``"bt_tf.train"``) gives ``prog`` = ``python -m bt_tf.train``.
+    Every option's help shows its default; ``--verbose`` is always a flag. A
+    usage error raises `UserError` (``argument --flag: ...``) instead of
+    printing the usage: `run_main` prints it on one line and exits with code 2.
+    """
+
+    def __init__(self, module: str | None = None, **kwargs):
+        if module is not None:
+            kwargs.setdefault("prog", f"python -m {module}")
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(**kwargs)
+        self.add_argument(
+            VERBOSE,
+            action="store_true",
+            help="show libraries' start-up logs and the traceback of an error",
+        )
+
+    def error(self, message: str) -> NoReturn:
+        hint = f" (see {self.prog} --help)" if self.prog else ""
+        raise UserError(f"{message}{hint}")
+
+
+def add_passed_flags(
+    parser: argparse.ArgumentParser,
+    title: str,
+    add_flags: Callable[[argparse.ArgumentParser], Any],
+    *,
+    exclude: Sequence[str] = (),
+) -> None:
+    """Adds the flags that `add_flags` defines (another command's) to `parser` as groups.
+
+    For a command that passes flags on, e.g. ``bt_tf.reproduce`` -> ``bt_tf.train``:
+    they show in ``--help`` under `title`, and parsing with `parser` checks
+    their values. Option strings `parser` already has stay `parser`'s own (a
+    flag losing all of them is left out), and so do those in `exclude`.
+    """
+    donor = argparse.ArgumentParser(add_help=False)
+    add_flags(donor)
+    taken = set(parser._option_string_actions) | set(exclude)  # argparse has no public map
+    for donor_group in donor._action_groups:
+        actions = []
+        for action in donor_group._group_actions:
+            strings = [s for s in action.option_strings if s not in taken]
+            if strings:
+                action.option_strings = strings
+                actions.append(action)
+        if not actions:
+            continue
+        default_group = donor_group.title in ("options", "optional arguments")
+        name = title if default_group else f"{title}: {donor_group.title}"
+        group = parser.add_argument_group(name)
+        for action in actions:
+            group._add_action(action)
+            taken.update(action.option_strings)
+
+
+def comma_list(kind: Callable[[str], Any], what: str, check: Callable[[Any], bool] | None = None):
+    """An argparse ``type``: ``"a,b,c"`` -> list of ``kind`` values, each passing `check`.
+
+    `what` names the values in errors, e.g. ``"fractions in (0, 1]"``.
+    """
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {what}"
+            ) from None
+        bad = [v for v in values if check is not None and not check(v)]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text!r}: {_shown(bad)} are not {what}")
+        return values
+
+    return parse

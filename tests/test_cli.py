@@ -1,0 +1,262 @@
+"""A command line that explains itself: help, flag checks before any work, one-line errors.
+
+The commands run as subprocesses (`python -m ...`), started side by side
+because TensorFlow's import dominates each one's time. In-process tests cover
+what needs no subprocess: every flag of every parser has a help and shows its
+default, and `bt_tf.cli.run_main` maps user errors to exit code 2.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bt_tf import cli, embed, evaluate, export, reproduce, train
+from bt_tf import config as cfg
+from bt_tf.errors import UserError
+from pipelines import preprocess as pp
+from tuning import search
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY_POINTS = {
+    "bt_tf.train": train.build_parser,
+    "bt_tf.evaluate": evaluate.build_parser,
+    "bt_tf.export": export.build_parser,
+    "bt_tf.reproduce": reproduce.build_parser,
+    "bt_tf.embed": embed.build_parser,
+    "pipelines.preprocess": pp.build_parser,
+    "tuning.search": search.build_parser,
+}
+
+
+def _start(module: str, *args: str, cwd: str = REPO) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG"):
+        env.pop(name, None)  # the entry point decides
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def _finish(procs: dict) -> dict:
+    """name -> (exit code, stdout, stderr) of processes started side by side."""
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        out[name] = (proc.returncode, stdout, stderr)
+    return out
+
+
+# --------------------------------------------------------------------------
+# In process
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_flag_has_a_help_and_shows_its_default(module):
+    parser = ENTRY_POINTS[module]()
+    assert parser.prog == f"python -m {module}"
+    formatter = parser._get_formatter()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) > 1
+    for action in options:
+        assert action.help, f"{module} {action.option_strings[0]} has no help"
+        assert "default" in formatter._get_help_string(action), action.option_strings
+    text = parser.format_help()
+    assert f"usage: python -m {module}" in text and "--verbose" in text
+
+
+def test_commands_that_pass_flags_on_list_them():
+    groups = {
+        module: {g.title: g for g in ENTRY_POINTS[module]()._action_groups}
+        for module in ("bt_tf.reproduce", "tuning.search", "bt_tf.evaluate")
+    }
+    training = groups["bt_tf.reproduce"][reproduce.TRAINING_GROUP]
+    passed = {s for a in training._group_actions for s in a.option_strings}
+    assert {"--lambd", "--projector", "--augment", "--batch_size", "--dataset"} <= passed
+    assert "--model" not in passed  # set by reproduce for each run
+    assert "--label_fractions" in {
+        s
+        for a in groups["bt_tf.reproduce"][reproduce.EVALUATION_GROUP]._group_actions
+        for s in a.option_strings
+    }
+    # tuning.search has its own --max_epochs (Hyperband) and --output_dir: the
+    # training group keeps --epochs only and leaves them to the tuner.
+    training = groups["tuning.search"][search.TRAINING_GROUP]
+    passed = {s for a in training._group_actions for s in a.option_strings}
+    assert "--epochs" in passed and "--lambd" in passed
+    assert "--max_epochs" not in passed and "--output_dir" not in passed
+    assert any(title.startswith("evaluation flags") for title in groups["bt_tf.evaluate"])
+
+
+def test_per_dataset_defaults_show_in_help():
+    shown = f"(default: {cfg.dataset_defaults('ml-100k')['projector']})"
+    for build in (train.build_parser, reproduce.build_parser, search.build_parser):
+        text = " ".join(build(["--dataset=ml-100k"]).format_help().split())
+        assert shown in text and "(default: 1024-1024-1024)" not in text, build
+
+
+def test_structured_flags_are_checked_while_parsing(tmp_path):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"lambd": 0.01,\n "projector": }\n')
+    cases = {
+        "--projector=abc": "argument --projector: Projector spec 'abc'",
+        "--projector=512-0": "argument --projector:",
+        "--augment=blur:0.3": "argument --augment: Augmentation policy 'blur:0.3': unknown name",
+        "--augment=mask:2": "argument --augment:",
+        f"--hparams={tmp_path / 'no.json'}": "argument --hparams: .*no.json: no such file",
+        f"--hparams={bad_json}": r"argument --hparams: .*bad.json, line 2 column 15: not valid",
+        "--strategy=gpu": "argument --strategy: invalid choice",
+    }
+    for flag, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            cfg.parse([flag])
+    for flag, message in {
+        "--label_fractions=0,0.5": r"argument --label_fractions: '0,0.5': 0.0 are not fractions",
+        "--label_fractions=a": "argument --label_fractions: 'a' is not a comma-separated list",
+        "--batch_sizes=64,1": "argument --batch_sizes: '64,1': 1 are not batch sizes >= 2",
+        "--models=bt,xx": "argument --models:",
+        "--lambd=abc": "argument --lambd: invalid float value",  # a training flag
+    }.items():
+        with pytest.raises(UserError, match=message):
+            reproduce.parse([flag])
+    with pytest.raises(UserError, match="argument --lambd_range: '1' is not LOW,HIGH"):
+        search.parse(["--lambd_range=1"])
+    with pytest.raises(UserError, match="argument --projector:"):
+        search.parse(["--projector=1-x"])
+
+
+def test_hparams_values_are_checked_and_name_the_file_and_key(tmp_path):
+    path = tmp_path / "h.json"
+    for values, message in [
+        ({"batch_size": "64"}, "'batch_size' must be an integer"),
+        ({"lambd": "a"}, "'lambd' must be a number"),
+        ({"probe": 1}, "'probe' must be true or false"),
+        ({"projector": "64-x"}, "'projector': Projector spec '64-x'"),
+        ({"augment": "mask"}, "'augment': Augmentation policy 'mask'"),
+        ({"verbose": True}, r"unknown flags \['verbose'\]"),
+    ]:
+        path.write_text(json.dumps(values))
+        with pytest.raises(UserError, match=f"{path}: {message}"):
+            cfg.parse([f"--hparams={path}"])
+    path.write_text(json.dumps({"batch_size": 64.0, "lambd": 1, "jit_compile": True}))
+    config = cfg.parse([f"--hparams={path}"])
+    assert (config.batch_size, config.lambd, config.jit_compile) == (64, 1.0, True)
+
+
+def test_run_main_exit_codes(capsys):
+    def fails(error):
+        def main(argv):
+            raise error
+
+        return main
+
+    for error in [UserError("--x=1 is wrong"), FileNotFoundError("no such run: r")]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_main(fails(error), [])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {error}\n"  # one line, no traceback
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(fails(UserError("multi\nline")), ["--verbose"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" in err and err.endswith("error: multi line\n")
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        cli.run_main(fails(ZeroDivisionError("bug")), [])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(lambda argv: 3, [])
+    assert exit_info.value.code == 3
+    parser = cli.ArgumentParser("x.y")
+    parser.add_argument("--n", type=int, default=1, help="n")
+    with pytest.raises(UserError, match=r"argument --n: invalid int value: 'a' \(see python -m x"):
+        parser.parse_args(["--n=a"])
+    assert isinstance(parser.parse_args([]), argparse.Namespace)
+
+
+def test_start_up_output_is_held_back_unless_the_start_fails():
+    """What libraries print while they are imported (C++ code writes to file descriptor 2)
+    is dropped once `run_main` starts, and shown if the program dies before."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    start = "import os; from bt_tf import cli; cli.startup([]); os.write(2, b'import noise\\n'); "
+    runs = {
+        "ok": start + "cli.run_main(lambda argv: print('ran'), [])",
+        "dies": start + "raise SystemExit('start-up failed')",
+        "verbose": "import os; from bt_tf import cli; cli.startup(['--verbose']); "
+        "os.write(2, b'import noise\\n'); cli.run_main(lambda argv: 0, ['--verbose'])",
+    }
+    done = {
+        name: subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO
+        )
+        for name, code in runs.items()
+    }
+    assert (done["ok"].returncode, done["ok"].stdout, done["ok"].stderr) == (0, "ran\n", "")
+    assert done["dies"].returncode == 1
+    assert done["dies"].stderr == "import noise\nstart-up failed\n"
+    assert (done["verbose"].returncode, done["verbose"].stderr) == (0, "import noise\n")
+
+
+# --------------------------------------------------------------------------
+# As subprocesses
+
+
+@pytest.mark.slow  # seven TensorFlow start-ups (~45 s on 2 cores); in process: above
+def test_help_of_every_entry_point():
+    results = _finish({m: _start(m, "--help") for m in ENTRY_POINTS})
+    for module, (code, stdout, stderr) in results.items():
+        assert code == 0, (module, stderr[-2000:])
+        assert stdout.startswith(f"usage: python -m {module}"), module
+        assert "(default: " in stdout and "--verbose" in stdout, module
+        assert stderr == "", (module, stderr[-2000:])  # no start-up noise
+    assert "(default: 1024-1024-1024)" in " ".join(results["bt_tf.train"][1].split())
+    assert reproduce.TRAINING_GROUP in results["bt_tf.reproduce"][1]
+    assert "--lambd LAMBD" in results["tuning.search"][1]
+
+
+def test_user_errors_exit_2_with_one_line_before_any_work(tmp_path):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"lambd": 0.01,\n "projector": }\n')
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "purchases.csv").write_text("customer,sku,ts\nc1,s1,2023-11-14\n")
+    data = str(tmp_path / "data")
+    train_dirs = [f"--data_output_dir={data}", f"--output_dir={tmp_path / 'run'}"]
+    cases = {
+        "projector": ("bt_tf.train", *train_dirs, "--projector=abc"),
+        "augment": ("bt_tf.reproduce", *train_dirs, "--augment=blur:0.3"),
+        "hparams": ("bt_tf.train", *train_dirs, f"--hparams={bad_json}"),
+        "label_fractions": ("bt_tf.evaluate", "--runs=r", "--label_fractions=0.1,1.5"),
+        "column": (
+            "pipelines.preprocess",
+            "--dataset=interactions",
+            f"--data_dir={log}",
+            f"--output_dir={data}",
+            "--item_col=sku",
+            "--time_col=ts",
+        ),
+        "verbose": ("bt_tf.train", *train_dirs, "--projector=abc", "--verbose"),
+    }
+    results = _finish({name: _start(*args) for name, args in cases.items()})
+    expected = {
+        "projector": "error: argument --projector: Projector spec 'abc' is not",
+        "augment": "error: argument --augment: Augmentation policy 'blur:0.3'",
+        "hparams": f"error: argument --hparams: {bad_json}, line 2 column 15: not valid JSON",
+        "label_fractions": "error: argument --label_fractions: '0.1,1.5': 1.5 are not fractions",
+        "column": f"error: {log / 'purchases.csv'}: no column 'user_id' (--user_col)",
+    }
+    for name, start in expected.items():
+        code, _, stderr = results[name]
+        assert code == 2, (name, stderr[-2000:])
+        assert stderr.count("\n") == 1 and stderr.startswith(start), (name, stderr[-2000:])
+    code, _, stderr = results["verbose"]
+    assert code == 2 and "Traceback (most recent call last)" in stderr
+    assert stderr.splitlines()[-1].startswith(expected["projector"])
+    # Nothing was preprocessed or trained: the flags were checked first.
+    assert not os.path.exists(data) and not (tmp_path / "run").exists()
