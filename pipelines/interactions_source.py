@@ -77,6 +77,7 @@ import tensorflow as tf
 
 from bt_tf.errors import UserError
 from pipelines import textio
+from pipelines.config import InteractionsConfig
 from pipelines.sources import BadRecord, Table, _decode_utf8, _load_json_object, _short
 
 __all__ = [
@@ -111,55 +112,6 @@ FORMATS = {
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
 _PARQUET_BATCH = 8192  # rows per Arrow batch inside a row group
 _JSON_PROBE_LINES = 100  # lines searched for the first JSON object (its keys = columns)
-
-
-@dataclasses.dataclass(frozen=True)
-class InteractionsConfig:
-    """Where a user's own data is and which columns mean what (the flags, parsed).
-
-    Attributes:
-      user_col, item_col, time_col: required column names.
-      rating_col: optional rating column; "" = the data has no ratings.
-      items_file: optional file of item categories ("" = none).
-      category_col: the items file's category column.
-      category_sep: separator inside a category string ("" = no splitting).
-      users_file: optional file of user attributes ("" = none).
-      max_attribute_classes: most frequent values kept per attribute.
-    """
-
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    time_col: str = "timestamp"
-    rating_col: str = ""
-    items_file: str = ""
-    category_col: str = "categories"
-    category_sep: str = "|"
-    users_file: str = ""
-    max_attribute_classes: int = 50
-
-    def __post_init__(self):
-        for flag in ("user_col", "item_col", "time_col"):
-            if not getattr(self, flag).strip():
-                raise ValueError(f"--{flag} must name a column, got an empty string")
-        named = [("user_col", self.user_col), ("item_col", self.item_col)]
-        named += [("time_col", self.time_col)]
-        if self.rating_col:
-            named.append(("rating_col", self.rating_col))
-        seen: dict[str, str] = {}
-        for flag, column in named:
-            if column in seen:
-                raise ValueError(f"--{seen[column]} and --{flag} both name column {column!r}")
-            seen[column] = flag
-        if self.items_file and not self.category_col.strip():
-            raise ValueError("--items_file needs --category_col (the category column)")
-        if self.max_attribute_classes < 1:
-            raise ValueError(
-                f"--max_attribute_classes must be >= 1, got {self.max_attribute_classes}"
-            )
-
-    @property
-    def has_ratings(self) -> bool:
-        return bool(self.rating_col)
 
 
 # ---------------------------------------------------------------------------

@@ -457,7 +457,9 @@ def _cut(arrays: dict, n_users: int) -> dict:
 def generate_block(
     config: SyntheticConfig, block: int
 ) -> tuple[dict[str, np.ndarray], list[tuple[str, dict[str, str]]]]:
-    """Interactions and user records of users ``[block*block_size, min((block+1)*block_size, num_users))``.
+    """Interactions and user records of the users of one block.
+
+    Those are users ``[block*block_size, min((block+1)*block_size, num_users))``.
 
     Args:
         config: The dataset parameters.

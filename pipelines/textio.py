@@ -15,7 +15,8 @@ many lines at once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import posixpath
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +29,13 @@ def open_binary(path: str):
     if "://" in path:
         return tf.io.gfile.GFile(path, "rb")
     return open(path, "rb", buffering=_READ_BLOCK)
+
+
+def write_text(lines: Sequence[str], path: str) -> None:
+    """Writes `lines`, each ended by a newline, to `path` (any tf.io.gfile path)."""
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,11 @@ import pytest
 import tensorflow as tf
 
 from bt_tf import features as F
+from pipelines import inputs, textio
 from pipelines import interactions_source as own
-from pipelines import preprocess as pp
-from pipelines import textio
+from pipelines.config import PreprocessConfig, add_flags, config_from_flags
+from pipelines.metadata import BadRecordsError
+from pipelines.preprocess import preprocess
 from pipelines.sources import BadRecord
 from tests import rawdata
 
@@ -362,15 +364,15 @@ def test_config_rejects_ambiguous_columns_and_missing_data_dir():
     with pytest.raises(ValueError, match="--time_col must name a column"):
         own.InteractionsConfig(time_col="")
     with pytest.raises(ValueError, match="--dataset=interactions needs --data_dir"):
-        pp.PreprocessConfig(dataset="interactions")
+        PreprocessConfig(dataset="interactions")
     with pytest.raises(ValueError, match="apply to --dataset=interactions only"):
-        pp.PreprocessConfig(dataset="ml-1m", interactions=own.InteractionsConfig(users_file="u"))
+        PreprocessConfig(dataset="ml-1m", interactions=own.InteractionsConfig(users_file="u"))
 
 
 def test_flags_reach_the_config_and_column_flags_change_the_version(tmp_path):
     _write(tmp_path / "log.csv", "u,i,t,r\nu1,i1,1,5\n")
     parser = argparse.ArgumentParser()
-    pp.add_flags(parser)
+    add_flags(parser)
     argv = [
         "--dataset=interactions",
         f"--data_dir={tmp_path}",
@@ -381,7 +383,7 @@ def test_flags_reach_the_config_and_column_flags_change_the_version(tmp_path):
         "--category_sep=,",
         "--max_attribute_classes=7",
     ]
-    config = pp.config_from_flags(parser.parse_args(argv))
+    config = config_from_flags(parser.parse_args(argv))
     assert config.interactions == own.InteractionsConfig(
         user_col="u",
         item_col="i",
@@ -390,31 +392,31 @@ def test_flags_reach_the_config_and_column_flags_change_the_version(tmp_path):
         category_sep=",",
         max_attribute_classes=7,
     )
-    files = pp.resolve_inputs(config)
+    files = inputs.resolve_inputs(config)
     assert files == {"interactions/log.csv": str(tmp_path / "log.csv")}
-    version = pp.version_of(config, files)
-    assert pp.version_of(config, files) == version
+    version = inputs.version_of(config, files)
+    assert inputs.version_of(config, files) == version
     for change in ({"rating_col": ""}, {"category_sep": "|"}, {"max_attribute_classes": 8}):
         other = dataclasses.replace(
             config, interactions=dataclasses.replace(config.interactions, **change)
         )
-        assert pp.version_of(other, files) != version, change
+        assert inputs.version_of(other, files) != version, change
     # Other datasets' versions do not see the interactions settings.
-    ml = pp.PreprocessConfig(dataset="ml-1m")
+    ml = PreprocessConfig(dataset="ml-1m")
     assert "interactions" not in ml.output_settings()
-    assert pp.PreprocessConfig(
+    assert PreprocessConfig(
         dataset="synthetic", interactions=config.interactions
-    ).output_settings() == (pp.PreprocessConfig(dataset="synthetic").output_settings())
+    ).output_settings() == (PreprocessConfig(dataset="synthetic").output_settings())
 
 
 # --- end to end ---------------------------------------------------------------
 
 
-def _config(tmp_path, **kw) -> pp.PreprocessConfig:
+def _config(tmp_path, **kw) -> PreprocessConfig:
     kw.setdefault("kcore_max_iterations", 4)
     kw.setdefault("num_shards", 2)
     kw.setdefault("future_len", 3)
-    return pp.PreprocessConfig(output_dir=str(tmp_path / "out"), dataset="interactions", **kw)
+    return PreprocessConfig(output_dir=str(tmp_path / "out"), dataset="interactions", **kw)
 
 
 def _examples(root: str) -> dict[str, list[dict]]:
@@ -466,7 +468,7 @@ def test_end_to_end_every_format_with_items_users_and_bad_records(tmp_path):
     config = _config(
         tmp_path, data_dir=fixture["data_dir"], interactions=own_config, max_bad_fraction=0.01
     )
-    root = pp.preprocess(config)
+    root = preprocess(config)
     assert root.startswith(os.path.join(config.output_dir, "interactions", "v-"))
     names = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
     assert {"schema.pbtxt", "metadata.json", "vocab/items.txt", "vocab/genres.txt"} <= names
@@ -557,10 +559,10 @@ def test_end_to_end_without_optional_files_or_ratings(tmp_path):
     config = _config(
         tmp_path, data_dir=fixture["data_dir"], kcore_max_iterations=2, min_item_interactions=2
     )
-    with pytest.raises(pp.BadRecordsError, match=r"1 of \d+ input records .*part-0-csv.csv: 1"):
-        pp.preprocess(config)
+    with pytest.raises(BadRecordsError, match=r"1 of \d+ input records .*part-0-csv.csv: 1"):
+        preprocess(config)
 
-    root = pp.preprocess(dataclasses.replace(config, max_bad_fraction=0.01))
+    root = preprocess(dataclasses.replace(config, max_bad_fraction=0.01))
     meta = _meta(root)
     assert meta["has_ratings"] is False and meta["attributes"] == {}
     assert meta["vocab_sizes"]["genres"] == F.NUM_RESERVED

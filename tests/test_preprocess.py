@@ -20,17 +20,19 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from bt_tf import features as F
-from pipelines import preprocess as pp
-from pipelines import sources, synthetic, textio
+from pipelines import blocks, columnar, inputs, sources, synthetic, textio
+from pipelines.config import PreprocessConfig, add_flags, config_from_flags
+from pipelines.metadata import BadRecordsError
+from pipelines.preprocess import local_runner, pipeline_options, preprocess
 from tests import rawdata
 
 TINY = synthetic.SyntheticConfig(num_users=160, num_items=120, mean_len=30, max_len_seq=60)
 
 
-def _config(tmp_path, **kw) -> pp.PreprocessConfig:
+def _config(tmp_path, **kw) -> PreprocessConfig:
     kw.setdefault("kcore_max_iterations", 4)
     kw.setdefault("num_shards", 2)
-    return pp.PreprocessConfig(output_dir=str(tmp_path / "out"), **kw)
+    return PreprocessConfig(output_dir=str(tmp_path / "out"), **kw)
 
 
 def _examples(root: str) -> dict[str, list[dict]]:
@@ -74,7 +76,7 @@ def _k_core(interactions, min_user, min_item):
 def synthetic_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("synthetic")
     config = _config(tmp, dataset="synthetic", synthetic=TINY, max_len=25, future_len=5)
-    return config, pp.preprocess(config)
+    return config, preprocess(config)
 
 
 def test_synthetic_artifacts_follow_the_data_contract(synthetic_run):
@@ -102,7 +104,7 @@ def test_synthetic_artifacts_follow_the_data_contract(synthetic_run):
         assert len(rows) == meta["num_users"][split]
         for row in rows:
             user = row[F.USER_ID][0]
-            assert pp.split_of(user, 80, 10) == split and user not in seen
+            assert blocks.split_of(user, 80, 10) == split and user not in seen
             seen.add(user)
             n = row[F.HISTORY_LENGTH][0]
             assert 3 <= n <= 25 and len(row[F.HISTORY_ITEM_IDS]) == n
@@ -142,7 +144,7 @@ def test_synthetic_artifacts_follow_the_data_contract(synthetic_run):
 
 def test_same_input_and_flags_give_byte_identical_files(synthetic_run, tmp_path):
     config, first = synthetic_run
-    second = pp.preprocess(dataclasses.replace(config, output_dir=str(tmp_path)))
+    second = preprocess(dataclasses.replace(config, output_dir=str(tmp_path)))
     assert os.path.basename(second) == os.path.basename(first)
     files = _all_files(first)
     assert files == _all_files(second)
@@ -155,8 +157,8 @@ def test_output_does_not_depend_on_how_users_are_bucketed(synthetic_run, tmp_pat
     # merged per shard: one part or three per shard write the same bytes.
     config, first = synthetic_run
     for parts in (1, 3):
-        monkeypatch.setattr(pp, "_PARTS_PER_SHARD", parts)
-        other = pp.preprocess(dataclasses.replace(config, output_dir=str(tmp_path / str(parts))))
+        monkeypatch.setattr(blocks, "PARTS_PER_SHARD", parts)
+        other = preprocess(dataclasses.replace(config, output_dir=str(tmp_path / str(parts))))
         files = _all_files(first)
         assert files == _all_files(other) and not any("_parts" in f for f in files)
         _, mismatch, errors = filecmp.cmpfiles(first, other, files, shallow=False)
@@ -166,7 +168,7 @@ def test_output_does_not_depend_on_how_users_are_bucketed(synthetic_run, tmp_pat
 def test_existing_version_is_reused_not_rewritten(synthetic_run):
     config, root = synthetic_run
     before = os.stat(os.path.join(root, "metadata.json")).st_mtime_ns
-    assert pp.preprocess(config) == root
+    assert preprocess(config) == root
     assert os.stat(os.path.join(root, "metadata.json")).st_mtime_ns == before
 
 
@@ -181,7 +183,7 @@ def test_ml1m_k_core_order_split_and_attributes(tmp_path):
         kcore_max_iterations=8,
         future_len=3,
     )
-    root = pp.preprocess(config)
+    root = preprocess(config)
     meta = json.load(open(os.path.join(root, "metadata.json")))
     expected = _k_core(fixture["interactions"], 6, 4)
     assert meta["kcore"]["iterations"] >= 2  # the fixture needs iterating
@@ -202,7 +204,7 @@ def test_ml1m_k_core_order_split_and_attributes(tmp_path):
     assert got == collections.Counter((r[0], r[1]) for r in expected)
     assert sum(meta["num_interactions"].values()) == len(expected)
     # item vocab: train users' interactions, by descending count, ties by id
-    train_users = {u for u, *_ in expected if pp.split_of(u, 80, 10) == "train"}
+    train_users = {u for u, *_ in expected if blocks.split_of(u, 80, 10) == "train"}
     counts = collections.Counter(i for u, i, *_ in expected if u in train_users)
     items = open(os.path.join(root, "vocab/items.txt")).read().splitlines()
     assert items[3:] == sorted(counts, key=lambda i: (-counts[i], i))
@@ -214,7 +216,7 @@ _ML100K_BAD_ITEM = "9999|Bad (1999)|01-Jan-1999||url|" + "|".join(["0"] * 18 + [
 _ML100K_BAD_USER = "3|twenty|M|student|12345"
 
 
-def _ml100k_config(tmp_path, data_dir, **kw) -> pp.PreprocessConfig:
+def _ml100k_config(tmp_path, data_dir, **kw) -> PreprocessConfig:
     return _config(
         tmp_path,
         dataset="ml-100k",
@@ -236,7 +238,7 @@ def ml100k_run(tmp_path_factory):
         with open(fixture["paths"][role], "ab") as f:
             f.write(line.encode() + b"\n")
     config = _ml100k_config(tmp, fixture["data_dir"])
-    return fixture, config, pp.preprocess(config)
+    return fixture, config, preprocess(config)
 
 
 def test_ml100k_end_to_end_follows_the_data_contract(ml100k_run):
@@ -296,7 +298,7 @@ def test_ml100k_end_to_end_follows_the_data_contract(ml100k_run):
         assert len(rows) == meta["num_users"][split]
         for row in rows:
             user = row[F.USER_ID][0]
-            assert pp.split_of(user, 80, 10) == split
+            assert blocks.split_of(user, 80, 10) == split
             raw = row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS]
             stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
             assert list(zip(stamps, raw)) == sorted(zip(stamps, raw))
@@ -346,7 +348,7 @@ def test_ml100k_tfds_source_writes_the_same_examples_as_raw(ml100k_run, tmp_path
         cache_dir=tfds_dir,
         tfds_shards=3,
     )
-    root = pp.preprocess(config)
+    root = preprocess(config)
     meta = json.load(open(os.path.join(root, "metadata.json")))
     assert meta["source"] == "tfds" and meta["bad_records"]["total"] == 0
     raw_meta = json.load(open(os.path.join(raw_root, "metadata.json")))
@@ -367,19 +369,21 @@ def test_bad_lines_are_routed_counted_and_fail_above_threshold(tmp_path):
     ]
     fixture = rawdata.write_ml1m(tmp_path / "raw", num_users=30, per_user=12, bad_lines=bad)
     config = _config(tmp_path, dataset="ml-1m", data_dir=fixture["data_dir"])
-    with pytest.raises(pp.BadRecordsError) as err:
-        pp.preprocess(config)
+    with pytest.raises(BadRecordsError) as err:
+        preprocess(config)
     message = str(err.value)
     assert "4 of" in message and "ratings.dat: 4" in message and "bad_records" in message
-    partial = os.path.join(pp.artifact_dir(config) + ".partial", "bad_records", "ratings.dat.jsonl")
-    assert not os.path.exists(pp.artifact_dir(config))  # nothing published
+    partial = os.path.join(
+        inputs.artifact_dir(config) + ".partial", "bad_records", "ratings.dat.jsonl"
+    )
+    assert not os.path.exists(inputs.artifact_dir(config))  # nothing published
     records = [json.loads(line) for line in open(partial)]
     assert [r["line"] for r in records] == [line for line, _ in fixture["bad_lines"]]
     assert all(r["file"] == "ratings.dat" and r["reason"] for r in records)
 
     # Asked to skip them: they are skipped and counted, the run succeeds.
     lenient = dataclasses.replace(config, max_bad_fraction=0.05)
-    root = pp.preprocess(lenient)
+    root = preprocess(lenient)
     meta = json.load(open(os.path.join(root, "metadata.json")))
     assert meta["bad_records"]["total"] == 4 and meta["bad_records"]["by_file"] == {
         "ratings.dat": 4
@@ -401,7 +405,7 @@ def test_small_read_chunks_give_the_same_output_and_line_numbers(tmp_path):
             chunk_bytes=chunk_bytes,
             max_bad_fraction=0.1,
         )
-        roots.append(pp.preprocess(config))
+        roots.append(preprocess(config))
     files = _all_files(roots[0])
     assert files == _all_files(roots[1])
     _, mismatch, _ = filecmp.cmpfiles(roots[0], roots[1], files, shallow=False)
@@ -486,7 +490,7 @@ def test_vectorized_rating_reader_matches_the_line_parser(sep):
     buf = np.frombuffer(data, dtype=np.uint8)
     starts, ends = textio.line_bounds(buf)
     assert len(starts) == len(lines)
-    ok, columns = pp._parse_rating_lines(buf, starts, ends, pp._rating_lines_of(parse))
+    ok, columns = columnar.parse_rating_lines(buf, starts, ends, columnar.rating_lines_of(parse))
     assert ok.tolist() == fast
     expected = [parse(data[a:b]) for a, b, taken in zip(starts, ends, ok) if taken]
     got = list(
@@ -519,7 +523,7 @@ def test_k_core_drops_a_user_whose_every_item_was_rare(tmp_path):
         future_len=1,
         min_history_len=1,
     )
-    root = pp.preprocess(config)
+    root = preprocess(config)
     meta = json.load(open(os.path.join(root, "metadata.json")))
     assert meta["kcore"]["rounds"][:3] == [
         {"iteration": 0, "users_removed": 0, "items_removed": 1},
@@ -534,33 +538,33 @@ def test_pipeline_options_name_the_direct_runner_unless_given_one(caplog):
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
     from apache_beam.testing.util import assert_that, equal_to
 
-    default = pp.pipeline_options(["--direct_num_workers=2"])
+    default = pipeline_options(["--direct_num_workers=2"])
     assert default.view_as(StandardOptions).runner == "DirectRunner"
     assert default.view_as(DirectOptions).direct_num_workers == 2
     for given, name in (
         (["--runner=PrismRunner"], "PrismRunner"),
         (["--runner", "FlinkRunner", "--parallelism=2"], "FlinkRunner"),
     ):
-        options = pp.pipeline_options(given)
+        options = pipeline_options(given)
         assert options.view_as(StandardOptions).runner == name
-        assert pp.local_runner(options) is None  # Beam makes it from the options
+        assert local_runner(options) is None  # Beam makes it from the options
     # The DirectRunner runs batch pipelines without first trying (downloading) Prism.
-    default = pp.pipeline_options()
+    default = pipeline_options()
     with caplog.at_level(logging.INFO):
-        with beam.Pipeline(runner=pp.local_runner(default), options=default) as p:
+        with beam.Pipeline(runner=local_runner(default), options=default) as p:
             assert_that(p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * x), equal_to([1, 4, 9]))
     assert "prism" not in caplog.text.lower()
 
 
 def test_ml20m_and_yelp_raw_formats(tmp_path):
     ml = rawdata.write_ml20m(tmp_path / "ml20m", num_users=30, per_user=12)
-    root = pp.preprocess(_config(tmp_path, dataset="ml-20m", data_dir=ml["data_dir"]))
+    root = preprocess(_config(tmp_path, dataset="ml-20m", data_dir=ml["data_dir"]))
     rows = [r for rs in _examples(root).values() for r in rs]
     ratings = {x for r in rows for x in r[F.HISTORY_RATINGS] + r[F.FUTURE_RATINGS]}
     assert ratings <= {x / 2 for x in range(1, 11)} and any(x % 1 for x in ratings)
 
     yelp = rawdata.write_yelp(tmp_path / "yelp", num_users=30, per_user=12)
-    root = pp.preprocess(_config(tmp_path, dataset="yelp", data_dir=yelp["data_dir"]))
+    root = preprocess(_config(tmp_path, dataset="yelp", data_dir=yelp["data_dir"]))
     meta = json.load(open(os.path.join(root, "metadata.json")))
     assert meta["item_feature"] == "category" and meta["attributes"] == {}
     rows = [r for rs in _examples(root).values() for r in rs]
@@ -575,9 +579,9 @@ def test_ml20m_and_yelp_raw_formats(tmp_path):
 def test_missing_input_names_the_path_and_files(tmp_path):
     (tmp_path / "raw").mkdir()
     with pytest.raises(FileNotFoundError, match="ratings.dat"):
-        pp.preprocess(_config(tmp_path, dataset="ml-1m", data_dir=str(tmp_path / "raw")))
+        preprocess(_config(tmp_path, dataset="ml-1m", data_dir=str(tmp_path / "raw")))
     with pytest.raises(FileNotFoundError, match="yelp.com/dataset"):
-        pp.preprocess(_config(tmp_path, dataset="yelp", data_dir=str(tmp_path / "raw")))
+        preprocess(_config(tmp_path, dataset="yelp", data_dir=str(tmp_path / "raw")))
 
 
 def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
@@ -620,7 +624,7 @@ def test_tfds_source_through_the_pipeline(tmp_path):
         future_len=1,
     )
     with tfds.testing.mock_data(num_examples=300):
-        root = pp.preprocess(config)
+        root = preprocess(config)
     meta = json.load(open(os.path.join(root, "metadata.json")))
     assert meta["source"] == "tfds" and meta["input_records"] == {"interactions": 300}
     assert set(meta["attributes"]) == {"gender", "age", "occupation"}
@@ -634,10 +638,10 @@ def test_tfds_source_through_the_pipeline(tmp_path):
 
 def test_dataset_and_source_flags_accept_ml100k():
     parser = argparse.ArgumentParser()
-    pp.add_flags(parser)
+    add_flags(parser)
     args = parser.parse_args(["--dataset=ml-100k", "--source=tfds"])
-    config = pp.config_from_flags(args)
+    config = config_from_flags(args)
     assert (config.dataset, config.source) == ("ml-100k", "tfds")
-    assert pp.item_feature_name(config) == "genre"
+    assert inputs.item_feature_name(config) == "genre"
     with pytest.raises(ValueError, match="--source=tfds exists only for ml-100k, ml-1m, ml-20m"):
-        pp.PreprocessConfig(dataset="yelp", source="tfds")
+        PreprocessConfig(dataset="yelp", source="tfds")
