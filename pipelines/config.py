@@ -211,54 +211,54 @@ def add_flags(parser: argparse.ArgumentParser, *, output_dir_alias: bool = True)
     _add_interactions_flags(parser)
 
 
+# One --<field> flag per field, typed like its default: (field, help).
+_PROCESSING_FLAGS = (
+    ("min_user_interactions", "k-core: users with fewer interactions are dropped"),
+    ("min_item_interactions", "k-core: items with fewer interactions are dropped"),
+    ("kcore_max_iterations", "k-core rounds; more needed is an error"),
+    ("future_len", "each user's last interactions held out as the future (downstream labels)"),
+    ("min_history_len", "the future shrinks for short users so the history keeps this many"),
+    ("max_len", "most recent history items kept"),
+    ("num_shards", "TFRecord files per split"),
+    ("max_bad_fraction", "fraction of unparsable input records above which the run fails"),
+    ("chunk_bytes", "bytes per parallel raw read"),
+    ("tfds_shards", "parallel reads of a TFDS split"),
+)
+# (flag, field of SyntheticConfig, help)
+_SYNTHETIC_FLAGS = (
+    ("synthetic_users", "num_users", "users of --dataset=synthetic"),
+    ("synthetic_items", "num_items", "items of --dataset=synthetic"),
+    ("synthetic_seed", "seed", "seed of --dataset=synthetic"),
+)
+# (field of InteractionsConfig, help)
+_INTERACTIONS_FLAGS = (
+    ("user_col", "user id column (default: %(default)s)"),
+    ("item_col", "item id column (default: %(default)s)"),
+    ("time_col", "timestamp column: Unix s/ms or ISO 8601, naive = UTC (default: %(default)s)"),
+    ("rating_col", "rating column; empty: no ratings, liked-item task unavailable (default: none)"),
+    ("items_file", "optional item file with --item_col and --category_col (categories = genres)"),
+    ("category_col", "item category column (default: %(default)s)"),
+    (
+        "category_sep",
+        "separator inside a category value; empty: no splitting (default: %(default)s)",
+    ),
+    ("users_file", "optional user file: every column but --user_col becomes an attribute"),
+    (
+        "max_attribute_classes",
+        "most frequent values kept per user attribute, rarer = unknown (default: %(default)s)",
+    ),
+)
+
+
 def _add_processing_flags(parser: argparse.ArgumentParser) -> None:
     """k-core, history/future cut, shards, bad records, parallelism, synthetic data."""
     d = PreprocessConfig()
-    s = d.synthetic
-    add = parser.add_argument
-    add(
-        "--min_user_interactions",
-        type=int,
-        default=d.min_user_interactions,
-        help="k-core: users with fewer interactions are dropped",
-    )
-    add(
-        "--min_item_interactions",
-        type=int,
-        default=d.min_item_interactions,
-        help="k-core: items with fewer interactions are dropped",
-    )
-    add(
-        "--kcore_max_iterations",
-        type=int,
-        default=d.kcore_max_iterations,
-        help="k-core rounds; more needed is an error",
-    )
-    add(
-        "--future_len",
-        type=int,
-        default=d.future_len,
-        help="each user's last interactions held out as the future (downstream labels)",
-    )
-    add(
-        "--min_history_len",
-        type=int,
-        default=d.min_history_len,
-        help="the future shrinks for short users so the history keeps this many",
-    )
-    add("--max_len", type=int, default=d.max_len, help="most recent history items kept")
-    add("--num_shards", type=int, default=d.num_shards, help="TFRecord files per split")
-    add(
-        "--max_bad_fraction",
-        type=float,
-        default=d.max_bad_fraction,
-        help="fraction of unparsable input records above which the run fails",
-    )
-    add("--chunk_bytes", type=int, default=d.chunk_bytes, help="bytes per parallel raw read")
-    add("--tfds_shards", type=int, default=d.tfds_shards, help="parallel reads of a TFDS split")
-    add("--synthetic_users", type=int, default=s.num_users, help="users of --dataset=synthetic")
-    add("--synthetic_items", type=int, default=s.num_items, help="items of --dataset=synthetic")
-    add("--synthetic_seed", type=int, default=s.seed, help="seed of --dataset=synthetic")
+    for field, text in _PROCESSING_FLAGS:
+        default = getattr(d, field)
+        parser.add_argument(f"--{field}", type=type(default), default=default, help=text)
+    for flag, field, text in _SYNTHETIC_FLAGS:
+        default = getattr(d.synthetic, field)
+        parser.add_argument(f"--{flag}", type=type(default), default=default, help=text)
 
 
 def _add_interactions_flags(parser: argparse.ArgumentParser) -> None:
@@ -266,59 +266,9 @@ def _add_interactions_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "--dataset=interactions (your own data; see pipelines/interactions_source.py)"
     )
-    add = group.add_argument
-    add("--user_col", default=o.user_col, help="user id column (default: %(default)s)")
-    add("--item_col", default=o.item_col, help="item id column (default: %(default)s)")
-    add(
-        "--time_col",
-        default=o.time_col,
-        help="timestamp column: Unix s/ms or ISO 8601, naive = UTC (default: %(default)s)",
-    )
-    add(
-        "--rating_col",
-        default=o.rating_col,
-        help="rating column; empty: no ratings, liked-item task unavailable (default: none)",
-    )
-    add(
-        "--items_file",
-        default=o.items_file,
-        help="optional item file with --item_col and --category_col (categories = genres)",
-    )
-    add(
-        "--category_col",
-        default=o.category_col,
-        help="item category column (default: %(default)s)",
-    )
-    add(
-        "--category_sep",
-        default=o.category_sep,
-        help="separator inside a category value; empty: no splitting (default: %(default)s)",
-    )
-    add(
-        "--users_file",
-        default=o.users_file,
-        help="optional user file: every column but --user_col becomes an attribute",
-    )
-    add(
-        "--max_attribute_classes",
-        type=int,
-        default=o.max_attribute_classes,
-        help="most frequent values kept per user attribute, rarer = unknown (default: %(default)s)",
-    )
-
-
-def _interactions_config(args: argparse.Namespace) -> InteractionsConfig:
-    return InteractionsConfig(
-        user_col=args.user_col,
-        item_col=args.item_col,
-        time_col=args.time_col,
-        rating_col=args.rating_col,
-        items_file=args.items_file,
-        category_col=args.category_col,
-        category_sep=args.category_sep,
-        users_file=args.users_file,
-        max_attribute_classes=args.max_attribute_classes,
-    )
+    for field, text in _INTERACTIONS_FLAGS:
+        default = getattr(o, field)
+        group.add_argument(f"--{field}", type=type(default), default=default, help=text)
 
 
 def config_from_flags(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> PreprocessConfig:
@@ -336,22 +286,13 @@ def _config_from_flags(args: argparse.Namespace, beam_args: Sequence[str]) -> Pr
         data_dir=args.data_dir,
         output_dir=args.data_output_dir,
         cache_dir=args.cache_dir,
-        min_user_interactions=args.min_user_interactions,
-        min_item_interactions=args.min_item_interactions,
-        kcore_max_iterations=args.kcore_max_iterations,
-        future_len=args.future_len,
-        min_history_len=args.min_history_len,
-        max_len=args.max_len,
-        num_shards=args.num_shards,
-        max_bad_fraction=args.max_bad_fraction,
-        chunk_bytes=args.chunk_bytes,
-        tfds_shards=args.tfds_shards,
+        **{field: getattr(args, field) for field, _ in _PROCESSING_FLAGS},
         synthetic=dataclasses.replace(
             synthetic.SyntheticConfig(),
-            num_users=args.synthetic_users,
-            num_items=args.synthetic_items,
-            seed=args.synthetic_seed,
+            **{field: getattr(args, flag) for flag, field, _ in _SYNTHETIC_FLAGS},
         ),
-        interactions=_interactions_config(args),
+        interactions=InteractionsConfig(
+            **{field: getattr(args, field) for field, _ in _INTERACTIONS_FLAGS}
+        ),
         beam_args=tuple(beam_args),
     )

@@ -173,15 +173,28 @@ def _split_genres(field: str) -> tuple[str, ...]:
 
 def parse_ml1m_rating(line: bytes):
     """``UserID::MovieID::Rating::Timestamp`` -> Interaction (integer stars 1-5)."""
+    return _integer_rating_line(line, "::", "'::'-separated", ("UserID", "MovieID"))
+
+
+def _exact_fields(line: bytes, sep: str, count: int, described: str) -> list[str] | None:
+    """A latin-1 line split on `sep` into exactly `count` fields; None for a blank line."""
     text = line.decode("latin-1").rstrip("\r")
     if not text.strip():
         return None
-    fields = text.split("::")
-    if len(fields) != 4:
-        raise BadRecord(f"expected 4 '::'-separated fields, got {len(fields)}")
+    fields = text.split(sep)
+    if len(fields) != count:
+        raise BadRecord(f"expected {count} {described} fields, got {len(fields)}")
+    return fields
+
+
+def _integer_rating_line(line: bytes, sep: str, described: str, id_names: tuple[str, str]):
+    """A latin-1 ``user SEP item SEP stars SEP timestamp`` line (stars 1-5) -> Interaction."""
+    fields = _exact_fields(line, sep, 4, described)
+    if fields is None:
+        return None
     user_id, item_id, rating, timestamp = fields
-    _check_id(user_id, "UserID")
-    _check_id(item_id, "MovieID")
+    _check_id(user_id, id_names[0])
+    _check_id(item_id, id_names[1])
     stars = _ML1M_RATINGS.get(rating)
     if stars is None:
         raise BadRecord(f"rating must be an integer 1-5, got {_short(rating)}")
@@ -207,12 +220,9 @@ def parse_ml1m_movie(line: bytes):
 
 def parse_ml1m_user(line: bytes):
     """``UserID::Gender::Age::Occupation::Zip-code`` -> UserRecord (zip dropped)."""
-    text = line.decode("latin-1").rstrip("\r")
-    if not text.strip():
+    fields = _exact_fields(line, "::", 5, "'::'-separated")
+    if fields is None:
         return None
-    fields = text.split("::")
-    if len(fields) != 5:
-        raise BadRecord(f"expected 5 '::'-separated fields, got {len(fields)}")
     user_id, gender, age, occupation, _zip = fields
     _check_id(user_id, "UserID")
     if gender not in _GENDER_SET:
@@ -268,19 +278,7 @@ def age_bucket(years: float) -> str:
 
 def parse_ml100k_rating(line: bytes):
     """u.data ``user id<TAB>item id<TAB>rating<TAB>timestamp`` -> Interaction (stars 1-5)."""
-    text = line.decode("latin-1").rstrip("\r")
-    if not text.strip():
-        return None
-    fields = text.split("\t")
-    if len(fields) != 4:
-        raise BadRecord(f"expected 4 tab-separated fields, got {len(fields)}")
-    user_id, item_id, rating, timestamp = fields
-    _check_id(user_id, "user id")
-    _check_id(item_id, "item id")
-    stars = _ML1M_RATINGS.get(rating)
-    if stars is None:
-        raise BadRecord(f"rating must be an integer 1-5, got {_short(rating)}")
-    return (user_id, item_id, _check_timestamp(timestamp), stars)
+    return _integer_rating_line(line, "\t", "tab-separated", ("user id", "item id"))
 
 
 def parse_ml100k_item(line: bytes):
@@ -322,12 +320,9 @@ def parse_ml100k_user(line: bytes):
     Age (whole years) becomes its ML-1M bucket code (`age_bucket`); the
     occupation stays the ml-100k word (``"technician"``, ``"none"``, ...).
     """
-    text = line.decode("latin-1").rstrip("\r")
-    if not text.strip():
+    fields = _exact_fields(line, "|", 5, "'|'-separated")
+    if fields is None:
         return None
-    fields = text.split("|")
-    if len(fields) != 5:
-        raise BadRecord(f"expected 5 '|'-separated fields, got {len(fields)}")
     user_id, age, gender, occupation, _zip = fields
     _check_id(user_id, "user id")
     if not _is_uint(age):

@@ -72,6 +72,15 @@ def count(name: str, n: int) -> None:
 # ReadSource
 
 
+class _Step(beam.PTransform):
+    """A step set up by the run's config (and, for the readers, its input files)."""
+
+    def __init__(self, config: PreprocessConfig, files: dict[str, str] | None = None):
+        super().__init__()
+        self._config = config
+        self._files = files or {}
+
+
 class Parsed(NamedTuple):
     """What a reader gives: five PCollections."""
 
@@ -186,13 +195,8 @@ class ParseParquet(beam.DoFn):
         yield from _emit_tail(part.table, bad, counted["n"])
 
 
-class ReadRaw(beam.PTransform):
+class ReadRaw(_Step):
     """Raw files (line-oriented ones in parallel byte-range chunks, Parquet by row group)."""
-
-    def __init__(self, config: PreprocessConfig, files: dict[str, str]):
-        super().__init__()
-        self._config = config
-        self._files = files
 
     def expand(self, pbegin) -> Parsed:
         tables, parquet = inputs.readers(self._config, self._files)
@@ -211,9 +215,9 @@ class ReadRaw(beam.PTransform):
         ]
         branches = []
         if plans:
-            branches.append(pbegin | "Text" >> _ReadText(tables, plans))
+            branches.append(self._read_text(pbegin, tables, plans))
         if parts:
-            branches.append(pbegin | "Parquet" >> _ReadParquet(parquet, parts))
+            branches.append(self._read_parquet(pbegin, parquet, parts))
         if len(branches) == 1:
             return Parsed(*(getattr(branches[0], tag) for tag in Parsed._fields))
         return Parsed(
@@ -224,48 +228,34 @@ class ReadRaw(beam.PTransform):
             )
         )
 
-
-class _ReadText(beam.PTransform):
-    """Chunks of line-oriented files -> `ParseChunk`'s outputs (exact line numbers)."""
-
-    def __init__(self, tables: dict, plans: list):
-        super().__init__()
-        self._tables = tables
-        self._plans = plans
-
-    def expand(self, pbegin):
-        chunks = pbegin | "Chunks" >> beam.Create(self._plans)
+    @staticmethod
+    def _read_text(pbegin, tables: dict, plans: list):
+        """Chunks of line-oriented files -> `ParseChunk`'s outputs (exact line numbers)."""
+        chunks = pbegin | "Chunks" >> beam.Create(plans)
         newlines = (
             chunks
             | "CountNewlines" >> beam.Map(textio.count_newlines)
             | "NewlineTable" >> beam.combiners.ToDict()
-            | "FirstLines" >> beam.Map(textio.first_line_numbers, self._plans)
+            | "FirstLines" >> beam.Map(textio.first_line_numbers, plans)
         )
         return (
             chunks
             | "SpreadChunks" >> beam.Reshuffle()
             | "Parse"
-            >> beam.ParDo(ParseChunk(self._tables), beam.pvalue.AsSingleton(newlines)).with_outputs(
+            >> beam.ParDo(ParseChunk(tables), beam.pvalue.AsSingleton(newlines)).with_outputs(
                 *_OUTPUTS, main="interactions"
             )
         )
 
-
-class _ReadParquet(beam.PTransform):
-    """Parquet row groups -> `ParseParquet`'s outputs."""
-
-    def __init__(self, parsers: dict, parts: list):
-        super().__init__()
-        self._parsers = parsers
-        self._parts = parts
-
-    def expand(self, pbegin):
+    @staticmethod
+    def _read_parquet(pbegin, parsers: dict, parts: list):
+        """Parquet row groups -> `ParseParquet`'s outputs."""
         return (
             pbegin
-            | "RowGroups" >> beam.Create(self._parts)
+            | "RowGroups" >> beam.Create(parts)
             | "SpreadRowGroups" >> beam.Reshuffle()
             | "ReadParquet"
-            >> beam.ParDo(ParseParquet(self._parsers)).with_outputs(*_OUTPUTS, main="interactions")
+            >> beam.ParDo(ParseParquet(parsers)).with_outputs(*_OUTPUTS, main="interactions")
         )
 
 
@@ -290,13 +280,9 @@ def _user_from_json(kv: tuple[str, str]) -> tuple[str, dict]:
     return kv[0], json.loads(kv[1])
 
 
-class ReadTfds(beam.PTransform):
+class ReadTfds(_Step):
     """TFDS ``movielens/*-ratings``: every rating repeats its item and user, so both are
     made distinct."""
-
-    def __init__(self, config: PreprocessConfig):
-        super().__init__()
-        self._config = config
 
     def expand(self, pbegin) -> Parsed:
         cfg = self._config
@@ -332,12 +318,8 @@ def synthetic_block(block: int, config: synthetic.SyntheticConfig):
         yield {k: v[start : start + columnar.BATCH_ROWS] for k, v in interactions.items()}
 
 
-class ReadSynthetic(beam.PTransform):
+class ReadSynthetic(_Step):
     """The seeded generator (`pipelines.synthetic`), a block of users at a time."""
-
-    def __init__(self, config: PreprocessConfig):
-        super().__init__()
-        self._config = config
 
     def expand(self, pbegin) -> Parsed:
         cfg = self._config.synthetic
@@ -366,13 +348,8 @@ def user_key(record: tuple) -> tuple[str, dict]:
     return str(record[0]), dict(record[1])
 
 
-class ReadSource(beam.PTransform):
+class ReadSource(_Step):
     """The dataset's reader (synthetic, TFDS or raw files); items and users keyed by str."""
-
-    def __init__(self, config: PreprocessConfig, files: dict[str, str]):
-        super().__init__()
-        self._config = config
-        self._files = files
 
     def expand(self, pbegin) -> Parsed:
         if self._config.dataset == "synthetic":
@@ -395,17 +372,12 @@ def _attribute_values(user: tuple[str, dict]):
     return user[1].items()
 
 
-class AttributeClasses(beam.PTransform):
+class AttributeClasses(_Step):
     """Users -> a singleton ``[(attribute, [class, ...]), ...]``.
 
     Fixed per dataset, except for ``--dataset=interactions``, whose users
     file's values are counted (`interactions_source.attribute_classes`).
     """
-
-    def __init__(self, config: PreprocessConfig, files: dict[str, str]):
-        super().__init__()
-        self._config = config
-        self._files = files
 
     def expand(self, users):
         config = self._config
@@ -481,13 +453,9 @@ def _build_block(kv, catalog: np.ndarray):
     yield bucket, block
 
 
-class Split(beam.PTransform):
+class Split(_Step):
     """(interactions, users) -> `Blocks`: each user's (split, shard, part) bucket from a
     hash of its id (`blocks.bucket_of`), the buckets grouped into sorted blocks."""
-
-    def __init__(self, config: PreprocessConfig):
-        super().__init__()
-        self._config = config
 
     def expand(self, interactions_and_users) -> Blocks:
         batches, users = interactions_and_users
@@ -544,17 +512,13 @@ def _round_stat(round_output, iteration: int) -> tuple[str, dict]:
     return "kcore", {"iteration": iteration, "users_removed": short, "items_removed": len(rare)}
 
 
-class KCore(beam.PTransform):
+class KCore(_Step):
     """Iterated k-core on blocks (see `pipelines.blocks`, "k-core").
 
     Beam graphs are static, so the rounds are unrolled `kcore_max_iterations`
     times; one more round only measures, and anything it would remove means the
     fixed point was not reached (`metadata.check_stats` fails the run).
     """
-
-    def __init__(self, config: PreprocessConfig):
-        super().__init__()
-        self._config = config
 
     def expand(self, block_pcoll) -> KCoreResult:
         config = self._config
@@ -589,13 +553,12 @@ def first_genres(kv: tuple[str, Iterable[tuple[str, ...]]]) -> tuple[str, tuple[
     return kv[0], tuple(records[0])
 
 
-class BuildVocab(beam.PTransform):
+class BuildVocab(_Step):
     """(blocks, items) -> a singleton of `blocks.item_tables`: the item and genre
     vocabularies over train users as the k-core left them, and per-item lookups."""
 
     def __init__(self, config: PreprocessConfig, k_core, catalog):
-        super().__init__()
-        self._config = config
+        super().__init__(config)
         self._k_core = k_core
         self._catalog = catalog
 
@@ -670,13 +633,12 @@ class Examples(NamedTuple):
     stats: beam.PCollection  # interactions per split, longest history, users too short
 
 
-class MakeExamples(beam.PTransform):
+class MakeExamples(_Step):
     """Blocks -> `Examples`: every user's Example in its split's shard under `root`
     (each of the `num_shards` shards of every split is written, empty or not)."""
 
     def __init__(self, config: PreprocessConfig, root: str, *, k_core, tables, catalog, attributes):
-        super().__init__()
-        self._config = config
+        super().__init__(config)
         self._root = root
         self._side = {
             "k_core": k_core,
