@@ -345,6 +345,8 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     index), int64 ``timestamp`` [N], float32 ``rating`` [N] (1..5), and per
     user (``block_size`` rows): ``taste`` [B, G] float64, ``segment`` [B]
     int64, ``length`` [B] int64. Interactions are user-major, chronological.
+    The draws from the block's generator happen in a fixed order (users,
+    items, timestamps, ratings): the same seed gives the same data.
     """
     if not 0 <= block < num_blocks(config):
         raise ValueError(
@@ -352,11 +354,34 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
             f"block_size={config.block_size} gives blocks 0..{num_blocks(config) - 1}"
         )
     cat = _catalog(config)
-    rng = np.random.default_rng(
-        np.random.SeedSequence(config.seed, spawn_key=(1, block))
-    )
-    b, g = config.block_size, config.num_genres
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1, block)))
+    users = _user_draws(rng, config, cat)
+    length = users["length"]
 
+    # Flat (user-major) interaction cells.
+    n = int(length.sum())
+    row = np.repeat(np.arange(config.block_size), length)
+    first = np.zeros(n, bool)
+    first[np.cumsum(length)[:-1]] = True
+    first[0] = True
+
+    item = _item_draws(rng, config, cat, users["taste"], row, first, length)
+    timestamp = _timestamp_draws(rng, config, first, length)
+    rating = _rating_draws(rng, cat, users, item, row)
+    return {
+        "user": block * config.block_size + row.astype(np.int64),
+        "item": item,
+        "timestamp": timestamp,
+        "rating": rating,
+        "taste": users["taste"],
+        "segment": users["segment"].astype(np.int64),
+        "length": length,
+    }
+
+
+def _user_draws(rng, config: SyntheticConfig, cat) -> dict[str, np.ndarray]:
+    """Per user of a block: ``taste`` [B, G], ``segment``, ``generosity``, ``length``."""
+    b, g = config.block_size, config.num_genres
     # Tastes: k in {1, 2, 3} liked genres (Gumbel top-k by genre prior),
     # Dirichlet(2) weights over them, plus a uniform floor.
     k_prob = np.array(_LIKED_GENRES_P)[: min(3, g)]
@@ -365,9 +390,7 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     rank = np.argsort(np.argsort(-keys, axis=1), axis=1)
     liked = rank < k[:, None]
     w = np.where(liked, rng.gamma(2.0, size=(b, g)), 0.0)
-    taste = (1 - config.taste_floor) * w / w.sum(
-        1, keepdims=True
-    ) + config.taste_floor / g
+    taste = (1 - config.taste_floor) * w / w.sum(1, keepdims=True) + config.taste_floor / g
     dominant = taste.argmax(1)
     segment = np.where(
         rng.random(b) < config.segment_noise,
@@ -376,20 +399,17 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     )
     generosity = rng.normal(0.0, _USER_GENEROSITY_SD, b)
     length = _lengths(rng, config, b)
+    return {"taste": taste, "segment": segment, "generosity": generosity, "length": length}
 
-    # Flat (user-major) interaction cells.
-    n = int(length.sum())
-    row = np.repeat(np.arange(b), length)
-    first = np.zeros(n, bool)
-    first[np.cumsum(length)[:-1]] = True
-    first[0] = True
-    pos = np.arange(n) - np.repeat(np.cumsum(length) - length, length)
 
+def _item_draws(rng, config: SyntheticConfig, cat, taste, row, first, length) -> np.ndarray:
+    """Item of each interaction cell: genre ~ taste, item ~ popularity, Markov successors."""
+    n, g = len(row), config.num_genres
     # Base draws: genre ~ taste (offset-cumsum trick across rows), item ~
     # popularity within the genre.
     tcum = np.cumsum(taste, axis=1)
     tcum /= tcum[:, -1:]
-    tcum = (tcum + np.arange(b)[:, None]).ravel()
+    tcum = (tcum + np.arange(len(taste))[:, None]).ravel()
     genre = np.searchsorted(tcum, row + rng.random(n), side="right") - row * g
     genre = np.clip(genre, 0, g - 1)
     base = cat.pool_items[_draw_in_groups(rng, cat.pool_cum, cat.pool_start, genre)]
@@ -399,6 +419,7 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     choice = rng.integers(0, config.num_successors, n)
     # Successor cells grouped by position: each step depends on the previous
     # position only, so all users advance together.
+    pos = np.arange(n) - np.repeat(np.cumsum(length) - length, length)
     item = base.copy()
     cells = np.flatnonzero(markov)
     cells = cells[np.argsort(pos[cells], kind="stable")]
@@ -406,18 +427,24 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
     for lo, hi in itertools.pairwise(bounds):
         step = cells[lo:hi]
         item[step] = cat.successors[item[step - 1], choice[step]]
+    return item
 
-    # Timestamps: start + cumulative gaps (lognormal, median 6 h), some ties.
-    gaps = np.rint(rng.lognormal(math.log(_GAP_MEDIAN_S), _GAP_SIGMA, n)).astype(
-        np.int64
-    )
+
+def _timestamp_draws(rng, config: SyntheticConfig, first, length) -> np.ndarray:
+    """Timestamps: start + cumulative gaps (lognormal, median 6 h), some ties."""
+    n = len(first)
+    gaps = np.rint(rng.lognormal(math.log(_GAP_MEDIAN_S), _GAP_SIGMA, n)).astype(np.int64)
     gaps[rng.random(n) < config.tie_p] = 0
-    gaps[first] = rng.integers(_T_START_MIN, _T_START_MAX, b)
+    gaps[first] = rng.integers(_T_START_MIN, _T_START_MAX, config.block_size)
     timestamp = np.cumsum(gaps)
     timestamp -= np.repeat(timestamp[first] - gaps[first], length)
+    return timestamp
 
-    # Ratings: relative taste for the item's best genre, item quality, user
-    # generosity, noise; rounded to integer stars 1..5.
+
+def _rating_draws(rng, cat, users: dict, item, row) -> np.ndarray:
+    """Ratings: relative taste for the item's best genre, item quality, user
+    generosity, noise; rounded to integer stars 1..5."""
+    taste = users["taste"]
     g2 = cat.genre2[item]
     aff = np.maximum(
         taste[row, cat.genre1[item]],
@@ -428,20 +455,10 @@ def _block_arrays(config: SyntheticConfig, block: int) -> dict[str, np.ndarray]:
         _RATING_BASE
         + _RATING_TASTE_COEF * rel
         + cat.quality[item]
-        + generosity[row]
-        + rng.normal(0.0, _RATING_NOISE_SD, n)
+        + users["generosity"][row]
+        + rng.normal(0.0, _RATING_NOISE_SD, len(item))
     )
-    rating = np.clip(np.rint(score), 1, 5).astype(np.float32)
-
-    return {
-        "user": block * b + row.astype(np.int64),
-        "item": item,
-        "timestamp": timestamp,
-        "rating": rating,
-        "taste": taste,
-        "segment": segment.astype(np.int64),
-        "length": length,
-    }
+    return np.clip(np.rint(score), 1, 5).astype(np.float32)
 
 
 def _block_user_count(config: SyntheticConfig, block: int) -> int:
@@ -519,9 +536,7 @@ def _write_ratings_block(f, flat: dict) -> None:
     pacsv.write_csv(
         table,
         f,
-        pacsv.WriteOptions(
-            include_header=False, quoting_style="none", batch_size=1 << 16
-        ),
+        pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16),
     )
 
 
