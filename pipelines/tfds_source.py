@@ -47,6 +47,7 @@ ml-100k uses `pipelines.sources.ML100K_ATTRIBUTES` (the raw u.user values):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
@@ -185,7 +186,7 @@ def tfds_records(
         raise ValueError(
             f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}"
         )
-    import tensorflow as tf
+    import tensorflow as tf  # imported late (TF and TFDS are heavy): only --source=tfds
     import tensorflow_datasets as tfds
 
     builder = _builder(dataset, data_dir)
@@ -197,52 +198,78 @@ def tfds_records(
         num_examples = None
     if isinstance(num_examples, int) and shard >= num_examples:
         return  # even_splits leaves shards >= num_examples empty; TFDS would raise
-    features = builder.info.features
-    genre_names = list(features["movie_genres"].feature.names)
-    if dataset in ("ml-100k", "ml-1m"):  # undo TFDS's renaming so raw and TFDS agree
-        genre_names = ["Children's" if g == "Children" else g for g in genre_names]
-    dropped = {_NO_GENRES, "Unknown"} if dataset == "ml-100k" else {_NO_GENRES}
-    is_1m, is_100k = dataset == "ml-1m", dataset == "ml-100k"
-    if is_1m:
-        keep = _KEEP_1M + (_KEEP_1M_LABEL,)
-    elif is_100k:
-        keep = _KEEP_100K + (_KEEP_1M_LABEL,)
-    else:
-        keep = _KEEP
-    label_names = features[_KEEP_1M_LABEL].names if is_1m or is_100k else []
-
+    layout = _Layout.of(dataset, builder.info.features)
     split = tfds.even_splits("train", n=num_shards)[shard]
     ds = builder.as_dataset(split=split, shuffle_files=False)
-    ds = ds.map(lambda ex: {k: ex[k] for k in keep})
+    ds = ds.map(lambda ex: {k: ex[k] for k in layout.keep})
     ds = ds.ragged_batch(batch_size).prefetch(tf.data.AUTOTUNE)
     for batch in ds:
+        yield from layout.records(batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What `tfds_records` reads of a dataset's examples, and how it turns them to records."""
+
+    dataset: str
+    keep: tuple[str, ...]  # features read
+    genre_names: list[str]  # by genre label
+    dropped: frozenset[str]  # genres that mean "no genre"
+    label_names: list[str]  # occupation label names (MovieLens 100K and 1M)
+
+    @classmethod
+    def of(cls, dataset: str, features) -> _Layout:
+        genre_names = list(features["movie_genres"].feature.names)
+        if dataset in ("ml-100k", "ml-1m"):  # undo TFDS's renaming so raw and TFDS agree
+            genre_names = ["Children's" if g == "Children" else g for g in genre_names]
+        dropped = {_NO_GENRES, "Unknown"} if dataset == "ml-100k" else {_NO_GENRES}
+        if dataset == "ml-1m":
+            keep = _KEEP_1M + (_KEEP_1M_LABEL,)
+        elif dataset == "ml-100k":
+            keep = _KEEP_100K + (_KEEP_1M_LABEL,)
+        else:
+            keep = _KEEP
+        has_users = dataset in ("ml-100k", "ml-1m")
+        label_names = features[_KEEP_1M_LABEL].names if has_users else []
+        return cls(dataset, keep, genre_names, frozenset(dropped), label_names)
+
+    def records(self, batch) -> Iterator[tuple[str, tuple]]:
+        """The ``(kind, record)`` pairs of a ragged batch of examples."""
         user_ids = [u.decode() for u in batch["user_id"].numpy()]
         item_ids = [m.decode() for m in batch["movie_id"].numpy()]
         timestamps = batch["timestamp"].numpy().tolist()
         ratings = batch["user_rating"].numpy().tolist()
         genres = batch["movie_genres"].to_list()
-        if is_1m or is_100k:
-            genders = batch["user_gender"].numpy().tolist()
-            age_key = "raw_user_age" if is_100k else "bucketized_user_age"
-            ages = batch[age_key].numpy().tolist()
-            texts = batch["user_occupation_text"].numpy().tolist()
-            labels = batch[_KEEP_1M_LABEL].numpy().tolist()
+        users = self._user_columns(batch)
         for i, user_id in enumerate(user_ids):
             item_id = item_ids[i]
             yield "interactions", (user_id, item_id, int(timestamps[i]), float(ratings[i]))
-            names = (genre_names[g] for g in genres[i])
-            yield "items", (item_id, tuple(g for g in names if g not in dropped))
-            if is_1m:
-                occupation = _OCCUPATION_CODE.get(texts[i].decode())
-                if occupation is None:
-                    occupation = _LABEL_FALLBACK[label_names[labels[i]]]
-                age = age_bucket(ages[i])
-            elif is_100k:
-                occupation = texts[i].decode()
-                if occupation not in _ML100K_WORDS:
-                    occupation = _LABEL_FALLBACK_100K.get(label_names[labels[i]], "other")
-                age = age_bucket(ages[i])
-            else:
-                continue
-            gender = "M" if genders[i] else "F"
-            yield "users", (user_id, {"gender": gender, "age": age, "occupation": occupation})
+            names = (self.genre_names[g] for g in genres[i])
+            yield "items", (item_id, tuple(g for g in names if g not in self.dropped))
+            if users is not None:
+                yield "users", (user_id, self._attributes(users, i))
+
+    def _user_columns(self, batch) -> dict | None:
+        if self.dataset not in ("ml-100k", "ml-1m"):
+            return None
+        age_key = "raw_user_age" if self.dataset == "ml-100k" else "bucketized_user_age"
+        return {
+            "gender": batch["user_gender"].numpy().tolist(),
+            "age": batch[age_key].numpy().tolist(),
+            "text": batch["user_occupation_text"].numpy().tolist(),
+            "label": batch[_KEEP_1M_LABEL].numpy().tolist(),
+        }
+
+    def _attributes(self, users: dict, i: int) -> dict[str, str]:
+        """The raw files' gender, age bucket and occupation of example `i`."""
+        label = self.label_names[users["label"][i]]
+        if self.dataset == "ml-1m":
+            occupation = _OCCUPATION_CODE.get(users["text"][i].decode())
+            if occupation is None:
+                occupation = _LABEL_FALLBACK[label]
+        else:
+            occupation = users["text"][i].decode()
+            if occupation not in _ML100K_WORDS:
+                occupation = _LABEL_FALLBACK_100K.get(label, "other")
+        gender = "M" if users["gender"][i] else "F"
+        return {"gender": gender, "age": age_bucket(users["age"][i]), "occupation": occupation}
