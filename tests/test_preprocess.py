@@ -645,3 +645,16 @@ def test_dataset_and_source_flags_accept_ml100k():
     assert inputs.item_feature_name(config) == "genre"
     with pytest.raises(ValueError, match="--source=tfds exists only for ml-100k, ml-1m, ml-20m"):
         PreprocessConfig(dataset="yelp", source="tfds")
+
+
+def test_config_module_imports_neither_beam_nor_tensorflow():
+    # bt_tf builds its flags and run config from pipelines.config: it must stay light.
+    code = (
+        "import sys, pipelines.config; "
+        "print([m for m in ('tensorflow', 'apache_beam') if m in sys.modules])"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "[]"
