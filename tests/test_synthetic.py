@@ -221,7 +221,7 @@ def test_write_movielens_csv_round_trip(tmp_path):
     assert movies[0] == ["movieId", "title", "genres"]
     records = S.item_records(config)
     assert len(movies) - 1 == len(records)
-    for (movie_id, title, genres), (raw_id, raw_genres) in zip(movies[1:], records):
+    for (movie_id, _title, genres), (raw_id, raw_genres) in zip(movies[1:], records):
         assert int(movie_id) == int(raw_id[1:])
         assert genres.split("|") == list(raw_genres)
     assert any("," in title for _, title, _ in movies[1:])

@@ -13,7 +13,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from bt_tf import features as F
-from pipelines import blocks, transforms
+from pipelines import blocks, synthetic, transforms
 from pipelines.config import InteractionsConfig, PreprocessConfig
 from pipelines.examples import TOO_SHORT
 from pipelines.metadata import merge_stats
@@ -231,35 +231,85 @@ def test_make_examples_writes_every_shard_sorted_and_counts_drops(tmp_path):
     assert len(shards) == 3 * 2 and sum(shards.values(), []) == ["a"]
 
 
-def test_write_bad_records_vocab_and_stats(tmp_path):
-    root = str(tmp_path)
-    bad = [{"file": "f.csv", "line": 9, "reason": "r"}, {"file": "f.csv", "line": 3, "reason": "r"}]
+def test_write_bad_records_sorts_each_files_records_by_line(tmp_path):
+    bad = [
+        {"file": "f.csv", "line": 9, "reason": "r"},
+        {"file": "g.csv", "row": 2, "reason": "r"},
+        {"file": "f.csv", "line": 3, "reason": "r"},
+    ]
+    p = _pipeline()
+    stats = p | beam.Create(bad) | transforms.WriteBadRecords(str(tmp_path))
+    expected = [("bad_records", {"f.csv": 2}), ("bad_records", {"g.csv": 1})]
+    assert_that(stats, equal_to(expected))
+    _run(p)
+    lines = [json.loads(line)["line"] for line in open(tmp_path / "bad_records" / "f.csv.jsonl")]
+    assert lines == [3, 9]
+    assert json.loads(open(tmp_path / "bad_records" / "g.csv.jsonl").read())["row"] == 2
+
+
+def test_write_vocab_writes_both_vocabularies(tmp_path):
     tables = {
         "items": ["<pad>", "<mask>", "<oov>", "x"],
         "genres": ["<pad>", "<mask>", "<oov>"],
         "items_without_metadata": 1,
     }
     p = _pipeline()
-    bad_stats = p | "Bad" >> beam.Create(bad) | transforms.WriteBadRecords(root)
-    vocab_stats = p | "Tables" >> beam.Create([tables]) | transforms.WriteVocab(root)
-    assert_that(bad_stats, equal_to([("bad_records", {"f.csv": 2})]), label="BadStats")
+    stats = p | beam.Create([tables]) | transforms.WriteVocab(str(tmp_path))
     expected = [
         ("vocab_size", {"items.txt": 4}),
         ("vocab_size", {"genres.txt": 3}),
         ("items_without_metadata", 1),
     ]
-    assert_that(vocab_stats, equal_to(expected), label="VocabStats")
-    entries = (bad_stats, vocab_stats) | beam.Flatten()
-    _ = entries | transforms.WriteStats(
-        root,
-        lines=p | "Lines" >> beam.Create([("interactions", 12)]),
-        attributes=p | "Attrs" >> beam.Create([[]]),
+    assert_that(stats, equal_to(expected))
+    _run(p)
+    assert open(tmp_path / "vocab" / "items.txt").read() == "<pad>\n<mask>\n<oov>\nx\n"
+    assert open(tmp_path / "vocab" / "genres.txt").read() == "<pad>\n<mask>\n<oov>\n"
+
+
+def test_write_stats_merges_every_entry_into_one_file(tmp_path):
+    entries = [
+        ("bad_records", {"f.csv": 2}),
+        ("kcore", {"iteration": 1, "users_removed": 0, "items_removed": 0}),
+        ("kcore", {"iteration": 0, "users_removed": 3, "items_removed": 1}),
+        ("users_train", 4),
+        ("users_train", 5),
+        ("max_history_len", 7),
+        ("max_history_len", 2),
+    ]
+    p = _pipeline()
+    _ = (
+        p
+        | "Entries" >> beam.Create(entries)
+        | transforms.WriteStats(
+            str(tmp_path),
+            lines=p | "Lines" >> beam.Create([("interactions", 12), ("interactions", 3)]),
+            attributes=p | "Attributes" >> beam.Create([[("tier", ["gold"])]]),
+        )
     )
     _run(p)
-    assert [
-        json.loads(line)["line"] for line in open(tmp_path / "bad_records" / "f.csv.jsonl")
-    ] == [3, 9]
-    assert open(tmp_path / "vocab" / "items.txt").read() == "<pad>\n<mask>\n<oov>\nx\n"
     stats = json.load(open(tmp_path / "_stats.json"))
-    assert stats["bad_records"] == {"f.csv": 2} and stats["lines"] == {"interactions": 12}
-    assert stats["vocab_size"] == {"items.txt": 4, "genres.txt": 3} and stats["attributes"] == []
+    assert stats["bad_records"] == {"f.csv": 2} and stats["lines"] == {"interactions": 15}
+    assert [r["iteration"] for r in stats["kcore"]] == [0, 1]
+    assert stats["users_train"] == 9 and stats["max_history_len"] == 7
+    assert stats["attributes"] == [["tier", ["gold"]]]
+
+
+def test_read_synthetic_generates_every_user_and_the_catalog():
+    tiny = synthetic.SyntheticConfig(
+        num_users=30, num_items=40, min_len=5, mean_len=8, max_len_seq=20, block_size=16
+    )
+    expected = sum(
+        len(synthetic.generate_block(tiny, b)[0]["user"]) for b in range(synthetic.num_blocks(tiny))
+    )
+    p = _pipeline()
+    parsed = p | transforms.ReadSource(PreprocessConfig(synthetic=tiny), {})
+    rows = parsed.interactions | beam.combiners.ToList() | beam.Map(lambda b: len(_rows(b)))
+    assert_that(rows, equal_to([expected]), label="Rows")
+    lines = parsed.lines | beam.CombinePerKey(sum)
+    assert_that(lines, equal_to([("interactions", expected)]), label="Lines")
+    users = parsed.users | "CountUsers" >> beam.combiners.Count.Globally()
+    assert_that(users, equal_to([30]), label="Users")
+    items = parsed.items | "CountItems" >> beam.combiners.Count.Globally()
+    assert_that(items, equal_to([40]), label="Items")
+    assert_that(parsed.bad, equal_to([]), label="NoBad")
+    assert _run(p) == {}
