@@ -17,24 +17,27 @@ same directory, and any change writes a new one.
 
 Steps (each a named `PTransform` of `pipelines.transforms`; the numpy work in
 `pipelines.columnar`, `pipelines.blocks` and `pipelines.examples`):
-1. read: raw files are cut into byte-range chunks read in parallel with exact
+1. read (`ReadSource`): raw files are cut into byte-range chunks read in parallel with exact
    line numbers (`pipelines.textio`); MovieLens ratings lines are parsed with
    numpy, other lines (and any line the vectorized reader does not accept) by
    the source's line parser; Parquet files are read by row group
    (`pipelines.interactions_source`); unparsable lines go to `bad_records/`.
-2. group: a hash of the user id puts each user in a bucket (split, output
+2. group (`Split`): a hash of the user id puts each user in a bucket (split, output
    shard, part of that shard); interactions are grouped per bucket into
    columnar *blocks*, each user's sorted by (timestamp, item id, rating).
-3. k-core: rounds of per-item counts over the blocks, each a combine, each
+3. k-core (`KCore`): rounds of per-item counts over the blocks, each a combine, each
    filtering users by length and items by count given the previous rounds'
    results, unrolled `kcore_max_iterations` times; the run fails if that was
    not enough to converge.
 4. split: the bucket's (the same stable hash of the user id).
-5. vocab: item and genre vocabularies, frequency-ordered over train users only.
-6. examples: history/future cut, one `tf.train.Example` per user; each block
+5. vocab (`BuildVocab`): item and genre vocabularies, frequency-ordered over train users only.
+6. examples (`MakeExamples`): history/future cut, one `tf.train.Example` per user; each block
    writes its users' Examples, sorted by user id, to a part file, and each of
    the fixed number of shards per split is a streaming merge of its parts
    (byte-identical reruns, however the input was chunked).
+7. the rest: `WriteBadRecords`, `WriteVocab`, `WriteStats`; then `metadata.json` and
+   `schema.pbtxt` (`pipelines.metadata`). Every dropped record is counted by a Beam
+   counter (`transforms.DROP_COUNTERS`).
 Everything is written to `<version>.partial/` and renamed at the very end, so
 an interrupted run leaves no partial version and a rerun starts clean. No step
 holds all interactions: a block holds the users of one of 3 * num_shards * 8
