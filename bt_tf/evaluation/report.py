@@ -1,6 +1,6 @@
 """Downstream report: mean ± std over seeds, Markdown tables, JSON and PNG plots.
 
-Input rows are the dicts produced by `bt_tf.probes.evaluate_embeddings` and
+Input rows are the dicts produced by `bt_tf.evaluation.tasks.evaluate_embeddings` and
 the floors: ``{"model", "task", "metric", "fraction", "seed", "value", ...}``.
 Aggregates are per (task, metric, model, fraction): the mean over seeds and
 the sample standard deviation (ddof=1; 0 with one seed). NaN values (e.g. an
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from bt_tf.evaluation.settings import selection_rule
+
 __all__ = [
     "FLOORS",
     "BELOW_FLOOR",
@@ -34,6 +36,7 @@ __all__ = [
     "aggregate",
     "relative_improvement",
     "write_report",
+    "json_safe",
     "plot_metric_vs_fraction",
     "plot_batch_size_ablation",
 ]
@@ -155,15 +158,16 @@ def _pct(v: float) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:+.1f}%"
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """``x`` with NaN/inf -> None and numpy scalars -> Python ones, recursively (strict JSON)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
-        return _json_safe(x.item())
+        return json_safe(x.item())
     return x
 
 
@@ -179,7 +183,7 @@ def write_report(
     """Writes ``report.md``, ``results.json`` and ``metrics_vs_fraction.png``.
 
     ``report.md`` states the selection protocol (``protocol``, default
-    `bt_tf.probes.selection_rule` with its defaults) and has, per task and
+    `bt_tf.evaluation.settings.selection_rule` with its defaults) and has, per task and
     metric, a table (rows = models then floors, columns = label fractions,
     cells "mean ± std", `BELOW_FLOOR` on a learned model below a floor, with
     a footnote naming the floor) and, when ``baseline`` is present, the
@@ -192,9 +196,7 @@ def write_report(
     if not rows:
         raise ValueError("write_report got no rows; run the evaluation first.")
     if protocol is None:
-        from bt_tf import probes  # TensorFlow is loaded with bt_tf anyway
-
-        protocol = probes.selection_rule()
+        protocol = selection_rule()
     os.makedirs(out_dir, exist_ok=True)
     aggs = aggregate(rows)
     flagged = below_floors(aggs)
@@ -287,7 +289,7 @@ def write_report(
         f.write("\n".join(lines))
     with open(paths["json"], "w") as f:
         json.dump(
-            _json_safe(
+            json_safe(
                 {
                     "baseline": baseline,
                     "compare": list(compare),
