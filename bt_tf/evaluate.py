@@ -124,6 +124,38 @@ def _at_least(low: int):
     return parse
 
 
+_BOOLEAN = argparse.BooleanOptionalAction
+# The `EvalSettings` fields set by a flag of the same name (default: the field's), in
+# --help order; --l2_grid (a list) is added apart.
+_SETTING_FLAGS = {
+    "probe_max_epochs": dict(type=_at_least(1), help="probe training epochs, at most"),
+    "probe_patience": dict(
+        type=_at_least(1), help="probe early stopping: epochs without an eval gain"
+    ),
+    "probe_min_epochs": dict(type=_at_least(0), help="probe epochs before early stopping may stop"),
+    "probe_se_rule": dict(
+        type=float,
+        help="probe selection: the simplest candidate within this many standard errors "
+        "of the best wins (0 = plain argmax)",
+    ),
+    "min_selection_users": dict(
+        type=_at_least(1),
+        help="at label fraction f, probes are selected on f of the eval users, at least this many",
+    ),
+    "exclude_history": dict(
+        action=_BOOLEAN, help="next item: leave the user's history items out of the ranking"
+    ),
+    "k": dict(type=_at_least(1), help="HR@k / NDCG@k cutoff"),
+    "liked_threshold": dict(type=float, help="liked item: a future rating >= this is liked"),
+    "bag_projection_dim": dict(
+        type=_at_least(1), help="bag-of-items floor: random-projection width for large catalogs"
+    ),
+    "bag_projection_above": dict(
+        type=int, help="bag-of-items floor: project the bag when the catalog has more items"
+    ),
+}
+
+
 def add_flags(parser) -> None:
     """The evaluation flags shared with `bt_tf.reproduce` (not --runs / --output_dir).
 
@@ -143,84 +175,19 @@ def add_flags(parser) -> None:
         default="",
         help=f"comma-separated subset of {', '.join(DEFAULT_TASKS)}, attr_<name> (empty: all)",
     )
-    boolean = argparse.BooleanOptionalAction
-    add("--floors", default=True, action=boolean, help="also evaluate the baseline floors")
-    add("--cache", default=True, action=boolean, help="reuse results cached in OUTPUT_DIR/cache")
+    add("--floors", default=True, action=_BOOLEAN, help="also evaluate the baseline floors")
+    add("--cache", default=True, action=_BOOLEAN, help="reuse results cached in OUTPUT_DIR/cache")
     add("--l2_grid", type=_l2_list, default=list(d.l2_grid), help="probe L2 values (on eval)")
-    add(
-        "--probe_max_epochs",
-        type=_at_least(1),
-        default=d.probe_max_epochs,
-        help="probe training epochs, at most",
-    )
-    add(
-        "--probe_patience",
-        type=_at_least(1),
-        default=d.probe_patience,
-        help="probe early stopping: epochs without an eval gain",
-    )
-    add(
-        "--probe_min_epochs",
-        type=_at_least(0),
-        default=d.probe_min_epochs,
-        help="probe epochs before early stopping may stop",
-    )
-    add(
-        "--probe_se_rule",
-        type=float,
-        default=d.probe_se_rule,
-        help="probe selection: the simplest candidate within this many standard errors "
-        "of the best wins (0 = plain argmax)",
-    )
-    add(
-        "--min_selection_users",
-        type=_at_least(1),
-        default=d.min_selection_users,
-        help="at label fraction f, probes are selected on f of the eval users, at least this many",
-    )
-    add(
-        "--exclude_history",
-        default=d.exclude_history,
-        action=boolean,
-        help="next item: leave the user's history items out of the ranking",
-    )
-    add("--k", type=_at_least(1), default=d.k, help="HR@k / NDCG@k cutoff")
-    add(
-        "--liked_threshold",
-        type=float,
-        default=d.liked_threshold,
-        help="liked item: a future rating >= this is liked",
-    )
-    add(
-        "--bag_projection_dim",
-        type=_at_least(1),
-        default=d.bag_projection_dim,
-        help="bag-of-items floor: random-projection width for large catalogs",
-    )
-    add(
-        "--bag_projection_above",
-        type=int,
-        default=d.bag_projection_above,
-        help="bag-of-items floor: project the bag when the catalog has more items",
-    )
+    for name, kwargs in _SETTING_FLAGS.items():
+        add(f"--{name}", default=getattr(d, name), **kwargs)
     add("--baseline", default="de", help="model the improvements are relative to")
     add("--compare", default="bt,bt+de", help="models whose improvement over --baseline is shown")
 
 
 def settings_from_flags(args: argparse.Namespace) -> EvalSettings:
-    return EvalSettings(
-        l2_grid=tuple(args.l2_grid),
-        probe_max_epochs=args.probe_max_epochs,
-        probe_patience=args.probe_patience,
-        probe_min_epochs=args.probe_min_epochs,
-        probe_se_rule=args.probe_se_rule,
-        min_selection_users=args.min_selection_users,
-        exclude_history=args.exclude_history,
-        k=args.k,
-        liked_threshold=args.liked_threshold,
-        bag_projection_dim=args.bag_projection_dim,
-        bag_projection_above=args.bag_projection_above,
-    )
+    """The `EvalSettings` of parsed `add_flags` flags."""
+    values = {name: getattr(args, name) for name in _SETTING_FLAGS}
+    return EvalSettings(l2_grid=tuple(args.l2_grid), **values)
 
 
 def tasks_from_flags(args: argparse.Namespace) -> list[str] | None:

@@ -143,8 +143,7 @@ def hit_rate_at_k(
     chunk_size: int = 256,
 ) -> float:
     """Mean HR@k over users, full catalog (see module docstring for conventions)."""
-    ranks = target_ranks(scores, targets, exclude=exclude, chunk_size=chunk_size)
-    return float(hits_at_k(ranks, k).mean()) if ranks.size else float("nan")
+    return _mean_gain(hits_at_k, scores, targets, k, exclude, chunk_size)
 
 
 def ndcg_at_k(
@@ -156,8 +155,13 @@ def ndcg_at_k(
     chunk_size: int = 256,
 ) -> float:
     """Mean NDCG@k over users, one relevant item each, full catalog."""
+    return _mean_gain(ndcg_gains_at_k, scores, targets, k, exclude, chunk_size)
+
+
+def _mean_gain(gains, scores, targets, k, exclude, chunk_size) -> float:
+    """Mean over users of ``gains(ranks, k)``; NaN without users."""
     ranks = target_ranks(scores, targets, exclude=exclude, chunk_size=chunk_size)
-    return float(ndcg_gains_at_k(ranks, k).mean()) if ranks.size else float("nan")
+    return float(gains(ranks, k).mean()) if ranks.size else float("nan")
 
 
 def ranking_metrics(
