@@ -294,42 +294,8 @@ class _Members:
         offset = tf.constant(np.log(self.columns.multiplicity))
         inv_mult = tf.constant(1.0 / self.columns.multiplicity)
         lr = tf.constant(self.learning_rate, tf.float32)
-        if self.sparse:  # xb: COO parts of the batch and of its transpose (`_coo_pair`)
-
-            def csr(indices, values, shape):
-                return tf.raw_ops.SparseTensorToCSRSparseMatrix(
-                    indices=indices, values=values, dense_shape=shape
-                )
-
-            def matmul(xb, wv):
-                z = tf.raw_ops.SparseMatrixMatMul(a=csr(*xb[:3]), b=wv)
-                return tf.ensure_shape(z, [None, g * c])
-
-            def score(xb):
-                return tf.raw_ops.SparseMatrixMatMul(a=csr(*xb), b=w.read_value()) + b
-
-            def matmul_t(xb, dz):
-                out = tf.raw_ops.SparseMatrixMatMul(a=csr(*xb[3:]), b=dz)
-                return tf.ensure_shape(out, [f, g * c])
-
-            coo = (
-                tf.TensorSpec([None, 2], tf.int64),
-                tf.TensorSpec([None], tf.float32),
-                tf.TensorSpec([2], tf.int64),
-            )
-            x_spec, one_spec = coo + coo, coo
-        else:
-
-            def score(xb):
-                return tf.matmul(xb, w) + b
-
-            def matmul(xb, wv):
-                return tf.matmul(xb, wv)
-
-            def matmul_t(xb, dz):
-                return tf.matmul(xb, dz, transpose_a=True)
-
-            x_spec = one_spec = tf.TensorSpec([None, f], tf.float32)
+        ops = _sparse_ops if self.sparse else _dense_ops
+        score, matmul, matmul_t, x_spec, one_spec = ops(w, b, f, g * c)
 
         @tf.function(
             input_signature=[x_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -369,6 +335,51 @@ class _Members:
             xb = _coo_pair(self.x[idx]) if self.sparse else self.x[idx]
             self.t += 1
             self._step(xb, y[idx], np.float32(self.t))
+
+
+def _sparse_ops(w, b, num_features: int, width: int):
+    """(score, matmul, matmul_t, step input spec, score input spec) on sparse
+    batches: ``xb`` holds the COO parts of the batch and of its transpose
+    (`_coo_pair`), turned into CSR matrices inside the graph."""
+
+    def csr(indices, values, shape):
+        return tf.raw_ops.SparseTensorToCSRSparseMatrix(
+            indices=indices, values=values, dense_shape=shape
+        )
+
+    def matmul(xb, wv):
+        z = tf.raw_ops.SparseMatrixMatMul(a=csr(*xb[:3]), b=wv)
+        return tf.ensure_shape(z, [None, width])
+
+    def score(xb):
+        return tf.raw_ops.SparseMatrixMatMul(a=csr(*xb), b=w.read_value()) + b
+
+    def matmul_t(xb, dz):
+        out = tf.raw_ops.SparseMatrixMatMul(a=csr(*xb[3:]), b=dz)
+        return tf.ensure_shape(out, [num_features, width])
+
+    coo = (
+        tf.TensorSpec([None, 2], tf.int64),
+        tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([2], tf.int64),
+    )
+    return score, matmul, matmul_t, coo + coo, coo
+
+
+def _dense_ops(w, b, num_features: int, width: int):
+    """(score, matmul, matmul_t, step input spec, score input spec) on dense batches."""
+
+    def score(xb):
+        return tf.matmul(xb, w) + b
+
+    def matmul(xb, wv):
+        return tf.matmul(xb, wv)
+
+    def matmul_t(xb, dz):
+        return tf.matmul(xb, dz, transpose_a=True)
+
+    spec = tf.TensorSpec([None, num_features], tf.float32)
+    return score, matmul, matmul_t, spec, spec
 
 
 def _coo(x: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -573,68 +584,24 @@ def train_softmax_probe(
     """
     y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_eval = np.asarray(y_eval).astype(np.int64).reshape(-1)
-    for name, x, y in (("train", x_train, y_train), ("eval", x_eval, y_eval)):
-        if x.ndim != 2 or x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"x_{name} {x.shape} must be 2-D with one row per label ({y.shape[0]})."
-            )
-        if not y.size:
-            raise ValueError(f"y_{name} is empty; the probe needs {name} users with labels.")
-        if y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(
-                f"y_{name} must be in [0, {num_classes}); got [{y.min()}, {y.max()}]. "
-                "Drop unknown (-1) labels before training."
-            )
-    if x_train.shape[1] != x_eval.shape[1]:
-        raise ValueError(f"feature dims differ: train {x_train.shape}, eval {x_eval.shape}.")
+    _check_inputs(x_train, y_train, x_eval, y_eval, num_classes)
     if not l2_grid:
         raise ValueError("l2_grid must hold at least one value.")
     if not prior_smoothing > 0:
         raise ValueError(f"prior_smoothing must be > 0, got {prior_smoothing}.")
     if not se_rule >= 0:
         raise ValueError(f"se_rule must be >= 0, got {se_rule}.")
-
-    num_features = x_train.shape[1]
-    sparse = scipy.sparse.issparse(x_train)
-    if standardize is None:
-        standardize = not sparse
-    if sparse and standardize:
-        raise ValueError("standardize=True needs dense features (centering densifies them).")
-    active = None  # feature columns kept (None: all)
-    if sparse:
-        x_tr = scipy.sparse.csr_matrix(x_train, dtype=np.float32)
-        x_ev = scipy.sparse.csr_matrix(x_eval, dtype=np.float32)
-        if shortcuts:
-            active = np.unique(x_tr.indices)
-            x_tr, x_ev = x_tr[:, active], x_ev[:, active]
-            x_tr.sort_indices()
-    else:
-        x_tr = np.asarray(x_train, dtype=np.float32)
-        x_ev = np.asarray(x_eval, dtype=np.float32)
-    mean = scale = None
-    if standardize:
-        mean = x_tr.mean(axis=0)
-        scale = x_tr.std(axis=0)
-        scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
-        x_tr = (x_tr - mean) / scale
-        x_ev = (x_ev - mean) / scale
+    feats = _Features.make(x_train, x_eval, standardize=standardize, shortcuts=shortcuts)
     metric = select_metric or log_likelihood_rows(y_eval)
-    if prior_counts is None:
-        bias_init = log_prior(y_train, num_classes, smoothing=prior_smoothing)
-    else:
-        counts = np.asarray(prior_counts, dtype=np.float64).reshape(-1) + prior_smoothing
-        if counts.size != num_classes:
-            raise ValueError(f"prior_counts has {counts.size} entries, expected {num_classes}.")
-        bias_init = np.log(counts / counts.sum()).astype(np.float32)
+    bias_init = _initial_bias(y_train, num_classes, prior_counts, prior_smoothing)
     columns = _Columns.make(y_train, num_classes, tie=shortcuts, bias_init=bias_init)
     col_bias = np.zeros(columns.num_cols, np.float32)
     col_bias[columns.of_class] = bias_init  # equal within a shared column
     c = columns.num_cols
-
     per_group = max(
         1,
         min(
-            max_params // max(1, x_tr.shape[1] * c),
+            max_params // max(1, feats.x_train.shape[1] * c),
             _ACTIVATION_BUDGET // (min(batch_size, y_train.size) * c),
         ),
     )
@@ -643,9 +610,9 @@ def train_softmax_probe(
     members = []
     for s in range(0, len(grid), per_group):
         group, prior = _fit_group(
-            x_tr,
+            feats.x_train,
             columns.of_class[y_train],
-            x_ev,
+            feats.x_eval,
             metric,
             grid[s : s + per_group],
             columns,
@@ -660,9 +627,97 @@ def train_softmax_probe(
             drop_stopped=shortcuts,
         )
         members += group
-    # Candidates from simplest to most complex: the prior predictor (every
-    # member's epoch 0; reported as the strongest L2 at epoch 0), then each
-    # member's early-stopped best, strongest L2 first.
+    return _select(grid, members, prior, col_bias, columns, feats, se_rule)
+
+
+def _check_inputs(x_train, y_train, x_eval, y_eval, num_classes: int) -> None:
+    for name, x, y in (("train", x_train, y_train), ("eval", x_eval, y_eval)):
+        if x.ndim != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x_{name} {x.shape} must be 2-D with one row per label ({y.shape[0]})."
+            )
+        if not y.size:
+            raise ValueError(f"y_{name} is empty; the probe needs {name} users with labels.")
+        if y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(
+                f"y_{name} must be in [0, {num_classes}); got [{y.min()}, {y.max()}]. "
+                "Drop unknown (-1) labels before training."
+            )
+    if x_train.shape[1] != x_eval.shape[1]:
+        raise ValueError(f"feature dims differ: train {x_train.shape}, eval {x_eval.shape}.")
+
+
+def _initial_bias(y_train, num_classes: int, prior_counts, prior_smoothing: float) -> np.ndarray:
+    """``[num_classes]`` smoothed log prior of ``y_train`` or of ``prior_counts``."""
+    if prior_counts is None:
+        return log_prior(y_train, num_classes, smoothing=prior_smoothing)
+    counts = np.asarray(prior_counts, dtype=np.float64).reshape(-1) + prior_smoothing
+    if counts.size != num_classes:
+        raise ValueError(f"prior_counts has {counts.size} entries, expected {num_classes}.")
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Features:
+    """The probe's train / eval features as trained on, and how to map weights back.
+
+    Sparse: CSR float32, with ``shortcuts`` only the ``active`` columns (a train
+    nonzero). Dense: float32, standardized by ``mean``/``scale`` when asked.
+    """
+
+    x_train: np.ndarray | scipy.sparse.csr_matrix
+    x_eval: np.ndarray | scipy.sparse.csr_matrix
+    num_features: int
+    active: np.ndarray | None = None  # feature columns kept (None: all)
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @staticmethod
+    def make(x_train, x_eval, *, standardize: bool | None, shortcuts: bool) -> _Features:
+        sparse = scipy.sparse.issparse(x_train)
+        if standardize is None:
+            standardize = not sparse
+        if sparse and standardize:
+            raise ValueError("standardize=True needs dense features (centering densifies them).")
+        active = None
+        if sparse:
+            x_tr = scipy.sparse.csr_matrix(x_train, dtype=np.float32)
+            x_ev = scipy.sparse.csr_matrix(x_eval, dtype=np.float32)
+            if shortcuts:
+                active = np.unique(x_tr.indices)
+                x_tr, x_ev = x_tr[:, active], x_ev[:, active]
+                x_tr.sort_indices()
+        else:
+            x_tr = np.asarray(x_train, dtype=np.float32)
+            x_ev = np.asarray(x_eval, dtype=np.float32)
+        if not standardize:
+            return _Features(x_tr, x_ev, x_train.shape[1], active)
+        mean = x_tr.mean(axis=0)
+        scale = x_tr.std(axis=0)
+        scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
+        x_tr = (x_tr - mean) / scale
+        x_ev = (x_ev - mean) / scale
+        return _Features(x_tr, x_ev, x_train.shape[1], active, mean, scale)
+
+    def raw_weights(self, w: np.ndarray | None, b: np.ndarray, num_classes: int):
+        """(weights ``[F, C]``, bias ``[C]``) acting on the raw features (``w``:
+        per class, on the kept columns; None: the prior predictor, W = 0)."""
+        weights = np.zeros((self.num_features, num_classes), dtype=np.float32)
+        if w is not None:
+            weights[slice(None) if self.active is None else self.active] = w
+        if self.mean is not None:  # fold standardization: ((x - mean)/scale) @ w + b
+            weights = weights / self.scale[:, None]
+            b = b - self.mean @ weights
+        return weights, b
+
+
+def _select(grid, members, prior, col_bias, columns: _Columns, feats: _Features, se_rule):
+    """The probe: the simplest candidate within ``se_rule`` standard errors of the best.
+
+    Candidates from simplest to most complex: the prior predictor (every
+    member's epoch 0; reported as the strongest L2 at epoch 0), then each
+    member's early-stopped best, strongest L2 first.
+    """
     candidates = [dict(members[0], **prior, best_epoch=0, w=None, b=col_bias)] + members
     means = np.array([m["eval_metric"] for m in candidates])
     top = int(np.argmax(means))
@@ -670,14 +725,9 @@ def train_softmax_probe(
     threshold = means[top] - se_rule * se
     chosen = int(np.flatnonzero(means >= threshold)[0])
     pick = candidates[chosen]
-    w = np.zeros((num_features, num_classes), dtype=np.float32)
-    if pick["w"] is not None:  # else the prior predictor: W = 0
-        rows = slice(None) if active is None else active
-        w[rows] = pick["w"][:, columns.of_class]
+    w = None if pick["w"] is None else pick["w"][:, columns.of_class]
     b = np.asarray(pick["b"], dtype=np.float32)[columns.of_class]
-    if mean is not None:  # fold standardization: ((x - mean)/scale) @ w + b
-        w = w / scale[:, None]
-        b = b - mean @ w
+    w, b = feats.raw_weights(w, b, columns.of_class.size)
     selection = [
         {k: m[k] for k in ("eval_metric", "best_epoch", "epochs_run")}
         | {"l2": l2, "eval_se": _standard_error(m["values"])}
