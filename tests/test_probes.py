@@ -19,7 +19,16 @@ from bt_tf.evaluation.labels import (
 )
 from bt_tf.evaluation.probe import log_prior, train_pair_probe, train_softmax_probe
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, DEFAULT_L2_GRID, MIN_SELECTION_USERS
-from bt_tf.evaluation.tasks import evaluate_embeddings
+from bt_tf.evaluation.tasks import (
+    DEFAULT_TASKS,
+    TASKS,
+    ClassificationTask,
+    LikedItemTask,
+    NextItemTask,
+    ResultRow,
+    evaluate_embeddings,
+    get_task,
+)
 from bt_tf.features import NUM_RESERVED
 
 FAST = dict(max_epochs=40, patience=5, learning_rate=0.05)
@@ -653,3 +662,29 @@ def test_sparse_probe_equals_the_dense_computation_and_the_plain_one():
     assert len(np.unique(fast_pop.bias[unseen])) > 1  # the prior differs across them
     with pytest.raises(ValueError, match="standardize"):
         train_softmax_probe(x_tr, y_tr, x_ev, y_ev, 60, standardize=True, **kw)
+
+
+def test_task_registry_names_each_task_and_classifies_any_other_name():
+    assert list(TASKS) == list(DEFAULT_TASKS)
+    assert isinstance(get_task("next_item"), NextItemTask)
+    assert isinstance(get_task("liked_item"), LikedItemTask)
+    genre = get_task("favorite_genre")
+    assert isinstance(genre, ClassificationTask) and genre.reads == ()
+    attr = get_task("attr_gender")
+    assert type(attr) is ClassificationTask and attr.name == "attr_gender"
+    assert attr.reads == ("attr_gender",)  # read from the examples as the label
+    assert get_task("genre").reads == ()  # labels given in memory
+    # Availability from the metadata, with the reason.
+    meta = {"has_ratings": False, "vocab_sizes": {"genres": NUM_RESERVED}}
+    assert "no ratings" in get_task("liked_item").unavailable(meta)
+    assert "genre" in get_task("favorite_genre").unavailable(meta)
+    assert get_task("next_item").unavailable(meta) is None
+
+
+def test_result_row_columns_keep_the_results_json_order():
+    row = ResultRow("bt", "t", "accuracy", 0.5, np.int64(2), np.float32(0.25), {"n_train": 3})
+    d = row.to_dict()
+    assert list(d) == ["model", "task", "metric", "fraction", "seed", "value", "n_train"]
+    assert type(d["seed"]) is int and type(d["value"]) is float and d["value"] == 0.25
+    # No majority floor for next item (the popularity floor is its label-free floor).
+    assert get_task("next_item").majority({}, 1.0, 0, "majority") == []
