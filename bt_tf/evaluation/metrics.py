@@ -205,7 +205,7 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Binary ROC AUC (ties count 1/2, sklearn); ``nan`` if one class only."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # lazy: scikit-learn only for the AUC
 
     y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)

@@ -325,6 +325,7 @@ class _Tables:
 
 
 def _pyplot():
+    """pyplot on the Agg backend, imported only when a plot is drawn (it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
