@@ -213,7 +213,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for run_dir in run_dirs:  # before any work
         try:
             export._read_config(run_dir)
-        except (FileNotFoundError, ValueError) as err:
+        except FileNotFoundError as err:
+            hint = "python -m bt_tf.train --output_dir=RUN writes one"
+            raise UserError(f"--runs: {err} ({hint})") from None
+        except ValueError as err:
             raise UserError(f"--runs: {err}") from None
     out_dir = args.output_dir or os.path.join(os.path.dirname(run_dirs[0]) or ".", "report")
     rows = evaluate_runs(

@@ -151,11 +151,8 @@ def floor_rows(plan: EvalPlan) -> list[dict]:
     (sparse history counts unless the catalog exceeds ``bag_projection_above``)."""
     data, settings, clock = plan.data, plan.settings, plan.clock
     with clock("majority + popularity"):
-        rows = majority_floor(
-            {t: data.labels[t] for t in plan.tasks if t != NEXT_ITEM},
-            fractions=plan.fractions,
-            seeds=plan.seeds,
-        )
+        labels = {t: data.labels[t] for t in plan.tasks}  # next item: no majority rows
+        rows = majority_floor(labels, fractions=plan.fractions, seeds=plan.seeds)
         if NEXT_ITEM in plan.tasks:
             rows += popularity_floor(
                 item_counts(data.history["train"], data.num_items),
