@@ -7,6 +7,7 @@ One module per concept, in dependency order:
 - `labels`: task labels derived from each user's future, and the seeded
   train / selection samples (numpy);
 - `probe`: the softmax and pair probes (`train_softmax_probe`, `train_pair_probe`);
+- `grid_fit`: trains a probe's whole L2 grid at once (stacked weights, Adam);
 - `tasks`: the task registry (`TASKS`, `get_task`), `ProbeRun`, `ResultRow`,
   `evaluate_embeddings`;
 - `eval_data`: the evaluated users of an artifact dir and their labels (`EvalData`);
