@@ -134,34 +134,36 @@ def ndcg_gains_at_k(ranks: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def hit_rate_at_k(
-    scores: ScoreSource,
-    targets: np.ndarray,
-    k: int = 10,
-    exclude: np.ndarray | None = None,
-    *,
-    chunk_size: int = 256,
-) -> float:
-    """Mean HR@k over users, full catalog (see module docstring for conventions)."""
-    return _mean_gain(hits_at_k, scores, targets, k, exclude, chunk_size)
+def _mean_at_k(gains: Callable[[np.ndarray, int], np.ndarray], name: str, doc: str):
+    """A metric ``(scores, targets, k=10, exclude=None, *, chunk_size=256) -> float``:
+    the mean over users of ``gains(ranks, k)``, NaN without users."""
+
+    def metric(
+        scores: ScoreSource,
+        targets: np.ndarray,
+        k: int = 10,
+        exclude: np.ndarray | None = None,
+        *,
+        chunk_size: int = 256,
+    ) -> float:
+        ranks = target_ranks(scores, targets, exclude=exclude, chunk_size=chunk_size)
+        return float(gains(ranks, k).mean()) if ranks.size else float("nan")
+
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = doc
+    return metric
 
 
-def ndcg_at_k(
-    scores: ScoreSource,
-    targets: np.ndarray,
-    k: int = 10,
-    exclude: np.ndarray | None = None,
-    *,
-    chunk_size: int = 256,
-) -> float:
-    """Mean NDCG@k over users, one relevant item each, full catalog."""
-    return _mean_gain(ndcg_gains_at_k, scores, targets, k, exclude, chunk_size)
-
-
-def _mean_gain(gains, scores, targets, k, exclude, chunk_size) -> float:
-    """Mean over users of ``gains(ranks, k)``; NaN without users."""
-    ranks = target_ranks(scores, targets, exclude=exclude, chunk_size=chunk_size)
-    return float(gains(ranks, k).mean()) if ranks.size else float("nan")
+hit_rate_at_k = _mean_at_k(
+    hits_at_k,
+    "hit_rate_at_k",
+    "Mean HR@k over users, full catalog (see module docstring for conventions).",
+)
+ndcg_at_k = _mean_at_k(
+    ndcg_gains_at_k,
+    "ndcg_at_k",
+    "Mean NDCG@k over users, one relevant item each, full catalog.",
+)
 
 
 def ranking_metrics(
