@@ -62,425 +62,29 @@ if __name__ == "__main__":
 
 import argparse
 import dataclasses
-import json
 import logging
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import config as cfg
-from bt_tf import evaluate as ev
-from bt_tf import input as bt_input
-from bt_tf import report, train
+from bt_tf import evaluate
 from bt_tf.errors import UserError
-from pipelines import preprocess as pp
+from bt_tf.evaluation.reproduction import DEFAULT_BATCH_SIZES, Ablation, EvalRequest, reproduce
+from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
 
-__all__ = ["equal_budget_steps", "main_configs", "ablation_configs", "reproduce", "main"]
+__all__ = ["HPARAMS_FLAGS", "build_parser", "parse", "main"]
 
-REPORT_DIR = "report"
-ABLATION_DIR = "batch_size"
-ABLATION_JSON = "batch_size_ablation.json"
-DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512)
-# Settings that make the budget: shared by every run, never taken from a per-model file.
-BUDGET_KEYS = (
-    "epochs",
-    "steps_per_epoch",
-    "min_steps_per_epoch",
-    "early_stopping_patience",
-    "min_delta",
-)
 # --hparams_<name> flag -> model.
 HPARAMS_FLAGS = {"bt": "bt", "de": "de", "joint": "bt+de"}
-
-
-# --------------------------------------------------------------------------
-# Run configurations
-
-
-def main_configs(
-    base: cfg.TrainConfig,
-    output_dir: str,
-    models: Sequence[str],
-    *,
-    own: Mapping[str, cfg.TrainConfig] | None = None,
-    num_train_users: int | None = None,
-) -> dict[str, cfg.TrainConfig]:
-    """model -> its config: ``own[model]`` (its own settings; default ``base``)
-    with ``model``, ``run_dir`` and the budget of ``base``.
-
-    The budget (`BUDGET_KEYS`) and the data settings are ``base``'s. A model
-    whose own ``batch_size`` differs trains `equal_budget_steps` per epoch, so
-    that its epoch is as many users as ``base``'s (needs ``num_train_users``).
-    """
-    unknown = [m for m in models if m not in cfg.MODELS]
-    if unknown or not models:
-        raise UserError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
-    out = {}
-    for m in models:
-        c = (own or {}).get(m, base)
-        if c.model != m and c is not base:
-            raise UserError(f"the settings given for {m} set model={c.model!r}")
-        if c.data != base.data:
-            raise UserError(
-                f"the settings given for {m} change data settings; pass data flags "
-                "(e.g. --max_len) to every model alike"
-            )
-        ignored = [k for k in BUDGET_KEYS if getattr(c, k) != getattr(base, k)]
-        if ignored:
-            logging.warning(
-                "%s: ignoring its own %s: the budget is shared (set them as common flags)",
-                m,
-                ", ".join(f"{k}={getattr(c, k)}" for k in ignored),
-            )
-        c = dataclasses.replace(
-            c,
-            model=m,
-            run_dir=os.path.join(output_dir, m),
-            **{k: getattr(base, k) for k in BUDGET_KEYS},
-        )
-        if c.batch_size != base.batch_size:
-            if not base.steps_per_epoch and num_train_users is None:
-                raise ValueError(f"{m} has its own batch size: num_train_users is needed")
-            examples = base.steps_for(num_train_users or 0) * base.batch_size
-            c = dataclasses.replace(c, steps_per_epoch=equal_budget_steps(examples, c.batch_size))
-        out[m] = c
-    return out
-
-
-def equal_budget_steps(examples_per_epoch: int, batch_size: int) -> int:
-    """Steps per epoch so that ``steps × batch_size ≈ examples_per_epoch`` (nearest, >= 1)."""
-    return max(1, int(math.floor(examples_per_epoch / batch_size + 0.5)))
-
-
-def ablation_configs(
-    base: cfg.TrainConfig,
-    output_dir: str,
-    *,
-    batch_sizes: Sequence[int],
-    models: Sequence[str],
-    num_train_users: int,
-    epochs: int | None = None,
-    main: Mapping[str, cfg.TrainConfig] | None = None,
-    own: Mapping[str, cfg.TrainConfig] | None = None,
-    skip_too_big: bool = False,
-) -> list[tuple[str, int, cfg.TrainConfig]]:
-    """(model, batch size, config) of every ablation run, at an equal number of users seen.
-
-    Each model starts from its main run's config (``main[model]``), else its
-    own settings (``own[model]``, see `main_configs`), else ``base``. With
-    ``E = steps × batch size`` users per epoch of that config (``steps`` from
-    `TrainConfig.steps_for`), batch size ``b`` trains `equal_budget_steps(E, b)`
-    steps per epoch, for at most ``epochs`` epochs (default: the config's cap),
-    with the same early stopping. Where a main run has exactly these settings
-    its config (and run dir) is returned instead, so it is trained only once.
-    Batch sizes above ``num_train_users`` are an error, or skipped with
-    ``skip_too_big``.
-    """
-    too_big = [b for b in batch_sizes if b > num_train_users]
-    if too_big and not skip_too_big:
-        raise UserError(
-            f"--batch_sizes {too_big} exceed the {num_train_users} train users; drop them."
-        )
-    if too_big:
-        logging.warning(
-            "ablation: skipping batch sizes %s > %d train users", too_big, num_train_users
-        )
-    out = []
-    for m in models:
-        reuse = (main or {}).get(m)
-        start = reuse or (own or {}).get(m) or dataclasses.replace(base, model=m)
-        own_steps = start.steps_for(num_train_users)
-        examples = own_steps * start.batch_size
-        cap = epochs or start.epochs
-        for b in batch_sizes:
-            if b in too_big:
-                continue
-            steps = equal_budget_steps(examples, b)
-            if reuse is not None and b == start.batch_size and steps == own_steps:
-                if cap == start.epochs:
-                    out.append((m, b, reuse))
-                    continue
-            run_dir = os.path.join(output_dir, ABLATION_DIR, f"{m}_b{b}")
-            config = dataclasses.replace(
-                start, model=m, batch_size=b, steps_per_epoch=steps, epochs=cap, run_dir=run_dir
-            )
-            out.append((m, b, config))
-    return out
-
-
-# --------------------------------------------------------------------------
-# Report sections
-
-
-# Columns of the run table (the other settings that differ go to its last column).
-_TABLE_KEYS = ("model", "run_dir", "batch_size", "steps_per_epoch", "epochs", "data")
-
-
-def differing_settings(configs: Sequence[cfg.TrainConfig]) -> list[str]:
-    """Names of the settings (other than the table's columns) that differ between runs."""
-    rows = [json.loads(json.dumps(c.to_json())) for c in configs]
-    keys = [k for k in rows[0] if k not in _TABLE_KEYS] if rows else []
-    return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
-
-
-def budget_note(base: cfg.TrainConfig, num_train_users: int | None) -> str:
-    """How the runs' budgets compare, for the report."""
-    steps = base.steps_for(num_train_users) if num_train_users else base.steps_per_epoch
-    epoch = (
-        f"{steps} steps × {base.batch_size} = {steps * base.batch_size} users"
-        if steps
-        else (f"one pass over the train users, >= {base.min_steps_per_epoch} steps")
-    )
-    stop = (
-        f"stops once val_loss has not improved by {base.min_delta:g} (relative) for "
-        f"{base.early_stopping_patience} epochs"
-        if base.early_stopping_patience
-        else "early stopping off: trains the full cap"
-    )
-    return (
-        f"Equal budget, trained to convergence: every run has the same cap, {base.epochs} "
-        f"epochs of {epoch} (another batch size b trains E/b steps per epoch), {stop}, "
-        "and keeps the weights of its best val_loss epoch (evaluated below). Users seen "
-        "= optimizer steps × batch size, as trained."
-    )
-
-
-def _cell(value, fmt: str = "{}") -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
-def _run_table(
-    configs: Sequence[cfg.TrainConfig],
-    results: Sequence[dict],
-    heading: str = "## Training runs",
-    note: str = "",
-) -> list[str]:
-    """One row per run: its budget as trained and the settings in which runs differ."""
-    differ = differing_settings(configs)
-    lines = [heading, ""] + ([note, ""] if note else [])
-    lines += [
-        "| model | run dir | batch size | steps/epoch | max epochs | epochs | best epoch | "
-        "stopped by | optimizer steps | users seen | best val loss | train seconds | "
-        "differing settings |",
-        "|---" * 13 + "|",
-    ]
-    for c, r in zip(configs, results):
-        steps = int(r.get("steps_per_epoch") or 0)
-        epochs = int(r.get("epochs_completed") or 0)
-        # Runs from before these fields: every epoch was a full one.
-        optimizer_steps = r.get("optimizer_steps", steps * epochs)
-        users = r.get("users_seen", optimizer_steps * c.batch_size)
-        own = json.loads(json.dumps(c.to_json()))
-        settings = ", ".join(f"{k}={own[k]}" for k in differ) or "-"
-        lines.append(
-            f"| {c.model} | `{c.run_dir}` | {c.batch_size} | {steps} | {c.epochs} | {epochs} | "
-            f"{_cell(r.get('best_epoch'))} | {_cell(r.get('stop_reason'))} | "
-            f"{optimizer_steps} | {users} | {_cell(r.get('best_val_loss'), '{:.4g}')} | "
-            f"{_cell(r.get('train_seconds'))} | {settings} |"
-        )
-    lines.append("")
-    return lines
-
-
-def _ablation_section(rows: Sequence[dict], images: Sequence[str]) -> list[str]:
-    """Per (task, metric, fraction): models × batch sizes, mean ± std, + BT vs DE."""
-    lines = [
-        "## Batch-size ablation",
-        "",
-        "Each model pretrained at each batch size with the same number of users seen "
-        "(steps per epoch scaled by 1/batch size), then probed as above. Mean ± std over "
-        "label-sampling seeds.",
-        "",
-    ]
-    sizes = sorted({int(r["batch_size"]) for r in rows})
-    by = {}
-    for b in sizes:
-        for a in report.aggregate([r for r in rows if int(r["batch_size"]) == b]):
-            by[(a["task"], a["metric"], a["fraction"], a["model"], b)] = a
-    panels = sorted({(k[0], k[1], k[2]) for k in by}, key=lambda k: (k[0], k[1], k[2]))
-    models = sorted({k[3] for k in by})
-    for task, metric, fraction in panels:
-        lines += [
-            f"### {task}: {metric} ({100 * fraction:g}% labels)",
-            "",
-            "| model | " + " | ".join(f"b={b}" for b in sizes) + " |",
-            "|---" * (len(sizes) + 1) + "|",
-        ]
-        for m in models:
-            cells = []
-            for b in sizes:
-                a = by.get((task, metric, fraction, m, b))
-                cells.append("" if a is None else f"{a['mean']:.3f} ± {a['std']:.3f}")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        if "bt" in models and "de" in models:
-            cells = []
-            for b in sizes:
-                x, y = (
-                    by.get((task, metric, fraction, "bt", b)),
-                    by.get((task, metric, fraction, "de", b)),
-                )
-                v = report.relative_improvement(
-                    x["mean"] if x else float("nan"), y["mean"] if y else float("nan")
-                )
-                cells.append("n/a" if not math.isfinite(v) else f"{v:+.1f}%")
-            lines.append("| bt vs de | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in images] + [""]
-    return lines
-
-
-def _json_rows(rows: Sequence[dict]) -> list[dict]:
-    """NaN -> null (strict JSON)."""
-    return [
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-        for r in rows
-    ]
-
-
-def _append_sections(path: str, sections: list[str]) -> None:
-    """Appends ``sections`` to the report written by `report.write_report`."""
-    with open(path) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n\n" + "\n".join(sections))
-
-
-# --------------------------------------------------------------------------
-# The driver
-
-
-def reproduce(
-    base: cfg.TrainConfig,
-    output_dir: str,
-    *,
-    models: Sequence[str] = cfg.MODELS,
-    model_configs: Mapping[str, cfg.TrainConfig] | None = None,
-    label_fractions: Sequence[float] = (0.01, 0.05, 0.1, 0.25, 1.0),
-    seeds: int = 3,
-    tasks: Sequence[str] | None = None,
-    include_floors: bool = True,
-    settings: ev.EvalSettings = ev.EvalSettings(),
-    cache: bool = True,
-    baseline: str = "de",
-    compare: Sequence[str] = ("bt", "bt+de"),
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-    skip_too_big: bool = False,
-    ablation_models: Sequence[str] = ("bt", "de"),
-    ablation_epochs: int | None = None,
-    ablation_fractions: Sequence[float] | None = None,
-    ablation_tasks: Sequence[str] = (ev.FAVORITE_GENRE, ev.NEXT_ITEM),
-) -> dict:
-    """Trains (or reuses) every run, evaluates, writes ``<output_dir>/report/``.
-
-    ``base`` carries every shared training setting; ``model_configs`` a
-    model's own settings (default ``base``), see `main_configs`. Only
-    ``model``, ``run_dir`` (and, for the ablation, ``batch_size`` /
-    ``steps_per_epoch`` / ``epochs``) change. ``batch_sizes=()``: no ablation;
-    ``skip_too_big``: drop batch sizes above the train users instead of failing.
-    Returns ``{"report": path of report.md, "rows": main rows, "ablation_rows": [...]}``.
-    """
-    report_dir = os.path.join(output_dir, REPORT_DIR)
-    artifact_dir = pp.preprocess(base.data)
-    n_train = int(bt_input.load_metadata(artifact_dir)["num_users"]["train"])
-    configs = main_configs(base, output_dir, models, own=model_configs, num_train_users=n_train)
-    results = []
-    for m, c in configs.items():
-        logging.info("== training %s in %s", m, c.run_dir)
-        results.append(train.train(c))
-
-    rows = ev.evaluate_runs(
-        [c.run_dir for c in configs.values()],
-        report_dir,
-        names=list(configs),
-        label_fractions=label_fractions,
-        seeds=seeds,
-        tasks=tasks,
-        include_floors=include_floors,
-        settings=settings,
-        cache=cache,
-        baseline=baseline,
-        compare=compare,
-        title=f"Downstream evaluation: {base.data.dataset}",
-    )
-    md = os.path.join(report_dir, "report.md")
-    sections = _run_table(list(configs.values()), results, note=budget_note(base, n_train))
-
-    ablation_rows: list[dict] = []
-    if batch_sizes:
-        runs = ablation_configs(
-            base,
-            output_dir,
-            batch_sizes=batch_sizes,
-            models=ablation_models,
-            num_train_users=n_train,
-            epochs=ablation_epochs,
-            main=configs,
-            own=main_configs(
-                base, output_dir, ablation_models, own=model_configs, num_train_users=n_train
-            ),
-            skip_too_big=skip_too_big,
-        )
-        ablation_results = []
-        for m, b, c in runs:
-            logging.info("== ablation: training %s at batch size %d in %s", m, b, c.run_dir)
-            ablation_results.append(train.train(c))
-        fractions = ablation_fractions or sorted({min(label_fractions), max(label_fractions)})
-        main_names = {c.run_dir: m for m, c in configs.items()}
-        names = [main_names.get(c.run_dir, f"{m}@b{b}") for m, b, c in runs]
-        # Same out_dir as the main report: its cache serves reused main runs.
-        ablation_rows = ev.evaluate_runs(
-            [c.run_dir for _, _, c in runs],
-            report_dir,
-            names=names,
-            label_fractions=fractions,
-            seeds=seeds,
-            tasks=list(ablation_tasks),
-            include_floors=False,
-            settings=settings,
-            cache=cache,
-            write=False,
-        )
-        for r in ablation_rows:  # model type + batch size: what the plot and table group by
-            r["run_name"], r["model"] = r["model"], r["model_type"]
-        images = []
-        for task, metric in dict.fromkeys((r["task"], r["metric"]) for r in ablation_rows):
-            for f in fractions:
-                name = f"batch_size_{task}_{metric.replace('@', '')}_{100 * f:g}pct.png"
-                images.append(
-                    report.plot_batch_size_ablation(
-                        ablation_rows,
-                        os.path.join(report_dir, name),
-                        task=task,
-                        metric=metric,
-                        fraction=f,
-                    )
-                )
-        with open(os.path.join(report_dir, ABLATION_JSON), "w") as f:
-            json.dump(_json_rows(ablation_rows), f, indent=1, allow_nan=False)
-        sections += _ablation_section(ablation_rows, images)
-        cap = f"{ablation_epochs} epochs (--ablation_epochs)" if ablation_epochs else "the same"
-        sections += _run_table(
-            [c for _, _, c in runs],
-            ablation_results,
-            heading="### Ablation runs",
-            note="Cap: "
-            + cap
-            + ", in epochs of the same number of users (steps per epoch scaled by 1/batch "
-            "size); each run stops on its own val_loss. Users seen = optimizer steps × "
-            "batch size, as trained.",
-        )
-    _append_sections(md, sections)
-    logging.info("report: %s", md)
-    return {"report": md, "rows": rows, "ablation_rows": ablation_rows}
 
 
 # --------------------------------------------------------------------------
 # CLI
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+def _tuple_or_none(values):
+    return None if values is None else tuple(values)
 
 
 def _names(text: str) -> list[str]:
@@ -538,17 +142,17 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
     add("--ablation_epochs", type=int, default=0, help="cap of the ablation runs (0: --max_epochs)")
     add(
         "--ablation_fractions",
-        type=ev.fraction_list,
+        type=evaluate.fraction_list,
         default=None,
         help="label fractions of the ablation (none: the smallest and largest)",
     )
     add(
         "--ablation_tasks",
         type=_names,
-        default=[ev.FAVORITE_GENRE, ev.NEXT_ITEM],
+        default=[FAVORITE_GENRE, NEXT_ITEM],
         help="tasks of the ablation",
     )
-    ev.add_flags(parser.add_argument_group(EVALUATION_GROUP))
+    evaluate.add_flags(parser.add_argument_group(EVALUATION_GROUP))
     if passed:
         cli.add_passed_flags(parser, TRAINING_GROUP, cfg.add_flags, exclude=("--model",))
         cfg.apply_dataset_defaults(parser, argv)
@@ -597,25 +201,31 @@ def parse(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     args, base = parse(argv)
+    evaluation = EvalRequest(
+        label_fractions=tuple(args.label_fractions),
+        seeds=args.seeds,
+        tasks=_tuple_or_none(evaluate.tasks_from_flags(args)),
+        include_floors=args.floors,
+        settings=evaluate.settings_from_flags(args),
+        cache=args.cache,
+        baseline=args.baseline,
+        compare=tuple(_names(args.compare)),
+    )
+    ablation = Ablation(
+        batch_sizes=tuple(args.batch_sizes),
+        skip_too_big=args.skip_too_big,
+        models=tuple(args.ablation_models),
+        epochs=args.ablation_epochs or None,
+        fractions=_tuple_or_none(args.ablation_fractions),
+        tasks=tuple(args.ablation_tasks),
+    )
     out = reproduce(
         base,
         args.output_dir,
         models=args.models,
         model_configs=args.model_configs,
-        label_fractions=args.label_fractions,
-        seeds=args.seeds,
-        tasks=ev.tasks_from_flags(args),
-        include_floors=args.floors,
-        settings=ev.settings_from_flags(args),
-        cache=args.cache,
-        baseline=args.baseline,
-        compare=_names(args.compare),
-        batch_sizes=args.batch_sizes,
-        skip_too_big=args.skip_too_big,
-        ablation_models=args.ablation_models,
-        ablation_epochs=args.ablation_epochs or None,
-        ablation_fractions=args.ablation_fractions,
-        ablation_tasks=args.ablation_tasks,
+        evaluation=evaluation,
+        ablation=ablation,
     )
     print(out["report"])
     return out

@@ -1,4 +1,4 @@
-"""`bt_tf.evaluate`: trained runs -> probes -> report, on tiny synthetic data."""
+"""`bt_tf.evaluate` / `bt_tf.evaluation`: trained runs -> probes -> report, on tiny data."""
 
 import json
 import math
@@ -10,14 +10,23 @@ import pytest
 import tensorflow as tf
 
 from bt_tf import config as cfg
-from bt_tf import evaluate as ev
-from bt_tf import export, probes, train
+from bt_tf import evaluate, export, train
+from bt_tf import features as F
 from bt_tf import input as bt_input
 from bt_tf.embeddings import embed_split
+from bt_tf.evaluation import (
+    embedding_cache,
+    eval_data,
+    floors,
+    labels,
+    probing,
+    runner,
+    settings,
+)
 from tests.tiny import TINY_FLAGS as TINY
 
 TINY_FLAGS = [*TINY, "--epochs=1", "--no-probe", "--no-export"]
-QUICK = ev.EvalSettings(probe_max_epochs=20, probe_min_epochs=5)
+QUICK = settings.EvalSettings(probe_max_epochs=20, probe_min_epochs=5)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,7 @@ def _artifact(run_dir: str) -> str:
 
 def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path):
     out = tmp_path / "report"
-    rows = ev.main(
+    rows = evaluate.main(
         [
             f"--runs={runs['bt']},{runs['de']}",
             "--label_fractions=0.5",
@@ -87,7 +96,7 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
     for name in models:
         assert f"| {name} |" in md, name
     assert "Relative improvement over `de`" in md
-    assert probes.selection_rule() in md  # the selection rule, stated once
+    assert settings.selection_rule() in md  # the selection rule, stated once
     results = json.loads((out / "results.json").read_text())
     assert len(results["rows"]) == len(rows)
     for a in results["aggregates"]:
@@ -100,30 +109,31 @@ def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
     users; replacing test labels and test embeddings changes scores only."""
     artifact = _artifact(runs["bt"])
     meta = bt_input.load_metadata(artifact)
-    data = ev.load_eval_data(artifact, width=40)
-    ids = {s: set(data.user_ids[s].tolist()) for s in ev.SPLITS}
-    for s in ev.SPLITS:
+    data = eval_data.load_eval_data(artifact, width=40)
+    ids = {s: set(data.user_ids[s].tolist()) for s in F.SPLITS}
+    for s in F.SPLITS:
         assert len(ids[s]) == len(data.user_ids[s]) == meta["num_users"][s]
     assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["eval"])
     assert not (ids["eval"] & ids["test"])
 
-    encoder, _, _ = ev.restore_run(runs["bt"])
-    emb = ev.embed_users(encoder, data)
+    encoder, _, _ = embedding_cache.restore_run(runs["bt"])
+    emb = embedding_cache.embed_users(encoder, data)
     reference, _ = embed_split(encoder, artifact, "test", max_len=40)  # the canonical reader
     np.testing.assert_allclose(emb["test"], reference, rtol=1e-5, atol=1e-6)
     tasks = ["favorite_genre", "attr_segment"]
     kwargs = dict(fractions=[0.1, 1.0], seeds=[0], tasks=tasks, settings=QUICK)
-    rows = ev.evaluate_features("bt", emb, data, **kwargs)
-    assert ev.evaluate_features("bt", emb, data, **kwargs) == rows  # same seed, same result
+    plan = probing.EvalPlan.make(data, **kwargs)
+    rows = probing.evaluate_features(plan, "bt", emb)
+    assert probing.evaluate_features(plan, "bt", emb) == rows  # same seed, same result
     for r in rows:
         y = data.labels[r["task"]]
         labelled_train = int(np.sum(y["train"] >= 0))
-        expected = probes.sample_label_fraction(y["train"], r["fraction"], r["seed"]).size
+        expected = labels.sample_label_fraction(y["train"], r["fraction"], r["seed"]).size
         assert r["n_train"] == expected  # drawn from the train split's labels only
         assert r["n_test"] == int(np.sum(y["test"] >= 0))
         # Selection sees the same fraction of eval labels (at least the minimum),
         # not all of them (the old rule, changed on purpose).
-        selection = probes.sample_selection_users(y["eval"], r["fraction"], r["seed"])
+        selection = labels.sample_selection_users(y["eval"], r["fraction"], r["seed"])
         assert r["n_eval"] == selection.size and r["n_eval_labelled"] == np.sum(y["eval"] >= 0)
         if r["fraction"] < 1.0:
             assert r["n_eval"] < r["n_eval_labelled"]
@@ -135,7 +145,7 @@ def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
     # Scramble the test labels and zero the test embeddings: nothing the probe
     # chose (L2, stopping epoch, sample sizes) may change; the scores do.
     rng = np.random.default_rng(0)
-    scrambled = ev.EvalData(
+    scrambled = eval_data.EvalData(
         **{
             **vars(data),
             "labels": {
@@ -145,7 +155,7 @@ def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
         }
     )
     emb2 = {**emb, "test": np.zeros_like(emb["test"])}
-    rows2 = ev.evaluate_features("bt", emb2, scrambled, **kwargs)
+    rows2 = probing.evaluate_features(probing.EvalPlan.make(scrambled, **kwargs), "bt", emb2)
     keys = ("task", "metric", "fraction", "seed", "l2", "best_epoch", "n_train", "n_eval")
     assert [tuple(r[k] for k in keys) for r in rows] == [tuple(r[k] for k in keys) for r in rows2]
     assert [r["value"] for r in rows] != [r["value"] for r in rows2]
@@ -159,21 +169,21 @@ def test_cache_reuses_results_and_settings_invalidate_it(runs, tmp_path):
         include_floors=False,
         write=False,
     )
-    first = ev.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
+    first = runner.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
     cache_file = tmp_path / "cache" / "bt.json"
     stamp = cache_file.stat().st_mtime_ns
-    again = ev.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
+    again = runner.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
     assert again == first and cache_file.stat().st_mtime_ns == stamp  # read, not recomputed
-    other = ev.EvalSettings(probe_max_epochs=20, probe_min_epochs=5, l2_grid=(1e-3,))
-    changed = ev.evaluate_runs([runs["bt"]], str(tmp_path), settings=other, **kwargs)
+    other = settings.EvalSettings(probe_max_epochs=20, probe_min_epochs=5, l2_grid=(1e-3,))
+    changed = runner.evaluate_runs([runs["bt"]], str(tmp_path), settings=other, **kwargs)
     assert cache_file.stat().st_mtime_ns != stamp  # recomputed under the new settings
     assert {r["l2"] for r in changed} == {1e-3}
 
 
 def test_item_embeddings_bt_input_table_de_item_tower(runs):
-    bt_encoder, bt_items, _ = ev.restore_run(runs["bt"])
+    bt_encoder, bt_items, _ = embedding_cache.restore_run(runs["bt"])
     np.testing.assert_array_equal(bt_items, bt_encoder.item_embedding.embeddings.numpy())
-    de_encoder, de_items, config = ev.restore_run(runs["de"])
+    de_encoder, de_items, config = embedding_cache.restore_run(runs["de"])
     assert de_items.shape == (config["encoder"]["vocab_size"], 16)
     assert not np.allclose(de_items, de_encoder.item_embedding.embeddings.numpy())
 
@@ -185,16 +195,16 @@ def test_runs_on_different_artifacts_are_refused(runs, tmp_path):
     config["artifact_dir"] = str(tmp_path / "elsewhere")
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="share one artifact dir"):
-        ev.evaluate_runs([runs["bt"], str(other)], str(tmp_path / "r"), seeds=1)
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        ev.evaluate_runs([str(tmp_path)], str(tmp_path / "r"), seeds=1)
+        runner.evaluate_runs([runs["bt"], str(other)], str(tmp_path / "r"), seeds=1)
+    with pytest.raises(FileNotFoundError, match="No config.json"):
+        runner.evaluate_runs([str(tmp_path)], str(tmp_path / "r"), seeds=1)
 
 
 def test_run_names_are_unique():
     configs = [{"model": "bt"}, {"model": "bt"}, {"model": "de"}]
-    assert ev.run_names(configs, ["runs/a_bt", "runs/b_bt", "runs/x"]) == ["a_bt", "b_bt", "de"]
-    assert ev.run_names(configs[:2], ["x/bt", "y/bt/"]) == ["bt", "bt-2"]
-    assert ev.run_names([{"model": "bt+de"}], ["r"]) == ["bt+de"]
+    assert runner.run_names(configs, ["runs/a_bt", "runs/b_bt", "runs/x"]) == ["a_bt", "b_bt", "de"]
+    assert runner.run_names(configs[:2], ["x/bt", "y/bt/"]) == ["bt", "bt-2"]
+    assert runner.run_names([{"model": "bt+de"}], ["r"]) == ["bt+de"]
 
 
 class CountingEncoder:
@@ -227,8 +237,9 @@ def test_embeddings_are_cached_on_disk_until_the_checkpoint_changes(runs, tmp_pa
 
         return wrapper
 
-    monkeypatch.setattr(ev, "restore_run", counting(ev.restore_run))
-    monkeypatch.setattr(ev, "untrained_encoder", counting(ev.untrained_encoder))
+    # Where they are called: a run's encoder in the runner, the untrained one in the floors.
+    monkeypatch.setattr(runner, "restore_run", counting(embedding_cache.restore_run))
+    monkeypatch.setattr(floors, "untrained_encoder", counting(embedding_cache.untrained_encoder))
     out = tmp_path / "report"
     kwargs = dict(label_fractions=[1.0], seeds=1, tasks=["favorite_genre"], settings=QUICK)
 
@@ -237,12 +248,12 @@ def test_embeddings_are_cached_on_disk_until_the_checkpoint_changes(runs, tmp_pa
         for rows_cache in (out / "cache").glob("*.json"):  # probe rows: recompute them
             rows_cache.unlink()
         timings = []
-        rows = ev.evaluate_runs([str(run)], str(out), timings=timings, write=write, **kwargs)
+        rows = runner.evaluate_runs([str(run)], str(out), timings=timings, write=write, **kwargs)
         return rows, sum(int(e.rows.numpy()) for e in encoders), timings
 
     first, embedded, timings = evaluate(write=True)
     n_users = sum(
-        len(v) for v in ev.load_eval_data(_artifact(str(run)), tasks=[]).user_ids.values()
+        len(v) for v in eval_data.load_eval_data(_artifact(str(run)), tasks=[]).user_ids.values()
     )
     assert embedded == 2 * n_users  # the run and the untrained floor, every user once
     stages = [t["stage"] for t in timings]
@@ -250,14 +261,14 @@ def test_embeddings_are_cached_on_disk_until_the_checkpoint_changes(runs, tmp_pa
                   "bag_of_items: favorite_genre", "report"):  # fmt: skip
         assert stage in stages
     assert all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in timings)
-    assert json.loads((out / ev.TIMINGS_FILE).read_text())["stages"] == timings
+    assert json.loads((out / runner.TIMINGS_FILE).read_text())["stages"] == timings
 
     again, embedded, _ = evaluate()  # a rerun: embeddings from the cache, probes rerun
     assert embedded == 0 and encoders == []  # nothing restored, nothing embedded
     assert again == first
 
     # New weights under the SAME checkpoint name: the cache must notice.
-    cached = dict(np.load(out / "cache" / ev.EMBEDDINGS_DIR / "bt.npz"))
+    cached = dict(np.load(out / "cache" / embedding_cache.EMBEDDINGS_DIR / "bt.npz"))
     encoder, _ = export.restore_encoder(str(run))
     for v in encoder.weights:
         v.assign(v + 0.5)
@@ -266,17 +277,18 @@ def test_embeddings_are_cached_on_disk_until_the_checkpoint_changes(runs, tmp_pa
     assert checkpoint.save(str(run / "checkpoints" / "ckpt")) == path  # overwritten in place
     _, embedded, _ = evaluate()
     assert embedded == n_users  # only the run: the untrained floor is unchanged
-    recached = dict(np.load(out / "cache" / ev.EMBEDDINGS_DIR / "bt.npz"))
+    recached = dict(np.load(out / "cache" / embedding_cache.EMBEDDINGS_DIR / "bt.npz"))
     assert not np.allclose(recached["train"], cached["train"])
     assert str(recached["fingerprint"]) != str(cached["fingerprint"])
 
 
 def test_length_sorted_batches_embed_like_full_width_ones(runs):
-    data = ev.load_eval_data(_artifact(runs["bt"]), tasks=[])
-    encoder, _, _ = ev.restore_run(runs["bt"])
-    lengths = ev._extents(data.history["train"])
+    data = eval_data.load_eval_data(_artifact(runs["bt"]), tasks=[])
+    encoder, _, _ = embedding_cache.restore_run(runs["bt"])
+    lengths = embedding_cache.history_extents(data.history["train"])
     assert lengths.min() < lengths.max()  # so the batches really are cut to different widths
-    small = ev.embed_users(encoder, data, batch_size=5)  # many batches, each cut to its longest
-    for split in ev.SPLITS:
+    # Many batches, each cut to its longest history.
+    small = embedding_cache.embed_users(encoder, data, batch_size=5)
+    for split in F.SPLITS:
         full = encoder(tf.constant(data.history[split], tf.int32), training=False).numpy()
         np.testing.assert_allclose(small[split], full, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bt_tf import metrics
+from bt_tf.evaluation import metrics
 
 # 8 items: ids 0,1,2 reserved (pad/mask/OOV), 3..7 real. Reserved ids get the
 # highest scores to prove they are never ranked.

@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from bt_tf import report
+from bt_tf.evaluation import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,14 +7,15 @@ import os
 import pytest
 
 from bt_tf import config as cfg
-from bt_tf import reproduce as rp
+from bt_tf import reproduce
+from bt_tf.evaluation import reproduction
 from tests.tiny import TINY_FLAGS as TINY
 
 TINY_FLAGS = [*TINY, "--epochs=1", "--no-probe", "--no-export"]
 
 
 def test_own_flags_are_split_from_training_flags():
-    args, base = rp.parse(
+    args, base = reproduce.parse(
         [
             "--seeds=2",
             "--seed=7",
@@ -30,18 +31,18 @@ def test_own_flags_are_split_from_training_flags():
     assert args.batch_sizes == [16, 32] and args.label_fractions == [0.1, 1.0]
     assert args.cache is True  # --cache_dir went to preprocessing, not to --cache
     assert args.output_dir == os.path.join("runs", "reproduce_synthetic")
-    args, base = rp.parse(["--output_dir=/x", "--dataset=ml-1m"])
+    args, base = reproduce.parse(["--output_dir=/x", "--dataset=ml-1m"])
     assert args.output_dir == "/x" and base.run_dir != "/x"
     with pytest.raises(ValueError, match="--models"):
-        rp.parse(["--model=de"])
+        reproduce.parse(["--model=de"])
 
 
 def test_ablation_by_default_and_how_to_turn_it_off():
-    args, _ = rp.parse([])
+    args, _ = reproduce.parse([])
     assert args.batch_sizes == [32, 64, 128, 256, 512] and args.skip_too_big
     for off in (["--no-ablation"], ["--batch_sizes="]):
-        assert rp.parse(off)[0].batch_sizes == [], off
-    args, _ = rp.parse(["--batch_sizes=16,32"])
+        assert reproduce.parse(off)[0].batch_sizes == [], off
+    args, _ = reproduce.parse(["--batch_sizes=16,32"])
     assert args.batch_sizes == [16, 32] and not args.skip_too_big
 
 
@@ -50,9 +51,9 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
     bt.write_text(json.dumps({"lambd": 0.02, "epochs": 40}))  # a Hyperband file's epochs
     de.write_text(json.dumps({"temperature": 0.05, "learning_rate": 0.003, "batch_size": 16}))
     shared = ["--dim=8", "--learning_rate=0.002", "--batch_size=32", "--max_epochs=3"]
-    args, base = rp.parse([*shared, f"--hparams_bt={bt}", f"--hparams_de={de}"])
+    args, base = reproduce.parse([*shared, f"--hparams_bt={bt}", f"--hparams_de={de}"])
     assert set(args.model_configs) == {"bt", "de"}
-    configs = rp.main_configs(
+    configs = reproduction.main_configs(
         base, "/out", ["bt", "de", "bt+de"], own=args.model_configs, num_train_users=330
     )
     bt_c, de_c, joint = configs["bt"], configs["de"], configs["bt+de"]
@@ -64,7 +65,7 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
     assert {c.epochs for c in configs.values()} == {3}
     assert de_c.batch_size == 16 and de_c.steps_per_epoch == 32
     assert bt_c.steps_per_epoch == joint.steps_per_epoch == 0
-    assert rp.differing_settings(list(configs.values())) == [
+    assert reproduction.differing_settings(list(configs.values())) == [
         "lambd",
         "temperature",
         "learning_rate",
@@ -72,20 +73,20 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"model": "bt"}))
     with pytest.raises(ValueError, match="sets model='bt', but it is --hparams_de"):
-        rp.parse([f"--hparams_de={wrong}"])
+        reproduce.parse([f"--hparams_de={wrong}"])
     other = tmp_path / "x.json"
     other.write_text(json.dumps({"max_len": 12}))
-    args, base = rp.parse([f"--hparams_de={other}"])
+    args, base = reproduce.parse([f"--hparams_de={other}"])
     with pytest.raises(ValueError, match="data settings"):
-        rp.main_configs(base, "/o", ["de"], own=args.model_configs, num_train_users=330)
+        reproduction.main_configs(base, "/o", ["de"], own=args.model_configs, num_train_users=330)
 
 
 def test_ablation_runs_see_the_same_number_of_users():
     base = cfg.TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2, min_steps_per_epoch=1)
-    main = rp.main_configs(base, "/out", ["bt", "de", "bt+de"])
+    main = reproduction.main_configs(base, "/out", ["bt", "de", "bt+de"])
     assert {c.run_dir for c in main.values()} == {"/out/bt", "/out/de", "/out/bt+de"}
     assert len({(c.batch_size, c.epochs, c.steps_per_epoch, c.dim) for c in main.values()}) == 1
-    runs = rp.ablation_configs(
+    runs = reproduction.ablation_configs(
         base,
         "/out",
         batch_sizes=[16, 32, 64, 100],
@@ -103,8 +104,10 @@ def test_ablation_runs_see_the_same_number_of_users():
     assert reused == [main["bt"], main["de"]]  # trained once, not twice
     assert runs[0][2].run_dir == "/out/batch_size/bt_b16"
     with pytest.raises(ValueError, match="exceed the 313 train users"):
-        rp.ablation_configs(base, "/o", batch_sizes=[512], models=["bt"], num_train_users=313)
-    kept = rp.ablation_configs(
+        reproduction.ablation_configs(
+            base, "/o", batch_sizes=[512], models=["bt"], num_train_users=313
+        )
+    kept = reproduction.ablation_configs(
         base, "/o", batch_sizes=[32, 512], models=["bt"], num_train_users=313, skip_too_big=True
     )
     assert [b for _, b, _ in kept] == [32]
@@ -113,8 +116,8 @@ def test_ablation_runs_see_the_same_number_of_users():
 def test_ablation_on_a_small_dataset_keeps_the_floor_of_steps_and_early_stopping():
     # 750 train users (ML-100K): 2 batches of 256 per pass, so an epoch is 16 steps.
     base = cfg.TrainConfig(batch_size=256, min_steps_per_epoch=16, epochs=20)
-    main = rp.main_configs(base, "/out", ["bt", "de"])
-    runs = rp.ablation_configs(
+    main = reproduction.main_configs(base, "/out", ["bt", "de"])
+    runs = reproduction.ablation_configs(
         base, "/out", batch_sizes=[32, 256, 512], models=["de"], num_train_users=750, main=main
     )
     steps = {b: c.steps_per_epoch for _, b, c in runs}
@@ -147,7 +150,7 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     de_hparams = tmp_path / "de.json"
     de_hparams.write_text(json.dumps({"temperature": 0.2}))
     argv = _argv(tmp_path, "--models=bt,de", "--no-ablation", f"--hparams_de={de_hparams}")
-    first = rp.main(argv)
+    first = reproduce.main(argv)
     md = (out / "report" / "report.md").read_text()
     for name in ("bt", "de", "untrained(bt)", "untrained(de)", "bag_of_items", "majority"):
         assert f"| {name} |" in md, name
@@ -168,7 +171,7 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     watched = [str(out / m / "metrics.json") for m in ("bt", "de")]
     watched += [str(p) for p in (out / "report" / "cache").iterdir()]
     before = _mtimes(watched)
-    second = rp.main(argv)
+    second = reproduce.main(argv)
     assert _mtimes(watched) == before
     assert second["rows"] == first["rows"]
 
@@ -177,7 +180,7 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
 def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
     out = tmp_path / "repro"
     argv = _argv(tmp_path, "--batch_sizes=16,32", "--ablation_models=bt")
-    first = rp.main(argv)
+    first = reproduce.main(argv)
     report_dir = out / "report"
     md = (report_dir / "report.md").read_text()
     for name in ("bt", "de", "bt+de", "untrained(bt)", "untrained(de)", "bag_of_items", "majority"):
@@ -195,7 +198,7 @@ def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
     assert b16["steps_per_epoch"] == 8  # 16 × 8 = 32 × 4 users per epoch
     assert not (out / "batch_size" / "bt_b32").exists()  # the main bt run was reused
 
-    ablation = json.loads((report_dir / rp.ABLATION_JSON).read_text())
+    ablation = json.loads((report_dir / reproduction.ABLATION_JSON).read_text())
     assert {(r["model"], r["batch_size"]) for r in ablation} == {("bt", 16), ("bt", 32)}
     for r in first["rows"] + ablation:
         assert 0.0 <= r["value"] <= 1.0, r
@@ -206,7 +209,7 @@ def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
     watched += [str(out / "batch_size" / "bt_b16" / "metrics.json")]
     watched += [str(p) for p in (report_dir / "cache").iterdir()]
     before = _mtimes(watched)
-    second = rp.main(argv)
+    second = reproduce.main(argv)
     assert _mtimes(watched) == before
     assert second["rows"] == first["rows"]
     assert second["ablation_rows"] == first["ablation_rows"]

@@ -134,30 +134,36 @@ def ndcg_gains_at_k(ranks: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def hit_rate_at_k(
-    scores: ScoreSource,
-    targets: np.ndarray,
-    k: int = 10,
-    exclude: np.ndarray | None = None,
-    *,
-    chunk_size: int = 256,
-) -> float:
-    """Mean HR@k over users, full catalog (see module docstring for conventions)."""
-    ranks = target_ranks(scores, targets, exclude=exclude, chunk_size=chunk_size)
-    return float(hits_at_k(ranks, k).mean()) if ranks.size else float("nan")
+def _mean_at_k(gains: Callable[[np.ndarray, int], np.ndarray], name: str, doc: str):
+    """A metric ``(scores, targets, k=10, exclude=None, *, chunk_size=256) -> float``:
+    the mean over users of ``gains(ranks, k)``, NaN without users."""
+
+    def metric(
+        scores: ScoreSource,
+        targets: np.ndarray,
+        k: int = 10,
+        exclude: np.ndarray | None = None,
+        *,
+        chunk_size: int = 256,
+    ) -> float:
+        ranks = target_ranks(scores, targets, exclude=exclude, chunk_size=chunk_size)
+        return float(gains(ranks, k).mean()) if ranks.size else float("nan")
+
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = doc
+    return metric
 
 
-def ndcg_at_k(
-    scores: ScoreSource,
-    targets: np.ndarray,
-    k: int = 10,
-    exclude: np.ndarray | None = None,
-    *,
-    chunk_size: int = 256,
-) -> float:
-    """Mean NDCG@k over users, one relevant item each, full catalog."""
-    ranks = target_ranks(scores, targets, exclude=exclude, chunk_size=chunk_size)
-    return float(ndcg_gains_at_k(ranks, k).mean()) if ranks.size else float("nan")
+hit_rate_at_k = _mean_at_k(
+    hits_at_k,
+    "hit_rate_at_k",
+    "Mean HR@k over users, full catalog (see module docstring for conventions).",
+)
+ndcg_at_k = _mean_at_k(
+    ndcg_gains_at_k,
+    "ndcg_at_k",
+    "Mean NDCG@k over users, one relevant item each, full catalog.",
+)
 
 
 def ranking_metrics(
@@ -201,7 +207,7 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Binary ROC AUC (ties count 1/2, sklearn); ``nan`` if one class only."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # lazy: scikit-learn only for the AUC
 
     y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)

@@ -1,6 +1,6 @@
 """Downstream report: mean ± std over seeds, Markdown tables, JSON and PNG plots.
 
-Input rows are the dicts produced by `bt_tf.probes.evaluate_embeddings` and
+Input rows are the dicts produced by `bt_tf.evaluation.tasks.evaluate_embeddings` and
 the floors: ``{"model", "task", "metric", "fraction", "seed", "value", ...}``.
 Aggregates are per (task, metric, model, fraction): the mean over seeds and
 the sample standard deviation (ddof=1; 0 with one seed). NaN values (e.g. an
@@ -18,6 +18,7 @@ here is higher-is-better). `below_floors` lists those cells.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from bt_tf.evaluation.settings import selection_rule
 
 __all__ = [
     "FLOORS",
@@ -34,6 +37,7 @@ __all__ = [
     "aggregate",
     "relative_improvement",
     "write_report",
+    "json_safe",
     "plot_metric_vs_fraction",
     "plot_batch_size_ablation",
 ]
@@ -155,15 +159,16 @@ def _pct(v: float) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:+.1f}%"
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """``x`` with NaN/inf -> None and numpy scalars -> Python ones, recursively (strict JSON)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
-        return _json_safe(x.item())
+        return json_safe(x.item())
     return x
 
 
@@ -179,7 +184,7 @@ def write_report(
     """Writes ``report.md``, ``results.json`` and ``metrics_vs_fraction.png``.
 
     ``report.md`` states the selection protocol (``protocol``, default
-    `bt_tf.probes.selection_rule` with its defaults) and has, per task and
+    `bt_tf.evaluation.settings.selection_rule` with its defaults) and has, per task and
     metric, a table (rows = models then floors, columns = label fractions,
     cells "mean ± std", `BELOW_FLOOR` on a learned model below a floor, with
     a footnote naming the floor) and, when ``baseline`` is present, the
@@ -192,16 +197,16 @@ def write_report(
     if not rows:
         raise ValueError("write_report got no rows; run the evaluation first.")
     if protocol is None:
-        from bt_tf import probes  # TensorFlow is loaded with bt_tf anyway
-
-        protocol = probes.selection_rule()
+        protocol = selection_rule()
     os.makedirs(out_dir, exist_ok=True)
     aggs = aggregate(rows)
     flagged = below_floors(aggs)
-    flags = {(b["task"], b["metric"], b["model"], b["fraction"]): b for b in flagged}
-    by_key = {(a["task"], a["metric"], a["model"], a["fraction"]): a for a in aggs}
-    tasks = list(dict.fromkeys(r["task"] for r in rows))  # first-seen order
-    improvements = []
+    tables = _Tables(
+        by_key={(a["task"], a["metric"], a["model"], a["fraction"]): a for a in aggs},
+        flags={(b["task"], b["metric"], b["model"], b["fraction"]): b for b in flagged},
+        baseline=baseline,
+        compare=tuple(compare),
+    )
     n_seeds = sorted({a["n_seeds"] for a in aggs})
     lines = [
         f"# {title}",
@@ -218,66 +223,13 @@ def write_report(
         "that fraction, and the note under the table names the floor.",
         "",
     ]
-    for task in tasks:
+    improvements: list[dict] = []
+    for task in dict.fromkeys(r["task"] for r in rows):  # first-seen order
         lines += [f"## {task}", ""]
-        metrics_ = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task))
-        for metric in metrics_:
+        for metric in dict.fromkeys(r["metric"] for r in rows if r["task"] == task):
             cells = [a for a in aggs if a["task"] == task and a["metric"] == metric]
-            fractions = sorted({a["fraction"] for a in cells})
-            models = _model_order({a["model"] for a in cells}, baseline, compare)
-            lines += [
-                f"### {metric}",
-                "",
-                "| model | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
-                "|---" * (len(fractions) + 1) + "|",
-            ]
-            notes = []
-            for m in models:
-                vals = []
-                for f in fractions:
-                    a = by_key.get((task, metric, m, f))
-                    cell = _cell(a["mean"], a["std"]) if a else ""
-                    b = flags.get((task, metric, m, f))
-                    if b:
-                        cell += f" {BELOW_FLOOR}"
-                        below = ", ".join(f"`{fl}` {v:.4f}" for fl, v in b["floors"].items())
-                        notes.append(f"`{m}` at {_fraction_label(f)} ({b['mean']:.4f}) < {below}")
-                    vals.append(cell)
-                lines.append(f"| {m} | " + " | ".join(vals) + " |")
-            lines.append("")
-            if notes:
-                lines += [f"{BELOW_FLOOR} below a floor: " + "; ".join(notes) + ".", ""]
-            present = [c for c in compare if c in models and c != baseline]
-            if baseline in models and present:
-                lines += [
-                    f"Relative improvement over `{baseline}`:",
-                    "",
-                    "| model | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
-                    "|---" * (len(fractions) + 1) + "|",
-                ]
-                for m in present:
-                    vals = []
-                    for f in fractions:
-                        a, b = (
-                            by_key.get((task, metric, m, f)),
-                            by_key.get((task, metric, baseline, f)),
-                        )
-                        v = relative_improvement(
-                            a["mean"] if a else float("nan"), b["mean"] if b else float("nan")
-                        )
-                        improvements.append(
-                            dict(
-                                task=task,
-                                metric=metric,
-                                model=m,
-                                baseline=baseline,
-                                fraction=f,
-                                relative_improvement_pct=v,
-                            )
-                        )
-                        vals.append(_pct(v))
-                    lines.append(f"| {m} | " + " | ".join(vals) + " |")
-                lines.append("")
+            lines += tables.metric(task, metric, cells)
+            lines += tables.improvement(task, metric, cells, improvements)
     paths = {
         "markdown": os.path.join(out_dir, "report.md"),
         "json": os.path.join(out_dir, "results.json"),
@@ -285,28 +237,95 @@ def write_report(
     }
     with open(paths["markdown"], "w") as f:
         f.write("\n".join(lines))
+    results = {
+        "baseline": baseline,
+        "compare": list(compare),
+        "rows": [dict(r) for r in rows],
+        "aggregates": aggs,
+        "relative_improvement": improvements,
+        "below_floor": flagged,
+        "protocol": protocol,
+    }
     with open(paths["json"], "w") as f:
-        json.dump(
-            _json_safe(
-                {
-                    "baseline": baseline,
-                    "compare": list(compare),
-                    "rows": [dict(r) for r in rows],
-                    "aggregates": aggs,
-                    "relative_improvement": improvements,
-                    "below_floor": flagged,
-                    "protocol": protocol,
-                }
-            ),
-            f,
-            indent=1,
-            allow_nan=False,
-        )
+        json.dump(json_safe(results), f, indent=1, allow_nan=False)
     plot_metric_vs_fraction(rows, paths["plot"], baseline=baseline, compare=compare)
     return paths
 
 
+def _table_head(fractions: Sequence[float]) -> list[str]:
+    return [
+        "| model | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
+        "|---" * (len(fractions) + 1) + "|",
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tables:
+    """The Markdown tables of one report: per (task, metric), the models' cells
+    and the relative improvement of the ``compare`` models over ``baseline``."""
+
+    by_key: Mapping[tuple, Mapping[str, Any]]  # (task, metric, model, fraction) -> aggregate
+    flags: Mapping[tuple, Mapping[str, Any]]  # the same key -> `below_floors` entry
+    baseline: str
+    compare: tuple[str, ...]
+
+    def metric(self, task: str, metric: str, cells) -> list[str]:
+        """Models x fractions, mean ± std, `BELOW_FLOOR` marks and their note."""
+        fractions = sorted({a["fraction"] for a in cells})
+        models = _model_order({a["model"] for a in cells}, self.baseline, self.compare)
+        lines = [f"### {metric}", "", *_table_head(fractions)]
+        notes = []
+        for m in models:
+            vals = []
+            for f in fractions:
+                a = self.by_key.get((task, metric, m, f))
+                cell = _cell(a["mean"], a["std"]) if a else ""
+                b = self.flags.get((task, metric, m, f))
+                if b:
+                    cell += f" {BELOW_FLOOR}"
+                    below = ", ".join(f"`{fl}` {v:.4f}" for fl, v in b["floors"].items())
+                    notes.append(f"`{m}` at {_fraction_label(f)} ({b['mean']:.4f}) < {below}")
+                vals.append(cell)
+            lines.append(f"| {m} | " + " | ".join(vals) + " |")
+        lines.append("")
+        if notes:
+            lines += [f"{BELOW_FLOOR} below a floor: " + "; ".join(notes) + ".", ""]
+        return lines
+
+    def improvement(self, task: str, metric: str, cells, improvements: list) -> list[str]:
+        """The relative-improvement table (none without the baseline or a compared
+        model); appends its values to ``improvements``."""
+        fractions = sorted({a["fraction"] for a in cells})
+        models = {a["model"] for a in cells}
+        present = [c for c in self.compare if c in models and c != self.baseline]
+        if self.baseline not in models or not present:
+            return []
+        lines = [f"Relative improvement over `{self.baseline}`:", "", *_table_head(fractions)]
+        for m in present:
+            vals = []
+            for f in fractions:
+                a = self.by_key.get((task, metric, m, f))
+                b = self.by_key.get((task, metric, self.baseline, f))
+                v = relative_improvement(
+                    a["mean"] if a else float("nan"), b["mean"] if b else float("nan")
+                )
+                improvements.append(
+                    dict(
+                        task=task,
+                        metric=metric,
+                        model=m,
+                        baseline=self.baseline,
+                        fraction=f,
+                        relative_improvement_pct=v,
+                    )
+                )
+                vals.append(_pct(v))
+            lines.append(f"| {m} | " + " | ".join(vals) + " |")
+        return lines + [""]
+
+
 def _pyplot():
+    """pyplot on the Agg backend, imported only when a plot is drawn (it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

@@ -1,0 +1,481 @@
+"""The paper's comparison from data to report: equal-budget runs, evaluation, batch-size ablation.
+
+`reproduce` trains (or reuses) BT, DE and BT+DE on the same data and budget
+(`main_configs`), evaluates them with the floors (`runner.evaluate_runs`), runs
+the batch-size ablation (`ablation_configs`, `run_ablation`) and appends the
+run tables and the ablation to ``<output_dir>/report/report.md``. The command
+line is `bt_tf.reproduce`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+from bt_tf import config as cfg
+from bt_tf import input as bt_input
+from bt_tf import train
+from bt_tf.errors import UserError
+from bt_tf.evaluation import report
+from bt_tf.evaluation.runner import evaluate_runs
+from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
+from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
+from pipelines import preprocess
+
+__all__ = [
+    "REPORT_DIR",
+    "ABLATION_DIR",
+    "ABLATION_JSON",
+    "DEFAULT_BATCH_SIZES",
+    "BUDGET_KEYS",
+    "EvalRequest",
+    "Ablation",
+    "equal_budget_steps",
+    "main_configs",
+    "ablation_configs",
+    "differing_settings",
+    "budget_note",
+    "run_ablation",
+    "reproduce",
+]
+
+REPORT_DIR = "report"
+ABLATION_DIR = "batch_size"
+ABLATION_JSON = "batch_size_ablation.json"
+DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512)
+# Settings that make the budget: shared by every run, never taken from a per-model file.
+BUDGET_KEYS = (
+    "epochs",
+    "steps_per_epoch",
+    "min_steps_per_epoch",
+    "early_stopping_patience",
+    "min_delta",
+)
+# --hparams_<name> flag -> model.
+HPARAMS_FLAGS = {"bt": "bt", "de": "de", "joint": "bt+de"}
+
+
+# --------------------------------------------------------------------------
+# Run configurations
+
+
+def main_configs(
+    base: cfg.TrainConfig,
+    output_dir: str,
+    models: Sequence[str],
+    *,
+    own: Mapping[str, cfg.TrainConfig] | None = None,
+    num_train_users: int | None = None,
+) -> dict[str, cfg.TrainConfig]:
+    """model -> its config: ``own[model]`` (its own settings; default ``base``)
+    with ``model``, ``run_dir`` and the budget of ``base``.
+
+    The budget (`BUDGET_KEYS`) and the data settings are ``base``'s. A model
+    whose own ``batch_size`` differs trains `equal_budget_steps` per epoch, so
+    that its epoch is as many users as ``base``'s (needs ``num_train_users``).
+    """
+    unknown = [m for m in models if m not in cfg.MODELS]
+    if unknown or not models:
+        raise UserError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
+    out = {}
+    for m in models:
+        c = (own or {}).get(m, base)
+        if c.model != m and c is not base:
+            raise UserError(f"the settings given for {m} set model={c.model!r}")
+        if c.data != base.data:
+            raise UserError(
+                f"the settings given for {m} change data settings; pass data flags "
+                "(e.g. --max_len) to every model alike"
+            )
+        ignored = [k for k in BUDGET_KEYS if getattr(c, k) != getattr(base, k)]
+        if ignored:
+            logging.warning(
+                "%s: ignoring its own %s: the budget is shared (set them as common flags)",
+                m,
+                ", ".join(f"{k}={getattr(c, k)}" for k in ignored),
+            )
+        c = dataclasses.replace(
+            c,
+            model=m,
+            run_dir=os.path.join(output_dir, m),
+            **{k: getattr(base, k) for k in BUDGET_KEYS},
+        )
+        if c.batch_size != base.batch_size:
+            if not base.steps_per_epoch and num_train_users is None:
+                raise ValueError(f"{m} has its own batch size: num_train_users is needed")
+            examples = base.steps_for(num_train_users or 0) * base.batch_size
+            c = dataclasses.replace(c, steps_per_epoch=equal_budget_steps(examples, c.batch_size))
+        out[m] = c
+    return out
+
+
+def equal_budget_steps(examples_per_epoch: int, batch_size: int) -> int:
+    """Steps per epoch so that ``steps × batch_size ≈ examples_per_epoch`` (nearest, >= 1)."""
+    return max(1, int(math.floor(examples_per_epoch / batch_size + 0.5)))
+
+
+def ablation_configs(
+    base: cfg.TrainConfig,
+    output_dir: str,
+    *,
+    batch_sizes: Sequence[int],
+    models: Sequence[str],
+    num_train_users: int,
+    epochs: int | None = None,
+    main: Mapping[str, cfg.TrainConfig] | None = None,
+    own: Mapping[str, cfg.TrainConfig] | None = None,
+    skip_too_big: bool = False,
+) -> list[tuple[str, int, cfg.TrainConfig]]:
+    """(model, batch size, config) of every ablation run, at an equal number of users seen.
+
+    Each model starts from its main run's config (``main[model]``), else its
+    own settings (``own[model]``, see `main_configs`), else ``base``. With
+    ``E = steps × batch size`` users per epoch of that config (``steps`` from
+    `TrainConfig.steps_for`), batch size ``b`` trains `equal_budget_steps(E, b)`
+    steps per epoch, for at most ``epochs`` epochs (default: the config's cap),
+    with the same early stopping. Where a main run has exactly these settings
+    its config (and run dir) is returned instead, so it is trained only once.
+    Batch sizes above ``num_train_users`` are an error, or skipped with
+    ``skip_too_big``.
+    """
+    too_big = [b for b in batch_sizes if b > num_train_users]
+    if too_big and not skip_too_big:
+        raise UserError(
+            f"--batch_sizes {too_big} exceed the {num_train_users} train users; drop them."
+        )
+    if too_big:
+        logging.warning(
+            "ablation: skipping batch sizes %s > %d train users", too_big, num_train_users
+        )
+    out = []
+    for m in models:
+        reuse = (main or {}).get(m)
+        start = reuse or (own or {}).get(m) or dataclasses.replace(base, model=m)
+        own_steps = start.steps_for(num_train_users)
+        examples = own_steps * start.batch_size
+        cap = epochs or start.epochs
+        for b in batch_sizes:
+            if b in too_big:
+                continue
+            steps = equal_budget_steps(examples, b)
+            if reuse is not None and b == start.batch_size and steps == own_steps:
+                if cap == start.epochs:
+                    out.append((m, b, reuse))
+                    continue
+            run_dir = os.path.join(output_dir, ABLATION_DIR, f"{m}_b{b}")
+            config = dataclasses.replace(
+                start, model=m, batch_size=b, steps_per_epoch=steps, epochs=cap, run_dir=run_dir
+            )
+            out.append((m, b, config))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Report sections
+
+
+# Columns of the run table (the other settings that differ go to its last column).
+_TABLE_KEYS = ("model", "run_dir", "batch_size", "steps_per_epoch", "epochs", "data")
+
+
+def differing_settings(configs: Sequence[cfg.TrainConfig]) -> list[str]:
+    """Names of the settings (other than the table's columns) that differ between runs."""
+    rows = [json.loads(json.dumps(c.to_json())) for c in configs]
+    keys = [k for k in rows[0] if k not in _TABLE_KEYS] if rows else []
+    return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
+
+
+def budget_note(base: cfg.TrainConfig, num_train_users: int | None) -> str:
+    """How the runs' budgets compare, for the report."""
+    steps = base.steps_for(num_train_users) if num_train_users else base.steps_per_epoch
+    epoch = (
+        f"{steps} steps × {base.batch_size} = {steps * base.batch_size} users"
+        if steps
+        else (f"one pass over the train users, >= {base.min_steps_per_epoch} steps")
+    )
+    stop = (
+        f"stops once val_loss has not improved by {base.min_delta:g} (relative) for "
+        f"{base.early_stopping_patience} epochs"
+        if base.early_stopping_patience
+        else "early stopping off: trains the full cap"
+    )
+    return (
+        f"Equal budget, trained to convergence: every run has the same cap, {base.epochs} "
+        f"epochs of {epoch} (another batch size b trains E/b steps per epoch), {stop}, "
+        "and keeps the weights of its best val_loss epoch (evaluated below). Users seen "
+        "= optimizer steps × batch size, as trained."
+    )
+
+
+def _cell(value, fmt: str = "{}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _run_table(
+    configs: Sequence[cfg.TrainConfig],
+    results: Sequence[dict],
+    heading: str = "## Training runs",
+    note: str = "",
+) -> list[str]:
+    """One row per run: its budget as trained and the settings in which runs differ."""
+    differ = differing_settings(configs)
+    lines = [heading, ""] + ([note, ""] if note else [])
+    lines += [
+        "| model | run dir | batch size | steps/epoch | max epochs | epochs | best epoch | "
+        "stopped by | optimizer steps | users seen | best val loss | train seconds | "
+        "differing settings |",
+        "|---" * 13 + "|",
+    ]
+    for c, r in zip(configs, results):
+        steps = int(r.get("steps_per_epoch") or 0)
+        epochs = int(r.get("epochs_completed") or 0)
+        # Runs from before these fields: every epoch was a full one.
+        optimizer_steps = r.get("optimizer_steps", steps * epochs)
+        users = r.get("users_seen", optimizer_steps * c.batch_size)
+        own = json.loads(json.dumps(c.to_json()))
+        settings = ", ".join(f"{k}={own[k]}" for k in differ) or "-"
+        lines.append(
+            f"| {c.model} | `{c.run_dir}` | {c.batch_size} | {steps} | {c.epochs} | {epochs} | "
+            f"{_cell(r.get('best_epoch'))} | {_cell(r.get('stop_reason'))} | "
+            f"{optimizer_steps} | {users} | {_cell(r.get('best_val_loss'), '{:.4g}')} | "
+            f"{_cell(r.get('train_seconds'))} | {settings} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _ablation_section(rows: Sequence[dict], images: Sequence[str]) -> list[str]:
+    """Per (task, metric, fraction): models × batch sizes, mean ± std, + BT vs DE."""
+    lines = [
+        "## Batch-size ablation",
+        "",
+        "Each model pretrained at each batch size with the same number of users seen "
+        "(steps per epoch scaled by 1/batch size), then probed as above. Mean ± std over "
+        "label-sampling seeds.",
+        "",
+    ]
+    sizes = sorted({int(r["batch_size"]) for r in rows})
+    by = {}
+    for b in sizes:
+        for a in report.aggregate([r for r in rows if int(r["batch_size"]) == b]):
+            by[(a["task"], a["metric"], a["fraction"], a["model"], b)] = a
+    panels = sorted({(k[0], k[1], k[2]) for k in by}, key=lambda k: (k[0], k[1], k[2]))
+    models = sorted({k[3] for k in by})
+    for task, metric, fraction in panels:
+        lines += [
+            f"### {task}: {metric} ({100 * fraction:g}% labels)",
+            "",
+            "| model | " + " | ".join(f"b={b}" for b in sizes) + " |",
+            "|---" * (len(sizes) + 1) + "|",
+        ]
+        for m in models:
+            cells = []
+            for b in sizes:
+                a = by.get((task, metric, fraction, m, b))
+                cells.append("" if a is None else f"{a['mean']:.3f} ± {a['std']:.3f}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        if "bt" in models and "de" in models:
+            cells = []
+            for b in sizes:
+                x, y = (
+                    by.get((task, metric, fraction, "bt", b)),
+                    by.get((task, metric, fraction, "de", b)),
+                )
+                v = report.relative_improvement(
+                    x["mean"] if x else float("nan"), y["mean"] if y else float("nan")
+                )
+                cells.append("n/a" if not math.isfinite(v) else f"{v:+.1f}%")
+            lines.append("| bt vs de | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in images] + [""]
+    return lines
+
+
+def _append_sections(path: str, sections: list[str]) -> None:
+    """Appends ``sections`` to the report written by `report.write_report`."""
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n\n" + "\n".join(sections))
+
+
+# --------------------------------------------------------------------------
+# The driver
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRequest:
+    """How the runs are evaluated (the `bt_tf.evaluate` flags of `bt_tf.reproduce`)."""
+
+    label_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    seeds: int = 3
+    tasks: tuple[str, ...] | None = None
+    include_floors: bool = True
+    settings: EvalSettings = EvalSettings()
+    cache: bool = True
+    baseline: str = "de"
+    compare: tuple[str, ...] = ("bt", "bt+de")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """The batch-size ablation: ``models`` trained at each of ``batch_sizes``
+    (none: no ablation; ``skip_too_big``: drop those above the train users),
+    capped at ``epochs`` (None: the main cap), evaluated on ``tasks`` at
+    ``fractions`` (None: the smallest and largest main label fraction)."""
+
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    skip_too_big: bool = False
+    models: tuple[str, ...] = ("bt", "de")
+    epochs: int | None = None
+    fractions: tuple[float, ...] | None = None
+    tasks: tuple[str, ...] = (FAVORITE_GENRE, NEXT_ITEM)
+
+
+def _train_all(configs: Sequence[cfg.TrainConfig], what: str) -> list[dict]:
+    """Trains (or reuses: `bt_tf.train` returns a finished run untouched) every config."""
+    results = []
+    for c in configs:
+        logging.info("== %s %s at batch size %d in %s", what, c.model, c.batch_size, c.run_dir)
+        results.append(train.train(c))
+    return results
+
+
+def reproduce(
+    base: cfg.TrainConfig,
+    output_dir: str,
+    *,
+    models: Sequence[str] = cfg.MODELS,
+    model_configs: Mapping[str, cfg.TrainConfig] | None = None,
+    evaluation: EvalRequest = EvalRequest(),
+    ablation: Ablation = Ablation(),
+) -> dict:
+    """Trains (or reuses) every run, evaluates, writes ``<output_dir>/report/``.
+
+    ``base`` carries every shared training setting; ``model_configs`` a
+    model's own settings (default ``base``), see `main_configs`. Only
+    ``model``, ``run_dir`` (and, for the ablation, ``batch_size`` /
+    ``steps_per_epoch`` / ``epochs``) change. ``ablation.batch_sizes=()``: no ablation.
+    Returns ``{"report": path of report.md, "rows": main rows, "ablation_rows": [...]}``.
+    """
+    report_dir = os.path.join(output_dir, REPORT_DIR)
+    artifact_dir = preprocess.preprocess(base.data)
+    n_train = int(bt_input.load_metadata(artifact_dir)["num_users"]["train"])
+    configs = main_configs(base, output_dir, models, own=model_configs, num_train_users=n_train)
+    results = _train_all(list(configs.values()), "training")
+    ev = evaluation
+    rows = evaluate_runs(
+        [c.run_dir for c in configs.values()],
+        report_dir,
+        names=list(configs),
+        label_fractions=ev.label_fractions,
+        seeds=ev.seeds,
+        tasks=ev.tasks,
+        include_floors=ev.include_floors,
+        settings=ev.settings,
+        cache=ev.cache,
+        baseline=ev.baseline,
+        compare=ev.compare,
+        title=f"Downstream evaluation: {base.data.dataset}",
+    )
+    md = os.path.join(report_dir, "report.md")
+    sections = _run_table(list(configs.values()), results, note=budget_note(base, n_train))
+    ablation_rows: list[dict] = []
+    if ablation.batch_sizes:
+        own = main_configs(
+            base, output_dir, ablation.models, own=model_configs, num_train_users=n_train
+        )
+        ablation_rows, more = run_ablation(
+            base,
+            output_dir,
+            ablation,
+            main=configs,
+            own=own,
+            num_train_users=n_train,
+            evaluation=evaluation,
+        )
+        sections += more
+    _append_sections(md, sections)
+    logging.info("report: %s", md)
+    return {"report": md, "rows": rows, "ablation_rows": ablation_rows}
+
+
+def run_ablation(
+    base: cfg.TrainConfig,
+    output_dir: str,
+    ablation: Ablation,
+    *,
+    main: Mapping[str, cfg.TrainConfig],
+    own: Mapping[str, cfg.TrainConfig],
+    num_train_users: int,
+    evaluation: EvalRequest,
+) -> tuple[list[dict], list[str]]:
+    """Trains and evaluates the ablation runs; writes its JSON and plots.
+
+    Returns (its rows, its report sections).
+    """
+    report_dir = os.path.join(output_dir, REPORT_DIR)
+    runs = ablation_configs(
+        base,
+        output_dir,
+        batch_sizes=ablation.batch_sizes,
+        models=ablation.models,
+        num_train_users=num_train_users,
+        epochs=ablation.epochs,
+        main=main,
+        own=own,
+        skip_too_big=ablation.skip_too_big,
+    )
+    results = _train_all([c for _, _, c in runs], "ablation: training")
+    fractions = ablation.fractions or sorted(
+        {min(evaluation.label_fractions), max(evaluation.label_fractions)}
+    )
+    main_names = {c.run_dir: m for m, c in main.items()}
+    # Same out_dir as the main report: its cache serves reused main runs.
+    rows = evaluate_runs(
+        [c.run_dir for _, _, c in runs],
+        report_dir,
+        names=[main_names.get(c.run_dir, f"{m}@b{b}") for m, b, c in runs],
+        label_fractions=fractions,
+        seeds=evaluation.seeds,
+        tasks=list(ablation.tasks),
+        include_floors=False,
+        settings=evaluation.settings,
+        cache=evaluation.cache,
+        write=False,
+    )
+    for r in rows:  # model type + batch size: what the plot and table group by
+        r["run_name"], r["model"] = r["model"], r["model_type"]
+    images = _ablation_plots(rows, report_dir, fractions)
+    with open(os.path.join(report_dir, ABLATION_JSON), "w") as f:
+        json.dump(report.json_safe(rows), f, indent=1, allow_nan=False)
+    cap = f"{ablation.epochs} epochs (--ablation_epochs)" if ablation.epochs else "the same"
+    sections = _ablation_section(rows, images) + _run_table(
+        [c for _, _, c in runs],
+        results,
+        heading="### Ablation runs",
+        note="Cap: "
+        + cap
+        + ", in epochs of the same number of users (steps per epoch scaled by 1/batch "
+        "size); each run stops on its own val_loss. Users seen = optimizer steps × "
+        "batch size, as trained.",
+    )
+    return rows, sections
+
+
+def _ablation_plots(rows: Sequence[dict], report_dir: str, fractions) -> list[str]:
+    """One plot per (task, metric, fraction): the metric against batch size."""
+    images = []
+    for task, metric in dict.fromkeys((r["task"], r["metric"]) for r in rows):
+        for f in fractions:
+            name = f"batch_size_{task}_{metric.replace('@', '')}_{100 * f:g}pct.png"
+            images.append(
+                report.plot_batch_size_ablation(
+                    rows, os.path.join(report_dir, name), task=task, metric=metric, fraction=f
+                )
+            )
+    return images
