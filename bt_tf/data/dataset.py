@@ -53,14 +53,9 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from bt_tf import augment as aug
 from bt_tf import features as F
-
-ITEMS = "items"
-LENGTH = "length"
-FUTURE_LENGTH = "future_length"
-VIEW1 = "view1"
-VIEW2 = "view2"
+from bt_tf.data import augment
+from bt_tf.features import FUTURE_LENGTH, ITEMS, LENGTH, VIEW1, VIEW2
 
 # Ragged genre ids and the per-item counts that partition them.
 _RAGGED_PAIRS = {
@@ -176,8 +171,8 @@ def train_histories(artifact_dir: str, batch_size: int = 4096) -> tuple[np.ndarr
 @functools.lru_cache(maxsize=4)
 def cooccurrence_table(
     artifact_dir: str,
-    top_k: int = aug.COOCCURRENCE_TOP_K,
-    window: int = aug.COOCCURRENCE_WINDOW,
+    top_k: int = augment.COOCCURRENCE_TOP_K,
+    window: int = augment.COOCCURRENCE_WINDOW,
 ) -> np.ndarray:
     """`augment.cooccurrence_table` of the train split's histories (read-only, cached).
 
@@ -188,7 +183,7 @@ def cooccurrence_table(
     vocab_size = int(load_metadata(artifact_dir)["vocab_sizes"]["items"])
     values, row_lengths = train_histories(artifact_dir)
     try:
-        table = aug.cooccurrence_table(values, row_lengths, vocab_size, top_k, window)
+        table = augment.cooccurrence_table(values, row_lengths, vocab_size, top_k, window)
     except ValueError as err:
         raise ValueError(f"Train histories of {artifact_dir!r}: {err}") from None
     table.setflags(write=False)
@@ -510,7 +505,7 @@ def make_dataset(
     seed: int = 0,
     repeat: bool = False,
     drop_remainder: bool = False,
-    augment_policy: aug.AugmentPolicy | None = None,
+    augment_policy: augment.AugmentPolicy | None = None,
     cooccurrence: np.ndarray | None = None,
     input_context: tf.distribute.InputContext | None = None,
     num_parallel_reads: int = 8,
@@ -721,7 +716,7 @@ def make_dataset(
         def add_views(batch, draw):
             # Per-batch stateless seed; the pipeline id keeps workers' views apart.
             batch_seed = tf.stack([draw, tf.constant(pipeline_id, tf.int64)])
-            batch[VIEW1], batch[VIEW2] = aug.two_views(
+            batch[VIEW1], batch[VIEW2] = augment.two_views(
                 batch[ITEMS], batch_seed, augment_policy, table
             )
             return batch
