@@ -51,6 +51,7 @@ def measure(ds, warmup_batches: int, batches: int) -> tuple[float, int]:
     return rate, users
 
 
+# long: a benchmark script: flags, one measurement per variant, the table
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact_dir", default=None, help="skip generation, use these")

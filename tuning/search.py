@@ -406,6 +406,7 @@ def _positive_ints(what: str):
 TRAINING_GROUP = "training flags (passed to bt_tf.train, for every trial)"
 
 
+# long: one declaration per flag, in help order; nothing else happens here
 def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
     """The tuner's own flags; with `passed`, the training flags too (for --help and checks).
 

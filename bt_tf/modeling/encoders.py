@@ -150,7 +150,7 @@ class TransformerBlock(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="bt_tf")
-class SequenceEncoder(tf.keras.layers.Layer):
+class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every argument first
     """Item-id sequence → user vector.
 
     kind="transformer": item embedding + learned positional embedding →

@@ -615,6 +615,7 @@ def _clear(output_dir: str) -> None:
         tf.io.gfile.remove(path)
 
 
+# long: the resumable write loop reads best as one piece; its steps are helpers
 def write_embeddings(
     source: Source,
     output_dir: str,

@@ -98,6 +98,7 @@ def check_hparams_file(path: str) -> str:
     return path
 
 
+# long: one declaration per flag, in help order; nothing else happens here
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """The training flags (`bt_tf.train`), preprocessing flags included."""
     preprocess.add_flags(parser, output_dir_alias=False)
