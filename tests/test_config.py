@@ -49,7 +49,9 @@ def test_every_dataset_default_is_a_flag():
 # with LEGACY_DEFAULTS), the augment policy in the user's own order, and the derived
 # keys beside the settings.
 OLD_CONFIG = {
-    "data": {"dataset": "ml-100k", "output_dir": "/tmp/bt_data", "max_len": 50},
+    "data": dataclasses.asdict(
+        dataclasses.replace(TrainConfig().data, dataset="ml-100k", max_len=50)
+    ),
     "run_dir": "runs/ml-100k_bt",
     "model": "bt",
     "encoder_kind": "transformer",
