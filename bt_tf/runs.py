@@ -15,6 +15,7 @@ This module only knows files and names; it imports TensorFlow for `tf.io.gfile`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from collections.abc import Callable, Iterable
@@ -104,6 +105,15 @@ def latest_checkpoint(run_dir: str) -> str:
             "--run_dir."
         )
     return found
+
+
+def file_sha256(file: str) -> str:
+    """The SHA-256 of a file (local or gs://), read in 1 MiB blocks: a run's inputs' identity."""
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoint_number(checkpoint: str | None) -> int:

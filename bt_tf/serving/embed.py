@@ -11,7 +11,6 @@ writes (and resumes) an output directory; `read_embeddings` reads it back.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
@@ -203,21 +202,13 @@ def read_input_file(path: str) -> Iterator[tuple[str, list[str]]]:
             yield str(user), [str(i) for i in items]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_source(export_dir: str, input_path: str, *, batch_size: int = 512) -> Source:
     """An export's ``serving_default`` on the users of a JSON-lines file (`read_input_file`)."""
     if not tf.io.gfile.exists(input_path):
         raise FileNotFoundError(f"--input file {input_path!r} does not exist.")
     embed, description = _serving_embed(export_dir)
     description = {"kind": "input", **description}
-    description.update(input=os.path.abspath(input_path), input_sha256=_sha256(input_path))
+    description.update(input=os.path.abspath(input_path), input_sha256=runs.file_sha256(input_path))
     info_path = posixpath.join(export_dir, export.EXPORT_INFO_FILE)
     max_len = None
     if tf.io.gfile.exists(info_path):

@@ -31,7 +31,7 @@ from bt_tf.training.config import (
     STRATEGIES,
     TrainConfig,
 )
-from pipelines import preprocess
+from pipelines import preprocess  # add_flags, config_from_flags: -> pipelines.config at merge
 
 
 def check_buckets(spec: str) -> str:
@@ -98,147 +98,73 @@ def check_hparams_file(path: str) -> str:
     return path
 
 
-# long: one declaration per flag, in help order; nothing else happens here
+_BOOL = argparse.BooleanOptionalAction
+# The training flags in help order: (flag names, argparse keywords). The default is
+# TrainConfig's value in its flag spelling (the key is the dest: the first name without
+# dashes, or "dest") unless the keywords give one.
+_TRAINING_FLAGS = (
+    (("--output_dir",), {"dest": "run_dir", "default": "", "help": "the run directory (empty: "
+     "runs/<dataset>_<model>)"}),
+    (("--model",), {"choices": MODELS, "help": "bt: Barlow Twins; de: TFRS dual encoder (next "
+     "item); bt+de: both losses"}),
+    (("--encoder",), {"dest": "encoder_kind", "choices": ENCODERS, "help": "user-sequence "
+     "encoder"}),
+    (("--dim",), {"type": int, "help": "encoder width (item embeddings and output)"}),
+    (("--num_blocks",), {"type": int, "help": "transformer blocks or GRU layers"}),
+    (("--num_heads",), {"type": int, "help": "attention heads per transformer block"}),
+    (("--dropout",), {"type": float, "help": "encoder dropout rate"}),
+    (("--pooling",), {"choices": POOLINGS, "help": "user vector from the positions"}),
+    (("--projector",), {"type": flag_type(ProjectorConfig.from_string), "help": "BT projector "
+     "MLP widths, dash-separated"}),
+    (("--lambd",), {"type": float, "help": "BT weight of the off-diagonal term"}),
+    (("--augment",), {"type": flag_type(AugmentPolicy.from_string), "help": "BT views: "
+     "comma-separated name:strength of mask, reorder, crop, substitute, insert, apply_prob "
+     "(none: identical views)"}),
+    (("--temperature",), {"type": float, "help": "DE softmax temperature (scores / "
+     "temperature)"}),
+    (("--bt_weight",), {"type": float, "help": "weight of the BT loss in bt+de"}),
+    (("--batch_size",), {"type": int, "help": "GLOBAL batch (users per step, split over "
+     "replicas; BT statistics over all of it)"}),
+    (("--max_epochs", "--epochs"), {"dest": "epochs", "type": int, "help": "cap on epochs "
+     "(training stops earlier when val_loss stops improving); --epochs is its old name"}),
+    (("--steps_per_epoch",), {"type": int, "help": "optimizer steps per epoch (0: one pass "
+     "over the train users)"}),
+    (("--min_steps_per_epoch",), {"type": int, "help": "floor of steps per epoch when "
+     "--steps_per_epoch=0 (one pass)"}),
+    (("--learning_rate",), {"type": float, "help": "Adam learning rate"}),
+    (("--seed",), {"type": int, "help": "seeds weights, shuffles, views and probes"}),
+    (("--strategy",), {"choices": STRATEGIES, "help": "tf.distribute strategy (auto: mirrored "
+     "over GPUs if > 1; multi_worker reads TF_CONFIG; tpu is untested)"}),
+    (("--early_stopping_patience",), {"type": int, "help": "stop after this many epochs "
+     "without a val_loss gain (0: train --max_epochs)"}),
+    (("--min_delta",), {"type": float, "help": "relative val_loss decrease that counts as a "
+     "gain for the patience"}),
+    (("--bucket_boundaries",), {"type": flag_type(check_buckets), "help": "length buckets of "
+     'the batches: "25,50,100,150", "auto" (length quantiles) or "" (off); default (None): '
+     "auto for real datasets, off for synthetic"}),
+    (("--cache_input",), {"action": _BOOL, "help": "parse the split once into memory (implied "
+     "by --bucket_boundaries)"}),
+    (("--mixed_precision",), {"choices": PRECISIONS, "help": "Keras mixed-precision policy "
+     "(the BT loss stays float32; --model=bt only)"}),
+    (("--steps_per_execution",), {"type": int, "help": "train steps per tf.function call "
+     "(fewer Python round trips)"}),
+    (("--de_candidates",), {"type": int, "help": "DE: shared sampled-softmax candidates per "
+     "step (0: one per user of the batch)"}),
+    (("--de_logq",), {"action": _BOOL, "help": "DE: logQ correction of the sampled softmax"}),
+    (("--jit_compile",), {"action": _BOOL, "help": "XLA-compile the train step"}),
+    (("--probe",), {"action": _BOOL, "help": "favorite-genre probe after training"}),
+    (("--export",), {"action": _BOOL, "help": "export the encoder as a SavedModel"}),
+)  # fmt: skip
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """The training flags (`bt_tf.train`), preprocessing flags included."""
     preprocess.add_flags(parser, output_dir_alias=False)
-    d = argparse.Namespace(**TrainConfig().to_json())  # defaults in their flag spelling
-    add = parser.add_argument
-    add(
-        "--output_dir",
-        dest="run_dir",
-        default="",
-        help="the run directory (empty: runs/<dataset>_<model>)",
-    )
-    add(
-        "--model",
-        default=d.model,
-        choices=MODELS,
-        help="bt: Barlow Twins; de: TFRS dual encoder (next item); bt+de: both losses",
-    )
-    add(
-        "--encoder",
-        dest="encoder_kind",
-        default=d.encoder_kind,
-        choices=ENCODERS,
-        help="user-sequence encoder",
-    )
-    add("--dim", type=int, default=d.dim, help="encoder width (item embeddings and output)")
-    add("--num_blocks", type=int, default=d.num_blocks, help="transformer blocks or GRU layers")
-    add("--num_heads", type=int, default=d.num_heads, help="attention heads per transformer block")
-    add("--dropout", type=float, default=d.dropout, help="encoder dropout rate")
-    add("--pooling", default=d.pooling, choices=POOLINGS, help="user vector from the positions")
-    add(
-        "--projector",
-        type=flag_type(ProjectorConfig.from_string),
-        default=d.projector,
-        help="BT projector MLP widths, dash-separated",
-    )
-    add("--lambd", type=float, default=d.lambd, help="BT weight of the off-diagonal term")
-    add(
-        "--augment",
-        type=flag_type(AugmentPolicy.from_string),
-        default=d.augment,
-        help="BT views: comma-separated name:strength of mask, reorder, crop, substitute, "
-        "insert, apply_prob (none: identical views)",
-    )
-    add(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help="DE softmax temperature (scores / temperature)",
-    )
-    add("--bt_weight", type=float, default=d.bt_weight, help="weight of the BT loss in bt+de")
-    add(
-        "--batch_size",
-        type=int,
-        default=d.batch_size,
-        help="GLOBAL batch (users per step, split over replicas; BT statistics over all of it)",
-    )
-    add(
-        "--max_epochs",
-        "--epochs",
-        dest="epochs",
-        type=int,
-        default=d.epochs,
-        help="cap on epochs (training stops earlier when val_loss stops improving); "
-        "--epochs is its old name",
-    )
-    add(
-        "--steps_per_epoch",
-        type=int,
-        default=d.steps_per_epoch,
-        help="optimizer steps per epoch (0: one pass over the train users)",
-    )
-    add(
-        "--min_steps_per_epoch",
-        type=int,
-        default=d.min_steps_per_epoch,
-        help="floor of steps per epoch when --steps_per_epoch=0 (one pass)",
-    )
-    add("--learning_rate", type=float, default=d.learning_rate, help="Adam learning rate")
-    add("--seed", type=int, default=d.seed, help="seeds weights, shuffles, views and probes")
-    add(
-        "--strategy",
-        default=d.strategy,
-        choices=STRATEGIES,
-        help="tf.distribute strategy (auto: mirrored over GPUs if > 1; multi_worker reads "
-        "TF_CONFIG; tpu is untested)",
-    )
-    add(
-        "--early_stopping_patience",
-        type=int,
-        default=d.early_stopping_patience,
-        help="stop after this many epochs without a val_loss gain (0: train --max_epochs)",
-    )
-    add(
-        "--min_delta",
-        type=float,
-        default=d.min_delta,
-        help="relative val_loss decrease that counts as a gain for the patience",
-    )
-    add(
-        "--bucket_boundaries",
-        type=flag_type(check_buckets),
-        default=d.bucket_boundaries,
-        help='length buckets of the batches: "25,50,100,150", "auto" (length quantiles) or '
-        '"" (off); default (None): auto for real datasets, off for synthetic',
-    )
-    boolean = argparse.BooleanOptionalAction
-    add(
-        "--cache_input",
-        default=d.cache_input,
-        action=boolean,
-        help="parse the split once into memory (implied by --bucket_boundaries)",
-    )
-    add(
-        "--mixed_precision",
-        default=d.mixed_precision,
-        choices=PRECISIONS,
-        help="Keras mixed-precision policy (the BT loss stays float32; --model=bt only)",
-    )
-    add(
-        "--steps_per_execution",
-        type=int,
-        default=d.steps_per_execution,
-        help="train steps per tf.function call (fewer Python round trips)",
-    )
-    add(
-        "--de_candidates",
-        type=int,
-        default=d.de_candidates,
-        help="DE: shared sampled-softmax candidates per step (0: one per user of the batch)",
-    )
-    add(
-        "--de_logq",
-        default=d.de_logq,
-        action=boolean,
-        help="DE: logQ correction of the sampled softmax",
-    )
-    add("--jit_compile", default=d.jit_compile, action=boolean, help="XLA-compile the train step")
-    add("--probe", default=d.probe, action=boolean, help="favorite-genre probe after training")
-    add("--export", default=d.export, action=boolean, help="export the encoder as a SavedModel")
-    add(
+    defaults = TrainConfig().to_json()  # in their flag spelling
+    for names, keywords in _TRAINING_FLAGS:
+        dest = keywords.get("dest", names[0].lstrip("-"))
+        parser.add_argument(*names, **{"default": defaults.get(dest), **keywords})
+    parser.add_argument(
         "--hparams",
         type=flag_type(check_hparams_file),
         default=None,
