@@ -99,12 +99,8 @@ def main(argv=None) -> dict:
     cases = {
         "read+parse (all keys)": dict(outputs=None, augment_policy=None),
         "read+parse+two views (all keys)": dict(outputs=None, augment_policy=policy),
-        "read+parse+two views (view1, view2)": dict(
-            outputs=[VIEW1, VIEW2], augment_policy=policy
-        ),
-        "read+parse (items, length)": dict(
-            outputs=[ITEMS, LENGTH], augment_policy=None
-        ),
+        "read+parse+two views (view1, view2)": dict(outputs=[VIEW1, VIEW2], augment_policy=policy),
+        "read+parse (items, length)": dict(outputs=[ITEMS, LENGTH], augment_policy=None),
     }
     pipelines = {
         "streamed": {},

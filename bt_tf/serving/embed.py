@@ -7,7 +7,6 @@ your own users from a JSON lines file (`input_source`). `write_embeddings`
 writes (and resumes) an output directory; `read_embeddings` reads it back.
 """
 
-
 from __future__ import annotations
 
 import dataclasses

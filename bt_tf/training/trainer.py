@@ -171,8 +171,7 @@ def _check_batch(config: TrainConfig, num_train: int, replicas: int) -> None:
         )
     if config.batch_size % replicas:
         raise UserError(
-            f"--batch_size={config.batch_size} does not split evenly over the "
-            f"{replicas} replicas"
+            f"--batch_size={config.batch_size} does not split evenly over the {replicas} replicas"
         )
 
 
