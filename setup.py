@@ -9,7 +9,10 @@ setup(
         "Self-supervised user-sequence representations with Barlow Twins, "
         "compared against a TFRS dual encoder on downstream tasks."
     ),
-    packages=find_packages(include=["bt_tf", "bt_tf.*", "pipelines", "pipelines.*", "tuning", "tuning.*"]),
+    # bt_tf.* holds the subpackages data, modeling, training, serving (ARCHITECTURE.md).
+    packages=find_packages(
+        include=["bt_tf", "bt_tf.*", "pipelines", "pipelines.*", "tuning", "tuning.*"]
+    ),
     python_requires=">=3.11,<3.12",
     install_requires=[
         "tensorflow>=2.21,<2.22",

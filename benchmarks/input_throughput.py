@@ -5,7 +5,7 @@
 
 Generates synthetic artifacts with the real preprocessing pipeline (cached
 under ``--output_dir``; rerunning reuses them), then iterates
-`bt_tf.input.make_dataset` (repeat, shuffle) and prints users/second for:
+`bt_tf.data.dataset.make_dataset` (repeat, shuffle) and prints users/second for:
 every output key, the training keys only (``view1``, ``view2``), and the
 same without augmentation (`--policy`, e.g. with ``substitute:0.2,insert:0.2``,
 whose co-occurrence table build is timed separately); each for the streamed
@@ -26,8 +26,8 @@ import argparse
 import time
 
 import bt_tf  # noqa: F401  (One Keras: before tensorflow)
-from bt_tf import augment
-from bt_tf import input as bt_input
+from bt_tf.data import augment, dataset
+from bt_tf.features import ITEMS, LENGTH, VIEW1, VIEW2
 from pipelines.preprocess import PreprocessConfig, preprocess
 from pipelines.synthetic import SyntheticConfig
 
@@ -51,6 +51,7 @@ def measure(ds, warmup_batches: int, batches: int) -> tuple[float, int]:
     return rate, users
 
 
+# long: a benchmark script: flags, one measurement per variant, the table
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact_dir", default=None, help="skip generation, use these")
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
             )
         )
         print(f"artifacts: {artifact_dir} ({time.perf_counter() - start:.1f}s incl. reuse)")
-    meta = bt_input.load_metadata(artifact_dir)
+    meta = dataset.load_metadata(artifact_dir)
     policy = augment.AugmentPolicy.from_string(args.policy)
     print(
         f"train users: {meta['num_users']['train']}, batch {args.batch_size}, "
@@ -93,17 +94,13 @@ def main(argv=None) -> dict:
     )
     if policy.needs_cooccurrence:  # built once, before the timed cases (make_dataset caches it)
         start = time.perf_counter()
-        table = bt_input.cooccurrence_table(artifact_dir)
+        table = dataset.cooccurrence_table(artifact_dir)
         print(f"co-occurrence table {table.shape}: {time.perf_counter() - start:.1f}s")
     cases = {
         "read+parse (all keys)": dict(outputs=None, augment_policy=None),
         "read+parse+two views (all keys)": dict(outputs=None, augment_policy=policy),
-        "read+parse+two views (view1, view2)": dict(
-            outputs=[bt_input.VIEW1, bt_input.VIEW2], augment_policy=policy
-        ),
-        "read+parse (items, length)": dict(
-            outputs=[bt_input.ITEMS, bt_input.LENGTH], augment_policy=None
-        ),
+        "read+parse+two views (view1, view2)": dict(outputs=[VIEW1, VIEW2], augment_policy=policy),
+        "read+parse (items, length)": dict(outputs=[ITEMS, LENGTH], augment_policy=None),
     }
     pipelines = {
         "streamed": {},
@@ -117,7 +114,7 @@ def main(argv=None) -> dict:
             if args.pipelines and pipeline not in args.pipelines.split(","):
                 continue
             start = time.perf_counter()
-            ds = bt_input.make_dataset(
+            ds = dataset.make_dataset(
                 artifact_dir,
                 "train",
                 args.batch_size,

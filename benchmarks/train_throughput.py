@@ -18,8 +18,8 @@ and the ratio pipeline / training (it must stay >= 3 so input never limits).
 lengths (`ML1M_QUANTILES`: median 79, mean ~100, 24% at the cap of 200),
 ``--users`` of them (default: ML-1M's ~4,800 train users), random item ids.
 One epoch of batches is built twice: padded to ``max_len`` (fixed width),
-and length-bucketed by `bt_tf.input.epoch_plan` with
-`bt_tf.input.auto_bucket_boundaries` (or ``--bucket_boundaries``). After one
+and length-bucketed by `bt_tf.data.dataset.epoch_plan` with
+`bt_tf.data.dataset.auto_bucket_boundaries` (or ``--bucket_boundaries``). After one
 warm-up step per distinct width, the whole epoch is timed for BT (two views)
 and the DE (next-item pairs), and the bucketed / fixed ratio printed.
 
@@ -36,10 +36,16 @@ import numpy as np
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import augment, encoders, models
-from bt_tf import input as bt_input
-from bt_tf.config import PRECISIONS
-from bt_tf.features import NUM_RESERVED, PAD_ID
+from benchmarks.input_throughput import measure
+from bt_tf.data import augment, dataset
+from bt_tf.features import ITEMS, NUM_RESERVED, PAD_ID, VIEW1, VIEW2
+from bt_tf.modeling import precision
+from bt_tf.modeling.barlow_twins import BarlowTwinsModel
+from bt_tf.modeling.dual_encoder import DualEncoderModel
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.modeling.projector import build_projector
+from pipelines.preprocess import PreprocessConfig, preprocess
+from pipelines.synthetic import SyntheticConfig
 
 # MovieLens-1M history lengths (all of a user's ratings but the 10 future
 # ones), as an inverse CDF: (quantile, length), linear in between; 24% are
@@ -80,7 +86,7 @@ def epoch_batches(lengths, batch_size: int, boundaries, max_len: int, seed: int)
     widths = [b for b in boundaries if b < max_len] + [max_len]
     bucket_of_row = np.searchsorted(widths, lengths, side="left").astype(np.int32)
     pool = np.random.default_rng(seed + 2).permutation(len(lengths)).astype(np.int64)
-    batches, batch_widths, _ = bt_input.epoch_plan(
+    batches, batch_widths, _ = dataset.epoch_plan(
         tf.constant(pool), tf.constant(bucket_of_row), tf.constant(widths, tf.int32), batch_size
     )
     order = np.random.default_rng(seed + 3).permutation(len(batch_widths))
@@ -88,32 +94,27 @@ def epoch_batches(lengths, batch_size: int, boundaries, max_len: int, seed: int)
 
 
 def model_batches(items, plan, model_name: str, policy, seed: int) -> list[dict]:
-    """Ready-made training batches (views or next-item pairs) at each batch's width."""
-    from bt_tf import dual_encoder
-
+    """Ready-made training batches (views, or the histories the DE cuts) at each batch's width."""
     out = []
     for step, (rows, width) in enumerate(plan):
         batch = tf.constant(items[rows, :width])
         batch_seed = tf.constant([seed, step], tf.int64)
         if model_name == "bt":
             view1, view2 = augment.two_views(batch, batch_seed, policy)
-            out.append({models.VIEW1: view1, models.VIEW2: view2})
-        else:
-            prefix, target = dual_encoder.next_item_pairs(batch, batch_seed)
-            out.append({dual_encoder.PREFIX: prefix, dual_encoder.TARGET: target})
+            out.append({VIEW1: view1, VIEW2: view2})
+        else:  # every position of the history is a next-item query (DualEncoderModel)
+            out.append({ITEMS: batch})
     return out
 
 
 def build_model(model_name: str, vocab_size: int, args) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(args.seed)
-    encoder = encoders.SequenceEncoder(
+    encoder = SequenceEncoder(
         vocab_size, max_len=args.max_len, dim=args.dim, num_blocks=args.num_blocks
     )
     if model_name == "bt":
-        return models.BarlowTwinsModel(encoder, encoders.build_projector(args.projector))
-    from bt_tf import dual_encoder
-
-    return dual_encoder.DualEncoderModel(encoder, vocab_size=vocab_size, temperature=0.1)
+        return BarlowTwinsModel(encoder, build_projector(args.projector))
+    return DualEncoderModel(encoder, vocab_size=vocab_size, temperature=0.1)
 
 
 def _clock():
@@ -147,9 +148,9 @@ def realistic_lengths(args) -> dict:
     lengths = draw_lengths(LENGTHS[args.lengths], args.users, args.max_len, args.seed)
     items = random_histories(lengths, args.max_len, vocab_size, args.seed)
     if args.bucket_boundaries == "auto":
-        boundaries = bt_input.auto_bucket_boundaries(lengths, args.max_len, args.batch_size)
+        boundaries = dataset.auto_bucket_boundaries(lengths, args.max_len, args.batch_size)
     else:
-        boundaries = bt_input.parse_bucket_boundaries(args.bucket_boundaries)
+        boundaries = dataset.parse_bucket_boundaries(args.bucket_boundaries)
     policy = augment.AugmentPolicy.from_string(args.policy)
     print(
         f"{args.lengths} lengths: {args.users} users, median {np.median(lengths):.0f}, mean "
@@ -169,7 +170,7 @@ def realistic_lengths(args) -> dict:
             padded = sum(w for _, w in plan) / len(plan)
             model = build_model(model_name, vocab_size, args)
             model.compile(
-                optimizer=models.optimizer_for_policy(tf.keras.optimizers.Adam(1e-3)),
+                optimizer=precision.optimizer_for_policy(tf.keras.optimizers.Adam(1e-3)),
                 steps_per_execution=args.steps_per_execution,
             )
             wall, cpu = fit_rate(model, batches, list(firsts.values()))
@@ -189,7 +190,7 @@ def train_rate(ds, vocab_size: int, args, jit: bool, steps_per_execution: int = 
     """(users/s wall, users per CPU-second) of `model.fit` steps over ``ds`` (built batches)."""
     model = build_model("bt", vocab_size, args)
     model.compile(
-        optimizer=models.optimizer_for_policy(tf.keras.optimizers.Adam(1e-3)),
+        optimizer=precision.optimizer_for_policy(tf.keras.optimizers.Adam(1e-3)),
         jit_compile=jit,
         steps_per_execution=steps_per_execution,
     )
@@ -201,9 +202,6 @@ def train_rate(ds, vocab_size: int, args, jit: bool, steps_per_execution: int = 
 
 def full_lengths(args) -> dict:
     """The default mode: every history ``max_len`` long, synthetic artifacts."""
-    from benchmarks.input_throughput import measure
-    from pipelines.preprocess import PreprocessConfig, preprocess
-    from pipelines.synthetic import SyntheticConfig
 
     # Sequences long enough that batches are really [256, max_len] wide.
     artifact_dir = preprocess(
@@ -217,9 +215,9 @@ def full_lengths(args) -> dict:
             ),
         )
     )
-    vocab_size = bt_input.load_metadata(artifact_dir)["vocab_sizes"]["items"]
+    vocab_size = dataset.load_metadata(artifact_dir)["vocab_sizes"]["items"]
     policy = augment.AugmentPolicy.from_string(args.policy)
-    pipeline = bt_input.make_dataset(
+    pipeline = dataset.make_dataset(
         artifact_dir,
         "train",
         args.batch_size,
@@ -227,7 +225,7 @@ def full_lengths(args) -> dict:
         repeat=True,
         drop_remainder=True,
         augment_policy=policy,
-        outputs=[bt_input.VIEW1, bt_input.VIEW2],
+        outputs=[VIEW1, VIEW2],
     )
     input_rate, _ = measure(pipeline, warmup_batches=5, batches=50)
     cached = pipeline.take(4).cache().repeat()
@@ -275,10 +273,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup_steps", type=int, default=2)
     parser.add_argument("--steps_per_execution", type=int, default=1)
-    parser.add_argument("--mixed_precision", default=None, choices=PRECISIONS)
+    parser.add_argument("--mixed_precision", default=None, choices=precision.PRECISIONS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    models.set_precision(args.mixed_precision)
+    precision.set_precision(args.mixed_precision)
     if args.lengths == "full":
         return full_lengths(args)
     return realistic_lengths(args)

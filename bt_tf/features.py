@@ -1,4 +1,5 @@
-"""Feature names and reserved ids shared by `pipelines` (writer) and `bt_tf.input` (reader).
+"""The data contract: feature names and reserved ids shared by `pipelines` (writer) and
+`bt_tf.data.dataset` (reader), and the keys of the batches that training reads.
 
 One `tf.train.Example` per user. Sequences are chronological (oldest first);
 the *history* is the model input (at most `max_len` most recent items), the
@@ -45,3 +46,10 @@ VOCAB_DIR = "vocab"
 ITEM_VOCAB_FILE = "items.txt"
 GENRE_VOCAB_FILE = "genres.txt"
 BAD_RECORDS_DIR = "bad_records"
+
+# Keys of the batches `bt_tf.data.dataset.make_dataset` yields and the models read.
+ITEMS = "items"  # int [B, L] right-padded histories (PAD_ID after the last item)
+LENGTH = "length"  # int [B] history lengths
+FUTURE_LENGTH = "future_length"  # int [B] future lengths
+VIEW1 = "view1"  # int [B, L] first augmented view of the histories (Barlow Twins)
+VIEW2 = "view2"  # int [B, L] second view

@@ -5,10 +5,12 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
-from bt_tf.encoders import SequenceEncoder, build_projector
-from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID
-from bt_tf.losses import barlow_twins_loss, barlow_twins_terms
-from bt_tf.models import VIEW1, VIEW2, BarlowTwinsModel, optimizer_for_policy, set_precision
+from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID, VIEW1, VIEW2
+from bt_tf.modeling.barlow_twins import BarlowTwinsModel
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.modeling.losses import barlow_twins_loss, barlow_twins_terms
+from bt_tf.modeling.precision import optimizer_for_policy, set_precision
+from bt_tf.modeling.projector import build_projector
 
 VOCAB, LENGTH, BATCH = 30, 12, 32
 METRIC_NAMES = ["loss", "on_diag", "off_diag", "c_diag_mean"]

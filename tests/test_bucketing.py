@@ -1,4 +1,4 @@
-"""Length-bucketed, in-memory batches of bt_tf.input: coverage, widths, determinism, models.
+"""Length-bucketed, in-memory batches of bt_tf.data.dataset: coverage, widths, determinism, models.
 
 The artifacts have histories of 3..60 items (max_len 60), so buckets really
 differ in width.
@@ -11,13 +11,16 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
-from bt_tf import augment as A
-from bt_tf import config as cfg
 from bt_tf import features as F
-from bt_tf import input as I
-from bt_tf.embeddings import embed_items, embed_split, history_widths
-from bt_tf.encoders import SequenceEncoder, build_projector
-from bt_tf.models import VIEW1, VIEW2, BarlowTwinsModel
+from bt_tf.data import augment as A
+from bt_tf.data import dataset as I
+from bt_tf.data.embeddings import embed_items, embed_split, history_widths
+from bt_tf.features import VIEW1, VIEW2
+from bt_tf.modeling.barlow_twins import BarlowTwinsModel
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.modeling.projector import build_projector
+from bt_tf.training.config import TrainConfig
+from bt_tf.training.flags import parse
 from pipelines.preprocess import PreprocessConfig, preprocess
 from pipelines.synthetic import SyntheticConfig
 
@@ -51,8 +54,8 @@ def fixed(artifact_dir):
     for b in ds:
         for row, user in enumerate(b[F.USER_ID].numpy()):
             out[user] = (
-                b[I.ITEMS][row].numpy(),
-                int(b[I.LENGTH][row]),
+                b[F.ITEMS][row].numpy(),
+                int(b[F.LENGTH][row]),
                 b[F.HISTORY_TIMESTAMPS][row].numpy(),
             )
     return out
@@ -90,10 +93,10 @@ def test_repeated_stream_defers_at_most_a_batch_per_epoch(artifact_dir, fixed, b
     """The first floor(e N / B) batches hold every user e times, except e N mod B
     users held e - 1 times, as shuffle -> repeat -> batch does."""
     n = len(fixed)
-    ds = _bucketed(artifact_dir, batch, repeat=True, seed=1, outputs=[F.USER_ID, I.ITEMS])
-    assert ds.element_spec[I.ITEMS].shape.as_list() == [batch, None]
+    ds = _bucketed(artifact_dir, batch, repeat=True, seed=1, outputs=[F.USER_ID, F.ITEMS])
+    assert ds.element_spec[F.ITEMS].shape.as_list() == [batch, None]
     batches = list(ds.take(3 * n // batch + 2))
-    assert all(b[I.ITEMS].shape[0] == batch for b in batches)
+    assert all(b[F.ITEMS].shape[0] == batch for b in batches)
     for e in (1, 2, 3):
         counts = collections.Counter(_users(batches[: e * n // batch]))
         assert set(counts) <= set(fixed)
@@ -107,22 +110,22 @@ def test_batches_are_padded_to_their_bucket_only(artifact_dir, fixed):
     ds = _bucketed(artifact_dir, augment_policy=POLICY, seed=2)
     pure = 0
     for b in ds:
-        width = b[I.ITEMS].shape[1]
+        width = b[F.ITEMS].shape[1]
         assert width in WIDTHS
-        lengths = b[I.LENGTH].numpy()
+        lengths = b[F.LENGTH].numpy()
         assert lengths.max() <= width
         buckets = np.searchsorted(WIDTHS, lengths)
         pure += len(set(buckets)) == 1
         assert WIDTHS[buckets.max()] == width  # as wide as its longest user's bucket
-        for key in (I.VIEW1, I.VIEW2, F.HISTORY_TIMESTAMPS):
+        for key in (F.VIEW1, F.VIEW2, F.HISTORY_TIMESTAMPS):
             assert b[key].shape[1] == width
         for row, user in enumerate(b[F.USER_ID].numpy()):
             items, length, stamps = fixed[user]
             assert lengths[row] == length
-            np.testing.assert_array_equal(b[I.ITEMS][row].numpy(), items[:width])
+            np.testing.assert_array_equal(b[F.ITEMS][row].numpy(), items[:width])
             np.testing.assert_array_equal(b[F.HISTORY_TIMESTAMPS][row].numpy(), stamps[:width])
             assert (items[width:] == F.PAD_ID).all()  # nothing was cut off
-            view = b[I.VIEW1][row].numpy()
+            view = b[F.VIEW1][row].numpy()
             assert ((view != F.PAD_ID).sum()) == length  # mask/reorder keep the length
     assert pure >= 5  # full bucket batches; at most len(WIDTHS) - 1 mixed ones + 1 partial
 
@@ -134,7 +137,7 @@ def test_same_seed_same_stream_other_seed_other_stream(artifact_dir):
             repeat=True,
             seed=seed,
             augment_policy=POLICY,
-            outputs=[F.USER_ID, F.HISTORY_GENRE_IDS, I.VIEW1, I.VIEW2],
+            outputs=[F.USER_ID, F.HISTORY_GENRE_IDS, F.VIEW1, F.VIEW2],
         )
         return [  # > 2 epochs
             {k: v.to_list() if isinstance(v, tf.RaggedTensor) else v.numpy() for k, v in b.items()}
@@ -152,20 +155,20 @@ def test_same_seed_same_stream_other_seed_other_stream(artifact_dir):
     assert [x[F.USER_ID].tolist() for x in a] != [x[F.USER_ID].tolist() for x in c]
     # Resume: skipping k batches of a fresh stream gives the uninterrupted stream's tail.
     ds = _bucketed(
-        artifact_dir, repeat=True, seed=4, augment_policy=POLICY, outputs=[I.VIEW2]
+        artifact_dir, repeat=True, seed=4, augment_policy=POLICY, outputs=[F.VIEW2]
     ).skip(11)
     for x, y in zip(a[11:], ds.take(len(a) - 11), strict=True):
-        np.testing.assert_array_equal(x[I.VIEW2], y[I.VIEW2].numpy())
+        np.testing.assert_array_equal(x[F.VIEW2], y[F.VIEW2].numpy())
 
 
 def test_cache_without_buckets_is_the_full_width_in_memory_pipeline(artifact_dir, fixed):
     ds = I.make_dataset(artifact_dir, "train", 32, cache=True, drop_remainder=True, seed=1)
-    assert ds.element_spec[I.ITEMS].shape.as_list() == [32, MAX_LEN]
+    assert ds.element_spec[F.ITEMS].shape.as_list() == [32, MAX_LEN]
     users = _users(ds)
     assert len(users) == len(set(users)) == len(fixed) // 32 * 32
     b = next(iter(ds))
     for row, user in enumerate(b[F.USER_ID].numpy()):
-        np.testing.assert_array_equal(b[I.ITEMS][row].numpy(), fixed[user][0])
+        np.testing.assert_array_equal(b[F.ITEMS][row].numpy(), fixed[user][0])
 
 
 def test_unshuffled_buckets_keep_file_order_inside_a_bucket(artifact_dir, fixed):
@@ -173,7 +176,7 @@ def test_unshuffled_buckets_keep_file_order_inside_a_bucket(artifact_dir, fixed)
     batches = list(_bucketed(artifact_dir, shuffle=False))
     pure = 0
     for b in batches:
-        if len(set(np.searchsorted(WIDTHS, b[I.LENGTH].numpy()))) == 1:
+        if len(set(np.searchsorted(WIDTHS, b[F.LENGTH].numpy()))) == 1:
             rank = [order.index(u) for u in b[F.USER_ID].numpy()]
             assert rank == sorted(rank)
             pure += 1
@@ -220,22 +223,22 @@ def test_bucket_boundary_specs():
         with pytest.raises(ValueError, match="bucket_boundaries"):
             I.parse_bucket_boundaries(bad)
     with pytest.raises(ValueError, match="--bucket_boundaries"):
-        cfg.TrainConfig(bucket_boundaries="10,5")
+        TrainConfig(bucket_boundaries="10,5")
     # Default: on for real datasets, off for synthetic.
-    assert cfg.TrainConfig().buckets == ""
-    assert cfg.parse(["--dataset=ml-1m"]).buckets == "auto"
-    assert cfg.parse(["--dataset=ml-1m", "--bucket_boundaries="]).buckets == ""
-    assert cfg.parse(["--bucket_boundaries=25,50"]).buckets == "25,50"
+    assert TrainConfig().buckets == ""
+    assert parse(["--dataset=ml-1m"]).buckets == "auto"
+    assert parse(["--dataset=ml-1m", "--bucket_boundaries="]).buckets == ""
+    assert parse(["--bucket_boundaries=25,50"]).buckets == "25,50"
 
 
 def test_config_speed_flags():
-    config = cfg.parse(["--mixed_precision=mixed_bfloat16", "--cache_input"])
+    config = parse(["--mixed_precision=mixed_bfloat16", "--cache_input"])
     assert config.mixed_precision == "mixed_bfloat16" and config.cache_input
-    assert cfg.TrainConfig().mixed_precision is None and cfg.TrainConfig().cache_input is None
+    assert TrainConfig().mixed_precision is None and TrainConfig().cache_input is None
     with pytest.raises(ValueError, match="model=bt only"):
-        cfg.parse(["--mixed_precision=mixed_float16", "--model=de"])
+        parse(["--mixed_precision=mixed_float16", "--model=de"])
     with pytest.raises(ValueError, match="steps_per_execution"):
-        cfg.TrainConfig(steps_per_execution=0)
+        TrainConfig(steps_per_execution=0)
 
 
 def test_auto_boundaries_are_rounded_quantiles():
@@ -262,7 +265,7 @@ def test_padding_never_reaches_the_model(artifact_dir, kind, pooling):
     encoder = _encoder(kind, pooling)
     checked = 0
     for b in _bucketed(artifact_dir, shuffle=False).take(4):
-        items = b[I.ITEMS].numpy()
+        items = b[F.ITEMS].numpy()
         assert items.shape[1] < MAX_LEN or checked  # really narrower batches
         wide = np.pad(items, [(0, 0), (0, MAX_LEN - items.shape[1])])
         np.testing.assert_allclose(

@@ -15,9 +15,9 @@ import sys
 import pytest
 
 from bt_tf import cli, embed, evaluate, export, reproduce, train
-from bt_tf import config as cfg
 from bt_tf.errors import UserError
-from pipelines import preprocess as pp
+from bt_tf.training import flags
+from pipelines import preprocess
 from tuning import search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ ENTRY_POINTS = {
     "bt_tf.export": export.build_parser,
     "bt_tf.reproduce": reproduce.build_parser,
     "bt_tf.embed": embed.build_parser,
-    "pipelines.preprocess": pp.build_parser,
+    "pipelines.preprocess": preprocess.build_parser,
     "tuning.search": search.build_parser,
 }
 
@@ -97,7 +97,7 @@ def test_commands_that_pass_flags_on_list_them():
 
 
 def test_per_dataset_defaults_show_in_help():
-    shown = f"(default: {cfg.dataset_defaults('ml-100k')['projector']})"
+    shown = f"(default: {flags.dataset_defaults('ml-100k')['projector']})"
     for build in (train.build_parser, reproduce.build_parser, search.build_parser):
         text = " ".join(build(["--dataset=ml-100k"]).format_help().split())
         assert shown in text and "(default: 1024-1024-1024)" not in text, build
@@ -117,7 +117,7 @@ def test_structured_flags_are_checked_while_parsing(tmp_path):
     }
     for flag, message in cases.items():
         with pytest.raises(UserError, match=message):
-            cfg.parse([flag])
+            flags.parse([flag])
     for flag, message in {
         "--label_fractions=0,0.5": r"argument --label_fractions: '0,0.5': 0.0 are not fractions",
         "--label_fractions=a": "argument --label_fractions: 'a' is not a comma-separated list",
@@ -145,9 +145,9 @@ def test_hparams_values_are_checked_and_name_the_file_and_key(tmp_path):
     ]:
         path.write_text(json.dumps(values))
         with pytest.raises(UserError, match=f"{path}: {message}"):
-            cfg.parse([f"--hparams={path}"])
+            flags.parse([f"--hparams={path}"])
     path.write_text(json.dumps({"batch_size": 64.0, "lambd": 1, "jit_compile": True}))
-    config = cfg.parse([f"--hparams={path}"])
+    config = flags.parse([f"--hparams={path}"])
     assert (config.batch_size, config.lambd, config.jit_compile) == (64, 1.0, True)
 
 

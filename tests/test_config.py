@@ -1,29 +1,161 @@
-"""Per-dataset command-line defaults (the ML-100K recipe) and their precedence."""
+"""The typed run config: per-dataset flag defaults, hparams files, old config.json files."""
 
+import argparse
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 
-from bt_tf import config as cfg
+import pytest
+
+from bt_tf import runs
+from bt_tf.data.augment import AugmentPolicy
+from bt_tf.errors import UserError
+from bt_tf.modeling.projector import ProjectorConfig
+from bt_tf.training import flags, trainer
+from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_settings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_dataset_defaults_apply_and_explicit_flags_win(tmp_path):
-    synthetic = cfg.parse([])
-    assert synthetic.batch_size == cfg.TrainConfig().batch_size  # no defaults for synthetic
-    ml100k = cfg.parse(["--dataset=ml-100k"])
-    recipe = cfg.dataset_defaults("ml-100k")
+    synthetic = flags.parse([])
+    assert synthetic.batch_size == TrainConfig().batch_size  # no defaults for synthetic
+    ml100k = flags.parse(["--dataset=ml-100k"])
+    recipe = flags.dataset_defaults("ml-100k")
     assert ml100k.batch_size == recipe["batch_size"] != synthetic.batch_size
-    assert ml100k.max_len == recipe["max_len"] and ml100k.augment == recipe["augment"]
+    assert ml100k.max_len == recipe["max_len"]
+    assert ml100k.augment == AugmentPolicy.from_string(recipe["augment"])
     assert ml100k.max_epochs == recipe["epochs"]
-    explicit = cfg.parse(["--dataset", "ml-100k", "--batch_size=128", "--max_len=80"])
+    explicit = flags.parse(["--dataset", "ml-100k", "--batch_size=128", "--max_len=80"])
     assert explicit.batch_size == 128 and explicit.max_len == 80
     hparams = tmp_path / "h.json"
     hparams.write_text(json.dumps({"projector": "256-256"}))
-    tuned = cfg.parse(["--dataset=ml-100k", f"--hparams={hparams}"])
-    assert tuned.projector == "256-256" and tuned.batch_size == recipe["batch_size"]
+    tuned = flags.parse(["--dataset=ml-100k", f"--hparams={hparams}"])
+    assert tuned.projector == ProjectorConfig((256, 256))
+    assert tuned.batch_size == recipe["batch_size"]
 
 
 def test_every_dataset_default_is_a_flag():
-    parser = cfg.argparse.ArgumentParser()
-    cfg.add_flags(parser)
+    parser = argparse.ArgumentParser()
+    flags.add_flags(parser)
     dests = {a.dest for a in parser._actions}
-    for dataset, values in cfg.DATASET_DEFAULTS.items():
+    for dataset, values in flags.DATASET_DEFAULTS.items():
         assert set(values) <= dests, dataset
+
+
+# A config.json as an older version wrote it: no min_steps_per_epoch/min_delta (it ran
+# with LEGACY_DEFAULTS), the augment policy in the user's own order, and the derived
+# keys beside the settings.
+OLD_CONFIG = {
+    "data": dataclasses.asdict(
+        dataclasses.replace(TrainConfig().data, dataset="ml-100k", max_len=50)
+    ),
+    "run_dir": "runs/ml-100k_bt",
+    "model": "bt",
+    "encoder_kind": "transformer",
+    "dim": 64,
+    "num_blocks": 2,
+    "num_heads": 2,
+    "dropout": 0.1,
+    "pooling": "mean",
+    "projector": "512-512",
+    "lambd": 0.005,
+    "augment": "crop:0.6,mask:0.2,reorder:0.2",
+    "temperature": 0.1,
+    "bt_weight": 0.1,
+    "de_candidates": 0,
+    "de_logq": True,
+    "batch_size": 64,
+    "epochs": 30,
+    "steps_per_epoch": 0,
+    "learning_rate": 0.001,
+    "seed": 0,
+    "strategy": "auto",
+    "jit_compile": False,
+    "early_stopping_patience": 3,
+    "bucket_boundaries": None,
+    "cache_input": None,
+    "mixed_precision": None,
+    "steps_per_execution": 1,
+    "probe": True,
+    "export": True,
+    "artifact_dir": "/tmp/bt_data/ml-100k/abc",
+    "max_len": 50,
+    "encoder": {"vocab_size": 10, "max_len": 50, "dim": 64},
+}
+
+
+def test_an_old_config_json_loads_typed_and_writes_back_readable():
+    config = TrainConfig.from_json(OLD_CONFIG)
+    assert config.projector == ProjectorConfig((512, 512))
+    assert config.augment == AugmentPolicy(mask=0.2, reorder=0.2, crop=0.6)
+    assert (config.encoder.kind, config.encoder.dim, config.max_len) == ("transformer", 64, 50)
+    assert (config.min_steps_per_epoch, config.min_delta) == (1, 0.0)  # what it ran with
+    assert config.uses_bt and not config.uses_de
+    flat = config.to_json()
+    assert flat["projector"] == "512-512" and flat["augment"] == "mask:0.2,reorder:0.2,crop:0.6"
+    assert {k: flat[k] for k in ("encoder_kind", "dim", "lambd")} == {
+        "encoder_kind": "transformer",
+        "dim": 64,
+        "lambd": 0.005,
+    }
+    assert TrainConfig.from_json(json.loads(json.dumps(flat))) == config
+    # The same settings, spelled either way, decide reuse alike.
+    new = comparable_settings(json.loads(json.dumps(flat)))
+    old = comparable_settings(OLD_CONFIG)
+    assert all(old[k] == new[k] for k in ("projector", "augment", "min_delta", "lambd"))
+
+
+def test_an_old_run_directory_resumes_and_other_settings_are_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (run_dir / runs.CONFIG_FILE).write_text(json.dumps(OLD_CONFIG))
+    config = TrainConfig.from_json(OLD_CONFIG)
+    check = dict(comparable=comparable_settings, resumable=RESUMABLE_CHANGES)
+    runs.check_resumable(str(run_dir), config.to_json(), **check)  # same run: fine
+    longer = dataclasses.replace(config, epochs=60)  # a resumable change
+    runs.check_resumable(str(run_dir), longer.to_json(), **check)
+    other = dataclasses.replace(config, augment=AugmentPolicy(mask=0.5))
+    with pytest.raises(UserError, match="different settings \\(augment\\)"):
+        runs.check_resumable(str(run_dir), other.to_json(), **check)
+
+
+def test_an_old_hparams_file_loads(tmp_path):
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"augment": "reorder:0.1,mask:0.25", "epochs": 4, "lambd": 0.01}))
+    config = flags.parse([f"--hparams={path}"])
+    assert config.augment == AugmentPolicy(mask=0.25, reorder=0.1)
+    assert (config.epochs, config.lambd) == (4, 0.01)
+
+
+def test_structured_values_are_typed_and_strings_are_refused_deep_inside():
+    with pytest.raises(TypeError, match="from_settings"):
+        TrainConfig(projector="8-8")
+    with pytest.raises(ValueError, match="--projector='8-x'"):
+        TrainConfig.from_settings({"projector": "8-x"})
+    with pytest.raises(ValueError, match="--augment='blur:1'"):
+        TrainConfig.from_settings({"augment": "blur:1"})
+    with pytest.raises(ValueError, match="--encoder='lstm'"):
+        TrainConfig.from_settings({"encoder_kind": "lstm"})
+    models = {m: TrainConfig(model=m) for m in ("bt", "de", "bt+de")}
+    assert [(c.uses_bt, c.uses_de) for c in models.values()] == [
+        (True, False),
+        (False, True),
+        (True, True),
+    ]
+
+
+def test_importing_bt_tf_leaves_tensorflow_out_and_the_api_is_lazy():
+    code = (
+        "import sys, bt_tf; assert 'tensorflow' not in sys.modules; "
+        "assert 'TrainConfig' in dir(bt_tf) and 'train' in bt_tf.__all__; print('ok')"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+    import bt_tf
+
+    assert bt_tf.TrainConfig is TrainConfig and bt_tf.AugmentPolicy is AugmentPolicy
+    assert callable(bt_tf.train) and bt_tf.train.train is trainer.train

@@ -21,10 +21,11 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
-from bt_tf.encoders import SequenceEncoder, build_projector
-from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID
-from bt_tf.losses import barlow_twins_loss
-from bt_tf.models import VIEW1, VIEW2, BarlowTwinsModel
+from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID, VIEW1, VIEW2
+from bt_tf.modeling.barlow_twins import BarlowTwinsModel
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.modeling.losses import barlow_twins_loss
+from bt_tf.modeling.projector import build_projector
 
 VOCAB, LENGTH, GLOBAL_BATCH, LAMBD, LR = 30, 10, 8, 0.05, 0.05
 TOL = 1e-5

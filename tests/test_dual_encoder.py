@@ -10,18 +10,28 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
-from bt_tf import export as ex
-from bt_tf.dual_encoder import (
+from bt_tf.features import (
+    ITEMS,
+    MASK_ID,
+    NUM_RESERVED,
+    OOV_ID,
+    PAD_ID,
+    RESERVED_TOKENS,
+    VIEW1,
+    VIEW2,
+)
+from bt_tf.modeling.dual_encoder import (
     DualEncoderModel,
     ItemTower,
     JointModel,
     next_item_targets,
     sample_candidates,
 )
-from bt_tf.encoders import SequenceEncoder, build_projector
-from bt_tf.features import MASK_ID, NUM_RESERVED, OOV_ID, PAD_ID, RESERVED_TOKENS
-from bt_tf.input import ITEMS
-from bt_tf.models import VIEW1, VIEW2
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.modeling.projector import build_projector
+from bt_tf.serving import export as ex
+from bt_tf.training.config import TrainConfig
+from bt_tf.training.trainer import make_model
 
 HR10 = "factorized_top_k/top_10_categorical_accuracy"
 
@@ -142,19 +152,16 @@ def test_the_query_at_t_does_not_see_later_items(kind):
 
 
 def test_train_builds_a_causal_de_and_a_bidirectional_bt():
-    from bt_tf import config as cfg
-    from bt_tf import train
-
-    de = train.build_model(cfg.TrainConfig(model="de", dim=8, temperature=0.3), 20)
+    de = make_model(TrainConfig.from_settings(dict(model="de", dim=8, temperature=0.3)), 20)
     assert isinstance(de, DualEncoderModel) and de.encoder.causal
     assert (de.temperature, de.logq_correction, de.num_candidates) == (0.3, True, None)
-    joint = train.build_model(cfg.TrainConfig(model="bt+de", dim=8, de_candidates=7), 20)
+    joint = make_model(TrainConfig.from_settings(dict(model="bt+de", dim=8, de_candidates=7)), 20)
     assert isinstance(joint, JointModel) and joint.encoder.causal and joint.num_candidates == 7
-    bt = train.build_model(cfg.TrainConfig(model="bt", dim=8, projector="8"), 20)
+    bt = make_model(TrainConfig.from_settings(dict(model="bt", dim=8, projector="8")), 20)
     assert not bt.encoder.causal
     # What export/evaluate rebuild from config.json: the same mode.
-    assert cfg.TrainConfig(model="de").encoder_kwargs(20)["causal"] is True
-    assert cfg.TrainConfig(model="bt").encoder_kwargs(20)["causal"] is False
+    assert TrainConfig.from_settings(dict(model="de")).encoder_kwargs(20)["causal"] is True
+    assert TrainConfig.from_settings(dict(model="bt")).encoder_kwargs(20)["causal"] is False
 
 
 def test_de_needs_a_causal_query_tower():

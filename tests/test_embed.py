@@ -13,11 +13,14 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 
-from bt_tf import cli, embed, export, probes, train
-from bt_tf import config as cfg
+from bt_tf import cli, probes
+from bt_tf import embed as embed_cli
 from bt_tf import features as F
-from bt_tf import input as bt_input
-from bt_tf.embeddings import embed_split
+from bt_tf.data import dataset
+from bt_tf.data.embeddings import embed_split
+from bt_tf.serving import embed, export
+from bt_tf.training.flags import parse
+from bt_tf.training.trainer import train
 from tests.tiny import TINY_FLAGS
 
 # Parts of 128 users (2 batches) so train's ~310 users span three parts.
@@ -29,7 +32,7 @@ PROJECTOR_USERS = 150  # fewer than the ~400 users: the projector holds a sample
 def run(tmp_path_factory):
     """A tiny trained BT run (with its export) and its embeddings written from the run dir."""
     root = tmp_path_factory.mktemp("embed")
-    config = cfg.parse(
+    config = parse(
         [
             *TINY_FLAGS,
             "--epochs=1",
@@ -38,12 +41,12 @@ def run(tmp_path_factory):
             f"--output_dir={root / 'run'}",
         ]
     )
-    train.train(config)
+    train(config)
     run_dir, out = str(root / "run"), str(root / "out")
     with open(os.path.join(run_dir, "config.json")) as f:
         run_config = json.load(f)
     assert (
-        embed.main(
+        embed_cli.main(
             [
                 f"--run_dir={run_dir}",
                 f"--output_dir={out}",
@@ -83,7 +86,7 @@ def _files(directory):
 
 def test_embeddings_equal_the_encoder_and_every_user_appears_once(run, reference):
     ids, splits, vectors = embed.read_embeddings(run["out"])
-    counts = bt_input.load_metadata(run["config"]["artifact_dir"])["num_users"]
+    counts = dataset.load_metadata(run["config"]["artifact_dir"])["num_users"]
     assert vectors.shape == (sum(counts.values()), run["config"]["dim"])
     assert vectors.dtype == np.float32
     start = 0
@@ -146,8 +149,8 @@ def test_projector_metadata_rows_align_with_the_vectors(run, reference):
     assert vectors.shape == (PROJECTOR_USERS, run["config"]["dim"]) and len(rows) == PROJECTOR_USERS
 
     artifact = run["config"]["artifact_dir"]
-    genres = bt_input.load_vocab(artifact, "genres")
-    classes = bt_input.load_metadata(artifact)["attributes"]["segment"]["classes"]
+    genres = dataset.load_vocab(artifact, "genres")
+    classes = dataset.load_metadata(artifact)["attributes"]["segment"]["classes"]
     by_user = {}
     for split, (ids, emb, kept) in reference.items():
         favorite = probes.favorite_genre(kept[F.FUTURE_GENRE_IDS])
@@ -176,13 +179,13 @@ def test_rerun_resumes_a_deleted_part_with_the_same_bytes(run, tmp_path):
         f"--output_dir={out}",
         f"--projector_users={PROJECTOR_USERS}",
     ]
-    assert embed.main([*args, *FLAGS]) == 0
+    assert embed_cli.main([*args, *FLAGS]) == 0
     assert _files(out) == before
     assert os.stat(kept).st_mtime_ns == 1
 
     # Other settings into the same directory: a one-line usage error, nothing touched.
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(embed.main, [*args, *FLAGS, "--format=tfrecord"])
+        cli.run_main(embed_cli.main, [*args, *FLAGS, "--format=tfrecord"])
     assert exit_info.value.code == 2
     assert _files(out) == before
 
@@ -194,7 +197,7 @@ def test_saved_model_alone_gives_the_run_dirs_vectors(run, tmp_path):
     out = str(tmp_path / "out")
     artifact = run["config"]["artifact_dir"]
     args = [f"--saved_model={alone}", f"--artifact_dir={artifact}", f"--output_dir={out}"]
-    assert embed.main([*args, *FLAGS, "--format=tfrecord", "--projector_users=0"]) == 0
+    assert embed_cli.main([*args, *FLAGS, "--format=tfrecord", "--projector_users=0"]) == 0
     assert not os.path.exists(os.path.join(out, "projector"))
     want_ids, want_splits, want = embed.read_embeddings(run["out"])
     ids, splits, got = embed.read_embeddings(out)
@@ -230,7 +233,7 @@ def test_input_file_users(run, reference, tmp_path):
     out = str(tmp_path / "out")
     export_dir = os.path.join(run["dir"], "export")
     assert (
-        embed.main(
+        embed_cli.main(
             [
                 f"--saved_model={export_dir}",
                 f"--input={path}",
@@ -267,7 +270,7 @@ def test_flag_errors_exit_with_code_2(run, tmp_path, capsys):
     ]
     for flags in bad:
         with pytest.raises(SystemExit) as exit_info:
-            cli.run_main(embed.main, [*flags, f"--output_dir={tmp_path / 'out'}"])
+            cli.run_main(embed_cli.main, [*flags, f"--output_dir={tmp_path / 'out'}"])
         assert exit_info.value.code == 2, flags
     err = capsys.readouterr().err
     assert "--input and --artifact_dir" not in err and "go with --saved_model" in err

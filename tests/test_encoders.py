@@ -5,13 +5,9 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
-from bt_tf.encoders import (
-    SequenceEncoder,
-    TransformerBlock,
-    build_projector,
-    parse_projector_spec,
-)
 from bt_tf.features import MASK_ID, NUM_RESERVED, PAD_ID
+from bt_tf.modeling.encoders import SequenceEncoder, TransformerBlock
+from bt_tf.modeling.projector import build_projector, parse_projector_spec
 
 VOCAB = 40
 KINDS_AND_POOLINGS = [(k, p) for k in ("transformer", "gru", "mean") for p in ("mean", "last")]

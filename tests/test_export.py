@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bt_tf import export as ex
-from bt_tf.encoders import SequenceEncoder, build_projector
+from bt_tf import export as export_cli
 from bt_tf.features import NUM_RESERVED, OOV_ID, RESERVED_TOKENS
-from bt_tf.models import BarlowTwinsModel
+from bt_tf.modeling.barlow_twins import BarlowTwinsModel
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.modeling.projector import build_projector
+from bt_tf.serving import export as ex
 
 MAX_LEN = 6
 DIM = 8
@@ -363,7 +365,7 @@ def test_main_exports_a_bt_run_from_its_checkpoint(tmp_path):
     run_dir = str(tmp_path / "run")
     _write_run(run_dir, str(tmp_path / "artifact"), model, "bt")
 
-    assert ex.main([f"--run_dir={run_dir}"]) == 0
+    assert export_cli.main([f"--run_dir={run_dir}"]) == 0
     loaded = ex.load_export(os.path.join(run_dir, "export"))
     assert sorted(loaded.signatures) == ["serving_default"]
     rows = BATCHES["ragged"]
@@ -379,7 +381,7 @@ def test_main_adds_recommend_for_a_de_run(tmp_path):
     run_dir = str(tmp_path / "run")
     _write_run(run_dir, str(tmp_path / "artifact"), model, "de")
 
-    ex.main([f"--run_dir={run_dir}", "--k=3"])
+    export_cli.main([f"--run_dir={run_dir}", "--k=3"])
     loaded = ex.load_export(os.path.join(run_dir, "export"))
     rows = BATCHES["unknown"]
     top = loaded.signatures["recommend"](item_ids=tf.constant(rows))

@@ -1,4 +1,4 @@
-"""Tests for bt_tf.input on artifacts written by the real preprocessing pipeline."""
+"""Tests for bt_tf.data.dataset on artifacts written by the real preprocessing pipeline."""
 
 import collections
 
@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from bt_tf import augment as A
 from bt_tf import features as F
-from bt_tf import input as I
+from bt_tf.data import augment as A
+from bt_tf.data import dataset as I
 from pipelines.preprocess import PreprocessConfig, preprocess
 from pipelines.synthetic import SyntheticConfig
 
@@ -33,7 +33,7 @@ def artifact_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def examples(artifact_dir):
-    """user id -> {feature: list} for the train split, read without bt_tf.input."""
+    """user id -> {feature: list} for the train split, read without bt_tf.data.dataset."""
     out = {}
     for path in I.split_files(artifact_dir, "train"):
         for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
@@ -79,12 +79,12 @@ def test_shapes_and_dtypes(artifact_dir):
     meta = I.load_metadata(artifact_dir)
     assert (meta["max_len"], meta["future_len"]) == (MAX_LEN, FUTURE_LEN)
     spec = I.make_dataset(artifact_dir, "train", 16, drop_remainder=True).element_spec
-    assert spec[I.ITEMS] == tf.TensorSpec([16, MAX_LEN], tf.int32)
-    assert spec[I.LENGTH] == tf.TensorSpec([16], tf.int32)
+    assert spec[F.ITEMS] == tf.TensorSpec([16, MAX_LEN], tf.int32)
+    assert spec[F.LENGTH] == tf.TensorSpec([16], tf.int32)
     assert spec[F.HISTORY_TIMESTAMPS] == tf.TensorSpec([16, MAX_LEN], tf.int64)
     assert spec[F.HISTORY_RATINGS] == tf.TensorSpec([16, MAX_LEN], tf.float32)
     assert spec[F.FUTURE_ITEM_IDS] == tf.TensorSpec([16, FUTURE_LEN], tf.int64)
-    assert spec[I.FUTURE_LENGTH] == tf.TensorSpec([16], tf.int32)
+    assert spec[F.FUTURE_LENGTH] == tf.TensorSpec([16], tf.int32)
     assert spec[F.USER_ID] == tf.TensorSpec([16], tf.string)
     for name in meta["attributes"]:
         assert spec[F.ATTRIBUTE_PREFIX + name] == tf.TensorSpec([16], tf.int64)
@@ -98,7 +98,7 @@ def test_batches_equal_the_examples(artifact_dir, examples):
     seen = 0
     for batch in ds:
         users = [u.decode() for u in batch[F.USER_ID].numpy()]
-        items, length = batch[I.ITEMS].numpy(), batch[I.LENGTH].numpy()
+        items, length = batch[F.ITEMS].numpy(), batch[F.LENGTH].numpy()
         genres = batch[F.HISTORY_GENRE_IDS].to_list()
         for row, user in enumerate(users):
             ex = examples[user]
@@ -109,7 +109,7 @@ def test_batches_equal_the_examples(artifact_dir, examples):
             assert (items[row, n:] == F.PAD_ID).all()
             assert list(batch[F.HISTORY_TIMESTAMPS][row, :n].numpy()) == ex[F.HISTORY_TIMESTAMPS]
             fut = ex[F.FUTURE_ITEM_IDS]
-            assert batch[I.FUTURE_LENGTH][row] == len(fut)
+            assert batch[F.FUTURE_LENGTH][row] == len(fut)
             np.testing.assert_array_equal(
                 batch[F.FUTURE_ITEM_IDS][row].numpy(), fut + [0] * (FUTURE_LEN - len(fut))
             )
@@ -126,8 +126,8 @@ def test_max_len_keeps_the_most_recent_items(artifact_dir, examples):
     batch = next(iter(I.make_dataset(artifact_dir, "train", 64, max_len=width, shuffle=False)))
     for row, user in enumerate(batch[F.USER_ID].numpy()):
         hist = examples[user.decode()][F.HISTORY_ITEM_IDS]
-        assert list(batch[I.ITEMS][row].numpy()) == hist[-width:]  # all histories >= 10
-        assert batch[I.LENGTH][row] == width
+        assert list(batch[F.ITEMS][row].numpy()) == hist[-width:]  # all histories >= 10
+        assert batch[F.LENGTH][row] == width
         assert batch[F.HISTORY_GENRE_IDS][row].nrows() == width
 
 
@@ -183,11 +183,11 @@ def test_distribute_datasets_from_function_gives_per_replica_batches(artifact_di
     strategy = two_replicas
     dist = strategy.distribute_datasets_from_function(
         lambda ctx: I.make_dataset(
-            artifact_dir, "train", 16, input_context=ctx, drop_remainder=True, outputs=[I.ITEMS]
+            artifact_dir, "train", 16, input_context=ctx, drop_remainder=True, outputs=[F.ITEMS]
         )
     )
     batch = next(iter(dist))
-    per_replica = strategy.experimental_local_results(batch[I.ITEMS])
+    per_replica = strategy.experimental_local_results(batch[F.ITEMS])
     assert [tuple(t.shape) for t in per_replica] == [(8, MAX_LEN), (8, MAX_LEN)]
 
 
@@ -197,8 +197,8 @@ def test_augmented_views_keep_shape_and_padding(artifact_dir, spec):
     ds = I.make_dataset(artifact_dir, "train", 32, augment_policy=policy, drop_remainder=True)
     changed = 0
     for batch in ds.take(3):
-        items, length = batch[I.ITEMS].numpy(), batch[I.LENGTH].numpy()
-        for key in (I.VIEW1, I.VIEW2):
+        items, length = batch[F.ITEMS].numpy(), batch[F.LENGTH].numpy()
+        for key in (F.VIEW1, F.VIEW2):
             view = batch[key].numpy()
             assert view.shape == (32, MAX_LEN) and view.dtype == np.int32
             new_len = (view != F.PAD_ID).sum(axis=1)
@@ -209,7 +209,7 @@ def test_augmented_views_keep_shape_and_padding(artifact_dir, spec):
             for row in range(32):
                 assert (view[row, new_len[row] :] == F.PAD_ID).all()
             changed += (view != items).any(axis=1).sum()
-        assert (batch[I.VIEW1].numpy() != batch[I.VIEW2].numpy()).any()
+        assert (batch[F.VIEW1].numpy() != batch[F.VIEW2].numpy()).any()
     assert changed > 0.9 * 3 * 2 * 32
 
 
@@ -218,20 +218,20 @@ def test_outputs_selects_keys(artifact_dir):
         artifact_dir,
         "eval",
         8,
-        outputs=[I.VIEW1, I.VIEW2, I.LENGTH],
+        outputs=[F.VIEW1, F.VIEW2, F.LENGTH],
         augment_policy=A.AugmentPolicy(mask=0.2),
     )
-    assert set(ds.element_spec) == {I.VIEW1, I.VIEW2, I.LENGTH}
+    assert set(ds.element_spec) == {F.VIEW1, F.VIEW2, F.LENGTH}
     with pytest.raises(ValueError, match="Unknown output feature 'nope'"):
         I.make_dataset(artifact_dir, "eval", 8, outputs=["nope"])
     with pytest.raises(ValueError, match="need an augment_policy"):
-        I.make_dataset(artifact_dir, "eval", 8, outputs=[I.VIEW1])
+        I.make_dataset(artifact_dir, "eval", 8, outputs=[F.VIEW1])
 
 
 def test_repeat_and_drop_remainder(artifact_dir):
     n = I.load_metadata(artifact_dir)["num_users"]["eval"]
     ds = I.make_dataset(artifact_dir, "eval", 7, repeat=True, drop_remainder=True)
-    assert ds.element_spec[I.ITEMS].shape == (7, MAX_LEN)
+    assert ds.element_spec[F.ITEMS].shape == (7, MAX_LEN)
     users = _users(_epoch(ds.take(2 * n // 7 + 1)))
     assert len(users) > n
     assert set(collections.Counter(users[:n]).values()) == {1}  # first epoch whole
@@ -276,8 +276,8 @@ def test_substitute_and_insert_views(artifact_dir):
     policy = A.AugmentPolicy.from_string("substitute:0.3,insert:0.2")
     ds = I.make_dataset(artifact_dir, "train", 32, augment_policy=policy, drop_remainder=True)
     for batch in ds.take(2):
-        items, length = batch[I.ITEMS].numpy(), batch[I.LENGTH].numpy()
-        for key in (I.VIEW1, I.VIEW2):
+        items, length = batch[F.ITEMS].numpy(), batch[F.LENGTH].numpy()
+        for key in (F.VIEW1, F.VIEW2):
             view = batch[key].numpy()
             assert view.shape == (32, MAX_LEN) and view.dtype == np.int32
             new_len = (view != F.PAD_ID).sum(axis=1)
@@ -299,7 +299,7 @@ def test_substitute_and_insert_views(artifact_dir):
     policy = A.AugmentPolicy(substitute=1.0)
     ds = I.make_dataset(artifact_dir, "eval", 8, augment_policy=policy, cooccurrence=forced)
     batch = next(iter(ds))
-    view, length = batch[I.VIEW1].numpy(), batch[I.LENGTH].numpy()
+    view, length = batch[F.VIEW1].numpy(), batch[F.LENGTH].numpy()
     for row, n in enumerate(length):
-        items = batch[I.ITEMS].numpy()[row, :n]
+        items = batch[F.ITEMS].numpy()[row, :n]
         assert (view[row, :n] == F.NUM_RESERVED).all(), items

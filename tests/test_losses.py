@@ -5,7 +5,12 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras, before tensorflow)
-from bt_tf.losses import barlow_twins_loss, barlow_twins_terms, cross_correlation, off_diagonal
+from bt_tf.modeling.losses import (
+    barlow_twins_loss,
+    barlow_twins_terms,
+    cross_correlation,
+    off_diagonal,
+)
 
 
 def test_off_diagonal_lists_exactly_the_off_diagonal_entries():

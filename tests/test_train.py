@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bt_tf import config as cfg
-from bt_tf import evaluate, export, train
-from bt_tf import input as bt_input
+from bt_tf import distribute, evaluate, runs
+from bt_tf.data import dataset
 from bt_tf.features import MASK_ID, PAD_ID
+from bt_tf.modeling.projector import ProjectorConfig
+from bt_tf.serving import export
+from bt_tf.training import trainer
+from bt_tf.training.config import TrainConfig
+from bt_tf.training.flags import parse
 from pipelines import preprocess as pp
 from pipelines import synthetic
 from tests.tiny import TINY_FLAGS
@@ -56,17 +60,15 @@ def test_trained_encoder_beats_untrained_on_favorite_genre(tmp_path):
             num_users=1500, num_items=300, num_genres=8, mean_len=30, max_len_seq=60
         ),
     )
-    config = cfg.TrainConfig(
+    config = TrainConfig.from_settings(
+        dict(dim=32, num_blocks=1, projector="256-256"),
         data=data,
         run_dir=str(tmp_path / "run"),
-        dim=32,
-        num_blocks=1,
-        projector="256-256",
         batch_size=64,
         epochs=6,
         export=False,
     )
-    result = train.train(config)
+    result = trainer.train(config)
     probe = result["probe"]
     trained = probe["trained"]["favorite_genre_accuracy"]
     untrained = probe["untrained_favorite_genre_accuracy"]
@@ -80,39 +82,39 @@ def test_trained_encoder_beats_untrained_on_favorite_genre(tmp_path):
 def test_hparams_file_overrides_flags(tmp_path):
     path = tmp_path / "best.json"
     path.write_text(json.dumps({"lambd": 0.02, "projector": "128-64"}))
-    config = cfg.parse(["--lambd=0.5", "--projector=8-8", f"--hparams={path}"])
-    assert config.lambd == 0.02 and config.projector == "128-64"
+    config = parse(["--lambd=0.5", "--projector=8-8", f"--hparams={path}"])
+    assert config.lambd == 0.02 and config.projector == ProjectorConfig((128, 64))
     path.write_text(json.dumps({"lamda": 0.02}))
     with pytest.raises(ValueError, match="unknown flags \\['lamda'\\]"):
-        cfg.parse([f"--hparams={path}"])
+        parse([f"--hparams={path}"])
 
 
 def test_max_epochs_and_its_old_name_epochs():
-    assert cfg.parse(["--max_epochs=7"]).epochs == cfg.parse(["--epochs=7"]).epochs == 7
-    assert cfg.parse([]).max_epochs == cfg.TrainConfig().epochs
-    d = cfg.TrainConfig()
+    assert parse(["--max_epochs=7"]).epochs == parse(["--epochs=7"]).epochs == 7
+    assert parse([]).max_epochs == TrainConfig().epochs
+    d = TrainConfig()
     assert d.early_stopping_patience > 0 and d.min_steps_per_epoch > 1  # convergence by default
     # An epoch is one pass over the train users, but at least min_steps_per_epoch steps.
     assert d.steps_for(750) == d.min_steps_per_epoch  # ML-100K: 2 batches of 256
     assert d.steps_for(100 * d.batch_size) == 100
-    assert cfg.TrainConfig(steps_per_epoch=3).steps_for(10**6) == 3
+    assert TrainConfig.from_settings(dict(steps_per_epoch=3)).steps_for(10**6) == 3
 
 
 @pytest.mark.parametrize("key", ["epochs", "max_epochs"])
 def test_hparams_files_name_the_cap_either_way(tmp_path, key):
     path = tmp_path / "h.json"
     path.write_text(json.dumps({key: 3, "lambd": 0.01}))
-    assert cfg.parse(["--max_epochs=9", f"--hparams={path}"]).epochs == 3
+    assert parse(["--max_epochs=9", f"--hparams={path}"]).epochs == 3
     path.write_text(json.dumps({"epochs": 3, "max_epochs": 4}))
     with pytest.raises(ValueError, match="both"):
-        cfg.parse([f"--hparams={path}"])
+        parse([f"--hparams={path}"])
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
     """Preprocessed once for the tests that train several tiny runs on it."""
     path = tmp_path_factory.mktemp("tiny_data")
-    pp.preprocess(cfg.parse([*TINY_FLAGS, f"--data_output_dir={path}"]).data)
+    pp.preprocess(parse([*TINY_FLAGS, f"--data_output_dir={path}"]).data)
     return str(path)
 
 
@@ -131,7 +133,7 @@ def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data)
     flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe"]
     flags += ["--learning_rate=0.03", "--early_stopping_patience=1"]
     run = tmp_path / "peaked"
-    result = train.train(cfg.parse([*flags, f"--output_dir={run}", "--max_epochs=5"]))
+    result = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=5"]))
     val = result["history"]["val_loss"]
     best = result["best_epoch"]
     assert result["stop_reason"] == "patience" and result["stopped_early"]
@@ -144,10 +146,10 @@ def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data)
 
     # The same run capped at the best epoch: its last weights ARE the best epoch's.
     short = tmp_path / "short"
-    train.train(cfg.parse([*flags, f"--output_dir={short}", f"--max_epochs={best}", "--no-export"]))
-    want = _encoder_variables(tf.train.latest_checkpoint(str(short / train.STATE_DIR)))
-    last = _encoder_variables(tf.train.latest_checkpoint(str(run / train.STATE_DIR)))
-    kept = _encoder_variables(tf.train.latest_checkpoint(str(run / train.CHECKPOINT_DIR)))
+    trainer.train(parse([*flags, f"--output_dir={short}", f"--max_epochs={best}", "--no-export"]))
+    want = _encoder_variables(tf.train.latest_checkpoint(str(short / runs.STATE_DIR)))
+    last = _encoder_variables(tf.train.latest_checkpoint(str(run / runs.STATE_DIR)))
+    kept = _encoder_variables(tf.train.latest_checkpoint(str(run / runs.CHECKPOINT_DIR)))
     assert kept.keys() == want.keys() == last.keys() and kept
     for k in kept:
         np.testing.assert_allclose(kept[k], want[k], rtol=1e-5, atol=1e-6)
@@ -159,13 +161,13 @@ def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data)
     by_eval, _, _ = evaluate.restore_run(str(run))
     want_emb = by_short(ids, training=False).numpy()
     np.testing.assert_allclose(by_eval(ids, training=False).numpy(), want_emb, atol=1e-5)
-    vocab = bt_input.load_vocab(metrics["artifact_dir"])
+    vocab = dataset.load_vocab(metrics["artifact_dir"])
     loaded = tf.saved_model.load(str(run / "export"))
     served = loaded.signatures["serving_default"](item_ids=tf.constant([vocab[3:13]]))
     np.testing.assert_allclose(served["user_embedding"].numpy(), want_emb, atol=1e-5)
 
     # A run that stopped early is finished: a rerun with a higher cap reuses it.
-    again = train.train(cfg.parse([*flags, f"--output_dir={run}", "--max_epochs=9"]))
+    again = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=9"]))
     assert again == metrics
 
 
@@ -181,7 +183,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO
     )
     deadline = time.time() + 300
-    state = run_dir / train.STATE_DIR / "checkpoint"
+    state = run_dir / runs.STATE_DIR / "checkpoint"
     while time.time() < deadline and not state.exists():
         time.sleep(0.05)
     assert state.exists(), "no checkpoint was written"
@@ -248,7 +250,7 @@ def test_two_workers_train_like_one_process_with_two_replicas(tmp_path, tiny_dat
     """Two single-CPU workers (multi_worker, TF_CONFIG on 127.0.0.1) end with the weights
     of one process running two replicas (mirrored over two logical CPUs).
 
-    Why the global batches are the same (`train.replica_contexts`): replica r of
+    Why the global batches are the same (`distribute.replica_contexts`): replica r of
     R reads shard r of the train users and draws its views from seeds that
     include r, whether the replicas are workers or devices of one machine. So
     the test fails if the workers read the wrong shards, draw the same views
@@ -316,12 +318,12 @@ def test_each_replica_draws_its_own_views(tiny_data):
     """Views come from stateless seeds that include the replica's index: with one seed id
     for all (the former multi-worker bug) two replicas' masks would coincide wherever
     both have an item; drawn apart, they agree about as often as two coin flips."""
-    config = cfg.parse([*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--augment=mask:0.5"])
+    config = parse([*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--augment=mask:0.5"])
     artifact_dir = pp.preprocess(config.data)  # reused
     views = []
     for replica in range(2):
         context = tf.distribute.InputContext(2, replica, 2)
-        ds = train.make_train_data(
+        ds = trainer.make_train_data(
             config, artifact_dir, "train", 32, repeat=False, seed=0, input_context=context
         )
         views.append(next(iter(ds))["view1"].numpy())
@@ -341,7 +343,7 @@ def test_replica_contexts_give_each_replica_its_own_shard():
         context = tf.distribute.InputContext(pipelines, pipeline, replicas)
         return [
             (c.num_input_pipelines, c.input_pipeline_id, c.num_replicas_in_sync)
-            for c in train.replica_contexts(context)
+            for c in distribute.replica_contexts(context)
         ]
 
     assert ids(1, 0, 1) == [(1, 0, 1)]  # one device: the whole data, as before
@@ -377,13 +379,13 @@ def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_d
     epoch's full state in checkpoints/, no train_state/: reused, loaded, resumable."""
     flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
     run = tmp_path / "old"
-    train.train(cfg.parse([*flags, f"--output_dir={run}", "--epochs=1"]))
+    trainer.train(parse([*flags, f"--output_dir={run}", "--epochs=1"]))
     # Rewrite it the way the code before train_state/ left it.
-    (run / train.CHECKPOINT_DIR / "checkpoint").unlink()
-    for path in (run / train.CHECKPOINT_DIR).iterdir():
+    (run / runs.CHECKPOINT_DIR / "checkpoint").unlink()
+    for path in (run / runs.CHECKPOINT_DIR).iterdir():
         path.unlink()
-    (run / train.CHECKPOINT_DIR).rmdir()
-    (run / train.STATE_DIR).rename(run / train.CHECKPOINT_DIR)
+    (run / runs.CHECKPOINT_DIR).rmdir()
+    (run / runs.STATE_DIR).rename(run / runs.CHECKPOINT_DIR)
     config = json.loads((run / "config.json").read_text())
     for key in ("min_steps_per_epoch", "min_delta"):
         del config[key]
@@ -395,13 +397,13 @@ def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_d
     (run / "metrics.json").write_text(json.dumps(old))
 
     # Reused as it is, by the command that made it (and by today's defaults).
-    assert train.train(cfg.parse([*flags, f"--output_dir={run}", "--epochs=1"])) == old
+    assert trainer.train(parse([*flags, f"--output_dir={run}", "--epochs=1"])) == old
     # Loaded by export and evaluate.
     encoder, loaded_config = export.restore_encoder(str(run))
     assert loaded_config["epochs"] == 1
     evaluate.restore_run(str(run))
     # A higher cap trains on from its last epoch.
-    more = train.train(cfg.parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
+    more = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
     assert more["epochs_completed"] == 2 and len(more["history"]["loss"]) == 1
     assert more["optimizer_steps"] == 8 and more["best_epoch"] in (1, 2)
     export.restore_encoder(str(run))

@@ -20,11 +20,15 @@ import keras_tuner
 import pytest
 from keras_tuner.engine.trial import Trial
 
-from bt_tf import augment as aug
-from bt_tf import config as cfg
-from bt_tf import encoders, train
-from bt_tf import input as bt_input
-from pipelines import preprocess as pp
+from bt_tf.data import dataset
+from bt_tf.data.augment import AugmentPolicy
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.modeling.projector import ProjectorConfig
+from bt_tf.training.config import TrainConfig
+from bt_tf.training.flags import parse
+from bt_tf.training.genre_probe import genre_probe
+from bt_tf.training.trainer import train
+from pipelines import preprocess
 from tests.tiny import TRAIN_FLAGS
 from tuning import objective as obj
 from tuning import report
@@ -41,7 +45,7 @@ def data_dir(tmp_path_factory):
     """Tiny preprocessed synthetic data WITHOUT its test split."""
     root = tmp_path_factory.mktemp("tuning_data")
     _, base = ts.parse([*TINY_FLAGS, f"--data_output_dir={root}"])
-    artifact_dir = pp.preprocess(base.data)
+    artifact_dir = preprocess.preprocess(base.data)
     shutil.rmtree(os.path.join(artifact_dir, "Split-test"))
     return str(root)
 
@@ -166,15 +170,18 @@ def test_each_tuner_gets_its_keras_tuner_oracle():
 
 
 def test_trial_values_become_train_flags():
-    assert sp.projector_string(512, 3) == "512-512-512"
+    assert sp.trial_settings({"projector_width": 512, "projector_depth": 3}) == {
+        "projector": ProjectorConfig((512, 512, 512))
+    }
     values = {"lambd": 0.02, "projector_width": 256, "projector_depth": 2, "tuner/epochs": 4}
     assert sp.train_flags(values) == {"lambd": 0.02, "projector": "256-256"}
     values = {"mask": 0.25, "reorder": 0.1, "crop": 0.875, "learning_rate": 0.003}
     flags = sp.train_flags(values)
     assert flags == {"augment": "mask:0.25,reorder:0.1,crop:0.875", "learning_rate": 0.003}
-    policy = aug.AugmentPolicy.from_string(flags["augment"])
+    policy = sp.trial_settings(values)["augment"]
+    assert policy == AugmentPolicy.from_string(flags["augment"])
     assert (policy.mask, policy.reorder, policy.crop) == (0.25, 0.1, 0.875)
-    base = cfg.TrainConfig(epochs=5)
+    base = TrainConfig(epochs=5)
     config = sp.trial_config(base, {"lambd": 0.03}, "/tmp/r", epochs=2, export=False)
     assert (config.lambd, config.projector, config.epochs, config.run_dir, config.export) == (
         0.03,
@@ -204,11 +211,11 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
 
 def test_objective_reads_only_train_and_eval(data_dir, tmp_path):
     _, base = ts.parse([*TINY_FLAGS, f"--data_output_dir={data_dir}"])
-    artifact_dir = pp.artifact_dir(base.data)
+    artifact_dir = preprocess.artifact_dir(base.data)
     assert not os.path.exists(os.path.join(artifact_dir, "Split-test"))
-    meta = bt_input.load_metadata(artifact_dir)
+    meta = dataset.load_metadata(artifact_dir)
     vocab = int(meta["vocab_sizes"]["items"])
-    encoder = encoders.SequenceEncoder(vocab, max_len=40, dim=16, num_blocks=1, name="encoder")
+    encoder = SequenceEncoder(vocab, max_len=40, dim=16, num_blocks=1, name="encoder")
 
     scores = {kind: obj.evaluate_objective(encoder, artifact_dir, kind) for kind in obj.OBJECTIVES}
     for kind, result in scores.items():
@@ -216,7 +223,7 @@ def test_objective_reads_only_train_and_eval(data_dir, tmp_path):
         assert 0.0 <= value <= 1.0, (kind, value)
         assert 0 < result["eval_users"] <= meta["num_users"]["eval"]
     # The default objective is exactly bt_tf.train's quick probe on eval users.
-    probe = train.genre_probe(encoder, artifact_dir, seed=0)
+    probe = genre_probe(encoder, artifact_dir, seed=0)
     fav = scores["favorite_genre"]
     assert fav["eval_favorite_genre_accuracy"] == probe["favorite_genre_accuracy"]
     assert fav["eval_users"] == probe["eval_users"]
@@ -255,12 +262,12 @@ def test_random_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path
     assert (out / report.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # bt_tf.train accepts the file and trains with exactly those values.
-    config = cfg.parse(
+    config = parse(
         [*TRAIN_FLAGS, f"--data_output_dir={data_dir}", f"--output_dir={tmp_path / 'r'}",
          "--epochs=1", "--no-probe", "--no-export", f"--hparams={out / 'best_hparams.json'}"]
     )  # fmt: skip
-    assert (config.lambd, config.projector) == (best["lambd"], best["projector"])
-    assert train.train(config)["epochs_completed"] == 1
+    assert (config.lambd, config.projector.to_string()) == (best["lambd"], best["projector"])
+    assert train(config)["epochs_completed"] == 1
 
     # The same command again: nothing is retrained.
     before = len(_events(out))
@@ -277,7 +284,7 @@ def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
     assert set(best) == {"temperature", "learning_rate"}
     assert 0.02 <= best["temperature"] <= 1.0 and 1e-4 <= best["learning_rate"] <= 1e-2
     assert 0.0 <= summary["best"]["objective"] <= 1.0
-    config = cfg.parse(
+    config = parse(
         [*TRAIN_FLAGS, f"--data_output_dir={data_dir}", f"--output_dir={tmp_path / 'r'}",
          "--model=de", "--epochs=1", "--no-probe", "--no-export",
          f"--hparams={out / 'best_hparams.json'}"]
@@ -287,7 +294,7 @@ def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
         best["learning_rate"],
     )
     assert config.encoder_kwargs(10)["causal"]  # the DE's query tower
-    assert train.train(config)["epochs_completed"] == 1
+    assert train(config)["epochs_completed"] == 1
 
 
 def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path):

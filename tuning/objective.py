@@ -33,11 +33,12 @@ from __future__ import annotations
 import numpy as np
 
 from bt_tf import features as F
-from bt_tf import input as bt_input
 from bt_tf import metrics, probes
-from bt_tf.embeddings import embed_split
+from bt_tf.data import dataset
+from bt_tf.data.embeddings import embed_split
+from bt_tf.training import genre_probe
 
-SEARCH_SPLITS = ("train", "eval")  # the only splits a search reads
+SEARCH_SPLITS = genre_probe.SPLITS  # the only splits a search reads: train, eval
 OBJECTIVES = {
     "favorite_genre": "eval_favorite_genre_accuracy",
     "next_item": "eval_next_item_hr@10",
@@ -46,7 +47,7 @@ OBJECTIVES = {
 _K = 10
 _KEEP = {
     "favorite_genre": [F.FUTURE_GENRE_IDS],
-    "next_item": [F.FUTURE_ITEM_IDS, bt_input.ITEMS],
+    "next_item": [F.FUTURE_ITEM_IDS, F.ITEMS],
     "liked_item": [F.FUTURE_ITEM_IDS, F.FUTURE_RATINGS],
 }
 
@@ -93,10 +94,10 @@ def evaluate_objective(
     if kind == "favorite_genre":
         score, n = _favorite_genre(emb, kept, seed)
     elif kind == "next_item":
-        num_items = int(bt_input.load_metadata(artifact_dir)["vocab_sizes"]["items"])
+        num_items = int(dataset.load_metadata(artifact_dir)["vocab_sizes"]["items"])
         score, n = _next_item(emb, kept, num_items, seed)
     else:
-        num_items = int(bt_input.load_metadata(artifact_dir)["vocab_sizes"]["items"])
+        num_items = int(dataset.load_metadata(artifact_dir)["vocab_sizes"]["items"])
         if item_embeddings is None and hasattr(encoder, "item_embedding"):
             item_embeddings = np.asarray(encoder.item_embedding.embeddings.numpy())
         score, n = _liked_item(emb, kept, num_items, item_embeddings, seed)
@@ -106,20 +107,11 @@ def evaluate_objective(
 
 
 def _favorite_genre(emb, kept, seed: int) -> tuple[float, int]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    xy = {}
-    for split in SEARCH_SPLITS:
-        y = probes.favorite_genre(kept[split][F.FUTURE_GENRE_IDS])
-        xy[split] = (emb[split][y >= 0], y[y >= 0])
-    (x_train, y_train), (x_eval, y_eval) = xy["train"], xy["eval"]
-    if not len(y_train) or not len(y_eval):
+    data = genre_probe.labelled(emb, kept)
+    if not len(data["train"][1]) or not len(data["eval"][1]):
         raise ValueError("favorite_genre needs train and eval users with future genres")
-    scaler = StandardScaler().fit(x_train)
-    head = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
-    head.fit(scaler.transform(x_train), y_train)
-    return float(head.score(scaler.transform(x_eval), y_eval)), len(y_eval)
+    scores = genre_probe.fit_and_score(data, seed)
+    return scores["favorite_genre_accuracy"], scores["eval_users"]
 
 
 def _next_item(emb, kept, num_items: int, seed: int) -> tuple[float, int]:
@@ -132,7 +124,7 @@ def _next_item(emb, kept, num_items: int, seed: int) -> tuple[float, int]:
             raise ValueError(f"next_item: no {split} user has an in-vocabulary next item")
     ev = rows["eval"]
     y_eval = targets["eval"][ev]
-    history_eval = kept["eval"][bt_input.ITEMS][ev]
+    history_eval = kept["eval"][F.ITEMS][ev]
 
     def hr_rows(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
         ranks = metrics.target_ranks(scores, y_eval[idx], exclude=history_eval[idx])

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from keras_tuner.engine.trial import Trial
 
-from tuning import space as sp
+from tuning import space
 
 BEST_HPARAMS = "best_hparams.json"
 TRIALS_MD = "trials.md"
@@ -50,7 +50,7 @@ def load_trials(project_dir: str, objective_name: str) -> list[dict]:
                 "trial_id": trial.trial_id,
                 "status": trial.status,
                 "values": values,
-                "flags": sp.train_flags(values),
+                "flags": space.train_flags(values),
                 "objective": last(objective_name),
                 "epochs": last("epochs"),
                 "wall_seconds": last("wall_seconds"),
@@ -92,7 +92,7 @@ def _fmt(value) -> str:
 def trials_table(trials: Sequence[dict], objective_name: str) -> str:
     """Markdown table, one row per trial; the best trial's id is bold."""
     best = best_trial(trials)
-    flag_names = [f for f in sp.SEARCHABLE_FLAGS if any(f in t["flags"] for t in trials)]
+    flag_names = [f for f in space.SEARCHABLE_FLAGS if any(f in t["flags"] for t in trials)]
     hyperband = any("tuner/epochs" in t["values"] for t in trials)
     header = ["trial", *flag_names, objective_name, "epochs", "wall time (s)", "status"]
     if hyperband:

@@ -78,11 +78,15 @@ import time
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras: before TensorFlow and KerasTuner)
-from bt_tf import config as cfg
+from bt_tf import runs
 from bt_tf.errors import UserError
-from tuning import objective as obj
-from tuning import report
-from tuning import space as sp
+from bt_tf.training import flags
+from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_settings
+from bt_tf.training.trainer import train
+from pipelines import preprocess
+from tuning import report, space
+from tuning.objective import OBJECTIVES, objective_name
+from tuning.tuner import BarlowTwinsTuner
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT_NAME = "search"
@@ -108,7 +112,7 @@ class SearchConfig:
     hyperband_iterations: int = 1
     num_initial_points: int | None = None  # bayesian; None: KerasTuner's 3 x dimensions
     tuner_seed: int = 1
-    space: sp.SearchSpace = sp.SearchSpace()
+    space: space.SearchSpace = space.SearchSpace()
     distributed_workers: int = 0
     oracle_ip: str = "127.0.0.1"
     oracle_port: int = 0  # 0: a free port
@@ -118,7 +122,7 @@ class SearchConfig:
     def __post_init__(self):
         if self.tuner not in TUNERS:
             raise ValueError(f"--tuner={self.tuner!r}: expected one of {TUNERS}")
-        obj.objective_name(self.objective)
+        objective_name(self.objective)
         if self.max_trials < 1 or self.max_epochs < 1:
             raise ValueError("--max_trials and --max_epochs must be >= 1")
         if self.tuner_seed < 1:
@@ -136,7 +140,7 @@ class SearchConfig:
 
     @property
     def objective_name(self) -> str:
-        return obj.objective_name(self.objective)
+        return objective_name(self.objective)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -171,14 +175,12 @@ def make_oracle(search: SearchConfig):
     )
 
 
-def make_tuner(search: SearchConfig, base: cfg.TrainConfig):
+def make_tuner(search: SearchConfig, base: TrainConfig):
     """A `BarlowTwinsTuner` on the search's project dir (reloads its state if any).
 
     Its role (single process, chief, worker) is KerasTuner's: the
     ``KERASTUNER_*`` environment variables of this process.
     """
-    from tuning.tuner import BarlowTwinsTuner
-
     return BarlowTwinsTuner(
         make_oracle(search),
         base,
@@ -189,7 +191,7 @@ def make_tuner(search: SearchConfig, base: cfg.TrainConfig):
     )
 
 
-def _comparable(search: SearchConfig, base: cfg.TrainConfig) -> dict:
+def _comparable(search: SearchConfig, base: TrainConfig) -> dict:
     skip = _RERUN_CHANGES + ("overwrite", "output_dir")
     s = {k: v for k, v in search.to_json().items() if k not in skip}
     t = {k: v for k, v in base.to_json().items() if k not in _RERUN_TRAIN_CHANGES}
@@ -197,7 +199,7 @@ def _comparable(search: SearchConfig, base: cfg.TrainConfig) -> dict:
     return json.loads(json.dumps({"search": s, "train": t}))  # tuples -> lists, as on disk
 
 
-def prepare(search: SearchConfig, base: cfg.TrainConfig) -> None:
+def prepare(search: SearchConfig, base: TrainConfig) -> None:
     """Starts over (``overwrite``) or checks that a rerun continues the same search.
 
     Writes ``search_config.json``. Raises UserError (a ValueError) naming the differing
@@ -246,29 +248,28 @@ def write_reports(search: SearchConfig) -> dict:
     )
 
 
-def export_best(search: SearchConfig, base: cfg.TrainConfig, best: dict) -> dict:
+def export_best(search: SearchConfig, base: TrainConfig, best: dict) -> dict:
     """Retrains the best trial's configuration in ``<output_dir>/best_run`` and exports it.
 
     A ``best_run`` of an earlier, different best configuration is replaced; one of
-    the same configuration is resumed or reused (see `bt_tf.train.train`).
+    the same configuration is resumed or reused (see `bt_tf.training.train`).
     """
-    from bt_tf import train
-
     epochs = int(best["epochs"]) if best.get("epochs") else base.epochs
     run_dir = os.path.join(search.output_dir, BEST_RUN)
-    config = sp.trial_config(base, best["values"], run_dir, epochs=epochs, probe=True, export=True)
-    recorded_path = os.path.join(run_dir, train.CONFIG_FILE)
-    if os.path.exists(recorded_path):
-        with open(recorded_path) as f:
-            recorded = json.load(f)
-        new = json.loads(json.dumps(config.to_json()))
-        if any(recorded.get(k) != v for k, v in new.items() if k not in cfg.RESUMABLE_CHANGES):
+    config = space.trial_config(
+        base, best["values"], run_dir, epochs=epochs, probe=True, export=True
+    )
+    recorded = runs.recorded_settings(run_dir)
+    if recorded is not None:
+        old = comparable_settings(recorded)
+        new = comparable_settings(json.loads(json.dumps(config.to_json())))
+        if any(old.get(k) != v for k, v in new.items() if k not in RESUMABLE_CHANGES):
             print(f"replacing {run_dir}: it holds an earlier best configuration")
             shutil.rmtree(run_dir)
-    return train.train(config)
+    return train(config)
 
 
-def run_search(search: SearchConfig, base: cfg.TrainConfig, *, role: str = "single") -> dict:
+def run_search(search: SearchConfig, base: TrainConfig, *, role: str = "single") -> dict:
     """Runs this process's part of the search and returns its summary.
 
     Args:
@@ -282,11 +283,9 @@ def run_search(search: SearchConfig, base: cfg.TrainConfig, *, role: str = "sing
       ``{"best_hparams", "best", "trials"}`` for single/chief (see
       `tuning.report.write_reports`), ``{}`` for a worker.
     """
-    from pipelines import preprocess as pp
-
     if role != "worker":
         prepare(search, base)
-    pp.preprocess(base.data)  # once, before any trial (no-op when the artifacts exist)
+    preprocess.preprocess(base.data)  # once, before any trial (no-op when the artifacts exist)
     tuner = make_tuner(search, base)
     if role == "single":
         tuner.search_space_summary()
@@ -407,12 +406,13 @@ def _positive_ints(what: str):
 TRAINING_GROUP = "training flags (passed to bt_tf.train, for every trial)"
 
 
+# long: one declaration per flag, in help order; nothing else happens here
 def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
     """The tuner's own flags; with `passed`, the training flags too (for --help and checks).
 
-    Everything but the tuner's own flags goes to `bt_tf.config.parse`.
+    Everything but the tuner's own flags goes to `bt_tf.training.config.parse`.
     """
-    d, s = SearchConfig(output_dir=""), sp.SearchSpace()
+    d, s = SearchConfig(output_dir=""), space.SearchSpace()
     p = cli.ArgumentParser(
         "tuning.search",
         description=cli.summary(__doc__),
@@ -425,7 +425,7 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
     add(
         "--objective",
         default=d.objective,
-        choices=sorted(obj.OBJECTIVES),
+        choices=sorted(OBJECTIVES),
         help="probe metric on eval users that the search maximizes",
     )
     add("--max_trials", type=int, default=d.max_trials, help="trials of random/bayesian")
@@ -481,7 +481,7 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help=f"fix a dimension, repeatable; NAME in {', '.join(sp.PIN_NAMES)}",
+        help=f"fix a dimension, repeatable; NAME in {', '.join(space.PIN_NAMES)}",
     )
     add(
         "--distributed_workers",
@@ -504,22 +504,22 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         help="start the search over (delete the trials and reports in OUTPUT_DIR)",
     )
     if passed:
-        cli.add_passed_flags(p, TRAINING_GROUP, cfg.add_flags)
-        cfg.apply_dataset_defaults(p, argv)
+        cli.add_passed_flags(p, TRAINING_GROUP, flags.add_flags)
+        flags.apply_dataset_defaults(p, argv)
     return p
 
 
 def _explicit_training_flags(argv: Sequence[str]) -> dict:
     """The training flags given on the command line, by dest (defaults suppressed)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
-    cfg.add_flags(parser)
+    flags.add_flags(parser)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     given, _ = parser.parse_known_args(argv)
     return vars(given)
 
 
-def parse(argv: Sequence[str]) -> tuple[SearchConfig, cfg.TrainConfig]:
+def parse(argv: Sequence[str]) -> tuple[SearchConfig, TrainConfig]:
     """Command line -> (search settings, base training config).
 
     Pins: every ``--pin``, plus the searchable training flags of the model
@@ -527,7 +527,7 @@ def parse(argv: Sequence[str]) -> tuple[SearchConfig, cfg.TrainConfig]:
     """
     build_parser(argv).parse_known_args(argv)  # --help; a bad value stops here
     args, rest = build_parser(argv, passed=False).parse_known_args(argv)
-    base = cfg.parse(rest)
+    base = flags.parse(rest)
     try:
         return _configs(args, rest, base)
     except ValueError as err:
@@ -536,17 +536,17 @@ def parse(argv: Sequence[str]) -> tuple[SearchConfig, cfg.TrainConfig]:
         raise UserError(str(err)) from None
 
 
-def _configs(args, rest: Sequence[str], base: cfg.TrainConfig):
-    pins = dict(sp.parse_pin(text) for text in args.pin)
+def _configs(args, rest: Sequence[str], base: TrainConfig):
+    pins = dict(space.parse_pin(text) for text in args.pin)
     given = _explicit_training_flags(rest)
     from_file = {}
     if given.get("hparams"):
         with open(os.path.expanduser(given["hparams"])) as f:
             from_file = json.load(f)
-    for name in sp.searchable_flags(base.model):
+    for name in space.searchable_flags(base.model):
         if (name in given or name in from_file) and name not in pins:
-            pins[name] = getattr(base, name)
-    space = sp.SearchSpace(
+            pins[name] = base.to_json()[name]  # the flag's spelling: KerasTuner keeps it
+    search_space = space.SearchSpace(
         model=base.model,
         lambd_range=args.lambd_range,
         learning_rate_range=args.learning_rate_range,
@@ -567,7 +567,7 @@ def _configs(args, rest: Sequence[str], base: cfg.TrainConfig):
         hyperband_iterations=args.hyperband_iterations,
         num_initial_points=args.num_initial_points,
         tuner_seed=args.tuner_seed,
-        space=space,
+        space=search_space,
         distributed_workers=args.distributed_workers,
         oracle_ip=args.oracle_ip,
         oracle_port=args.oracle_port,
@@ -595,10 +595,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if role is not None:
         return run_search(search, base, role=role)
     if search.distributed_workers:
-        from pipelines import preprocess as pp
-
         prepare(search, base)
-        pp.preprocess(base.data)  # once, so the workers do not race to write it
+        preprocess.preprocess(base.data)  # once, so the workers do not race to write it
         launch_local(argv, search, dict(os.environ))
         summary = write_reports(search)  # the chief wrote them; re-read for the summary
     else:

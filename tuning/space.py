@@ -1,5 +1,5 @@
 """The search space: which `TrainConfig` fields are tuned, over what, and how a
-trial's values become the `TrainConfig` that `bt_tf.train.train` runs.
+trial's values become the `TrainConfig` that `bt_tf.training.train` runs.
 
 KerasTuner hyperparameter names (the keys of a trial's values):
 
@@ -47,7 +47,9 @@ from typing import Any
 
 import keras_tuner
 
-from bt_tf import config as cfg
+from bt_tf.data.augment import AugmentPolicy
+from bt_tf.modeling.projector import ProjectorConfig
+from bt_tf.training.config import TrainConfig
 
 # TrainConfig fields (= flag names of `bt_tf.train`) that a search may set.
 SEARCHABLE_FLAGS = ("lambd", "projector", "augment", "learning_rate", "temperature", "bt_weight")
@@ -253,66 +255,62 @@ def parse_pin(text: str) -> tuple[str, Any]:
         ) from err
 
 
-def projector_string(width: int, depth: int) -> str:
-    """``(512, 3)`` -> ``"512-512-512"`` (the `--projector` format)."""
-    return "-".join([str(int(width))] * int(depth))
+def _three_digits(value: float) -> float:
+    return float(f"{float(value):.3g}")
 
 
-def projector_width(projector: str) -> int:
-    """The last (output) width of a projector string, ``"512-512-256"`` -> 256."""
-    return int(projector.split("-")[-1])
+def trial_settings(values: Mapping[str, Any], base: TrainConfig | None = None) -> dict:
+    """A trial's hyperparameter values -> ``{TrainConfig field: typed value}``.
 
-
-def augment_string(
-    mask: float, reorder: float, crop: float, substitute: float = 0.0, insert: float = 0.0
-) -> str:
-    """The `--augment` policy of the searched strengths, 3 significant digits
-    (substitute/insert only when > 0: at 0 the op, and its table, are skipped)."""
-    out = f"mask:{mask:.3g},reorder:{reorder:.3g},crop:{crop:.3g}"
-    for name, value in (("substitute", substitute), ("insert", insert)):
-        if float(f"{value:.3g}") > 0:
-            out += f",{name}:{value:.3g}"
-    return out
-
-
-def train_flags(values: Mapping[str, Any], base: cfg.TrainConfig | None = None) -> dict:
-    """A trial's hyperparameter values -> ``{TrainConfig field: value}``.
-
-    Only the fields the values determine appear (keys in `SEARCHABLE_FLAGS`);
-    this is the content of ``best_hparams.json``. ``base`` fills an augment
-    part that is missing from ``values`` (mask/reorder/crop/substitute/insert
-    are set together).
+    Only the fields the values determine appear (keys in `SEARCHABLE_FLAGS`):
+    ``projector`` a `ProjectorConfig` (``depth`` layers of ``width``),
+    ``augment`` an `AugmentPolicy` (strengths to 3 significant digits;
+    substitute/insert only when > 0: at 0 the op, and its table, are skipped).
+    Pinned ``projector``/``augment`` values are flag strings (KerasTuner keeps
+    plain values), parsed here. ``base`` fills an augment part that is missing
+    from ``values`` (mask/reorder/crop/substitute/insert are set together).
     """
     out: dict[str, Any] = {}
     if "lambd" in values:
         out["lambd"] = float(values["lambd"])
     if "projector" in values:
-        out["projector"] = str(values["projector"])
+        out["projector"] = ProjectorConfig.from_string(str(values["projector"]))
     elif "projector_width" in values or "projector_depth" in values:
         if not ("projector_width" in values and "projector_depth" in values):
             raise ValueError(f"need both projector_width and projector_depth in {dict(values)}")
-        out["projector"] = projector_string(values["projector_width"], values["projector_depth"])
+        width, depth = int(values["projector_width"]), int(values["projector_depth"])
+        out["projector"] = ProjectorConfig((width,) * depth)
     if "augment" in values:
-        out["augment"] = str(values["augment"])
+        out["augment"] = AugmentPolicy.from_string(str(values["augment"]))
     elif any(name in values for name in _AUGMENT_PARTS):
-        from bt_tf import augment as aug
-
-        default = aug.AugmentPolicy.from_string((base or cfg.TrainConfig()).augment)
+        default = (base or TrainConfig()).augment
         parts = {
             name: float(values[name]) if name in values else (getattr(default, name) or 0.0)
             for name in _AUGMENT_PARTS
         }
         parts["crop"] = parts["crop"] or 1.0  # no crop in the base policy: keep everything
-        out["augment"] = augment_string(**parts)
+        strengths = {name: _three_digits(value) for name, value in parts.items()}
+        for name in ("substitute", "insert"):
+            strengths[name] = strengths[name] or None
+        out["augment"] = AugmentPolicy(**strengths)
     for name in ("learning_rate", "temperature", "bt_weight"):
         if name in values:
             out[name] = float(values[name])
     return out
 
 
+def train_flags(values: Mapping[str, Any], base: TrainConfig | None = None) -> dict:
+    """`trial_settings` as flag values (``projector``/``augment`` as their flag strings):
+    the content of ``best_hparams.json``, which ``--hparams`` reads back."""
+    return {
+        name: value.to_string() if name in ("projector", "augment") else value
+        for name, value in trial_settings(values, base).items()
+    }
+
+
 def trial_config(
-    base: cfg.TrainConfig, values: Mapping[str, Any], run_dir: str, **overrides
-) -> cfg.TrainConfig:
+    base: TrainConfig, values: Mapping[str, Any], run_dir: str, **overrides
+) -> TrainConfig:
     """The training config of one trial: ``base`` with the trial's values, its
     run directory, and ``overrides`` (e.g. ``epochs=``, ``probe=False``)."""
-    return dataclasses.replace(base, run_dir=run_dir, **train_flags(values, base), **overrides)
+    return dataclasses.replace(base, run_dir=run_dir, **trial_settings(values, base), **overrides)

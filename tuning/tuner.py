@@ -1,7 +1,7 @@
 """A KerasTuner `Tuner` whose trials run the production trainer (STYLE.md item 8).
 
 `BarlowTwinsTuner.run_trial` reads a trial's hyperparameters, builds its
-`TrainConfig` (`tuning.space.trial_config`), calls `bt_tf.train.train` under
+`TrainConfig` (`tuning.space.trial_config`), calls `bt_tf.training.train` under
 the trial's directory and returns a metrics dict: KerasTuner's own
 `Tuner.run_trial` builds and fits a Keras 3 model, and rejects `tf_keras`
 models, so it is never used here.
@@ -34,11 +34,13 @@ import keras_tuner
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import config as cfg
-from bt_tf import export, train
-from bt_tf import input as bt_input
-from tuning import objective as obj
-from tuning import space as sp
+from bt_tf import runs
+from bt_tf.data import dataset
+from bt_tf.serving.export import restore_encoder
+from bt_tf.training.config import TrainConfig
+from bt_tf.training.trainer import data_width, train
+from tuning import space
+from tuning.objective import evaluate_objective, objective_name
 
 RUN_DIR = "run"
 OBJECTIVE_FILE = "objective.json"
@@ -66,10 +68,10 @@ def continue_run(parent_run_dir: str, run_dir: str) -> None:
     The copy is made under a temporary name and renamed, so a kill during the
     copy leaves no half run directory. The copy's ``config.json`` is pointed
     at its new location (`train` refuses a run dir whose recorded settings
-    differ in anything but the resumable ones, see `bt_tf.config.RESUMABLE_CHANGES`),
+    differ in anything but the resumable ones, see `bt_tf.training.config.RESUMABLE_CHANGES`),
     and the parent's ``metrics.json`` and objective are dropped.
     """
-    if not os.path.exists(os.path.join(parent_run_dir, train.CHECKPOINT_DIR)):
+    if not os.path.exists(os.path.join(parent_run_dir, runs.CHECKPOINT_DIR)):
         raise FileNotFoundError(
             f"Hyperband continues {parent_run_dir} but it has no checkpoints; was that "
             "trial's directory deleted?"
@@ -77,11 +79,11 @@ def continue_run(parent_run_dir: str, run_dir: str) -> None:
     partial = run_dir + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(parent_run_dir, partial)
-    for name in (train.METRICS_FILE, OBJECTIVE_FILE):
+    for name in (runs.METRICS_FILE, OBJECTIVE_FILE):
         path = os.path.join(partial, name)
         if os.path.exists(path):
             os.remove(path)
-    config_path = os.path.join(partial, train.CONFIG_FILE)
+    config_path = os.path.join(partial, runs.CONFIG_FILE)
     with open(config_path) as f:
         recorded = json.load(f)
     recorded["run_dir"] = run_dir
@@ -91,7 +93,7 @@ def continue_run(parent_run_dir: str, run_dir: str) -> None:
 
 
 class BarlowTwinsTuner(keras_tuner.Tuner):
-    """Runs each trial with `bt_tf.train.train` and scores it on eval users.
+    """Runs each trial with `bt_tf.training.train` and scores it on eval users.
 
     Args:
       oracle: a KerasTuner oracle (RandomSearch, BayesianOptimization,
@@ -107,7 +109,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
     def __init__(
         self,
         oracle: keras_tuner.Oracle,
-        base_config: cfg.TrainConfig,
+        base_config: TrainConfig,
         objective_kind: str = "favorite_genre",
         *,
         directory: str,
@@ -127,7 +129,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
             self.oracle.reload()
         self.base_config = base_config
         self.objective_kind = objective_kind
-        self.objective_name = obj.objective_name(objective_kind)
+        self.objective_name = objective_name(objective_kind)
         self.events_path = events_path
 
     def run_trial(self, trial, *args, **kwargs) -> dict:
@@ -144,7 +146,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
         start = time.time()
         if parent and not os.path.exists(run_dir):
             continue_run(trial_run_dir(self.project_dir, parent), run_dir)
-        config = sp.trial_config(
+        config = space.trial_config(
             self.base_config, values, run_dir, epochs=epochs, probe=False, export=False
         )
         result = self._score(config)
@@ -155,11 +157,11 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
         )
         return result
 
-    def _score(self, config: cfg.TrainConfig) -> dict:
+    def _score(self, config: TrainConfig) -> dict:
         """Trains (or resumes, or reuses) the run, then its objective (cached per run)."""
         cache = os.path.join(config.run_dir, OBJECTIVE_FILE)
         tf.keras.backend.clear_session()
-        metrics = train.train(config)
+        metrics = train(config)
         epochs_done = int(metrics["epochs_completed"])
         if os.path.exists(cache):
             with open(cache) as f:
@@ -167,9 +169,9 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
             if cached.get("epochs") == epochs_done and self.objective_name in cached:
                 return cached
         artifact_dir = metrics["artifact_dir"]
-        width = train.data_width(config, bt_input.load_metadata(artifact_dir))
-        encoder, _ = export.restore_encoder(config.run_dir)
-        scores = obj.evaluate_objective(
+        width = data_width(config, dataset.load_metadata(artifact_dir))
+        encoder, _ = restore_encoder(config.run_dir)
+        scores = evaluate_objective(
             encoder, artifact_dir, self.objective_kind, max_len=width, seed=config.seed
         )
         final = metrics.get("final", {})
@@ -192,5 +194,5 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
 
     def load_model(self, trial):
         """The trial's trained encoder (restored from its run directory)."""
-        encoder, _ = export.restore_encoder(trial_run_dir(self.project_dir, trial.trial_id))
+        encoder, _ = restore_encoder(trial_run_dir(self.project_dir, trial.trial_id))
         return encoder

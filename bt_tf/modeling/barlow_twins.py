@@ -2,7 +2,7 @@
 
 `BarlowTwinsModel` wraps a `SequenceEncoder` and a projector. `fit` consumes
 batches `{"view1": int [B, L], "view2": int [B, L]}` (two augmented views of
-the same B users, from `bt_tf.input`); `call`/`predict` return the encoder's
+the same B users, from `bt_tf.data.dataset`); `call`/`predict` return the encoder's
 user embedding `[B, dim]`, which is what downstream probes and export use.
 """
 
@@ -11,10 +11,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
-from bt_tf.losses import barlow_twins_terms
-
-VIEW1 = "view1"
-VIEW2 = "view2"
+from bt_tf.distribute import num_replicas
+from bt_tf.features import VIEW1, VIEW2
+from bt_tf.modeling.losses import barlow_twins_terms
 
 
 def _views(data):
@@ -26,31 +25,9 @@ def _views(data):
         raise ValueError(
             f"BarlowTwinsModel expects batches {{{VIEW1!r}: int [B, L], {VIEW2!r}: "
             f"int [B, L]}} (two augmented views), got {got}. Build the dataset with "
-            "bt_tf.input's pre-training pipeline."
+            "bt_tf.data.dataset's pre-training pipeline."
         )
     return data[VIEW1], data[VIEW2]
-
-
-def set_precision(policy: str | None) -> None:
-    """Sets the global Keras dtype policy (None = "float32"); call before building models.
-
-    Under ``mixed_float16``/``mixed_bfloat16`` layers compute in 16 bits and
-    keep float32 variables; the Barlow Twins cross-correlation and loss cast
-    the projector outputs to float32 (`bt_tf.losses`).
-    """
-    tf.keras.mixed_precision.set_global_policy(policy or "float32")
-
-
-def optimizer_for_policy(optimizer):
-    """``optimizer`` wrapped in a dynamic `LossScaleOptimizer` under ``mixed_float16``.
-
-    (float16 gradients underflow without loss scaling; bfloat16 has float32's
-    range and needs none.) Wrapping here rather than letting `compile` do it
-    puts the loss scale in the checkpoint beside the optimizer.
-    """
-    if tf.keras.mixed_precision.global_policy().name == "mixed_float16":
-        return tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 class BarlowTwinsModel(tf.keras.Model):
@@ -118,8 +95,7 @@ class BarlowTwinsModel(tf.keras.Model):
             # shard's share of the gradient and apply_gradients SUMs over the
             # R replicas, so the loss is divided by R here: the applied
             # gradient is then exactly dL/dθ, as on one device.
-            num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-            scaled_loss = loss / num_replicas
+            scaled_loss = loss / num_replicas()
         self.optimizer.minimize(scaled_loss, self.trainable_variables, tape=tape)
         return self._update_metrics(loss, terms)
 

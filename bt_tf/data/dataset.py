@@ -53,14 +53,9 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from bt_tf import augment as aug
 from bt_tf import features as F
-
-ITEMS = "items"
-LENGTH = "length"
-FUTURE_LENGTH = "future_length"
-VIEW1 = "view1"
-VIEW2 = "view2"
+from bt_tf.data import augment
+from bt_tf.features import FUTURE_LENGTH, ITEMS, LENGTH, VIEW1, VIEW2
 
 # Ragged genre ids and the per-item counts that partition them.
 _RAGGED_PAIRS = {
@@ -176,8 +171,8 @@ def train_histories(artifact_dir: str, batch_size: int = 4096) -> tuple[np.ndarr
 @functools.lru_cache(maxsize=4)
 def cooccurrence_table(
     artifact_dir: str,
-    top_k: int = aug.COOCCURRENCE_TOP_K,
-    window: int = aug.COOCCURRENCE_WINDOW,
+    top_k: int = augment.COOCCURRENCE_TOP_K,
+    window: int = augment.COOCCURRENCE_WINDOW,
 ) -> np.ndarray:
     """`augment.cooccurrence_table` of the train split's histories (read-only, cached).
 
@@ -188,7 +183,7 @@ def cooccurrence_table(
     vocab_size = int(load_metadata(artifact_dir)["vocab_sizes"]["items"])
     values, row_lengths = train_histories(artifact_dir)
     try:
-        table = aug.cooccurrence_table(values, row_lengths, vocab_size, top_k, window)
+        table = augment.cooccurrence_table(values, row_lengths, vocab_size, top_k, window)
     except ValueError as err:
         raise ValueError(f"Train histories of {artifact_dir!r}: {err}") from None
     table.setflags(write=False)
@@ -510,7 +505,7 @@ def make_dataset(
     seed: int = 0,
     repeat: bool = False,
     drop_remainder: bool = False,
-    augment_policy: aug.AugmentPolicy | None = None,
+    augment_policy: augment.AugmentPolicy | None = None,
     cooccurrence: np.ndarray | None = None,
     input_context: tf.distribute.InputContext | None = None,
     num_parallel_reads: int = 8,
@@ -629,17 +624,9 @@ def make_dataset(
     meta = load_metadata(artifact_dir)
     max_len = int(meta["max_len"] if max_len is None else max_len)
     future_len = int(meta["future_len"] if future_len is None else future_len)
-    if max_len < 1 or future_len < 1:
-        raise ValueError(f"max_len ({max_len}) and future_len ({future_len}) must be >= 1.")
-    if outputs is not None and augment_policy is None and {VIEW1, VIEW2} & set(outputs):
-        raise ValueError(
-            f"outputs {list(outputs)} asks for {VIEW1!r}/{VIEW2!r}, which need an "
-            "augment_policy (e.g. AugmentPolicy.from_string('mask:0.3,reorder:0.3'))."
-        )
     boundaries = parse_bucket_boundaries(bucket_boundaries)
     spec = _needed(feature_spec(load_schema(artifact_dir)), outputs)
-    if F.HISTORY_ITEM_IDS not in spec and (outputs is None or augment_policy is not None):
-        raise ValueError(f"The schema of {artifact_dir!r} has no {F.HISTORY_ITEM_IDS!r}.")
+    _check_request(artifact_dir, spec, max_len, future_len, outputs, augment_policy)
     if boundaries and F.HISTORY_ITEM_IDS not in spec:
         raise ValueError(
             f"bucket_boundaries={bucket_boundaries!r} buckets by history length, but outputs "
@@ -652,13 +639,12 @@ def make_dataset(
         num_pipelines = input_context.num_input_pipelines
         pipeline_id = input_context.input_pipeline_id
         per_batch = input_context.get_per_replica_batch_size(batch_size)
-    by_file = num_pipelines > 1 and len(files) >= num_pipelines
     in_memory = cache or bool(boundaries)
     records = _records(
         files,
         num_pipelines=num_pipelines,
         pipeline_id=pipeline_id,
-        by_file=by_file,
+        by_file=num_pipelines > 1 and len(files) >= num_pipelines,
         shuffle_files=shuffle and not in_memory,
         seed=seed,
         num_parallel_reads=num_parallel_reads,
@@ -710,32 +696,51 @@ def make_dataset(
         ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     if augment_policy is not None:
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        table = None
-        if augment_policy.needs_cooccurrence:
-            if cooccurrence is None:
-                cooccurrence = cooccurrence_table(artifact_dir)
-            table = tf.constant(cooccurrence, tf.int32)  # a constant of the dataset graph
-
-        @tf.autograph.experimental.do_not_convert
-        def add_views(batch, draw):
-            # Per-batch stateless seed; the pipeline id keeps workers' views apart.
-            batch_seed = tf.stack([draw, tf.constant(pipeline_id, tf.int64)])
-            batch[VIEW1], batch[VIEW2] = aug.two_views(
-                batch[ITEMS], batch_seed, augment_policy, table
-            )
-            return batch
-
-        ds = tf.data.Dataset.zip((ds, draws)).map(
-            add_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+        if augment_policy.needs_cooccurrence and cooccurrence is None:
+            cooccurrence = cooccurrence_table(artifact_dir)
+        ds = _add_views(ds, augment_policy, cooccurrence, seed=seed, pipeline_id=pipeline_id)
     if keep is not None and ITEMS not in keep:
         ds = ds.map(lambda b: {k: v for k, v in b.items() if k != ITEMS})
+    return _finish(ds, sharded=input_context is not None)
 
+
+def _check_request(artifact_dir, spec, max_len, future_len, outputs, augment_policy) -> None:
+    """ValueError for a `make_dataset` request that cannot be served (says why)."""
+    if max_len < 1 or future_len < 1:
+        raise ValueError(f"max_len ({max_len}) and future_len ({future_len}) must be >= 1.")
+    if outputs is not None and augment_policy is None and {VIEW1, VIEW2} & set(outputs):
+        raise ValueError(
+            f"outputs {list(outputs)} asks for {VIEW1!r}/{VIEW2!r}, which need an "
+            "augment_policy (e.g. AugmentPolicy.from_string('mask:0.3,reorder:0.3'))."
+        )
+    if F.HISTORY_ITEM_IDS not in spec and (outputs is None or augment_policy is not None):
+        raise ValueError(f"The schema of {artifact_dir!r} has no {F.HISTORY_ITEM_IDS!r}.")
+
+
+def _add_views(ds, policy, cooccurrence, *, seed: int, pipeline_id: int) -> tf.data.Dataset:
+    """Adds ``view1``/``view2`` of each batch's items (stateless per-batch seeds)."""
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    table = None
+    if policy.needs_cooccurrence:
+        table = tf.constant(cooccurrence, tf.int32)  # a constant of the dataset graph
+
+    @tf.autograph.experimental.do_not_convert
+    def add_views(batch, draw):
+        # Per-batch stateless seed; the pipeline id keeps workers' views apart.
+        batch_seed = tf.stack([draw, tf.constant(pipeline_id, tf.int64)])
+        batch[VIEW1], batch[VIEW2] = augment.two_views(batch[ITEMS], batch_seed, policy, table)
+        return batch
+
+    return tf.data.Dataset.zip((ds, draws)).map(
+        add_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+def _finish(ds: tf.data.Dataset, *, sharded: bool) -> tf.data.Dataset:
+    """Prefetch and deterministic options (never auto-shard what is ``sharded`` already)."""
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
-    if input_context is not None:
-        # Already sharded above; never shard a second time.
+    if sharded:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options)

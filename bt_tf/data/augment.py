@@ -32,7 +32,7 @@ substitution/insertion of correlated items as in CoSeRec):
   items (positions chosen as for substitute), a correlated item drawn the same
   way is inserted. The row grows to ``len + floor(rho * len)``; when that
   exceeds ``max_len`` the OLDEST items are dropped (the batch keeps the most
-  recent ``max_len`` items, as `bt_tf.input` does), and the row stays
+  recent ``max_len`` items, as `bt_tf.data.dataset` does), and the row stays
   right-padded.
 
 The co-occurrence table (`cooccurrence_table`, built once in numpy from the
@@ -74,6 +74,7 @@ _EXTRA_COLUMNS = 2
 # The fixed order `augment` applies the ops in (see `AugmentPolicy`).
 OP_ORDER = ("crop", "insert", "substitute", "reorder", "mask")
 _TABLE_OPS = ("substitute", "insert")  # ops that read the co-occurrence table
+_FLAG_ORDER = ("mask", "reorder", "crop", "substitute", "insert")  # `to_string`
 
 # Defaults of the co-occurrence table (`cooccurrence_table`).
 COOCCURRENCE_TOP_K = 10
@@ -516,7 +517,7 @@ class AugmentPolicy:
       apply_prob: per-row probability that each used op is applied.
 
     ``substitute`` and ``insert`` need a co-occurrence table
-    (`needs_cooccurrence`); `bt_tf.input.make_dataset` builds it from the
+    (`needs_cooccurrence`); `bt_tf.data.dataset.make_dataset` builds it from the
     train split.
     """
 
@@ -571,8 +572,12 @@ class AugmentPolicy:
         return cls(**values)
 
     def to_string(self) -> str:
-        """Inverse of `from_string` (``"none"`` for the identity policy)."""
-        parts = [f"{n}:{getattr(self, n):g}" for n in OP_ORDER if getattr(self, n) is not None]
+        """Inverse of `from_string` (``"none"`` for the identity policy).
+
+        The ops come in the order of the ``--augment`` help (mask, reorder, crop,
+        substitute, insert), so that the usual spellings round-trip unchanged.
+        """
+        parts = [f"{n}:{getattr(self, n):g}" for n in _FLAG_ORDER if getattr(self, n) is not None]
         if not parts:
             return "none"
         if self.apply_prob != 1.0:
@@ -618,7 +623,7 @@ def _check_table(policy: AugmentPolicy, table):
     if table is None:
         raise ValueError(
             f"Augmentation policy {policy.to_string()!r} uses substitute/insert, which need "
-            "a co-occurrence table: pass table=cooccurrence_table(...) (bt_tf.input."
+            "a co-occurrence table: pass table=cooccurrence_table(...) (bt_tf.data.dataset."
             "make_dataset builds it from the train split)."
         )
     table = tf.convert_to_tensor(table)

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
+from bt_tf.distribute import all_sum
 
 
 class BarlowTwinsTerms(NamedTuple):
@@ -44,14 +45,6 @@ def off_diagonal(x: tf.Tensor) -> tf.Tensor:
     """The off-diagonal elements of a square `[n, n]` matrix, as `[n - 1, n]`."""
     n = tf.shape(x)[0]
     return tf.reshape(tf.reshape(x, [-1])[:-1], [n - 1, n + 1])[:, 1:]
-
-
-def _all_sum(values):
-    """SUM over replicas inside a multi-replica context; the identity otherwise."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return values
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def cross_correlation(z1: tf.Tensor, z2: tf.Tensor, *, eps: float = 1e-5) -> tf.Tensor:
@@ -74,12 +67,12 @@ def cross_correlation(z1: tf.Tensor, z2: tf.Tensor, *, eps: float = 1e-5) -> tf.
     # Two rounds of all-reduce: first the count and per-dimension sums (global
     # means), then the centered second moments (global variances and the
     # unnormalized c). Two passes are more accurate than E[z²] - E[z]².
-    n, sum1, sum2 = _all_sum(
+    n, sum1, sum2 = all_sum(
         [tf.cast(tf.shape(z1)[0], tf.float32), tf.reduce_sum(z1, 0), tf.reduce_sum(z2, 0)]
     )
     d1 = z1 - sum1 / n
     d2 = z2 - sum2 / n
-    sq1, sq2, cross = _all_sum(
+    sq1, sq2, cross = all_sum(
         [tf.reduce_sum(d1 * d1, 0), tf.reduce_sum(d2 * d2, 0), tf.matmul(d1, d2, transpose_a=True)]
     )
     std1 = tf.sqrt(sq1 / n + eps)

@@ -38,7 +38,7 @@ ablation's mechanism). The loss is the mean cross-entropy over all valid
 (user, position) queries of the global batch.
 
 Batches: `DualEncoderModel` reads `{"items": int [B, L]}` (right-padded
-histories, as `bt_tf.input.make_dataset` gives them); `JointModel`
+histories, as `bt_tf.data.dataset.make_dataset` gives them); `JointModel`
 additionally reads `{"view1", "view2"}` (two augmented views of the full
 history, as `BarlowTwinsModel`). Extra keys are ignored.
 
@@ -66,12 +66,11 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
-from bt_tf.features import NUM_RESERVED, PAD_ID
-from bt_tf.input import ITEMS
-from bt_tf.losses import barlow_twins_terms
-from bt_tf.models import VIEW1, VIEW2
+from bt_tf.distribute import gather_global, num_replicas, replica_context
+from bt_tf.features import ITEMS, NUM_RESERVED, PAD_ID, VIEW1, VIEW2
+from bt_tf.modeling.losses import barlow_twins_terms
 
-# Pinned so that eager (CPU kernel) and XLA draw the same bits (as bt_tf.augment).
+# Pinned so that eager (CPU kernel) and XLA draw the same bits (as bt_tf.data.augment).
 _ALG = "philox"
 # Stateless-seed step used outside training (evaluate, compute_loss by hand):
 # the same batch then always gets the same candidates.
@@ -147,7 +146,7 @@ def _batch(data, extra_keys: Sequence[str] = (), model_name: str = "DualEncoderM
         raise ValueError(
             f"{model_name} expects batches with keys {list(keys)} ({ITEMS!r}: int [B, L] "
             f"right-padded histories; every position is a next-item pair), got {got}. "
-            "Build them with bt_tf.input.make_dataset"
+            "Build them with bt_tf.data.dataset.make_dataset"
             + (" and an augment_policy." if extra_keys else ".")
         )
     return data
@@ -273,36 +272,6 @@ class RetrievalTerms(NamedTuple):
     queries: tf.Tensor  # [b, L, dim] this replica's per-position user vectors
     targets: tf.Tensor  # [b, L] next item of each position, PAD_ID where no pair
     valid: tf.Tensor  # [b, L] bool, the positions that are queries
-
-
-def _replica_context():
-    """The replica context when running on several replicas, else None."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return None
-    return ctx
-
-
-def _num_replicas() -> int:
-    ctx = tf.distribute.get_replica_context()
-    return 1 if ctx is None else ctx.num_replicas_in_sync
-
-
-def _gather_targets(ctx, targets: tf.Tensor) -> tf.Tensor:
-    """All-gathers `[b, L]` targets over replicas: the global batch, replica 0 first.
-
-    Every replica gets the same array (the rows in global-batch order), so
-    candidates drawn from it with a shared seed are the same everywhere and
-    the same as on one device. int64: collectives refuse a mix of host-memory
-    (int32) and device tensors. Replicas may hold batches of different widths
-    (length-bucketed input): each pads its rows with `PAD_ID` (never a
-    candidate) to the widest replica's width first.
-    """
-    targets = tf.cast(targets, tf.int64)
-    width = tf.shape(targets, out_type=tf.int64)[1]
-    widest = tf.reduce_max(ctx.all_gather(tf.reshape(width, [1]), axis=0))
-    targets = tf.pad(targets, [[0, 0], [0, widest - width]], constant_values=PAD_ID)
-    return tf.cast(ctx.all_gather(targets, axis=0), tf.int32)
 
 
 class DualEncoderModel(tfrs.Model):
@@ -468,10 +437,10 @@ class DualEncoderModel(tfrs.Model):
         items = tf.cast(items, tf.int32)
         queries = self.encoder(items, training=training, per_position=True)  # [b, L, D]
         targets, valid = next_item_targets(items)
-        ctx = _replica_context()
+        ctx = replica_context()
         pool = targets
         if ctx is not None and self.global_negatives:
-            pool = _gather_targets(ctx, targets)
+            pool = gather_global(ctx, targets)
         num = self.num_candidates
         if num is None:  # one per user of the global batch
             num = pool.shape[0] if pool.shape[0] is not None else tf.shape(pool)[0]
@@ -540,7 +509,7 @@ class DualEncoderModel(tfrs.Model):
         # the R replicas' gradients, hence the division by R.
         if not self.losses:
             return 0.0
-        return tf.add_n(self.losses) / _num_replicas()
+        return tf.add_n(self.losses) / num_replicas()
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
@@ -576,14 +545,14 @@ class JointModel(DualEncoderModel):
 
     The DE part is `DualEncoderModel`'s (every position a next-item query,
     candidates from the global batch); the BT part is `BarlowTwinsModel`'s
-    (`bt_tf.losses` `barlow_twins_terms` on the projected views, global-batch
+    (`bt_tf.modeling.losses` `barlow_twins_terms` on the projected views, global-batch
     statistics). The shared encoder is causal (the DE needs it); the BT part
     sees its user vector, the output at the last real position of each view.
     Batches: `{"items", "view1", "view2": int [B, L]}`.
 
     Args:
         encoder: the shared causal `SequenceEncoder` (query tower and BT backbone).
-        projector: BT projector, `bt_tf.encoders.build_projector(...)`.
+        projector: BT projector, `bt_tf.modeling.encoders.build_projector(...)`.
         bt_weight: weight of the BT loss; 0 gives exactly the DE loss and update.
         lambd: BT off-diagonal weight.
         eps: BT standardization epsilon.
@@ -636,7 +605,7 @@ class JointModel(DualEncoderModel):
         # replicas, while `bt_loss` is the global BT loss on EVERY replica
         # (all-reduced statistics), so only the BT part is divided by R here;
         # apply_gradients then sums the replicas' gradients to d(total)/dθ.
-        share = de.replica_share + self.bt_weight * bt_loss / _num_replicas()
+        share = de.replica_share + self.bt_weight * bt_loss / num_replicas()
         total = de.loss + self.bt_weight * bt_loss
         self.loss_tracker.update_state(total)
         self.de_loss_tracker.update_state(de.loss)

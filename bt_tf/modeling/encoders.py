@@ -150,7 +150,7 @@ class TransformerBlock(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="bt_tf")
-class SequenceEncoder(tf.keras.layers.Layer):
+class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every argument first
     """Item-id sequence → user vector.
 
     kind="transformer": item embedding + learned positional embedding →
@@ -318,49 +318,3 @@ class SequenceEncoder(tf.keras.layers.Layer):
             causal=self.causal,
         )
         return config
-
-
-def parse_projector_spec(spec: str) -> list[int]:
-    """ "1024-1024-1024" → [1024, 1024, 1024]."""
-    try:
-        sizes = [int(part) for part in spec.split("-")]
-    except ValueError:
-        sizes = []
-    if not sizes or any(size <= 0 for size in sizes):
-        raise ValueError(
-            f"Projector spec {spec!r} is not a dash-separated list of positive layer "
-            'widths; write it like "1024-1024-1024".'
-        )
-    return sizes
-
-
-def build_projector(
-    spec: str, *, synchronized_bn: bool = True, name: str = "projector"
-) -> tf.keras.Sequential:
-    """The BT projector: Dense → BatchNorm → ReLU between layers, a bare last Dense.
-
-    As in facebookresearch/barlowtwins, the Dense layers have no bias (the batch
-    norm that follows, or the loss's own standardization after the last one,
-    would cancel it). With `synchronized_bn=True` the batch norm statistics are
-    all-reduced over the GLOBAL batch when several replicas run under a
-    `tf.distribute` strategy (with one replica it is an ordinary batch norm), so
-    the projector, like the loss, does not depend on how the batch is split.
-
-    Args:
-        spec: layer widths, e.g. "1024-1024-1024"; the last is the output width.
-        synchronized_bn: synchronize batch norm across replicas.
-        name: model name.
-
-    Returns:
-        `tf.keras.Sequential` mapping `[B, D_in]` to `[B, last width]`.
-    """
-    sizes = parse_projector_spec(spec)
-    layers = []
-    for i, size in enumerate(sizes[:-1]):
-        layers += [
-            tf.keras.layers.Dense(size, use_bias=False, name=f"dense_{i}"),
-            tf.keras.layers.BatchNormalization(synchronized=synchronized_bn, name=f"bn_{i}"),
-            tf.keras.layers.ReLU(name=f"relu_{i}"),
-        ]
-    layers.append(tf.keras.layers.Dense(sizes[-1], use_bias=False, name=f"dense_{len(sizes) - 1}"))
-    return tf.keras.Sequential(layers, name=name)

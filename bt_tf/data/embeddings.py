@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from bt_tf import input as bt_input
+from bt_tf.data import dataset
 from bt_tf.features import PAD_ID
 
 
@@ -105,11 +105,11 @@ def embed_split(
 
     Args:
         encoder: callable `encoder(items [B, L] int32, training=False) -> [B, d]`.
-        artifact_dir: preprocessing output (see `bt_tf.input`).
+        artifact_dir: preprocessing output (see `bt_tf.data.dataset`).
         split: "train", "eval" or "test".
         batch_size: users per forward pass.
         max_len: history width (default: the artifact's max_len).
-        keep: batch keys (see `bt_tf.input`) to return beside the embeddings,
+        keep: batch keys (see `bt_tf.data.dataset`) to return beside the embeddings,
             e.g. ("future_genre_ids", "future_item_ids", "items"); ragged
             features come back padded with 0.
 
@@ -118,13 +118,13 @@ def embed_split(
         file order; the forward passes run on length-sorted batches
         (`embed_items`).
     """
-    outputs = list(dict.fromkeys([bt_input.ITEMS, *keep]))
-    ds = bt_input.make_dataset(
+    outputs = list(dict.fromkeys([dataset.ITEMS, *keep]))
+    ds = dataset.make_dataset(
         artifact_dir, split, batch_size, max_len=max_len, shuffle=False, outputs=outputs
     )
     items, kept = [], {k: [] for k in keep}
     for batch in ds:
-        items.append(batch[bt_input.ITEMS].numpy())
+        items.append(batch[dataset.ITEMS].numpy())
         for key in keep:
             kept[key].append(_to_numpy(batch[key]))
     if not items:

@@ -1,0 +1,1 @@
+"""Reading the preprocessed artifacts: tf.data batches, views (augmentations), embeddings."""

@@ -1,0 +1,1 @@
+"""Serving: the SavedModel export of an encoder, and batch embedding of users."""

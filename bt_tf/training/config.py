@@ -1,0 +1,336 @@
+"""The typed, frozen configuration of a training run (`TrainConfig`) and its JSON form.
+
+A `TrainConfig` nests typed parts: ``data`` (`PreprocessConfig`), ``encoder``
+(`EncoderConfig`), ``projector`` (`ProjectorConfig`, the layer widths) and
+``augment`` (`AugmentPolicy`); the other settings are plain numbers, flags and
+names. Strings such as ``"1024-1024-1024"`` or ``"mask:0.3,reorder:0.3"`` are
+parsed once, where they enter: at the command line and in ``--hparams`` files
+(`bt_tf.training.flags`, errors name the flag or the file and key), or when a
+recorded ``config.json`` is read back (`TrainConfig.from_json`).
+
+``config.json`` keeps its flat layout, one key per flag (``projector`` and
+``augment`` as their flag strings, ``encoder_kind``, ``dim``, ...): `to_json`
+writes it and `from_json` reads it back, from this version or an older one
+(settings it lacks take the values such runs ran with, `LEGACY_DEFAULTS`).
+
+Training length: every run trains until its validation objective (``val_loss``
+on eval users: the model's own loss, BT / retrieval / joint, on fixed views and
+cuts) has not improved by more than ``min_delta`` (relative) for
+``early_stopping_patience`` epochs, and at most ``epochs`` epochs (flag
+``--max_epochs``, old name ``--epochs``); the weights kept are those of the
+epoch with the lowest val_loss. An epoch is ``steps_per_epoch`` steps, or one
+pass over the train users but at least ``min_steps_per_epoch`` steps, so that
+patience counts something on small datasets (ML-100K: ~750 train users, 2
+batches of 256).
+
+Defaults (cap 10 epochs, patience 3, min_delta 0.2%, epochs of >= 16 steps):
+the synthetic default job stays a few minutes on 2 CPU cores (10 epochs of 18
+steps), and ML-100K trains up to 160 steps instead of the former 16. The
+val_loss is computed on fixed views, so it has no sampling noise and a short
+patience suffices. Raise ``--max_epochs`` for large datasets; metrics.json's
+``stop_reason`` says whether a run converged (``patience``) or hit the cap.
+
+No Apache Beam here: ``data`` is the Beam-free preprocessing config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from bt_tf.data.augment import AugmentPolicy
+from bt_tf.data.dataset import parse_bucket_boundaries
+from bt_tf.modeling.encoders import KINDS as ENCODERS
+from bt_tf.modeling.encoders import POOLINGS
+from bt_tf.modeling.precision import PRECISIONS
+from bt_tf.modeling.projector import ProjectorConfig
+from pipelines.preprocess import PreprocessConfig  # -> pipelines.config (Beam-free) at merge
+
+MODELS = ("bt", "de", "bt+de")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """The user-sequence encoder (the same class for every model), `SequenceEncoder`'s settings."""
+
+    kind: str = "transformer"  # transformer | gru | mean (flag --encoder)
+    dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout: float = 0.1
+    pooling: str = "mean"  # mean | last
+
+    def __post_init__(self):
+        if self.kind not in ENCODERS:
+            raise ValueError(f"--encoder={self.kind!r}: expected one of {ENCODERS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling={self.pooling!r}: expected one of {POOLINGS}")
+
+    def kwargs(self, vocab_size: int, max_len: int, *, causal: bool) -> dict:
+        """Keyword arguments of `bt_tf.modeling.encoders.SequenceEncoder` (config.json's
+        ``encoder``)."""
+        return {
+            "vocab_size": vocab_size,
+            "max_len": max_len,
+            "dim": self.dim,
+            "num_blocks": self.num_blocks,
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+            "kind": self.kind,
+            "pooling": self.pooling,
+            "causal": causal,
+        }
+
+
+# The flat names (flags, config.json keys) of the encoder's fields.
+ENCODER_FLAGS = {
+    "encoder_kind": "kind",
+    "dim": "dim",
+    "num_blocks": "num_blocks",
+    "num_heads": "num_heads",
+    "dropout": "dropout",
+    "pooling": "pooling",
+}
+DEFAULT_PROJECTOR = ProjectorConfig((1024, 1024, 1024))
+DEFAULT_AUGMENT = AugmentPolicy(mask=0.3, reorder=0.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run; written (flat) to `<run_dir>/config.json`."""
+
+    data: PreprocessConfig = PreprocessConfig()
+    run_dir: str = ""  # default: runs/<dataset>_<model>
+    model: str = "bt"  # "bt" (Barlow Twins), "de" (TFRS dual encoder), "bt+de" (joint)
+    encoder: EncoderConfig = EncoderConfig()
+    # Barlow Twins
+    projector: ProjectorConfig = DEFAULT_PROJECTOR
+    lambd: float = 0.005
+    augment: AugmentPolicy = DEFAULT_AUGMENT
+    # dual encoder / joint (causal query tower, every position a next-item query)
+    temperature: float = 0.1
+    bt_weight: float = 0.1
+    de_candidates: int = 0  # shared sampled-softmax candidates per step; 0: one per user
+    # logQ correction of the sampled softmax: without it, candidates drawn from the
+    # batch's targets push popular items down and full-catalog HR@10 suffers.
+    de_logq: bool = True
+    # optimization
+    batch_size: int = 256
+    epochs: int = 10  # the cap: --max_epochs (alias --epochs)
+    steps_per_epoch: int = 0  # 0: one pass over the train users, >= min_steps_per_epoch
+    min_steps_per_epoch: int = 16  # floor of an automatic epoch (tiny datasets)
+    learning_rate: float = 1e-3
+    seed: int = 0
+    strategy: str = "auto"
+    jit_compile: bool = False
+    early_stopping_patience: int = 3  # 0: off; else epochs without val_loss gain
+    min_delta: float = 0.002  # a gain is val_loss < (1 - min_delta) × the reference
+    # speed (None = the default, so runs written before these fields still resume)
+    bucket_boundaries: str | None = None  # "25,50,100" | "auto" | "" (off); None: auto
+    # for real datasets, off for synthetic (see `buckets`)
+    cache_input: bool | None = None  # parse the data once into memory (implied by buckets)
+    mixed_precision: str | None = None  # None = float32 | mixed_float16 | mixed_bfloat16
+    steps_per_execution: int = 1  # train steps per tf.function call (Keras compile)
+    # after training
+    probe: bool = True
+    export: bool = True
+
+    def __post_init__(self):
+        self._check_types()
+        if self.model not in MODELS:
+            raise ValueError(f"--model={self.model!r}: expected one of {MODELS}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
+        self._check_budget()
+        if self.de_candidates < 0:
+            raise ValueError("--de_candidates must be >= 0 (0: one per user of the batch)")
+        if self.temperature <= 0:
+            raise ValueError("--temperature must be > 0")
+        self._check_speed()
+
+    def _check_types(self) -> None:
+        for name, kind in (
+            ("encoder", EncoderConfig),
+            ("projector", ProjectorConfig),
+            ("augment", AugmentPolicy),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(
+                    f"TrainConfig.{name} must be a {kind.__name__}, got "
+                    f"{getattr(self, name)!r}; parse flag strings with "
+                    "TrainConfig.from_settings (or bt_tf.training.flags.parse)."
+                )
+
+    def _check_budget(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError("--batch_size must be >= 2 (Barlow Twins standardizes over the batch)")
+        if self.epochs < 1:
+            raise ValueError("--max_epochs (--epochs) must be >= 1")
+        if self.steps_per_epoch < 0 or self.min_steps_per_epoch < 1:
+            raise ValueError("--steps_per_epoch must be >= 0 and --min_steps_per_epoch >= 1")
+        if self.early_stopping_patience < 0 or not 0.0 <= self.min_delta < 1.0:
+            raise ValueError("--early_stopping_patience must be >= 0 and 0 <= --min_delta < 1")
+
+    def _check_speed(self) -> None:
+        if self.mixed_precision not in (None, *PRECISIONS):
+            raise ValueError(
+                f"--mixed_precision={self.mixed_precision!r}: expected one of {PRECISIONS}"
+            )
+        if self.mixed_precision not in (None, "float32") and self.model != "bt":
+            # DualEncoderModel.retrieval_terms mixes the 16-bit logits with a
+            # float32 count; it needs float32 casts of its query and candidates.
+            raise ValueError(
+                f"--mixed_precision={self.mixed_precision} supports --model=bt only so far"
+            )
+        if self.steps_per_execution < 1:
+            raise ValueError("--steps_per_execution must be >= 1")
+        try:
+            parse_bucket_boundaries(self.bucket_boundaries)
+        except ValueError as err:
+            raise ValueError(f"--{err}") from None
+
+    # ----------------------------------------------------------------------
+    # What the settings imply
+
+    @property
+    def uses_bt(self) -> bool:
+        """Whether the model trains with the Barlow Twins loss ("bt", "bt+de")."""
+        return "bt" in self.model.split("+")
+
+    @property
+    def uses_de(self) -> bool:
+        """Whether the model has the dual encoder's retrieval loss ("de", "bt+de")."""
+        return "de" in self.model.split("+")
+
+    @property
+    def max_epochs(self) -> int:
+        """The epoch cap (stored as ``epochs``, the flag's old name)."""
+        return self.epochs
+
+    def steps_for(self, num_train_users: int) -> int:
+        """Optimizer steps per epoch on ``num_train_users`` train users."""
+        if self.steps_per_epoch:
+            return self.steps_per_epoch
+        return max(self.min_steps_per_epoch, num_train_users // self.batch_size)
+
+    @property
+    def buckets(self) -> str:
+        """`--bucket_boundaries` resolved: "auto" for real datasets, "" for synthetic."""
+        if self.bucket_boundaries is not None:
+            return self.bucket_boundaries
+        return "" if self.data.dataset == "synthetic" else "auto"
+
+    @property
+    def max_len(self) -> int:
+        return self.data.max_len
+
+    def encoder_kwargs(self, vocab_size: int) -> dict:
+        """Keyword arguments of `bt_tf.modeling.encoders.SequenceEncoder`.
+
+        The DE (and BT+DE) query tower predicts the next item at every
+        position: causal. BT alone stays bidirectional (`bt_tf.modeling.encoders`).
+        """
+        return self.encoder.kwargs(vocab_size, self.max_len, causal=self.uses_de)
+
+    # ----------------------------------------------------------------------
+    # Flat settings (flags, hparams, config.json)
+
+    def to_json(self) -> dict:
+        """config.json's settings: flat, one key per flag, in the order of the fields."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "encoder":
+                out.update({flat: getattr(value, name) for flat, name in ENCODER_FLAGS.items()})
+            elif field.name in ("projector", "augment"):
+                out[field.name] = value.to_string()
+            else:
+                out[field.name] = dataclasses.asdict(value) if field.name == "data" else value
+        return out
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **typed) -> TrainConfig:
+        """A config from flat settings (flag names; ``projector``/``augment`` may be strings).
+
+        ``typed``: fields given as their typed values (``data=PreprocessConfig(...)``).
+        Raises ValueError naming the flag of a bad value.
+        """
+        values = dict(settings)
+        encoder = {name: values.pop(flat) for flat, name in ENCODER_FLAGS.items() if flat in values}
+        for name, parse in (
+            ("projector", ProjectorConfig.from_string),
+            ("augment", AugmentPolicy.from_string),
+        ):
+            if isinstance(values.get(name), str):
+                values[name] = parse_flag(name, values[name], parse)
+        if encoder:
+            values["encoder"] = EncoderConfig(**encoder)
+        return cls(**values, **typed)
+
+    @classmethod
+    def from_json(cls, recorded: Mapping[str, Any]) -> TrainConfig:
+        """The config of a run's config.json, from this version or an older one."""
+        fields = {f.name for f in dataclasses.fields(cls)} | set(ENCODER_FLAGS)
+        values = {k: v for k, v in {**LEGACY_DEFAULTS, **recorded}.items() if k in fields}
+        data = _dataclass_from_json(PreprocessConfig, values.pop("data", {}))
+        return cls.from_settings(values, data=data)
+
+
+def parse_flag(flag: str, text: str, parse):
+    """``parse(text)``, or ValueError ``--flag='text': why``."""
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise ValueError(f"--{flag}={text!r}: {err}") from None
+
+
+def _dataclass_from_json(cls, values: Mapping[str, Any]):
+    """A (nested) dataclass from its `dataclasses.asdict` form (lists back to tuples)."""
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        default = getattr(cls(), field.name) if dataclasses.is_dataclass(cls) else None
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            value = _dataclass_from_json(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[field.name] = value
+    return cls(**kwargs)
+
+
+# Settings a resumed run may change without invalidating its checkpoints.
+RESUMABLE_CHANGES = (
+    "epochs",
+    "probe",
+    "export",
+    "early_stopping_patience",
+    "min_delta",
+    "strategy",
+    "steps_per_execution",
+)
+# Values of settings that a run directory written before they existed ran with.
+LEGACY_DEFAULTS = {"min_steps_per_epoch": 1, "min_delta": 0.0}
+
+
+def comparable_settings(recorded: dict) -> dict:
+    """A run's recorded settings (config.json), as compared to decide reuse.
+
+    Settings missing from an older config.json take the value it ran with
+    (`LEGACY_DEFAULTS`); ``min_steps_per_epoch`` is dropped when an explicit
+    ``steps_per_epoch`` makes it irrelevant; ``projector`` and ``augment`` are
+    compared in their canonical spelling (``"mask:0.30, reorder:0.3"`` is
+    ``"mask:0.3,reorder:0.3"``).
+    """
+    out = {**LEGACY_DEFAULTS, **recorded}
+    if out.get("steps_per_epoch"):
+        out.pop("min_steps_per_epoch", None)
+    for name, kind in (("projector", ProjectorConfig), ("augment", AugmentPolicy)):
+        try:
+            out[name] = kind.from_string(out[name]).to_string()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # missing or unreadable: compared as recorded
+    return out

@@ -1,0 +1,294 @@
+"""The command-line flags of a training run, and ``--hparams`` files: strings -> `TrainConfig`.
+
+Flags are parsed only by entry points (`bt_tf.train`, `bt_tf.reproduce`,
+`tuning.search`); the library takes a `TrainConfig`. ``--hparams=FILE.json``
+(as written by the tuner) overrides flags: its keys are flag names without
+dashes. Structured values (``--projector``, ``--augment``) are parsed here,
+once, into their typed form; a bad value gives an error naming the flag (or
+the hparams file and key). ``--epochs`` is the old name of ``--max_epochs``
+and still works, on the command line and as ``"epochs"`` in hparams files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+from bt_tf import cli
+from bt_tf.data.augment import AugmentPolicy
+from bt_tf.data.dataset import parse_bucket_boundaries
+from bt_tf.errors import UserError
+from bt_tf.modeling.precision import PRECISIONS
+from bt_tf.modeling.projector import ProjectorConfig
+from bt_tf.training.config import (
+    ENCODER_FLAGS,
+    ENCODERS,
+    MODELS,
+    POOLINGS,
+    STRATEGIES,
+    TrainConfig,
+)
+from pipelines import preprocess  # add_flags, config_from_flags: -> pipelines.config at merge
+
+
+def check_buckets(spec: str) -> str:
+    """A `--bucket_boundaries` value ("auto", "" or "25,50,100"), or ValueError."""
+    parse_bucket_boundaries(spec)
+    return spec
+
+
+# Flags whose strings become typed values, and their parsers.
+STRUCTURED = {"projector": ProjectorConfig.from_string, "augment": AugmentPolicy.from_string}
+
+
+# Command-line defaults per dataset (explicit flags and --hparams still win).
+# The recipe chosen on ML-100K (see README, "Results"): shorter histories (the
+# most recent 50 items: faster steps, and the recent past is what predicts the
+# future), small batches with many steps, a 512-512 projector, and crop views.
+# The larger MovieLens sets keep the same recipe with longer histories.
+_MOVIELENS_RECIPE = {
+    "batch_size": 64,
+    "projector": "512-512",
+    "augment": "crop:0.6,mask:0.2,reorder:0.2",
+}
+DATASET_DEFAULTS: dict[str, dict] = {
+    "ml-100k": {**_MOVIELENS_RECIPE, "max_len": 50, "epochs": 30},
+    "ml-1m": {**_MOVIELENS_RECIPE, "max_len": 100, "epochs": 30},
+    "ml-20m": {**_MOVIELENS_RECIPE, "max_len": 100, "batch_size": 256},
+}
+
+
+def dataset_defaults(dataset: str) -> dict:
+    """Flag defaults of `dataset` (flag names without dashes), ``{}`` when none."""
+    return dict(DATASET_DEFAULTS.get(dataset, {}))
+
+
+# hparams-file keys that name another flag.
+HPARAMS_ALIASES = {"max_epochs": "epochs"}
+
+
+def flag_type(check):
+    """An argparse ``type`` from a check raising ValueError (the message names the flag)."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+def check_hparams_file(path: str) -> str:
+    """An `--hparams` file that exists and holds a JSON object (its keys are checked later)."""
+    try:
+        read_hparams(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a JSON file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}, line {err.lineno} column {err.colno}: not valid JSON ({err.msg})"
+        ) from None
+    return path
+
+
+_BOOL = argparse.BooleanOptionalAction
+# The training flags in help order: (flag names, argparse keywords). The default is
+# TrainConfig's value in its flag spelling (the key is the dest: the first name without
+# dashes, or "dest") unless the keywords give one.
+_TRAINING_FLAGS = (
+    (("--output_dir",), {"dest": "run_dir", "default": "", "help": "the run directory (empty: "
+     "runs/<dataset>_<model>)"}),
+    (("--model",), {"choices": MODELS, "help": "bt: Barlow Twins; de: TFRS dual encoder (next "
+     "item); bt+de: both losses"}),
+    (("--encoder",), {"dest": "encoder_kind", "choices": ENCODERS, "help": "user-sequence "
+     "encoder"}),
+    (("--dim",), {"type": int, "help": "encoder width (item embeddings and output)"}),
+    (("--num_blocks",), {"type": int, "help": "transformer blocks or GRU layers"}),
+    (("--num_heads",), {"type": int, "help": "attention heads per transformer block"}),
+    (("--dropout",), {"type": float, "help": "encoder dropout rate"}),
+    (("--pooling",), {"choices": POOLINGS, "help": "user vector from the positions"}),
+    (("--projector",), {"type": flag_type(ProjectorConfig.from_string), "help": "BT projector "
+     "MLP widths, dash-separated"}),
+    (("--lambd",), {"type": float, "help": "BT weight of the off-diagonal term"}),
+    (("--augment",), {"type": flag_type(AugmentPolicy.from_string), "help": "BT views: "
+     "comma-separated name:strength of mask, reorder, crop, substitute, insert, apply_prob "
+     "(none: identical views)"}),
+    (("--temperature",), {"type": float, "help": "DE softmax temperature (scores / "
+     "temperature)"}),
+    (("--bt_weight",), {"type": float, "help": "weight of the BT loss in bt+de"}),
+    (("--batch_size",), {"type": int, "help": "GLOBAL batch (users per step, split over "
+     "replicas; BT statistics over all of it)"}),
+    (("--max_epochs", "--epochs"), {"dest": "epochs", "type": int, "help": "cap on epochs "
+     "(training stops earlier when val_loss stops improving); --epochs is its old name"}),
+    (("--steps_per_epoch",), {"type": int, "help": "optimizer steps per epoch (0: one pass "
+     "over the train users)"}),
+    (("--min_steps_per_epoch",), {"type": int, "help": "floor of steps per epoch when "
+     "--steps_per_epoch=0 (one pass)"}),
+    (("--learning_rate",), {"type": float, "help": "Adam learning rate"}),
+    (("--seed",), {"type": int, "help": "seeds weights, shuffles, views and probes"}),
+    (("--strategy",), {"choices": STRATEGIES, "help": "tf.distribute strategy (auto: mirrored "
+     "over GPUs if > 1; multi_worker reads TF_CONFIG; tpu is untested)"}),
+    (("--early_stopping_patience",), {"type": int, "help": "stop after this many epochs "
+     "without a val_loss gain (0: train --max_epochs)"}),
+    (("--min_delta",), {"type": float, "help": "relative val_loss decrease that counts as a "
+     "gain for the patience"}),
+    (("--bucket_boundaries",), {"type": flag_type(check_buckets), "help": "length buckets of "
+     'the batches: "25,50,100,150", "auto" (length quantiles) or "" (off); default (None): '
+     "auto for real datasets, off for synthetic"}),
+    (("--cache_input",), {"action": _BOOL, "help": "parse the split once into memory (implied "
+     "by --bucket_boundaries)"}),
+    (("--mixed_precision",), {"choices": PRECISIONS, "help": "Keras mixed-precision policy "
+     "(the BT loss stays float32; --model=bt only)"}),
+    (("--steps_per_execution",), {"type": int, "help": "train steps per tf.function call "
+     "(fewer Python round trips)"}),
+    (("--de_candidates",), {"type": int, "help": "DE: shared sampled-softmax candidates per "
+     "step (0: one per user of the batch)"}),
+    (("--de_logq",), {"action": _BOOL, "help": "DE: logQ correction of the sampled softmax"}),
+    (("--jit_compile",), {"action": _BOOL, "help": "XLA-compile the train step"}),
+    (("--probe",), {"action": _BOOL, "help": "favorite-genre probe after training"}),
+    (("--export",), {"action": _BOOL, "help": "export the encoder as a SavedModel"}),
+)  # fmt: skip
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The training flags (`bt_tf.train`), preprocessing flags included."""
+    preprocess.add_flags(parser, output_dir_alias=False)
+    defaults = TrainConfig().to_json()  # in their flag spelling
+    for names, keywords in _TRAINING_FLAGS:
+        dest = keywords.get("dest", names[0].lstrip("-"))
+        parser.add_argument(*names, **{"default": defaults.get(dest), **keywords})
+    parser.add_argument(
+        "--hparams",
+        type=flag_type(check_hparams_file),
+        default=None,
+        metavar="FILE",
+        help="JSON object of flag values (names without dashes, e.g. a tuner's "
+        "best_hparams.json); overrides the flags",
+    )
+
+
+def read_hparams(path: str) -> dict:
+    """An hparams file: {flag name (without dashes): value}; aliases resolved."""
+    with open(os.path.expanduser(path)) as f:
+        values = json.load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of flag names to values")
+    both = [k for k, v in HPARAMS_ALIASES.items() if k in values and v in values]
+    if both:
+        raise ValueError(f"{path}: sets both {both[0]!r} and {HPARAMS_ALIASES[both[0]]!r}")
+    return {HPARAMS_ALIASES.get(k, k): v for k, v in values.items()}
+
+
+# Flags that are not settings of the run, never taken from an hparams file.
+_NOT_HPARAMS = ("hparams", "verbose")
+
+
+def _hparam_value(path: str, key: str, value, current):
+    """`value` of hparams key `key`, of the type of the flag's `current` value, parsed."""
+    where = f"{path}: {key!r}"
+    if key in STRUCTURED:
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be a string, got {value!r}")
+        try:
+            return STRUCTURED[key](value)
+        except ValueError as err:
+            raise UserError(f"{where}: {err}") from None
+    if isinstance(current, bool) or current is None and isinstance(value, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        raise UserError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def _apply_hparams(args: argparse.Namespace, path: str) -> None:
+    try:
+        values = read_hparams(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--hparams={path}: {err}") from None
+    unknown = sorted(k for k in values if not hasattr(args, k) or k in _NOT_HPARAMS)
+    if unknown:
+        known = sorted(k for k in vars(args) if k not in _NOT_HPARAMS)
+        raise UserError(f"{path}: unknown flags {unknown}; known: {known}")
+    for key, value in values.items():
+        setattr(args, key, _hparam_value(path, key, value, getattr(args, key)))
+
+
+def config_from_flags(
+    args: argparse.Namespace, beam_args: Sequence[str] = (), hparams: Sequence[str] = ()
+) -> TrainConfig:
+    """The config of parsed flags; ``--hparams`` and then each file of ``hparams`` override.
+
+    Raises `UserError` (naming the flag or the hparams file) for bad values.
+    """
+    args = argparse.Namespace(**vars(args))  # the caller's namespace stays as parsed
+    for path in ([args.hparams] if args.hparams else []) + list(hparams):
+        _apply_hparams(args, path)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"data"} | set(ENCODER_FLAGS)
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    if not values.get("run_dir"):
+        values["run_dir"] = os.path.join("runs", f"{args.dataset}_{args.model}")
+    data = preprocess.config_from_flags(args, beam_args)
+    try:
+        return TrainConfig.from_settings(values, data=data)
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def build_parser(
+    argv: Sequence[str] | None = None, *, prog: str | None = None, description: str = ""
+) -> argparse.ArgumentParser:
+    """The parser of the training flags, with the defaults of the ``--dataset`` in `argv`."""
+    parser = cli.ArgumentParser(
+        prog=prog or "python -m bt_tf.train",
+        usage="%(prog)s [--flag=VALUE ...]",
+        description=description,
+        epilog="Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
+        allow_abbrev=True,
+    )
+    add_flags(parser)
+    apply_dataset_defaults(parser, argv)
+    return parser
+
+
+def parse(
+    argv: Sequence[str] | None = None,
+    description: str = "",
+    hparams: Sequence[str] = (),
+    *,
+    prog: str | None = None,
+) -> TrainConfig:
+    """Command line -> config (``hparams``: extra files applied after ``--hparams``).
+
+    Unknown flags are Beam options. Raises `UserError` naming the flag for a bad value.
+    """
+    parser = build_parser(argv, prog=prog, description=description)
+    args, beam_args = parser.parse_known_args(argv)
+    return config_from_flags(args, beam_args, hparams)
+
+
+def apply_dataset_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> str:
+    """Sets `parser`'s defaults to those of the ``--dataset`` in `argv`; returns its name."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--dataset", default=preprocess.PreprocessConfig().dataset)
+    dataset = probe.parse_known_args(argv)[0].dataset
+    parser.set_defaults(**dataset_defaults(dataset))
+    return dataset
