@@ -33,15 +33,22 @@ import time
 import numpy as np
 
 import bt_tf  # noqa: F401  (One Keras: before tensorflow)
-from bt_tf import config as cfg
-from bt_tf import evaluate as ev
-from bt_tf import input as bt_input
-from bt_tf import probes, train
-from pipelines import preprocess as pp
+from bt_tf import features as F
+from bt_tf.data import dataset
+from bt_tf.evaluate import float_list
+from bt_tf.evaluation.embedding_cache import history_extents
+from bt_tf.evaluation.eval_data import EvalData, load_eval_data
+from bt_tf.evaluation.floors import bag_of_items_features
+from bt_tf.evaluation.runner import evaluate_runs
+from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
+from bt_tf.training import trainer
+from bt_tf.training.config import TrainConfig
 from pipelines import synthetic
+from pipelines.config import PreprocessConfig
+from pipelines.preprocess import preprocess
 
 
-def ml1m_like(args) -> pp.PreprocessConfig:
+def ml1m_like(args) -> PreprocessConfig:
     """Synthetic data whose history lengths look like ML-1M's once capped at 200.
 
     Raw lengths are ``min_len + Exponential`` (mean ``mean_len``); the last
@@ -57,7 +64,7 @@ def ml1m_like(args) -> pp.PreprocessConfig:
         mean_len=args.mean_len,
         max_len_seq=2000,
     )
-    return pp.PreprocessConfig(
+    return PreprocessConfig(
         dataset="synthetic",
         output_dir=os.path.join(args.work_dir, "data"),
         synthetic=syn,
@@ -65,9 +72,9 @@ def ml1m_like(args) -> pp.PreprocessConfig:
     )
 
 
-def history_stats(data: ev.EvalData) -> str:
-    lengths = np.concatenate([ev._extents(data.history[s]) for s in ev.SPLITS])
-    bag = probes.bag_of_items_features(data.history["train"], data.num_items)
+def history_stats(data: EvalData) -> str:
+    lengths = np.concatenate([history_extents(data.history[s]) for s in F.SPLITS])
+    bag = bag_of_items_features(data.history["train"], data.num_items)
     return (
         f"history lengths: median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
         f"{np.mean(lengths == data.width):.0%} at the cap {data.width}; distinct items per "
@@ -101,9 +108,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--num_blocks", type=int, default=2)
     parser.add_argument("--train_steps", type=int, default=2, help="BT steps before evaluating")
-    parser.add_argument(
-        "--label_fractions", type=ev.float_list, default=list(probes.DEFAULT_FRACTIONS)
-    )
+    parser.add_argument("--label_fractions", type=float_list, default=list(DEFAULT_FRACTIONS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", default="", help="subset of the tasks (default all)")
     parser.add_argument("--floors", default=True, action=argparse.BooleanOptionalAction)
@@ -116,8 +121,8 @@ def main(argv=None) -> dict:
 
     data_config = ml1m_like(args)
     start = time.perf_counter()
-    artifact_dir = pp.preprocess(data_config)
-    meta = bt_input.load_metadata(artifact_dir)
+    artifact_dir = preprocess(data_config)
+    meta = dataset.load_metadata(artifact_dir)
     print(
         f"artifacts {artifact_dir} ({time.perf_counter() - start:.0f}s): users "
         f"{meta['num_users']}, vocab {meta['vocab_sizes']}, "
@@ -125,21 +130,23 @@ def main(argv=None) -> dict:
     )
 
     run_dir = os.path.join(args.work_dir, f"run_bt_d{args.dim}_steps{args.train_steps}")
-    config = cfg.TrainConfig(
+    config = TrainConfig.from_settings(
+        dict(
+            model="bt",
+            dim=args.dim,
+            num_blocks=args.num_blocks,
+            projector="256-256",
+            batch_size=64,
+            epochs=1,
+            steps_per_epoch=args.train_steps,
+            probe=False,
+            export=False,
+        ),
         data=data_config,
         run_dir=run_dir,
-        model="bt",
-        dim=args.dim,
-        num_blocks=args.num_blocks,
-        projector="256-256",
-        batch_size=64,
-        epochs=1,
-        steps_per_epoch=args.train_steps,
-        probe=False,
-        export=False,
     )
     start = time.perf_counter()
-    train.train(config)
+    trainer.train(config)
     print(f"run {run_dir}: {args.train_steps} BT steps ({time.perf_counter() - start:.0f}s)")
 
     out_dir = os.path.join(args.work_dir, "report")
@@ -150,15 +157,15 @@ def main(argv=None) -> dict:
         seeds=args.seeds,
         tasks=tasks,
         include_floors=args.floors,
-        settings=ev.EvalSettings(),
+        settings=EvalSettings(),
         baseline="bt",
         compare=(),
     )
     load_before = os.getloadavg()
     timings: list[dict] = []
-    rows = ev.evaluate_runs([run_dir], out_dir, timings=timings, **kwargs)
+    rows = evaluate_runs([run_dir], out_dir, timings=timings, **kwargs)
     load_after = os.getloadavg()
-    data = ev.load_eval_data(artifact_dir, width=args.max_len, tasks=[])
+    data = load_eval_data(artifact_dir, width=args.max_len, tasks=[])
     print(history_stats(data))
     print(
         f"{len(args.label_fractions)} fractions x {args.seeds} seeds, "
@@ -172,7 +179,7 @@ def main(argv=None) -> dict:
     result = {"cold": total, "stages": timings}
     if args.rerun:
         again: list[dict] = []
-        ev.evaluate_runs([run_dir], out_dir, timings=again, **kwargs)
+        evaluate_runs([run_dir], out_dir, timings=again, **kwargs)
         result["rerun"] = print_table(again, "rerun (embeddings and probe rows from the cache)")
     if not args.keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)

@@ -81,7 +81,7 @@ import os
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import export
+from bt_tf import runs
 from bt_tf.errors import UserError
 from bt_tf.evaluation.runner import evaluate_runs
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise UserError("--runs names no run directory")
     for run_dir in run_dirs:  # before any work
         try:
-            export._read_config(run_dir)
+            runs.read_config(run_dir)
         except FileNotFoundError as err:
             hint = "python -m bt_tf.train --output_dir=RUN writes one"
             raise UserError(f"--runs: {err} ({hint})") from None

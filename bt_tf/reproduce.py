@@ -67,11 +67,12 @@ import os
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import config as cfg
 from bt_tf import evaluate
 from bt_tf.errors import UserError
 from bt_tf.evaluation.reproduction import DEFAULT_BATCH_SIZES, Ablation, EvalRequest, reproduce
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
+from bt_tf.training import flags
+from bt_tf.training.config import MODELS
 
 __all__ = ["HPARAMS_FLAGS", "build_parser", "parse", "main"]
 
@@ -92,7 +93,7 @@ def _names(text: str) -> list[str]:
 
 
 # argparse types of the comma-separated flags (errors name the flag).
-_models = cli.comma_list(str, f"models ({', '.join(cfg.MODELS)})", lambda m: m in cfg.MODELS)
+_models = cli.comma_list(str, f"models ({', '.join(MODELS)})", lambda m: m in MODELS)
 _batch_sizes = cli.comma_list(int, "batch sizes >= 2", lambda b: b >= 2)
 TRAINING_GROUP = "training flags (passed to bt_tf.train, for every run)"
 EVALUATION_GROUP = "evaluation flags (passed to bt_tf.evaluate)"
@@ -116,11 +117,11 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         default="",
         help="root of the runs and the report (empty: runs/reproduce_<dataset>)",
     )
-    add("--models", type=_models, default=list(cfg.MODELS), help="models of the comparison")
+    add("--models", type=_models, default=list(MODELS), help="models of the comparison")
     for name, model in HPARAMS_FLAGS.items():
         add(
             f"--hparams_{name}",
-            type=cfg.flag_type(cfg.check_hparams_file),
+            type=flags.flag_type(flags.check_hparams_file),
             default=None,
             metavar="FILE",
             help=f"JSON of {model}'s own flag values (e.g. a tuner's best_hparams.json)",
@@ -154,8 +155,8 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
     )
     evaluate.add_flags(parser.add_argument_group(EVALUATION_GROUP))
     if passed:
-        cli.add_passed_flags(parser, TRAINING_GROUP, cfg.add_flags, exclude=("--model",))
-        cfg.apply_dataset_defaults(parser, argv)
+        cli.add_passed_flags(parser, TRAINING_GROUP, flags.add_flags, exclude=("--model",))
+        flags.apply_dataset_defaults(parser, argv)
     return parser
 
 
@@ -175,18 +176,18 @@ def parse(argv: Sequence[str] | None):
     if any(a == "--model" or a.startswith("--model=") for a in rest):
         raise UserError("--model is set by bt_tf.reproduce for each run; use --models=bt,de,...")
     if not args.models:
-        raise UserError(f"--models names no model; expected a subset of {cfg.MODELS}")
+        raise UserError(f"--models names no model; expected a subset of {MODELS}")
     description = "bt_tf.reproduce training flags"
-    base = cfg.parse(rest, description=description)
+    base = flags.parse(rest, description=description)
     args.model_configs = {}
     for name, model in HPARAMS_FLAGS.items():
         path = getattr(args, f"hparams_{name}")
         if not path:
             continue
-        named = cfg.read_hparams(path).get("model", model)
+        named = flags.read_hparams(path).get("model", model)
         if named != model:
             raise UserError(f"{path}: sets model={named!r}, but it is --hparams_{name} ({model})")
-        own = cfg.parse(rest, description=description, hparams=[path])
+        own = flags.parse(rest, description=description, hparams=[path])
         args.model_configs[model] = dataclasses.replace(own, model=model)
     args.skip_too_big = args.batch_sizes is None
     if args.batch_sizes is None:

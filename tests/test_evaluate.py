@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bt_tf import config as cfg
-from bt_tf import evaluate, export, train
+from bt_tf import evaluate
 from bt_tf import features as F
-from bt_tf import input as bt_input
-from bt_tf.embeddings import embed_split
+from bt_tf.data import dataset
+from bt_tf.data.embeddings import embed_split
 from bt_tf.evaluation import (
     embedding_cache,
     eval_data,
@@ -23,6 +22,9 @@ from bt_tf.evaluation import (
     runner,
     settings,
 )
+from bt_tf.serving import export
+from bt_tf.training import trainer
+from bt_tf.training.flags import parse
 from tests.tiny import TINY_FLAGS as TINY
 
 TINY_FLAGS = [*TINY, "--epochs=1", "--no-probe", "--no-export"]
@@ -35,7 +37,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     out = {}
     for model in ("bt", "de"):
-        config = cfg.parse(
+        config = parse(
             [
                 *TINY_FLAGS,
                 f"--model={model}",
@@ -43,7 +45,7 @@ def runs(tmp_path_factory):
                 f"--output_dir={root / model}",
             ]
         )
-        train.train(config)
+        trainer.train(config)
         out[model] = str(root / model)
     return out
 
@@ -108,7 +110,7 @@ def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
     """No leak: splits are disjoint; the probe training set is a fraction of TRAIN
     users; replacing test labels and test embeddings changes scores only."""
     artifact = _artifact(runs["bt"])
-    meta = bt_input.load_metadata(artifact)
+    meta = dataset.load_metadata(artifact)
     data = eval_data.load_eval_data(artifact, width=40)
     ids = {s: set(data.user_ids[s].tolist()) for s in F.SPLITS}
     for s in F.SPLITS:

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from bt_tf import features as F
+from bt_tf.evaluation import eval_data, tasks
 from pipelines import inputs, textio
 from pipelines import interactions_source as own
 from pipelines.config import PreprocessConfig, add_flags, config_from_flags
@@ -534,11 +535,9 @@ def test_end_to_end_every_format_with_items_users_and_bad_records(tmp_path):
     assert sorted(got) == sorted((u, i, t) for u, i, t, _ in expected)
     assert any("," in u for u, _, _ in got)  # the quoted user id went all the way
 
-    from bt_tf import evaluate
-
-    assert set(evaluate.available_tasks(root)) >= {
-        evaluate.LIKED_ITEM,
-        evaluate.FAVORITE_GENRE,
+    assert set(eval_data.available_tasks(root)) >= {
+        tasks.LIKED_ITEM,
+        tasks.FAVORITE_GENRE,
         "attr_age",
         "attr_country",
         "attr_gender",
@@ -574,10 +573,8 @@ def test_end_to_end_without_optional_files_or_ratings(tmp_path):
     assert rows and all(set(r[F.HISTORY_RATINGS] + r[F.FUTURE_RATINGS]) == {0.0} for r in rows)
     assert all(r[F.HISTORY_GENRE_IDS] == [] and r[F.FUTURE_GENRE_COUNTS] for r in rows)
 
-    from bt_tf import evaluate
-
-    tasks = evaluate.available_tasks(root)
-    assert evaluate.NEXT_ITEM in tasks
-    assert evaluate.LIKED_ITEM not in tasks and evaluate.FAVORITE_GENRE not in tasks
+    available = eval_data.available_tasks(root)
+    assert tasks.NEXT_ITEM in available
+    assert tasks.LIKED_ITEM not in available and tasks.FAVORITE_GENRE not in available
     with pytest.raises(ValueError, match="liked_item.*no ratings"):
-        evaluate.load_eval_data(root, tasks=[evaluate.LIKED_ITEM])
+        eval_data.load_eval_data(root, tasks=[tasks.LIKED_ITEM])

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from bt_tf import config as cfg
 from bt_tf import reproduce
 from bt_tf.evaluation import reproduction
+from bt_tf.training.config import TrainConfig
 from tests.tiny import TINY_FLAGS as TINY
 
 TINY_FLAGS = [*TINY, "--epochs=1", "--no-probe", "--no-export"]
@@ -82,7 +82,7 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
 
 
 def test_ablation_runs_see_the_same_number_of_users():
-    base = cfg.TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2, min_steps_per_epoch=1)
+    base = TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2, min_steps_per_epoch=1)
     main = reproduction.main_configs(base, "/out", ["bt", "de", "bt+de"])
     assert {c.run_dir for c in main.values()} == {"/out/bt", "/out/de", "/out/bt+de"}
     assert len({(c.batch_size, c.epochs, c.steps_per_epoch, c.dim) for c in main.values()}) == 1
@@ -115,7 +115,7 @@ def test_ablation_runs_see_the_same_number_of_users():
 
 def test_ablation_on_a_small_dataset_keeps_the_floor_of_steps_and_early_stopping():
     # 750 train users (ML-100K): 2 batches of 256 per pass, so an epoch is 16 steps.
-    base = cfg.TrainConfig(batch_size=256, min_steps_per_epoch=16, epochs=20)
+    base = TrainConfig(batch_size=256, min_steps_per_epoch=16, epochs=20)
     main = reproduction.main_configs(base, "/out", ["bt", "de"])
     runs = reproduction.ablation_configs(
         base, "/out", batch_sizes=[32, 256, 512], models=["de"], num_train_users=750, main=main

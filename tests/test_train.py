@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bt_tf import distribute, evaluate, runs
+from bt_tf import distribute, runs
 from bt_tf.data import dataset
+from bt_tf.evaluation import embedding_cache
 from bt_tf.features import MASK_ID, PAD_ID
 from bt_tf.modeling.projector import ProjectorConfig
 from bt_tf.serving import export
@@ -158,7 +159,7 @@ def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data)
     # Loaders: evaluate/tuner/bt_tf.export restore the run, export/ was written by train.
     ids = tf.constant([list(range(3, 13))])
     by_short, _ = export.restore_encoder(str(short))
-    by_eval, _, _ = evaluate.restore_run(str(run))
+    by_eval, _, _ = embedding_cache.restore_run(str(run))
     want_emb = by_short(ids, training=False).numpy()
     np.testing.assert_allclose(by_eval(ids, training=False).numpy(), want_emb, atol=1e-5)
     vocab = dataset.load_vocab(metrics["artifact_dir"])
@@ -401,7 +402,7 @@ def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_d
     # Loaded by export and evaluate.
     encoder, loaded_config = export.restore_encoder(str(run))
     assert loaded_config["epochs"] == 1
-    evaluate.restore_run(str(run))
+    embedding_cache.restore_run(str(run))
     # A higher cap trains on from its last epoch.
     more = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
     assert more["epochs_completed"] == 2 and len(more["history"]["loss"]) == 1

@@ -14,12 +14,12 @@ Objectives (``kind`` -> metric name reported to KerasTuner, higher is better):
   probe of `bt_tf.train`. Nothing is selected on eval, so the score is unbiased.
 * ``next_item`` -> ``eval_next_item_hr@10``: the first future item over the
   full catalog (history items excluded), a softmax probe
-  (`bt_tf.probes.train_softmax_probe`) on train users whose L2 and stopping
+  (`bt_tf.evaluation.probe.train_softmax_probe`) on train users whose L2 and stopping
   epoch are selected by eval HR@10 (the probes' standard-error rule, starting
   from the prior predictor); the score is that selected eval HR@10 (slightly
   optimistic, equally so for every trial).
 * ``liked_item`` -> ``eval_liked_item_auc``: future rating >= 4 for (user,
-  item) pairs, `bt_tf.probes.train_pair_probe` with the encoder's item
+  item) pairs, `bt_tf.evaluation.probe.train_pair_probe` with the encoder's item
   embeddings (L2 and epoch selected by the eval log-likelihood, the probes'
   default), AUC on eval pairs.
 
@@ -33,9 +33,10 @@ from __future__ import annotations
 import numpy as np
 
 from bt_tf import features as F
-from bt_tf import metrics, probes
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_split
+from bt_tf.evaluation import labels, metrics
+from bt_tf.evaluation.probe import train_pair_probe, train_softmax_probe
 from bt_tf.training import genre_probe
 
 SEARCH_SPLITS = genre_probe.SPLITS  # the only splits a search reads: train, eval
@@ -117,7 +118,7 @@ def _favorite_genre(emb, kept, seed: int) -> tuple[float, int]:
 def _next_item(emb, kept, num_items: int, seed: int) -> tuple[float, int]:
     targets, rows = {}, {}
     for split in SEARCH_SPLITS:
-        t = probes.first_future_item(kept[split][F.FUTURE_ITEM_IDS])
+        t = labels.first_future_item(kept[split][F.FUTURE_ITEM_IDS])
         targets[split] = t
         rows[split] = np.flatnonzero((t >= F.NUM_RESERVED) & (t < num_items))
         if not rows[split].size:
@@ -131,7 +132,7 @@ def _next_item(emb, kept, num_items: int, seed: int) -> tuple[float, int]:
         return metrics.hits_at_k(ranks, _K)
 
     tr = rows["train"]
-    probe = probes.train_softmax_probe(
+    probe = train_softmax_probe(
         emb["train"][tr],
         targets["train"][tr],
         emb["eval"][ev],
@@ -145,7 +146,7 @@ def _next_item(emb, kept, num_items: int, seed: int) -> tuple[float, int]:
 
 def _liked_item(emb, kept, num_items: int, item_embeddings, seed: int) -> tuple[float, int]:
     pairs = {
-        split: probes.liked_item_pairs(
+        split: labels.liked_item_pairs(
             kept[split][F.FUTURE_ITEM_IDS], kept[split][F.FUTURE_RATINGS]
         )
         for split in SEARCH_SPLITS
@@ -153,7 +154,7 @@ def _liked_item(emb, kept, num_items: int, item_embeddings, seed: int) -> tuple[
     for split, p in pairs.items():
         if not len(p) or np.unique(p.labels).size < 2:
             raise ValueError(f"liked_item: {split} pairs need both liked and not-liked labels")
-    pair_probe = probes.train_pair_probe(
+    pair_probe = train_pair_probe(
         emb["train"],
         pairs["train"],
         emb["eval"],

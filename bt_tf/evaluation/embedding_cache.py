@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from bt_tf import export
 from bt_tf import features as F
-from bt_tf.encoders import SequenceEncoder
+from bt_tf import runs
 from bt_tf.evaluation.eval_data import EvalData
+from bt_tf.modeling.encoders import SequenceEncoder
+from bt_tf.serving import export
 
 __all__ = [
     "EMBEDDINGS_DIR",
@@ -138,7 +139,7 @@ def checkpoint_fingerprint(run_dir: str) -> dict:
     """What identifies a run's latest checkpoint: its path and the SHA-256 of its
     ``.index`` file, which holds a CRC32C of every saved tensor, so retrained
     weights give a new fingerprint even under the same name."""
-    path = export._latest_checkpoint(run_dir)
+    path = runs.latest_checkpoint(run_dir)
     return {
         "run_dir": os.path.abspath(run_dir),
         "checkpoint": path,

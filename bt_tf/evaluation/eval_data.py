@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from bt_tf import features as F
-from bt_tf import input as bt_input
-from bt_tf.embeddings import embed_split
+from bt_tf.data import dataset
+from bt_tf.data.embeddings import embed_split
 from bt_tf.evaluation.tasks import DEFAULT_TASKS, get_task
 
 __all__ = ["EvalData", "available_tasks", "unavailable_tasks", "load_eval_data"]
@@ -24,7 +24,7 @@ __all__ = ["EvalData", "available_tasks", "unavailable_tasks", "load_eval_data"]
 # Features read for every task (+ what a task `reads`, e.g. its user attribute).
 _KEEP = (
     F.USER_ID,
-    bt_input.ITEMS,
+    F.ITEMS,
     F.FUTURE_ITEM_IDS,
     F.FUTURE_RATINGS,
     F.FUTURE_GENRE_IDS,
@@ -57,7 +57,7 @@ class EvalData:
 
 def unavailable_tasks(artifact_dir: str) -> dict[str, str]:
     """Default tasks the data cannot support -> why (own data without ratings or categories)."""
-    meta = bt_input.load_metadata(artifact_dir)
+    meta = dataset.load_metadata(artifact_dir)
     why = {name: get_task(name).unavailable(meta) for name in DEFAULT_TASKS}
     return {name: reason for name, reason in why.items() if reason}
 
@@ -65,7 +65,7 @@ def unavailable_tasks(artifact_dir: str) -> dict[str, str]:
 def available_tasks(artifact_dir: str) -> list[str]:
     """The tasks this data supports: `DEFAULT_TASKS` (minus `unavailable_tasks`) +
     ``attr_<name>`` per user attribute."""
-    meta = bt_input.load_metadata(artifact_dir)
+    meta = dataset.load_metadata(artifact_dir)
     attrs = sorted((meta.get("attributes") or {}).keys())
     missing = unavailable_tasks(artifact_dir)
     tasks = [t for t in DEFAULT_TASKS if t not in missing]
@@ -107,7 +107,7 @@ def load_eval_data(
         liked_threshold: future rating >= this -> liked.
     """
     tasks = _check_tasks(tasks, artifact_dir)
-    meta = bt_input.load_metadata(artifact_dir)
+    meta = dataset.load_metadata(artifact_dir)
     width = int(width or meta["max_len"])
     derive = {name: get_task(name) for name in tasks}
     reads = [f for task in derive.values() for f in task.reads]
@@ -117,7 +117,7 @@ def load_eval_data(
             _no_encoder, artifact_dir, split, max_len=width, keep=list(_KEEP) + reads
         )
         user_ids[split] = kept[F.USER_ID]
-        history[split] = kept[bt_input.ITEMS].astype(np.int64)
+        history[split] = kept[F.ITEMS].astype(np.int64)
         for name, task in derive.items():
             labels[name][split] = task.derive(kept, liked_threshold=liked_threshold)
     return EvalData(

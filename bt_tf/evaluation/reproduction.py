@@ -16,14 +16,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-from bt_tf import config as cfg
-from bt_tf import input as bt_input
-from bt_tf import train
+from bt_tf.data import dataset
 from bt_tf.errors import UserError
 from bt_tf.evaluation import report
 from bt_tf.evaluation.runner import evaluate_runs
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
+from bt_tf.training import trainer
+from bt_tf.training.config import MODELS, TrainConfig
 from pipelines import preprocess
 
 __all__ = [
@@ -64,13 +64,13 @@ HPARAMS_FLAGS = {"bt": "bt", "de": "de", "joint": "bt+de"}
 
 
 def main_configs(
-    base: cfg.TrainConfig,
+    base: TrainConfig,
     output_dir: str,
     models: Sequence[str],
     *,
-    own: Mapping[str, cfg.TrainConfig] | None = None,
+    own: Mapping[str, TrainConfig] | None = None,
     num_train_users: int | None = None,
-) -> dict[str, cfg.TrainConfig]:
+) -> dict[str, TrainConfig]:
     """model -> its config: ``own[model]`` (its own settings; default ``base``)
     with ``model``, ``run_dir`` and the budget of ``base``.
 
@@ -78,9 +78,9 @@ def main_configs(
     whose own ``batch_size`` differs trains `equal_budget_steps` per epoch, so
     that its epoch is as many users as ``base``'s (needs ``num_train_users``).
     """
-    unknown = [m for m in models if m not in cfg.MODELS]
+    unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        raise UserError(f"--models={','.join(models)}: expected a subset of {cfg.MODELS}")
+        raise UserError(f"--models={','.join(models)}: expected a subset of {MODELS}")
     out = {}
     for m in models:
         c = (own or {}).get(m, base)
@@ -119,17 +119,17 @@ def equal_budget_steps(examples_per_epoch: int, batch_size: int) -> int:
 
 
 def ablation_configs(
-    base: cfg.TrainConfig,
+    base: TrainConfig,
     output_dir: str,
     *,
     batch_sizes: Sequence[int],
     models: Sequence[str],
     num_train_users: int,
     epochs: int | None = None,
-    main: Mapping[str, cfg.TrainConfig] | None = None,
-    own: Mapping[str, cfg.TrainConfig] | None = None,
+    main: Mapping[str, TrainConfig] | None = None,
+    own: Mapping[str, TrainConfig] | None = None,
     skip_too_big: bool = False,
-) -> list[tuple[str, int, cfg.TrainConfig]]:
+) -> list[tuple[str, int, TrainConfig]]:
     """(model, batch size, config) of every ablation run, at an equal number of users seen.
 
     Each model starts from its main run's config (``main[model]``), else its
@@ -182,14 +182,14 @@ def ablation_configs(
 _TABLE_KEYS = ("model", "run_dir", "batch_size", "steps_per_epoch", "epochs", "data")
 
 
-def differing_settings(configs: Sequence[cfg.TrainConfig]) -> list[str]:
+def differing_settings(configs: Sequence[TrainConfig]) -> list[str]:
     """Names of the settings (other than the table's columns) that differ between runs."""
     rows = [json.loads(json.dumps(c.to_json())) for c in configs]
     keys = [k for k in rows[0] if k not in _TABLE_KEYS] if rows else []
     return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
 
 
-def budget_note(base: cfg.TrainConfig, num_train_users: int | None) -> str:
+def budget_note(base: TrainConfig, num_train_users: int | None) -> str:
     """How the runs' budgets compare, for the report."""
     steps = base.steps_for(num_train_users) if num_train_users else base.steps_per_epoch
     epoch = (
@@ -216,7 +216,7 @@ def _cell(value, fmt: str = "{}") -> str:
 
 
 def _run_table(
-    configs: Sequence[cfg.TrainConfig],
+    configs: Sequence[TrainConfig],
     results: Sequence[dict],
     heading: str = "## Training runs",
     note: str = "",
@@ -336,21 +336,21 @@ class Ablation:
     tasks: tuple[str, ...] = (FAVORITE_GENRE, NEXT_ITEM)
 
 
-def _train_all(configs: Sequence[cfg.TrainConfig], what: str) -> list[dict]:
+def _train_all(configs: Sequence[TrainConfig], what: str) -> list[dict]:
     """Trains (or reuses: `bt_tf.train` returns a finished run untouched) every config."""
     results = []
     for c in configs:
         logging.info("== %s %s at batch size %d in %s", what, c.model, c.batch_size, c.run_dir)
-        results.append(train.train(c))
+        results.append(trainer.train(c))
     return results
 
 
 def reproduce(
-    base: cfg.TrainConfig,
+    base: TrainConfig,
     output_dir: str,
     *,
-    models: Sequence[str] = cfg.MODELS,
-    model_configs: Mapping[str, cfg.TrainConfig] | None = None,
+    models: Sequence[str] = MODELS,
+    model_configs: Mapping[str, TrainConfig] | None = None,
     evaluation: EvalRequest = EvalRequest(),
     ablation: Ablation = Ablation(),
 ) -> dict:
@@ -364,7 +364,7 @@ def reproduce(
     """
     report_dir = os.path.join(output_dir, REPORT_DIR)
     artifact_dir = preprocess.preprocess(base.data)
-    n_train = int(bt_input.load_metadata(artifact_dir)["num_users"]["train"])
+    n_train = int(dataset.load_metadata(artifact_dir)["num_users"]["train"])
     configs = main_configs(base, output_dir, models, own=model_configs, num_train_users=n_train)
     results = _train_all(list(configs.values()), "training")
     ev = evaluation
@@ -405,12 +405,12 @@ def reproduce(
 
 
 def run_ablation(
-    base: cfg.TrainConfig,
+    base: TrainConfig,
     output_dir: str,
     ablation: Ablation,
     *,
-    main: Mapping[str, cfg.TrainConfig],
-    own: Mapping[str, cfg.TrainConfig],
+    main: Mapping[str, TrainConfig],
+    own: Mapping[str, TrainConfig],
     num_train_users: int,
     evaluation: EvalRequest,
 ) -> tuple[list[dict], list[str]]:

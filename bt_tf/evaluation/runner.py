@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bt_tf import export
+from bt_tf import runs
 from bt_tf.evaluation import report
 from bt_tf.evaluation.embedding_cache import (
     cached_embeddings,
@@ -91,7 +91,7 @@ def read_runs(run_dirs: Sequence[str], names: Sequence[str] | None = None) -> li
     (default `run_names`)."""
     if not run_dirs:
         raise ValueError("evaluate_runs needs at least one run directory.")
-    configs = [export._read_config(d) for d in run_dirs]
+    configs = [runs.read_config(d) for d in run_dirs]
     artifacts = {os.path.normpath(c["artifact_dir"]) for c in configs}
     if len(artifacts) != 1:
         listing = "; ".join(f"{d}: {c['artifact_dir']}" for d, c in zip(run_dirs, configs))

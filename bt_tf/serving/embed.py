@@ -24,9 +24,10 @@ import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import features as F
-from bt_tf import probes, runs
+from bt_tf import runs
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
+from bt_tf.evaluation import labels
 from bt_tf.serving import export
 
 FORMATS = ("parquet", "tfrecord")
@@ -499,7 +500,7 @@ def _labels(artifact_dir: str, split: str, wanted: set[str]) -> dict[str, list[s
         columns = []
         if has_genres:
             future = batch[F.FUTURE_GENRE_IDS].merge_dims(1, -1).to_tensor(default_value=0)
-            favorite = probes.favorite_genre(future.numpy())  # -1: no genre
+            favorite = labels.favorite_genre(future.numpy())  # -1: no genre
             columns.append([genres[g] if g >= 0 else "" for g in favorite])
         for name, spec in attrs.items():
             classes = spec.get("classes") or []

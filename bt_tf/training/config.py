@@ -45,7 +45,7 @@ from bt_tf.modeling.encoders import KINDS as ENCODERS
 from bt_tf.modeling.encoders import POOLINGS
 from bt_tf.modeling.precision import PRECISIONS
 from bt_tf.modeling.projector import ProjectorConfig
-from pipelines.preprocess import PreprocessConfig  # -> pipelines.config (Beam-free) at merge
+from pipelines.config import PreprocessConfig
 
 MODELS = ("bt", "de", "bt+de")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")

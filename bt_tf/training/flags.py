@@ -31,7 +31,7 @@ from bt_tf.training.config import (
     STRATEGIES,
     TrainConfig,
 )
-from pipelines import preprocess  # add_flags, config_from_flags: -> pipelines.config at merge
+from pipelines import config as data_config
 
 
 def check_buckets(spec: str) -> str:
@@ -159,7 +159,7 @@ _TRAINING_FLAGS = (
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """The training flags (`bt_tf.train`), preprocessing flags included."""
-    preprocess.add_flags(parser, output_dir_alias=False)
+    data_config.add_flags(parser, output_dir_alias=False)
     defaults = TrainConfig().to_json()  # in their flag spelling
     for names, keywords in _TRAINING_FLAGS:
         dest = keywords.get("dest", names[0].lstrip("-"))
@@ -244,7 +244,7 @@ def config_from_flags(
     values = {k: v for k, v in vars(args).items() if k in fields}
     if not values.get("run_dir"):
         values["run_dir"] = os.path.join("runs", f"{args.dataset}_{args.model}")
-    data = preprocess.config_from_flags(args, beam_args)
+    data = data_config.config_from_flags(args, beam_args)
     try:
         return TrainConfig.from_settings(values, data=data)
     except UserError:
@@ -288,7 +288,7 @@ def parse(
 def apply_dataset_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> str:
     """Sets `parser`'s defaults to those of the ``--dataset`` in `argv`; returns its name."""
     probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("--dataset", default=preprocess.PreprocessConfig().dataset)
+    probe.add_argument("--dataset", default=data_config.PreprocessConfig().dataset)
     dataset = probe.parse_known_args(argv)[0].dataset
     parser.set_defaults(**dataset_defaults(dataset))
     return dataset

@@ -11,8 +11,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from bt_tf import probes
 from bt_tf.data.embeddings import embed_split
+from bt_tf.evaluation import labels
 from bt_tf.features import FUTURE_GENRE_IDS
 
 SPLITS = ("train", "eval")  # fitted on the first, scored on the second
@@ -25,7 +25,7 @@ def labelled(embeddings: dict, kept: dict) -> dict[str, tuple[np.ndarray, np.nda
     """
     out = {}
     for split in SPLITS:
-        y = probes.favorite_genre(kept[split][FUTURE_GENRE_IDS])
+        y = labels.favorite_genre(kept[split][FUTURE_GENRE_IDS])
         out[split] = (embeddings[split][y >= 0], y[y >= 0])
     return out
 
