@@ -13,11 +13,12 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 
-from bt_tf import cli, probes
+from bt_tf import cli
 from bt_tf import embed as embed_cli
 from bt_tf import features as F
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_split
+from bt_tf.evaluation import labels
 from bt_tf.serving import embed, export
 from bt_tf.training.flags import parse
 from bt_tf.training.trainer import train
@@ -153,7 +154,7 @@ def test_projector_metadata_rows_align_with_the_vectors(run, reference):
     classes = dataset.load_metadata(artifact)["attributes"]["segment"]["classes"]
     by_user = {}
     for split, (ids, emb, kept) in reference.items():
-        favorite = probes.favorite_genre(kept[F.FUTURE_GENRE_IDS])
+        favorite = labels.favorite_genre(kept[F.FUTURE_GENRE_IDS])
         for i, user in enumerate(ids):
             genre = genres[favorite[i]] if favorite[i] >= 0 else ""
             by_user[split, user] = (emb[i], genre, classes[kept["attr_segment"][i]])

@@ -127,14 +127,6 @@ def embed_users(encoder, data: EvalData, *, batch_size: int = 512) -> dict[str, 
     return out
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def checkpoint_fingerprint(run_dir: str) -> dict:
     """What identifies a run's latest checkpoint: its path and the SHA-256 of its
     ``.index`` file, which holds a CRC32C of every saved tensor, so retrained
@@ -143,7 +135,7 @@ def checkpoint_fingerprint(run_dir: str) -> dict:
     return {
         "run_dir": os.path.abspath(run_dir),
         "checkpoint": path,
-        "index_sha256": _sha256_file(path + ".index"),
+        "index_sha256": runs.file_sha256(path + ".index"),
     }
 
 
@@ -158,7 +150,7 @@ def data_fingerprint(data: EvalData) -> dict:
             ids.update(b"\0")
     return {
         "artifact_dir": os.path.abspath(data.artifact_dir),
-        "metadata_sha256": _sha256_file(os.path.join(data.artifact_dir, F.METADATA_FILE)),
+        "metadata_sha256": runs.file_sha256(os.path.join(data.artifact_dir, F.METADATA_FILE)),
         "width": int(data.width),
         "user_ids_sha256": ids.hexdigest(),
     }
