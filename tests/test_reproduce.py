@@ -27,7 +27,7 @@ def test_own_flags_are_split_from_training_flags():
         ]
     )
     assert args.seeds == 2 and base.seed == 7  # no prefix matching between the two
-    assert base.dim == 8 and base.epochs == 3 and base.data.cache_dir == "/c"
+    assert base.encoder.dim == 8 and base.epochs == 3 and base.data.cache_dir == "/c"
     assert args.batch_sizes == [16, 32] and args.label_fractions == [0.1, 1.0]
     assert args.cache is True  # --cache_dir went to preprocessing, not to --cache
     assert args.output_dir == os.path.join("runs", "reproduce_synthetic")
@@ -57,8 +57,8 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
         base, "/out", ["bt", "de", "bt+de"], own=args.model_configs, num_train_users=330
     )
     bt_c, de_c, joint = configs["bt"], configs["de"], configs["bt+de"]
-    assert (bt_c.lambd, bt_c.learning_rate, bt_c.dim) == (0.02, 0.002, 8)
-    assert (de_c.temperature, de_c.learning_rate, de_c.dim) == (0.05, 0.003, 8)
+    assert (bt_c.lambd, bt_c.learning_rate, bt_c.encoder.dim) == (0.02, 0.002, 8)
+    assert (de_c.temperature, de_c.learning_rate, de_c.encoder.dim) == (0.05, 0.003, 8)
     assert joint == dataclasses.replace(base, model="bt+de", run_dir="/out/bt+de")
     # The budget is shared: the file's epochs are ignored; a batch of 16 trains twice
     # the steps (max(16, 330 // 32) = 16 steps of 32 users -> 32 steps of 16).
@@ -85,7 +85,10 @@ def test_ablation_runs_see_the_same_number_of_users():
     base = TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2, min_steps_per_epoch=1)
     main = reproduction.main_configs(base, "/out", ["bt", "de", "bt+de"])
     assert {c.run_dir for c in main.values()} == {"/out/bt", "/out/de", "/out/bt+de"}
-    assert len({(c.batch_size, c.epochs, c.steps_per_epoch, c.dim) for c in main.values()}) == 1
+    assert (
+        len({(c.batch_size, c.epochs, c.steps_per_epoch, c.encoder.dim) for c in main.values()})
+        == 1
+    )
     runs = reproduction.ablation_configs(
         base,
         "/out",

@@ -261,7 +261,9 @@ def build_parser(
         prog=prog or "python -m bt_tf.train",
         usage="%(prog)s [--flag=VALUE ...]",
         description=description,
-        epilog="Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
+        epilog="Real datasets have their own defaults for some flags (ml-100k, ml-1m, ml-20m: "
+        "DATASET_DEFAULTS in bt_tf/training/flags.py); `--dataset=NAME --help` shows them. "
+        "Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
         allow_abbrev=True,
     )
     add_flags(parser)
