@@ -1,9 +1,12 @@
 """`bt_tf.evaluate` / `bt_tf.evaluation`: trained runs -> probes -> report, on tiny data."""
 
+import hashlib
 import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -294,3 +297,26 @@ def test_length_sorted_batches_embed_like_full_width_ones(runs):
     for split in F.SPLITS:
         full = encoder(tf.constant(data.history[split], tf.int32), training=False).numpy()
         np.testing.assert_allclose(small[split], full, rtol=1e-5, atol=1e-5)
+
+
+_UNTRAINED_DIGEST = """
+import hashlib, json, sys
+import bt_tf
+from bt_tf.evaluation.embedding_cache import untrained_encoder
+encoder = untrained_encoder(json.loads(sys.argv[1]))
+print(hashlib.sha256(b"".join(w.numpy().tobytes() for w in encoder.weights)).hexdigest())
+"""
+
+
+def test_untrained_floor_is_the_same_in_a_fresh_process_and_after_training():
+    """Training switches Keras to tf.random.Generator initializers process-wide; the
+    untrained encoder must not depend on whether a run was trained before it."""
+    config = {"seed": 3, "encoder": dict(vocab_size=40, max_len=8, dim=8, num_blocks=1)}
+    fresh = subprocess.run(
+        [sys.executable, "-c", _UNTRAINED_DIGEST, json.dumps(config)],
+        capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+    ).stdout.split()[-1]  # fmt: skip
+    tf.keras.backend.experimental.enable_tf_random_generator()  # as after a training run
+    encoder = embedding_cache.untrained_encoder(config)
+    here = hashlib.sha256(b"".join(w.numpy().tobytes() for w in encoder.weights)).hexdigest()
+    assert here == fresh

@@ -82,6 +82,10 @@ def restore_run(run_dir: str) -> tuple[tf.keras.layers.Layer, np.ndarray, dict]:
 
 def untrained_encoder(config: Mapping[str, Any]):
     """A fresh `SequenceEncoder` of the run's architecture, initialized with its seed."""
+    # Initialized as training initializes (`bt_tf.training.trainer.prepare_run`): the
+    # switch is process-wide, so without it here an untrained encoder built after a
+    # training run in the same process would differ from one built in a fresh process.
+    tf.keras.backend.experimental.enable_tf_random_generator()
     tf.keras.utils.set_random_seed(int(config.get("seed", 0)))
     encoder = SequenceEncoder(**config["encoder"], name="encoder")
     encoder(tf.fill([1, 1], F.NUM_RESERVED), training=False)  # create variables

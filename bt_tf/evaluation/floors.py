@@ -197,7 +197,9 @@ def untrained_floor_rows(
     for key, members in architectures.items():
         kwargs, seed = json.loads(key)
         floor = "untrained" if len(architectures) == 1 else f"untrained({members[0]})"
-        floor_fp = {"encoder": kwargs, "seed": seed}
+        # "init": caches written before untrained encoders always used the Generator
+        # initializers (they depended on the process) are not reused.
+        floor_fp = {"encoder": kwargs, "seed": seed, "init": "tf_random_generator"}
 
         def embed_untrained(kwargs=kwargs, seed=seed):
             encoder = untrained_encoder({"encoder": kwargs, "seed": seed})
