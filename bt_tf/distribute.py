@@ -52,9 +52,13 @@ def gather_global(ctx, targets: tf.Tensor) -> tf.Tensor:
     the same as on one device. int64: collectives refuse a mix of host-memory
     (int32) and device tensors. Replicas may hold batches of different widths
     (length-bucketed input): each pads its rows with `PAD_ID` (never a
-    candidate) to the widest replica's width first. Returns int32.
+    candidate) to the widest replica's width first; a static width means
+    fixed-width batches, the same on every replica, and skips that exchange.
+    Returns int32.
     """
     targets = tf.cast(targets, tf.int64)
+    if targets.shape[1] is not None:
+        return tf.cast(ctx.all_gather(targets, axis=0), tf.int32)
     width = tf.shape(targets, out_type=tf.int64)[1]
     widest = tf.reduce_max(ctx.all_gather(tf.reshape(width, [1]), axis=0))
     targets = tf.pad(targets, [[0, 0], [0, widest - width]], constant_values=PAD_ID)
