@@ -24,7 +24,12 @@ warm-up step per distinct width, the whole epoch is timed for BT (two views)
 and the DE (next-item pairs), and the bucketed / fixed ratio printed.
 
 Timing is wall clock; ``cpu`` is process CPU time (all threads), which moves
-less when other jobs share the machine.
+less when other jobs share the machine. The timed datasets run with tf.data
+autotuning off (`steady`): they hold built batches, so there is nothing to
+tune, and with autotuning on, deleting the iterator at the end of `fit`
+blocks until the autotuner's background thread next wakes (its period
+doubles from 10 ms: 10.23 s, 20.47 s, ... after the iterator was made), which
+added up to half again to the timed seconds, at random.
 """
 
 from __future__ import annotations
@@ -110,7 +115,11 @@ def model_batches(items, plan, model_name: str, policy, seed: int) -> list[dict]
 def build_model(model_name: str, vocab_size: int, args) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(args.seed)
     encoder = SequenceEncoder(
-        vocab_size, max_len=args.max_len, dim=args.dim, num_blocks=args.num_blocks
+        vocab_size,
+        max_len=args.max_len,
+        dim=args.dim,
+        num_blocks=args.num_blocks,
+        causal=model_name == "de",  # the DE's query tower is causal (one query per position)
     )
     if model_name == "bt":
         return BarlowTwinsModel(encoder, build_projector(args.projector))
@@ -126,6 +135,13 @@ def _rates(start, users: int) -> tuple[float, float]:
     return users / wall, users / cpu
 
 
+def steady(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` without tf.data autotuning, whose thread can hold up the iterator's deletion."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def fit_rate(model, batches: list[dict], warmup: list[dict]) -> tuple[float, float]:
     """(users/s wall, users per CPU-second) of `model.fit` over ``batches``, after ``warmup``."""
     spec = {
@@ -134,7 +150,7 @@ def fit_rate(model, batches: list[dict], warmup: list[dict]) -> tuple[float, flo
     }
 
     def dataset(parts):
-        return tf.data.Dataset.from_generator(lambda: iter(parts), output_signature=spec)
+        return steady(tf.data.Dataset.from_generator(lambda: iter(parts), output_signature=spec))
 
     model.fit(dataset(warmup), epochs=1, verbose=0)  # trace every width
     start = _clock()
@@ -228,7 +244,7 @@ def full_lengths(args) -> dict:
         outputs=[VIEW1, VIEW2],
     )
     input_rate, _ = measure(pipeline, warmup_batches=5, batches=50)
-    cached = pipeline.take(4).cache().repeat()
+    cached = steady(pipeline.take(4).cache().repeat())
     results = {"input_users_per_s": input_rate}
     cases = [("jit_compile=False", False, 1), ("jit_compile=True", True, 1)]
     if args.steps_per_execution > 1:
