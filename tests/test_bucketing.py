@@ -5,6 +5,7 @@ differ in width.
 """
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -241,13 +242,43 @@ def test_config_speed_flags():
         TrainConfig(steps_per_execution=0)
 
 
-def test_auto_boundaries_are_rounded_quantiles():
+def _epoch_cost(lengths, bounds, width):
+    """Padded compute of `lengths` under `bounds` (each row at its bucket's width)."""
+    widths = np.array(list(bounds) + [width])
+    return I.padded_cost(widths[np.searchsorted(widths, np.minimum(lengths, width))]).sum()
+
+
+def test_auto_boundaries_are_the_cheapest_allowed_split():
+    rng = np.random.default_rng(0)
+    width, batch, multiple = 64, 10, 8
+    lengths = np.minimum(rng.geometric(1 / 25, size=300), 80)  # skewed, some past the cap
+    got = I.auto_bucket_boundaries(lengths, width, batch, max_buckets=4, multiple=multiple)
+    # Brute force: every set of at most 3 multiples of 8 below the cap whose
+    # buckets but the widest hold at least 2 batches.
+    best = None
+    for r in range(4):
+        for bounds in itertools.combinations(range(multiple, width, multiple), r):
+            edges = (0,) + bounds
+            counts = [np.sum((lengths > lo) & (lengths <= hi)) for lo, hi in zip(edges, bounds)]
+            if all(c >= 2 * batch for c in counts):
+                cost = _epoch_cost(lengths, bounds, width)
+                best = cost if best is None else min(best, cost)
+    assert np.isclose(_epoch_cost(lengths, got, width), best)
+    assert _epoch_cost(lengths, got, width) < _epoch_cost(lengths, (), width)
+    edges = (0,) + got
+    assert all(np.sum((lengths > lo) & (lengths <= hi)) >= 2 * batch for lo, hi in zip(edges, got))
+
+
+def test_auto_boundaries_edge_cases():
     lengths = np.concatenate([np.arange(1, 201), np.full(100, 250)])  # 300 users, cap 200
-    assert I.auto_bucket_boundaries(lengths, 200, 160) == ()  # too few users per bucket
-    got = I.auto_bucket_boundaries(lengths, 200, 50)  # k = 3: quantiles 1/3, 2/3
-    assert got == (104,)  # 2/3 quantile is the cap: dropped
+    assert I.auto_bucket_boundaries(lengths, 200, 160) == ()  # too few users for 2 buckets
+    assert I.auto_bucket_boundaries(np.full(1000, 7), 200, 20) == (8,)  # all short: width 8
+    # A handful of long users get the widest bucket, not a wider shared one.
+    assert I.auto_bucket_boundaries(np.r_[np.full(1000, 7), np.full(3, 100)], 200, 20) == (8,)
+    # Wide rows cost more (attention): boundaries are denser at the long end than quantiles.
     got = I.auto_bucket_boundaries(np.arange(1, 1001), 1000, 20, max_buckets=4)
-    assert got == (256, 504, 752)
+    gaps = np.diff((0,) + got + (1000,))
+    assert len(got) == 3 and gaps[-1] < gaps[0]
 
 
 def _encoder(kind="transformer", pooling="mean"):

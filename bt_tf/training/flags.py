@@ -140,7 +140,7 @@ _TRAINING_FLAGS = (
     (("--min_delta",), {"type": float, "help": "relative val_loss decrease that counts as a "
      "gain for the patience"}),
     (("--bucket_boundaries",), {"type": flag_type(check_buckets), "help": "length buckets of "
-     'the batches: "25,50,100,150", "auto" (length quantiles) or "" (off); default (None): '
+     'the batches: "25,50,100,150", "auto" (least padded compute) or "" (off); default (None): '
      "auto for real datasets, off for synthetic"}),
     (("--cache_input",), {"action": _BOOL, "help": "parse the split once into memory (implied "
      "by --bucket_boundaries)"}),
