@@ -83,15 +83,18 @@ from collections.abc import Sequence
 import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import runs
 from bt_tf.errors import UserError
+from bt_tf.evaluation.intervals import DEFAULT_RESAMPLES
+from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.runner import evaluate_runs
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
-from bt_tf.evaluation.tasks import DEFAULT_TASKS
+from bt_tf.evaluation.tasks import DEFAULT_TASKS, NEXT_ITEM_SOFTMAX
 
 __all__ = [
     "float_list",
     "fraction_list",
     "add_flags",
     "settings_from_flags",
+    "protocol_from_flags",
     "tasks_from_flags",
     "build_parser",
     "main",
@@ -108,7 +111,7 @@ def float_list(text: str) -> list[float]:
 
 # argparse types: comma-separated values, checked (errors name the flag).
 fraction_list = cli.comma_list(float, "fractions in (0, 1]", lambda f: 0.0 < f <= 1.0)
-_l2_list = cli.comma_list(float, "L2 strengths >= 0", lambda v: v >= 0.0)
+_positive_list = cli.comma_list(float, "values > 0", lambda v: v > 0.0)
 
 
 def _at_least(low: int):
@@ -126,21 +129,12 @@ def _at_least(low: int):
 
 _BOOLEAN = argparse.BooleanOptionalAction
 # The `EvalSettings` fields set by a flag of the same name (default: the field's), in
-# --help order; --l2_grid (a list) is added apart.
+# --help order; the grids (lists) are added apart.
 _SETTING_FLAGS = {
-    "probe_max_epochs": dict(type=_at_least(1), help="probe training epochs, at most"),
-    "probe_patience": dict(
-        type=_at_least(1), help="probe early stopping: epochs without an eval gain"
-    ),
-    "probe_min_epochs": dict(type=_at_least(0), help="probe epochs before early stopping may stop"),
     "probe_se_rule": dict(
         type=float,
         help="probe selection: the simplest candidate within this many standard errors "
-        "of the best wins (0 = plain argmax)",
-    ),
-    "min_selection_users": dict(
-        type=_at_least(1),
-        help="at label fraction f, probes are selected on f of the eval users, at least this many",
+        "of the best cross-validated log-likelihood wins (0 = plain argmax)",
     ),
     "exclude_history": dict(
         action=_BOOLEAN, help="next item: leave the user's history items out of the ranking"
@@ -153,6 +147,22 @@ _SETTING_FLAGS = {
     "bag_projection_above": dict(
         type=int, help="bag-of-items floor: project the bag when the catalog has more items"
     ),
+    "knn_top_k": dict(
+        type=_at_least(1), help="item-kNN of the bag-of-items floor: neighbours kept per item "
+        "when the catalog has more than --bag_projection_above items",
+    ),
+    "probe_max_epochs": dict(type=_at_least(1), help="next_item_softmax probe: epochs, at most"),
+    "probe_patience": dict(
+        type=_at_least(1), help="next_item_softmax probe: epochs without a gain before it stops"
+    ),
+    "probe_min_epochs": dict(type=_at_least(0), help="next_item_softmax probe: epochs before "
+                             "early stopping may stop"),
+}
+_GRID_FLAGS = {
+    "c_grid": "inverse L2 strengths C of the classification and liked-item probes, "
+    "strongest penalty first (chosen by cross-validation inside the labelled users)",
+    "next_item_c_grid": "inverse L2 strengths C of the bilinear next-item probe's W",
+    "l2_grid": "next_item_softmax probe: L2 values",
 }
 
 
@@ -161,33 +171,52 @@ def add_flags(parser) -> None:
 
     `parser`: an `argparse.ArgumentParser` or argument group.
     """
-    d = EvalSettings()
+    d, p = EvalSettings(), Protocol()
     add = parser.add_argument
     add(
         "--label_fractions",
         type=fraction_list,
         default=list(DEFAULT_FRACTIONS),
-        help="fractions of train users' labels the probes see, comma-separated",
+        help="fractions of the users a probe may learn from that keep their labels",
     )
     add("--seeds", type=_at_least(1), default=3, help="label-sampling seeds per fraction (0..n-1)")
     add(
         "--tasks",
         default="",
-        help=f"comma-separated subset of {', '.join(DEFAULT_TASKS)}, attr_<name> (empty: all)",
+        help=f"comma-separated subset of {', '.join(DEFAULT_TASKS)}, {NEXT_ITEM_SOFTMAX} (the "
+        "full-softmax next-item probe), attr_<name> (empty: the default tasks and attributes)",
     )
+    add(
+        "--probe_folds",
+        type=_at_least(0),
+        default=p.probe_folds,
+        help="K >= 2: cross-fitted, every user scored once by probes trained on the labels "
+        "of the other K-1 folds; 0: inductive (train + eval users labelled, test users scored)",
+    )
+    add("--inner_folds", type=_at_least(2), default=p.inner_folds,
+        help="cross-validation folds of each probe's selection, inside its labelled users")
     add("--floors", default=True, action=_BOOLEAN, help="also evaluate the baseline floors")
     add("--cache", default=True, action=_BOOLEAN, help="reuse results cached in OUTPUT_DIR/cache")
-    add("--l2_grid", type=_l2_list, default=list(d.l2_grid), help="probe L2 values (on eval)")
+    for name, text in _GRID_FLAGS.items():
+        add(f"--{name}", type=_positive_list, default=list(getattr(d, name)), help=text)
     for name, kwargs in _SETTING_FLAGS.items():
         add(f"--{name}", default=getattr(d, name), **kwargs)
-    add("--baseline", default="de", help="model the improvements are relative to")
-    add("--compare", default="bt,bt+de", help="models whose improvement over --baseline is shown")
+    add("--bootstrap_resamples", type=_at_least(100), default=DEFAULT_RESAMPLES,
+        help="resamples of users of the paired bootstrap intervals")
+    add("--baseline", default="de", help="model the ratios are relative to")
+    add("--compare", default="bt,bt+de", help="models listed first in the tables")
 
 
 def settings_from_flags(args: argparse.Namespace) -> EvalSettings:
     """The `EvalSettings` of parsed `add_flags` flags."""
     values = {name: getattr(args, name) for name in _SETTING_FLAGS}
-    return EvalSettings(l2_grid=tuple(args.l2_grid), **values)
+    grids = {name: tuple(getattr(args, name)) for name in _GRID_FLAGS}
+    return EvalSettings(**grids, **values)
+
+
+def protocol_from_flags(args: argparse.Namespace) -> Protocol:
+    """The `Protocol` of parsed `add_flags` flags."""
+    return Protocol(probe_folds=args.probe_folds, inner_folds=args.inner_folds)
 
 
 def tasks_from_flags(args: argparse.Namespace) -> list[str] | None:
@@ -227,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         tasks=tasks_from_flags(args),
         include_floors=args.floors,
         settings=settings_from_flags(args),
+        protocol=protocol_from_flags(args),
         cache=args.cache,
+        bootstrap_resamples=args.bootstrap_resamples,
         baseline=args.baseline,
         compare=[m for m in args.compare.split(",") if m.strip()],
     )

@@ -11,11 +11,9 @@ split's users in length-sorted batches; `cached_embeddings` keeps the result in
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ import tensorflow as tf
 
 from bt_tf import features as F
 from bt_tf import runs
+from bt_tf.evaluation.caching import cache_file, fingerprint_key, write_atomically
 from bt_tf.evaluation.eval_data import EvalData
 from bt_tf.modeling.encoders import SequenceEncoder
 from bt_tf.serving import export
@@ -36,32 +35,9 @@ __all__ = [
     "checkpoint_fingerprint",
     "data_fingerprint",
     "cached_embeddings",
-    "fingerprint_key",
-    "cache_file",
-    "write_atomically",
 ]
 
 EMBEDDINGS_DIR = "embeddings"  # under the evaluation's cache dir
-
-
-def cache_file(directory: str, name: str, suffix: str) -> str:
-    """``<directory>/<name><suffix>``, the name percent-encoded: the encoding is
-    injective, so "bt+de" and "bt_de" get different files."""
-    return os.path.join(directory, urllib.parse.quote(name, safe="") + suffix)
-
-
-def write_atomically(path: str, mode: str, write: Callable[[Any], None]) -> None:
-    """``write(file)`` to ``path.tmp``, then renamed: never a half-written cache."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:
-    """SHA-256 of a fingerprint's canonical JSON: what the caches store and compare."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def restore_run(run_dir: str) -> tuple[tf.keras.layers.Layer, np.ndarray, dict]:

@@ -4,9 +4,9 @@ Derivation (one function per label kind): `favorite_genre`, `first_future_item`
 (next item), `liked_item_pairs` (liked item, `Pairs`), `item_counts` (the
 popularity prior). Sampling, the scarce-label protocol (DESIGN.md,
 "Downstream evaluation"): `sample_label_fraction` draws a seeded (stratified)
-fraction of TRAIN users that keep their labels; `sample_selection_users` the
-same fraction of EVAL users whose labels select the probe (at least
-`settings.MIN_SELECTION_USERS`). Plain numpy, no TensorFlow.
+fraction of the users a probe may learn from that keep their labels
+(`protocol.sample_fold_labels` applies it to a fold's pool). Plain numpy, no
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from bt_tf.evaluation.settings import MIN_SELECTION_USERS
 from bt_tf.features import NUM_RESERVED, PAD_ID, SPLITS
 
 __all__ = [
@@ -26,18 +25,12 @@ __all__ = [
     "as_ragged",
     "check_splits",
     "sample_label_fraction",
-    "sample_selection_users",
     "favorite_genre",
     "first_future_item",
     "liked_item_pairs",
     "item_counts",
-    "next_item_masks",
-    "pair_user_sample",
     "users_with_pairs",
 ]
-
-_SELECTION_STREAM = 1  # seeds the eval sample apart from the train sample
-
 
 def sample_label_fraction(
     labels: np.ndarray, fraction: float, seed: int, *, stratify: bool = True
@@ -45,8 +38,9 @@ def sample_label_fraction(
     """Seeded sample of the users whose labels a probe may train on.
 
     Args:
-      labels: ``[n]`` int labels of the TRAIN users only (the caller passes
-        train users, so test users cannot leak); ``< 0`` = unknown, never taken.
+      labels: ``[n]`` int labels of the users a probe may learn from only (the
+        caller passes those, so scored users cannot leak); ``< 0`` = unknown,
+        never taken.
       fraction: in ``(0, 1]``; ``1.0`` returns every labelled index.
       seed: same seed -> same sample. For a fixed seed the samples are NESTED
         across fractions (1% is a subset of 5%): each class is shuffled once by
@@ -76,67 +70,6 @@ def sample_label_fraction(
         k = min(members.size, max(1, int(np.floor(fraction * members.size + 0.5))))
         taken.append(rng.permutation(members)[:k])
     return np.sort(np.concatenate(taken)).astype(np.int64)
-
-
-def sample_selection_users(
-    labels: np.ndarray,
-    fraction: float,
-    seed: int,
-    *,
-    stratify: bool = True,
-    min_users: int = MIN_SELECTION_USERS,
-) -> np.ndarray:
-    """Seeded sample of the EVAL users whose labels select a probe at label fraction ``fraction``.
-
-    Scarce labels are scarce everywhere: a probe trained on ``fraction`` of the
-    train users' labels picks its L2 strength and stopping epoch on the same
-    fraction of the eval users' labels, never on all of them.
-
-    Args:
-      labels: ``[n]`` int labels of the EVAL users; ``< 0`` = unknown, never taken.
-        For tasks without a per-user class (next item, liked item) pass ``0``
-        for users with a label and ``stratify=False``.
-      fraction: in ``(0, 1]``.
-      seed: same seed -> same sample (a stream of its own, independent of the
-        train sample's). For a fixed seed the samples are NESTED across fractions.
-      stratify: class proportions kept: within each class the users are in a
-        seeded random order, member ``i`` of a class of ``n_c`` gets the key
-        ``(i + u_c) / n_c`` (``u_c`` a seeded uniform offset per class) and the
-        ``k`` smallest keys are taken, so class ``c`` gets ``k * n_c / n``
-        users within +-1. Unlike `sample_label_fraction` there is no
-        at-least-one-per-class rule, which would exceed the budget when
-        there are many classes. Forming the strata reads every eval user's
-        class (as stratified train sampling does); only the sampled users'
-        labels and features reach the probe.
-      min_users: ``k = min(n, max(min_users, floor(fraction * n + 0.5)))`` of
-        the ``n`` labelled users, so that a selection is possible at all at
-        1% (e.g. ML-100K has ~94 eval users: 1% would be one user). This floor
-        is the only place selection may see more than ``fraction`` of the
-        eval labels.
-
-    Returns:
-      Sorted int64 indices into ``labels``.
-    """
-    labels = np.asarray(labels).reshape(-1)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    if min_users < 1:
-        raise ValueError(f"min_users must be >= 1, got {min_users}.")
-    labelled = np.flatnonzero(labels >= 0)
-    n = labelled.size
-    k = min(n, max(int(min_users), int(np.floor(fraction * n + 0.5))))
-    if k == n:
-        return labelled.astype(np.int64)
-    rng = np.random.default_rng([int(seed), _SELECTION_STREAM])
-    if not stratify:
-        return np.sort(rng.permutation(labelled)[:k]).astype(np.int64)
-    keys = np.empty(n)
-    y = labels[labelled]
-    for c in np.unique(y):
-        pos = np.flatnonzero(y == c)
-        keys[rng.permutation(pos)] = (np.arange(pos.size) + rng.random()) / pos.size
-    order = np.lexsort((rng.permutation(n), keys))  # key, then a seeded tie-break
-    return np.sort(labelled[order[:k]]).astype(np.int64)
 
 
 def as_ragged(values: Any, row_lengths: np.ndarray | None = None):
@@ -284,22 +217,8 @@ def check_splits(task: str, per_split: Mapping[str, Any]) -> None:
         raise ValueError(f"labels[{task!r}] lacks split(s) {missing}; need train, eval, test.")
 
 
-def next_item_masks(targets: np.ndarray, num_items: int):
-    """(trainable, scored): users with a known target train/select; users with
-    any future item are scored (OOV targets count as misses)."""
-    trainable = (targets >= NUM_RESERVED) & (targets < num_items)
-    scored = targets != PAD_ID
-    return trainable, scored
-
-
 def users_with_pairs(pairs: Pairs, n_users: int) -> np.ndarray:
     """``[n_users]`` 0 for users with at least one pair, -1 for the others."""
     has_pair = np.zeros(n_users, dtype=bool)
     has_pair[pairs.user_index] = True
     return np.where(has_pair, 0, -1)
-
-
-def pair_user_sample(pairs: Pairs, n_users: int, fraction: float, seed: int) -> np.ndarray:
-    """Pair indices of a seeded fraction of the TRAIN users with pairs."""
-    users = sample_label_fraction(users_with_pairs(pairs, n_users), fraction, seed, stratify=False)
-    return np.flatnonzero(np.isin(pairs.user_index, users))

@@ -1,12 +1,17 @@
-"""One model's features through every task, one (task, fraction, seed) at a time, cached.
+"""One contender through every task, fraction and seed, with a resumable on-disk cache.
 
-`EvalPlan` is what every model of one evaluation is probed on (the data, the
-label fractions and seeds, the tasks, the settings, the cache dir, the clock);
-`evaluate_features` probes one model's features with it (`tasks.evaluate_embeddings`),
-reusing the rows of every finished (task, fraction, seed) from
-``<cache_dir>/<model>.json`` (`ResultCache`) while the features' fingerprint
-(e.g. the run's checkpoint) and the settings are unchanged, so an interrupted
-evaluation resumes where it stopped.
+`EvalPlan` is what every contender of one evaluation is probed on (the probe
+context, the label fractions and seeds, the tasks, the cache dir, the clock);
+`probe_records` probes one contender with it (`tasks.probe_contender`) and
+returns one `Record` per (task, fraction, seed): the per-unit scores of every
+scored user and the fit of every fold. Each record is stored in
+``<cache_dir>/units/<contender>/<task>|<fraction>|<seed>.npz`` under a
+fingerprint of the features, the settings and the protocol, so an
+interrupted evaluation resumes where it stopped and a rerun recomputes
+nothing.
+
+At fraction 1.0 every seed would label the same users, so only the first
+seed is probed there.
 """
 
 from __future__ import annotations
@@ -20,176 +25,166 @@ from typing import Any
 
 import numpy as np
 
-from bt_tf.evaluation.embedding_cache import cache_file, fingerprint_key, write_atomically
-from bt_tf.evaluation.eval_data import EvalData
-from bt_tf.evaluation.settings import EvalSettings
-from bt_tf.evaluation.tasks import evaluate_embeddings
+from bt_tf.evaluation.contenders import PRIOR_CONTENDER, Contender
+from bt_tf.evaluation.caching import cache_file, fingerprint_key, write_atomically
+from bt_tf.evaluation.tasks import ProbeContext, Units, get_task, probe_contender
 from bt_tf.evaluation.timing import StageClock
 
-__all__ = ["EvalPlan", "ResultCache", "evaluate_features"]
+__all__ = ["EvalPlan", "Record", "probe_records", "record_rows", "seeds_at"]
+
+UNITS_DIR = "units"
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalPlan:
-    """What every model of one evaluation is probed on.
+    """What every contender of one evaluation is probed on.
 
     Attributes:
-        data: `eval_data.load_eval_data` output.
-        fractions, seeds: label fractions of train users, sampling seeds.
-        tasks: subset of ``data.labels``.
-        settings: probe and task settings.
-        cache_dir: where finished (task, fraction, seed) rows are stored and
-            reused (None: no cache).
+        ctx: the population, labels, folds, settings and protocol.
+        fractions, seeds: label fractions and label-sampling seeds.
+        tasks: subset of ``ctx.labels``.
+        cache_dir: where finished records are stored and reused (None: no cache).
+        fingerprint: identifies the data (users, width) in the cache.
         clock: records the time of each stage.
     """
 
-    data: EvalData
+    ctx: ProbeContext
     fractions: tuple[float, ...]
     seeds: tuple[int, ...]
     tasks: tuple[str, ...]
-    settings: EvalSettings = EvalSettings()
     cache_dir: str | None = None
+    fingerprint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     clock: StageClock = dataclasses.field(default_factory=StageClock)
 
-    @staticmethod
-    def make(
-        data: EvalData,
-        *,
-        fractions: Sequence[float],
-        seeds: Sequence[int],
-        tasks: Sequence[str] | None = None,
-        settings: EvalSettings = EvalSettings(),
-        cache_dir: str | None = None,
-        clock: StageClock | None = None,
-    ) -> EvalPlan:
-        """A plan on ``data``'s tasks by default."""
-        return EvalPlan(
-            data=data,
-            fractions=tuple(fractions),
-            seeds=tuple(seeds),
-            tasks=tuple(data.labels if tasks is None else tasks),
-            settings=settings,
-            cache_dir=cache_dir,
-            clock=clock or StageClock(),
-        )
+
+def seeds_at(fraction: float, seeds: Sequence[int]) -> tuple[int, ...]:
+    """The seeds probed at ``fraction``: the first only at 1.0 (every seed labels everyone)."""
+    return tuple(seeds[:1]) if fraction >= 1.0 else tuple(seeds)
 
 
-class ResultCache:
-    """``<cache_dir>/<model>.json``: rows per "task|fraction|seed" under a
-    fingerprint (features + settings); a changed fingerprint drops them."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Record:
+    """One contender's probes of one task at one (fraction, seed), every fold."""
 
-    def __init__(self, directory: str | None, model: str, fingerprint: Mapping[str, Any]):
-        self.path = None
-        self.entries: dict[str, list] = {}
-        self.fingerprint = fingerprint_key(fingerprint)
-        if directory is None:
-            return
-        self.path = cache_file(directory, model, ".json")
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                stored = json.load(f)
-            if stored.get("fingerprint") == self.fingerprint:
-                self.entries = stored["rows"]
-
-    @staticmethod
-    def key(task: str, fraction: float, seed: int) -> str:
-        return f"{task}|{float(fraction)!r}|{int(seed)}"
-
-    def get(self, key: str) -> list[dict] | None:
-        """The rows stored under ``key`` (NaN values restored), or None."""
-        rows = self.entries.get(key)
-        if rows is None:
-            return None
-        return [
-            {k: (float("nan") if k == "value" and v is None else v) for k, v in r.items()}
-            for r in rows
-        ]
-
-    def put(self, key: str, rows: list[dict]) -> None:
-        """Stores ``rows`` under ``key`` (NaN -> null: strict JSON) and writes the file."""
-        self.entries[key] = [
-            {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-            for r in rows
-        ]
-        if self.path is None:
-            return
-        content = {"fingerprint": self.fingerprint, "rows": self.entries}
-        write_atomically(self.path, "w", lambda f: json.dump(content, f))
+    model: str
+    pretrain_seed: int
+    task: str
+    fraction: float
+    seed: int
+    units: Units
+    fits: tuple[dict, ...]
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def evaluate_features(
-    plan: EvalPlan,
-    model: str,
-    emb: Mapping[str, Any],
-    *,
-    item_emb: np.ndarray | None = None,
-    fingerprint: Mapping[str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> list[dict]:
-    """`tasks.evaluate_embeddings` for one model, one (task, fraction, seed) at a time.
+def _model_name(contender: Contender, task: str) -> str:
+    if contender.name == PRIOR_CONTENDER:
+        return get_task(task).prior_name
+    return contender.name
 
-    Args:
-        plan: the data, fractions, seeds, tasks, settings, cache dir and clock.
-        model: name in every row.
-        emb: split -> ``[n_split, d]`` dense or sparse user features aligned
-            with ``plan.data``.
-        item_emb: ``[num_items, e]`` item embeddings for liked item (None ->
-            one-hot items).
-        fingerprint: identifies the features (e.g. the run's checkpoint) in
-            the result cache.
-        extra: fields added to every row (e.g. ``run_dir``, ``batch_size``).
 
-    The clock records each task as stage ``"<model>: <task>"``.
-    """
-    data = plan.data
-    cache = ResultCache(
-        plan.cache_dir,
-        model,
+def _fingerprint(plan: EvalPlan, contender: Contender) -> str:
+    ctx = plan.ctx
+    return fingerprint_key(
         {
-            "model": model,
-            "features": dict(fingerprint or {}),
-            "settings": dataclasses.asdict(plan.settings),
-            "artifact_dir": data.artifact_dir,
-            "width": data.width,
-        },
+            "features": dict(contender.fingerprint),
+            "settings": dataclasses.asdict(ctx.settings),
+            "protocol": dataclasses.asdict(ctx.protocol),
+            "data": dict(plan.fingerprint),
+        }
     )
-    rows: list[dict] = []
+
+
+def _load(path: str, key: str) -> tuple[Units, tuple[dict, ...]] | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != key:
+                return None
+            units = Units.from_arrays({f: z[f] for f in Units.FIELDS})
+            return units, tuple(json.loads(str(z["fits"])))
+    except (OSError, ValueError, KeyError) as err:  # unreadable: recompute
+        logging.warning("ignoring cached units %s: %s", path, err)
+        return None
+
+
+def _store(path: str, key: str, units: Units, fits: Sequence[dict]) -> None:
+    arrays = units.arrays()
+    write_atomically(
+        path,
+        "wb",
+        lambda f: np.savez(f, fingerprint=np.array(key), fits=np.array(json.dumps(fits)), **arrays),
+    )
+
+
+def probe_records(
+    plan: EvalPlan, contender: Contender, *, extra: Mapping[str, Any] | None = None
+) -> list[Record]:
+    """Every (task, fraction, seed) of ``plan`` for ``contender``, from the cache where it
+    holds them. ``extra`` is carried by every record (e.g. the run's directory)."""
+    key = _fingerprint(plan, contender)
+    directory = None
+    if plan.cache_dir is not None:
+        directory = os.path.join(plan.cache_dir, UNITS_DIR, contender.key)
+    out = []
     for task in plan.tasks:
-        with plan.clock(f"{model}: {task}"):
+        name = _model_name(contender, task)
+        with plan.clock(f"{contender.key}: {task}"):
             for fraction in plan.fractions:
-                for seed in plan.seeds:
-                    key = cache.key(task, fraction, seed)
-                    cached = cache.get(key)
+                for seed in seeds_at(fraction, plan.seeds):
+                    path = None
+                    if directory is not None:
+                        path = cache_file(directory, f"{task}|{fraction!r}|{seed}", ".npz")
+                    cached = _load(path, key) if path else None
                     if cached is None:
-                        new = _probe(plan, model, emb, task, fraction, seed, item_emb, extra)
-                        cache.put(key, new)
-                        rows += new
+                        units, fits = probe_contender(plan.ctx, contender, task, fraction, seed)
+                        if path:
+                            _store(path, key, units, fits)
                     else:
-                        logging.info(
-                            "%s %s fraction=%g seed=%d: cached", model, task, fraction, seed
-                        )
-                        rows += cached
+                        units, fits = cached
+                    out.append(Record(name, contender.pretrain_seed, task, fraction, seed,
+                                      units, tuple(fits), dict(extra or {})))  # fmt: skip
+                    _log(out[-1], plan.ctx.settings.k, cached is not None)
+    return out
+
+
+def _log(record: Record, k: int, cached: bool) -> None:
+    values = get_task(record.task).metric_values(record.units, k)
+    text = ", ".join(f"{m}={v:.4f}" for m, v in values.items())
+    logging.info(
+        "%s seed%d %s fraction=%g seed=%d: %s%s", record.model, record.pretrain_seed,
+        record.task, record.fraction, record.seed, text, " (cached)" if cached else "",
+    )  # fmt: skip
+
+
+def record_rows(records: Sequence[Record], k: int) -> list[dict]:
+    """One row per (record, metric): ``{"model", "pretrain_seed", "task", "metric",
+    "fraction", "seed", "value", "n_test", "n_labelled", "prior_selected", "candidates",
+    ...extra}`` (``n_test`` scored units, ``n_labelled`` mean labelled units per fold,
+    ``prior_selected`` the share of folds whose selection kept the prior predictor)."""
+    rows = []
+    for r in records:
+        values = get_task(r.task).metric_values(r.units, k)
+        details = {
+            "n_test": len(r.units),
+            "n_labelled": float(np.mean([f["n_labelled"] for f in r.fits])) if r.fits else 0.0,
+            "prior_selected": float(np.mean([f["prior_selected"] for f in r.fits]))
+            if r.fits
+            else float("nan"),
+            "candidates": [f.get("candidate") for f in r.fits],
+        }
+        for metric, value in values.items():
+            rows.append(
+                {
+                    "model": r.model,
+                    "pretrain_seed": r.pretrain_seed,
+                    "task": r.task,
+                    "metric": metric,
+                    "fraction": float(r.fraction),
+                    "seed": int(r.seed),
+                    "value": float(value),
+                    **details,
+                    **dict(r.extra),
+                }
+            )
     return rows
-
-
-def _probe(plan, model, emb, task, fraction, seed, item_emb, extra) -> list[dict]:
-    """Rows of one (task, fraction, seed), computed."""
-    data, settings = plan.data, plan.settings
-    new = evaluate_embeddings(
-        emb,
-        {task: data.labels[task]},
-        model=model,
-        fractions=[fraction],
-        seeds=[seed],
-        num_items=data.num_items,
-        item_emb=item_emb,
-        history=data.history,
-        exclude_history=settings.exclude_history,
-        k=settings.k,
-        min_selection_users=settings.min_selection_users,
-        probe_kwargs=settings.probe_kwargs(),
-    )
-    new = [dict(r, **(extra or {})) for r in new]
-    values = ", ".join(f"{r['metric']}={r['value']:.4f}" for r in new)
-    logging.info("%s %s fraction=%g seed=%d: %s", model, task, fraction, seed, values)
-    return new

@@ -1,24 +1,22 @@
-"""Downstream report: mean ± std over seeds, Markdown tables, JSON and PNG plots.
+"""Downstream report: the claim's verdict, metrics with paired intervals, Markdown, JSON, PNG.
 
-Input rows are the dicts produced by `bt_tf.evaluation.tasks.evaluate_embeddings` and
-the floors: ``{"model", "task", "metric", "fraction", "seed", "value", ...}``.
-Aggregates are per (task, metric, model, fraction): the mean over seeds and
-the sample standard deviation (ddof=1; 0 with one seed). NaN values (e.g. an
-AUC on a one-class test set) are left out and shown as "n/a" when no value
-remains. The paper states gains as relative improvement of a model ``m`` over
-the baseline ``b``: ``(m - b) / b`` in percent, computed on the seed means.
+Inputs: the result rows (`probing.record_rows`: ``{"model", "pretrain_seed",
+"task", "metric", "fraction", "seed", "value", ...}``) and the analysis of the
+per-user scores (`scores.analyse`: every cell's value with its 95% paired
+bootstrap interval, the comparisons, the prior-selection shares, the claim).
 
-Floors (`FLOORS`: majority class, popularity, bag-of-items, untrained encoder)
-are the last rows of every table, so each learned model is read beside them;
-a learned model whose mean is below a floor's mean at that fraction is marked
-`BELOW_FLOOR` and the footnote under the table names the floor (every metric
-here is higher-is-better). `below_floors` lists those cells.
+``report.md`` opens with the claim's verdict in one table, then has per task
+and metric a table of models (then floors) x label fractions, cells ``value
+[lo, hi]``; `BELOW_FLOOR` marks a learned model below a floor with the
+difference's interval excluding 0 (not merely a lower mean); then the ratios
+against the baseline and against every floor, cells ``+25% [+3, +49]``, and
+how often selection kept the prior predictor. ``results.json`` holds all of
+it (NaN -> null).
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import math
 import os
@@ -27,30 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from bt_tf.evaluation.settings import selection_rule
+from bt_tf.evaluation.scores import FLOORS, is_floor
 
 __all__ = [
-    "FLOORS",
     "BELOW_FLOOR",
-    "is_floor",
-    "below_floors",
     "aggregate",
     "relative_improvement",
+    "below_floors",
     "write_report",
     "json_safe",
     "plot_metric_vs_fraction",
     "plot_batch_size_ablation",
 ]
 
-# Models drawn and listed after the learned ones ("untrained(<run>)" counts as "untrained").
-FLOORS = ("untrained", "bag_of_items", "majority", "popularity")
-BELOW_FLOOR = "▼"  # marks a learned model's cell whose mean is below a floor's
-
-
-def is_floor(model: str) -> bool:
-    """A floor: a name of `FLOORS`, or ``untrained(<run>)`` (one untrained encoder
-    per architecture when runs differ)."""
-    return model in FLOORS or model.startswith("untrained(")
+BELOW_FLOOR = "▼"  # a learned model below a floor, the difference's interval excluding 0
 
 
 def _floor_rank(model: str) -> tuple[int, str]:
@@ -71,8 +59,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """``[{"task", "metric", "model", "fraction", "mean", "std", "n_seeds"}]``,
-    one per (task, metric, model, fraction), sorted by those keys."""
+    """``[{"task", "metric", "model", "fraction", "mean", "std", "n_seeds"}]``, one per
+    (task, metric, model, fraction): mean and std over the label and pretraining seeds."""
     groups = collections.defaultdict(list)
     for r in rows:
         missing = {"model", "task", "metric", "fraction", "value"} - set(r)
@@ -82,17 +70,8 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
     out = []
     for (task, metric, model, fraction), values in sorted(groups.items()):
         mean, std, n = _mean_std(values)
-        out.append(
-            dict(
-                task=task,
-                metric=metric,
-                model=model,
-                fraction=fraction,
-                mean=mean,
-                std=std,
-                n_seeds=n,
-            )
-        )
+        out.append(dict(task=task, metric=metric, model=model, fraction=fraction, mean=mean,
+                        std=std, n_seeds=n))  # fmt: skip
     return out
 
 
@@ -111,125 +90,136 @@ def _model_order(models: Iterable[str], baseline: str, compare: Sequence[str]) -
     return head + rest + floors
 
 
-def below_floors(aggs: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Learned-model cells whose mean is below a floor's mean at the same
-    (task, metric, fraction).
+def below_floors(comparisons: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Learned-model cells below a floor with the difference's 95% interval below 0.
 
-    Args:
-      aggs: `aggregate` output.
-
-    Returns:
-      ``[{"task", "metric", "fraction", "model", "mean", "floors": {floor:
-      mean}}]`` in ``aggs`` order; ``floors`` holds every floor above the
-      model, highest first. NaN means are never flagged.
+    Returns ``[{"task", "metric", "fraction", "model", "floors": {floor: difference}}]``.
     """
-    floors: dict[tuple, dict[str, float]] = collections.defaultdict(dict)
-    for a in aggs:
-        if is_floor(a["model"]) and math.isfinite(a["mean"]):
-            floors[(a["task"], a["metric"], a["fraction"])][a["model"]] = a["mean"]
-    out = []
-    for a in aggs:
-        if is_floor(a["model"]) or not math.isfinite(a["mean"]):
+    out: dict[tuple, dict] = {}
+    for c in comparisons:
+        if is_floor(c["model"]) or not is_floor(c["reference"]):
             continue
-        here = floors.get((a["task"], a["metric"], a["fraction"]), {})
-        above = sorted(((v, f) for f, v in here.items() if a["mean"] < v), reverse=True)
-        if above:
-            out.append(
-                dict(
-                    task=a["task"],
-                    metric=a["metric"],
-                    fraction=a["fraction"],
-                    model=a["model"],
-                    mean=a["mean"],
-                    floors={f: v for v, f in above},
-                )
-            )
-    return out
+        hi = c["difference_ci"][1]
+        if hi is not None and math.isfinite(hi) and hi < 0:
+            key = (c["task"], c["metric"], c["fraction"], c["model"])
+            entry = out.setdefault(key, dict(task=key[0], metric=key[1], fraction=key[2],
+                                             model=key[3], floors={}))  # fmt: skip
+            entry["floors"][c["reference"]] = c["difference"]
+    return list(out.values())
 
 
 def _fraction_label(f: float) -> str:
     return f"{100 * f:g}%"
 
 
-def _cell(mean: float, std: float) -> str:
-    return "n/a" if not math.isfinite(mean) else f"{mean:.3f} ± {std:.3f}"
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
 
 
-def _pct(v: float) -> str:
-    return "n/a" if not math.isfinite(v) else f"{v:+.1f}%"
+def _value_cell(value: float, ci: Sequence[float]) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.3f} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * (v - 1):+.0f}"
+
+
+def _ratio_cell(ratio: float, ci: Sequence[float]) -> str:
+    if ratio is None or not math.isfinite(ratio):
+        return "n/a"
+    return f"{_pct(ratio)} % [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
 def json_safe(x: Any) -> Any:
-    """``x`` with NaN/inf -> None and numpy scalars -> Python ones, recursively (strict JSON)."""
+    """``x`` with NaN/inf -> None, numpy scalars -> Python ones, tuple keys joined, recursively."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
+        return {("|".join(map(str, k)) if isinstance(k, tuple) else k): json_safe(v)
+                for k, v in x.items()}  # fmt: skip
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
         return json_safe(x.item())
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
     return x
+
+
+def _claim_lines(claim: Mapping[str, Any] | None) -> list[str]:
+    if not claim:
+        return ["## The claim", "", "Not decided: it needs `bt` and `de` runs.", ""]
+    fr = ", ".join(_fraction_label(f) for f in claim["fractions"])
+    lines = [
+        f"## The claim: {claim['model']} ≥ {claim['threshold']:g} × {claim['baseline']}",
+        "",
+        f"| task | metric | {claim['model']} / {claim['baseline']} (mean over {fr} labels) "
+        "| 95% interval | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for t in claim["tasks"]:
+        lo, hi = t["ci95"]
+        lines.append(f"| {t['task']} | {t['metric']} | {_fmt(t['ratio'])} | "
+                     f"[{_fmt(lo)}, {_fmt(hi)}] | {t['verdict']} |")  # fmt: skip
+    th = claim["threshold"]
+    lines += [
+        "",
+        f"**Verdict: {claim['verdict']}.** Per task: reproduced when the ratio is ≥ {th:g} and "
+        f"its interval's low end > 1; refuted when the interval's high end < {th:g}; else "
+        "inconclusive. Overall: reproduced (refuted) when at least 2 of the 3 tasks are.",
+        "",
+    ]
+    return lines
 
 
 def write_report(
     rows: Sequence[Mapping[str, Any]],
+    analysis: Mapping[str, Any],
     out_dir: str,
     *,
     baseline: str = "de",
     compare: Sequence[str] = ("bt", "bt+de"),
     title: str = "Downstream evaluation",
-    protocol: str | None = None,
+    protocol: str = "",
+    population: str = "",
 ) -> dict[str, str]:
     """Writes ``report.md``, ``results.json`` and ``metrics_vs_fraction.png``.
-
-    ``report.md`` states the selection protocol (``protocol``, default
-    `bt_tf.evaluation.settings.selection_rule` with its defaults) and has, per task and
-    metric, a table (rows = models then floors, columns = label fractions,
-    cells "mean ± std", `BELOW_FLOOR` on a learned model below a floor, with
-    a footnote naming the floor) and, when ``baseline`` is present, the
-    relative improvement of each ``compare`` model over it. ``results.json``
-    holds the raw rows, the aggregates, the improvements and the
-    below-floor cells (`below_floors`) (NaN -> null).
 
     Returns ``{"markdown": path, "json": path, "plot": path}``.
     """
     if not rows:
         raise ValueError("write_report got no rows; run the evaluation first.")
-    if protocol is None:
-        protocol = selection_rule()
     os.makedirs(out_dir, exist_ok=True)
-    aggs = aggregate(rows)
-    flagged = below_floors(aggs)
-    tables = _Tables(
-        by_key={(a["task"], a["metric"], a["model"], a["fraction"]): a for a in aggs},
-        flags={(b["task"], b["metric"], b["model"], b["fraction"]): b for b in flagged},
-        baseline=baseline,
-        compare=tuple(compare),
-    )
-    n_seeds = sorted({a["n_seeds"] for a in aggs})
+    flagged = below_floors(analysis["comparisons"])
+    boot = analysis["bootstrap"]
+    seeds = collections.Counter((r["model"], r["pretrain_seed"]) for r in rows)
+    pretrain = sorted({len({s for (m, s) in seeds if m == model}) for model, _ in seeds
+                       if not is_floor(model)})  # fmt: skip
     lines = [
         f"# {title}",
         "",
-        f"Mean ± std (ddof=1) over seeds (seeds per cell: {', '.join(map(str, n_seeds))}); "
-        "probes trained on the given fraction of train users' labels, selected on the "
-        "same fraction of eval users, scored on test users. Relative improvement = "
-        f"(m − b) / b on the means, b = `{baseline}`.",
+        f"Users: {population}." if population else "",
         "",
         protocol,
         "",
-        "Floors (" + ", ".join(f"`{f}`" for f in FLOORS) + ") are the last rows of every "
-        f"table; {BELOW_FLOOR} marks a learned model whose mean is below a floor's mean at "
-        "that fraction, and the note under the table names the floor.",
+        f"Every figure: the metric on the scored users, averaged over label seeds and "
+        f"pretraining seeds (learned models: {', '.join(map(str, pretrain)) or '-'} "
+        "pretraining seed(s)), with its 95% paired bootstrap interval "
+        f"({boot['resamples']} resamples of users, a user's pairs with the user; every "
+        "model on the same resampled users; percentile method). Per-user scores: "
+        "`scores.parquet`.",
         "",
+        *_claim_lines(analysis.get("claim")),
     ]
-    improvements: list[dict] = []
-    for task in dict.fromkeys(r["task"] for r in rows):  # first-seen order
+    tables = _Tables(analysis, {(b["task"], b["metric"], b["fraction"], b["model"]): b
+                                for b in flagged}, baseline, tuple(compare))  # fmt: skip
+    for task in dict.fromkeys(c["task"] for c in analysis["cells"]):
         lines += [f"## {task}", ""]
-        for metric in dict.fromkeys(r["metric"] for r in rows if r["task"] == task):
-            cells = [a for a in aggs if a["task"] == task and a["metric"] == metric]
-            lines += tables.metric(task, metric, cells)
-            lines += tables.improvement(task, metric, cells, improvements)
+        for metric in dict.fromkeys(c["metric"] for c in analysis["cells"] if c["task"] == task):
+            lines += tables.metric(task, metric)
+        lines += tables.prior_kept(task)
     paths = {
         "markdown": os.path.join(out_dir, "report.md"),
         "json": os.path.join(out_dir, "results.json"),
@@ -238,88 +228,96 @@ def write_report(
     with open(paths["markdown"], "w") as f:
         f.write("\n".join(lines))
     results = {
+        "claim": analysis.get("claim"),
         "baseline": baseline,
         "compare": list(compare),
-        "rows": [dict(r) for r in rows],
-        "aggregates": aggs,
-        "relative_improvement": improvements,
-        "below_floor": flagged,
+        "population": population,
         "protocol": protocol,
+        "bootstrap": boot,
+        "cells": analysis["cells"],
+        "comparisons": analysis["comparisons"],
+        "below_floor": flagged,
+        "prior_selected": analysis["prior_selected"],
+        "aggregates": aggregate(rows),
+        "rows": [dict(r) for r in rows],
     }
     with open(paths["json"], "w") as f:
         json.dump(json_safe(results), f, indent=1, allow_nan=False)
-    plot_metric_vs_fraction(rows, paths["plot"], baseline=baseline, compare=compare)
+    plot_metric_vs_fraction(analysis["cells"], paths["plot"], baseline=baseline, compare=compare)
     return paths
 
 
-def _table_head(fractions: Sequence[float]) -> list[str]:
+def _table_head(first: str, fractions: Sequence[float]) -> list[str]:
     return [
-        "| model | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
+        f"| {first} | " + " | ".join(_fraction_label(f) for f in fractions) + " |",
         "|---" * (len(fractions) + 1) + "|",
     ]
 
 
-@dataclasses.dataclass(frozen=True)
 class _Tables:
-    """The Markdown tables of one report: per (task, metric), the models' cells
-    and the relative improvement of the ``compare`` models over ``baseline``."""
+    """The Markdown tables of one report, from `scores.analyse`'s output."""
 
-    by_key: Mapping[tuple, Mapping[str, Any]]  # (task, metric, model, fraction) -> aggregate
-    flags: Mapping[tuple, Mapping[str, Any]]  # the same key -> `below_floors` entry
-    baseline: str
-    compare: tuple[str, ...]
+    def __init__(self, analysis, flags, baseline: str, compare: tuple[str, ...]):
+        self.cells = {(c["task"], c["metric"], c["model"], c["fraction"]): c
+                      for c in analysis["cells"]}  # fmt: skip
+        self.comparisons = analysis["comparisons"]
+        self.prior = analysis["prior_selected"]
+        self.flags = flags
+        self.baseline, self.compare = baseline, compare
 
-    def metric(self, task: str, metric: str, cells) -> list[str]:
-        """Models x fractions, mean ± std, `BELOW_FLOOR` marks and their note."""
-        fractions = sorted({a["fraction"] for a in cells})
-        models = _model_order({a["model"] for a in cells}, self.baseline, self.compare)
-        lines = [f"### {metric}", "", *_table_head(fractions)]
+    def metric(self, task: str, metric: str) -> list[str]:
+        """Models x fractions, value [interval], `BELOW_FLOOR` marks; then the ratios."""
+        keys = [k for k in self.cells if k[0] == task and k[1] == metric]
+        fractions = sorted({k[3] for k in keys})
+        models = _model_order({k[2] for k in keys}, self.baseline, self.compare)
+        lines = [f"### {metric}", "", *_table_head("model", fractions)]
         notes = []
         for m in models:
             vals = []
             for f in fractions:
-                a = self.by_key.get((task, metric, m, f))
-                cell = _cell(a["mean"], a["std"]) if a else ""
-                b = self.flags.get((task, metric, m, f))
+                c = self.cells.get((task, metric, m, f))
+                cell = _value_cell(c["value"], c["ci95"]) if c else ""
+                b = self.flags.get((task, metric, f, m))
                 if b:
                     cell += f" {BELOW_FLOOR}"
-                    below = ", ".join(f"`{fl}` {v:.4f}" for fl, v in b["floors"].items())
-                    notes.append(f"`{m}` at {_fraction_label(f)} ({b['mean']:.4f}) < {below}")
+                    below = ", ".join(f"`{fl}` by {-d:.3f}" for fl, d in b["floors"].items())
+                    notes.append(f"`{m}` at {_fraction_label(f)} below {below}")
                 vals.append(cell)
             lines.append(f"| {m} | " + " | ".join(vals) + " |")
         lines.append("")
         if notes:
-            lines += [f"{BELOW_FLOOR} below a floor: " + "; ".join(notes) + ".", ""]
-        return lines
+            lines += [f"{BELOW_FLOOR} below a floor (difference's 95% interval < 0): "
+                      + "; ".join(notes) + ".", ""]  # fmt: skip
+        return lines + self._ratios(task, metric, fractions, models)
 
-    def improvement(self, task: str, metric: str, cells, improvements: list) -> list[str]:
-        """The relative-improvement table (none without the baseline or a compared
-        model); appends its values to ``improvements``."""
-        fractions = sorted({a["fraction"] for a in cells})
-        models = {a["model"] for a in cells}
-        present = [c for c in self.compare if c in models and c != self.baseline]
-        if self.baseline not in models or not present:
+    def _ratios(self, task, metric, fractions, models) -> list[str]:
+        comps = {(c["model"], c["reference"], c["fraction"]): c for c in self.comparisons
+                 if c["task"] == task and c["metric"] == metric}  # fmt: skip
+        order = [(m, self.baseline) for m in models if m != self.baseline]
+        order += [(m, fl) for m in models if not is_floor(m) for fl in models if is_floor(fl)]
+        order = [p for p in order if any((*p, f) in comps for f in fractions)]
+        if not order:
             return []
-        lines = [f"Relative improvement over `{self.baseline}`:", "", *_table_head(fractions)]
-        for m in present:
-            vals = []
-            for f in fractions:
-                a = self.by_key.get((task, metric, m, f))
-                b = self.by_key.get((task, metric, self.baseline, f))
-                v = relative_improvement(
-                    a["mean"] if a else float("nan"), b["mean"] if b else float("nan")
-                )
-                improvements.append(
-                    dict(
-                        task=task,
-                        metric=metric,
-                        model=m,
-                        baseline=self.baseline,
-                        fraction=f,
-                        relative_improvement_pct=v,
-                    )
-                )
-                vals.append(_pct(v))
+        lines = ["Ratio − 1 with its 95% interval (paired):", "",
+                 *_table_head("model vs reference", fractions)]  # fmt: skip
+        for m, ref in order:
+            vals = [_ratio_cell(c["ratio"], c["ratio_ci"]) if (c := comps.get((m, ref, f)))
+                    else "" for f in fractions]  # fmt: skip
+            lines.append(f"| {m} vs {ref} | " + " | ".join(vals) + " |")
+        return lines + [""]
+
+    def prior_kept(self, task: str) -> list[str]:
+        """How often selection kept the prior predictor, per model and fraction."""
+        rows = [p for p in self.prior if p["task"] == task and p["model"] not in FLOORS[3:]]
+        if not rows:
+            return []
+        fractions = sorted({p["fraction"] for p in rows})
+        by = {(p["model"], p["fraction"]): p for p in rows}
+        models = _model_order({p["model"] for p in rows}, self.baseline, self.compare)
+        lines = ["Selection kept the prior predictor (share of probe fits: folds × seeds):",
+                 "", *_table_head("model", fractions)]  # fmt: skip
+        for m in models:
+            vals = [f"{by[(m, f)]['share']:.2f}" if (m, f) in by else "" for f in fractions]
             lines.append(f"| {m} | " + " | ".join(vals) + " |")
         return lines + [""]
 
@@ -335,36 +333,34 @@ def _pyplot():
 
 
 def plot_metric_vs_fraction(
-    rows: Sequence[Mapping[str, Any]],
+    cells: Sequence[Mapping[str, Any]],
     out_path: str,
     *,
     baseline: str = "de",
     compare: Sequence[str] = ("bt", "bt+de"),
 ) -> str:
-    """One panel per (task, metric): mean metric against label fraction (log
-    x), one line per model with ±std error bars. Floors are dashed."""
+    """One panel per (task, metric): the metric against label fraction (log x), one
+    line per model with its 95% interval as error bars. Floors are dashed."""
     plt = _pyplot()
-    aggs = aggregate(rows)
-    panels = list(dict.fromkeys((r["task"], r["metric"]) for r in rows))
+    panels = list(dict.fromkeys((c["task"], c["metric"]) for c in cells))
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
-    all_models = _model_order({a["model"] for a in aggs}, baseline, compare)
+    all_models = _model_order({c["model"] for c in cells}, baseline, compare)
     colors = {m: f"C{i % 10}" for i, m in enumerate(all_models)}  # same colour in every panel
     for ax, (task, metric) in zip(axes.flat, panels):
-        cells = [a for a in aggs if a["task"] == task and a["metric"] == metric]
-        for m in _model_order({a["model"] for a in cells}, baseline, compare):
-            pts = sorted((a["fraction"], a["mean"], a["std"]) for a in cells if a["model"] == m)
-            x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
-            ax.errorbar(
-                x, y, yerr=e, marker="o", ms=3, capsize=3, label=m, color=colors[m],
-                linestyle="--" if is_floor(m) else "-",
-            )  # fmt: skip
-        fractions = sorted({a["fraction"] for a in cells})
+        here = [c for c in cells if c["task"] == task and c["metric"] == metric]
+        for m in _model_order({c["model"] for c in here}, baseline, compare):
+            pts = sorted((c["fraction"], c["value"], *c["ci95"]) for c in here if c["model"] == m)
+            x, y, lo, hi = (np.array(v, dtype=float) for v in zip(*pts))
+            err = np.nan_to_num(np.stack([y - lo, hi - y]).clip(min=0))
+            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=3, label=m, color=colors[m],
+                        linestyle="--" if is_floor(m) else "-")  # fmt: skip
+        fractions = sorted({c["fraction"] for c in here})
         ax.set_xscale("log")
         ax.set_xticks(fractions, [_fraction_label(f) for f in fractions])
         ax.minorticks_off()
-        ax.set_xlabel("label fraction of train users")
+        ax.set_xlabel("label fraction")
         ax.set_ylabel(metric)
         ax.set_title(f"{task}: {metric}")
         ax.grid(alpha=0.3)

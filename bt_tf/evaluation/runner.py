@@ -1,25 +1,32 @@
 """Evaluates trained runs and the floors on every task, and writes the report (`evaluate_runs`).
 
 The steps: read and check the runs' configs (`read_runs`: one artifact dir,
-one width, unique names), load the data once (`eval_data.load_eval_data`),
-probe each run's frozen embeddings (`run_rows`, embeddings cached by
-`embedding_cache`), the floors (`floors`), then write ``report.md``,
+one width; a name may repeat across pretraining seeds), load the data once
+(`eval_data.load_eval_data`), pool the evaluated users and fold them
+(`protocol.Protocol`), probe each run's frozen embeddings and every floor
+(`probing.probe_records`, embeddings cached by `embedding_cache`), then write
+``scores.parquet`` (per-user scores), the intervals, ``report.md``,
 ``results.json``, plots and ``timings.json`` (`write_outputs`).
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 
 from bt_tf import runs
-from bt_tf.evaluation import report
+from bt_tf.evaluation import floors, report, scores
+from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.embedding_cache import (
     cached_embeddings,
     checkpoint_fingerprint,
@@ -27,10 +34,12 @@ from bt_tf.evaluation.embedding_cache import (
     embed_users,
     restore_run,
 )
-from bt_tf.evaluation.eval_data import load_eval_data
-from bt_tf.evaluation.floors import floor_rows, untrained_floor_rows
-from bt_tf.evaluation.probing import EvalPlan, evaluate_features
+from bt_tf.evaluation.eval_data import EvalData, load_eval_data
+from bt_tf.evaluation.labels import item_counts
+from bt_tf.evaluation.probing import EvalPlan, Record, probe_records, record_rows
+from bt_tf.evaluation.protocol import Population, Protocol
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
+from bt_tf.evaluation.tasks import ProbeContext
 from bt_tf.evaluation.timing import StageClock
 
 __all__ = [
@@ -39,7 +48,7 @@ __all__ = [
     "Run",
     "read_runs",
     "run_names",
-    "run_rows",
+    "run_contender",
     "evaluate_runs",
     "write_outputs",
 ]
@@ -56,6 +65,10 @@ class Run:
     config: Mapping[str, Any]
     name: str
 
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
     def row_fields(self) -> dict:
         """What every row of the run carries besides the probe's columns."""
         config = self.config
@@ -68,27 +81,38 @@ class Run:
         )
 
 
+def _without_seed(config: Mapping[str, Any]) -> str:
+    """The config's settings other than ``seed`` and ``run_dir``, canonical."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("seed", "run_dir")},
+                      sort_keys=True, default=str)  # fmt: skip
+
+
 def run_names(configs: Sequence[Mapping[str, Any]], run_dirs: Sequence[str]) -> list[str]:
-    """One unique name per run: its ``model`` ("bt", "de", "bt+de"), or, when
-    several runs share a model type, their run-dir basenames (made unique with
-    ``-2``, ``-3``... if those collide too)."""
+    """One name per run: its ``model`` ("bt", "de", "bt+de"); when runs of one model
+    type differ in more than their seed, their run-dir basenames (made unique with
+    ``-2``, ``-3``... if those collide too). Runs that differ only in ``seed`` share
+    a name: they are the pretraining seeds of one model."""
     types = [c.get("model", "bt") for c in configs]
+    groups = collections.defaultdict(set)
+    for t, c in zip(types, configs):
+        groups[t].add(_without_seed(c))
     names = [
-        t if types.count(t) == 1 else os.path.basename(os.path.normpath(d)) or t
+        t if len(groups[t]) == 1 else os.path.basename(os.path.normpath(d)) or t
         for t, d in zip(types, run_dirs)
     ]
     seen: dict[str, int] = {}
     out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    for n, c in zip(names, configs):
+        key = (n, int(c.get("seed", 0)))
+        seen[key] = seen.get(key, 0) + 1
+        out.append(n if seen[key] == 1 else f"{n}-{seen[key]}")
     return out
 
 
 def read_runs(run_dirs: Sequence[str], names: Sequence[str] | None = None) -> list[Run]:
-    """The runs of ``run_dirs``, checked to be evaluable together: one artifact
-    dir and one ``max_len`` (the same users, labels and histories), unique names
-    (default `run_names`)."""
+    """The runs of ``run_dirs``, checked to be evaluable together: one artifact dir
+    and one ``max_len`` (the same users, labels and histories); runs that share a
+    name (default `run_names`) must have different seeds (pretraining seeds)."""
     if not run_dirs:
         raise ValueError("evaluate_runs needs at least one run directory.")
     configs = [runs.read_config(d) for d in run_dirs]
@@ -103,8 +127,12 @@ def read_runs(run_dirs: Sequence[str], names: Sequence[str] | None = None) -> li
     if len(widths) != 1:
         raise ValueError(f"runs have different max_len {sorted(widths)}; evaluate them apart.")
     names = list(names) if names is not None else run_names(configs, run_dirs)
-    if len(names) != len(run_dirs) or len(set(names)) != len(names):
-        raise ValueError(f"names {names} must be unique, one per run dir.")
+    keys = [(n, int(c.get("seed", 0))) for n, c in zip(names, configs)]
+    if len(names) != len(run_dirs) or len(set(keys)) != len(keys):
+        raise ValueError(
+            f"names {names} must be one per run dir, and runs that share a name must "
+            "have different seeds (they are that model's pretraining seeds)."
+        )
     return [Run(d, c, n) for d, c, n in zip(run_dirs, configs, names)]
 
 
@@ -116,26 +144,51 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def run_rows(plan: EvalPlan, run: Run, data_fp: Mapping[str, Any]) -> list[dict]:
-    """One run's rows: its frozen embeddings (cached under its checkpoint and
-    ``data_fp``) through every task of ``plan``."""
+def run_contender(
+    run: Run,
+    data: EvalData,
+    population: Population,
+    *,
+    data_fp: Mapping[str, Any],
+    cache_dir: str | None,
+    settings: EvalSettings,
+    clock: StageClock,
+) -> Contender:
+    """A run's frozen embeddings (cached under its checkpoint and ``data_fp``) as a contender."""
     if not os.path.exists(os.path.join(run.run_dir, "metrics.json")):
         logging.warning(
             "%s has no metrics.json (unfinished?); using its best epoch so far", run.run_dir
         )
     checkpoint = checkpoint_fingerprint(run.run_dir)
+    contender_key = Contender(run.name, run.seed, None).key
 
     def embed_run():
         encoder, item_emb, _ = restore_run(run.run_dir)
-        return embed_users(encoder, plan.data, batch_size=plan.settings.embed_batch_size), item_emb
+        return embed_users(encoder, data, batch_size=settings.embed_batch_size), item_emb
 
-    with plan.clock(f"{run.name}: embed"):
-        emb, item_emb, hit = cached_embeddings(
-            plan.cache_dir, run.name, {"run": checkpoint, "data": data_fp}, embed_run
+    with clock(f"{contender_key}: embed"):
+        emb, items, hit = cached_embeddings(
+            cache_dir, contender_key, {"run": checkpoint, "data": data_fp}, embed_run
         )
-    logging.info("%s: embeddings %s", run.name, "cached" if hit else "computed")
-    return evaluate_features(
-        plan, run.name, emb, item_emb=item_emb, fingerprint=checkpoint, extra=run.row_fields()
+    logging.info("%s: embeddings %s", contender_key, "cached" if hit else "computed")
+    return Contender(run.name, run.seed, population.stack(emb), items, None, checkpoint)
+
+
+def _context(
+    data: EvalData, protocol: Protocol, settings: EvalSettings, train_users: str, tasks
+) -> ProbeContext:
+    population = Population.make(data.user_ids, protocol.population_splits())
+    history = population.stack(data.history)
+    rows = floors.fit_rows(population, train_users)
+    return ProbeContext(
+        population=population,
+        labels={t: population.stack_labels(data.labels[t]) for t in tasks},
+        history=history,
+        num_items=data.num_items,
+        item_counts=item_counts(history[rows], data.num_items),
+        folds=protocol.folds(population),
+        settings=settings,
+        protocol=protocol,
     )
 
 
@@ -149,96 +202,162 @@ def evaluate_runs(
     include_floors: bool = True,
     names: Sequence[str] | None = None,
     settings: EvalSettings = EvalSettings(),
+    protocol: Protocol = Protocol(),
     cache: bool = True,
     write: bool = True,
     baseline: str = "de",
     compare: Sequence[str] = ("bt", "bt+de"),
     title: str = "Downstream evaluation",
     timings: list | None = None,
+    bootstrap_resamples: int | None = None,
+    workers: int | None = None,
 ) -> list[dict]:
     """Evaluates trained runs (and the floors) on every task; writes the report.
 
     Args:
-        run_dirs: training run dirs (`bt_tf.train` output), all on one artifact dir.
+        run_dirs: training run dirs (`bt_tf.train` output), all on one artifact dir;
+            runs of one model with different seeds are its pretraining seeds.
         out_dir: report and cache directory (None: no cache, nothing written).
-        label_fractions: fractions of train users whose labels the probes see.
-        seeds: a count n (seeds 0..n-1) or explicit seeds.
+        label_fractions: fractions of the labelled pool whose labels the probes see.
+        seeds: label-sampling seeds: a count n (seeds 0..n-1) or explicit seeds.
         tasks: subset of `eval_data.available_tasks` (default: all).
-        include_floors: add majority / popularity / bag-of-items / untrained.
+        include_floors: add majority / popularity / bag-of-items / svd / untrained.
         names: model names (default `run_names`).
-        settings: probe and task settings.
-        cache: reuse the user embeddings of every run and floor encoder
-            (``out_dir/cache/embeddings/``, keyed by the checkpoint and the
-            data) and finished (model, task, fraction, seed) results
-            (``out_dir/cache/<model>.json``).
-        write: write ``report.md``, ``results.json``, ``timings.json`` and
-            plots to ``out_dir``.
-        baseline, compare: the relative-improvement table of the report.
+        settings: probe settings; protocol: who is labelled and who is scored.
+        cache: reuse user embeddings (``out_dir/cache/embeddings/``, keyed by the
+            checkpoint and the data) and finished (contender, task, fraction,
+            seed) probes (``out_dir/cache/units/``).
+        write: write ``scores.parquet``, ``report.md``, ``results.json``,
+            ``timings.json`` and plots to ``out_dir`` (`write_outputs`).
+        baseline, compare: the models the report compares (ratios over ``baseline``).
         title: the report's title.
-        timings: if given, a list that gets one ``{"stage", "wall_s",
-            "cpu_s"}`` per stage (loading, each model's embedding, each
-            model's and floor's tasks, the report); every stage is also logged.
+        timings: if given, a list that gets one ``{"stage", "wall_s", "cpu_s"}``
+            per stage; every stage is also logged.
+        bootstrap_resamples: resamples of the intervals (default
+            `intervals.DEFAULT_RESAMPLES`).
+        workers: contenders probed at once (processes; default: the CPU count, at most 4).
 
     Returns:
-        Result rows (`tasks.evaluate_embeddings` layout); rows of runs also
-        carry ``run_dir``, ``model_type``, ``batch_size``, ``epochs``,
-        ``steps_per_epoch``.
+        Result rows (`probing.record_rows`): one per (model, pretraining seed,
+        task, metric, fraction, seed); rows of runs also carry ``run_dir``,
+        ``model_type``, ``batch_size``, ``epochs``, ``steps_per_epoch``.
     """
-    runs = read_runs(run_dirs, names)
-    seeds = _seed_list(seeds)
+    runs_ = read_runs(run_dirs, names)
+    workers = workers or min(4, os.cpu_count() or 1)
     clock = StageClock(timings)
     with clock("load data"):
         data = load_eval_data(
-            runs[0].config["artifact_dir"],
-            width=int(runs[0].config["max_len"]),
+            runs_[0].config["artifact_dir"],
+            width=int(runs_[0].config["max_len"]),
             tasks=tasks,
             liked_threshold=settings.liked_threshold,
         )
         data_fp = data_fingerprint(data)
-    plan = EvalPlan.make(
-        data,
-        fractions=[float(f) for f in label_fractions],
-        seeds=seeds,
-        settings=settings,
-        cache_dir=os.path.join(out_dir, CACHE_DIR) if (cache and out_dir) else None,
+    task_names = tuple(data.labels)
+    train_users = runs_[0].config.get("train_users", "train")
+    ctx = _context(data, protocol, settings, train_users, task_names)
+    cache_dir = os.path.join(out_dir, CACHE_DIR) if (cache and out_dir) else None
+    plan = EvalPlan(
+        ctx=ctx,
+        fractions=tuple(float(f) for f in label_fractions),
+        seeds=tuple(_seed_list(seeds)),
+        tasks=task_names,
+        cache_dir=cache_dir,
+        fingerprint=dict(data_fp, train_users=train_users),
         clock=clock,
     )
-    rows: list[dict] = []
-    for run in runs:
-        rows += run_rows(plan, run, data_fp)
+    kw = dict(cache_dir=cache_dir, settings=settings, clock=clock)
+    jobs = [
+        (run_contender(run, data, ctx.population, data_fp=data_fp, **kw), run.row_fields())
+        for run in runs_
+    ]
     if include_floors:
-        rows += floor_rows(plan)
-        configs, names = [r.config for r in runs], [r.name for r in runs]
-        rows += untrained_floor_rows(plan, configs, names, data_fp)
+        dim = int(runs_[0].config["encoder"]["dim"])
+        rows = floors.fit_rows(ctx.population, train_users)
+        extra = floors.history_floors(ctx.history, ctx.num_items, rows, dim=dim, settings=settings,
+                                      clock=clock)  # fmt: skip
+        extra += floors.untrained_floors(
+            data, ctx.population, [r.config for r in runs_], [r.name for r in runs_],
+            data_fp=data_fp, **kw,
+        )  # fmt: skip
+        jobs += [(contender, None) for contender in extra]
+    records = _probe_all(plan, jobs, workers)
+    rows = record_rows(records, settings.k)
     if write:
         write_outputs(
-            rows, out_dir, clock, baseline=baseline, compare=compare, title=title, settings=settings
-        )
+            records, rows, out_dir, clock, ctx=ctx, baseline=baseline, compare=compare,
+            title=title, bootstrap_resamples=bootstrap_resamples,
+        )  # fmt: skip
     return rows
 
 
+def _probe_all(plan: EvalPlan, jobs, workers: int) -> list[Record]:
+    """`probing.probe_records` of every (contender, extra fields), in ``workers`` processes.
+
+    The probes are numpy and scipy, one BLAS thread each; the workers are spawned
+    (this process has TensorFlow's threads, which a fork would copy in whatever
+    state they are) and import neither TensorFlow nor the encoders. Records come
+    back in job order, so the output does not depend on ``workers``.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+            return [r for c, extra in jobs for r in probe_records(plan, c, extra=extra)]
+    spawn = multiprocessing.get_context("spawn")
+    worker_plan = dataclasses.replace(plan, clock=StageClock())
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        futures = [pool.submit(_probe_job, worker_plan, c, extra) for c, extra in jobs]
+        out = []
+        for f in futures:
+            records, stages = f.result()
+            out += records
+            plan.clock.records.extend(stages)
+    return out
+
+
+def _probe_job(plan: EvalPlan, contender: Contender, extra) -> tuple[list[Record], list]:
+    """One worker's job: the contender's records and the times of its stages."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        records = probe_records(plan, contender, extra=extra)
+    return records, plan.clock.records
+
+
 def write_outputs(
+    records: Sequence[Record],
     rows: Sequence[Mapping[str, Any]],
     out_dir: str | None,
     clock: StageClock,
     *,
+    ctx: ProbeContext,
     baseline: str,
     compare: Sequence[str],
     title: str,
-    settings: EvalSettings,
-) -> None:
-    """The report (`report.write_report`) and ``timings.json`` (every stage of ``clock``)."""
+    bootstrap_resamples: int | None = None,
+) -> dict:
+    """``scores.parquet``, the intervals and claim (`scores.intervals`), the report
+    (`report.write_report`) and ``timings.json``. Returns the report's paths."""
     if out_dir is None:
         raise ValueError("write=True needs an out_dir.")
+    os.makedirs(out_dir, exist_ok=True)
+    with clock("scores"):
+        path = os.path.join(out_dir, scores.SCORES_FILE)
+        scores.write_scores(records, ctx.population, path, ctx.settings.k)
+    with clock("intervals"):
+        kwargs = {} if bootstrap_resamples is None else {"n_resamples": bootstrap_resamples}
+        analysis = scores.analyse(records, ctx.settings.k, baseline=baseline, **kwargs)
     with clock("report"):
         paths = report.write_report(
-            rows,
-            out_dir,
-            baseline=baseline,
-            compare=compare,
-            title=title,
-            protocol=settings.protocol(),
-        )
+            rows, analysis, out_dir, baseline=baseline, compare=compare, title=title,
+            protocol=ctx.protocol.describe(), population=_population_note(ctx),
+        )  # fmt: skip
     with open(os.path.join(out_dir, TIMINGS_FILE), "w") as f:
         json.dump({"stages": clock.records, "cpu_count": os.cpu_count()}, f, indent=1)
     logging.info("wrote %s", paths["markdown"])
+    return paths
+
+
+def _population_note(ctx: ProbeContext) -> str:
+    counts = collections.Counter(ctx.population.split_of)
+    splits = ", ".join(f"{counts[s]} {s}" for s in ctx.population.splits)
+    scored = sum(f.scored.size for f in ctx.folds)
+    return f"{ctx.protocol.name}; {ctx.population.size} users ({splits}), {scored} scored"

@@ -1,21 +1,22 @@
-"""The downstream tasks, one registry: how each derives its labels, is probed and floored.
+"""The downstream tasks, one registry: how each derives its labels, is probed and scored.
 
-Protocol (DESIGN.md, "Downstream evaluation"), for one model's frozen
-embeddings and each label fraction and seed (a `ProbeRun`):
+Protocol (DESIGN.md, "Downstream evaluation"), for one contender's frozen
+features (`contenders.Contender`), one label fraction and seed, and each fold
+of the evaluated population (`protocol.Protocol`):
 
-1. `sample_label_fraction` draws a seeded (stratified) fraction of
-   TRAIN users that keep their labels;
-2. a linear probe (`probe.train_softmax_probe`, `probe.train_pair_probe`) is
-   trained on them, its L2 strength and stopping epoch selected on the SAME
-   fraction of EVAL users (`sample_selection_users`);
-3. it is scored once on TEST users (`bt_tf.evaluation.metrics`), giving one
-   `ResultRow` per metric.
+1. `protocol.sample_fold_labels` draws a seeded (stratified) fraction of the
+   fold's pool that keep their labels;
+2. a probe of the task's family (`linear.SoftmaxFamily` for classes and liked
+   item, `linear.BilinearFamily` for next item) is selected by
+   cross-validation INSIDE those labelled users and refitted on them
+   (`linear.select_and_fit`);
+3. it scores the fold's scored users, one `Units` row per scored user (or
+   (user, item) pair for liked item): the per-user contributions that every
+   figure and interval is computed from (`metric_values`, `intervals`).
 
-`TASKS` maps a name to its `Task`; any other name (``attr_<name>``, or labels
-passed in memory) is a `ClassificationTask` (`get_task`). `evaluate_embeddings`
-runs every task for one model and returns the rows as dicts
-(``{"model", "task", "metric", "fraction", "seed", "value", ...}``, the layout
-of ``results.json`` and the caches) that `bt_tf.evaluation.report` aggregates.
+`TASKS` maps a name to its `Task`; any other name (``attr_<name>``) is a
+`ClassificationTask` (`get_task`). `probe_contender` runs one task for one
+contender at one (fraction, seed) over every fold.
 """
 
 from __future__ import annotations
@@ -28,136 +29,164 @@ import numpy as np
 
 from bt_tf import features as F
 from bt_tf.evaluation import metrics
+from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.labels import (
-    SPLITS,
-    as_pairs,
-    check_splits,
+    Pairs,
     favorite_genre,
     first_future_item,
-    item_counts,
     liked_item_pairs,
-    next_item_masks,
-    pair_user_sample,
-    sample_label_fraction,
-    sample_selection_users,
     users_with_pairs,
 )
-from bt_tf.evaluation.probe import train_pair_probe, train_softmax_probe
-from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, MIN_SELECTION_USERS
+from bt_tf.evaluation.linear import (
+    PRIOR,
+    SoftmaxFamily,
+    candidate_name,
+    inner_folds,
+    select_and_fit,
+)
+from bt_tf.evaluation.protocol import Fold, Population, Protocol, sample_fold_labels
+from bt_tf.evaluation.settings import EvalSettings
 
 __all__ = [
     "NEXT_ITEM",
+    "NEXT_ITEM_SOFTMAX",
     "FAVORITE_GENRE",
     "LIKED_ITEM",
     "DEFAULT_TASKS",
-    "ResultRow",
-    "ProbeRun",
+    "CLAIM_METRICS",
+    "Units",
+    "ProbeContext",
     "Task",
     "ClassificationTask",
     "FavoriteGenreTask",
     "NextItemTask",
+    "NextItemSoftmaxTask",
     "LikedItemTask",
     "TASKS",
     "get_task",
-    "result_rows",
-    "evaluate_embeddings",
+    "probe_contender",
 ]
 
 NEXT_ITEM = "next_item"
+NEXT_ITEM_SOFTMAX = "next_item_softmax"  # the full-softmax variant (opt-in: --tasks)
 FAVORITE_GENRE = "favorite_genre"
 LIKED_ITEM = "liked_item"
 DEFAULT_TASKS = (NEXT_ITEM, FAVORITE_GENRE, LIKED_ITEM)  # + every attr_<name> of the data
+# The paper's claim: task -> the metric it is decided on.
+CLAIM_METRICS = {NEXT_ITEM: "ndcg@10", FAVORITE_GENRE: "balanced_accuracy", LIKED_ITEM: "auc"}
+
+_SELECTION_STREAM = 7  # seeds the inner folds apart from the label sample
 
 
 @dataclasses.dataclass(frozen=True)
-class ResultRow:
-    """One metric of one probe (or floor) at one (fraction, seed).
+class Units:
+    """Per scored unit (a user, or a (user, item) pair for liked item), aligned arrays.
 
-    ``details`` are the row's further columns in their order (sample sizes,
-    the chosen ``l2`` and ``best_epoch``, ...; see `evaluate_embeddings`).
+    ``user`` population rows; ``item`` the pair's item (-1: none); ``label``
+    the truth (class, next item, liked 0/1); ``pred`` the predicted class (-1:
+    none); ``score`` the liked logit (NaN: none); ``rank`` the next item's
+    1-based full-catalog rank (inf: a miss; NaN: none).
     """
 
-    model: str
-    task: str
-    metric: str
-    fraction: float
-    seed: int
-    value: float
-    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    user: np.ndarray
+    label: np.ndarray
+    item: np.ndarray | None = None
+    pred: np.ndarray | None = None
+    score: np.ndarray | None = None
+    rank: np.ndarray | None = None
 
-    def to_dict(self) -> dict:
-        """The row as ``results.json`` and the caches store it."""
-        return {
-            "model": self.model,
-            "task": self.task,
-            "metric": self.metric,
-            "fraction": float(self.fraction),
-            "seed": int(self.seed),
-            "value": float(self.value),
-        } | dict(self.details)
+    FIELDS = ("user", "item", "label", "pred", "score", "rank")
 
+    def __len__(self) -> int:
+        return int(self.user.size)
 
-def result_rows(
-    model: str,
-    task: str,
-    fraction: float,
-    seed: int,
-    values: Mapping[str, float],
-    details: Mapping[str, Any],
-) -> list[ResultRow]:
-    """One `ResultRow` per ``metric -> value``, all with the same ``details``."""
-    return [ResultRow(model, task, m, fraction, seed, v, details) for m, v in values.items()]
+    def column(self, name: str) -> np.ndarray:
+        """The field as a full array (the missing value where it is None)."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        fill = -1 if name in ("item", "pred") else np.nan
+        return np.full(len(self), fill, dtype=np.int64 if fill == -1 else np.float64)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: self.column(name) for name in self.FIELDS}
+
+    @staticmethod
+    def concat(parts: Sequence[Units]) -> Units:
+        fields = {}
+        for name in Units.FIELDS:
+            present = [getattr(p, name) is not None for p in parts]
+            if any(present):
+                fields[name] = np.concatenate([p.column(name) for p in parts])
+            else:
+                fields[name] = None
+        if not parts:
+            fields["user"] = fields["label"] = np.zeros(0, np.int64)
+        return Units(**fields)
+
+    @staticmethod
+    def from_arrays(arrays: Mapping[str, np.ndarray]) -> Units:
+        """Inverse of `arrays` (fields that are all "missing" become None)."""
+        out = {}
+        for name in Units.FIELDS:
+            a = np.asarray(arrays[name])
+            missing = (a == -1) if name in ("item", "pred") else np.isnan(a)
+            out[name] = None if name not in ("user", "label") and missing.all() else a
+        return Units(**out)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ProbeRun:
-    """One probe to train and score: a model's features on one task at one (fraction, seed).
+class ProbeContext:
+    """What every contender of one evaluation is probed on.
 
     Attributes:
-        model: name stored in every row.
-        emb: split -> ``[n_split, d]`` user features (dense or scipy sparse).
-        labels: split -> that task's labels (see `evaluate_embeddings`).
-        fraction, seed: label fraction of train users and sampling seed (the
-            seed also orders the probe's minibatches).
-        num_items: item vocabulary size incl. reserved ids (next/liked item).
-        item_emb: ``[num_items, e]`` item embeddings (liked item; None: one-hot).
-        history: split -> padded ``[n, L]`` history item ids.
-        exclude_history: remove history items from the next-item ranking.
-        k: cutoff of HR@k / NDCG@k.
-        min_selection_users: selection sample floor (`sample_selection_users`).
-        probe_kwargs: passed to `probe.train_softmax_probe`.
+        population: the evaluated users (`protocol.Population`).
+        labels: task -> the population's labels (``[N]`` arrays, or `Pairs`).
+        history: ``[N, L]`` padded history item ids.
+        num_items: item vocabulary size incl. the reserved ids.
+        item_counts: ``[V]`` history counts of the users the encoders were
+            trained on (label-free): the popularity prior and floor.
+        folds: the protocol's folds.
+        settings, protocol: the probe settings and the protocol.
     """
 
-    model: str
-    emb: Mapping[str, Any]
+    population: Population
     labels: Mapping[str, Any]
-    fraction: float
-    seed: int
-    num_items: int | None = None
-    item_emb: np.ndarray | None = None
-    history: Mapping[str, np.ndarray] | None = None
-    exclude_history: bool = True
-    k: int = 10
-    min_selection_users: int = MIN_SELECTION_USERS
-    probe_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    history: np.ndarray
+    num_items: int
+    item_counts: np.ndarray
+    folds: Sequence[Fold]
+    settings: EvalSettings
+    protocol: Protocol
 
-    def train_kwargs(self) -> dict:
-        """`train_softmax_probe` keyword arguments: ``probe_kwargs`` and the seed."""
-        return dict(self.probe_kwargs, seed=self.seed)
+    @property
+    def log_popularity(self) -> np.ndarray:
+        return np.log(np.asarray(self.item_counts, dtype=np.float64) + 0.5)
 
-    def rows(self, task: str, values: Mapping[str, float], **details) -> list[ResultRow]:
-        return result_rows(self.model, task, self.fraction, self.seed, values, details)
+    def exclude(self) -> np.ndarray | None:
+        return self.history if self.settings.exclude_history else None
 
 
-def _int_labels(per_split: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    return {s: np.asarray(per_split[s]).astype(np.int64).reshape(-1) for s in per_split}
+def _selection_seed(seed: int, fold: Fold) -> list[int]:
+    return [int(seed), fold.index, _SELECTION_STREAM]
+
+
+def _fit_info(fold: Fold, labelled: np.ndarray, selection) -> dict:
+    return {
+        "fold": fold.index,
+        "n_labelled": int(labelled.size),
+        "candidate": candidate_name(selection.c),
+        "prior_selected": bool(selection.prior_selected),
+        "inner_folds": int(selection.folds),
+    }
 
 
 class Task:
-    """A downstream task. Subclasses say how labels are derived, probed and floored."""
+    """A downstream task. Subclasses say how labels are derived, probed and scored."""
 
     name: str
     reads: tuple[str, ...] = ()  # example features besides the future items it needs
+    prior_name = "majority"  # what the `prior` contender is called on this task
 
     def unavailable(self, meta: Mapping[str, Any]) -> str | None:
         """Why the data (its metadata) cannot support the task, or None."""
@@ -167,13 +196,18 @@ class Task:
         """One split's labels from the features `eval_data.load_eval_data` kept."""
         raise NotImplementedError
 
-    def probe(self, run: ProbeRun) -> list[ResultRow]:
-        """Trains the probe of ``run`` and scores it on the test users."""
+    def metric_names(self, k: int) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def majority(self, per_split, fraction: float, seed: int, model: str) -> list[ResultRow]:
-        """The majority-class floor's rows (none where it does not apply)."""
-        return []
+    def score_fold(
+        self, ctx: ProbeContext, contender: Contender, fold: Fold, fraction: float, seed: int
+    ) -> tuple[Units, dict]:
+        """Selects and fits the probe on the fold's labelled users; scores its users."""
+        raise NotImplementedError
+
+    def metric_values(self, units: Units, k: int) -> dict[str, float]:
+        """Every metric of the task from per-unit scores."""
+        raise NotImplementedError
 
 
 class ClassificationTask(Task):
@@ -187,57 +221,33 @@ class ClassificationTask(Task):
     def derive(self, kept, *, liked_threshold):
         return kept[self.name].astype(np.int64).reshape(-1)
 
-    def probe(self, run: ProbeRun) -> list[ResultRow]:
-        y = _int_labels(run.labels)
-        for s in SPLITS:
-            if y[s].shape[0] != run.emb[s].shape[0]:
-                raise ValueError(
-                    f"labels[{self.name!r}][{s!r}] has {y[s].shape[0]} users, "
-                    f"emb[{s!r}] {run.emb[s].shape[0]}."
-                )
-        num_classes = int(max(v.max(initial=-1) for v in y.values())) + 1
-        tr = sample_label_fraction(y["train"], run.fraction, run.seed)
-        ev = sample_selection_users(
-            y["eval"], run.fraction, run.seed, min_users=run.min_selection_users
-        )
-        te = np.flatnonzero(y["test"] >= 0)
-        probe = train_softmax_probe(
-            run.emb["train"][tr],
-            y["train"][tr],
-            run.emb["eval"][ev],
-            y["eval"][ev],
-            num_classes,
-            **run.train_kwargs(),
-        )
-        pred = probe.predict(run.emb["test"][te])
-        values = {
-            "accuracy": metrics.accuracy(y["test"][te], pred),
-            "balanced_accuracy": metrics.balanced_accuracy(y["test"][te], pred),
-        }
-        return run.rows(
-            self.name,
-            values,
-            n_train=int(tr.size),
-            n_eval=int(ev.size),
-            n_eval_labelled=int(np.sum(y["eval"] >= 0)),
-            n_test=int(te.size),
-            l2=probe.l2,
-            best_epoch=probe.best_epoch,
-        )
+    def metric_names(self, k):
+        return ("accuracy", "balanced_accuracy")
 
-    def majority(self, per_split, fraction, seed, model):
-        y_tr = np.asarray(per_split["train"]).astype(np.int64).reshape(-1)
-        y_te = np.asarray(per_split["test"]).astype(np.int64).reshape(-1)
-        y_te = y_te[y_te >= 0]
-        tr = sample_label_fraction(y_tr, fraction, seed)
-        c = metrics.majority_class(y_tr[tr])
-        pred = np.full_like(y_te, c)
-        values = {
-            "accuracy": metrics.accuracy(y_te, pred),
-            "balanced_accuracy": metrics.balanced_accuracy(y_te, pred),
+    def score_fold(self, ctx, contender, fold, fraction, seed):
+        y = np.asarray(ctx.labels[self.name], dtype=np.int64)
+        labelled = sample_fold_labels(y, fold, fraction, seed)
+        scored = fold.scored[y[fold.scored] >= 0]
+        x = contender.softmax_users
+        family = SoftmaxFamily(x, np.maximum(y, 0), int(y.max(initial=0)) + 1)
+        s = ctx.settings
+        fit, selection = select_and_fit(
+            family,
+            labelled,
+            [PRIOR] + (list(s.c_grid) if x.shape[1] else []),
+            folds=ctx.protocol.inner_folds,
+            se_rule=s.probe_se_rule,
+            seed=_selection_seed(seed, fold),
+            strata=y[labelled],
+        )
+        units = Units(user=scored, label=y[scored], pred=fit.predict(x[scored]))
+        return units, _fit_info(fold, labelled, selection)
+
+    def metric_values(self, units, k):
+        return {
+            "accuracy": metrics.accuracy(units.label, units.pred),
+            "balanced_accuracy": metrics.balanced_accuracy(units.label, units.pred),
         }
-        details = dict(n_train=int(tr.size), n_test=int(y_te.size), majority=c)
-        return result_rows(model, self.name, fraction, seed, values, details)
 
 
 class FavoriteGenreTask(ClassificationTask):
@@ -255,98 +265,106 @@ class FavoriteGenreTask(ClassificationTask):
         return favorite_genre(kept[F.FUTURE_GENRE_IDS])
 
 
+def _next_item_rows(ctx: ProbeContext, name: str, fold: Fold, fraction: float, seed: int):
+    """(labelled rows with an in-vocabulary target, scored rows with any future item)."""
+    t = np.asarray(ctx.labels[name], dtype=np.int64)
+    trainable = (t >= F.NUM_RESERVED) & (t < ctx.num_items)
+    labelled = sample_fold_labels(np.where(trainable, t, -1), fold, fraction, seed, stratify=False)
+    scored = fold.scored[t[fold.scored] != F.PAD_ID]  # OOV targets count as misses
+    return t, labelled, scored
+
+
 class NextItemTask(Task):
-    """The first future item ranked over the full catalog: HR@k, NDCG@k (needs
-    ``num_items``). Users without a future item (0) are skipped; OOV targets are
-    never trained on and count as misses on test. No majority floor (see
-    `floors.popularity_floor`)."""
+    """The first future item ranked over the full catalog (HR@k, NDCG@k), history
+    items excluded, by the bilinear probe over the contender's own item vectors
+    (`contenders.Contender.next_item_family`). Users without a future item are
+    skipped; OOV targets are never trained on and count as misses."""
 
     name = NEXT_ITEM
+    prior_name = "popularity"
 
     def derive(self, kept, *, liked_threshold):
         return first_future_item(kept[F.FUTURE_ITEM_IDS].astype(np.int64))
 
-    def probe(self, run: ProbeRun) -> list[ResultRow]:
-        _check_next_item_run(run)
-        t = _int_labels(run.labels)
-        trainable_tr, _ = next_item_masks(t["train"], run.num_items)
-        trainable_ev, _ = next_item_masks(t["eval"], run.num_items)
-        _, scored_te = next_item_masks(t["test"], run.num_items)
-        # Unknown = -1 so sample_label_fraction skips them; no stratification by item.
-        tr = sample_label_fraction(
-            np.where(trainable_tr, t["train"], -1), run.fraction, run.seed, stratify=False
+    def metric_names(self, k):
+        return (f"hr@{k}", f"ndcg@{k}")
+
+    def score_fold(self, ctx, contender, fold, fraction, seed):
+        t, labelled, scored = _next_item_rows(ctx, self.name, fold, fraction, seed)
+        family = contender.next_item_family(t, ctx.log_popularity, ctx.exclude())
+        theta, selection = select_and_fit(
+            family,
+            labelled,
+            family.candidates(ctx.settings.next_item_c_grid),
+            folds=ctx.protocol.inner_folds,
+            se_rule=ctx.settings.probe_se_rule,
+            seed=_selection_seed(seed, fold),
         )
-        ev = sample_selection_users(
-            np.where(trainable_ev, 0, -1),
-            run.fraction,
-            run.seed,
-            stratify=False,
-            min_users=run.min_selection_users,
-        )
-        te = np.flatnonzero(scored_te)
-        exclude = run.exclude_history
-        probe = train_softmax_probe(
-            run.emb["train"][tr],
-            t["train"][tr],
-            run.emb["eval"][ev],
-            t["eval"][ev],
-            run.num_items,
-            **_next_item_kwargs(run, t["eval"][ev], run.history["eval"][ev] if exclude else None),
-        )
+        exclude = ctx.exclude()
         ranks = metrics.target_ranks(
-            probe.score_fn(run.emb["test"][te]),
-            t["test"][te],
-            exclude=run.history["test"][te] if exclude else None,
+            family.score_fn(theta, scored),
+            t[scored],
+            exclude=None if exclude is None else exclude[scored],
         )
-        k = run.k
-        values = {
-            f"hr@{k}": metrics.hits_at_k(ranks, k).mean(),
-            f"ndcg@{k}": metrics.ndcg_gains_at_k(ranks, k).mean(),
+        return Units(user=scored, label=t[scored], rank=ranks), _fit_info(fold, labelled, selection)
+
+    def metric_values(self, units, k):
+        return {
+            f"hr@{k}": float(metrics.hits_at_k(units.rank, k).mean()),
+            f"ndcg@{k}": float(metrics.ndcg_gains_at_k(units.rank, k).mean()),
         }
-        return run.rows(
-            NEXT_ITEM,
-            values,
-            n_train=int(tr.size),
-            n_eval=int(ev.size),
-            n_eval_labelled=int(trainable_ev.sum()),
-            n_test=int(te.size),
-            l2=probe.l2,
-            best_epoch=probe.best_epoch,
-            exclude_history=bool(exclude),
-            k=int(k),
+
+
+class NextItemSoftmaxTask(NextItemTask):
+    """Next item by the full softmax probe (`probe.train_softmax_probe`: one weight
+    column per item), the second variant: trained on two thirds of the labelled
+    users, its L2 strength and stopping epoch chosen on the other third (NDCG@k);
+    it starts from the popularity prior. Opt-in (``--tasks``): it learns from few
+    labels only what the prior gives."""
+
+    name = NEXT_ITEM_SOFTMAX
+
+    def score_fold(self, ctx, contender, fold, fraction, seed):
+        t, labelled, scored = _next_item_rows(ctx, self.name, fold, fraction, seed)
+        s, exclude = ctx.settings, ctx.exclude()
+        inner = inner_folds(labelled.size, 3, _selection_seed(seed, fold))
+        tr, sel = labelled[inner != 0], labelled[inner == 0]
+        info = {"fold": fold.index, "n_labelled": int(labelled.size), "inner_folds": 1}
+        if not (tr.size and sel.size) or contender.users.shape[1] == 0:
+            probe = None
+        else:
+            # lazy: the TensorFlow probe only here (the other probes run in workers
+            # that never import TensorFlow)
+            from bt_tf.evaluation.probe import train_softmax_probe
+
+            probe = train_softmax_probe(
+                contender.users[tr], t[tr], contender.users[sel], t[sel], ctx.num_items,
+                **s.probe_kwargs(), seed=int(seed), prior_counts=ctx.item_counts,
+                select_metric=_ndcg_rows(t[sel], None if exclude is None else exclude[sel], s.k),
+            )  # fmt: skip
+        if probe is None:
+            scores = lambda a, b: np.broadcast_to(ctx.log_popularity, (b - a, ctx.num_items))  # noqa: E731
+            info.update(candidate="prior", prior_selected=True)
+        else:
+            scores = probe.score_fn(contender.users[scored])
+            info.update(candidate=f"l2={probe.l2:g}", prior_selected=probe.best_epoch == 0)
+        ranks = metrics.target_ranks(
+            scores, t[scored], exclude=None if exclude is None else exclude[scored]
         )
+        return Units(user=scored, label=t[scored], rank=ranks), info
 
 
-def _check_next_item_run(run: ProbeRun) -> None:
-    if run.num_items is None:
-        raise ValueError("next_item needs num_items (item vocab size incl. reserved ids).")
-    history = run.history
-    if run.exclude_history and (history is None or any(s not in history for s in ("eval", "test"))):
-        raise ValueError(
-            "exclude_history=True needs history={'eval': [n, L], 'test': [n, L]} padded "
-            "item ids; pass them or set exclude_history=False."
-        )
+def _ndcg_rows(y: np.ndarray, exclude: np.ndarray | None, k: int):
+    def per_row(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        ex = None if exclude is None else exclude[rows]
+        return metrics.ndcg_gains_at_k(metrics.target_ranks(scores, y[rows], exclude=ex), k)
 
-
-def _next_item_kwargs(run: ProbeRun, y_ev: np.ndarray, hist_ev: np.ndarray | None) -> dict:
-    """Probe arguments of next item: selected by eval NDCG@k (history excluded), started
-    from the popularity ranking of the label-free train histories when given."""
-    kwargs = run.train_kwargs()
-
-    def ndcg_rows(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        ex = hist_ev[rows] if hist_ev is not None else None
-        ranks = metrics.target_ranks(scores, y_ev[rows], exclude=ex)
-        return metrics.ndcg_gains_at_k(ranks, run.k)
-
-    kwargs.setdefault("select_metric", ndcg_rows)
-    if run.history is not None and "train" in run.history:
-        kwargs.setdefault("prior_counts", item_counts(run.history["train"], run.num_items))
-    return kwargs
+    return per_row
 
 
 class LikedItemTask(Task):
-    """For each future (user, item): liked? `Pairs` per split; users are
-    sampled, then all their pairs used; accuracy and AUC."""
+    """For each future (user, item): liked? Users are sampled, then all their
+    pairs used (a user's pairs share an inner fold); accuracy and AUC."""
 
     name = LIKED_ITEM
 
@@ -362,59 +380,51 @@ class LikedItemTask(Task):
             threshold=liked_threshold,
         )
 
-    def probe(self, run: ProbeRun) -> list[ResultRow]:
-        p = {s: as_pairs(run.labels[s]) for s in SPLITS}
-        emb = run.emb
-        tr = pair_user_sample(p["train"], emb["train"].shape[0], run.fraction, run.seed)
-        has_eval = users_with_pairs(p["eval"], emb["eval"].shape[0])
-        ev_users = sample_selection_users(
-            has_eval, run.fraction, run.seed, stratify=False, min_users=run.min_selection_users
+    def metric_names(self, k):
+        return ("accuracy", "auc")
+
+    def score_fold(self, ctx, contender, fold, fraction, seed):
+        pairs: Pairs = ctx.labels[self.name]
+        has = users_with_pairs(pairs, ctx.population.size)
+        users = sample_fold_labels(has, fold, fraction, seed, stratify=False)
+        labelled = np.flatnonzero(np.isin(pairs.user_index, users))
+        scored = np.flatnonzero(np.isin(pairs.user_index, fold.scored))
+        x = contender.pair_features(pairs, ctx.num_items)
+        family = SoftmaxFamily(x, pairs.labels, 2)
+        fit, selection = select_and_fit(
+            family,
+            labelled,
+            [PRIOR] + (list(ctx.settings.c_grid) if x.shape[1] else []),
+            folds=ctx.protocol.inner_folds,
+            se_rule=ctx.settings.probe_se_rule,
+            seed=_selection_seed(seed, fold),
+            groups=pairs.user_index[labelled],
         )
-        ev = np.flatnonzero(np.isin(p["eval"].user_index, ev_users))
-        pair_probe = train_pair_probe(
-            emb["train"],
-            p["train"].subset(tr),
-            emb["eval"],
-            p["eval"].subset(ev),
-            item_emb=run.item_emb,
-            num_items=run.num_items,
-            **run.train_kwargs(),
+        z = fit.logits(x[scored])
+        if fit.classes.size == 2:
+            logit = z[:, 1] - z[:, 0]
+        else:  # one class among the labelled pairs: a constant
+            logit = np.full(scored.size, 1.0 if fit.classes[0] == 1 else -1.0)
+        units = Units(
+            user=pairs.user_index[scored],
+            item=pairs.item_ids[scored],
+            label=pairs.labels[scored],
+            score=logit,
         )
-        logits = pair_probe.predict_logits(emb["test"], p["test"])
-        y = p["test"].labels
-        values = {
-            "accuracy": metrics.accuracy(y, (logits > 0).astype(np.int64)),
-            "auc": metrics.roc_auc(y, logits),
+        info = _fit_info(fold, labelled, selection)
+        info["n_labelled_users"] = int(users.size)
+        return units, info
+
+    def metric_values(self, units, k):
+        return {
+            "accuracy": metrics.accuracy(units.label, (units.score > 0).astype(np.int64)),
+            "auc": metrics.roc_auc(units.label, units.score),
         }
-        return run.rows(
-            LIKED_ITEM,
-            values,
-            n_train=int(tr.size),
-            n_eval=int(ev.size),
-            n_eval_labelled=len(p["eval"]),
-            n_train_users=int(np.unique(p["train"].user_index[tr]).size),
-            n_eval_users=int(ev_users.size),
-            n_eval_users_labelled=int(np.sum(has_eval >= 0)),
-            n_test=len(p["test"]),
-            l2=pair_probe.probe.l2,
-            best_epoch=pair_probe.probe.best_epoch,
-        )
-
-    def majority(self, per_split, fraction, seed, model):
-        p_tr, p_te = as_pairs(per_split["train"]), as_pairs(per_split["test"])
-        n_users = int(p_tr.user_index.max(initial=-1)) + 1
-        tr = pair_user_sample(p_tr, n_users, fraction, seed)
-        c = metrics.majority_class(p_tr.labels[tr])
-        y = p_te.labels
-        values = {
-            "accuracy": metrics.accuracy(y, np.full_like(y, c)),
-            "auc": metrics.roc_auc(y, np.zeros(y.shape)),  # a constant: 0.5
-        }
-        details = dict(n_train=int(tr.size), n_test=len(p_te), majority=c)
-        return result_rows(model, LIKED_ITEM, fraction, seed, values, details)
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (NextItemTask(), FavoriteGenreTask(), LikedItemTask())}
+TASKS: dict[str, Task] = {
+    t.name: t for t in (NextItemTask(), NextItemSoftmaxTask(), FavoriteGenreTask(), LikedItemTask())
+}
 
 
 def get_task(name: str) -> Task:
@@ -422,66 +432,19 @@ def get_task(name: str) -> Task:
     return TASKS.get(name) or ClassificationTask(name)
 
 
-def evaluate_embeddings(
-    emb: Mapping[str, Any],
-    labels: Mapping[str, Mapping[str, Any]],
-    *,
-    model: str,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seeds: Sequence[int] = (0, 1, 2),
-    num_items: int | None = None,
-    item_emb: np.ndarray | None = None,
-    history: Mapping[str, np.ndarray] | None = None,
-    exclude_history: bool = True,
-    k: int = 10,
-    min_selection_users: int = MIN_SELECTION_USERS,
-    probe_kwargs: Mapping[str, Any] | None = None,
-) -> list[dict]:
-    """Every downstream task for one model's frozen user embeddings.
+def probe_contender(
+    ctx: ProbeContext, contender: Contender, task: str, fraction: float, seed: int
+) -> tuple[Units, list[dict]]:
+    """One task for one contender at one (fraction, seed): every fold's probe.
 
-    Args:
-      emb: split ("train", "eval", "test") -> ``[n_split, d]`` user embeddings
-        (dense, or sparse e.g. `floors.bag_of_items_features`).
-      labels: task -> split -> labels, the task chosen by name (`get_task`):
-        ``"next_item"``: ``[n]`` first future item ids (`NextItemTask`);
-        ``"liked_item"``: `Pairs` or a dict with the same fields
-        (`LikedItemTask`); any other name (``"favorite_genre"``,
-        ``"attr_gender"``, ...): ``[n]`` class ids, -1 = unknown
-        (`ClassificationTask`).
-      model, fractions, seeds, num_items, item_emb, history, exclude_history,
-        k, min_selection_users, probe_kwargs: as in `ProbeRun`, for every
-        (task, fraction, seed). ``exclude_history`` (default True: in
-        MovieLens a user rates a movie once, so history items are never a
-        correct next item) needs ``history["eval"]``, ``history["test"]``.
-
-    Returns:
-      Rows ``{"model", "task", "metric", "fraction", "seed", "value",
-      "n_train", "n_eval", "n_eval_labelled", "n_test", "l2", "best_epoch"}``
-      (+ ``"exclude_history"``, ``"k"`` for next item; liked item counts
-      pairs in ``n_*`` and users in ``n_train_users``, ``n_eval_users``,
-      ``n_eval_users_labelled``). ``n_eval`` labels selected the probe, out of
-      ``n_eval_labelled``.
+    Returns the scored units of all folds (each user once) and one fit record
+    per fold (`_fit_info`: labelled users, chosen candidate, whether the prior
+    predictor was chosen).
     """
-    for split in SPLITS:
-        if split not in emb:
-            raise ValueError(f"emb lacks split {split!r}; need train, eval, test.")
-    common = dict(
-        model=model,
-        emb=emb,
-        num_items=num_items,
-        item_emb=item_emb,
-        history=history,
-        exclude_history=exclude_history,
-        k=k,
-        min_selection_users=min_selection_users,
-        probe_kwargs=dict(probe_kwargs or {}),
-    )
-    rows: list[dict] = []
-    for name, per_split in labels.items():
-        check_splits(name, per_split)
-        task = get_task(name)
-        for fraction in fractions:
-            for seed in seeds:
-                run = ProbeRun(labels=per_split, fraction=fraction, seed=seed, **common)
-                rows += [r.to_dict() for r in task.probe(run)]
-    return rows
+    t = get_task(task)
+    parts, fits = [], []
+    for fold in ctx.folds:
+        units, info = t.score_fold(ctx, contender, fold, fraction, seed)
+        parts.append(units)
+        fits.append(dict(info, n_scored=len(units)))
+    return Units.concat(parts), fits

@@ -1,0 +1,232 @@
+"""What a probe is given: one contender's user features and item vectors, in population order.
+
+A `Contender` is a learned model's frozen embeddings (BT, DE, BT+DE, one per
+pretraining seed), a floor built from the histories (`bag_of_items`, `svd`),
+an untrained encoder, or `prior` (no features at all: the probes' prior
+predictor, reported as the ``majority`` / ``popularity`` floor). Every
+contender gets the same probe families with the same item-side inputs
+(`tasks`):
+
+- classification: its user features, standardized with the mean and
+  standard deviation of ALL evaluated users (label-free);
+- liked item: per (user, item) pair ``[u, v, u * v]`` (its user and item
+  vectors, each standardized) plus a one-hot of the item, the same per-item
+  bias for every contender (bag-of-items: its bag and the one-hot);
+- next item (`linear.BilinearFamily`): ``a u.e_i + u' dW e_i + b log pop_i``
+  with its own item vectors ``e_i`` (the BT encoder's input table, the DE
+  item tower, SVD item factors); bag-of-items gets the natural equivalent,
+  the item-kNN score of its history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from bt_tf.evaluation.labels import Pairs, as_ragged
+from bt_tf.evaluation.linear import BilinearFamily, OneHotBlock
+from bt_tf.features import NUM_RESERVED
+
+__all__ = [
+    "PRIOR_CONTENDER",
+    "Contender",
+    "interaction_matrix",
+    "bag_of_items",
+    "svd",
+    "prior",
+    "item_knn",
+]
+
+PRIOR_CONTENDER = "prior"  # rows name it after the task's prior predictor (majority, popularity)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Contender:
+    """One set of frozen features to probe.
+
+    Attributes:
+        name: model name in the rows (``bt``, ``de``, ``bag_of_items``, ...).
+        pretrain_seed: the training seed of a learned model (floors: 0).
+        users: ``[N, d]`` dense or ``[N, F]`` sparse user features.
+        items: ``[V, e]`` item vectors, or None (bag-of-items, prior).
+        knn: ``[V, V]`` item-item similarities for the next-item base score of
+            a sparse bag (`item_knn`), else None.
+        fingerprint: identifies the features in the result cache.
+    """
+
+    name: str
+    pretrain_seed: int
+    users: Any
+    items: np.ndarray | None = None
+    knn: np.ndarray | None = None
+    fingerprint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    _pair_cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def key(self) -> str:
+        """Unique among the contenders of one evaluation (the cache's file name)."""
+        return self.name if not self.pretrain_seed else f"{self.name}@seed{self.pretrain_seed}"
+
+    @property
+    def sparse(self) -> bool:
+        return scipy.sparse.issparse(self.users)
+
+    @functools.cached_property
+    def softmax_users(self):
+        """User features for the classification probes (dense: standardized)."""
+        return self.users if self.sparse else _standardize(self.users)
+
+    @functools.cached_property
+    def _item_std(self) -> np.ndarray | None:
+        if self.items is None:
+            return None
+        items = np.asarray(self.items, dtype=np.float64)
+        real = items[NUM_RESERVED:]
+        std = real.std(axis=0)
+        return (items - real.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+    def pair_features(self, pairs: Pairs, num_items: int) -> OneHotBlock:
+        """``[m, F + V]`` liked-item features of population pairs (see the module
+        docstring), computed once per pairs object."""
+        key = (id(pairs), num_items)
+        if key not in self._pair_cache:
+            self._pair_cache.clear()
+            self._pair_cache[key] = self._pair_features(pairs, num_items)
+        return self._pair_cache[key]
+
+    def _pair_features(self, pairs: Pairs, num_items: int) -> OneHotBlock:
+        m = len(pairs)
+        if self.users.shape[1] == 0:  # the prior: nothing, not even the item
+            return OneHotBlock(np.zeros((m, 0)), np.zeros(m, np.int64), 0)
+        u = self.softmax_users[pairs.user_index]
+        if self.sparse or self._item_std is None:
+            return OneHotBlock(u, pairs.item_ids, num_items)
+        v = self._item_std[pairs.item_ids]
+        parts = [u, v] + ([u * v] if u.shape[1] == v.shape[1] else [])
+        return OneHotBlock(np.concatenate(parts, axis=1), pairs.item_ids, num_items)
+
+    def next_item_family(
+        self, targets: np.ndarray, log_popularity: np.ndarray, exclude: np.ndarray | None
+    ) -> BilinearFamily:
+        """The bilinear next-item probe family over this contender's vectors."""
+        if self.users.shape[1] == 0:
+            return BilinearFamily(None, None, targets, log_popularity, exclude)
+        if self.sparse:
+            users, knn = self.users, self.knn
+            return BilinearFamily(
+                None, None, targets, log_popularity, exclude,
+                base=lambda rows: np.asarray(users[rows] @ knn, dtype=np.float32),
+            )  # fmt: skip
+        if self.items is None:
+            raise ValueError(f"{self.name}: dense user features need item vectors")
+        items = np.asarray(self.items, dtype=np.float32)
+        return BilinearFamily(
+            _rms_scaled(self.users), items / _rms(items[NUM_RESERVED:]), targets,
+            log_popularity, exclude,
+        )  # fmt: skip
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    std = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+
+def _rms(x: np.ndarray) -> float:
+    r = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 1.0
+    return r if r > 0 else 1.0
+
+
+def _rms_scaled(x: np.ndarray) -> np.ndarray:
+    """``x / rms(x)``: one scalar, so dot products keep their meaning."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.float32(_rms(x))
+
+
+# --------------------------------------------------------------------------
+# Floors built from the histories
+
+
+def interaction_matrix(history: np.ndarray, num_items: int) -> scipy.sparse.csr_matrix:
+    """``[n, V]`` binary user x item matrix of padded histories (reserved ids dropped)."""
+    flat, user, n = as_ragged(history)
+    flat = flat.astype(np.int64)
+    keep = (flat >= NUM_RESERVED) & (flat < num_items)
+    x = scipy.sparse.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float32), (user[keep], flat[keep])),
+        shape=(n, num_items),
+    )
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def _l2_rows(x: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).reshape(-1))
+    return (scipy.sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x).tocsr().astype(np.float32)
+
+
+def item_knn(fit_rows: scipy.sparse.csr_matrix, *, top_k: int | None = None) -> np.ndarray:
+    """``[V, V]`` cosine similarity of the items' user columns in ``fit_rows``
+    (zero diagonal), each column cut to its ``top_k`` largest when given."""
+    x = scipy.sparse.csc_matrix(fit_rows, dtype=np.float32)
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).reshape(-1))
+    inv = 1.0 / np.maximum(norms, 1e-12)
+    sim = np.asarray((x.T @ x).todense(), dtype=np.float32) * inv[:, None] * inv[None, :]
+    np.fill_diagonal(sim, 0.0)
+    if top_k is not None and top_k < sim.shape[0]:
+        cut = np.partition(sim, -top_k, axis=0)[-top_k]
+        sim[sim < cut[None, :]] = 0.0
+    return sim
+
+
+def bag_of_items(
+    history: np.ndarray,
+    num_items: int,
+    fit_rows: np.ndarray,
+    *,
+    projection_dim: int | None = None,
+    knn_top_k: int | None = None,
+    seed: int = 0,
+) -> Contender:
+    """L2-normalized history bags; next item scores by item-kNN fitted on ``fit_rows``'
+    histories (the users the encoders were trained on). With ``projection_dim`` the
+    user features are a seeded Gaussian random projection (large catalogs)."""
+    bag = _l2_rows(interaction_matrix(history, num_items))
+    knn = item_knn(bag[fit_rows], top_k=knn_top_k)
+    users = bag
+    if projection_dim is not None:
+        rng = np.random.default_rng(seed)
+        proj = rng.normal(0.0, 1.0 / np.sqrt(projection_dim), size=(num_items, projection_dim))
+        users = scipy.sparse.csr_matrix(bag @ proj.astype(np.float32))
+    fingerprint = {"floor": "bag_of_items", "projection_dim": projection_dim, "knn": knn_top_k}
+    return Contender("bag_of_items", 0, users, None, knn, fingerprint)
+
+
+def svd(
+    history: np.ndarray, num_items: int, fit_rows: np.ndarray, dim: int, *, seed: int = 0
+) -> Contender:
+    """A floor of the embeddings' own size: rank-``dim`` truncated SVD of the
+    L2-normalized interaction matrix of ``fit_rows``; users are projected on its
+    item factors (``x V``, every user alike), items are the factors ``V``."""
+    from sklearn.decomposition import TruncatedSVD  # lazy: only this floor needs it
+
+    bag = _l2_rows(interaction_matrix(history, num_items))
+    fit = bag[fit_rows]
+    k = max(1, min(int(dim), min(fit.shape) - 1))
+    model = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed)
+    model.fit(fit)
+    users = np.asarray(model.transform(bag), dtype=np.float32)
+    items = np.asarray(model.components_.T, dtype=np.float32)
+    return Contender("svd", 0, users, items, None, {"floor": "svd", "dim": k, "seed": seed})
+
+
+def prior(n_users: int) -> Contender:
+    """No features: every probe stays its prior predictor (majority class, popularity)."""
+    return Contender(PRIOR_CONTENDER, 0, np.zeros((n_users, 0), np.float32), None, None,
+                     {"floor": PRIOR_CONTENDER})  # fmt: skip

@@ -1,0 +1,250 @@
+"""Paired bootstrap intervals over users, and the claim's verdict (numpy, scipy).
+
+Every figure of the report is a function of per-user contributions (the
+``scores`` table, `tasks.Units`): HR / NDCG / correct per user, (label,
+prediction) per user for balanced accuracy, scored (user, item) pairs for the
+liked-item AUC. An interval resamples USERS with replacement (a user's pairs
+go with the user) and, inside each resample, averages every model's metric
+over its label seeds and pretraining seeds; every model is evaluated on the
+same resampled users, so model-vs-model ratios and differences are paired.
+`scipy.stats.bootstrap` draws the resamples (percentile intervals) of one
+vector-valued statistic per task: each model's metric per (metric, fraction),
+the ratios and differences of the comparisons, and the claim's ratio.
+
+`claim_verdict` turns the task ratios into the verdict of the paper's claim
+(`CLAIM_THRESHOLD`: BT at least 1.08 x DE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse
+import scipy.stats
+
+__all__ = [
+    "CLAIM_THRESHOLD",
+    "CLAIM_FRACTIONS",
+    "DEFAULT_RESAMPLES",
+    "Cell",
+    "Comparison",
+    "metric_kind",
+    "task_intervals",
+    "task_verdict",
+    "claim_verdict",
+]
+
+CLAIM_THRESHOLD = 1.08  # the paper: 8-20% better than the dual encoder
+CLAIM_FRACTIONS = (0.01, 0.05, 0.1)
+DEFAULT_RESAMPLES = 2000
+_BATCH = 100  # resamples per call of the statistic (memory: batch x users)
+
+
+def metric_kind(task: str, metric: str) -> str:
+    """How a metric is computed from units: ``user_mean`` (hr, ndcg, accuracy of a
+    class), ``pair_mean`` (liked-item accuracy), ``balanced`` or ``auc``."""
+    if metric == "balanced_accuracy":
+        return "balanced"
+    if metric == "auc":
+        return "auc"
+    if metric == "accuracy" and task.startswith("liked"):
+        return "pair_mean"
+    return "user_mean"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One model's metric at one fraction: the replicates (label seed x pretraining
+    seed) of its per-unit values over the task's units.
+
+    ``values [R, m]``: per unit (hit, gain, correct, or for AUC the score);
+    ``labels [m]`` (balanced accuracy, AUC); ``unit_user [m]``: the user
+    index (0..n-1) of each unit.
+    """
+
+    kind: str
+    values: np.ndarray
+    unit_user: np.ndarray
+    labels: np.ndarray | None = None
+
+
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """``[B, n]`` how often each user is in each resample of indices ``idx [B, n]``."""
+    idx = np.atleast_2d(np.asarray(idx, dtype=np.int64))
+    b = idx.shape[0]
+    flat = (idx + np.arange(b)[:, None] * n).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def _statistic(cell: Cell, w: np.ndarray) -> np.ndarray:
+    """``[B]`` the metric of ``cell`` on user weights ``w [B, n]``, averaged over replicates."""
+    wu = w[:, cell.unit_user]  # [B, m] the weight of each unit
+    if cell.kind in ("user_mean", "pair_mean"):
+        total = wu.sum(axis=1)
+        return (wu @ cell.values.mean(axis=0)) / np.where(total > 0, total, np.nan)
+    if cell.kind == "balanced":
+        return _balanced(cell, wu)
+    return _auc(cell, wu)
+
+
+def _balanced(cell: Cell, wu: np.ndarray) -> np.ndarray:
+    classes, y = np.unique(cell.labels, return_inverse=True)
+    onehot = np.zeros((y.size, classes.size))
+    onehot[np.arange(y.size), y] = 1.0
+    den = wu @ onehot  # [B, C]
+    r = cell.values.shape[0]
+    hits = (cell.values[:, :, None] * onehot[None]).transpose(1, 0, 2).reshape(y.size, -1)
+    num = (wu @ hits).reshape(-1, r, classes.size)  # [B, R, C]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = num / den[:, None, :]
+    recall[np.broadcast_to(den[:, None, :] == 0, recall.shape)] = np.nan
+    return np.nanmean(np.nanmean(recall, axis=2), axis=1)
+
+
+def _auc(cell: Cell, wu: np.ndarray) -> np.ndarray:
+    """Weighted ROC AUC (ties count 1/2) per row of ``wu``, averaged over replicates."""
+    pos = cell.labels.astype(bool)
+    wpos, wneg = wu * pos, wu * ~pos
+    tot = wpos.sum(axis=1) * wneg.sum(axis=1)
+    out = np.zeros(wu.shape[0])
+    for scores in cell.values:
+        uniq, group = np.unique(scores, return_inverse=True)
+        g = scipy.sparse.csr_matrix(
+            (np.ones(group.size), (np.arange(group.size), group.reshape(-1))),
+            shape=(group.size, uniq.size),
+        )
+        p = np.asarray((g.T @ wpos.T).T)  # [B, G] positive weight per score group
+        q = np.asarray((g.T @ wneg.T).T)
+        below = np.cumsum(q, axis=1) - q  # negative weight strictly below each group
+        out += (p * (below + 0.5 * q)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return out / cell.values.shape[0] / np.where(tot > 0, tot, np.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """``model`` against ``reference`` on one (metric, fraction): ratio and difference."""
+
+    metric: str
+    fraction: float
+    model: str
+    reference: str
+    ratio: float
+    ratio_ci: tuple[float, float]
+    difference: float
+    difference_ci: tuple[float, float]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def task_intervals(
+    cells: Mapping[tuple[str, float, str], Cell],
+    n_users: int,
+    comparisons: Sequence[tuple[str, str]],
+    *,
+    claim: tuple[str, str, str, Sequence[float]] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Point estimates and paired percentile intervals of one task.
+
+    Args:
+        cells: (metric, fraction, model) -> `Cell`, all over the same users.
+        n_users: users of the task (the resampled units).
+        comparisons: (model, reference) pairs, compared on every (metric,
+            fraction) where both have a cell.
+        claim: (metric, model, reference, fractions): also the mean over those
+            fractions of model / reference.
+        n_resamples, seed, confidence: of `scipy.stats.bootstrap`.
+
+    Returns:
+        ``{"cells": {(metric, fraction, model): (value, (lo, hi))},
+        "comparisons": [Comparison], "claim": (ratio, (lo, hi)) or None}``.
+    """
+    keys = list(cells)
+    pairs = [
+        (key, (key[0], key[1], ref))
+        for key in keys
+        for model, ref in comparisons
+        if key[2] == model and (key[0], key[1], ref) in cells
+    ]
+    index = {key: i for i, key in enumerate(keys)}
+    claim_keys = []
+    if claim is not None:
+        metric, model, ref, fractions = claim
+        claim_keys = [
+            (index[(metric, f, model)], index[(metric, f, ref)])
+            for f in fractions
+            if (metric, f, model) in index and (metric, f, ref) in index
+        ]
+    a = np.array([index[p[0]] for p in pairs], dtype=np.int64)
+    b = np.array([index[p[1]] for p in pairs], dtype=np.int64)
+
+    def statistic(idx, axis=-1):
+        w = _weights(idx, n_users)
+        stats = np.stack([_statistic(cells[k], w) for k in keys], axis=0)  # [K, B]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = stats[a] / stats[b]
+            parts = [stats, ratio, stats[a] - stats[b]]
+            if claim_keys:
+                ca, cb = (np.array(v) for v in zip(*claim_keys))
+                parts.append(np.mean(stats[ca] / stats[cb], axis=0, keepdims=True))
+        out = np.concatenate(parts, axis=0)
+        return out[:, 0] if np.ndim(idx) == 1 else out
+
+    point = statistic(np.arange(n_users))
+    res = scipy.stats.bootstrap(
+        (np.arange(n_users),),
+        statistic,
+        n_resamples=n_resamples,
+        vectorized=True,
+        method="percentile",
+        confidence_level=confidence,
+        batch=_BATCH,
+        random_state=np.random.default_rng(seed),
+    )
+    lo, hi = res.confidence_interval
+    k, p = len(keys), len(pairs)
+
+    def ci(i):
+        return _finite(lo[i]), _finite(hi[i])
+
+    out = {"cells": {key: (_finite(point[i]), ci(i)) for i, key in enumerate(keys)}}
+    out["comparisons"] = [
+        Comparison(
+            metric=ka[0], fraction=ka[1], model=ka[2], reference=kb[2],
+            ratio=_finite(point[k + j]), ratio_ci=ci(k + j),
+            difference=_finite(point[k + p + j]), difference_ci=ci(k + p + j),
+        )
+        for j, (ka, kb) in enumerate(pairs)
+    ]  # fmt: skip
+    out["claim"] = (_finite(point[-1]), ci(-1)) if claim_keys else None
+    return out
+
+
+def _finite(v) -> float:
+    v = float(v)
+    return v if np.isfinite(v) else float("nan")
+
+
+def task_verdict(ratio: float, ci: tuple[float, float], threshold: float = CLAIM_THRESHOLD) -> str:
+    """``reproduced`` (ratio >= threshold and the interval's low end > 1), ``refuted``
+    (its high end < threshold) or ``inconclusive``."""
+    lo, hi = ci
+    if np.isfinite(ratio) and ratio >= threshold and np.isfinite(lo) and lo > 1.0:
+        return "reproduced"
+    if np.isfinite(hi) and hi < threshold:
+        return "refuted"
+    return "inconclusive"
+
+
+def claim_verdict(task_verdicts: Sequence[str], *, needed: int = 2) -> str:
+    """``reproduced`` / ``refuted`` when at least ``needed`` tasks are, else ``inconclusive``."""
+    for verdict in ("reproduced", "refuted"):
+        if sum(v == verdict for v in task_verdicts) >= needed:
+            return verdict
+    return "inconclusive"

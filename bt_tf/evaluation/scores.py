@@ -1,0 +1,226 @@
+"""Per-user scores: the ``scores.parquet`` table, and the intervals and claim computed from it.
+
+Every probe's scored units (`tasks.Units`: one row per scored user, or per
+scored (user, item) pair for liked item) are written with their model,
+pretraining seed, task, label fraction, label seed and fold, so any figure of
+the report can be recomputed from the table (`write_scores`, `read_scores`).
+`analyse` turns the same units into every model's metric with a paired
+bootstrap interval, the model-vs-baseline and model-vs-floor ratios and
+differences, how often selection kept the prior predictor, and the claim
+(`intervals`).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bt_tf.evaluation import intervals, metrics
+from bt_tf.evaluation.protocol import Population
+from bt_tf.evaluation.tasks import CLAIM_METRICS, get_task
+
+__all__ = [
+    "SCORES_FILE",
+    "FLOORS",
+    "is_floor",
+    "write_scores",
+    "read_scores",
+    "unit_values",
+    "analyse",
+]
+
+SCORES_FILE = "scores.parquet"
+# Floors (listed after the learned models); "untrained(<run>)" counts as "untrained".
+FLOORS = ("untrained", "bag_of_items", "svd", "majority", "popularity")
+
+
+def is_floor(model: str) -> bool:
+    """A floor: a name of `FLOORS`, or ``untrained(<run>)`` (one per architecture)."""
+    return model in FLOORS or model.startswith("untrained(")
+
+
+def _columns(records, population: Population, k: int) -> dict[str, np.ndarray]:
+    cols = collections.defaultdict(list)
+    for r in records:
+        n = len(r.units)
+        arrays = r.units.arrays()
+        fold = np.empty(n, dtype=np.int64)
+        start = 0
+        for f in r.fits:
+            count = f["n_scored"]
+            fold[start : start + count] = f["fold"]
+            start += count
+        for name, value in (("model", r.model), ("task", r.task)):
+            cols[name].append(np.full(n, value, dtype=object))
+        for name, value in (("pretrain_seed", r.pretrain_seed), ("seed", r.seed)):
+            cols[name].append(np.full(n, value, dtype=np.int64))
+        cols["fraction"].append(np.full(n, r.fraction, dtype=np.float64))
+        cols["fold"].append(fold)
+        cols["user_id"].append(population.user_ids[arrays["user"]])
+        cols["split"].append(population.split_of[arrays["user"]])
+        for name in ("item", "label", "pred", "score", "rank"):
+            cols[name].append(arrays[name])
+        for name, values in _contributions(r.task, r.units, k).items():
+            cols[name].append(values)
+    return {name: np.concatenate(parts) for name, parts in cols.items()}
+
+
+def _contributions(task: str, units, k: int) -> dict[str, np.ndarray]:
+    """hit, ndcg, correct per unit (NaN where the task has none)."""
+    n = len(units)
+    out = {name: np.full(n, np.nan) for name in ("hit", "ndcg", "correct")}
+    if units.rank is not None:
+        out["hit"] = metrics.hits_at_k(units.rank, k)
+        out["ndcg"] = metrics.ndcg_gains_at_k(units.rank, k)
+    elif units.pred is not None:
+        out["correct"] = (units.pred == units.label).astype(np.float64)
+    elif units.score is not None:
+        out["correct"] = ((units.score > 0).astype(np.int64) == units.label).astype(np.float64)
+    return out
+
+
+def write_scores(records, population: Population, path: str, k: int = 10) -> str:
+    """Writes every record's units to a Parquet file ``path`` (one row per unit)."""
+    import pyarrow as pa  # lazy: only writing the table needs it
+    import pyarrow.parquet as pq
+
+    cols = _columns(records, population, k)
+    table = pa.table(
+        {
+            name: pa.array([_text(v) for v in values] if values.dtype == object else values)
+            for name, values in cols.items()
+        }
+    )
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_scores(path: str) -> dict[str, np.ndarray]:
+    """``scores.parquet`` as a dict of numpy columns."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def unit_values(task: str, metric: str, units, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(per-unit values, labels or None) of one metric, as `intervals.Cell` takes them."""
+    kind = intervals.metric_kind(task, metric)
+    if kind == "auc":
+        return units.score.astype(np.float64), units.label
+    if units.rank is not None:
+        gains = metrics.hits_at_k if metric.startswith("hr@") else metrics.ndcg_gains_at_k
+        return gains(units.rank, k), None
+    correct = _contributions(task, units, k)["correct"]
+    return correct, (units.label if kind == "balanced" else None)
+
+
+def analyse(
+    records,
+    k: int,
+    *,
+    baseline: str = "de",
+    claim_model: str = "bt",
+    n_resamples: int = intervals.DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """Every metric with its interval, the comparisons, the prior-selection shares and
+    the claim, from the records' units (see the module docstring).
+
+    Comparisons: every model against ``baseline``, every learned model against every
+    floor. The claim: ``claim_model`` / ``baseline`` on each task of
+    `tasks.CLAIM_METRICS`, the mean over `intervals.CLAIM_FRACTIONS`.
+    """
+    by_task = collections.defaultdict(list)
+    for r in records:
+        by_task[r.task].append(r)
+    out = {"cells": [], "comparisons": [], "prior_selected": _prior_shares(records)}
+    claim_tasks = []
+    for task, recs in by_task.items():
+        cells, n_users, models = _cells(task, recs, k)
+        pairs = [(m, baseline) for m in models if m != baseline]
+        pairs += [(m, f) for m in models if not is_floor(m) for f in models if is_floor(f)]
+        claim = None
+        if task in CLAIM_METRICS and {claim_model, baseline} <= set(models):
+            claim = (CLAIM_METRICS[task], claim_model, baseline, intervals.CLAIM_FRACTIONS)
+        res = intervals.task_intervals(
+            {key: cell for key, (cell, _) in cells.items()}, n_users, pairs, claim=claim,
+            n_resamples=n_resamples, seed=seed,
+        )  # fmt: skip
+        for (metric, fraction, model), (value, ci) in res["cells"].items():
+            out["cells"].append(dict(
+                task=task, metric=metric, fraction=fraction, model=model, value=value,
+                ci95=list(ci), n_replicates=cells[(metric, fraction, model)][1], n_users=n_users,
+            ))  # fmt: skip
+        out["comparisons"] += [dict(task=task, **c.to_dict()) for c in res["comparisons"]]
+        if res["claim"] is not None:
+            ratio, ci = res["claim"]
+            fractions = sorted({f for (m, f, _) in cells if f in intervals.CLAIM_FRACTIONS})
+            claim_tasks.append(dict(
+                task=task, metric=claim[0], ratio=ratio, ci95=list(ci),
+                verdict=intervals.task_verdict(ratio, ci), fractions=fractions,
+            ))  # fmt: skip
+    out["claim"] = _claim_block(claim_tasks, claim_model, baseline) if claim_tasks else None
+    out["bootstrap"] = {"resamples": n_resamples, "method": "percentile", "confidence": 0.95,
+                        "unit": "user", "seed": seed}  # fmt: skip
+    return out
+
+
+def _cells(task: str, recs, k: int):
+    """(metric, fraction, model) -> (Cell, replicates), the task's users, its models."""
+    ref = recs[0].units
+    for r in recs[1:]:
+        if not (np.array_equal(r.units.user, ref.user) and np.array_equal(r.units.label, ref.label)):
+            raise ValueError(
+                f"{task}: {r.model} fraction={r.fraction} seed={r.seed} was scored on other "
+                "users than the other models; they must share the evaluated users."
+            )
+    users, unit_user = np.unique(ref.user, return_inverse=True)
+    groups = collections.defaultdict(list)
+    for r in recs:
+        groups[(r.fraction, r.model)].append(r)
+    cells = {}
+    t = get_task(task)
+    for (fraction, model), group in groups.items():
+        for metric in t.metric_names(k):
+            kind = intervals.metric_kind(task, metric)
+            values = [unit_values(task, metric, r.units, k) for r in group]
+            cell = intervals.Cell(
+                kind, np.stack([v for v, _ in values]), unit_user.reshape(-1), values[0][1]
+            )
+            cells[(metric, fraction, model)] = (cell, len(group))
+    models = sorted({m for (_, m) in groups})
+    return cells, int(users.size), models
+
+
+def _prior_shares(records) -> list[dict]:
+    """Per (task, fraction, model): the share of probe fits (folds x seeds x pretraining
+    seeds) whose selection kept the prior predictor."""
+    fits = collections.defaultdict(list)
+    for r in records:
+        fits[(r.task, r.fraction, r.model)] += [bool(f["prior_selected"]) for f in r.fits]
+    return [
+        dict(task=t, fraction=f, model=m, share=float(np.mean(v)), fits=len(v))
+        for (t, f, m), v in sorted(fits.items())
+    ]
+
+
+def _claim_block(tasks: Sequence[Mapping[str, Any]], model: str, baseline: str) -> dict:
+    fractions = sorted({f for t in tasks for f in t["fractions"]})
+    return {
+        "threshold": intervals.CLAIM_THRESHOLD,
+        "fractions": fractions,
+        "model": model,
+        "baseline": baseline,
+        "tasks": [
+            {k: t[k] for k in ("task", "metric", "ratio", "ci95", "verdict")} for t in tasks
+        ],
+        "verdict": intervals.claim_verdict([t["verdict"] for t in tasks]),
+    }
