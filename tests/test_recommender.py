@@ -1,13 +1,38 @@
 """`bt_tf.evaluation.recommender`: the DE scored in the SASRec protocol, by hand and end to end."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bt_tf import evaluate
 from bt_tf import features as F
+from bt_tf import runs as runs_lib
+from bt_tf.errors import UserError
 from bt_tf.evaluation import recommender
 from bt_tf.evaluation.metrics import hits_at_k, ndcg_gains_at_k
+from bt_tf.training import trainer
+from bt_tf.training.flags import parse
+from tests.tiny import TINY_FLAGS
+
+# `runs` (conftest.py): {"bt": run dir, "de": run dir} trained on one tiny synthetic artifact.
+
+
+@pytest.fixture(scope="module")
+def trained_de(runs, tmp_path_factory):
+    """A DE run on the artifact of `runs`, trained 40 steps (~9 s): `runs["de"]` (4 steps)
+    barely leaves random (HR@10 0.125 where random scores 10/101), this one reaches ~0.33."""
+    config = json.loads((Path(runs["de"]) / "config.json").read_text())
+    run_dir = tmp_path_factory.mktemp("recommender") / "de40"
+    flags = [*TINY_FLAGS, "--epochs=1", "--steps_per_epoch=40", "--no-probe", "--no-export"]
+    data_dir = config["data"]["output_dir"]  # the artifact is reused, not rebuilt
+    trainer.train(
+        parse([*flags, "--model=de", f"--data_output_dir={data_dir}", f"--output_dir={run_dir}"])
+    )
+    assert runs_lib.read_config(run_dir)["artifact_dir"] == config["artifact_dir"]
+    return str(run_dir)
 
 
 def test_sasrec_inputs_hold_out_the_last_item_of_history_plus_future():
@@ -102,3 +127,41 @@ def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
     assert recommender.bootstrap_interval(values, seed=3) == (low, high)
     assert recommender.bootstrap_interval(np.ones(10)) == (1.0, 1.0)
     assert all(math.isnan(v) for v in recommender.bootstrap_interval(np.ones(1)))
+
+
+def test_flag_scores_de_runs_skips_bt_and_writes_the_report(runs, trained_de, tmp_path):
+    out = tmp_path / "report"
+    rows = evaluate.main(
+        [f"--runs={runs['bt']},{trained_de}", "--recommender", f"--output_dir={out}"]
+    )
+    report = json.loads((out / recommender.JSON_FILE).read_text())
+    assert (
+        [r["model"] for r in rows] == [r["model"] for r in report["runs"]] == ["de"]
+    )  # bt: skipped
+    row = report["runs"][0]
+    artifact = runs_lib.read_config(trained_de)["artifact_dir"]
+    n_total = sum(len(history) for history, _ in recommender.read_sequences(artifact).values())
+    assert row["n_users"] + row["n_skipped"] == n_total and row["n_users"] > 0.9 * n_total
+    assert row["n_skipped"] == sum(row["skipped"].values())
+    assert row["min_negatives"] == 100 and set(row["by_split"]) == set(F.SPLITS)
+    for metric in ("hr@10", "ndcg@10"):
+        low, high = row[f"{metric}_ci95"]
+        assert 0.0 <= low < row[metric] < high <= 1.0, (metric, row)
+    # A random scorer hits the top 10 of 101 with probability 10/101 = 0.099; the trained
+    # DE's whole interval lies above it (HR@10 ~0.33 on these 400 users).
+    assert row["hr@10_ci95"][0] > 10 / 101 and row["ndcg@10"] < row["hr@10"]
+    assert report["reference"]["hr@10"] == 0.8245 and report["reference"]["ndcg@10"] == 0.5905
+    assert "SASRec protocol" in report["protocol"] and report["seed"] == 0
+    md = (out / recommender.MARKDOWN_FILE).read_text()
+    assert f"| de | {row['n_users']} | {row['n_skipped']} | {row['hr@10']:.4f} [" in md
+    assert "| 0.8245 | 0.5905 |" in md
+    assert not (out / "report.md").exists() and not (out / "cache").exists()  # no probes
+    # Same seed, same figures (negatives and bootstrap).
+    again = recommender.evaluate_recommender([trained_de], str(tmp_path / "again"))["runs"][0]
+    assert (again["hr@10"], again["ndcg@10_ci95"]) == (row["hr@10"], row["ndcg@10_ci95"])
+
+
+def test_only_bt_runs_is_a_user_error(runs, tmp_path):
+    with pytest.raises(UserError, match="needs a run with an item tower"):
+        evaluate.main([f"--runs={runs['bt']}", "--recommender", f"--output_dir={tmp_path}"])
+    assert not (tmp_path / recommender.JSON_FILE).exists()
