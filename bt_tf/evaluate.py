@@ -56,6 +56,14 @@ results). Each stage's wall and CPU time is logged and written to
 ``--seeds``, ``--l2_grid=1e-3``, ``--probe_max_epochs=30``, or ``--no-floors``
 when the floors are already known.
 
+The DE as a recommender (``--recommender``): instead of the probes, every DE and
+BT+DE run (a "bt" run has no item tower and is skipped) is scored with its own
+query encoder and item tower in the SASRec protocol (leave the last item out,
+rank it against 100 sampled unrated items; `bt_tf.evaluation.recommender`);
+writes ``recommender.json`` and ``recommender.md`` to ``--output_dir``:
+
+    python -m bt_tf.evaluate --runs=runs/ml100k_de --recommender --output_dir=runs/report
+
 Caches (``--cache``, on by default), in ``<output_dir>/cache/``: every run's
 and the untrained encoder's user and item embeddings
 (``embeddings/<model>.npz``), computed once and reused by every (task,
@@ -83,6 +91,7 @@ from collections.abc import Sequence
 import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import runs
 from bt_tf.errors import UserError
+from bt_tf.evaluation import recommender
 from bt_tf.evaluation.intervals import DEFAULT_RESAMPLES
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.runner import evaluate_runs
@@ -230,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--output_dir", default="", help="report dir (empty: report/ beside the first run)"
     )
     add_flags(parser.add_argument_group("evaluation flags (the probes of bt_tf.evaluation.probe)"))
+    group = parser.add_argument_group("recommender flags (bt_tf.evaluation.recommender)")
+    group.add_argument(
+        "--recommender",
+        default=False,
+        action=_BOOLEAN,
+        help="instead of the probes: score the DE runs with their own towers in the SASRec "
+        "protocol (100 sampled negatives, HR@10, NDCG@10)",
+    )
+    group.add_argument(
+        "--recommender_seed",
+        type=int,
+        default=0,
+        help="seed of the sampled negatives and of the bootstrap intervals",
+    )
     return parser
 
 
@@ -248,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         except ValueError as err:
             raise UserError(f"--runs: {err}") from None
     out_dir = args.output_dir or os.path.join(os.path.dirname(run_dirs[0]) or ".", "report")
+    if args.recommender:
+        return _recommender(run_dirs, out_dir, args.recommender_seed)
     rows = evaluate_runs(
         run_dirs,
         out_dir,
@@ -264,6 +289,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     )
     print(os.path.join(out_dir, "report.md"))
     return rows
+
+
+def _recommender(run_dirs: list[str], out_dir: str, seed: int) -> list[dict]:
+    """--recommender: the SASRec-protocol figures of the DE runs, one dict per run."""
+    report = recommender.evaluate_recommender(run_dirs, out_dir, seed=seed)
+    print(os.path.join(out_dir, recommender.MARKDOWN_FILE))
+    return report["runs"]
 
 
 if __name__ == "__main__":

@@ -27,3 +27,30 @@ def two_replicas():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     return strategy
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """{"bt": run dir, "de": run dir} trained on one tiny synthetic artifact (1 epoch of
+    4 steps each), shared by the evaluation tests; tests that change a run copy it first."""
+    from bt_tf.training import trainer
+    from bt_tf.training.flags import parse
+    from tests.tiny import TINY_FLAGS
+
+    root = tmp_path_factory.mktemp("evaluate")
+    out = {}
+    for model in ("bt", "de"):
+        config = parse(
+            [
+                *TINY_FLAGS,
+                "--epochs=1",
+                "--no-probe",
+                "--no-export",
+                f"--model={model}",
+                f"--data_output_dir={root / 'data'}",
+                f"--output_dir={root / model}",
+            ]
+        )
+        trainer.train(config)
+        out[model] = str(root / model)
+    return out

@@ -26,31 +26,9 @@ from bt_tf.evaluation import (
     settings,
 )
 from bt_tf.serving import export
-from bt_tf.training import trainer
-from bt_tf.training.flags import parse
-from tests.tiny import TINY_FLAGS as TINY
 
-TINY_FLAGS = [*TINY, "--epochs=1", "--no-probe", "--no-export"]
 QUICK = settings.EvalSettings(probe_max_epochs=20, probe_min_epochs=5)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """{"bt": run dir, "de": run dir} trained on one tiny synthetic artifact."""
-    root = tmp_path_factory.mktemp("evaluate")
-    out = {}
-    for model in ("bt", "de"):
-        config = parse(
-            [
-                *TINY_FLAGS,
-                f"--model={model}",
-                f"--data_output_dir={root / 'data'}",
-                f"--output_dir={root / model}",
-            ]
-        )
-        trainer.train(config)
-        out[model] = str(root / model)
-    return out
+# `runs` (conftest.py): {"bt": run dir, "de": run dir} trained on one tiny synthetic artifact.
 
 
 def _artifact(run_dir: str) -> str:

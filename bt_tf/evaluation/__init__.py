@@ -18,6 +18,10 @@ One module per concept, in dependency order:
 - `report`: aggregation, Markdown / JSON report, plots (no TensorFlow);
 - `timing`: per-stage wall and CPU time;
 - `runner`: `evaluate_runs`, trained runs to report;
+- `recommender`: a DE run's own towers as a recommender in the SASRec protocol
+  (leave-last-out, 100 sampled negatives, HR@10 / NDCG@10 with bootstrap
+  intervals): `sasrec_inputs`, `sample_negatives`, `sampled_ranks`,
+  `evaluate_recommender` (``bt_tf.evaluate --recommender``);
 - `reproduction`: `reproduce`, data to the paper's comparison and ablation.
 
 The command lines are `bt_tf.evaluate` and `bt_tf.reproduce`.
