@@ -122,6 +122,38 @@ def test_an_old_run_directory_resumes_and_other_settings_are_refused(tmp_path):
         runs.check_resumable(str(run_dir), other.to_json(), **check)
 
 
+def test_train_users_round_trips_reads_old_runs_as_train_and_refuses_a_changed_resume(tmp_path):
+    everyone = dataclasses.replace(TrainConfig.from_json(OLD_CONFIG), train_users="all")
+    flat = json.loads(json.dumps(everyone.to_json()))
+    assert flat["train_users"] == "all" and TrainConfig.from_json(flat) == everyone
+    assert TrainConfig.from_json(OLD_CONFIG).train_users == "train"  # what old runs did
+    assert comparable_settings(OLD_CONFIG)["train_users"] == "train"
+    run_dir = tmp_path / "run"
+    (run_dir / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (run_dir / runs.CONFIG_FILE).write_text(json.dumps(OLD_CONFIG))
+    check = dict(comparable=comparable_settings, resumable=RESUMABLE_CHANGES)
+    same = dataclasses.replace(everyone, train_users="train")
+    runs.check_resumable(str(run_dir), same.to_json(), **check)
+    with pytest.raises(UserError, match="different settings \\(train_users\\)"):
+        runs.check_resumable(str(run_dir), everyone.to_json(), **check)
+    with pytest.raises(ValueError, match="--train_users='eval'"):
+        TrainConfig(train_users="eval")
+
+
+def test_train_users_flag_and_the_users_an_epoch_counts():
+    assert flags.parse([]).train_users == "train"
+    config = flags.parse(["--train_users=all", "--batch_size=4", "--min_steps_per_epoch=1"])
+    num_users = {"train": 30, "eval": 5, "test": 7}
+    assert config.train_splits == ("train", "eval", "test")
+    assert config.num_train_users(num_users) == 42 and config.steps_for(42) == 10
+    train_only = dataclasses.replace(config, train_users="train")
+    assert train_only.train_splits == ("train",) and train_only.num_train_users(num_users) == 30
+    with pytest.raises(UserError, match="argument --train_users: invalid choice: 'eval'"):
+        flags.parse(["--train_users=eval"])
+    text = " ".join(flags.build_parser([]).format_help().split())
+    assert "--train_users {train,all}" in text and "val_loss stays on eval (default: train)" in text
+
+
 def test_an_old_hparams_file_loads(tmp_path):
     path = tmp_path / "best_hparams.json"
     path.write_text(json.dumps({"augment": "reorder:0.1,mask:0.25", "epochs": 4, "lambd": 0.01}))

@@ -364,7 +364,8 @@ def reproduce(
     """
     report_dir = os.path.join(output_dir, REPORT_DIR)
     artifact_dir = preprocess.preprocess(base.data)
-    n_train = int(dataset.load_metadata(artifact_dir)["num_users"]["train"])
+    # The users an epoch passes over: the train split's, or every split's (--train_users=all).
+    n_train = base.num_train_users(dataset.load_metadata(artifact_dir)["num_users"])
     configs = main_configs(base, output_dir, models, own=model_configs, num_train_users=n_train)
     results = _train_all(list(configs.values()), "training")
     ev = evaluation

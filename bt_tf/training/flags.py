@@ -29,6 +29,7 @@ from bt_tf.training.config import (
     MODELS,
     POOLINGS,
     STRATEGIES,
+    TRAIN_USERS,
     TrainConfig,
 )
 from pipelines import config as data_config
@@ -107,6 +108,9 @@ _TRAINING_FLAGS = (
      "runs/<dataset>_<model>)"}),
     (("--model",), {"choices": MODELS, "help": "bt: Barlow Twins; de: TFRS dual encoder (next "
      "item); bt+de: both losses"}),
+    (("--train_users",), {"choices": TRAIN_USERS, "help": "whose histories pretrain the "
+     "encoder: train (the train split's users) or all (every split's: labels are future "
+     "items, which no encoder reads); val_loss stays on eval"}),
     (("--encoder",), {"dest": "encoder_kind", "choices": ENCODERS, "help": "user-sequence "
      "encoder"}),
     (("--dim",), {"type": int, "help": "encoder width (item embeddings and output)"}),
