@@ -28,7 +28,11 @@ epoch, optimizer steps, users seen, training seconds and the settings that
 differ between models.
 
 Runs go to ``<output_dir>/<model>`` (default output dir
-``runs/reproduce_<dataset>``). Then every run and the floors are evaluated
+``runs/reproduce_<dataset>``). ``--pretrain_seeds=N`` trains every model N
+times, with seeds ``--seed`` + k for k = 0..N-1, the runs k >= 1 in
+``<output_dir>/<model>_seed<k>``; the rows of a model pool its seeds (each row
+carries its ``pretrain_seed``) and the run table lists every seeded run. The
+batch-size ablation trains the first seed only. Then every run and the floors are evaluated
 (`bt_tf.evaluate`; its flags, e.g. ``--label_fractions``, ``--seeds``,
 ``--probe_max_epochs``, apply) and the report is written to
 ``<output_dir>/report/`` (``report.md``, ``results.json``, PNGs).
@@ -69,7 +73,13 @@ from collections.abc import Sequence
 import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import evaluate
 from bt_tf.errors import UserError
-from bt_tf.evaluation.reproduction import DEFAULT_BATCH_SIZES, Ablation, EvalRequest, reproduce
+from bt_tf.evaluation.reproduction import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_PRETRAIN_SEEDS,
+    Ablation,
+    EvalRequest,
+    reproduce,
+)
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
 from bt_tf.training import flags
 from bt_tf.training.config import MODELS
@@ -90,6 +100,16 @@ def _tuple_or_none(values):
 
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _pretrain_seeds(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count of seeds >= 1")
+    return count
 
 
 # argparse types of the comma-separated flags (errors name the flag).
@@ -118,6 +138,12 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         help="root of the runs and the report (empty: runs/reproduce_<dataset>)",
     )
     add("--models", type=_models, default=list(MODELS), help="models of the comparison")
+    add(
+        "--pretrain_seeds",
+        type=_pretrain_seeds,
+        default=DEFAULT_PRETRAIN_SEEDS,
+        help="pretraining seeds per model: --seed + 0..N-1, runs <model> and <model>_seed<k>",
+    )
     for name, model in HPARAMS_FLAGS.items():
         add(
             f"--hparams_{name}",
@@ -227,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model_configs=args.model_configs,
         evaluation=evaluation,
         ablation=ablation,
+        pretrain_seeds=args.pretrain_seeds,
     )
     print(out["report"])
     return out

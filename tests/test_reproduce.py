@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bt_tf import reproduce
+from bt_tf import reproduce, runs
 from bt_tf.evaluation import reproduction
 from bt_tf.training.config import TrainConfig
 from tests.tiny import TINY_FLAGS as TINY
@@ -116,6 +116,42 @@ def test_ablation_runs_see_the_same_number_of_users():
     assert [b for _, b, _ in kept] == [32]
 
 
+def test_pretrain_seeds_expand_every_model_and_the_ablation_keeps_the_first():
+    base = TrainConfig(batch_size=32, seed=5, lambd=0.01)
+    main = reproduction.main_configs(base, "/out", ["bt", "de"])
+    seeded = reproduction.seed_configs(main, 3)
+    assert [(m, c.seed, c.run_dir) for m, c in seeded] == [
+        ("bt", 5, "/out/bt"),
+        ("bt", 6, "/out/bt_seed1"),
+        ("bt", 7, "/out/bt_seed2"),
+        ("de", 5, "/out/de"),
+        ("de", 6, "/out/de_seed1"),
+        ("de", 7, "/out/de_seed2"),
+    ]
+    assert seeded[0][1] is main["bt"]  # seed 0 is the one-seed run: its dir is reused
+    for m, c in seeded:
+        assert dataclasses.replace(c, seed=5, run_dir=main[m].run_dir) == main[m]
+    assert reproduction.seed_configs(main, 1) == list(main.items())
+    with pytest.raises(ValueError, match="--pretrain_seeds=0"):
+        reproduction.seed_configs(main, 0)
+    assert reproduction.DEFAULT_PRETRAIN_SEEDS == 1
+    ablation = reproduction.ablation_configs(
+        base, "/out", batch_sizes=[16, 32], models=["bt"], num_train_users=313, main=main
+    )
+    assert {c.seed for _, _, c in ablation} == {5} and ablation[1][2] is main["bt"]
+
+
+def test_pretrain_seeds_flag():
+    assert reproduce.parse([])[0].pretrain_seeds == reproduction.DEFAULT_PRETRAIN_SEEDS
+    assert reproduce.parse(["--pretrain_seeds=3"])[0].pretrain_seeds == 3
+    for bad in ("0", "two"):
+        with pytest.raises(ValueError, match="argument --pretrain_seeds"):
+            reproduce.parse([f"--pretrain_seeds={bad}"])
+    text = " ".join(reproduce.build_parser([]).format_help().split())
+    assert "--pretrain_seeds PRETRAIN_SEEDS pretraining seeds per model" in text
+    assert "<model>_seed<k> (default: 1)" in text
+
+
 def test_ablation_on_a_small_dataset_keeps_the_floor_of_steps_and_early_stopping():
     # 750 train users (ML-100K): 2 batches of 256 per pass, so an epoch is 16 steps.
     base = TrainConfig(batch_size=256, min_steps_per_epoch=16, epochs=20)
@@ -177,6 +213,35 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     second = reproduce.main(argv)
     assert _mtimes(watched) == before
     assert second["rows"] == first["rows"]
+
+
+def test_pretrain_seeds_train_every_model_twice_and_pool_in_the_report(tmp_path):
+    out = tmp_path / "repro"
+    argv = _argv(tmp_path, "--models=bt,de", "--no-ablation", "--pretrain_seeds=2", "--seeds=1")
+    first = reproduce.main(argv)
+    dirs = {m: [out / m, out / f"{m}_seed1"] for m in ("bt", "de")}
+    for m, (one, two) in dirs.items():
+        configs = [json.loads((d / "config.json").read_text()) for d in (one, two)]
+        assert [c["seed"] for c in configs] == [0, 1] and configs[0]["model"] == m
+        weights = [runs.latest_checkpoint(str(d)) for d in (one, two)]
+        assert (one / "metrics.json").exists() and (two / "metrics.json").exists()
+        assert runs.file_sha256(weights[0] + ".index") != runs.file_sha256(weights[1] + ".index")
+    rows = json.loads((out / "report" / "results.json").read_text())["rows"]
+    seeds = {(r["model"], r.get("pretrain_seed"), r.get("run_dir")) for r in rows}
+    for m, (one, two) in dirs.items():
+        assert {(s, d) for n, s, d in seeds if n == m} == {(0, str(one)), (1, str(two))}
+    assert {r["pretrain_seed"] for r in rows if r["model"] == "untrained(bt)"} == {0, 1}
+    md = (out / "report" / "report.md").read_text()
+    assert f"`{out / 'bt_seed1'}`" in md and f"`{out / 'de_seed1'}`" in md  # the run table
+    # Each seed has its own caches: a rerun recomputes nothing and rewrites no cache.
+    cache = out / "report" / "cache"
+    assert (cache / "embeddings" / "bt%40seed1.npz").exists() and (
+        cache / "bt%40seed1.json"
+    ).exists()
+    watched = [str(p) for p in cache.rglob("*") if p.is_file()]
+    before = _mtimes(watched)
+    assert reproduce.main(argv)["rows"] == first["rows"]
+    assert _mtimes(watched) == before
 
 
 @pytest.mark.slow

@@ -183,35 +183,54 @@ def untrained_floor_rows(
     names: Sequence[str],
     data_fp: Mapping[str, Any],
 ) -> list[dict]:
-    """The ``untrained`` floor: per encoder architecture (and seed) of the runs
+    """The ``untrained`` floor: per encoder architecture and seed of the runs
     (``configs``, named ``names``), a fresh encoder's embeddings probed (cached
-    under the architecture, the TensorFlow version and ``data_fp``).
+    under the architecture, the seed, the TensorFlow version and ``data_fp``).
 
     One architecture -> ``untrained``; several -> ``untrained(<first run>)`` each.
+    The seeds of one architecture (the runs' pretraining seeds) share its name,
+    and their rows carry ``pretrain_seed``; the caches of all but the lowest seed
+    are named ``<floor>@seed<k>``.
     """
-    architectures: dict[str, list[str]] = {}
+    architectures: dict[str, dict[int, str]] = {}  # encoder -> seed -> first run's name
     for config, name in zip(configs, names):
-        key = json.dumps([config["encoder"], int(config.get("seed", 0))], sort_keys=True)
-        architectures.setdefault(key, []).append(name)
+        seeds = architectures.setdefault(json.dumps(config["encoder"], sort_keys=True), {})
+        seeds.setdefault(int(config.get("seed", 0)), name)
     rows = []
-    for key, members in architectures.items():
-        kwargs, seed = json.loads(key)
-        floor = "untrained" if len(architectures) == 1 else f"untrained({members[0]})"
-        # "init": caches written before untrained encoders always used the Generator
-        # initializers (they depended on the process) are not reused.
-        floor_fp = {"encoder": kwargs, "seed": seed, "init": "tf_random_generator"}
-
-        def embed_untrained(kwargs=kwargs, seed=seed):
-            encoder = untrained_encoder({"encoder": kwargs, "seed": seed})
-            emb = embed_users(encoder, plan.data, batch_size=plan.settings.embed_batch_size)
-            return emb, encoder.item_embedding.embeddings.numpy()
-
-        with plan.clock(f"{floor}: embed"):
-            emb, item_emb, _ = cached_embeddings(
-                plan.cache_dir,
-                floor,
-                {"untrained": floor_fp, "tensorflow": tf.__version__, "data": data_fp},
-                embed_untrained,
-            )
-        rows += evaluate_features(plan, floor, emb, item_emb=item_emb, fingerprint=floor_fp)
+    for key, seeds in architectures.items():
+        kwargs = json.loads(key)
+        first = seeds[min(seeds)]
+        floor = "untrained" if len(architectures) == 1 else f"untrained({first})"
+        for seed in sorted(seeds):
+            cache_name = floor if seed == min(seeds) else f"{floor}@seed{seed}"
+            rows += _untrained_rows(plan, kwargs, seed, floor, cache_name, data_fp)
     return rows
+
+
+def _untrained_rows(plan, kwargs, seed: int, floor: str, cache_name: str, data_fp) -> list[dict]:
+    """One untrained encoder's rows (named ``floor``, cached as ``cache_name``)."""
+    # "init": caches written before untrained encoders always used the Generator
+    # initializers (they depended on the process) are not reused.
+    floor_fp = {"encoder": kwargs, "seed": seed, "init": "tf_random_generator"}
+
+    def embed_untrained():
+        encoder = untrained_encoder({"encoder": kwargs, "seed": seed})
+        emb = embed_users(encoder, plan.data, batch_size=plan.settings.embed_batch_size)
+        return emb, encoder.item_embedding.embeddings.numpy()
+
+    with plan.clock(f"{cache_name}: embed"):
+        emb, item_emb, _ = cached_embeddings(
+            plan.cache_dir,
+            cache_name,
+            {"untrained": floor_fp, "tensorflow": tf.__version__, "data": data_fp},
+            embed_untrained,
+        )
+    return evaluate_features(
+        plan,
+        floor,
+        emb,
+        item_emb=item_emb,
+        fingerprint=floor_fp,
+        extra={"pretrain_seed": seed},
+        cache_name=cache_name,
+    )

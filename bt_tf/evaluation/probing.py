@@ -125,6 +125,7 @@ def evaluate_features(
     item_emb: np.ndarray | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    cache_name: str | None = None,
 ) -> list[dict]:
     """`tasks.evaluate_embeddings` for one model, one (task, fraction, seed) at a time.
 
@@ -137,14 +138,18 @@ def evaluate_features(
             one-hot items).
         fingerprint: identifies the features (e.g. the run's checkpoint) in
             the result cache.
-        extra: fields added to every row (e.g. ``run_dir``, ``batch_size``).
+        extra: fields added to every row (e.g. ``run_dir``, ``batch_size``), also
+            to rows read from the cache.
+        cache_name: the result cache's name (default ``model``): apart for runs
+            that share a ``model`` name (e.g. its pretraining seeds).
 
-    The clock records each task as stage ``"<model>: <task>"``.
+    The clock records each task as stage ``"<cache_name>: <task>"``.
     """
     data = plan.data
+    label = cache_name or model
     cache = ResultCache(
         plan.cache_dir,
-        model,
+        label,
         {
             "model": model,
             "features": dict(fingerprint or {}),
@@ -155,7 +160,7 @@ def evaluate_features(
     )
     rows: list[dict] = []
     for task in plan.tasks:
-        with plan.clock(f"{model}: {task}"):
+        with plan.clock(f"{label}: {task}"):
             for fraction in plan.fractions:
                 for seed in plan.seeds:
                     key = cache.key(task, fraction, seed)
@@ -166,9 +171,10 @@ def evaluate_features(
                         rows += new
                     else:
                         logging.info(
-                            "%s %s fraction=%g seed=%d: cached", model, task, fraction, seed
+                            "%s %s fraction=%g seed=%d: cached", label, task, fraction, seed
                         )
-                        rows += cached
+                        # ``extra`` as of now: rows cached before a field existed get it too
+                        rows += [dict(r, **(extra or {})) for r in cached]
     return rows
 
 

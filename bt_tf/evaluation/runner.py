@@ -1,10 +1,11 @@
 """Evaluates trained runs and the floors on every task, and writes the report (`evaluate_runs`).
 
 The steps: read and check the runs' configs (`read_runs`: one artifact dir,
-one width, unique names), load the data once (`eval_data.load_eval_data`),
-probe each run's frozen embeddings (`run_rows`, embeddings cached by
-`embedding_cache`), the floors (`floors`), then write ``report.md``,
-``results.json``, plots and ``timings.json`` (`write_outputs`).
+one width, names unique but across the pretraining seeds of one model), load
+the data once (`eval_data.load_eval_data`), probe each run's frozen embeddings
+(`run_rows`, embeddings cached by `embedding_cache`), the floors (`floors`),
+then write ``report.md``, ``results.json``, plots and ``timings.json``
+(`write_outputs`).
 """
 
 from __future__ import annotations
@@ -50,11 +51,17 @@ TIMINGS_FILE = "timings.json"
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A trained run to evaluate: its directory, ``config.json`` and name in the rows."""
+    """A trained run to evaluate: its directory, ``config.json`` and name in the rows.
+
+    Runs that differ only in their (pretraining) ``seed`` share one ``name``, so
+    the report aggregates over their seeds; ``cache_name`` keeps their caches
+    apart (`read_runs`; empty: ``name``).
+    """
 
     run_dir: str
     config: Mapping[str, Any]
     name: str
+    cache_name: str = ""
 
     def row_fields(self) -> dict:
         """What every row of the run carries besides the probe's columns."""
@@ -65,30 +72,59 @@ class Run:
             batch_size=int(config["batch_size"]),
             epochs=int(config["epochs"]),
             steps_per_epoch=int(config.get("steps_per_epoch") or 0),
+            pretrain_seed=int(config.get("seed", 0)),
         )
 
 
+# config.json keys in which the pretraining seeds of one model differ.
+_SEED_KEYS = ("seed", "run_dir")
+
+
+def _seeds_of_one_model(configs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``configs`` differ only in ``seed`` (each its own) and ``run_dir``."""
+    rest = {
+        json.dumps({k: v for k, v in c.items() if k not in _SEED_KEYS}, sort_keys=True)
+        for c in configs
+    }
+    seeds = [int(c.get("seed", 0)) for c in configs]
+    return len(rest) == 1 and len(set(seeds)) == len(seeds)
+
+
+def _cache_names(configs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    """``name`` for the lowest seed of the runs of a name, ``name@seed<k>`` for the others
+    (so a single run's caches keep their former names)."""
+    seeds = [int(c.get("seed", 0)) for c in configs]
+    lowest = {n: min(s for s, m in zip(seeds, names) if m == n) for n in names}
+    return [n if s == lowest[n] else f"{n}@seed{s}" for s, n in zip(seeds, names)]
+
+
 def run_names(configs: Sequence[Mapping[str, Any]], run_dirs: Sequence[str]) -> list[str]:
-    """One unique name per run: its ``model`` ("bt", "de", "bt+de"), or, when
-    several runs share a model type, their run-dir basenames (made unique with
-    ``-2``, ``-3``... if those collide too)."""
+    """One name per run: its ``model`` ("bt", "de", "bt+de") when it is the only run
+    of its model type or when the runs of that type differ only in ``seed`` (its
+    pretraining seeds share the name); otherwise their run-dir basenames (made
+    unique with ``-2``, ``-3``... if those collide too)."""
     types = [c.get("model", "bt") for c in configs]
+    seeded = {
+        t for t in types if _seeds_of_one_model([c for c in configs if c.get("model", "bt") == t])
+    }
     names = [
-        t if types.count(t) == 1 else os.path.basename(os.path.normpath(d)) or t
+        t if t in seeded else os.path.basename(os.path.normpath(d)) or t
         for t, d in zip(types, run_dirs)
     ]
     seen: dict[str, int] = {}
     out = []
-    for n in names:
+    for n, t in zip(names, types):
         seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+        out.append(n if seen[n] == 1 or t in seeded else f"{n}-{seen[n]}")
     return out
 
 
 def read_runs(run_dirs: Sequence[str], names: Sequence[str] | None = None) -> list[Run]:
     """The runs of ``run_dirs``, checked to be evaluable together: one artifact
-    dir and one ``max_len`` (the same users, labels and histories), unique names
-    (default `run_names`)."""
+    dir and one ``max_len`` (the same users, labels and histories), and names
+    (default `run_names`) unique except across runs that differ only in their
+    pretraining ``seed``, whose caches are then named ``<name>@seed<k>`` (all
+    but the lowest seed)."""
     if not run_dirs:
         raise ValueError("evaluate_runs needs at least one run directory.")
     configs = [runs.read_config(d) for d in run_dirs]
@@ -103,9 +139,16 @@ def read_runs(run_dirs: Sequence[str], names: Sequence[str] | None = None) -> li
     if len(widths) != 1:
         raise ValueError(f"runs have different max_len {sorted(widths)}; evaluate them apart.")
     names = list(names) if names is not None else run_names(configs, run_dirs)
-    if len(names) != len(run_dirs) or len(set(names)) != len(names):
-        raise ValueError(f"names {names} must be unique, one per run dir.")
-    return [Run(d, c, n) for d, c, n in zip(run_dirs, configs, names)]
+    repeated = {n for n in names if names.count(n) > 1}
+    if len(names) != len(run_dirs) or not all(
+        _seeds_of_one_model([c for c, m in zip(configs, names) if m == n]) for n in repeated
+    ):
+        raise ValueError(
+            f"names {names} must be unique, one per run dir (a name repeats only across "
+            "runs that differ in their seed alone)."
+        )
+    caches = _cache_names(configs, names)
+    return [Run(*run) for run in zip(run_dirs, configs, names, caches)]
 
 
 def _seed_list(seeds: int | Sequence[int]) -> list[int]:
@@ -124,18 +167,25 @@ def run_rows(plan: EvalPlan, run: Run, data_fp: Mapping[str, Any]) -> list[dict]
             "%s has no metrics.json (unfinished?); using its best epoch so far", run.run_dir
         )
     checkpoint = checkpoint_fingerprint(run.run_dir)
+    cache_name = run.cache_name or run.name
 
     def embed_run():
         encoder, item_emb, _ = restore_run(run.run_dir)
         return embed_users(encoder, plan.data, batch_size=plan.settings.embed_batch_size), item_emb
 
-    with plan.clock(f"{run.name}: embed"):
+    with plan.clock(f"{cache_name}: embed"):
         emb, item_emb, hit = cached_embeddings(
-            plan.cache_dir, run.name, {"run": checkpoint, "data": data_fp}, embed_run
+            plan.cache_dir, cache_name, {"run": checkpoint, "data": data_fp}, embed_run
         )
-    logging.info("%s: embeddings %s", run.name, "cached" if hit else "computed")
+    logging.info("%s: embeddings %s", cache_name, "cached" if hit else "computed")
     return evaluate_features(
-        plan, run.name, emb, item_emb=item_emb, fingerprint=checkpoint, extra=run.row_fields()
+        plan,
+        run.name,
+        emb,
+        item_emb=item_emb,
+        fingerprint=checkpoint,
+        extra=run.row_fields(),
+        cache_name=cache_name,
     )
 
 
@@ -165,7 +215,8 @@ def evaluate_runs(
         seeds: a count n (seeds 0..n-1) or explicit seeds.
         tasks: subset of `eval_data.available_tasks` (default: all).
         include_floors: add majority / popularity / bag-of-items / untrained.
-        names: model names (default `run_names`).
+        names: model names (default `run_names`); a name repeats only across runs
+            that differ in their pretraining seed alone (their rows then pool).
         settings: probe and task settings.
         cache: reuse the user embeddings of every run and floor encoder
             (``out_dir/cache/embeddings/``, keyed by the checkpoint and the
@@ -182,7 +233,7 @@ def evaluate_runs(
     Returns:
         Result rows (`tasks.evaluate_embeddings` layout); rows of runs also
         carry ``run_dir``, ``model_type``, ``batch_size``, ``epochs``,
-        ``steps_per_epoch``.
+        ``steps_per_epoch``, ``pretrain_seed``.
     """
     runs = read_runs(run_dirs, names)
     seeds = _seed_list(seeds)
