@@ -9,12 +9,13 @@ import sys
 
 import pytest
 
-from bt_tf import runs
+from bt_tf import runs, train
 from bt_tf.data.augment import AugmentPolicy
 from bt_tf.errors import UserError
 from bt_tf.modeling.projector import ProjectorConfig
 from bt_tf.training import flags, trainer
-from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_settings
+from bt_tf.training.config import MODELS, RESUMABLE_CHANGES, TrainConfig, comparable_settings
+from pipelines import config as data_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,12 +38,59 @@ def test_dataset_defaults_apply_and_explicit_flags_win(tmp_path):
     assert tuned.batch_size == recipe["batch_size"]
 
 
-def test_every_dataset_default_is_a_flag():
+def test_every_dataset_default_is_a_flag_and_a_models_own_no_data_flag():
     parser = argparse.ArgumentParser()
     flags.add_flags(parser)
     dests = {a.dest for a in parser._actions}
+    data_parser = argparse.ArgumentParser()
+    data_config.add_flags(data_parser, output_dir_alias=False)
+    data_flags = {a.dest for a in data_parser._actions} - {"help"}
     for dataset, values in flags.DATASET_DEFAULTS.items():
-        assert set(values) <= dests, dataset
+        own = values.get(flags.MODELS_KEY, {})
+        assert set(values) - {flags.MODELS_KEY} <= dests, dataset
+        assert set(own) <= set(MODELS), dataset
+        for model, settings in own.items():
+            assert set(settings) <= dests - data_flags, (dataset, model)
+
+
+def test_a_models_own_dataset_defaults_apply_and_flags_and_hparams_win(own_recipes, tmp_path):
+    shared = own_recipes
+    de = flags.parse(["--dataset=ml-100k", "--model=de"])
+    assert (de.batch_size, de.temperature, de.learning_rate, de.encoder.pooling) == (
+        16,
+        0.05,
+        0.003,
+        "last",
+    )
+    assert de.max_len == shared["max_len"] and de.projector == ProjectorConfig((512, 512))
+    bt = flags.parse(["--dataset=ml-100k"])  # no own recipe: the shared defaults
+    assert (bt.batch_size, bt.temperature, bt.encoder.pooling) == (
+        shared["batch_size"],
+        0.1,
+        "mean",
+    )
+    assert flags.parse(["--dataset=ml-100k", "--model=bt+de"]).bt_weight == 0.5
+    explicit = flags.parse(["--dataset=ml-100k", "--model=de", "--batch_size=128"])
+    assert (explicit.batch_size, explicit.temperature) == (128, 0.05)
+    hparams = tmp_path / "de.json"
+    hparams.write_text(json.dumps({"model": "de", "temperature": 0.2}))
+    tuned = flags.parse(["--dataset=ml-100k", f"--hparams={hparams}"])  # the file names de
+    assert (tuned.model, tuned.temperature, tuned.batch_size) == ("de", 0.2, 16)
+    assert flags.parse(["--dataset=ml-1m", "--model=de"]).temperature == 0.1  # no test recipe
+
+
+def test_a_models_own_dataset_defaults_show_in_help(own_recipes):
+    def help_text(*argv):
+        return " ".join(train.build_parser(list(argv)).format_help().split())
+
+    de = help_text("--dataset=ml-100k", "--model=de", "--help")
+    assert "--temperature TEMPERATURE DE softmax temperature (scores / temperature) " in de
+    assert "(scores / temperature) (default: 0.05)" in de
+    assert "user vector from the positions (default: last)" in de
+    assert "BT statistics over all of it) (default: 16)" in de
+    bt = help_text("--dataset=ml-100k", "--help")
+    assert "(scores / temperature) (default: 0.1)" in bt
+    assert "BT statistics over all of it) (default: 64)" in bt
 
 
 # A config.json as an older version wrote it: no min_steps_per_epoch/min_delta (it ran

@@ -81,6 +81,37 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
         reproduction.main_configs(base, "/o", ["de"], own=args.model_configs, num_train_users=330)
 
 
+def test_each_model_gets_its_own_dataset_defaults_unless_a_flag_is_given(own_recipes, tmp_path):
+    args, base = reproduce.parse(["--dataset=ml-100k"])
+    assert (base.batch_size, base.temperature) == (own_recipes["batch_size"], 0.1)  # shared
+    assert set(args.model_configs) == {"de", "bt+de"}  # bt has no recipe of its own
+    configs = reproduction.main_configs(
+        base, "/out", ["bt", "de", "bt+de"], own=args.model_configs, num_train_users=747
+    )
+    de = configs["de"]
+    assert (de.batch_size, de.temperature, de.learning_rate, de.encoder.pooling) == (
+        16,
+        0.05,
+        0.003,
+        "last",
+    )
+    assert configs["bt+de"].bt_weight == 0.5 and configs["bt+de"].batch_size == 64
+    assert configs["bt"] == dataclasses.replace(base, run_dir="/out/bt")
+    # The budget stays shared: 16 (min) steps of 64 users -> 64 steps of 16.
+    assert de.steps_per_epoch == 64 and {c.epochs for c in configs.values()} == {base.epochs}
+    # A flag on the command line applies to every model; a model's file goes on top.
+    hparams = tmp_path / "de.json"
+    hparams.write_text(json.dumps({"learning_rate": 0.01}))
+    args, base = reproduce.parse(
+        ["--dataset=ml-100k", "--temperature=0.3", f"--hparams_de={hparams}"]
+    )
+    de = args.model_configs["de"]
+    assert (de.temperature, de.learning_rate, de.batch_size) == (0.3, 0.01, 16)
+    assert base.temperature == args.model_configs["bt+de"].temperature == 0.3
+    text = " ".join(reproduce.build_parser(["--dataset=ml-100k"]).format_help().split())
+    assert "BT statistics over all of it) (default: 64)" in text  # --help: the shared ones
+
+
 def test_ablation_runs_see_the_same_number_of_users():
     base = TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2, min_steps_per_epoch=1)
     main = reproduction.main_configs(base, "/out", ["bt", "de", "bt+de"])
