@@ -324,10 +324,10 @@ def parse(
 ) -> TrainConfig:
     """Command line -> config (``hparams``: extra files applied after ``--hparams``).
 
-    ``model``: the run's model when `argv` names none (it selects that model's
-    dataset defaults); ``shared_only``: the dataset's shared defaults alone (see
-    `apply_dataset_defaults`). Unknown flags are Beam options. Raises `UserError`
-    naming the flag for a bad value.
+    ``model``: the run's model, for a command line without ``--model`` (the runs
+    of `bt_tf.reproduce`): its dataset defaults apply; ``shared_only``: the
+    dataset's shared defaults alone (see `apply_dataset_defaults`). Unknown flags
+    are Beam options. Raises `UserError` naming the flag for a bad value.
     """
     parser = build_parser(
         argv,
