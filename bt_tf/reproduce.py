@@ -7,10 +7,16 @@
     python -m bt_tf.reproduce --dataset=synthetic --no-ablation     # main comparison only
 
 Trains BT, DE and BT+DE (``--models``) on the same encoder: every training
-flag of `bt_tf.train` is passed to all of them. ``--hparams_bt=FILE``,
-``--hparams_de=FILE``, ``--hparams_joint=FILE`` (for bt+de) apply a model's
-own best settings on top of the shared flags (the JSON of `bt_tf.train
---hparams`, e.g. a tuner's ``best_hparams.json``: keys are flag names).
+flag of `bt_tf.train` is passed to all of them. A dataset's defaults may hold a
+model's own recipe (``DATASET_DEFAULTS[dataset]["models"]`` in
+`bt_tf.training.flags`, e.g. the DE's batch size, temperature, learning rate
+and pooling): each model's run gets its own on top of the shared defaults, but
+a flag given on the command line applies to every model (``--help`` shows the
+shared defaults; ``python -m bt_tf.train --dataset=NAME --model=de --help`` a
+model's). ``--hparams_bt=FILE``, ``--hparams_de=FILE``, ``--hparams_joint=FILE``
+(for bt+de) apply a model's own best settings on top of all that (the JSON of
+`bt_tf.train --hparams`, e.g. a tuner's ``best_hparams.json``: keys are flag
+names).
 
 Equal budget, trained to convergence: every run, main and ablation, stops when
 its val_loss has not improved by ``--min_delta`` for
@@ -28,7 +34,11 @@ epoch, optimizer steps, users seen, training seconds and the settings that
 differ between models.
 
 Runs go to ``<output_dir>/<model>`` (default output dir
-``runs/reproduce_<dataset>``). Then every run and the floors are evaluated
+``runs/reproduce_<dataset>``). ``--pretrain_seeds=N`` trains every model N
+times, with seeds ``--seed`` + k for k = 0..N-1, the runs k >= 1 in
+``<output_dir>/<model>_seed<k>``; the rows of a model pool its seeds (each row
+carries its ``pretrain_seed``) and the run table lists every seeded run. The
+batch-size ablation trains the first seed only. Then every run and the floors are evaluated
 (`bt_tf.evaluate`; its flags, e.g. ``--label_fractions``, ``--seeds``,
 ``--probe_max_epochs``, apply) and the report is written to
 ``<output_dir>/report/`` (``report.md``, ``results.json``, PNGs).
@@ -69,7 +79,13 @@ from collections.abc import Sequence
 import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import evaluate
 from bt_tf.errors import UserError
-from bt_tf.evaluation.reproduction import DEFAULT_BATCH_SIZES, Ablation, EvalRequest, reproduce
+from bt_tf.evaluation.reproduction import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_PRETRAIN_SEEDS,
+    Ablation,
+    EvalRequest,
+    reproduce,
+)
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
 from bt_tf.training import flags
 from bt_tf.training.config import MODELS
@@ -92,11 +108,22 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _pretrain_seeds(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count of seeds >= 1")
+    return count
+
+
 # argparse types of the comma-separated flags (errors name the flag).
 _models = cli.comma_list(str, f"models ({', '.join(MODELS)})", lambda m: m in MODELS)
 _batch_sizes = cli.comma_list(int, "batch sizes >= 2", lambda b: b >= 2)
 TRAINING_GROUP = "training flags (passed to bt_tf.train, for every run)"
 EVALUATION_GROUP = "evaluation flags (passed to bt_tf.evaluate)"
+_PASSED = "bt_tf.reproduce training flags"  # the description of the passed flags' parser
 
 
 def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
@@ -118,6 +145,12 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         help="root of the runs and the report (empty: runs/reproduce_<dataset>)",
     )
     add("--models", type=_models, default=list(MODELS), help="models of the comparison")
+    add(
+        "--pretrain_seeds",
+        type=_pretrain_seeds,
+        default=DEFAULT_PRETRAIN_SEEDS,
+        help="pretraining seeds per model: --seed + 0..N-1, runs <model> and <model>_seed<k>",
+    )
     for name, model in HPARAMS_FLAGS.items():
         add(
             f"--hparams_{name}",
@@ -156,8 +189,19 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
     evaluate.add_flags(parser.add_argument_group(EVALUATION_GROUP))
     if passed:
         cli.add_passed_flags(parser, TRAINING_GROUP, flags.add_flags, exclude=("--model",))
-        flags.apply_dataset_defaults(parser, argv)
+        flags.apply_dataset_defaults(parser, argv, shared_only=True)
     return parser
+
+
+def _own_config(rest: Sequence[str], model: str, path: str | None, flag: str):
+    """``model``'s config: the dataset's defaults for it, the shared flags given
+    (``rest``), then its hparams file ``path`` (given as ``flag``), if any."""
+    if path:
+        named = flags.read_hparams(path).get("model", model)
+        if named != model:
+            raise UserError(f"{path}: sets model={named!r}, but it is {flag} ({model})")
+    own = flags.parse(rest, description=_PASSED, hparams=[path] if path else [], model=model)
+    return dataclasses.replace(own, model=model)
 
 
 def parse(argv: Sequence[str] | None):
@@ -166,8 +210,9 @@ def parse(argv: Sequence[str] | None):
     Every flag's value is checked first, training flags included (`UserError`
     naming the flag). The tool's own and the evaluation flags are then parsed;
     everything else goes to `bt_tf.config.parse` (training and Beam flags).
-    ``args.model_configs``: model -> its config with its ``--hparams_*`` file
-    applied after the shared flags (as `bt_tf.train --hparams` would).
+    ``args.model_configs``: model -> its config where it has settings of its own:
+    the dataset's defaults for that model, then the shared flags given, then its
+    ``--hparams_*`` file (as `bt_tf.train --model=MODEL --hparams` would).
     ``args.skip_too_big``: the batch sizes are the defaults (too big ones are skipped).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -177,18 +222,12 @@ def parse(argv: Sequence[str] | None):
         raise UserError("--model is set by bt_tf.reproduce for each run; use --models=bt,de,...")
     if not args.models:
         raise UserError(f"--models names no model; expected a subset of {MODELS}")
-    description = "bt_tf.reproduce training flags"
-    base = flags.parse(rest, description=description)
+    base = flags.parse(rest, description=_PASSED, shared_only=True)
     args.model_configs = {}
     for name, model in HPARAMS_FLAGS.items():
-        path = getattr(args, f"hparams_{name}")
-        if not path:
-            continue
-        named = flags.read_hparams(path).get("model", model)
-        if named != model:
-            raise UserError(f"{path}: sets model={named!r}, but it is --hparams_{name} ({model})")
-        own = flags.parse(rest, description=description, hparams=[path])
-        args.model_configs[model] = dataclasses.replace(own, model=model)
+        own = _own_config(rest, model, getattr(args, f"hparams_{name}"), f"--hparams_{name}")
+        if own != dataclasses.replace(base, model=model, run_dir=own.run_dir):
+            args.model_configs[model] = own
     args.skip_too_big = args.batch_sizes is None
     if args.batch_sizes is None:
         args.batch_sizes = list(DEFAULT_BATCH_SIZES)
@@ -227,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model_configs=args.model_configs,
         evaluation=evaluation,
         ablation=ablation,
+        pretrain_seeds=args.pretrain_seeds,
     )
     print(out["report"])
     return out

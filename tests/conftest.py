@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras: must run before tensorflow is imported)
+from bt_tf.training import flags
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -54,3 +55,20 @@ def runs(tmp_path_factory):
         trainer.train(config)
         out[model] = str(root / model)
     return out
+
+
+# A test-only recipe of the DE and of the joint model on top of ML-100K's shared defaults.
+OWN_RECIPES = {
+    "de": {"batch_size": 16, "temperature": 0.05, "learning_rate": 0.003, "pooling": "last"},
+    "bt+de": {"bt_weight": 0.5},
+}
+
+
+@pytest.fixture
+def own_recipes(monkeypatch):
+    """ML-100K's flag defaults with `OWN_RECIPES` as the models' own; returns the shared ones."""
+    shared = flags.dataset_defaults("ml-100k")
+    monkeypatch.setitem(
+        flags.DATASET_DEFAULTS, "ml-100k", {**shared, flags.MODELS_KEY: OWN_RECIPES}
+    )
+    return shared

@@ -9,12 +9,13 @@ import sys
 
 import pytest
 
-from bt_tf import runs
+from bt_tf import runs, train
 from bt_tf.data.augment import AugmentPolicy
 from bt_tf.errors import UserError
 from bt_tf.modeling.projector import ProjectorConfig
 from bt_tf.training import flags, trainer
-from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_settings
+from bt_tf.training.config import MODELS, RESUMABLE_CHANGES, TrainConfig, comparable_settings
+from pipelines import config as data_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,12 +38,59 @@ def test_dataset_defaults_apply_and_explicit_flags_win(tmp_path):
     assert tuned.batch_size == recipe["batch_size"]
 
 
-def test_every_dataset_default_is_a_flag():
+def test_every_dataset_default_is_a_flag_and_a_models_own_no_data_flag():
     parser = argparse.ArgumentParser()
     flags.add_flags(parser)
     dests = {a.dest for a in parser._actions}
+    data_parser = argparse.ArgumentParser()
+    data_config.add_flags(data_parser, output_dir_alias=False)
+    data_flags = {a.dest for a in data_parser._actions} - {"help"}
     for dataset, values in flags.DATASET_DEFAULTS.items():
-        assert set(values) <= dests, dataset
+        own = values.get(flags.MODELS_KEY, {})
+        assert set(values) - {flags.MODELS_KEY} <= dests, dataset
+        assert set(own) <= set(MODELS), dataset
+        for model, settings in own.items():
+            assert set(settings) <= dests - data_flags, (dataset, model)
+
+
+def test_a_models_own_dataset_defaults_apply_and_flags_and_hparams_win(own_recipes, tmp_path):
+    shared = own_recipes
+    de = flags.parse(["--dataset=ml-100k", "--model=de"])
+    assert (de.batch_size, de.temperature, de.learning_rate, de.encoder.pooling) == (
+        16,
+        0.05,
+        0.003,
+        "last",
+    )
+    assert de.max_len == shared["max_len"] and de.projector == ProjectorConfig((512, 512))
+    bt = flags.parse(["--dataset=ml-100k"])  # no own recipe: the shared defaults
+    assert (bt.batch_size, bt.temperature, bt.encoder.pooling) == (
+        shared["batch_size"],
+        0.1,
+        "mean",
+    )
+    assert flags.parse(["--dataset=ml-100k", "--model=bt+de"]).bt_weight == 0.5
+    explicit = flags.parse(["--dataset=ml-100k", "--model=de", "--batch_size=128"])
+    assert (explicit.batch_size, explicit.temperature) == (128, 0.05)
+    hparams = tmp_path / "de.json"
+    hparams.write_text(json.dumps({"model": "de", "temperature": 0.2}))
+    tuned = flags.parse(["--dataset=ml-100k", f"--hparams={hparams}"])  # the file names de
+    assert (tuned.model, tuned.temperature, tuned.batch_size) == ("de", 0.2, 16)
+    assert flags.parse(["--dataset=ml-1m", "--model=de"]).temperature == 0.1  # no test recipe
+
+
+def test_a_models_own_dataset_defaults_show_in_help(own_recipes):
+    def help_text(*argv):
+        return " ".join(train.build_parser(list(argv)).format_help().split())
+
+    de = help_text("--dataset=ml-100k", "--model=de", "--help")
+    assert "--temperature TEMPERATURE DE softmax temperature (scores / temperature) " in de
+    assert "(scores / temperature) (default: 0.05)" in de
+    assert "user vector from the positions (default: last)" in de
+    assert "BT statistics over all of it) (default: 16)" in de
+    bt = help_text("--dataset=ml-100k", "--help")
+    assert "(scores / temperature) (default: 0.1)" in bt
+    assert "BT statistics over all of it) (default: 64)" in bt
 
 
 # A config.json as an older version wrote it: no min_steps_per_epoch/min_delta (it ran
@@ -120,6 +168,38 @@ def test_an_old_run_directory_resumes_and_other_settings_are_refused(tmp_path):
     other = dataclasses.replace(config, augment=AugmentPolicy(mask=0.5))
     with pytest.raises(UserError, match="different settings \\(augment\\)"):
         runs.check_resumable(str(run_dir), other.to_json(), **check)
+
+
+def test_train_users_round_trips_reads_old_runs_as_train_and_refuses_a_changed_resume(tmp_path):
+    everyone = dataclasses.replace(TrainConfig.from_json(OLD_CONFIG), train_users="all")
+    flat = json.loads(json.dumps(everyone.to_json()))
+    assert flat["train_users"] == "all" and TrainConfig.from_json(flat) == everyone
+    assert TrainConfig.from_json(OLD_CONFIG).train_users == "train"  # what old runs did
+    assert comparable_settings(OLD_CONFIG)["train_users"] == "train"
+    run_dir = tmp_path / "run"
+    (run_dir / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (run_dir / runs.CONFIG_FILE).write_text(json.dumps(OLD_CONFIG))
+    check = dict(comparable=comparable_settings, resumable=RESUMABLE_CHANGES)
+    same = dataclasses.replace(everyone, train_users="train")
+    runs.check_resumable(str(run_dir), same.to_json(), **check)
+    with pytest.raises(UserError, match="different settings \\(train_users\\)"):
+        runs.check_resumable(str(run_dir), everyone.to_json(), **check)
+    with pytest.raises(ValueError, match="--train_users='eval'"):
+        TrainConfig(train_users="eval")
+
+
+def test_train_users_flag_and_the_users_an_epoch_counts():
+    assert flags.parse([]).train_users == "train"
+    config = flags.parse(["--train_users=all", "--batch_size=4", "--min_steps_per_epoch=1"])
+    num_users = {"train": 30, "eval": 5, "test": 7}
+    assert config.train_splits == ("train", "eval", "test")
+    assert config.num_train_users(num_users) == 42 and config.steps_for(42) == 10
+    train_only = dataclasses.replace(config, train_users="train")
+    assert train_only.train_splits == ("train",) and train_only.num_train_users(num_users) == 30
+    with pytest.raises(UserError, match="argument --train_users: invalid choice: 'eval'"):
+        flags.parse(["--train_users=eval"])
+    text = " ".join(flags.build_parser([]).format_help().split())
+    assert "--train_users {train,all}" in text and "val_loss stays on eval (default: train)" in text
 
 
 def test_an_old_hparams_file_loads(tmp_path):

@@ -190,6 +190,34 @@ def test_run_names_are_unique():
     assert runner.run_names([{"model": "bt+de"}], ["r"]) == ["bt+de"]
 
 
+def test_pretraining_seeds_of_one_model_share_its_name_and_keep_their_caches_apart(tmp_path):
+    def run(name, **settings):
+        config = {"model": "bt", "seed": 0, "lambd": 0.005, "batch_size": 32, "epochs": 1}
+        config.update(settings, run_dir=str(tmp_path / name), artifact_dir="/a", max_len=8)
+        config["encoder"] = {"dim": 8}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return str(tmp_path / name), config
+
+    (bt, c0), (bt1, c1), (bt2, c2) = run("bt"), run("bt_seed1", seed=1), run("bt_seed2", seed=2)
+    (de, d0), (other, o0) = run("de", model="de"), run("other", lambd=0.1, seed=3)
+    assert runner.run_names([c0, c1, c2, d0], [bt, bt1, bt2, de]) == ["bt", "bt", "bt", "de"]
+    assert runner.run_names([c0, c1, o0], [bt, bt1, other]) == ["bt", "bt_seed1", "other"]
+    runs = runner.read_runs([bt1, bt, de, bt2])
+    assert [(r.name, r.cache_name) for r in runs] == [
+        ("bt", "bt@seed1"),
+        ("bt", "bt"),  # the lowest seed keeps the one-seed cache name
+        ("de", "de"),
+        ("bt", "bt@seed2"),
+    ]
+    assert [r.row_fields()["pretrain_seed"] for r in runs] == [1, 0, 0, 2]
+    with pytest.raises(ValueError, match="differ in their seed alone"):
+        runner.read_runs([bt, other], names=["bt", "bt"])  # another lambd
+    (same, _) = run("bt_again")  # seed 0 again: the same run twice
+    with pytest.raises(ValueError, match="differ in their seed alone"):
+        runner.read_runs([bt, same], names=["bt", "bt"])
+
+
 class CountingEncoder:
     """The real encoder, counting the user rows it embeds (a TF variable, so
     every run of a traced function counts, not only its tracing)."""

@@ -141,6 +141,46 @@ def test_one_epoch_covers_the_split_exactly_once(artifact_dir, examples):
     assert not set(test_users) & set(users)
 
 
+def _split_users(artifact_dir, split):
+    """The user ids of one split, read from its shards without bt_tf.data.dataset."""
+    spec = {F.USER_ID: tf.io.FixedLenFeature([], tf.string)}
+    return {
+        tf.io.parse_single_example(record, spec)[F.USER_ID].numpy().decode()
+        for path in I.split_files(artifact_dir, split)
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP")
+    }
+
+
+@pytest.mark.parametrize("spec", ["train+eval+test", ("test", "eval", "train")])
+@pytest.mark.parametrize("buckets", [None, "auto"])
+def test_several_splits_are_read_as_one(artifact_dir, spec, buckets):
+    """Every user of every split once per epoch, streamed or in memory, whole or sharded."""
+    per_split = {s: _split_users(artifact_dir, s) for s in F.SPLITS}
+    num_users = I.load_metadata(artifact_dir)["num_users"]
+    assert all(len(per_split[s]) == num_users[s] > 0 for s in F.SPLITS)
+    everyone = set().union(*per_split.values())
+    users = _users(_epoch(I.make_dataset(artifact_dir, spec, 8, bucket_boundaries=buckets)))
+    assert len(users) == len(set(users)) == len(everyone) and set(users) == everyone
+    shares = []
+    for i in range(2):  # 9 files over 2 pipelines: by file
+        ctx = tf.distribute.InputContext(2, i, 2)
+        shares += _users(_epoch(I.make_dataset(artifact_dir, spec, 8, input_context=ctx)))
+    assert sorted(shares) == sorted(everyone)
+    two = I.make_dataset(artifact_dir, ("train", "eval"), 8, shuffle=False)
+    assert set(_users(_epoch(two))) == per_split["train"] | per_split["eval"]
+
+
+def test_several_splits_shuffle_by_seed_and_name_bad_splits(artifact_dir):
+    def make(seed):
+        return _users(_epoch(I.make_dataset(artifact_dir, "train+eval+test", 32, seed=seed)))
+
+    assert make(3) == make(3) != make(4)
+    assert len(I.split_files(artifact_dir, "train+eval")) == 2 * NUM_SHARDS
+    for bad in ("train+train", "train+dev", ()):
+        with pytest.raises(ValueError, match="several of them without repeats"):
+            I.make_dataset(artifact_dir, bad, 8)
+
+
 def test_same_seed_same_batches_across_epochs(artifact_dir):
     policy = A.AugmentPolicy(mask=0.3, reorder=0.3)
 

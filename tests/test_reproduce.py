@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bt_tf import reproduce
+from bt_tf import reproduce, runs
 from bt_tf.evaluation import reproduction
 from bt_tf.training.config import TrainConfig
 from tests.tiny import TINY_FLAGS as TINY
@@ -81,6 +81,37 @@ def test_each_model_gets_its_own_hparams_on_top_of_the_shared_flags(tmp_path):
         reproduction.main_configs(base, "/o", ["de"], own=args.model_configs, num_train_users=330)
 
 
+def test_each_model_gets_its_own_dataset_defaults_unless_a_flag_is_given(own_recipes, tmp_path):
+    args, base = reproduce.parse(["--dataset=ml-100k"])
+    assert (base.batch_size, base.temperature) == (own_recipes["batch_size"], 0.1)  # shared
+    assert set(args.model_configs) == {"de", "bt+de"}  # bt has no recipe of its own
+    configs = reproduction.main_configs(
+        base, "/out", ["bt", "de", "bt+de"], own=args.model_configs, num_train_users=747
+    )
+    de = configs["de"]
+    assert (de.batch_size, de.temperature, de.learning_rate, de.encoder.pooling) == (
+        16,
+        0.05,
+        0.003,
+        "last",
+    )
+    assert configs["bt+de"].bt_weight == 0.5 and configs["bt+de"].batch_size == 64
+    assert configs["bt"] == dataclasses.replace(base, run_dir="/out/bt")
+    # The budget stays shared: 16 (min) steps of 64 users -> 64 steps of 16.
+    assert de.steps_per_epoch == 64 and {c.epochs for c in configs.values()} == {base.epochs}
+    # A flag on the command line applies to every model; a model's file goes on top.
+    hparams = tmp_path / "de.json"
+    hparams.write_text(json.dumps({"learning_rate": 0.01}))
+    args, base = reproduce.parse(
+        ["--dataset=ml-100k", "--temperature=0.3", f"--hparams_de={hparams}"]
+    )
+    de = args.model_configs["de"]
+    assert (de.temperature, de.learning_rate, de.batch_size) == (0.3, 0.01, 16)
+    assert base.temperature == args.model_configs["bt+de"].temperature == 0.3
+    text = " ".join(reproduce.build_parser(["--dataset=ml-100k"]).format_help().split())
+    assert "BT statistics over all of it) (default: 64)" in text  # --help: the shared ones
+
+
 def test_ablation_runs_see_the_same_number_of_users():
     base = TrainConfig(batch_size=32, steps_per_epoch=0, epochs=2, min_steps_per_epoch=1)
     main = reproduction.main_configs(base, "/out", ["bt", "de", "bt+de"])
@@ -114,6 +145,42 @@ def test_ablation_runs_see_the_same_number_of_users():
         base, "/o", batch_sizes=[32, 512], models=["bt"], num_train_users=313, skip_too_big=True
     )
     assert [b for _, b, _ in kept] == [32]
+
+
+def test_pretrain_seeds_expand_every_model_and_the_ablation_keeps_the_first():
+    base = TrainConfig(batch_size=32, seed=5, lambd=0.01)
+    main = reproduction.main_configs(base, "/out", ["bt", "de"])
+    seeded = reproduction.seed_configs(main, 3)
+    assert [(m, c.seed, c.run_dir) for m, c in seeded] == [
+        ("bt", 5, "/out/bt"),
+        ("bt", 6, "/out/bt_seed1"),
+        ("bt", 7, "/out/bt_seed2"),
+        ("de", 5, "/out/de"),
+        ("de", 6, "/out/de_seed1"),
+        ("de", 7, "/out/de_seed2"),
+    ]
+    assert seeded[0][1] is main["bt"]  # seed 0 is the one-seed run: its dir is reused
+    for m, c in seeded:
+        assert dataclasses.replace(c, seed=5, run_dir=main[m].run_dir) == main[m]
+    assert reproduction.seed_configs(main, 1) == list(main.items())
+    with pytest.raises(ValueError, match="--pretrain_seeds=0"):
+        reproduction.seed_configs(main, 0)
+    assert reproduction.DEFAULT_PRETRAIN_SEEDS == 1
+    ablation = reproduction.ablation_configs(
+        base, "/out", batch_sizes=[16, 32], models=["bt"], num_train_users=313, main=main
+    )
+    assert {c.seed for _, _, c in ablation} == {5} and ablation[1][2] is main["bt"]
+
+
+def test_pretrain_seeds_flag():
+    assert reproduce.parse([])[0].pretrain_seeds == reproduction.DEFAULT_PRETRAIN_SEEDS
+    assert reproduce.parse(["--pretrain_seeds=3"])[0].pretrain_seeds == 3
+    for bad in ("0", "two"):
+        with pytest.raises(ValueError, match="argument --pretrain_seeds"):
+            reproduce.parse([f"--pretrain_seeds={bad}"])
+    text = " ".join(reproduce.build_parser([]).format_help().split())
+    assert "--pretrain_seeds PRETRAIN_SEEDS pretraining seeds per model" in text
+    assert "<model>_seed<k> (default: 1)" in text
 
 
 def test_ablation_on_a_small_dataset_keeps_the_floor_of_steps_and_early_stopping():
@@ -177,6 +244,35 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     second = reproduce.main(argv)
     assert _mtimes(watched) == before
     assert second["rows"] == first["rows"]
+
+
+def test_pretrain_seeds_train_every_model_twice_and_pool_in_the_report(tmp_path):
+    out = tmp_path / "repro"
+    argv = _argv(tmp_path, "--models=bt,de", "--no-ablation", "--pretrain_seeds=2", "--seeds=1")
+    first = reproduce.main(argv)
+    dirs = {m: [out / m, out / f"{m}_seed1"] for m in ("bt", "de")}
+    for m, (one, two) in dirs.items():
+        configs = [json.loads((d / "config.json").read_text()) for d in (one, two)]
+        assert [c["seed"] for c in configs] == [0, 1] and configs[0]["model"] == m
+        weights = [runs.latest_checkpoint(str(d)) for d in (one, two)]
+        assert (one / "metrics.json").exists() and (two / "metrics.json").exists()
+        assert runs.file_sha256(weights[0] + ".index") != runs.file_sha256(weights[1] + ".index")
+    rows = json.loads((out / "report" / "results.json").read_text())["rows"]
+    seeds = {(r["model"], r.get("pretrain_seed"), r.get("run_dir")) for r in rows}
+    for m, (one, two) in dirs.items():
+        assert {(s, d) for n, s, d in seeds if n == m} == {(0, str(one)), (1, str(two))}
+    assert {r["pretrain_seed"] for r in rows if r["model"] == "untrained(bt)"} == {0, 1}
+    md = (out / "report" / "report.md").read_text()
+    assert f"`{out / 'bt_seed1'}`" in md and f"`{out / 'de_seed1'}`" in md  # the run table
+    # Each seed has its own caches: a rerun recomputes nothing and rewrites no cache.
+    cache = out / "report" / "cache"
+    assert (cache / "embeddings" / "bt%40seed1.npz").exists() and (
+        cache / "bt%40seed1.json"
+    ).exists()
+    watched = [str(p) for p in cache.rglob("*") if p.is_file()]
+    before = _mtimes(watched)
+    assert reproduce.main(argv)["rows"] == first["rows"]
+    assert _mtimes(watched) == before
 
 
 @pytest.mark.slow

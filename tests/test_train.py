@@ -119,6 +119,46 @@ def tiny_data(tmp_path_factory) -> str:
     return str(path)
 
 
+def _history_owners(artifact_dir: str, width: int) -> dict:
+    """history (as the trainer's batches cut it) -> (split, user id), over every split."""
+    owners = {}
+    for split in ("train", "eval", "test"):
+        ds = dataset.make_dataset(
+            artifact_dir, split, 64, max_len=width, shuffle=False, outputs=["items", "user_id"]
+        )
+        for batch in ds:
+            for items, user in zip(batch["items"].numpy(), batch["user_id"].numpy()):
+                owners[tuple(items[items != PAD_ID])] = (split, user.decode())
+    return owners
+
+
+@pytest.mark.parametrize(
+    "train_users,buckets", [("train", ""), ("all", ""), ("all", "auto")], ids=str
+)
+def test_train_users_sets_whose_histories_the_train_stream_reads(
+    tmp_path, tiny_data, train_users, buckets
+):
+    """One pass of the trainer's own stream holds every user of the chosen splits, and an
+    epoch is one pass over as many users (the DE keeps the histories, so rows name users)."""
+    argv = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", f"--output_dir={tmp_path}"]
+    argv += ["--model=de", "--steps_per_epoch=0", "--min_steps_per_epoch=1", "--epochs=1"]
+    argv += [f"--train_users={train_users}", f"--bucket_boundaries={buckets}"]
+    config = parse(argv)
+    run = trainer.prepare_run(config, pp.preprocess(config.data))
+    splits = {"train": ["train"], "all": ["train", "eval", "test"]}[train_users]
+    num_users = sum(run.meta["num_users"][s] for s in splits)
+    assert run.steps == num_users // config.batch_size
+    owners = _history_owners(run.artifact_dir, trainer.data_width(config, run.meta))
+    assert len(owners) == sum(run.meta["num_users"].values())  # a history names its user
+    # The first floor(2N / B) batches of the repeated stream hold every user at least once.
+    stream = trainer.build_inputs(run, initial_epoch=0).train
+    seen = set()
+    for batch in stream.take(2 * num_users // config.batch_size):
+        seen |= {owners[tuple(row[row != PAD_ID])] for row in batch["items"].numpy()}
+    assert {split for split, _ in seen} == set(splits)
+    assert len(seen) == num_users
+
+
 def _encoder_variables(checkpoint: str) -> dict:
     reader = tf.train.load_checkpoint(checkpoint)
     return {

@@ -133,18 +133,36 @@ def feature_spec(schema: schema_pb2.Schema) -> dict:
     return spec
 
 
-def split_files(artifact_dir: str, split: str) -> list[str]:
-    """Sorted TFRecord shard paths of one split."""
-    if split not in F.SPLITS:
-        raise ValueError(f"split={split!r}: expected one of {F.SPLITS}.")
-    directory = posixpath.join(artifact_dir, F.SPLIT_DIR.format(split))
-    files = sorted(tf.io.gfile.glob(posixpath.join(directory, "*.tfrecord.gz")))
-    if not files:
-        raise FileNotFoundError(
-            f"No *.tfrecord.gz shards in {directory!r}. Is {artifact_dir!r} the "
-            "<output_dir>/<dataset>/<version> directory written by "
-            "`python -m pipelines.preprocess`?"
+def split_names(split: str | Sequence[str]) -> tuple[str, ...]:
+    """The splits that ``split`` names: ``"train"``, ``"train+eval+test"`` or a sequence.
+
+    Several splits are read as one (`split_files`): how training on the
+    histories of every user reads them.
+    """
+    names = tuple(split.split("+")) if isinstance(split, str) else tuple(split)
+    unknown = [name for name in names if name not in F.SPLITS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"split={split!r}: expected one of {F.SPLITS}, or several of them without "
+            "repeats joined by '+' (e.g. 'train+eval+test') or as a sequence."
         )
+    return names
+
+
+def split_files(artifact_dir: str, split: str | Sequence[str]) -> list[str]:
+    """TFRecord shard paths of one split (sorted), or of several (each sorted, in the
+    order given; see `split_names`)."""
+    files = []
+    for name in split_names(split):
+        directory = posixpath.join(artifact_dir, F.SPLIT_DIR.format(name))
+        found = sorted(tf.io.gfile.glob(posixpath.join(directory, "*.tfrecord.gz")))
+        if not found:
+            raise FileNotFoundError(
+                f"No *.tfrecord.gz shards in {directory!r}. Is {artifact_dir!r} the "
+                "<output_dir>/<dataset>/<version> directory written by "
+                "`python -m pipelines.preprocess`?"
+            )
+        files += found
     return files
 
 
@@ -543,7 +561,7 @@ def _in_memory_batches(
 
 def make_dataset(
     artifact_dir: str,
-    split: str,
+    split: str | Sequence[str],
     batch_size: int,
     *,
     max_len: int | None = None,
@@ -561,7 +579,7 @@ def make_dataset(
     bucket_boundaries: Sequence[int] | str | None = None,
     cache: bool = False,
 ) -> tf.data.Dataset:
-    """Batched, parsed, padded (and optionally augmented) users of one split.
+    """Batched, parsed, padded (and optionally augmented) users of one split (or several).
 
     Two pipelines give the same batch layout:
 
@@ -630,7 +648,10 @@ def make_dataset(
 
     Args:
       artifact_dir: ``<output_dir>/<dataset>/<version>`` written by `pipelines.preprocess`.
-      split: ``"train"``, ``"eval"`` or ``"test"``.
+      split: ``"train"``, ``"eval"`` or ``"test"``; or several read as one
+        split, ``"train+eval+test"`` or ``("train", "eval", "test")``
+        (`split_names`): their shard files are listed split after split and
+        then read, shuffled, sharded and bucketed exactly as one split's.
       batch_size: global batch size (see above).
       max_len: history width; default ``metadata["max_len"]``. Longer
         histories keep their most recent items.

@@ -1,9 +1,10 @@
 """The paper's comparison from data to report: equal-budget runs, evaluation, batch-size ablation.
 
 `reproduce` trains (or reuses) BT, DE and BT+DE on the same data and budget
-(`main_configs`), evaluates them with the floors (`runner.evaluate_runs`), runs
-the batch-size ablation (`ablation_configs`, `run_ablation`) and appends the
-run tables and the ablation to ``<output_dir>/report/report.md``. The command
+(`main_configs`), each with its pretraining seeds (`seed_configs`), evaluates
+them with the floors (`runner.evaluate_runs`), runs the batch-size ablation
+(`ablation_configs`, `run_ablation`) and appends the run tables and the
+ablation to ``<output_dir>/report/report.md``. The command
 line is `bt_tf.reproduce`.
 """
 
@@ -31,11 +32,13 @@ __all__ = [
     "ABLATION_DIR",
     "ABLATION_JSON",
     "DEFAULT_BATCH_SIZES",
+    "DEFAULT_PRETRAIN_SEEDS",
     "BUDGET_KEYS",
     "EvalRequest",
     "Ablation",
     "equal_budget_steps",
     "main_configs",
+    "seed_configs",
     "ablation_configs",
     "differing_settings",
     "budget_note",
@@ -47,6 +50,8 @@ REPORT_DIR = "report"
 ABLATION_DIR = "batch_size"
 ABLATION_JSON = "batch_size_ablation.json"
 DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512)
+# Pretraining seeds of every model of the comparison (`seed_configs`).
+DEFAULT_PRETRAIN_SEEDS = 1
 # Settings that make the budget: shared by every run, never taken from a per-model file.
 BUDGET_KEYS = (
     "epochs",
@@ -111,6 +116,29 @@ def main_configs(
             c = dataclasses.replace(c, steps_per_epoch=equal_budget_steps(examples, c.batch_size))
         out[m] = c
     return out
+
+
+def seed_configs(
+    configs: Mapping[str, TrainConfig], pretrain_seeds: int
+) -> list[tuple[str, TrainConfig]]:
+    """(model, config) of every pretraining seed of every model of `main_configs`.
+
+    Seed ``k`` of ``0 .. pretrain_seeds - 1`` trains with the model's ``seed + k``
+    in ``<run_dir>_seed<k>``; seed 0 is the config itself (its run dir
+    ``<output_dir>/<model>``, so a comparison run with one seed is reused).
+    Model by model, seeds in order.
+    """
+    if pretrain_seeds < 1:
+        raise UserError(f"--pretrain_seeds={pretrain_seeds}: need at least 1")
+
+    def seeded(c: TrainConfig, k: int) -> TrainConfig:
+        return dataclasses.replace(c, seed=c.seed + k, run_dir=f"{c.run_dir}_seed{k}")
+
+    return [
+        (m, c if k == 0 else seeded(c, k))
+        for m, c in configs.items()
+        for k in range(pretrain_seeds)
+    ]
 
 
 def equal_budget_steps(examples_per_epoch: int, batch_size: int) -> int:
@@ -340,7 +368,14 @@ def _train_all(configs: Sequence[TrainConfig], what: str) -> list[dict]:
     """Trains (or reuses: `bt_tf.train` returns a finished run untouched) every config."""
     results = []
     for c in configs:
-        logging.info("== %s %s at batch size %d in %s", what, c.model, c.batch_size, c.run_dir)
+        logging.info(
+            "== %s %s (seed %d) at batch size %d in %s",
+            what,
+            c.model,
+            c.seed,
+            c.batch_size,
+            c.run_dir,
+        )
         results.append(trainer.train(c))
     return results
 
@@ -353,25 +388,31 @@ def reproduce(
     model_configs: Mapping[str, TrainConfig] | None = None,
     evaluation: EvalRequest = EvalRequest(),
     ablation: Ablation = Ablation(),
+    pretrain_seeds: int = DEFAULT_PRETRAIN_SEEDS,
 ) -> dict:
     """Trains (or reuses) every run, evaluates, writes ``<output_dir>/report/``.
 
     ``base`` carries every shared training setting; ``model_configs`` a
     model's own settings (default ``base``), see `main_configs`. Only
     ``model``, ``run_dir`` (and, for the ablation, ``batch_size`` /
-    ``steps_per_epoch`` / ``epochs``) change. ``ablation.batch_sizes=()``: no ablation.
+    ``steps_per_epoch`` / ``epochs``) change. Every model is trained with
+    ``pretrain_seeds`` seeds (`seed_configs`); its runs share the model's name
+    in the rows (``pretrain_seed`` tells them apart), so the report pools them.
+    The ablation trains the first seed only. ``ablation.batch_sizes=()``: no ablation.
     Returns ``{"report": path of report.md, "rows": main rows, "ablation_rows": [...]}``.
     """
     report_dir = os.path.join(output_dir, REPORT_DIR)
     artifact_dir = preprocess.preprocess(base.data)
-    n_train = int(dataset.load_metadata(artifact_dir)["num_users"]["train"])
+    # The users an epoch passes over: the train split's, or every split's (--train_users=all).
+    n_train = base.num_train_users(dataset.load_metadata(artifact_dir)["num_users"])
     configs = main_configs(base, output_dir, models, own=model_configs, num_train_users=n_train)
-    results = _train_all(list(configs.values()), "training")
+    seeded = seed_configs(configs, pretrain_seeds)
+    results = _train_all([c for _, c in seeded], "training")
     ev = evaluation
     rows = evaluate_runs(
-        [c.run_dir for c in configs.values()],
+        [c.run_dir for _, c in seeded],
         report_dir,
-        names=list(configs),
+        names=[m for m, _ in seeded],
         label_fractions=ev.label_fractions,
         seeds=ev.seeds,
         tasks=ev.tasks,
@@ -383,7 +424,7 @@ def reproduce(
         title=f"Downstream evaluation: {base.data.dataset}",
     )
     md = os.path.join(report_dir, "report.md")
-    sections = _run_table(list(configs.values()), results, note=budget_note(base, n_train))
+    sections = _run_table([c for _, c in seeded], results, note=budget_note(base, n_train))
     ablation_rows: list[dict] = []
     if ablation.batch_sizes:
         own = main_configs(

@@ -30,6 +30,15 @@ val_loss is computed on fixed views, so it has no sampling noise and a short
 patience suffices. Raise ``--max_epochs`` for large datasets; metrics.json's
 ``stop_reason`` says whether a run converged (``patience``) or hit the cap.
 
+Pretraining users: ``train_users="train"`` trains the encoder on the histories of
+the train split's users; ``"all"`` on those of every split (train, eval and test),
+which suits a cross-fitted evaluation that scores every user: the downstream
+labels are each user's FUTURE items, which no encoder reads. The epoch length
+then counts the users of all splits (metadata.json's ``num_users``). Validation
+(``val_loss``, early stopping) stays on the eval split; with ``"all"`` its users'
+histories are trained on too (with other views), so val_loss then measures the
+fit of the objective rather than its generalization to unseen users.
+
 No Apache Beam here: ``data`` is the Beam-free preprocessing config.
 """
 
@@ -41,6 +50,7 @@ from typing import Any
 
 from bt_tf.data.augment import AugmentPolicy
 from bt_tf.data.dataset import parse_bucket_boundaries
+from bt_tf.features import SPLITS
 from bt_tf.modeling.encoders import KINDS as ENCODERS
 from bt_tf.modeling.encoders import POOLINGS
 from bt_tf.modeling.precision import PRECISIONS
@@ -48,6 +58,7 @@ from bt_tf.modeling.projector import ProjectorConfig
 from pipelines.config import PreprocessConfig
 
 MODELS = ("bt", "de", "bt+de")
+TRAIN_USERS = ("train", "all")  # whose histories pretrain the encoder (see the module doc)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -104,6 +115,7 @@ class TrainConfig:
     data: PreprocessConfig = PreprocessConfig()
     run_dir: str = ""  # default: runs/<dataset>_<model>
     model: str = "bt"  # "bt" (Barlow Twins), "de" (TFRS dual encoder), "bt+de" (joint)
+    train_users: str = "train"  # "train": the train split's users; "all": every split's
     encoder: EncoderConfig = EncoderConfig()
     # Barlow Twins
     projector: ProjectorConfig = DEFAULT_PROJECTOR
@@ -141,6 +153,8 @@ class TrainConfig:
         self._check_types()
         if self.model not in MODELS:
             raise ValueError(f"--model={self.model!r}: expected one of {MODELS}")
+        if self.train_users not in TRAIN_USERS:
+            raise ValueError(f"--train_users={self.train_users!r}: expected one of {TRAIN_USERS}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
         self._check_budget()
@@ -209,8 +223,17 @@ class TrainConfig:
         """The epoch cap (stored as ``epochs``, the flag's old name)."""
         return self.epochs
 
+    @property
+    def train_splits(self) -> tuple[str, ...]:
+        """The splits whose users' histories the encoder trains on (``train_users``)."""
+        return SPLITS if self.train_users == "all" else ("train",)
+
+    def num_train_users(self, num_users: Mapping[str, int]) -> int:
+        """Users the encoder trains on, from metadata.json's per-split ``num_users``."""
+        return sum(int(num_users[split]) for split in self.train_splits)
+
     def steps_for(self, num_train_users: int) -> int:
-        """Optimizer steps per epoch on ``num_train_users`` train users."""
+        """Optimizer steps per epoch on ``num_train_users`` users (`num_train_users`)."""
         if self.steps_per_epoch:
             return self.steps_per_epoch
         return max(self.min_steps_per_epoch, num_train_users // self.batch_size)
@@ -313,7 +336,7 @@ RESUMABLE_CHANGES = (
     "steps_per_execution",
 )
 # Values of settings that a run directory written before they existed ran with.
-LEGACY_DEFAULTS = {"min_steps_per_epoch": 1, "min_delta": 0.0}
+LEGACY_DEFAULTS = {"min_steps_per_epoch": 1, "min_delta": 0.0, "train_users": "train"}
 
 
 def comparable_settings(recorded: dict) -> dict:

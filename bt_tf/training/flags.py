@@ -29,6 +29,7 @@ from bt_tf.training.config import (
     MODELS,
     POOLINGS,
     STRATEGIES,
+    TRAIN_USERS,
     TrainConfig,
 )
 from pipelines import config as data_config
@@ -54,16 +55,46 @@ _MOVIELENS_RECIPE = {
     "projector": "512-512",
     "augment": "crop:0.6,mask:0.2,reorder:0.2",
 }
+
+
+def _de_recipe(batch_size: int) -> dict:
+    """The DE's own recipe, chosen like BT's. For now the shared values (the same
+    runs as before), until the experiment that picks them is in."""
+    return {"batch_size": batch_size, "temperature": 0.1, "learning_rate": 1e-3, "pooling": "mean"}
+
+
+# Under MODELS_KEY: a model's own defaults ("bt", "de", "bt+de"), on top of the
+# dataset's shared ones; model settings only (no data flags: every model of a
+# comparison reads the same data; bt_tf.reproduce also keeps the budget shared).
+MODELS_KEY = "models"
 DATASET_DEFAULTS: dict[str, dict] = {
-    "ml-100k": {**_MOVIELENS_RECIPE, "max_len": 50, "epochs": 30},
-    "ml-1m": {**_MOVIELENS_RECIPE, "max_len": 100, "epochs": 30},
-    "ml-20m": {**_MOVIELENS_RECIPE, "max_len": 100, "batch_size": 256},
+    "ml-100k": {
+        **_MOVIELENS_RECIPE,
+        "max_len": 50,
+        "epochs": 30,
+        MODELS_KEY: {"de": _de_recipe(64)},
+    },
+    "ml-1m": {
+        **_MOVIELENS_RECIPE,
+        "max_len": 100,
+        "epochs": 30,
+        MODELS_KEY: {"de": _de_recipe(64)},
+    },
+    "ml-20m": {
+        **_MOVIELENS_RECIPE,
+        "max_len": 100,
+        "batch_size": 256,
+        MODELS_KEY: {"de": _de_recipe(256)},
+    },
 }
 
 
-def dataset_defaults(dataset: str) -> dict:
-    """Flag defaults of `dataset` (flag names without dashes), ``{}`` when none."""
-    return dict(DATASET_DEFAULTS.get(dataset, {}))
+def dataset_defaults(dataset: str, model: str | None = None) -> dict:
+    """Flag defaults of `dataset` (flag names without dashes), ``{}`` when none: its
+    shared defaults, updated with `model`'s own (none for ``model=None``)."""
+    entry = DATASET_DEFAULTS.get(dataset, {})
+    shared = {k: v for k, v in entry.items() if k != MODELS_KEY}
+    return {**shared, **entry.get(MODELS_KEY, {}).get(model, {})}
 
 
 # hparams-file keys that name another flag.
@@ -107,6 +138,9 @@ _TRAINING_FLAGS = (
      "runs/<dataset>_<model>)"}),
     (("--model",), {"choices": MODELS, "help": "bt: Barlow Twins; de: TFRS dual encoder (next "
      "item); bt+de: both losses"}),
+    (("--train_users",), {"choices": TRAIN_USERS, "help": "whose histories pretrain the "
+     "encoder: train (the train split's users) or all (every split's: labels are future "
+     "items, which no encoder reads); val_loss stays on eval"}),
     (("--encoder",), {"dest": "encoder_kind", "choices": ENCODERS, "help": "user-sequence "
      "encoder"}),
     (("--dim",), {"type": int, "help": "encoder width (item embeddings and output)"}),
@@ -254,20 +288,28 @@ def config_from_flags(
 
 
 def build_parser(
-    argv: Sequence[str] | None = None, *, prog: str | None = None, description: str = ""
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str = "",
+    model: str | None = None,
+    shared_only: bool = False,
+    hparams: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
-    """The parser of the training flags, with the defaults of the ``--dataset`` in `argv`."""
+    """The parser of the training flags, with the defaults of the ``--dataset`` in `argv`
+    and of the run's model (`apply_dataset_defaults`)."""
     parser = cli.ArgumentParser(
         prog=prog or "python -m bt_tf.train",
         usage="%(prog)s [--flag=VALUE ...]",
         description=description,
         epilog="Real datasets have their own defaults for some flags (ml-100k, ml-1m, ml-20m: "
-        "DATASET_DEFAULTS in bt_tf/training/flags.py); `--dataset=NAME --help` shows them. "
+        "DATASET_DEFAULTS in bt_tf/training/flags.py), some per model; `--dataset=NAME "
+        "--model=MODEL --help` shows them. "
         "Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
         allow_abbrev=True,
     )
     add_flags(parser)
-    apply_dataset_defaults(parser, argv)
+    apply_dataset_defaults(parser, argv, model=model, shared_only=shared_only, hparams=hparams)
     return parser
 
 
@@ -277,20 +319,65 @@ def parse(
     hparams: Sequence[str] = (),
     *,
     prog: str | None = None,
+    model: str | None = None,
+    shared_only: bool = False,
 ) -> TrainConfig:
     """Command line -> config (``hparams``: extra files applied after ``--hparams``).
 
-    Unknown flags are Beam options. Raises `UserError` naming the flag for a bad value.
+    ``model``: the run's model, for a command line without ``--model`` (the runs
+    of `bt_tf.reproduce`): its dataset defaults apply; ``shared_only``: the
+    dataset's shared defaults alone (see `apply_dataset_defaults`). Unknown flags
+    are Beam options. Raises `UserError` naming the flag for a bad value.
     """
-    parser = build_parser(argv, prog=prog, description=description)
+    parser = build_parser(
+        argv,
+        prog=prog,
+        description=description,
+        model=model,
+        shared_only=shared_only,
+        hparams=hparams,
+    )
     args, beam_args = parser.parse_known_args(argv)
     return config_from_flags(args, beam_args, hparams)
 
 
-def apply_dataset_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> str:
-    """Sets `parser`'s defaults to those of the ``--dataset`` in `argv`; returns its name."""
+def apply_dataset_defaults(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    model: str | None = None,
+    shared_only: bool = False,
+    hparams: Sequence[str] = (),
+) -> str:
+    """Sets `parser`'s defaults to those of the ``--dataset`` in `argv`; returns its name.
+
+    They are the dataset's shared defaults updated with the run's model's own
+    (`dataset_defaults`). The model: ``model`` if given (also the default of
+    ``--model`` then); else the ``"model"`` of the last hparams file (``--hparams``
+    in `argv`, then `hparams`) that names one, as those override the flags; else
+    ``--model`` in `argv`; else `TrainConfig`'s. ``shared_only``: no model's own.
+    """
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--dataset", default=data_config.PreprocessConfig().dataset)
-    dataset = probe.parse_known_args(argv)[0].dataset
-    parser.set_defaults(**dataset_defaults(dataset))
-    return dataset
+    probe.add_argument("--model", default=TrainConfig().model)
+    probe.add_argument("--hparams", default=None)
+    given = probe.parse_known_args(argv)[0]
+    if model is not None:
+        parser.set_defaults(model=model)
+    else:
+        model = _hparams_model([given.hparams, *hparams]) or given.model
+    parser.set_defaults(**dataset_defaults(given.dataset, None if shared_only else model))
+    return given.dataset
+
+
+def _hparams_model(paths: Sequence[str | None]) -> str | None:
+    """The ``"model"`` of the last hparams file that names one (unreadable files are
+    skipped here: parsing the flags reports them)."""
+    named = None
+    for path in paths:
+        try:
+            value = read_hparams(path).get("model") if path else None
+        except (OSError, ValueError):
+            continue
+        named = value if value in MODELS else named
+    return named

@@ -6,8 +6,9 @@
   strategy and precision, the artifacts' sizes;
 * `build_model`: the model `config.model` names, its optimizer and the
   checkpoints, restored when the run is resumed;
-* `build_inputs`: the train stream (one shard per replica, skipping what the
-  finished epochs consumed) and the fixed validation batches;
+* `build_inputs`: the train stream (the users of ``config.train_splits``, one
+  shard per replica, skipping what the finished epochs consumed) and the fixed
+  validation batches (eval users);
 * `fit`: Keras ``fit`` with early stopping on ``val_loss`` (`bt_tf.training.progress`);
 * `finish`: the best epoch's weights, metrics.json, the favorite-genre probe, the export.
 
@@ -34,6 +35,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -93,7 +95,7 @@ def data_width(config: TrainConfig, meta: dict) -> int:
 def make_train_data(
     config: TrainConfig,
     artifact_dir: str,
-    split: str,
+    split: str | Sequence[str],
     batch_size: int,
     *,
     repeat: bool,
@@ -102,11 +104,13 @@ def make_train_data(
 ) -> tf.data.Dataset:
     """Batches in the layout the model's `train_step` reads.
 
-    ``batch_size`` is the global batch. With an ``input_context`` (see
-    `bt_tf.distribute.replica_contexts`) this is one input pipeline's share: its
-    users, in batches of ``batch_size / num_replicas_in_sync``, with views and
-    cuts drawn from stateless seeds that include the pipeline's id, so that
-    every worker (or replica) draws its own.
+    ``split``: ``"eval"`` gives the validation batches (in file order); any other
+    split, or several read as one (``config.train_splits``, `dataset.split_names`),
+    gives shuffled training batches. ``batch_size`` is the global batch. With an
+    ``input_context`` (see `bt_tf.distribute.replica_contexts`) this is one input
+    pipeline's share: its users, in batches of ``batch_size / num_replicas_in_sync``,
+    with views and cuts drawn from stateless seeds that include the pipeline's id,
+    so that every worker (or replica) draws its own.
     """
     policy = config.augment if config.uses_bt else None
     outputs = [ITEMS] + ([VIEW1, VIEW2] if policy else [])
@@ -115,11 +119,13 @@ def make_train_data(
         split,
         batch_size,
         max_len=data_width(config, dataset.load_metadata(artifact_dir)),
-        shuffle=split == "train",
+        shuffle=split != "eval",
         seed=seed,
         repeat=repeat,
         drop_remainder=True,  # BT standardizes over the batch: keep it full and static
         augment_policy=policy,
+        # substitute/insert views draw from the co-occurrence table of the TRAIN split
+        # (`dataset.cooccurrence_table`), also when the encoder trains on every split.
         input_context=input_context,
         outputs=outputs,
         bucket_boundaries=config.buckets,
@@ -166,9 +172,8 @@ class Run:
 
 def _check_batch(config: TrainConfig, num_train: int, replicas: int) -> None:
     if num_train < config.batch_size:
-        raise UserError(
-            f"--batch_size={config.batch_size} is larger than the {num_train} train users"
-        )
+        users = "train users" if config.train_users == "train" else "users of all splits"
+        raise UserError(f"--batch_size={config.batch_size} is larger than the {num_train} {users}")
     if config.batch_size % replicas:
         raise UserError(
             f"--batch_size={config.batch_size} does not split evenly over the {replicas} replicas"
@@ -195,7 +200,7 @@ def prepare_run(config: TrainConfig, artifact_dir: str | None = None) -> Run | d
     precision.set_precision(config.mixed_precision)
     artifact_dir = artifact_dir or ensure_artifacts(config)
     meta = dataset.load_metadata(artifact_dir)
-    num_train = int(meta["num_users"]["train"])
+    num_train = config.num_train_users(meta["num_users"])  # --train_users: one split or all
     _check_batch(config, num_train, strategy.num_replicas_in_sync)
     run = Run(config, out_dir, artifact_dir, meta, strategy, config.steps_for(num_train))
     if distribute.is_chief():
@@ -315,7 +320,7 @@ def build_inputs(run: Run, initial_epoch: int) -> Inputs:
             make_train_data(
                 config,
                 run.artifact_dir,
-                "train",
+                config.train_splits,
                 config.batch_size,
                 repeat=True,
                 seed=config.seed,
