@@ -4,57 +4,65 @@
         --label_fractions=0.01,0.05,0.1,0.25,1.0 --seeds=3 --output_dir=runs/ml1m_report
 
 For every run: the encoder is restored from its checkpoint (``RUN/checkpoints/``:
-the weights of its best val_loss epoch, `metrics.json`'s ``best_epoch``) and frozen;
-train/eval/test users are embedded; linear probes (`bt_tf.evaluation.probe`) are trained
-on a seeded fraction f of TRAIN users' labels, their L2 strength and stopping
-epoch chosen on the same fraction f of EVAL users (at least
-``--min_selection_users``; scarce labels are scarce for selection too), and
-scored once on TEST users. Probes start from the prior (majority-class)
-predictor and leave it only when a candidate beats it by more than
-``--probe_se_rule`` standard errors on those eval users. Writes `report.md`,
-`results.json` and PNG plots (`bt_tf.evaluation.report.write_report`) to `--output_dir`.
+the weights of its best val_loss epoch) and frozen, and every user is embedded.
+Runs of one model that differ only in ``--seed`` are that model's pretraining
+seeds: they share its name and every figure averages over them.
+
+Who is scored (``--probe_folds``): cross-fitted by default (5 folds): every
+user of every split is scored once per (label fraction, seed) by probes
+trained on labels of the OTHER folds only (the encoders never read a label:
+labels are each user's future interactions, encoders read histories).
+``--probe_folds=0`` is the inductive split (train + eval users labelled, test
+users scored). At label fraction f, f of the fold's users keep their labels
+(seeded, stratified by class); each probe's regularisation is chosen by
+cross-validation INSIDE those labelled users (``--inner_folds``, out-of-fold
+log-likelihood, the simplest candidate within ``--probe_se_rule`` standard
+errors of the best, starting from the prior predictor) and refitted on all of
+them (`bt_tf.evaluation.linear`).
 
 Tasks (labels from each user's future, i.e. the interactions after the
-history the encoder sees):
+history the encoder sees); every contender gets the same probe family and
+the same item-side inputs:
 
 ``next_item``
     the first future item, ranked over the FULL catalog (HR@k, NDCG@k, no
-    sampled negatives); the items of the user's (max_len-truncated) history
-    are excluded from the ranking (``--exclude_history``, default on: in
-    MovieLens a user rates a movie once). Same rule for every model and floor.
+    sampled negatives), history items excluded (``--exclude_history``); a
+    bilinear probe ``a u.e_i + u' W e_i + b log pop_i`` over the contender's
+    own item vectors (BT: the encoder's input table; DE: its item tower; SVD:
+    its item factors; bag-of-items: the item-kNN score of the history), whose
+    size does not grow with the catalog. ``next_item_softmax`` (opt-in,
+    ``--tasks``) is the full softmax probe, one weight column per item.
 ``favorite_genre``
-    the most frequent genre/category among the future items (ties -> the
-    genre most frequent in train); accuracy and balanced accuracy.
+    the most frequent genre/category among the future items; accuracy and
+    balanced accuracy (multinomial logistic regression).
 ``liked_item``
-    for each future (user, item): rating >= ``--liked_threshold`` (4)? The
-    probe sees the user embedding and the model's item embedding: the BT
-    encoder's input embedding table, the DE (and BT+DE) item tower; accuracy
-    and AUC.
+    for each future (user, item): rating >= ``--liked_threshold`` (4)?
+    Logistic regression on ``[u, v, u * v]`` plus a one-hot of the item (the
+    same per-item bias for every contender); accuracy and the AUC (the mean
+    of the folds' AUCs).
 ``attr_<name>``
     user attributes where the data has them (synthetic ``segment``, ML-1M
     ``gender``/``age``); accuracy and balanced accuracy.
 
-Floors, computed once per artifact dir (every run evaluated together must
-share it): ``majority`` (majority class of the sampled train labels),
-``popularity`` (next item: train-history counts), ``bag_of_items`` (the same
-probes on L2-normalized history item counts; a seeded Gaussian random
-projection to ``--bag_projection_dim`` when the catalog exceeds
-``--bag_projection_above`` items), and ``untrained`` (an encoder of the same
-architecture, freshly initialized with the run's seed).
+Floors: ``majority`` / ``popularity`` (no features: the probes' prior
+predictor), ``bag_of_items`` (history bags; item-kNN for next item), ``svd``
+(the rank-d truncated SVD of the interaction matrix, d the encoders' width: a
+floor of the embedding's own size) and ``untrained`` (an encoder of the same
+architecture, freshly initialized).
 
-Cost. One probe per (model, task, fraction, seed); the whole L2 grid trains
-at once, probes stop early, and `bt_tf.evaluation.probe.train_softmax_probe` skips the
-work that cannot change a result (classes that are no train label share one
-weight column, stopped grid members leave the stacked weights, sparse
-features multiply as CSR matrices). `python -m benchmarks.evaluate` measures
-one run's full evaluation (6k users with ML-1M-like history lengths, 3.5k
-items, 18 genres, 4 tasks, 5 fractions x 3 seeds, every floor) per stage:
-~280 s of CPU time in all, ~130 s of it the bag-of-items next-item probe,
-which alone took ~340 s of CPU per seed at fraction 1.0 before (same
-results). Each stage's wall and CPU time is logged and written to
-``<output_dir>/timings.json``. Cheaper: fewer ``--label_fractions`` or
-``--seeds``, ``--l2_grid=1e-3``, ``--probe_max_epochs=30``, or ``--no-floors``
-when the floors are already known.
+Writes to ``--output_dir``: ``scores.parquet`` (every scored user's (or
+pair's) contribution per model, pretraining seed, task, fraction, seed and
+fold, so any figure can be recomputed), ``report.md`` (the claim's verdict
+first, then per task and metric every model with its 95% paired bootstrap
+interval over users, the ratios against ``--baseline`` and the floors, how
+often selection kept the prior), ``results.json`` (all of it, with the
+``claim`` block), ``metrics_vs_fraction.png`` and ``timings.json``.
+
+Cost: the probes run in parallel worker processes (numpy, scipy); one run's
+evaluation on ML-100K (943 users, 5 folds, 5 fractions x 3 seeds, every
+floor) takes a few minutes on 2 cores (`python -m benchmarks.evaluate` times
+an ML-1M-sized one). Cheaper: fewer ``--label_fractions`` or ``--seeds``,
+``--probe_folds=0``, ``--no-floors`` when the floors are already known.
 
 The DE as a recommender (``--recommender``): instead of the probes, every DE and
 BT+DE run (a "bt" run has no item tower and is skipped) is scored with its own
@@ -69,9 +77,9 @@ and the untrained encoder's user and item embeddings
 (``embeddings/<model>.npz``), computed once and reused by every (task,
 fraction, seed) and every rerun while the run's latest checkpoint (its path
 and the checksums in its ``.index`` file) and the data (metadata, width, user
-ids) are unchanged; and the result rows per (model, task, fraction, seed),
-reused while the checkpoint and the evaluation settings are unchanged, so an
-interrupted evaluation resumes where it stopped.
+ids) are unchanged; and every probe's scored units per (model, task, fraction,
+seed) (``units/``), reused while the features, the settings and the protocol
+are unchanged, so an interrupted evaluation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -157,15 +165,17 @@ _SETTING_FLAGS = {
         type=int, help="bag-of-items floor: project the bag when the catalog has more items"
     ),
     "knn_top_k": dict(
-        type=_at_least(1), help="item-kNN of the bag-of-items floor: neighbours kept per item "
+        type=_at_least(1),
+        help="item-kNN of the bag-of-items floor: neighbours kept per item "
         "when the catalog has more than --bag_projection_above items",
     ),
     "probe_max_epochs": dict(type=_at_least(1), help="next_item_softmax probe: epochs, at most"),
     "probe_patience": dict(
         type=_at_least(1), help="next_item_softmax probe: epochs without a gain before it stops"
     ),
-    "probe_min_epochs": dict(type=_at_least(0), help="next_item_softmax probe: epochs before "
-                             "early stopping may stop"),
+    "probe_min_epochs": dict(
+        type=_at_least(0), help="next_item_softmax probe: epochs before early stopping may stop"
+    ),
 }
 _GRID_FLAGS = {
     "c_grid": "inverse L2 strengths C of the classification and liked-item probes, "
@@ -202,16 +212,24 @@ def add_flags(parser) -> None:
         help="K >= 2: cross-fitted, every user scored once by probes trained on the labels "
         "of the other K-1 folds; 0: inductive (train + eval users labelled, test users scored)",
     )
-    add("--inner_folds", type=_at_least(2), default=p.inner_folds,
-        help="cross-validation folds of each probe's selection, inside its labelled users")
+    add(
+        "--inner_folds",
+        type=_at_least(2),
+        default=p.inner_folds,
+        help="cross-validation folds of each probe's selection, inside its labelled users",
+    )
     add("--floors", default=True, action=_BOOLEAN, help="also evaluate the baseline floors")
     add("--cache", default=True, action=_BOOLEAN, help="reuse results cached in OUTPUT_DIR/cache")
     for name, text in _GRID_FLAGS.items():
         add(f"--{name}", type=_positive_list, default=list(getattr(d, name)), help=text)
     for name, kwargs in _SETTING_FLAGS.items():
         add(f"--{name}", default=getattr(d, name), **kwargs)
-    add("--bootstrap_resamples", type=_at_least(100), default=DEFAULT_RESAMPLES,
-        help="resamples of users of the paired bootstrap intervals")
+    add(
+        "--bootstrap_resamples",
+        type=_at_least(100),
+        default=DEFAULT_RESAMPLES,
+        help="resamples of users of the paired bootstrap intervals",
+    )
     add("--baseline", default="de", help="model the ratios are relative to")
     add("--compare", default="bt,bt+de", help="models listed first in the tables")
 

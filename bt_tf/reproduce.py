@@ -228,6 +228,13 @@ def parse(argv: Sequence[str] | None):
         own = _own_config(rest, model, getattr(args, f"hparams_{name}"), f"--hparams_{name}")
         if own != dataclasses.replace(base, model=model, run_dir=own.run_dir):
             args.model_configs[model] = own
+    if args.probe_folds >= 2 and not _given(argv, "--train_users"):
+        # Cross-fitted: every user is scored, so every user's history is pretrained on
+        # (labels are futures, which no encoder reads).
+        base = dataclasses.replace(base, train_users="all")
+        args.model_configs = {
+            m: dataclasses.replace(c, train_users="all") for m, c in args.model_configs.items()
+        }
     args.skip_too_big = args.batch_sizes is None
     if args.batch_sizes is None:
         args.batch_sizes = list(DEFAULT_BATCH_SIZES)
@@ -236,6 +243,10 @@ def parse(argv: Sequence[str] | None):
     if not args.output_dir:
         args.output_dir = os.path.join("runs", f"reproduce_{base.data.dataset}")
     return args, base
+
+
+def _given(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -247,9 +258,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         tasks=_tuple_or_none(evaluate.tasks_from_flags(args)),
         include_floors=args.floors,
         settings=evaluate.settings_from_flags(args),
+        protocol=evaluate.protocol_from_flags(args),
         cache=args.cache,
         baseline=args.baseline,
         compare=tuple(_names(args.compare)),
+        bootstrap_resamples=args.bootstrap_resamples,
     )
     ablation = Ablation(
         batch_sizes=tuple(args.batch_sizes),

@@ -23,11 +23,14 @@ from bt_tf.evaluation import (
     labels,
     probing,
     runner,
+    scores,
     settings,
 )
+from bt_tf.evaluation.contenders import Contender
+from bt_tf.evaluation.protocol import Protocol
 from bt_tf.serving import export
 
-QUICK = settings.EvalSettings(probe_max_epochs=20, probe_min_epochs=5)
+QUICK = settings.EvalSettings(c_grid=(1e-2, 1.0))
 # `runs` (conftest.py): {"bt": run dir, "de": run dir} trained on one tiny synthetic artifact.
 
 
@@ -41,16 +44,15 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
     rows = evaluate.main(
         [
             f"--runs={runs['bt']},{runs['de']}",
-            "--label_fractions=0.5",
+            "--label_fractions=0.1,0.5",
             "--seeds=2",
-            "--probe_max_epochs=20",
-            "--probe_min_epochs=5",
+            "--bootstrap_resamples=200",
             f"--output_dir={out}",
         ]
     )
     models = {r["model"] for r in rows}
     # One untrained floor per architecture: the DE's query tower is causal, BT's is not.
-    floors = {"untrained(bt)", "untrained(de)", "bag_of_items", "majority", "popularity"}
+    floors = {"untrained(bt)", "untrained(de)", "bag_of_items", "svd", "majority", "popularity"}
     assert models == {"bt", "de"} | floors
     tasks = {r["task"] for r in rows}
     assert tasks == {"next_item", "favorite_genre", "liked_item", "attr_segment"}
@@ -60,36 +62,46 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
         "liked_item": {"accuracy", "auc"},
         "attr_segment": {"accuracy", "balanced_accuracy"},
     }
-    for model in ("bt", "de", "untrained(bt)", "untrained(de)", "bag_of_items"):  # every probe
+    n_users = sum(len(v) for v in eval_data.load_eval_data(_artifact(runs["bt"]), tasks=[])
+                  .user_ids.values())  # fmt: skip
+    for model in ("bt", "de", "untrained(bt)", "untrained(de)", "bag_of_items", "svd"):
         for task, metric_names in expected_metrics.items():
             for metric in metric_names:
                 cell = [
                     r for r in rows if (r["model"], r["task"], r["metric"]) == (model, task, metric)
                 ]
                 assert sorted((r["fraction"], r["seed"]) for r in cell) == [
-                    (0.5, 0),
-                    (0.5, 1),
-                ], (model, task, metric)
+                    (0.1, 0), (0.1, 1), (0.5, 0), (0.5, 1)
+                ], (model, task, metric)  # fmt: skip
     for r in rows:
         assert math.isfinite(r["value"]) and 0.0 <= r["value"] <= 1.0, r
+        assert 0.0 <= r["prior_selected"] <= 1.0
         if r["model"] in ("bt", "de"):
             assert r["batch_size"] == 32 and r["model_type"] == r["model"]
-    # The report: every model and floor, the improvement table, aggregates in range.
+        if r["task"] in ("next_item", "favorite_genre"):  # cross-fitted: every user scored
+            assert r["n_test"] <= n_users and r["n_test"] > 0.9 * n_users
     md = (out / "report.md").read_text()
     for name in models:
         assert f"| {name} |" in md, name
-    assert "Relative improvement over `de`" in md
-    assert settings.selection_rule() in md  # the selection rule, stated once
+    assert md.index("## The claim") < md.index("## next_item")
+    assert "cross-fitted (5 folds)" in md and "| bt vs de |" in md
     results = json.loads((out / "results.json").read_text())
     assert len(results["rows"]) == len(rows)
-    for a in results["aggregates"]:
-        assert 0.0 <= a["mean"] <= 1.0 and a["std"] >= 0.0, a
+    assert {t["task"] for t in results["claim"]["tasks"]} == {
+        "next_item", "favorite_genre", "liked_item"
+    }  # fmt: skip
+    assert results["claim"]["verdict"] in ("reproduced", "refuted", "inconclusive")
+    for c in results["cells"]:
+        lo, hi = c["ci95"]
+        assert lo <= c["value"] <= hi, c
+    table = scores.read_scores(str(out / scores.SCORES_FILE))
+    assert set(np.unique(table["model"])) == models
     assert (out / "metrics_vs_fraction.png").stat().st_size > 10_000
 
 
-def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
-    """No leak: splits are disjoint; the probe training set is a fraction of TRAIN
-    users; replacing test labels and test embeddings changes scores only."""
+def test_inductive_protocol_trains_on_train_and_eval_labels_and_test_never_steers_it(runs):
+    """--probe_folds=0: the labelled users are a fraction of train + eval users;
+    replacing the test users' labels and embeddings changes their scores only."""
     artifact = _artifact(runs["bt"])
     meta = dataset.load_metadata(artifact)
     data = eval_data.load_eval_data(artifact, width=40)
@@ -99,49 +111,36 @@ def test_probes_see_only_train_labels_and_test_never_steers_selection(runs):
     assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["eval"])
     assert not (ids["eval"] & ids["test"])
 
-    encoder, _, _ = embedding_cache.restore_run(runs["bt"])
+    encoder, items, _ = embedding_cache.restore_run(runs["bt"])
     emb = embedding_cache.embed_users(encoder, data)
     reference, _ = embed_split(encoder, artifact, "test", max_len=40)  # the canonical reader
     np.testing.assert_allclose(emb["test"], reference, rtol=1e-5, atol=1e-6)
-    tasks = ["favorite_genre", "attr_segment"]
-    kwargs = dict(fractions=[0.1, 1.0], seeds=[0], tasks=tasks, settings=QUICK)
-    plan = probing.EvalPlan.make(data, **kwargs)
-    rows = probing.evaluate_features(plan, "bt", emb)
-    assert probing.evaluate_features(plan, "bt", emb) == rows  # same seed, same result
-    for r in rows:
-        y = data.labels[r["task"]]
-        labelled_train = int(np.sum(y["train"] >= 0))
-        expected = labels.sample_label_fraction(y["train"], r["fraction"], r["seed"]).size
-        assert r["n_train"] == expected  # drawn from the train split's labels only
-        assert r["n_test"] == int(np.sum(y["test"] >= 0))
-        # Selection sees the same fraction of eval labels (at least the minimum),
-        # not all of them (the old rule, changed on purpose).
-        selection = labels.sample_selection_users(y["eval"], r["fraction"], r["seed"])
-        assert r["n_eval"] == selection.size and r["n_eval_labelled"] == np.sum(y["eval"] >= 0)
-        if r["fraction"] < 1.0:
-            assert r["n_eval"] < r["n_eval_labelled"]
-        if r["fraction"] == 1.0:  # all labelled train users, not train + test
-            assert r["n_train"] == labelled_train < labelled_train + r["n_test"]
-        else:
-            assert r["n_train"] < labelled_train
+    protocol = Protocol(probe_folds=0)
+    tasks = ("favorite_genre", "attr_segment")
 
-    # Scramble the test labels and zero the test embeddings: nothing the probe
-    # chose (L2, stopping epoch, sample sizes) may change; the scores do.
+    def probe(data, emb):
+        ctx = runner._context(data, protocol, QUICK, "train", tasks)
+        plan = probing.EvalPlan(ctx, (0.1, 1.0), (0,), tasks)
+        bt = Contender("bt", 0, ctx.population.stack(emb), items)
+        return ctx, probing.probe_records(plan, bt)
+
+    ctx, records = probe(data, emb)
+    test_rows = np.flatnonzero(ctx.population.split_of == "test")
+    for r in records:
+        y = ctx.labels[r.task]
+        labelled = int(np.sum(y[: test_rows[0]] >= 0))  # train + eval users with a label
+        (fit,) = r.fits
+        assert fit["n_labelled"] == labels.sample_label_fraction(
+            y[: test_rows[0]], r.fraction, [r.seed, 0]).size  # fmt: skip
+        assert fit["n_labelled"] <= labelled
+        assert set(r.units.user) <= set(test_rows)
     rng = np.random.default_rng(0)
-    scrambled = eval_data.EvalData(
-        **{
-            **vars(data),
-            "labels": {
-                t: {**data.labels[t], "test": rng.permutation(data.labels[t]["test"])}
-                for t in tasks
-            },
-        }
-    )
-    emb2 = {**emb, "test": np.zeros_like(emb["test"])}
-    rows2 = probing.evaluate_features(probing.EvalPlan.make(scrambled, **kwargs), "bt", emb2)
-    keys = ("task", "metric", "fraction", "seed", "l2", "best_epoch", "n_train", "n_eval")
-    assert [tuple(r[k] for k in keys) for r in rows] == [tuple(r[k] for k in keys) for r in rows2]
-    assert [r["value"] for r in rows] != [r["value"] for r in rows2]
+    scrambled = eval_data.EvalData(**{**vars(data), "labels": {
+        t: {**data.labels[t], "test": rng.permutation(data.labels[t]["test"])} for t in tasks
+    }})  # fmt: skip
+    _, records2 = probe(scrambled, {**emb, "test": np.zeros_like(emb["test"])})
+    assert [r.fits for r in records] == [r.fits for r in records2]  # the same selections
+    assert any(not np.array_equal(a.units.pred, b.units.pred) for a, b in zip(records, records2))
 
 
 def test_cache_reuses_results_and_settings_invalidate_it(runs, tmp_path):
@@ -153,14 +152,14 @@ def test_cache_reuses_results_and_settings_invalidate_it(runs, tmp_path):
         write=False,
     )
     first = runner.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
-    cache_file = tmp_path / "cache" / "bt.json"
+    cache_file = tmp_path / "cache" / "units" / "bt" / "favorite_genre%7C1.0%7C0.npz"
     stamp = cache_file.stat().st_mtime_ns
     again = runner.evaluate_runs([runs["bt"]], str(tmp_path), settings=QUICK, **kwargs)
     assert again == first and cache_file.stat().st_mtime_ns == stamp  # read, not recomputed
-    other = settings.EvalSettings(probe_max_epochs=20, probe_min_epochs=5, l2_grid=(1e-3,))
+    other = settings.EvalSettings(c_grid=(1e-3,))
     changed = runner.evaluate_runs([runs["bt"]], str(tmp_path), settings=other, **kwargs)
     assert cache_file.stat().st_mtime_ns != stamp  # recomputed under the new settings
-    assert {r["l2"] for r in changed} == {1e-3}
+    assert {c for r in changed for c in r["candidates"]} <= {"prior", "C=0.001"}
 
 
 def test_item_embeddings_bt_input_table_de_item_tower(runs):
@@ -204,13 +203,10 @@ def test_pretraining_seeds_of_one_model_share_its_name_and_keep_their_caches_apa
     assert runner.run_names([c0, c1, c2, d0], [bt, bt1, bt2, de]) == ["bt", "bt", "bt", "de"]
     assert runner.run_names([c0, c1, o0], [bt, bt1, other]) == ["bt", "bt_seed1", "other"]
     runs = runner.read_runs([bt1, bt, de, bt2])
-    assert [(r.name, r.cache_name) for r in runs] == [
-        ("bt", "bt@seed1"),
-        ("bt", "bt"),  # the lowest seed keeps the one-seed cache name
-        ("de", "de"),
-        ("bt", "bt@seed2"),
-    ]
-    assert [r.row_fields()["pretrain_seed"] for r in runs] == [1, 0, 0, 2]
+    assert [(r.name, r.seed) for r in runs] == [("bt", 1), ("bt", 0), ("de", 0), ("bt", 2)]
+    # Their caches (embeddings, probes) are kept apart by the contender's key.
+    keys = [Contender(r.name, r.seed, None).key for r in runs]
+    assert keys == ["bt@seed1", "bt", "de", "bt@seed2"]
     with pytest.raises(ValueError, match="differ in their seed alone"):
         runner.read_runs([bt, other], names=["bt", "bt"])  # another lambd
     (same, _) = run("bt_again")  # seed 0 again: the same run twice
@@ -256,8 +252,7 @@ def test_embeddings_are_cached_on_disk_until_the_checkpoint_changes(runs, tmp_pa
 
     def evaluate(write=False):
         encoders.clear()
-        for rows_cache in (out / "cache").glob("*.json"):  # probe rows: recompute them
-            rows_cache.unlink()
+        shutil.rmtree(out / "cache" / "units", ignore_errors=True)  # probes: recompute them
         timings = []
         rows = runner.evaluate_runs([str(run)], str(out), timings=timings, write=write, **kwargs)
         return rows, sum(int(e.rows.numpy()) for e in encoders), timings

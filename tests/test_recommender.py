@@ -135,10 +135,12 @@ def test_flag_scores_de_runs_skips_bt_and_writes_the_report(runs, trained_de, tm
         [f"--runs={runs['bt']},{trained_de}", "--recommender", f"--output_dir={out}"]
     )
     report = json.loads((out / recommender.JSON_FILE).read_text())
+    # bt: skipped; the popularity ranking of the same users and negatives comes last.
     assert (
-        [r["model"] for r in rows] == [r["model"] for r in report["runs"]] == ["de"]
-    )  # bt: skipped
-    row = report["runs"][0]
+        [r["model"] for r in rows] == [r["model"] for r in report["runs"]] == ["de", "popularity"]
+    )
+    row, popular = report["runs"]
+    assert (popular["n_users"], popular["min_negatives"]) == (row["n_users"], 100)
     artifact = runs_lib.read_config(trained_de)["artifact_dir"]
     n_total = sum(len(history) for history, _ in recommender.read_sequences(artifact).values())
     assert row["n_users"] + row["n_skipped"] == n_total and row["n_users"] > 0.9 * n_total
@@ -154,7 +156,7 @@ def test_flag_scores_de_runs_skips_bt_and_writes_the_report(runs, trained_de, tm
     assert "SASRec protocol" in report["protocol"] and report["seed"] == 0
     md = (out / recommender.MARKDOWN_FILE).read_text()
     assert f"| de | {row['n_users']} | {row['n_skipped']} | {row['hr@10']:.4f} [" in md
-    assert "| 0.8245 | 0.5905 |" in md
+    assert "| 0.8245 | 0.5905 |" in md and "| popularity |" in md
     assert not (out / "report.md").exists() and not (out / "cache").exists()  # no probes
     # Same seed, same figures (negatives and bootstrap).
     again = recommender.evaluate_recommender([trained_de], str(tmp_path / "again"))["runs"][0]

@@ -1,14 +1,15 @@
-"""Report: aggregation, relative improvement, files and plots end to end."""
+"""Report: the claim first, every cell with its paired interval, floors, files and plots."""
 
 import json
 import math
-import os
 
 import matplotlib.image
 import numpy as np
 import pytest
 
-from bt_tf.evaluation import report
+from bt_tf.evaluation import report, scores
+from bt_tf.evaluation.probing import Record, record_rows
+from bt_tf.evaluation.tasks import Units
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,44 +56,6 @@ def test_aggregate_and_relative_improvement_hand_case():
     assert auc["mean"] == pytest.approx(0.8) and auc["std"] == 0.0 and auc["n_seeds"] == 1
 
 
-def test_write_report_end_to_end(tmp_path):
-    rows = _rows()
-    paths = report.write_report(rows, str(tmp_path), baseline="de", compare=("bt", "bt+de"))
-    for p in paths.values():
-        assert os.path.getsize(p) > 0
-
-    md = open(paths["markdown"]).read()
-    assert "## next_item" in md and "## favorite_genre" in md and "## liked_item" in md
-    assert "| model | 10% | 100% |" in md
-    assert "| bt | 0.440 ± 0.014 | 0.550 ± 0.000 |" in md
-    # (0.44-0.40)/0.40 = +10.0%, (0.55-0.50)/0.50 = +10.0%; bt+de: +25.0%, +20.0%;
-    # favorite genre (0.27-0.30)/0.30 = -10.0%, then 0.0%.
-    assert "| bt | +10.0% | +10.0% |" in md
-    assert "| bt+de | +25.0% | +20.0% |" in md
-    assert "| bt | -10.0% | +0.0% |" in md
-    # Floors are listed after the learned models.
-    nxt = md.split("## next_item")[1].split("## favorite_genre")[0]
-    assert nxt.index("| bt |") < nxt.index("| de |") < nxt.index("| popularity |")
-
-    res = json.load(open(paths["json"]))  # strict JSON: NaN became null
-    assert len(res["rows"]) == len(rows)
-    for a in res["aggregates"]:
-        assert 0.0 <= a["mean"] <= 1.0 and a["std"] >= 0.0
-    imp = {
-        (i["task"], i["model"], i["fraction"]): i["relative_improvement_pct"]
-        for i in res["relative_improvement"]
-    }
-    assert imp[("next_item", "bt", 0.1)] == pytest.approx(10.0)
-    assert imp[("favorite_genre", "bt", 0.1)] == pytest.approx(-10.0)
-    assert any(r["value"] is None for r in res["rows"])  # the NaN AUC seed
-
-    with open(paths["plot"], "rb") as f:
-        assert f.read(8) == PNG_MAGIC
-    img = matplotlib.image.imread(paths["plot"])
-    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-    assert np.std(img) > 0  # not a blank canvas
-
-
 def test_batch_size_ablation_plot(tmp_path):
     rows = []
     for bs, (bt, de) in {32: (0.30, 0.20), 64: (0.32, 0.25), 256: (0.33, 0.30)}.items():
@@ -112,85 +75,82 @@ def test_batch_size_ablation_plot(tmp_path):
 
 def test_empty_rows_and_missing_fields_raise(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
-        report.write_report([], str(tmp_path))
+        report.write_report([], {}, str(tmp_path))
     with pytest.raises(ValueError, match="lacks"):
         report.aggregate([{"model": "bt", "task": "t", "metric": "m", "value": 1.0}])
 
 
-def _floor_rows():
-    """Hand-made results, 2 seeds with equal values (std 0), floors beside each task.
+def _records(n=300):
+    """Per-user units of bt, de and two floors on favorite genre and liked item.
 
-    favorite_genre accuracy:   1%     100%
-        majority             0.50    0.50
-        bag_of_items         0.45    0.60
-        untrained            0.42    0.44
-        bt                   0.48 ▼  0.65      (< majority at 1%)
-        bt+de                0.40 ▼  0.70      (< majority, bag_of_items, untrained at 1%)
-        de                   0.52    0.55 ▼    (< bag_of_items at 100%)
-    next_item hr@10 at 100%: popularity 0.04, bt 0.03 ▼, de 0.05.
-    liked_item auc at 100%: untrained(bt) 0.60 (a per-architecture floor), bt 0.55 ▼,
-    bt@b32 (an ablation run: learned, not a floor) 0.58 ▼, majority 0.50.
+    favorite genre: bt right for 60% of users, de for 50%, bag_of_items for 70%
+    (bt is clearly below it), majority for 48% (bt is above it); at 1% labels
+    bt is right for 49% and majority for 48%: a lower mean than bag... and a
+    difference within noise. liked item: bt and de equally noisy scores.
     """
-    table = {
-        ("favorite_genre", "accuracy", 0.01): dict(
-            majority=0.5, bag_of_items=0.45, untrained=0.42, bt=0.48, de=0.52, **{"bt+de": 0.4}
-        ),
-        ("favorite_genre", "accuracy", 1.0): dict(
-            majority=0.5, bag_of_items=0.6, untrained=0.44, bt=0.65, de=0.55, **{"bt+de": 0.7}
-        ),
-        ("next_item", "hr@10", 1.0): dict(popularity=0.04, bt=0.03, de=0.05),
-        ("liked_item", "auc", 1.0): {
-            "untrained(bt)": 0.6,
-            "bt": 0.55,
-            "bt@b32": 0.58,
-            "majority": 0.5,
-        },
-    }
-    return [
-        dict(model=m, task=t, metric=k, fraction=f, seed=s, value=v)
-        for (t, k, f), models in table.items()
-        for m, v in models.items()
-        for s in (0, 1)
-    ]
+    rng = np.random.default_rng(0)
+    users = np.arange(n)
+    y = rng.integers(3, 6, n)
+    fold = users % 5
+    right = {"bt": 0.6, "de": 0.5, "bag_of_items": 0.7, "majority": 0.48}
+    pu = np.repeat(users, 2)
+    lab = rng.integers(0, 2, pu.size)
+    out = []
+    for f in (0.01, 0.1):
+        for model, p in right.items():
+            p = 0.49 if (model == "bt" and f == 0.01) else p
+            for s in (0, 1):
+                pred = np.where(rng.random(n) < p, y, 9)
+                fits = tuple({"fold": k, "n_labelled": 5, "prior_selected": k < 2 and model == "de",
+                              "candidate": "C=1"} for k in range(5))  # fmt: skip
+                out.append(Record(model, 0, "favorite_genre", f, s,
+                                  Units(users, y, pred=pred, fold=fold), fits))  # fmt: skip
+                out.append(Record(model, 0, "liked_item", f, s,
+                                  Units(pu, lab, item=pu % 5, score=lab + rng.normal(size=pu.size),
+                                        fold=fold[pu]), fits))  # fmt: skip
+    return out
 
 
-def test_floors_beside_every_table_and_learned_models_below_a_floor_are_flagged(tmp_path):
-    assert report.is_floor("majority") and report.is_floor("untrained(bt)")
-    assert not report.is_floor("bt") and not report.is_floor("bt@b32")
-    paths = report.write_report(_floor_rows(), str(tmp_path), protocol="THE RULE.")
+def test_report_opens_with_the_verdict_and_every_cell_carries_its_interval(tmp_path):
+    records = _records()
+    rows = record_rows(records, 10)
+    analysis = scores.analyse(records, 10, n_resamples=300)
+    paths = report.write_report(rows, analysis, str(tmp_path), protocol="THE PROTOCOL.",
+                                population="300 users")  # fmt: skip
     md = open(paths["markdown"]).read()
-    assert "THE RULE." in md  # the selection rule is stated
-    fav = md.split("## favorite_genre")[1].split("## next_item")[0]
-    # Floors are rows of the same table, after the learned models.
-    order = ["| bt |", "| bt+de |", "| de |", "| untrained |", "| bag_of_items |", "| majority |"]
-    assert [fav.index(r) for r in order] == sorted(fav.index(r) for r in order)
-    assert "| bt | 0.480 ± 0.000 ▼ | 0.650 ± 0.000 |" in fav
-    assert "| bt+de | 0.400 ± 0.000 ▼ | 0.700 ± 0.000 |" in fav
-    assert "| de | 0.520 ± 0.000 | 0.550 ± 0.000 ▼ |" in fav
-    # Floors are never flagged (majority 0.5 < bag_of_items 0.6 at 100%).
-    assert "| majority | 0.500 ± 0.000 | 0.500 ± 0.000 |" in fav
-    # The note under the table names the floor(s), highest first.
-    assert (
-        "▼ below a floor: `bt` at 1% (0.4800) < `majority` 0.5000; "
-        "`bt+de` at 1% (0.4000) < `majority` 0.5000, `bag_of_items` 0.4500, "
-        "`untrained` 0.4200; `de` at 100% (0.5500) < `bag_of_items` 0.6000." in fav
-    )
-    nxt = md.split("## next_item")[1].split("## liked_item")[0]
-    assert "| bt | 0.030 ± 0.000 ▼ |" in nxt and "| de | 0.050 ± 0.000 |" in nxt
-    assert "`bt` at 100% (0.0300) < `popularity` 0.0400." in nxt
-    liked = md.split("## liked_item")[1]
-    assert liked.index("| bt@b32 |") < liked.index("| untrained(bt) |")
-    assert "| bt@b32 | 0.580 ± 0.000 ▼ |" in liked and "| untrained(bt) | 0.600 ± 0.000 |" in liked
-    # The same cells in results.json.
+    assert "THE PROTOCOL." in md and "300 users" in md
+    # The verdict table comes before any task's table.
+    assert md.index("## The claim: bt ≥ 1.08 × de") < md.index("## favorite_genre")
+    claim = md.split("## The claim")[1].split("## favorite_genre")[0]
+    assert "| favorite_genre | balanced_accuracy |" in claim and "**Verdict:" in claim
+    assert "| liked_item | auc |" in claim
+    fav = md.split("## favorite_genre")[1].split("## liked_item")[0]
+    cell = {(c["model"], c["fraction"], c["metric"]): c for c in analysis["cells"]
+            if c["task"] == "favorite_genre"}  # fmt: skip
+    bt = cell[("bt", 0.1, "accuracy")]
+    assert f"{bt['value']:.3f} [{bt['ci95'][0]:.3f}, {bt['ci95'][1]:.3f}]" in fav
+    # Ratio cells "+x % [lo, hi]".
+    comp = next(c for c in analysis["comparisons"] if c["task"] == "favorite_genre"
+                and c["metric"] == "accuracy" and c["fraction"] == 0.1 and c["model"] == "bt"
+                and c["reference"] == "de")  # fmt: skip
+    lo, hi = (round(100 * (v - 1)) for v in comp["ratio_ci"])
+    assert "| bt vs de | " in fav and f"% [{lo:+d}, {hi:+d}]" in fav
+    # ▼ only where the difference's interval excludes 0: bt below bag_of_items at 10%
+    # (0.6 vs 0.7 of 300 users), not at 1% below majority (0.49 vs 0.48: noise).
+    acc = fav.split("### accuracy")[1].split("### balanced_accuracy")[0]
+    bt_row = next(line for line in acc.splitlines() if line.startswith("| bt |"))
+    assert bt_row.count("▼") == 2  # 1% and 10%, both below bag_of_items
+    flagged = {(b["fraction"], b["metric"]): b["floors"] for b in
+               json.load(open(paths["json"]))["below_floor"] if b["model"] == "bt"}  # fmt: skip
+    assert "bag_of_items" in flagged[(0.1, "accuracy")]
+    assert "majority" not in flagged.get((0.01, "accuracy"), {})
+    # How often selection kept the prior: de 2 of 5 folds.
+    assert "Selection kept the prior predictor" in fav and "| de | 0.40 | 0.40 |" in fav
     res = json.load(open(paths["json"]))
-    flagged = {(b["task"], b["model"], b["fraction"]): b["floors"] for b in res["below_floor"]}
-    assert flagged == {
-        ("favorite_genre", "bt", 0.01): {"majority": 0.5},
-        ("favorite_genre", "bt+de", 0.01): {"majority": 0.5, "bag_of_items": 0.45,
-                                            "untrained": 0.42},
-        ("favorite_genre", "de", 1.0): {"bag_of_items": 0.6},
-        ("next_item", "bt", 1.0): {"popularity": 0.04},
-        ("liked_item", "bt", 1.0): {"untrained(bt)": 0.6},
-        ("liked_item", "bt@b32", 1.0): {"untrained(bt)": 0.6},
-    }  # fmt: skip
-    assert res["protocol"] == "THE RULE."
+    assert set(res["claim"]) >= {"threshold", "fractions", "tasks", "verdict"}
+    assert all(set(t) == {"task", "metric", "ratio", "ci95", "verdict"}
+               for t in res["claim"]["tasks"])  # fmt: skip
+    assert len(res["rows"]) == len(rows) and res["bootstrap"]["resamples"] == 300
+    with open(paths["plot"], "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    assert np.std(matplotlib.image.imread(paths["plot"])) > 0  # not a blank canvas

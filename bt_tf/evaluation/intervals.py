@@ -61,13 +61,15 @@ class Cell:
 
     ``values [R, m]``: per unit (hit, gain, correct, or for AUC the score);
     ``labels [m]`` (balanced accuracy, AUC); ``unit_user [m]``: the user
-    index (0..n-1) of each unit.
+    index (0..n-1) of each unit; ``group [m]``: the AUC is the mean of the
+    AUCs within each group (the folds: each fold's probe has its own scale).
     """
 
     kind: str
     values: np.ndarray
     unit_user: np.ndarray
     labels: np.ndarray | None = None
+    group: np.ndarray | None = None
 
 
 def _weights(idx: np.ndarray, n: int) -> np.ndarray:
@@ -104,12 +106,22 @@ def _balanced(cell: Cell, wu: np.ndarray) -> np.ndarray:
 
 
 def _auc(cell: Cell, wu: np.ndarray) -> np.ndarray:
-    """Weighted ROC AUC (ties count 1/2) per row of ``wu``, averaged over replicates."""
-    pos = cell.labels.astype(bool)
+    """Weighted ROC AUC (ties count 1/2) per row of ``wu``: the mean over groups of
+    each group's AUC, averaged over replicates."""
+    group = np.zeros(cell.labels.size, np.int64) if cell.group is None else cell.group
+    per_group = [
+        _group_auc(cell.labels[group == g], cell.values[:, group == g], wu[:, group == g])
+        for g in np.unique(group)
+    ]
+    return np.nanmean(np.stack(per_group), axis=0)
+
+
+def _group_auc(labels: np.ndarray, values: np.ndarray, wu: np.ndarray) -> np.ndarray:
+    pos = labels.astype(bool)
     wpos, wneg = wu * pos, wu * ~pos
     tot = wpos.sum(axis=1) * wneg.sum(axis=1)
     out = np.zeros(wu.shape[0])
-    for scores in cell.values:
+    for scores in values:
         uniq, group = np.unique(scores, return_inverse=True)
         g = scipy.sparse.csr_matrix(
             (np.ones(group.size), (np.arange(group.size), group.reshape(-1))),
@@ -120,7 +132,7 @@ def _auc(cell: Cell, wu: np.ndarray) -> np.ndarray:
         below = np.cumsum(q, axis=1) - q  # negative weight strictly below each group
         out += (p * (below + 0.5 * q)).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return out / cell.values.shape[0] / np.where(tot > 0, tot, np.nan)
+        return out / values.shape[0] / np.where(tot > 0, tot, np.nan)
 
 
 @dataclasses.dataclass(frozen=True)

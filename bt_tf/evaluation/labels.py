@@ -32,6 +32,7 @@ __all__ = [
     "users_with_pairs",
 ]
 
+
 def sample_label_fraction(
     labels: np.ndarray, fraction: float, seed: int, *, stratify: bool = True
 ) -> np.ndarray:

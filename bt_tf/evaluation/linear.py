@@ -212,7 +212,8 @@ class SoftmaxFamily:
 
 @dataclasses.dataclass(frozen=True)
 class SoftmaxFit:
-    """A fitted `SoftmaxFamily` member: weights ``w [F, K']``, intercept ``b [K']`` over ``classes``."""
+    """A fitted `SoftmaxFamily` member: weights ``w [F, K']``, intercept ``b [K']``
+    over ``classes``."""
 
     w: np.ndarray
     b: np.ndarray
@@ -271,11 +272,7 @@ class BilinearFamily:
         self.log_pop = np.asarray(log_popularity, dtype=np.float32).reshape(-1)
         self.exclude = exclude
         self.base = base
-        self.dot = (
-            base is None
-            and self.can_dw
-            and self.users.shape[1] == self.items.shape[1]
-        )
+        self.dot = base is None and self.can_dw and self.users.shape[1] == self.items.shape[1]
 
     @property
     def num_items(self) -> int:
@@ -518,7 +515,9 @@ def select_and_fit(
     means = np.where(done, np.nanmean(np.where(done[:, None], oof, 0.0), axis=1), -np.inf)
     ses = np.array([_se(v) if d else np.nan for v, d in zip(oof, done)])
     best = int(np.argmax(means))
-    chosen = next(i for i in range(len(candidates)) if means[i] >= means[best] - se_rule * ses[best])
+    chosen = next(
+        i for i in range(len(candidates)) if means[i] >= means[best] - se_rule * ses[best]
+    )
     cv = tuple(
         {"candidate": candidate_name(c), "mean": float(means[i]) if done[i] else None,
          "se": float(ses[i]) if done[i] else None}

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bt_tf.evaluation.contenders import PRIOR_CONTENDER, Contender
 from bt_tf.evaluation.caching import cache_file, fingerprint_key, write_atomically
+from bt_tf.evaluation.contenders import PRIOR_CONTENDER, Contender
 from bt_tf.evaluation.tasks import ProbeContext, Units, get_task, probe_contender
 from bt_tf.evaluation.timing import StageClock
 
@@ -125,7 +125,7 @@ def probe_records(
     key = _fingerprint(plan, contender)
     directory = None
     if plan.cache_dir is not None:
-        directory = os.path.join(plan.cache_dir, UNITS_DIR, contender.key)
+        directory = cache_file(os.path.join(plan.cache_dir, UNITS_DIR), contender.key, "")
     out = []
     for task in plan.tasks:
         name = _model_name(contender, task)

@@ -203,5 +203,7 @@ def sample_fold_labels(
     (`labels.sample_label_fraction`).
     """
     pool_labels = np.asarray(labels)[fold.pool]
-    picked = sample_label_fraction(pool_labels, fraction, [int(seed), fold.index], stratify=stratify)
+    picked = sample_label_fraction(
+        pool_labels, fraction, [int(seed), fold.index], stratify=stratify
+    )
     return fold.pool[picked]

@@ -53,6 +53,7 @@ from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_items, embed_split
 from bt_tf.errors import UserError
 from bt_tf.evaluation.embedding_cache import restore_run
+from bt_tf.evaluation.labels import item_counts
 from bt_tf.evaluation.metrics import hits_at_k, ndcg_gains_at_k
 from bt_tf.evaluation.runner import run_names
 
@@ -305,11 +306,18 @@ def score_run(
     """
     start = time.perf_counter()
     encoder, item_emb, config = restore_run(run_dir)
-    num_items = len(item_emb)
-    splits = list(sequences)
+    cases = _cases(sequences, int(config["encoder"]["max_len"]), len(item_emb), seed, num_negatives)
+    user_emb = embed_items(encoder, cases["inputs"], batch_size=batch_size)
+    ranks = sampled_ranks(user_emb, item_emb, cases["targets"], cases["negatives"])
+    out = {"run_dir": run_dir, **_figures(ranks, cases, seed, k, n_resamples)}
+    return dict(out, wall_s=round(time.perf_counter() - start, 2))
+
+
+def _cases(sequences, max_len: int, num_items: int, seed: int, num_negatives: int) -> dict:
+    """The scored users' inputs, targets and negatives, and the users skipped."""
     inputs, targets, rated, split_of = [], [], [], []
-    for split in splits:
-        x, t, r = sasrec_inputs(*sequences[split], int(config["encoder"]["max_len"]))
+    for split in sequences:
+        x, t, r = sasrec_inputs(*sequences[split], max_len)
         inputs.append(x)
         targets.append(t)
         rated += r
@@ -324,20 +332,48 @@ def score_run(
         num_negatives=num_negatives,
         seed=seed,
     )
-    user_emb = embed_items(encoder, inputs[keep], batch_size=batch_size)
-    ranks = sampled_ranks(user_emb, item_emb, targets[keep], negatives)
-    hits, gains = hits_at_k(ranks, k), ndcg_gains_at_k(ranks, k)
     return {
-        "run_dir": run_dir,
-        "n_users": int(keep.sum()),
-        "n_skipped": int((~keep).sum()),
+        "inputs": inputs[keep],
+        "targets": targets[keep],
+        "negatives": negatives,
+        "split_of": split_of[keep],
         "skipped": {"reserved_or_oov_target": int(oov.sum()), "empty_input": int(empty.sum())},
+    }
+
+
+def _figures(ranks: np.ndarray, cases: dict, seed: int, k: int, n_resamples: int) -> dict:
+    hits, gains = hits_at_k(ranks, k), ndcg_gains_at_k(ranks, k)
+    negatives = cases["negatives"]
+    return {
+        "n_users": int(ranks.size),
+        "n_skipped": int(sum(cases["skipped"].values())),
+        "skipped": cases["skipped"],
         **_interval_fields(hits, f"hr@{k}", seed, n_resamples),
         **_interval_fields(gains, f"ndcg@{k}", seed, n_resamples),
         "min_negatives": int((negatives >= 0).sum(axis=1).min()) if len(negatives) else 0,
-        "by_split": _by_split(split_of[keep], hits, gains, k),
-        "wall_s": round(time.perf_counter() - start, 2),
+        "by_split": _by_split(cases["split_of"], hits, gains, k),
     }
+
+
+def score_popularity(
+    sequences: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    num_items: int,
+    max_len: int,
+    *,
+    seed: int = 0,
+    num_negatives: int = NUM_NEGATIVES,
+    k: int = K,
+    n_resamples: int = 2000,
+) -> dict:
+    """The popularity ranking in the same protocol (same users, targets and negatives
+    as `score_run` with the same seed): items scored by how often they occur in the
+    users' histories (label-free; ties count against the target). A recommender that
+    does not beat it has learned nothing a count would not give."""
+    cases = _cases(sequences, max_len, num_items, seed, num_negatives)
+    counts = item_counts(np.concatenate([h for h, _ in sequences.values()]), num_items)
+    ranks = sampled_ranks(np.ones((len(cases["targets"]), 1)), counts[:, None],
+                          cases["targets"], cases["negatives"])  # fmt: skip
+    return {"run_dir": "", **_figures(ranks, cases, seed, k, n_resamples)}
 
 
 def _recommender_runs(run_dirs: Sequence[str]) -> list[tuple[str, str, dict]]:
@@ -401,6 +437,14 @@ def evaluate_recommender(
             name, k, row[f"hr@{k}"], k, row[f"ndcg@{k}"], row["n_users"], row["n_skipped"],
             row["wall_s"],
         )  # fmt: skip
+    for artifact, seqs in sequences.items():  # the popularity ranking, once per artifact
+        config = next(c for _, _, c in chosen if os.path.normpath(c["artifact_dir"]) == artifact)
+        encoder = config["encoder"]
+        row = score_popularity(
+            seqs, int(encoder["vocab_size"]), int(encoder["max_len"]), seed=seed,
+            num_negatives=num_negatives, k=k, n_resamples=n_resamples,
+        )  # fmt: skip
+        results.append({"model": "popularity", "model_type": "popularity", **row})
     report = {
         "protocol": protocol(num_negatives, k),
         "seed": seed,

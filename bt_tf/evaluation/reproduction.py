@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
 from bt_tf.evaluation import report
+from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.runner import evaluate_runs
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
@@ -344,9 +345,11 @@ class EvalRequest:
     tasks: tuple[str, ...] | None = None
     include_floors: bool = True
     settings: EvalSettings = EvalSettings()
+    protocol: Protocol = Protocol()
     cache: bool = True
     baseline: str = "de"
     compare: tuple[str, ...] = ("bt", "bt+de")
+    bootstrap_resamples: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,10 +421,12 @@ def reproduce(
         tasks=ev.tasks,
         include_floors=ev.include_floors,
         settings=ev.settings,
+        protocol=ev.protocol,
         cache=ev.cache,
         baseline=ev.baseline,
         compare=ev.compare,
         title=f"Downstream evaluation: {base.data.dataset}",
+        bootstrap_resamples=ev.bootstrap_resamples,
     )
     md = os.path.join(report_dir, "report.md")
     sections = _run_table([c for _, c in seeded], results, note=budget_note(base, n_train))
@@ -486,6 +491,7 @@ def run_ablation(
         tasks=list(ablation.tasks),
         include_floors=False,
         settings=evaluation.settings,
+        protocol=evaluation.protocol,
         cache=evaluation.cache,
         write=False,
     )

@@ -49,6 +49,8 @@ __all__ = [
     "read_runs",
     "run_names",
     "run_contender",
+    "Evaluation",
+    "evaluate_records",
     "evaluate_runs",
     "write_outputs",
 ]
@@ -87,25 +89,30 @@ def _without_seed(config: Mapping[str, Any]) -> str:
                       sort_keys=True, default=str)  # fmt: skip
 
 
+def _seeds_of_one_model(configs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``configs`` differ only in ``seed`` (each its own) and ``run_dir``."""
+    seeds = [int(c.get("seed", 0)) for c in configs]
+    return len({_without_seed(c) for c in configs}) == 1 and len(set(seeds)) == len(seeds)
+
+
 def run_names(configs: Sequence[Mapping[str, Any]], run_dirs: Sequence[str]) -> list[str]:
-    """One name per run: its ``model`` ("bt", "de", "bt+de"); when runs of one model
-    type differ in more than their seed, their run-dir basenames (made unique with
-    ``-2``, ``-3``... if those collide too). Runs that differ only in ``seed`` share
-    a name: they are the pretraining seeds of one model."""
+    """One name per run: its ``model`` ("bt", "de", "bt+de") when it is the only run of
+    its model type or when the runs of that type differ only in ``seed`` (they are
+    its pretraining seeds and share the name); otherwise their run-dir basenames
+    (made unique with ``-2``, ``-3``... if those collide too)."""
     types = [c.get("model", "bt") for c in configs]
-    groups = collections.defaultdict(set)
-    for t, c in zip(types, configs):
-        groups[t].add(_without_seed(c))
+    seeded = {
+        t for t in types if _seeds_of_one_model([c for c in configs if c.get("model", "bt") == t])
+    }
     names = [
-        t if len(groups[t]) == 1 else os.path.basename(os.path.normpath(d)) or t
+        t if t in seeded else os.path.basename(os.path.normpath(d)) or t
         for t, d in zip(types, run_dirs)
     ]
     seen: dict[str, int] = {}
     out = []
-    for n, c in zip(names, configs):
-        key = (n, int(c.get("seed", 0)))
-        seen[key] = seen.get(key, 0) + 1
-        out.append(n if seen[key] == 1 else f"{n}-{seen[key]}")
+    for n, t in zip(names, types):
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 or t in seeded else f"{n}-{seen[n]}")
     return out
 
 
@@ -127,11 +134,13 @@ def read_runs(run_dirs: Sequence[str], names: Sequence[str] | None = None) -> li
     if len(widths) != 1:
         raise ValueError(f"runs have different max_len {sorted(widths)}; evaluate them apart.")
     names = list(names) if names is not None else run_names(configs, run_dirs)
-    keys = [(n, int(c.get("seed", 0))) for n, c in zip(names, configs)]
-    if len(names) != len(run_dirs) or len(set(keys)) != len(keys):
+    repeated = {n for n in names if names.count(n) > 1}
+    if len(names) != len(run_dirs) or not all(
+        _seeds_of_one_model([c for c, m in zip(configs, names) if m == n]) for n in repeated
+    ):
         raise ValueError(
-            f"names {names} must be one per run dir, and runs that share a name must "
-            "have different seeds (they are that model's pretraining seeds)."
+            f"names {names} must be unique, one per run dir (a name repeats only across "
+            "runs that differ in their seed alone: that model's pretraining seeds)."
         )
     return [Run(d, c, n) for d, c, n in zip(run_dirs, configs, names)]
 
@@ -192,6 +201,76 @@ def _context(
     )
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Evaluation:
+    """What `evaluate_records` probed: every contender's records, on ``ctx``."""
+
+    records: list[Record]
+    ctx: ProbeContext
+    clock: StageClock
+
+
+def evaluate_records(
+    run_dirs: Sequence[str],
+    out_dir: str | None,
+    *,
+    label_fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: int | Sequence[int] = 3,
+    tasks: Sequence[str] | None = None,
+    include_floors: bool = True,
+    names: Sequence[str] | None = None,
+    settings: EvalSettings = EvalSettings(),
+    protocol: Protocol = Protocol(),
+    cache: bool = True,
+    timings: list | None = None,
+    workers: int | None = None,
+) -> Evaluation:
+    """Probes trained runs (and the floors) on every task; the records, not a report.
+
+    Arguments as `evaluate_runs`'s.
+    """
+    runs_ = read_runs(run_dirs, names)
+    workers = workers or min(4, os.cpu_count() or 1)
+    clock = StageClock(timings)
+    with clock("load data"):
+        data = load_eval_data(
+            runs_[0].config["artifact_dir"],
+            width=int(runs_[0].config["max_len"]),
+            tasks=tasks,
+            liked_threshold=settings.liked_threshold,
+        )
+        data_fp = data_fingerprint(data)
+    task_names = tuple(data.labels)
+    train_users = runs_[0].config.get("train_users", "train")
+    ctx = _context(data, protocol, settings, train_users, task_names)
+    cache_dir = os.path.join(out_dir, CACHE_DIR) if (cache and out_dir) else None
+    plan = EvalPlan(
+        ctx=ctx,
+        fractions=tuple(float(f) for f in label_fractions),
+        seeds=tuple(_seed_list(seeds)),
+        tasks=task_names,
+        cache_dir=cache_dir,
+        fingerprint=dict(data_fp, train_users=train_users),
+        clock=clock,
+    )
+    kw = dict(cache_dir=cache_dir, settings=settings, clock=clock)
+    jobs = [
+        (run_contender(run, data, ctx.population, data_fp=data_fp, **kw), run.row_fields())
+        for run in runs_
+    ]
+    if include_floors:
+        dim = int(runs_[0].config["encoder"]["dim"])
+        rows = floors.fit_rows(ctx.population, train_users)
+        extra = floors.history_floors(ctx.history, ctx.num_items, rows, dim=dim, settings=settings,
+                                      clock=clock)  # fmt: skip
+        extra += floors.untrained_floors(
+            data, ctx.population, [r.config for r in runs_], [r.name for r in runs_],
+            data_fp=data_fp, **kw,
+        )  # fmt: skip
+        jobs += [(contender, None) for contender in extra]
+    return Evaluation(_probe_all(plan, jobs, workers), ctx, clock)
+
+
 def evaluate_runs(
     run_dirs: Sequence[str],
     out_dir: str | None,
@@ -242,51 +321,17 @@ def evaluate_runs(
         task, metric, fraction, seed); rows of runs also carry ``run_dir``,
         ``model_type``, ``batch_size``, ``epochs``, ``steps_per_epoch``.
     """
-    runs_ = read_runs(run_dirs, names)
-    workers = workers or min(4, os.cpu_count() or 1)
-    clock = StageClock(timings)
-    with clock("load data"):
-        data = load_eval_data(
-            runs_[0].config["artifact_dir"],
-            width=int(runs_[0].config["max_len"]),
-            tasks=tasks,
-            liked_threshold=settings.liked_threshold,
-        )
-        data_fp = data_fingerprint(data)
-    task_names = tuple(data.labels)
-    train_users = runs_[0].config.get("train_users", "train")
-    ctx = _context(data, protocol, settings, train_users, task_names)
-    cache_dir = os.path.join(out_dir, CACHE_DIR) if (cache and out_dir) else None
-    plan = EvalPlan(
-        ctx=ctx,
-        fractions=tuple(float(f) for f in label_fractions),
-        seeds=tuple(_seed_list(seeds)),
-        tasks=task_names,
-        cache_dir=cache_dir,
-        fingerprint=dict(data_fp, train_users=train_users),
-        clock=clock,
-    )
-    kw = dict(cache_dir=cache_dir, settings=settings, clock=clock)
-    jobs = [
-        (run_contender(run, data, ctx.population, data_fp=data_fp, **kw), run.row_fields())
-        for run in runs_
-    ]
-    if include_floors:
-        dim = int(runs_[0].config["encoder"]["dim"])
-        rows = floors.fit_rows(ctx.population, train_users)
-        extra = floors.history_floors(ctx.history, ctx.num_items, rows, dim=dim, settings=settings,
-                                      clock=clock)  # fmt: skip
-        extra += floors.untrained_floors(
-            data, ctx.population, [r.config for r in runs_], [r.name for r in runs_],
-            data_fp=data_fp, **kw,
-        )  # fmt: skip
-        jobs += [(contender, None) for contender in extra]
-    records = _probe_all(plan, jobs, workers)
-    rows = record_rows(records, settings.k)
+    evaluation = evaluate_records(
+        run_dirs, out_dir, label_fractions=label_fractions, seeds=seeds, tasks=tasks,
+        include_floors=include_floors, names=names, settings=settings, protocol=protocol,
+        cache=cache, timings=timings, workers=workers,
+    )  # fmt: skip
+    rows = record_rows(evaluation.records, settings.k)
     if write:
         write_outputs(
-            records, rows, out_dir, clock, ctx=ctx, baseline=baseline, compare=compare,
-            title=title, bootstrap_resamples=bootstrap_resamples,
+            evaluation.records, rows, out_dir, evaluation.clock, ctx=evaluation.ctx,
+            baseline=baseline, compare=compare, title=title,
+            bootstrap_resamples=bootstrap_resamples,
         )  # fmt: skip
     return rows
 
@@ -316,7 +361,8 @@ def _probe_all(plan: EvalPlan, jobs, workers: int) -> list[Record]:
 
 def _probe_job(plan: EvalPlan, contender: Contender, extra) -> tuple[list[Record], list]:
     """One worker's job: the contender's records and the times of its stages."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # A spawned process starts without the parent's logging set-up: progress lines too.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
         records = probe_records(plan, contender, extra=extra)
     return records, plan.clock.records

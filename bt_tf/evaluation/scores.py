@@ -47,21 +47,14 @@ def _columns(records, population: Population, k: int) -> dict[str, np.ndarray]:
     for r in records:
         n = len(r.units)
         arrays = r.units.arrays()
-        fold = np.empty(n, dtype=np.int64)
-        start = 0
-        for f in r.fits:
-            count = f["n_scored"]
-            fold[start : start + count] = f["fold"]
-            start += count
         for name, value in (("model", r.model), ("task", r.task)):
             cols[name].append(np.full(n, value, dtype=object))
         for name, value in (("pretrain_seed", r.pretrain_seed), ("seed", r.seed)):
             cols[name].append(np.full(n, value, dtype=np.int64))
         cols["fraction"].append(np.full(n, r.fraction, dtype=np.float64))
-        cols["fold"].append(fold)
         cols["user_id"].append(population.user_ids[arrays["user"]])
         cols["split"].append(population.split_of[arrays["user"]])
-        for name in ("item", "label", "pred", "score", "rank"):
+        for name in ("fold", "item", "label", "pred", "score", "rank"):
             cols[name].append(arrays[name])
         for name, values in _contributions(r.task, r.units, k).items():
             cols[name].append(values)
@@ -128,6 +121,7 @@ def analyse(
     *,
     baseline: str = "de",
     claim_model: str = "bt",
+    claim_fractions: Sequence[float] = intervals.CLAIM_FRACTIONS,
     n_resamples: int = intervals.DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> dict:
@@ -136,7 +130,7 @@ def analyse(
 
     Comparisons: every model against ``baseline``, every learned model against every
     floor. The claim: ``claim_model`` / ``baseline`` on each task of
-    `tasks.CLAIM_METRICS`, the mean over `intervals.CLAIM_FRACTIONS`.
+    `tasks.CLAIM_METRICS`, the mean over ``claim_fractions`` (those evaluated).
     """
     by_task = collections.defaultdict(list)
     for r in records:
@@ -149,7 +143,7 @@ def analyse(
         pairs += [(m, f) for m in models if not is_floor(m) for f in models if is_floor(f)]
         claim = None
         if task in CLAIM_METRICS and {claim_model, baseline} <= set(models):
-            claim = (CLAIM_METRICS[task], claim_model, baseline, intervals.CLAIM_FRACTIONS)
+            claim = (CLAIM_METRICS[task], claim_model, baseline, tuple(claim_fractions))
         res = intervals.task_intervals(
             {key: cell for key, (cell, _) in cells.items()}, n_users, pairs, claim=claim,
             n_resamples=n_resamples, seed=seed,
@@ -162,7 +156,7 @@ def analyse(
         out["comparisons"] += [dict(task=task, **c.to_dict()) for c in res["comparisons"]]
         if res["claim"] is not None:
             ratio, ci = res["claim"]
-            fractions = sorted({f for (m, f, _) in cells if f in intervals.CLAIM_FRACTIONS})
+            fractions = sorted({f for (m, f, _) in cells if f in claim[3]})
             claim_tasks.append(dict(
                 task=task, metric=claim[0], ratio=ratio, ci95=list(ci),
                 verdict=intervals.task_verdict(ratio, ci), fractions=fractions,
@@ -177,7 +171,9 @@ def _cells(task: str, recs, k: int):
     """(metric, fraction, model) -> (Cell, replicates), the task's users, its models."""
     ref = recs[0].units
     for r in recs[1:]:
-        if not (np.array_equal(r.units.user, ref.user) and np.array_equal(r.units.label, ref.label)):
+        if not (
+            np.array_equal(r.units.user, ref.user) and np.array_equal(r.units.label, ref.label)
+        ):
             raise ValueError(
                 f"{task}: {r.model} fraction={r.fraction} seed={r.seed} was scored on other "
                 "users than the other models; they must share the evaluated users."
@@ -193,7 +189,11 @@ def _cells(task: str, recs, k: int):
             kind = intervals.metric_kind(task, metric)
             values = [unit_values(task, metric, r.units, k) for r in group]
             cell = intervals.Cell(
-                kind, np.stack([v for v, _ in values]), unit_user.reshape(-1), values[0][1]
+                kind,
+                np.stack([v for v, _ in values]),
+                unit_user.reshape(-1),
+                values[0][1],
+                group=ref.column("fold"),
             )
             cells[(metric, fraction, model)] = (cell, len(group))
     models = sorted({m for (_, m) in groups})
@@ -209,6 +209,7 @@ def _prior_shares(records) -> list[dict]:
     return [
         dict(task=t, fraction=f, model=m, share=float(np.mean(v)), fits=len(v))
         for (t, f, m), v in sorted(fits.items())
+        if v
     ]
 
 
@@ -219,8 +220,6 @@ def _claim_block(tasks: Sequence[Mapping[str, Any]], model: str, baseline: str) 
         "fractions": fractions,
         "model": model,
         "baseline": baseline,
-        "tasks": [
-            {k: t[k] for k in ("task", "metric", "ratio", "ci95", "verdict")} for t in tasks
-        ],
+        "tasks": [{k: t[k] for k in ("task", "metric", "ratio", "ci95", "verdict")} for t in tasks],
         "verdict": intervals.claim_verdict([t["verdict"] for t in tasks]),
     }

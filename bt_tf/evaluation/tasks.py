@@ -76,6 +76,7 @@ DEFAULT_TASKS = (NEXT_ITEM, FAVORITE_GENRE, LIKED_ITEM)  # + every attr_<name> o
 CLAIM_METRICS = {NEXT_ITEM: "ndcg@10", FAVORITE_GENRE: "balanced_accuracy", LIKED_ITEM: "auc"}
 
 _SELECTION_STREAM = 7  # seeds the inner folds apart from the label sample
+_INT_FIELDS = ("item", "pred", "fold")  # `Units` fields whose missing value is -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,8 @@ class Units:
     ``user`` population rows; ``item`` the pair's item (-1: none); ``label``
     the truth (class, next item, liked 0/1); ``pred`` the predicted class (-1:
     none); ``score`` the liked logit (NaN: none); ``rank`` the next item's
-    1-based full-catalog rank (inf: a miss; NaN: none).
+    1-based full-catalog rank (inf: a miss; NaN: none); ``fold`` the fold whose
+    probe scored it (-1: not set).
     """
 
     user: np.ndarray
@@ -94,8 +96,9 @@ class Units:
     pred: np.ndarray | None = None
     score: np.ndarray | None = None
     rank: np.ndarray | None = None
+    fold: np.ndarray | None = None
 
-    FIELDS = ("user", "item", "label", "pred", "score", "rank")
+    FIELDS = ("user", "item", "label", "pred", "score", "rank", "fold")
 
     def __len__(self) -> int:
         return int(self.user.size)
@@ -105,7 +108,7 @@ class Units:
         value = getattr(self, name)
         if value is not None:
             return value
-        fill = -1 if name in ("item", "pred") else np.nan
+        fill = -1 if name in _INT_FIELDS else np.nan
         return np.full(len(self), fill, dtype=np.int64 if fill == -1 else np.float64)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -130,7 +133,7 @@ class Units:
         out = {}
         for name in Units.FIELDS:
             a = np.asarray(arrays[name])
-            missing = (a == -1) if name in ("item", "pred") else np.isnan(a)
+            missing = (a == -1) if name in _INT_FIELDS else np.isnan(a)
             out[name] = None if name not in ("user", "label") and missing.all() else a
         return Units(**out)
 
@@ -240,8 +243,13 @@ class ClassificationTask(Task):
             seed=_selection_seed(seed, fold),
             strata=y[labelled],
         )
-        units = Units(user=scored, label=y[scored], pred=fit.predict(x[scored]))
-        return units, _fit_info(fold, labelled, selection)
+        pred = fit.predict(x[scored])
+        info = _fit_info(fold, labelled, selection)
+        # A probe whose every prediction is the labelled users' majority class acts as
+        # the prior predictor, whichever candidate won (a strong penalty can leave W ~ 0).
+        majority = family.fit(labelled, PRIOR, fit.classes).predict(x[scored[:1]])
+        info["prior_selected"] = bool(selection.prior_selected or np.all(pred == majority[0]))
+        return Units(user=scored, label=y[scored], pred=pred), info
 
     def metric_values(self, units, k):
         return {
@@ -418,8 +426,19 @@ class LikedItemTask(Task):
     def metric_values(self, units, k):
         return {
             "accuracy": metrics.accuracy(units.label, (units.score > 0).astype(np.int64)),
-            "auc": metrics.roc_auc(units.label, units.score),
+            "auc": fold_auc(units),
         }
+
+
+def fold_auc(units: Units) -> float:
+    """The mean over folds of the AUC of each fold's pairs: every fold's probe scores
+    on its own scale (a prior predictor is a constant per fold), so scores of two folds
+    are never ranked against each other. NaN without a fold holding both classes."""
+    fold = units.column("fold")
+    values = [metrics.roc_auc(units.label[fold == f], units.score[fold == f])
+              for f in np.unique(fold)]  # fmt: skip
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 TASKS: dict[str, Task] = {
@@ -445,6 +464,7 @@ def probe_contender(
     parts, fits = [], []
     for fold in ctx.folds:
         units, info = t.score_fold(ctx, contender, fold, fraction, seed)
+        units = dataclasses.replace(units, fold=np.full(len(units), fold.index, np.int64))
         parts.append(units)
         fits.append(dict(info, n_scored=len(units)))
     return Units.concat(parts), fits
