@@ -212,6 +212,7 @@ def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data)
     assert again == metrics
 
 
+@pytest.mark.slow  # ~45 s: a subprocess killed mid-run, then resumed
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     data_flags = [f"--data_output_dir={tmp_path / 'data'}", *TINY_FLAGS, "--epochs=4", "--no-probe"]
     whole = _run([*data_flags, f"--output_dir={tmp_path / 'whole'}", "--no-export"])

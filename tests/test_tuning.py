@@ -324,6 +324,7 @@ def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path):
     assert json.loads(parent_metrics.read_text())["epochs_completed"] == 1
 
 
+@pytest.mark.slow  # ~45 s: a subprocess killed mid-run, then resumed
 def test_killed_search_resumes_without_rerunning_finished_trials(data_dir, tmp_path):
     out = tmp_path / "search"
     # 40 steps per epoch so the kill lands inside trial 1's second epoch.
