@@ -133,7 +133,8 @@ def compare(configs, output_dir: str, args: argparse.Namespace, *, users: Sequen
     names = list(dict.fromkeys(n for n, _ in configs))
     out = {"fractions": list(args.label_fractions), "users": list(users), "variants": {}}
     for name in names[1:]:
-        analysis = scores.analyse(records, 10, baseline=BASE, claim_model=name,
+        pair = [r for r in records if r.model in (BASE, name)]  # the bootstrap of these two only
+        analysis = scores.analyse(pair, 10, baseline=BASE, claim_model=name,
                                   claim_fractions=args.label_fractions,
                                   n_resamples=args.bootstrap_resamples)  # fmt: skip
         claim = analysis["claim"] or {"tasks": []}

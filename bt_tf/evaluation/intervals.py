@@ -70,6 +70,13 @@ class Cell:
     unit_user: np.ndarray
     labels: np.ndarray | None = None
     group: np.ndarray | None = None
+    # What every resample reuses (one-hot labels, score orders), made on first use.
+    _prepared: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def prepared(self, name: str, make):
+        if name not in self._prepared:
+            self._prepared[name] = make()
+        return self._prepared[name]
 
 
 def _weights(idx: np.ndarray, n: int) -> np.ndarray:
@@ -92,13 +99,17 @@ def _statistic(cell: Cell, w: np.ndarray) -> np.ndarray:
 
 
 def _balanced(cell: Cell, wu: np.ndarray) -> np.ndarray:
-    classes, y = np.unique(cell.labels, return_inverse=True)
-    onehot = np.zeros((y.size, classes.size))
-    onehot[np.arange(y.size), y] = 1.0
+    def make():
+        classes, y = np.unique(cell.labels, return_inverse=True)
+        onehot = np.zeros((y.size, classes.size))
+        onehot[np.arange(y.size), y.reshape(-1)] = 1.0
+        hits = (cell.values[:, :, None] * onehot[None]).transpose(1, 0, 2).reshape(y.size, -1)
+        return onehot, hits
+
+    onehot, hits = cell.prepared("balanced", make)
     den = wu @ onehot  # [B, C]
-    r = cell.values.shape[0]
-    hits = (cell.values[:, :, None] * onehot[None]).transpose(1, 0, 2).reshape(y.size, -1)
-    num = (wu @ hits).reshape(-1, r, classes.size)  # [B, R, C]
+    r, c = cell.values.shape[0], onehot.shape[1]
+    num = (wu @ hits).reshape(-1, r, c)  # [B, R, C]
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = num / den[:, None, :]
     recall[np.broadcast_to(den[:, None, :] == 0, recall.shape)] = np.nan
@@ -108,31 +119,40 @@ def _balanced(cell: Cell, wu: np.ndarray) -> np.ndarray:
 def _auc(cell: Cell, wu: np.ndarray) -> np.ndarray:
     """Weighted ROC AUC (ties count 1/2) per row of ``wu``: the mean over groups of
     each group's AUC, averaged over replicates."""
-    group = np.zeros(cell.labels.size, np.int64) if cell.group is None else cell.group
-    per_group = [
-        _group_auc(cell.labels[group == g], cell.values[:, group == g], wu[:, group == g])
-        for g in np.unique(group)
-    ]
+
+    def make():
+        group = np.zeros(cell.labels.size, np.int64) if cell.group is None else cell.group
+        out = []
+        for g in np.unique(group):
+            rows = np.flatnonzero(group == g)
+            pos = cell.labels[rows].astype(bool)
+            # Per replicate: a [units, distinct scores] indicator in ascending score order.
+            orders = []
+            for scores in cell.values[:, rows]:
+                uniq, inverse = np.unique(scores, return_inverse=True)
+                orders.append(scipy.sparse.csc_matrix(
+                    (np.ones(rows.size), (np.arange(rows.size), inverse.reshape(-1))),
+                    shape=(rows.size, uniq.size),
+                ))  # fmt: skip
+            out.append((rows, pos, orders))
+        return out
+
+    per_group = [_group_auc(wu[:, rows], pos, orders)
+                 for rows, pos, orders in cell.prepared("auc", make)]  # fmt: skip
     return np.nanmean(np.stack(per_group), axis=0)
 
 
-def _group_auc(labels: np.ndarray, values: np.ndarray, wu: np.ndarray) -> np.ndarray:
-    pos = labels.astype(bool)
+def _group_auc(wu: np.ndarray, pos: np.ndarray, orders) -> np.ndarray:
     wpos, wneg = wu * pos, wu * ~pos
     tot = wpos.sum(axis=1) * wneg.sum(axis=1)
     out = np.zeros(wu.shape[0])
-    for scores in values:
-        uniq, group = np.unique(scores, return_inverse=True)
-        g = scipy.sparse.csr_matrix(
-            (np.ones(group.size), (np.arange(group.size), group.reshape(-1))),
-            shape=(group.size, uniq.size),
-        )
-        p = np.asarray((g.T @ wpos.T).T)  # [B, G] positive weight per score group
-        q = np.asarray((g.T @ wneg.T).T)
+    for g in orders:
+        p = np.asarray(wpos @ g)  # [B, G] positive weight per score group
+        q = np.asarray(wneg @ g)
         below = np.cumsum(q, axis=1) - q  # negative weight strictly below each group
         out += (p * (below + 0.5 * q)).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return out / values.shape[0] / np.where(tot > 0, tot, np.nan)
+        return out / len(orders) / np.where(tot > 0, tot, np.nan)
 
 
 @dataclasses.dataclass(frozen=True)
