@@ -44,7 +44,7 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
     rows = evaluate.main(
         [
             f"--runs={runs['bt']},{runs['de']}",
-            "--label_fractions=0.5",
+            "--label_fractions=0.1",
             "--seeds=2",
             "--bootstrap_resamples=200",
             f"--output_dir={out}",
@@ -71,7 +71,7 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
                     r for r in rows if (r["model"], r["task"], r["metric"]) == (model, task, metric)
                 ]
                 assert sorted((r["fraction"], r["seed"]) for r in cell) == [
-                    (0.5, 0), (0.5, 1)
+                    (0.1, 0), (0.1, 1)
                 ], (model, task, metric)  # fmt: skip
     for r in rows:
         assert math.isfinite(r["value"]) and 0.0 <= r["value"] <= 1.0, r

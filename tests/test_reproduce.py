@@ -180,7 +180,7 @@ def test_pretrain_seeds_flag():
             reproduce.parse([f"--pretrain_seeds={bad}"])
     text = " ".join(reproduce.build_parser([]).format_help().split())
     assert "--pretrain_seeds PRETRAIN_SEEDS pretraining seeds per model" in text
-    assert "<model>_seed<k> (default: 1)" in text
+    assert "<model>_seed<k> (default: 3)" in text
 
 
 def test_ablation_on_a_small_dataset_keeps_the_floor_of_steps_and_early_stopping():
