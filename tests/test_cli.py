@@ -260,3 +260,24 @@ def test_user_errors_exit_2_with_one_line_before_any_work(tmp_path):
     assert stderr.splitlines()[-1].startswith(expected["projector"])
     # Nothing was preprocessed or trained: the flags were checked first.
     assert not os.path.exists(data) and not (tmp_path / "run").exists()
+
+
+def test_preprocessing_is_quiet_unless_verbose(tmp_path):
+    """The default job's preprocessing (synthetic data, made small) prints its result on
+    stdout and no warning on stderr: no library banner, no Beam type-hint warning
+    (`test_transforms` checks the hints themselves). With --verbose the libraries speak as
+    usual."""
+    small = ["--synthetic_users=300", "--synthetic_items=100", "--num_shards=2"]
+    results = _finish(
+        {
+            "quiet": _start("pipelines.preprocess", *small, f"--output_dir={tmp_path}"),
+            "verbose": _start("pipelines.preprocess", "--verbose", "--help"),  # imports only
+        }
+    )
+    code, stdout, stderr = results["quiet"]
+    assert code == 0 and stdout.startswith("wrote "), stderr[-3000:]
+    assert not [line for line in stderr.splitlines() if "WARNING" in line], stderr[-3000:]
+    assert "type hint" not in stderr and "type-checking" not in stderr, stderr[-3000:]
+    code, stdout, stderr = results["verbose"]
+    assert code == 0 and stdout.startswith("usage:")
+    assert stderr, "--verbose shows what the libraries print while they are imported"
