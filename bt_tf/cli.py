@@ -21,6 +21,15 @@ Entry points (``python -m bt_tf.train``, ``bt_tf.evaluate``, ``bt_tf.export``,
     if __name__ == "__main__":
         cli.run_main(main)
 
+An entry point whose work runs in processes started with multiprocessing's
+"spawn" (the evaluation's probe workers: ``bt_tf.evaluate``, ``bt_tf.reproduce``,
+``tuning.compare``) tests ``__name__ in cli.MAIN_NAMES``
+at the top and ends with ``elif __name__ == cli.SPAWNED_MAIN: cli.end_startup()``:
+such a child imports the parent's ``__main__`` module again, under the name
+``__mp_main__`` and with the parent's ``sys.argv``, so it is as quiet as its
+parent while TensorFlow is imported, and its own log lines show from
+`end_startup` on.
+
 What that gives the user:
 
 - **Quiet start-up.** `startup` holds back what TensorFlow, absl and Beam print
@@ -56,6 +65,8 @@ from typing import Any, NoReturn
 from bt_tf.errors import UserError
 
 VERBOSE = "--verbose"
+SPAWNED_MAIN = "__mp_main__"  # the main module's name in a multiprocessing "spawn" child
+MAIN_NAMES = ("__main__", SPAWNED_MAIN)
 # Start-up messages of libraries that are noise for a user (Python logging records).
 _NOISE = ("apitools not found",)
 # Python loggers lowered without --verbose: name -> level.
@@ -116,8 +127,12 @@ def _release(replay: bool = False) -> None:
     held.close()
 
 
-def _end_startup() -> None:
-    """Ends the quiet start-up: the CUDA probes (logged on first device use) happen inside it."""
+def end_startup() -> None:
+    """Ends the quiet start-up: the CUDA probes (logged on first device use) happen inside it.
+
+    `run_main` calls it; a spawned child, which never reaches `run_main`, calls it at
+    the end of its re-import of the entry module (see the module doc).
+    """
     if _held is None:
         return
     tf = sys.modules.get("tensorflow")
@@ -148,7 +163,7 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
     """Runs ``main(argv)`` and exits: 0 (or main's int), 2 on a user error, 130 on Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = is_verbose(argv)
-    _end_startup()
+    end_startup()
     try:
         result = main(argv)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -281,3 +282,49 @@ def test_preprocessing_is_quiet_unless_verbose(tmp_path):
     code, stdout, stderr = results["verbose"]
     assert code == 0 and stdout.startswith("usage:")
     assert stderr, "--verbose shows what the libraries print while they are imported"
+
+
+def test_spawned_workers_start_as_quietly_as_their_parent(tmp_path):
+    """A "spawn" child imports its parent's main module again (as ``__mp_main__``, with
+    its argv): an entry point that starts such workers is quiet in them too, and the
+    workers' own log lines show (`bt_tf.evaluate`'s probe workers)."""
+    (tmp_path / "spawner.py").write_text(
+        textwrap.dedent(
+            """
+            import logging, multiprocessing, os, sys
+            from bt_tf import cli
+
+            if __name__ in cli.MAIN_NAMES:
+                cli.startup(sys.argv[1:])
+            os.write(2, b"import noise\\n")  # what TensorFlow's C++ code writes on import
+
+            def work(x):
+                logging.info("worker line %d", x)
+                return x
+
+            def main(argv):
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    print(pool.map(work, [7]))
+
+            if __name__ == "__main__":
+                cli.run_main(main)
+            elif __name__ == cli.SPAWNED_MAIN:
+                cli.end_startup()
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}")
+    done = {
+        argv: subprocess.run(
+            [sys.executable, "-m", "spawner", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        for argv in ((), ("--verbose",))
+    }
+    quiet, verbose = done[()], done[("--verbose",)]
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "[7]\n", "worker line 7\n")
+    assert verbose.returncode == 0 and verbose.stderr.count("import noise") == 2  # both
