@@ -2,7 +2,7 @@
 
 Entry points (``python -m bt_tf.train``, ``bt_tf.evaluate``, ``bt_tf.export``,
 ``bt_tf.reproduce``, ``bt_tf.embed``, ``pipelines.preprocess``,
-``tuning.search``) are written like this::
+``tuning.search``, ``tuning.compare``, ``benchmarks.*``) are written like this::
 
     import sys
 
@@ -23,12 +23,12 @@ Entry points (``python -m bt_tf.train``, ``bt_tf.evaluate``, ``bt_tf.export``,
 
 An entry point whose work runs in processes started with multiprocessing's
 "spawn" (the evaluation's probe workers: ``bt_tf.evaluate``, ``bt_tf.reproduce``,
-``tuning.compare``) tests ``__name__ in cli.MAIN_NAMES``
-at the top and ends with ``elif __name__ == cli.SPAWNED_MAIN: cli.end_startup()``:
-such a child imports the parent's ``__main__`` module again, under the name
-``__mp_main__`` and with the parent's ``sys.argv``, so it is as quiet as its
-parent while TensorFlow is imported, and its own log lines show from
-`end_startup` on.
+``tuning.compare``, ``benchmarks.evaluate``) starts with ``if __name__ in
+cli.MAIN_NAMES:`` and ends with ``elif __name__ == cli.SPAWNED_MAIN:
+cli.end_startup()``. Such a child imports the parent's ``__main__`` module
+again, under the name ``__mp_main__`` and with the parent's ``sys.argv``: it is
+as quiet as its parent while TensorFlow is imported, and its own log lines
+show from `end_startup` on.
 
 What that gives the user:
 
@@ -141,16 +141,9 @@ def end_startup() -> None:
     _release()
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """The exception types that are a user's mistake, not a bug (of the modules loaded)."""
-    types: list[type[BaseException]] = [UserError, FileNotFoundError, NotADirectoryError]
-    for module, names in (
-        ("pipelines.preprocess", ("BadRecordsError", "KCoreNotConvergedError")),
-        ("pipelines.download", ("ChecksumError", "UnsafeArchiveError")),
-    ):
-        loaded = sys.modules.get(module)
-        types += [getattr(loaded, n) for n in names if loaded is not None and hasattr(loaded, n)]
-    return tuple(types)
+# The exception types that are a user's mistake, not a bug. The pipelines' own
+# (too many bad records, a k-core that did not converge, a bad download) are UserErrors.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError)
 
 
 def error_line(err: BaseException) -> str:
@@ -171,7 +164,7 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
             traceback.print_exc()
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except user_error_types() as err:
+    except USER_ERRORS as err:
         if verbose:
             traceback.print_exc()
         print(error_line(err), file=sys.stderr, flush=True)

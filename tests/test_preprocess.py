@@ -20,10 +20,11 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from bt_tf import features as F
+from bt_tf.errors import UserError
 from pipelines import blocks, columnar, inputs, sources, synthetic, textio
 from pipelines.config import PreprocessConfig, add_flags, config_from_flags
 from pipelines.metadata import BadRecordsError
-from pipelines.preprocess import local_runner, pipeline_options, preprocess
+from pipelines.preprocess import local_runner, make_runner, pipeline_options, preprocess
 from tests import rawdata
 
 TINY = synthetic.SyntheticConfig(num_users=160, num_items=120, mean_len=30, max_len_seq=60)
@@ -554,6 +555,17 @@ def test_pipeline_options_name_the_direct_runner_unless_given_one(caplog):
         with beam.Pipeline(runner=local_runner(default), options=default) as p:
             assert_that(p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * x), equal_to([1, 4, 9]))
     assert "prism" not in caplog.text.lower()
+
+
+def test_bad_beam_options_and_runners_are_user_errors(capsys):
+    """Beam's own parser prints its whole usage and exits; an unknown runner raises a
+    ValueError: both become one `UserError` before any work."""
+    with pytest.raises(UserError, match=r"^Beam pipeline option: argument --direct_num_workers: "):
+        pipeline_options(["--direct_num_workers=abc"])
+    assert "usage:" not in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"^--runner=NoSuchRunner: Unexpected pipeline runner"):
+        make_runner(pipeline_options(["--runner=NoSuchRunner"]))
+    assert make_runner(pipeline_options()) is not None
 
 
 def test_ml20m_and_yelp_raw_formats(tmp_path):
