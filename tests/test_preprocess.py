@@ -166,6 +166,34 @@ def test_output_does_not_depend_on_how_users_are_bucketed(synthetic_run, tmp_pat
         assert mismatch == [] and errors == []
 
 
+# The DirectRunner's multi-process mode: its SDK workers are separate processes, each
+# running bundles of every step (docs/DATA.md, "Beam runners").
+MULTI_PROCESS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: the SDK worker processes import TensorFlow
+def test_multi_process_runner_writes_the_same_bytes_as_in_process(tmp_path, capsys):
+    """Every artifact file, byte for byte: the Examples, schema, vocabularies, and
+    metadata.json (which records no runner setting: Beam options are not in the version)."""
+    config = _config(tmp_path / "in", dataset="synthetic", synthetic=TINY, max_len=25)
+    runs, seconds = {}, {}
+    for name, beam_args in (("in process", ()), ("2 processes", MULTI_PROCESS)):
+        start = time.perf_counter()
+        out = str(tmp_path / name.replace(" ", "_"))
+        runs[name] = preprocess(dataclasses.replace(config, output_dir=out, beam_args=beam_args))
+        seconds[name] = time.perf_counter() - start
+    with capsys.disabled():
+        print(f"\npreprocess wall time: {seconds}")
+    first, second = runs.values()
+    assert os.path.basename(first) == os.path.basename(second)
+    files = _all_files(first)
+    assert files == _all_files(second)
+    assert {"metadata.json", "schema.pbtxt", "vocab/items.txt", "vocab/genres.txt"} <= set(files)
+    assert sum(f.endswith(".tfrecord.gz") for f in files) == 2 * len(F.SPLITS)
+    _, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
 def test_existing_version_is_reused_not_rewritten(synthetic_run):
     config, root = synthetic_run
     before = os.stat(os.path.join(root, "metadata.json")).st_mtime_ns
