@@ -324,9 +324,12 @@ def test_pipeline_and_tuning_user_errors_are_one_line(tmp_path):
     assert not os.path.exists(f"{data}/compare")  # every recipe is checked before the data
 
 
-@pytest.mark.slow  # five TensorFlow start-ups (~30 s on 2 cores)
-def test_benchmark_user_errors_are_one_line(tmp_path):
+@pytest.mark.slow  # seven TensorFlow start-ups (~45 s on 2 cores)
+def test_export_embed_and_benchmark_user_errors_are_one_line(tmp_path):
+    no_run = f"--run_dir={tmp_path}/no_run"
     cases = {
+        "bt_tf.export": (no_run,),
+        "bt_tf.embed": (no_run, f"--output_dir={tmp_path}/embeddings"),
         "benchmarks.evaluate": ("--seeds=many", f"--work_dir={tmp_path}/bench"),
         "benchmarks.input_throughput": (f"--artifact_dir={tmp_path}/none",),
         "benchmarks.preprocess": ("--mean_len=long", f"--work_dir={tmp_path}/bench"),
@@ -337,6 +340,8 @@ def test_benchmark_user_errors_are_one_line(tmp_path):
     _assert_one_error_line(
         results,
         {
+            "bt_tf.export": f"error: No config.json in '{tmp_path}/no_run'",
+            "bt_tf.embed": f"error: No config.json in '{tmp_path}/no_run'",
             "benchmarks.evaluate": "error: argument --seeds: invalid int value: 'many'",
             "benchmarks.input_throughput": f"error: No metadata.json in '{tmp_path}/none'",
             "benchmarks.preprocess": "error: argument --mean_len: invalid float value: 'long'",
@@ -345,6 +350,7 @@ def test_benchmark_user_errors_are_one_line(tmp_path):
         },
     )
     assert not (tmp_path / "bench").exists()  # the flags are checked before any data is made
+    assert not (tmp_path / "embeddings").exists()
 
 
 def test_preprocessing_is_quiet_unless_verbose(tmp_path):
