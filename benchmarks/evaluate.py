@@ -25,6 +25,13 @@ CPU time does not. Target: <= 5 minutes on 2 cores.
 
 from __future__ import annotations
 
+import sys
+
+from bt_tf import cli
+
+if __name__ in cli.MAIN_NAMES:  # also a spawned probe worker's import of this module
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import argparse
 import logging
 import os
@@ -99,7 +106,7 @@ def print_table(records: list[dict], title: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("benchmarks.evaluate", description=cli.summary(__doc__))
     parser.add_argument("--work_dir", default="/tmp/bt_bench_evaluate")
     parser.add_argument("--num_users", type=int, default=6000)
     parser.add_argument("--num_items", type=int, default=3500)
@@ -118,7 +125,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--keep", action="store_true", help="keep data, run and report")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
 
     data_config = ml1m_like(args)
     start = time.perf_counter()
@@ -192,4 +199,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)
+elif __name__ == cli.SPAWNED_MAIN:
+    cli.end_startup()  # a probe worker: its log lines show

@@ -22,7 +22,13 @@ maps keep every core busy).
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import time
 
 import bt_tf  # noqa: F401  (One Keras: before tensorflow)
@@ -53,7 +59,7 @@ def measure(ds, warmup_batches: int, batches: int) -> tuple[float, int]:
 
 # long: a benchmark script: flags, one measurement per variant, the table
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("benchmarks.input_throughput", description=cli.summary(__doc__))
     parser.add_argument("--artifact_dir", default=None, help="skip generation, use these")
     parser.add_argument("--output_dir", default="/tmp/bt_bench_data")
     parser.add_argument("--num_users", type=int, default=10_000)
@@ -134,4 +140,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

@@ -17,7 +17,13 @@ Targets on 2 cores: at most 5 minutes and at most 4 GB.
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import os
 import shutil
 import threading
@@ -128,7 +134,7 @@ def _pyarrow_parse(path: str) -> tuple[int, float]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("benchmarks.preprocess", description=cli.summary(__doc__))
     parser.add_argument("--work_dir", default="/tmp/bt_bench_ml20m")
     parser.add_argument("--num_users", type=int, default=138_493)
     parser.add_argument("--num_items", type=int, default=27_278)
@@ -166,4 +172,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

@@ -18,14 +18,13 @@ intervals, and the BT / DE ratio under each probe.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 
 from bt_tf import cli
 
 if __name__ == "__main__":
-    cli.startup(sys.argv[1:])
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
 
 import numpy as np
 
@@ -70,7 +69,7 @@ def sklearn_probe(
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("benchmarks.probe_agreement", description=cli.summary(__doc__))
     parser.add_argument("--runs", required=True, help="comma-separated run dirs (bt,de)")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, default=3)
@@ -133,4 +132,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

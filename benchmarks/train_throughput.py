@@ -34,7 +34,13 @@ added up to half again to the timed seconds, at random.
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+from bt_tf import cli
+
+if __name__ == "__main__":
+    cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
+
 import time
 
 import numpy as np
@@ -272,7 +278,7 @@ def full_lengths(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("benchmarks.train_throughput", description=cli.summary(__doc__))
     parser.add_argument("--lengths", default="full", choices=("full", *LENGTHS))
     parser.add_argument("--output_dir", default="/tmp/bt_bench_data")
     parser.add_argument("--num_users", type=int, default=4000, help="synthetic users (full)")
@@ -299,4 +305,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

@@ -2,7 +2,7 @@
 
 Entry points (``python -m bt_tf.train``, ``bt_tf.evaluate``, ``bt_tf.export``,
 ``bt_tf.reproduce``, ``bt_tf.embed``, ``pipelines.preprocess``,
-``tuning.search``) are written like this::
+``tuning.search``, ``tuning.compare``, ``benchmarks.*``) are written like this::
 
     import sys
 
@@ -20,6 +20,15 @@ Entry points (``python -m bt_tf.train``, ``bt_tf.evaluate``, ``bt_tf.export``,
 
     if __name__ == "__main__":
         cli.run_main(main)
+
+An entry point whose work runs in processes started with multiprocessing's
+"spawn" (the evaluation's probe workers: ``bt_tf.evaluate``, ``bt_tf.reproduce``,
+``tuning.compare``, ``benchmarks.evaluate``) starts with ``if __name__ in
+cli.MAIN_NAMES:`` and ends with ``elif __name__ == cli.SPAWNED_MAIN:
+cli.end_startup()``. Such a child imports the parent's ``__main__`` module
+again, under the name ``__mp_main__`` and with the parent's ``sys.argv``: it is
+as quiet as its parent while TensorFlow is imported, and its own log lines
+show from `end_startup` on.
 
 What that gives the user:
 
@@ -56,6 +65,8 @@ from typing import Any, NoReturn
 from bt_tf.errors import UserError
 
 VERBOSE = "--verbose"
+SPAWNED_MAIN = "__mp_main__"  # the main module's name in a multiprocessing "spawn" child
+MAIN_NAMES = ("__main__", SPAWNED_MAIN)
 # Start-up messages of libraries that are noise for a user (Python logging records).
 _NOISE = ("apitools not found",)
 # Python loggers lowered without --verbose: name -> level.
@@ -116,8 +127,12 @@ def _release(replay: bool = False) -> None:
     held.close()
 
 
-def _end_startup() -> None:
-    """Ends the quiet start-up: the CUDA probes (logged on first device use) happen inside it."""
+def end_startup() -> None:
+    """Ends the quiet start-up: the CUDA probes (logged on first device use) happen inside it.
+
+    `run_main` calls it; a spawned child, which never reaches `run_main`, calls it at
+    the end of its re-import of the entry module (see the module doc).
+    """
     if _held is None:
         return
     tf = sys.modules.get("tensorflow")
@@ -126,16 +141,9 @@ def _end_startup() -> None:
     _release()
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """The exception types that are a user's mistake, not a bug (of the modules loaded)."""
-    types: list[type[BaseException]] = [UserError, FileNotFoundError, NotADirectoryError]
-    for module, names in (
-        ("pipelines.preprocess", ("BadRecordsError", "KCoreNotConvergedError")),
-        ("pipelines.download", ("ChecksumError", "UnsafeArchiveError")),
-    ):
-        loaded = sys.modules.get(module)
-        types += [getattr(loaded, n) for n in names if loaded is not None and hasattr(loaded, n)]
-    return tuple(types)
+# The exception types that are a user's mistake, not a bug. The pipelines' own
+# (too many bad records, a k-core that did not converge, a bad download) are UserErrors.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError)
 
 
 def error_line(err: BaseException) -> str:
@@ -148,7 +156,7 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
     """Runs ``main(argv)`` and exits: 0 (or main's int), 2 on a user error, 130 on Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = is_verbose(argv)
-    _end_startup()
+    end_startup()
     try:
         result = main(argv)
     except KeyboardInterrupt:
@@ -156,7 +164,7 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
             traceback.print_exc()
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except user_error_types() as err:
+    except USER_ERRORS as err:
         if verbose:
             traceback.print_exc()
         print(error_line(err), file=sys.stderr, flush=True)

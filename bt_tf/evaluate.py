@@ -88,7 +88,7 @@ import sys
 
 from bt_tf import cli
 
-if __name__ == "__main__":
+if __name__ in cli.MAIN_NAMES:  # also a spawned probe worker's import of this module
     cli.startup(sys.argv[1:])  # before TensorFlow is imported: quiet unless --verbose
 
 import argparse
@@ -318,3 +318,5 @@ def _recommender(run_dirs: list[str], out_dir: str, seed: int) -> list[dict]:
 
 if __name__ == "__main__":
     cli.run_main(main)
+elif __name__ == cli.SPAWNED_MAIN:
+    cli.end_startup()  # a probe worker: its log lines show

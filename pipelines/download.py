@@ -32,6 +32,8 @@ import stat
 import tempfile
 import zipfile
 
+from bt_tf.errors import UserError
+
 __all__ = [
     "COMPLETE_MARKER",
     "DEFAULT_CACHE_DIR",
@@ -64,11 +66,11 @@ COMPLETE_MARKER = ".bt_tf_complete"
 _RATINGS_FILES = ("ratings.dat", "ratings.csv", "u.data")
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError):
     """A downloaded archive does not have the expected SHA-256 digest."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError):
     """A zip member would be written outside the extraction directory."""
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from bt_tf import features as F
+from bt_tf.errors import UserError
 from pipelines.config import PreprocessConfig
 from pipelines.examples import TOO_SHORT
 from pipelines.inputs import fingerprint, item_feature_name
@@ -58,11 +59,11 @@ def schema_for(attributes: Iterable[str]):
     return schema
 
 
-class BadRecordsError(RuntimeError):
+class BadRecordsError(UserError):
     """More unparsable input lines than --max_bad_fraction allows."""
 
 
-class KCoreNotConvergedError(RuntimeError):
+class KCoreNotConvergedError(UserError):
     """k-core filtering needed more than --kcore_max_iterations rounds."""
 
 
@@ -71,7 +72,7 @@ def check_stats(stats: dict, config: PreprocessConfig, tmp: str) -> None:
     bad = sum(stats["bad_records"].values())
     total = sum(stats["lines"].values())
     if total == 0:
-        raise ValueError(f"no input records were read for --dataset={config.dataset}")
+        raise UserError(f"no input records were read for --dataset={config.dataset}")
     if bad / total > config.max_bad_fraction:
         where = posixpath.join(tmp, F.BAD_RECORDS_DIR)
         per_file = ", ".join(f"{f}: {n}" for f, n in sorted(stats["bad_records"].items()))

@@ -57,6 +57,8 @@ if __name__ == "__main__":
     cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -67,12 +69,14 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners import create_runner
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from google.protobuf import text_format
 
 import pipelines  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
 from bt_tf import features as F
+from bt_tf.errors import UserError
 from pipelines import textio, transforms
 from pipelines.config import (
     DATASETS,
@@ -105,6 +109,7 @@ __all__ = [
     "config_from_flags",
     "local_runner",
     "main",
+    "make_runner",
     "pipeline_options",
     "preprocess",
     "resolve_inputs",
@@ -145,11 +150,25 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, files: dict, root
 
 def pipeline_options(beam_args: Sequence[str] = ()) -> PipelineOptions:
     """Beam `PipelineOptions` from the pass-through flags; ``--runner=DirectRunner``
-    unless they name a runner."""
+    unless they name a runner.
+
+    Every option is parsed here, before any work: Beam's own parser prints its
+    whole usage and exits on a bad value (``--direct_num_workers=abc``); that
+    becomes a `UserError` with the parser's message.
+    """
     args = list(beam_args)
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
         args.insert(0, "--runner=DirectRunner")
-    return PipelineOptions(args)
+    options = PipelineOptions(args)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            options.get_all_options()
+    except SystemExit:
+        message = printed.getvalue().strip().splitlines()[-1].partition("error: ")[2]
+        raise UserError(f"Beam pipeline option: {message}") from None
+    sys.stderr.write(printed.getvalue())
+    return options
 
 
 _DIRECT_RUNNER_NAMES = ("direct", "directrunner", "switchingdirectrunner")
@@ -182,8 +201,26 @@ def local_runner(options: PipelineOptions):
     )
 
 
+def make_runner(options: PipelineOptions):
+    """The runner that `options` name: `local_runner`'s for the DirectRunner, else Beam's.
+
+    An unknown runner name, or one whose extra is not installed (Dataflow needs
+    ``apache-beam[gcp]``), is a `UserError`.
+    """
+    runner = local_runner(options)
+    if runner is not None:
+        return runner
+    name = options.view_as(StandardOptions).runner
+    try:
+        return create_runner(name)
+    except (ValueError, ImportError) as err:
+        raise UserError(f"--runner={name}: {err}") from None
+
+
 def preprocess(config: PreprocessConfig) -> str:
     """Runs the pipeline unless its version already exists; returns the artifact dir."""
+    options = pipeline_options(config.beam_args)  # bad Beam options fail before any work
+    runner = make_runner(options)
     files = resolve_inputs(config)
     version = version_of(config, files)
     final = posixpath.join(os.path.expanduser(config.output_dir), config.dataset, version)
@@ -195,8 +232,7 @@ def preprocess(config: PreprocessConfig) -> str:
         tf.io.gfile.rmtree(tmp)
     tf.io.gfile.makedirs(tmp)
 
-    options = pipeline_options(config.beam_args)
-    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+    with beam.Pipeline(runner=runner, options=options) as p:
         build_pipeline(p, config, files, tmp)
     parts = posixpath.join(tmp, PARTS_DIR)
     if tf.io.gfile.exists(parts):

@@ -14,6 +14,13 @@ Every record a step drops is counted by a `Metrics.counter` in the
 reports travel as (key, value) stat entries merged by `metadata.merge_stats`.
 The numpy work lives in `pipelines.columnar`, `pipelines.blocks` and
 `pipelines.examples`; these transforms only wire it into Beam.
+
+A transform that gives several PCollections returns a NamedTuple of them
+(`Parsed`, `Blocks`, `KCoreResult`, `Examples`) and its ``expand`` has no return
+annotation: Beam reads that annotation as the output type hint, accepts only
+``PCollection[...]``, ``PDone`` or ``None`` there (not a tuple or dict of
+PCollections), and logs a warning for anything else each time the transform is
+applied. The docstrings name what each returns.
 """
 
 from __future__ import annotations
@@ -196,9 +203,10 @@ class ParseParquet(beam.DoFn):
 
 
 class ReadRaw(_Step):
-    """Raw files (line-oriented ones in parallel byte-range chunks, Parquet by row group)."""
+    """Raw files -> `Parsed` (line-oriented files in parallel byte-range chunks, Parquet by
+    row group)."""
 
-    def expand(self, pbegin) -> Parsed:
+    def expand(self, pbegin):
         tables, parquet = inputs.readers(self._config, self._files)
         by_label = sorted(self._files.items())
         plans = [
@@ -281,10 +289,10 @@ def _user_from_json(kv: tuple[str, str]) -> tuple[str, dict]:
 
 
 class ReadTfds(_Step):
-    """TFDS ``movielens/*-ratings``: every rating repeats its item and user, so both are
-    made distinct."""
+    """TFDS ``movielens/*-ratings`` -> `Parsed`: every rating repeats its item and user, so
+    both are made distinct."""
 
-    def expand(self, pbegin) -> Parsed:
+    def expand(self, pbegin):
         cfg = self._config
         parsed = (
             pbegin
@@ -319,9 +327,9 @@ def synthetic_block(block: int, config: synthetic.SyntheticConfig):
 
 
 class ReadSynthetic(_Step):
-    """The seeded generator (`pipelines.synthetic`), a block of users at a time."""
+    """The seeded generator (`pipelines.synthetic`) -> `Parsed`, a block of users at a time."""
 
-    def expand(self, pbegin) -> Parsed:
+    def expand(self, pbegin):
         cfg = self._config.synthetic
         parsed = (
             pbegin
@@ -349,9 +357,10 @@ def user_key(record: tuple) -> tuple[str, dict]:
 
 
 class ReadSource(_Step):
-    """The dataset's reader (synthetic, TFDS or raw files); items and users keyed by str."""
+    """The dataset's reader (synthetic, TFDS or raw files) -> `Parsed`; items and users keyed
+    by str."""
 
-    def expand(self, pbegin) -> Parsed:
+    def expand(self, pbegin):
         if self._config.dataset == "synthetic":
             parsed = pbegin | "Synthetic" >> ReadSynthetic(self._config)
         elif self._config.source == "tfds":
@@ -457,7 +466,7 @@ class Split(_Step):
     """(interactions, users) -> `Blocks`: each user's (split, shard, part) bucket from a
     hash of its id (`blocks.bucket_of`), the buckets grouped into sorted blocks."""
 
-    def expand(self, interactions_and_users) -> Blocks:
+    def expand(self, interactions_and_users):
         batches, users = interactions_and_users
         catalog = (
             batches
@@ -513,14 +522,14 @@ def _round_stat(round_output, iteration: int) -> tuple[str, dict]:
 
 
 class KCore(_Step):
-    """Iterated k-core on blocks (see `pipelines.blocks`, "k-core").
+    """Blocks -> `KCoreResult`: iterated k-core (see `pipelines.blocks`, "k-core").
 
     Beam graphs are static, so the rounds are unrolled `kcore_max_iterations`
     times; one more round only measures, and anything it would remove means the
     fixed point was not reached (`metadata.check_stats` fails the run).
     """
 
-    def expand(self, block_pcoll) -> KCoreResult:
+    def expand(self, block_pcoll):
         config = self._config
         min_u, min_i = config.min_user_interactions, config.min_item_interactions
         start = blocks.KCoreState(None, np.zeros(0, dtype=np.int64))
@@ -647,7 +656,7 @@ class MakeExamples(_Step):
             "attributes": attributes,
         }
 
-    def expand(self, block_pcoll) -> Examples:
+    def expand(self, block_pcoll):
         num_shards = self._config.num_shards
         side = {name: beam.pvalue.AsSingleton(p) for name, p in self._side.items()}
         parts = block_pcoll | "WriteParts" >> beam.ParDo(

@@ -7,10 +7,12 @@ default, and `bt_tf.cli.run_main` maps user errors to exit code 2.
 """
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -260,3 +262,159 @@ def test_user_errors_exit_2_with_one_line_before_any_work(tmp_path):
     assert stderr.splitlines()[-1].startswith(expected["projector"])
     # Nothing was preprocessed or trained: the flags were checked first.
     assert not os.path.exists(data) and not (tmp_path / "run").exists()
+
+
+def _purchases_with_bad_rows(log_dir) -> str:
+    """The issue's log: 1,800 purchases (90 customers x 20) in the README's "Your own data"
+    columns, 4 of them with a timestamp that is not one: 4 / 1,800 > --max_bad_fraction."""
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, "purchases.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["customer", "sku", "ts", "stars"])
+        for row in range(1800):
+            customer, k = divmod(row, 20)
+            ts = "yesterday" if row in (100, 500, 900, 1300) else 1_700_000_000 + k * 86_400
+            writer.writerow([f"cust-{customer}", f"sku-{(customer + 7 * k) % 60}", ts, 1 + k % 5])
+    return path
+
+
+def _assert_one_error_line(results: dict, expected: dict) -> None:
+    for module, start in expected.items():
+        code, _, stderr = results[module]
+        assert code == 2, (module, stderr[-3000:])
+        assert stderr.count("\n") == 1 and stderr.startswith(start), (module, stderr[-3000:])
+
+
+def test_pipeline_and_tuning_user_errors_are_one_line(tmp_path):
+    """One ``error:`` line and exit code 2 whichever layer finds the error: the pipeline's
+    bad-record check (the issue's log, alone and under bt_tf.train), a config check, the
+    flags of a recipe."""
+    log = os.path.dirname(_purchases_with_bad_rows(tmp_path / "log"))
+    own = [
+        "--dataset=interactions",
+        f"--data_dir={log}",
+        "--user_col=customer",
+        "--item_col=sku",
+        "--time_col=ts",
+        "--rating_col=stars",
+    ]
+    data = str(tmp_path / "data")
+    cases = {
+        "pipelines.preprocess": (*own, f"--output_dir={data}/preprocess"),
+        "bt_tf.train": (*own, f"--data_output_dir={data}/train", f"--output_dir={tmp_path}/run"),
+        "tuning.search": ("--dataset=interactions", f"--output_dir={tmp_path}/search"),
+        "tuning.compare": (
+            f"--output_dir={tmp_path}/compare",
+            "--variants=big:lambd=abc",
+            f"--data_output_dir={data}/compare",
+        ),
+    }
+    bad_records = "error: 4 of 1800 input records (0.2222%) could not be parsed (purchases.csv: 4)"
+    results = _finish({module: _start(module, *args) for module, args in cases.items()})
+    _assert_one_error_line(
+        results,
+        {
+            "pipelines.preprocess": bad_records,
+            "bt_tf.train": bad_records,
+            "tuning.search": "error: --dataset=interactions needs --data_dir",
+            "tuning.compare": "error: argument --lambd: invalid float value: 'abc'",
+        },
+    )
+    assert not os.path.exists(f"{data}/compare")  # every recipe is checked before the data
+
+
+@pytest.mark.slow  # seven TensorFlow start-ups (~45 s on 2 cores)
+def test_export_embed_and_benchmark_user_errors_are_one_line(tmp_path):
+    no_run = f"--run_dir={tmp_path}/no_run"
+    cases = {
+        "bt_tf.export": (no_run,),
+        "bt_tf.embed": (no_run, f"--output_dir={tmp_path}/embeddings"),
+        "benchmarks.evaluate": ("--seeds=many", f"--work_dir={tmp_path}/bench"),
+        "benchmarks.input_throughput": (f"--artifact_dir={tmp_path}/none",),
+        "benchmarks.preprocess": ("--mean_len=long", f"--work_dir={tmp_path}/bench"),
+        "benchmarks.probe_agreement": (f"--runs={tmp_path}/no_run",),
+        "benchmarks.train_throughput": ("--lengths=ml-20m",),
+    }
+    results = _finish({module: _start(module, *args) for module, args in cases.items()})
+    _assert_one_error_line(
+        results,
+        {
+            "bt_tf.export": f"error: No config.json in '{tmp_path}/no_run'",
+            "bt_tf.embed": f"error: No config.json in '{tmp_path}/no_run'",
+            "benchmarks.evaluate": "error: argument --seeds: invalid int value: 'many'",
+            "benchmarks.input_throughput": f"error: No metadata.json in '{tmp_path}/none'",
+            "benchmarks.preprocess": "error: argument --mean_len: invalid float value: 'long'",
+            "benchmarks.probe_agreement": f"error: No config.json in '{tmp_path}/no_run'",
+            "benchmarks.train_throughput": "error: argument --lengths: invalid choice: 'ml-20m'",
+        },
+    )
+    assert not (tmp_path / "bench").exists()  # the flags are checked before any data is made
+    assert not (tmp_path / "embeddings").exists()
+
+
+def test_preprocessing_is_quiet_unless_verbose(tmp_path):
+    """The default job's preprocessing (synthetic data, made small) prints its result on
+    stdout and no warning on stderr: no library banner, no Beam type-hint warning
+    (`test_transforms` checks the hints themselves). With --verbose the libraries speak as
+    usual."""
+    small = ["--synthetic_users=300", "--synthetic_items=100", "--num_shards=2"]
+    results = _finish(
+        {
+            "quiet": _start("pipelines.preprocess", *small, f"--output_dir={tmp_path}"),
+            "verbose": _start("pipelines.preprocess", "--verbose", "--help"),  # imports only
+        }
+    )
+    code, stdout, stderr = results["quiet"]
+    assert code == 0 and stdout.startswith("wrote "), stderr[-3000:]
+    assert not [line for line in stderr.splitlines() if "WARNING" in line], stderr[-3000:]
+    assert "type hint" not in stderr and "type-checking" not in stderr, stderr[-3000:]
+    code, stdout, stderr = results["verbose"]
+    assert code == 0 and stdout.startswith("usage:")
+    assert stderr, "--verbose shows what the libraries print while they are imported"
+
+
+def test_spawned_workers_start_as_quietly_as_their_parent(tmp_path):
+    """A "spawn" child imports its parent's main module again (as ``__mp_main__``, with
+    its argv): an entry point that starts such workers is quiet in them too, and the
+    workers' own log lines show (`bt_tf.evaluate`'s probe workers)."""
+    (tmp_path / "spawner.py").write_text(
+        textwrap.dedent(
+            """
+            import logging, multiprocessing, os, sys
+            from bt_tf import cli
+
+            if __name__ in cli.MAIN_NAMES:
+                cli.startup(sys.argv[1:])
+            os.write(2, b"import noise\\n")  # what TensorFlow's C++ code writes on import
+
+            def work(x):
+                logging.info("worker line %d", x)
+                return x
+
+            def main(argv):
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    print(pool.map(work, [7]))
+
+            if __name__ == "__main__":
+                cli.run_main(main)
+            elif __name__ == cli.SPAWNED_MAIN:
+                cli.end_startup()
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}")
+    done = {
+        argv: subprocess.run(
+            [sys.executable, "-m", "spawner", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        for argv in ((), ("--verbose",))
+    }
+    quiet, verbose = done[()], done[("--verbose",)]
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "[7]\n", "worker line 7\n")
+    assert verbose.returncode == 0 and verbose.stderr.count("import noise") == 2  # both

@@ -20,10 +20,11 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from bt_tf import features as F
+from bt_tf.errors import UserError
 from pipelines import blocks, columnar, inputs, sources, synthetic, textio
 from pipelines.config import PreprocessConfig, add_flags, config_from_flags
 from pipelines.metadata import BadRecordsError
-from pipelines.preprocess import local_runner, pipeline_options, preprocess
+from pipelines.preprocess import local_runner, make_runner, pipeline_options, preprocess
 from tests import rawdata
 
 TINY = synthetic.SyntheticConfig(num_users=160, num_items=120, mean_len=30, max_len_seq=60)
@@ -163,6 +164,34 @@ def test_output_does_not_depend_on_how_users_are_bucketed(synthetic_run, tmp_pat
         assert files == _all_files(other) and not any("_parts" in f for f in files)
         _, mismatch, errors = filecmp.cmpfiles(first, other, files, shallow=False)
         assert mismatch == [] and errors == []
+
+
+# The DirectRunner's multi-process mode: its SDK workers are separate processes, each
+# running bundles of every step (docs/DATA.md, "Beam runners").
+MULTI_PROCESS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: the SDK worker processes import TensorFlow
+def test_multi_process_runner_writes_the_same_bytes_as_in_process(tmp_path, capsys):
+    """Every artifact file, byte for byte: the Examples, schema, vocabularies, and
+    metadata.json (which records no runner setting: Beam options are not in the version)."""
+    config = _config(tmp_path / "in", dataset="synthetic", synthetic=TINY, max_len=25)
+    runs, seconds = {}, {}
+    for name, beam_args in (("in process", ()), ("2 processes", MULTI_PROCESS)):
+        start = time.perf_counter()
+        out = str(tmp_path / name.replace(" ", "_"))
+        runs[name] = preprocess(dataclasses.replace(config, output_dir=out, beam_args=beam_args))
+        seconds[name] = time.perf_counter() - start
+    with capsys.disabled():
+        print(f"\npreprocess wall time: {seconds}")
+    first, second = runs.values()
+    assert os.path.basename(first) == os.path.basename(second)
+    files = _all_files(first)
+    assert files == _all_files(second)
+    assert {"metadata.json", "schema.pbtxt", "vocab/items.txt", "vocab/genres.txt"} <= set(files)
+    assert sum(f.endswith(".tfrecord.gz") for f in files) == 2 * len(F.SPLITS)
+    _, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
+    assert mismatch == [] and errors == []
 
 
 def test_existing_version_is_reused_not_rewritten(synthetic_run):
@@ -554,6 +583,17 @@ def test_pipeline_options_name_the_direct_runner_unless_given_one(caplog):
         with beam.Pipeline(runner=local_runner(default), options=default) as p:
             assert_that(p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * x), equal_to([1, 4, 9]))
     assert "prism" not in caplog.text.lower()
+
+
+def test_bad_beam_options_and_runners_are_user_errors(capsys):
+    """Beam's own parser prints its whole usage and exits; an unknown runner raises a
+    ValueError: both become one `UserError` before any work."""
+    with pytest.raises(UserError, match=r"^Beam pipeline option: argument --direct_num_workers: "):
+        pipeline_options(["--direct_num_workers=abc"])
+    assert "usage:" not in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"^--runner=NoSuchRunner: Unexpected pipeline runner"):
+        make_runner(pipeline_options(["--runner=NoSuchRunner"]))
+    assert make_runner(pipeline_options()) is not None
 
 
 def test_ml20m_and_yelp_raw_formats(tmp_path):

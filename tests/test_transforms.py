@@ -3,6 +3,7 @@
 
 import collections
 import json
+import logging
 import os
 
 import apache_beam as beam
@@ -11,6 +12,7 @@ import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.typehints.decorators import IOTypeHints
 
 from bt_tf import features as F
 from pipelines import blocks, synthetic, transforms
@@ -313,3 +315,25 @@ def test_read_synthetic_generates_every_user_and_the_catalog():
     assert_that(items, equal_to([40]), label="Items")
     assert_that(parsed.bad, equal_to([]), label="NoBad")
     assert _run(p) == {}
+
+
+def test_beam_accepts_every_transforms_type_hints(caplog):
+    """Beam reads ``expand``'s return annotation as the output type hint and warns, each time
+    the transform is applied, about anything but a PCollection, PDone or None: the steps
+    that give a NamedTuple of PCollections (`Parsed`, `Blocks`, ...) leave it out."""
+    steps = [
+        c
+        for c in vars(transforms).values()
+        if isinstance(c, type)
+        and issubclass(c, beam.PTransform)
+        and c.__module__ == transforms.__name__
+    ]
+    assert {"ReadSource", "ReadRaw", "Split", "KCore", "MakeExamples"} <= {
+        c.__name__ for c in steps
+    }
+    with caplog.at_level(logging.WARNING):
+        for step in steps:  # what `PTransform.default_type_hints` does with each
+            hints = IOTypeHints.from_callable(step.expand)  # None: no annotation at all
+            if hints is not None:
+                hints.strip_pcoll()
+    assert not caplog.records, [r.getMessage() for r in caplog.records]

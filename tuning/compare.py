@@ -28,7 +28,7 @@ import sys
 
 from bt_tf import cli
 
-if __name__ == "__main__":
+if __name__ in cli.MAIN_NAMES:  # also a spawned probe worker's import of this module
     cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
 
 import argparse
@@ -55,6 +55,7 @@ from pipelines import preprocess
 __all__ = ["BASE", "parse_variants", "variant_configs", "compare", "main"]
 
 BASE = "base"
+_TRAINING_DESCRIPTION = "tuning.compare training flags"  # their parser's description
 
 
 def parse_variants(text: str) -> list[tuple[str, dict[str, str]]]:
@@ -91,15 +92,17 @@ def variant_configs(
     `bt_tf.reproduce`'s: a variant with another batch size trains as many users
     per epoch as the base (`reproduction.equal_budget_steps`).
     """
-    base = flags.parse(list(argv), description="tuning.compare training flags")
+    parsed = []  # every recipe's flags are checked before the data is preprocessed
+    for name, settings in [(BASE, {})] + list(variants):
+        extra = [f"--{k}" if v is None else f"--{k}={v}" for k, v in settings.items()]
+        parsed.append((name, flags.parse([*argv, *extra], description=_TRAINING_DESCRIPTION)))
+    base = parsed[0][1]
     users = base.num_train_users(
         dataset.load_metadata(preprocess.preprocess(base.data))["num_users"]
     )
     examples = base.steps_for(users) * base.batch_size
     out = []
-    for name, settings in [(BASE, {})] + list(variants):
-        extra = [f"--{k}" if v is None else f"--{k}={v}" for k, v in settings.items()]
-        config = flags.parse([*argv, *extra], description="tuning.compare training flags")
+    for name, config in parsed:
         if config.batch_size != base.batch_size and not base.steps_per_epoch:
             steps = equal_budget_steps(examples, config.batch_size)
             config = dataclasses.replace(config, steps_per_epoch=steps)
@@ -223,3 +226,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     cli.run_main(main)
+elif __name__ == cli.SPAWNED_MAIN:
+    cli.end_startup()  # a probe worker: its log lines show

@@ -406,103 +406,66 @@ def _positive_ints(what: str):
 TRAINING_GROUP = "training flags (passed to bt_tf.train, for every trial)"
 
 
-# long: one declaration per flag, in help order; nothing else happens here
+_BOOL = argparse.BooleanOptionalAction
+# The tuner's own flags in help order: (flag name, argparse keywords). The default is the
+# field of `SearchConfig` or `space.SearchSpace` that the flag sets (the name without
+# dashes) unless the keywords give one.
+_SEARCH_FLAGS = (
+    ("--output_dir", {"default": None, "help": "search dir (none: tuning_runs/<dataset>)"}),
+    ("--tuner", {"choices": TUNERS, "help": "KerasTuner oracle"}),
+    ("--objective", {"choices": sorted(OBJECTIVES), "help": "probe metric on eval users that "
+     "the search maximizes"}),
+    ("--max_trials", {"type": int, "help": "trials of random/bayesian"}),
+    ("--max_epochs", {"type": int, "help": "hyperband: the largest per-trial budget in epochs "
+     "(--epochs sets the epochs of a random/bayesian trial)"}),
+    ("--hyperband_factor", {"type": int, "help": "hyperband reduction"}),
+    ("--hyperband_iterations", {"type": int, "help": "hyperband brackets run"}),
+    ("--num_initial_points", {"type": int, "help": "bayesian: random trials first (none: "
+     "KerasTuner's 3 x dimensions)"}),
+    ("--tuner_seed", {"type": int, "help": "seed of the oracle (>= 1)"}),
+    ("--lambd_range", {"type": _range, "help": "lambda range LOW,HIGH (log)"}),
+    *(
+        (f"--{name}_range", {"type": _range, "help": f"{name} range LOW,HIGH (log; searched "
+         "for the models that use it)"})
+        for name in ("learning_rate", "temperature", "bt_weight")
+    ),
+    ("--projector_widths", {"type": _positive_ints("widths"), "help": "projector widths "
+     "searched"}),
+    ("--projector_depths", {"type": _positive_ints("depths"), "help": "projector depths "
+     "(layers) searched"}),
+    ("--search_augment", {"action": _BOOL, "help": "also search mask/reorder/crop strengths "
+     "and the learning rate"}),
+    ("--pin", {"action": "append", "default": [], "metavar": "NAME=VALUE", "help": "fix a "
+     f"dimension, repeatable; NAME in {', '.join(space.PIN_NAMES)}"}),
+    ("--distributed_workers", {"type": int, "help": "tuner workers started on this machine "
+     "(0: one process runs the search)"}),
+    ("--oracle_ip", {"help": "chief address (--distributed_workers)"}),
+    ("--oracle_port", {"type": int, "help": "chief port (0: a free port)"}),
+    ("--export_best", {"action": _BOOL, "help": "retrain the best configuration in "
+     "OUTPUT_DIR/best_run and export it"}),
+    ("--overwrite", {"action": _BOOL, "help": "start the search over (delete the trials and "
+     "reports in OUTPUT_DIR)"}),
+)  # fmt: skip
+
+
 def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
     """The tuner's own flags; with `passed`, the training flags too (for --help and checks).
 
     Everything but the tuner's own flags goes to `bt_tf.training.config.parse`.
     """
-    d, s = SearchConfig(output_dir=""), space.SearchSpace()
     p = cli.ArgumentParser(
         "tuning.search",
         description=cli.summary(__doc__),
         usage="%(prog)s [--flag=VALUE ...]",
         epilog="Any other --flag is passed to Beam (preprocessing), e.g. --runner=...",
     )
-    add = p.add_argument
-    add("--output_dir", default=None, help="search dir (none: tuning_runs/<dataset>)")
-    add("--tuner", default=d.tuner, choices=TUNERS, help="KerasTuner oracle")
-    add(
-        "--objective",
-        default=d.objective,
-        choices=sorted(OBJECTIVES),
-        help="probe metric on eval users that the search maximizes",
-    )
-    add("--max_trials", type=int, default=d.max_trials, help="trials of random/bayesian")
-    add(
-        "--max_epochs",
-        type=int,
-        default=d.max_epochs,
-        help="hyperband: the largest per-trial budget in epochs (--epochs sets the "
-        "epochs of a random/bayesian trial)",
-    )
-    add("--hyperband_factor", type=int, default=d.hyperband_factor, help="hyperband reduction")
-    add(
-        "--hyperband_iterations",
-        type=int,
-        default=d.hyperband_iterations,
-        help="hyperband brackets run",
-    )
-    add(
-        "--num_initial_points",
-        type=int,
-        default=None,
-        help="bayesian: random trials first (none: KerasTuner's 3 x dimensions)",
-    )
-    add("--tuner_seed", type=int, default=d.tuner_seed, help="seed of the oracle (>= 1)")
-    add("--lambd_range", type=_range, default=s.lambd_range, help="lambda range LOW,HIGH (log)")
-    for name in ("learning_rate", "temperature", "bt_weight"):
-        add(
-            f"--{name}_range",
-            type=_range,
-            default=getattr(s, f"{name}_range"),
-            help=f"{name} range LOW,HIGH (log; searched for the models that use it)",
-        )
-    add(
-        "--projector_widths",
-        type=_positive_ints("widths"),
-        default=s.projector_widths,
-        help="projector widths searched",
-    )
-    add(
-        "--projector_depths",
-        type=_positive_ints("depths"),
-        default=s.projector_depths,
-        help="projector depths (layers) searched",
-    )
-    add(
-        "--search_augment",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also search mask/reorder/crop strengths and the learning rate",
-    )
-    add(
-        "--pin",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"fix a dimension, repeatable; NAME in {', '.join(space.PIN_NAMES)}",
-    )
-    add(
-        "--distributed_workers",
-        type=int,
-        default=0,
-        help="tuner workers started on this machine (0: one process runs the search)",
-    )
-    add("--oracle_ip", default=d.oracle_ip, help="chief address (--distributed_workers)")
-    add("--oracle_port", type=int, default=d.oracle_port, help="chief port (0: a free port)")
-    add(
-        "--export_best",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="retrain the best configuration in OUTPUT_DIR/best_run and export it",
-    )
-    add(
-        "--overwrite",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="start the search over (delete the trials and reports in OUTPUT_DIR)",
-    )
+    config, ranges = SearchConfig(output_dir=""), space.SearchSpace()
+    defaults = {f.name: getattr(ranges, f.name) for f in dataclasses.fields(ranges)}
+    defaults.update({f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    for name, keywords in _SEARCH_FLAGS:
+        if "default" not in keywords:
+            keywords = {"default": defaults[name.lstrip("-")], **keywords}
+        p.add_argument(name, **keywords)
     if passed:
         cli.add_passed_flags(p, TRAINING_GROUP, flags.add_flags)
         flags.apply_dataset_defaults(p, argv)

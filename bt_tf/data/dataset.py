@@ -489,7 +489,7 @@ def epoch_plan(
 def _in_memory_batches(
     rows: dict,
     *,
-    bucket_boundaries: tuple[int, ...],
+    bucket_boundaries: tuple[int, ...] | str,
     max_len: int,
     future_len: int,
     batch_size: int,
@@ -499,11 +499,14 @@ def _in_memory_batches(
     drop_remainder: bool,
     pipeline_id: int,
 ) -> tf.data.Dataset:
-    """Batches of rows held in memory, bucketed by history length (see `make_dataset`)."""
+    """Batches of rows held in memory, bucketed by history length (see `make_dataset`;
+    ``"auto"`` boundaries: `auto_bucket_boundaries` of the rows' lengths)."""
     if F.HISTORY_ITEM_IDS in rows:
         lengths = rows[F.HISTORY_ITEM_IDS].row_lengths().numpy()
     else:
         lengths = np.zeros(int(next(iter(rows.values())).shape[0]), np.int64)
+    if bucket_boundaries == "auto":
+        bucket_boundaries = auto_bucket_boundaries(lengths, max_len, batch_size)
     num_rows = lengths.size
     widths = [b for b in bucket_boundaries if b < max_len] + [max_len]
     bucketed = len(widths) > 1
@@ -694,19 +697,11 @@ def make_dataset(
     future_len = int(meta["future_len"] if future_len is None else future_len)
     boundaries = parse_bucket_boundaries(bucket_boundaries)
     spec = _needed(feature_spec(load_schema(artifact_dir)), outputs)
-    _check_request(artifact_dir, spec, max_len, future_len, outputs, augment_policy)
-    if boundaries and F.HISTORY_ITEM_IDS not in spec:
-        raise ValueError(
-            f"bucket_boundaries={bucket_boundaries!r} buckets by history length, but outputs "
-            f"{list(outputs or [])} need no history; drop the buckets."
-        )
+    _check_request(
+        artifact_dir, spec, max_len, future_len, outputs, augment_policy, bucket_boundaries
+    )
     files = split_files(artifact_dir, split)
-
-    num_pipelines, pipeline_id, per_batch = 1, 0, batch_size
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-        per_batch = input_context.get_per_replica_batch_size(batch_size)
+    num_pipelines, pipeline_id, per_batch = _pipeline_share(input_context, batch_size)
     in_memory = cache or bool(boundaries)
     records = _records(
         files,
@@ -718,12 +713,16 @@ def make_dataset(
         num_parallel_reads=num_parallel_reads,
     )
     keep = None if outputs is None else set(outputs) - {VIEW1, VIEW2}
-
-    def select(batch):
-        if keep is None:
-            return batch
-        return {k: v for k, v in batch.items() if k in keep or k == ITEMS}
-
+    select = functools.partial(_select, keep=keep)
+    batching = dict(
+        max_len=max_len,
+        future_len=future_len,
+        batch_size=per_batch,
+        shuffle=shuffle,
+        seed=seed,
+        repeat=repeat,
+        drop_remainder=drop_remainder,
+    )
     if in_memory:
         rows = load_rows(records, spec, max_len, future_len)
         if rows is None:
@@ -732,36 +731,13 @@ def make_dataset(
                 + (f" for input pipeline {pipeline_id}" if num_pipelines > 1 else "")
                 + "."
             )
-        if boundaries == "auto":
-            lengths = rows[F.HISTORY_ITEM_IDS].row_lengths().numpy()
-            boundaries = auto_bucket_boundaries(lengths, max_len, per_batch)
         ds = _in_memory_batches(
-            rows,
-            bucket_boundaries=boundaries,
-            max_len=max_len,
-            future_len=future_len,
-            batch_size=per_batch,
-            shuffle=shuffle,
-            seed=seed,
-            repeat=repeat,
-            drop_remainder=drop_remainder,
-            pipeline_id=pipeline_id,
+            rows, bucket_boundaries=boundaries, pipeline_id=pipeline_id, **batching
         ).map(select)
     else:
-        ds = records
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        ds = ds.batch(per_batch, drop_remainder=drop_remainder)
-
-        # The map functions are plain TF ops (no tensor-dependent Python control
-        # flow), so AutoGraph conversion is skipped: it only costs tracing time.
-        @tf.autograph.experimental.do_not_convert
-        def parse(serialized):
-            return select(_shape_batch(tf.io.parse_example(serialized, spec), max_len, future_len))
-
-        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = _streamed_batches(
+            records, spec, select, shuffle_buffer_size=shuffle_buffer_size, **batching
+        )
 
     if augment_policy is not None:
         if augment_policy.needs_cooccurrence and cooccurrence is None:
@@ -772,7 +748,49 @@ def make_dataset(
     return _finish(ds, sharded=input_context is not None)
 
 
-def _check_request(artifact_dir, spec, max_len, future_len, outputs, augment_policy) -> None:
+def _select(batch: dict, keep: set[str] | None) -> dict:
+    """The keys of `batch` in `keep` (None: all), and ITEMS: the views are made of it (it is
+    dropped after them unless asked for)."""
+    if keep is None:
+        return batch
+    return {k: v for k, v in batch.items() if k in keep or k == ITEMS}
+
+
+def _streamed_batches(
+    records: tf.data.Dataset,
+    spec: dict,
+    select,
+    *,
+    max_len: int,
+    future_len: int,
+    batch_size: int,
+    shuffle: bool,
+    shuffle_buffer_size: int,
+    seed: int,
+    repeat: bool,
+    drop_remainder: bool,
+) -> tf.data.Dataset:
+    """`make_dataset`'s streamed pipeline after the reads: shuffle -> repeat -> batch ->
+    parse, padded to `max_len`; `select` keeps the requested keys of a parsed batch."""
+    ds = records
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    # The map functions are plain TF ops (no tensor-dependent Python control
+    # flow), so AutoGraph conversion is skipped: it only costs tracing time.
+    @tf.autograph.experimental.do_not_convert
+    def parse(serialized):
+        return select(_shape_batch(tf.io.parse_example(serialized, spec), max_len, future_len))
+
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _check_request(
+    artifact_dir, spec, max_len, future_len, outputs, augment_policy, bucket_boundaries
+) -> None:
     """ValueError for a `make_dataset` request that cannot be served (says why)."""
     if max_len < 1 or future_len < 1:
         raise ValueError(f"max_len ({max_len}) and future_len ({future_len}) must be >= 1.")
@@ -783,6 +801,22 @@ def _check_request(artifact_dir, spec, max_len, future_len, outputs, augment_pol
         )
     if F.HISTORY_ITEM_IDS not in spec and (outputs is None or augment_policy is not None):
         raise ValueError(f"The schema of {artifact_dir!r} has no {F.HISTORY_ITEM_IDS!r}.")
+    if parse_bucket_boundaries(bucket_boundaries) and F.HISTORY_ITEM_IDS not in spec:
+        raise ValueError(
+            f"bucket_boundaries={bucket_boundaries!r} buckets by history length, but outputs "
+            f"{list(outputs or [])} need no history; drop the buckets."
+        )
+
+
+def _pipeline_share(input_context, batch_size: int) -> tuple[int, int, int]:
+    """(input pipelines, this one's id, its batch) under `input_context` (see `make_dataset`)."""
+    if input_context is None:
+        return 1, 0, batch_size
+    return (
+        input_context.num_input_pipelines,
+        input_context.input_pipeline_id,
+        input_context.get_per_replica_batch_size(batch_size),
+    )
 
 
 def _add_views(ds, policy, cooccurrence, *, seed: int, pipeline_id: int) -> tf.data.Dataset:
