@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bt_tf.errors import UserError
 from tests.tiny import TINY_FLAGS
 from tuning import compare
 
@@ -31,6 +32,8 @@ def test_variant_configs_share_the_budget_and_seed_every_recipe(tmp_path):
     ]  # fmt: skip
     by = {(n, c.seed): c for n, c in configs}
     assert by[("t", 1)].temperature == 0.3 and by[("t", 1)].run_dir.endswith("t/seed1")
+    with pytest.raises(UserError, match=r"lambda_typo.*not training flags"):
+        compare.variant_configs(argv, compare.parse_variants("x:lambda_typo=1"), str(tmp_path), 1)
     base, big = by[("base", 0)], by[("b64", 0)]
     # Equal users per epoch: the base's one pass of 32-user steps, in 64-user steps.
     users = base.steps_for(base.num_train_users({"train": 313, "eval": 46, "test": 41}))

@@ -93,7 +93,12 @@ def variant_configs(
     per epoch as the base (`reproduction.equal_budget_steps`).
     """
     parsed = []  # every recipe's flags are checked before the data is preprocessed
+    # argparse keeps its flags in `_actions` only; there is no public list of them.
+    known = {o.lstrip("-") for a in flags.build_parser([])._actions for o in a.option_strings}
     for name, settings in [(BASE, {})] + list(variants):
+        unknown = sorted(k for k in settings if k not in known)
+        if unknown:  # else it would pass on to Beam as an option, and change nothing
+            raise UserError(f"--variants: {name} sets {unknown}, not training flags")
         extra = [f"--{k}" if v is None else f"--{k}={v}" for k, v in settings.items()]
         parsed.append((name, flags.parse([*argv, *extra], description=_TRAINING_DESCRIPTION)))
     base = parsed[0][1]
