@@ -283,7 +283,7 @@ def test_start_up_output_is_held_back_unless_the_start_fails():
 # As subprocesses
 
 
-@pytest.mark.slow  # 7 or 14 TensorFlow start-ups (~45 s each 7 on 2 cores); in process: above
+@pytest.mark.slow  # 7 TensorFlow start-ups, 14 with the console scripts (~45 s per 7 on 2 cores)
 def test_help_of_every_entry_point():
     commands = {m: f"python -m {m}" for m in ENTRY_POINTS}
     if _scripts_dir() is not None:
