@@ -30,6 +30,11 @@ again, under the name ``__mp_main__`` and with the parent's ``sys.argv``: it is
 as quiet as its parent while TensorFlow is imported, and its own log lines
 show from `end_startup` on.
 
+The console scripts (``bt-train``, ``bt-evaluate``, ..., `CONSOLE_SCRIPTS`;
+declared in pyproject.toml, defined in `bt_tf.console`) run the same ``main``
+through `console`, which calls `startup` before it imports the module: the
+same start-up, help and errors, with the script's name as ``prog``.
+
 What that gives the user:
 
 - **Quiet start-up.** `startup` holds back what TensorFlow, absl and Beam print
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import importlib
 import logging
 import os
 import sys
@@ -77,6 +83,19 @@ _QUIET_LOGGERS = {
 }
 
 _held: tuple[int, Any] | None = None  # (saved stderr fd, temp file) while start-up is quiet
+
+# Console scripts (pyproject.toml [project.scripts] -> bt_tf.console) -> the module they run.
+CONSOLE_SCRIPTS = {
+    "bt-train": "bt_tf.train",
+    "bt-evaluate": "bt_tf.evaluate",
+    "bt-reproduce": "bt_tf.reproduce",
+    "bt-embed": "bt_tf.embed",
+    "bt-export": "bt_tf.export",
+    "bt-preprocess": "pipelines.preprocess",
+    "bt-tune": "tuning.search",
+}
+# "python -m <module>" -> the console script's name, while that script runs (`console`).
+_console_progs: dict[str, str] = {}
 
 
 def is_verbose(argv: Sequence[str]) -> bool:
@@ -172,6 +191,18 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
+def console(script: str) -> NoReturn:
+    """Runs console script `script` (a key of `CONSOLE_SCRIPTS`) like ``python -m <module>``.
+
+    `startup` comes first, then the module is imported (TensorFlow and Beam with
+    it), then `run_main` runs its ``main``; its parser's ``prog`` is `script`.
+    """
+    module = CONSOLE_SCRIPTS[script]
+    startup(sys.argv[1:])
+    _console_progs[f"python -m {module}"] = script
+    run_main(importlib.import_module(module).main)
+
+
 # --------------------------------------------------------------------------
 # Parsers
 
@@ -211,7 +242,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` of an entry point.
 
-    ``module`` (e.g. ``"bt_tf.train"``) gives ``prog`` = ``python -m bt_tf.train``.
+    ``module`` (e.g. ``"bt_tf.train"``) gives ``prog`` = ``python -m bt_tf.train``
+    (``bt-train`` when the console script runs, `console`).
     Every option's help shows its default; ``--verbose`` is always a flag. A
     usage error raises `UserError` (``argument --flag: ...``) instead of
     printing the usage: `run_main` prints it on one line and exits with code 2.
@@ -220,6 +252,8 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, module: str | None = None, **kwargs):
         if module is not None:
             kwargs.setdefault("prog", f"python -m {module}")
+        if kwargs.get("prog") in _console_progs:
+            kwargs["prog"] = _console_progs[kwargs["prog"]]
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(**kwargs)

@@ -1,6 +1,7 @@
 """A command line that explains itself: help, flag checks before any work, one-line errors.
 
-The commands run as subprocesses (`python -m ...`), started side by side
+The commands run as subprocesses (`python -m ...`, and the console scripts
+`bt-train`, ... when this checkout is pip-installed), started side by side
 because TensorFlow's import dominates each one's time. In-process tests cover
 what needs no subprocess: every flag of every parser has a help and shows its
 default, and `bt_tf.cli.run_main` maps user errors to exit code 2.
@@ -8,15 +9,20 @@ default, and `bt_tf.cli.run_main` maps user errors to exit code 2.
 
 import argparse
 import csv
+import importlib
+import importlib.metadata
 import json
 import os
+import pathlib
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import tomllib
 
 import pytest
 
-from bt_tf import cli, embed, evaluate, export, reproduce, train
+from bt_tf import cli, console, embed, evaluate, export, reproduce, train
 from bt_tf.errors import UserError
 from bt_tf.training import flags
 from pipelines import preprocess
@@ -34,12 +40,43 @@ ENTRY_POINTS = {
 }
 
 
+def _pyproject_scripts() -> dict[str, str]:
+    """pyproject.toml's console scripts: name -> "module:function"."""
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
+
+
+def _installed() -> importlib.metadata.Distribution | None:
+    """bt_tf's distribution in this interpreter's site-packages (not the checkout's egg-info)."""
+    where = [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    return next(iter(importlib.metadata.distributions(name="bt_tf", path=where)), None)
+
+
+def _scripts_dir() -> str | None:
+    """Where pip put the console scripts, if bt_tf is installed from this checkout
+    (`pip install -e .`); None if it is not installed or installed from elsewhere."""
+    dist = _installed()
+    url = json.loads((dist and dist.read_text("direct_url.json")) or "{}").get("url")
+    return sysconfig.get_path("scripts") if url == pathlib.Path(REPO).as_uri() else None
+
+
+def _need_scripts() -> str:
+    where = _scripts_dir()
+    if where is None:
+        pytest.skip("bt_tf is not pip-installed from this checkout: no console scripts to test")
+    return where
+
+
 def _start(module: str, *args: str, cwd: str = REPO) -> subprocess.Popen:
+    """`python -m module args`; a console script's name (`bt-train`) runs that script."""
+    command = [sys.executable, "-m", module]
+    if module in cli.CONSOLE_SCRIPTS:
+        command = [os.path.join(_need_scripts(), module)]
     env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
     for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG"):
         env.pop(name, None)  # the entry point decides
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        [*command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -182,6 +219,45 @@ def test_run_main_exit_codes(capsys):
     assert isinstance(parser.parse_args([]), argparse.Namespace)
 
 
+def test_console_scripts_run_the_entry_points_under_their_own_name(monkeypatch):
+    scripts = _pyproject_scripts()
+    assert set(scripts) == set(cli.CONSOLE_SCRIPTS)
+    assert set(cli.CONSOLE_SCRIPTS.values()) == set(ENTRY_POINTS)
+    ran = []
+    monkeypatch.setattr(cli, "console", ran.append)
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert module == console.__name__
+        getattr(console, function)()
+    assert ran == list(scripts)
+    monkeypatch.setitem(cli._console_progs, "python -m bt_tf.train", "bt-train")
+    assert train.build_parser().format_usage().startswith("usage: bt-train ")
+    with pytest.raises(UserError, match=r"\(see bt-train --help\)"):
+        train.build_parser().parse_args(["--lambd=x"])
+    assert evaluate.build_parser().prog == "python -m bt_tf.evaluate"
+
+
+def test_console_module_imports_neither_tensorflow_nor_beam():
+    """A console script imports `bt_tf.console` before `cli.startup` can quiet anything."""
+    code = (
+        "import sys, bt_tf.console; "
+        "print(sorted(m for m in ('tensorflow', 'apache_beam', 'keras_tuner') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert done.stdout == "[]\n"
+
+
+def test_console_scripts_are_installed():
+    where = _need_scripts()
+    entry_points = _installed().entry_points
+    installed = {e.name: e.value for e in entry_points if e.group == "console_scripts"}
+    assert installed == _pyproject_scripts()
+    for name in installed:
+        assert os.access(os.path.join(where, name), os.X_OK), name
+
+
 def test_start_up_output_is_held_back_unless_the_start_fails():
     """What libraries print while they are imported (C++ code writes to file descriptor 2)
     is dropped once `run_main` starts, and shown if the program dies before."""
@@ -209,17 +285,38 @@ def test_start_up_output_is_held_back_unless_the_start_fails():
 # As subprocesses
 
 
-@pytest.mark.slow  # seven TensorFlow start-ups (~45 s on 2 cores); in process: above
+@pytest.mark.slow  # 7 TensorFlow start-ups, 14 with the console scripts (~45 s per 7 on 2 cores)
 def test_help_of_every_entry_point():
-    results = _finish({m: _start(m, "--help") for m in ENTRY_POINTS})
+    commands = {m: f"python -m {m}" for m in ENTRY_POINTS}
+    if _scripts_dir() is not None:
+        commands.update({script: script for script in cli.CONSOLE_SCRIPTS})
+    results = _finish({m: _start(m, "--help") for m in commands})
     for module, (code, stdout, stderr) in results.items():
         assert code == 0, (module, stderr[-2000:])
-        assert stdout.startswith(f"usage: python -m {module}"), module
+        assert stdout.startswith(f"usage: {commands[module]}"), module
         assert "(default: " in stdout and "--verbose" in stdout, module
         assert stderr == "", (module, stderr[-2000:])  # no start-up noise
     assert "(default: 1024-1024-1024)" in " ".join(results["bt_tf.train"][1].split())
     assert reproduce.TRAINING_GROUP in results["bt_tf.reproduce"][1]
     assert "--lambd LAMBD" in results["tuning.search"][1]
+
+
+def test_a_console_script_helps_and_fails_like_python_m(tmp_path):
+    """`bt-train`: the same quiet start-up, help, and one-line user error (exit code 2)."""
+    results = _finish(
+        {
+            "help": _start("bt-train", "--help"),
+            "error": _start("bt-train", f"--output_dir={tmp_path / 'run'}", "--projector=abc"),
+        }
+    )
+    code, stdout, stderr = results["help"]
+    assert code == 0 and stderr == "", stderr[-2000:]
+    assert stdout.startswith("usage: bt-train ") and "--verbose" in stdout
+    assert "(default: 1024-1024-1024)" in " ".join(stdout.split())
+    code, _, stderr = results["error"]
+    assert code == 2 and stderr.count("\n") == 1, stderr[-2000:]
+    assert stderr.startswith("error: argument --projector: Projector spec 'abc' is not")
+    assert stderr.endswith("(see bt-train --help)\n") and not (tmp_path / "run").exists()
 
 
 def test_user_errors_exit_2_with_one_line_before_any_work(tmp_path):

@@ -24,13 +24,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 
 from bt_tf.evaluation.caching import cache_file, fingerprint_key, write_atomically
 from bt_tf.evaluation.contenders import PRIOR_CONTENDER, Contender
 from bt_tf.evaluation.tasks import ProbeContext, Units, get_task, probe_contender
 from bt_tf.evaluation.timing import StageClock
 
-__all__ = ["EvalPlan", "Record", "probe_records", "record_rows", "seeds_at"]
+__all__ = ["EvalPlan", "Record", "probe_records", "probe_job", "record_rows", "seeds_at"]
 
 UNITS_DIR = "units"
 
@@ -146,6 +147,15 @@ def probe_records(
                                       units, tuple(fits), dict(extra or {})))  # fmt: skip
                     _log(out[-1], plan.ctx.settings.k, cached is not None)
     return out
+
+
+def probe_job(plan: EvalPlan, contender: Contender, extra=None) -> tuple[list[Record], list]:
+    """A worker process's job: `probe_records` with one BLAS thread, and the times of
+    its stages (a spawned process starts without the parent's logging set-up)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        records = probe_records(plan, contender, extra=extra)
+    return records, plan.clock.records
 
 
 def _log(record: Record, k: int, cached: bool) -> None:

@@ -36,7 +36,7 @@ from bt_tf.evaluation.embedding_cache import (
 )
 from bt_tf.evaluation.eval_data import EvalData, load_eval_data
 from bt_tf.evaluation.labels import item_counts
-from bt_tf.evaluation.probing import EvalPlan, Record, probe_records, record_rows
+from bt_tf.evaluation.probing import EvalPlan, Record, probe_job, probe_records, record_rows
 from bt_tf.evaluation.protocol import Population, Protocol
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import ProbeContext
@@ -341,8 +341,10 @@ def _probe_all(plan: EvalPlan, jobs, workers: int) -> list[Record]:
 
     The probes are numpy and scipy, one BLAS thread each; the workers are spawned
     (this process has TensorFlow's threads, which a fork would copy in whatever
-    state they are) and import neither TensorFlow nor the encoders. Records come
-    back in job order, so the output does not depend on ``workers``.
+    state they are), and their job (`probing.probe_job`) imports neither
+    TensorFlow nor the encoders (a ``python -m`` entry point is imported again in
+    the child, quietly: `bt_tf.cli`). Records come back in job order, so the output
+    does not depend on ``workers``.
     """
     if workers <= 1 or len(jobs) <= 1:
         with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
@@ -350,22 +352,13 @@ def _probe_all(plan: EvalPlan, jobs, workers: int) -> list[Record]:
     spawn = multiprocessing.get_context("spawn")
     worker_plan = dataclasses.replace(plan, clock=StageClock())
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-        futures = [pool.submit(_probe_job, worker_plan, c, extra) for c, extra in jobs]
+        futures = [pool.submit(probe_job, worker_plan, c, extra) for c, extra in jobs]
         out = []
         for f in futures:
             records, stages = f.result()
             out += records
             plan.clock.records.extend(stages)
     return out
-
-
-def _probe_job(plan: EvalPlan, contender: Contender, extra) -> tuple[list[Record], list]:
-    """One worker's job: the contender's records and the times of its stages."""
-    # A spawned process starts without the parent's logging set-up: progress lines too.
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-        records = probe_records(plan, contender, extra=extra)
-    return records, plan.clock.records
 
 
 def write_outputs(
