@@ -321,3 +321,14 @@ def test_untrained_floor_is_the_same_in_a_fresh_process_and_after_training():
     encoder = embedding_cache.untrained_encoder(config)
     here = hashlib.sha256(b"".join(w.numpy().tobytes() for w in encoder.weights)).hexdigest()
     assert here == fresh
+
+
+def test_the_full_softmax_next_item_probe_is_opt_in(runs):
+    artifact = _artifact(runs["bt"])
+    assert "next_item_softmax" not in eval_data.available_tasks(artifact)
+    data = eval_data.load_eval_data(artifact, tasks=["next_item_softmax"])
+    nxt = eval_data.load_eval_data(artifact, tasks=["next_item"])
+    for split in F.SPLITS:  # the same labels as next_item's
+        np.testing.assert_array_equal(
+            data.labels["next_item_softmax"][split], nxt.labels["next_item"][split]
+        )

@@ -17,7 +17,7 @@ import tensorflow as tf
 from bt_tf import features as F
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_split
-from bt_tf.evaluation.tasks import DEFAULT_TASKS, get_task
+from bt_tf.evaluation.tasks import DEFAULT_TASKS, OPT_IN_TASKS, get_task
 
 __all__ = ["EvalData", "available_tasks", "unavailable_tasks", "load_eval_data"]
 
@@ -76,6 +76,8 @@ def _check_tasks(tasks: Sequence[str] | None, artifact_dir: str) -> list[str]:
     known = available_tasks(artifact_dir)
     if tasks is None:
         return known
+    known += [t for t in OPT_IN_TASKS if get_task(t).unavailable(
+        dataset.load_metadata(artifact_dir)) is None]  # fmt: skip
     unknown = [t for t in tasks if t not in known]
     if unknown:
         why = unavailable_tasks(artifact_dir)

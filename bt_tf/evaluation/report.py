@@ -31,6 +31,7 @@ __all__ = [
     "BELOW_FLOOR",
     "aggregate",
     "relative_improvement",
+    "ratio_cell",
     "below_floors",
     "write_report",
     "json_safe",
@@ -126,7 +127,7 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{100 * (v - 1):+.0f}"
 
 
-def _ratio_cell(ratio: float, ci: Sequence[float]) -> str:
+def ratio_cell(ratio: float, ci: Sequence[float]) -> str:
     if ratio is None or not math.isfinite(ratio):
         return "n/a"
     return f"{_pct(ratio)} % [{_pct(ci[0])}, {_pct(ci[1])}]"
@@ -301,7 +302,7 @@ class _Tables:
         lines = ["Ratio − 1 with its 95% interval (paired):", "",
                  *_table_head("model vs reference", fractions)]  # fmt: skip
         for m, ref in order:
-            vals = [_ratio_cell(c["ratio"], c["ratio_ci"]) if (c := comps.get((m, ref, f)))
+            vals = [ratio_cell(c["ratio"], c["ratio_ci"]) if (c := comps.get((m, ref, f)))
                     else "" for f in fractions]  # fmt: skip
             lines.append(f"| {m} vs {ref} | " + " | ".join(vals) + " |")
         return lines + [""]

@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
-from bt_tf.evaluation import report
+from bt_tf.evaluation import report, scores
+from bt_tf.evaluation.probing import record_rows
 from bt_tf.evaluation.protocol import Protocol
-from bt_tf.evaluation.runner import evaluate_runs
+from bt_tf.evaluation.runner import evaluate_records, evaluate_runs
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
 from bt_tf.training import trainer
@@ -280,14 +281,39 @@ def _run_table(
     return lines
 
 
-def _ablation_section(rows: Sequence[dict], images: Sequence[str]) -> list[str]:
-    """Per (task, metric, fraction): models × batch sizes, mean ± std, + BT vs DE."""
+def _ablation_ratios(records, rows, evaluation: EvalRequest) -> dict:
+    """(task, metric, fraction, batch size) -> BT / DE `intervals.Comparison` at that batch
+    size: the paired bootstrap of `scores.analyse` on the two runs' per-user scores."""
+    size = {r["run_name"]: int(r["batch_size"]) for r in rows}
+    kind = {r["run_name"]: r["model"] for r in rows}
+    out = {}
+    for b in sorted(set(size.values())):
+        pair = [dataclasses.replace(r, model=kind[r.model]) for r in records
+                if size.get(r.model) == b and kind.get(r.model) in ("bt", "de")]  # fmt: skip
+        if {r.model for r in pair} != {"bt", "de"}:
+            continue
+        kwargs = (
+            {"n_resamples": evaluation.bootstrap_resamples}
+            if evaluation.bootstrap_resamples
+            else {}
+        )
+        analysis = scores.analyse(pair, evaluation.settings.k, baseline="de", **kwargs)
+        for c in analysis["comparisons"]:
+            out[(c["task"], c["metric"], c["fraction"], b)] = c
+    return out
+
+
+def _ablation_section(rows: Sequence[dict], images: Sequence[str], ratios=None) -> list[str]:
+    """Per (task, metric, fraction): models × batch sizes, mean ± std over seeds, then
+    BT / DE − 1 with its 95% paired interval (``ratios``, `_ablation_ratios`)."""
+    ratios = ratios or {}
     lines = [
         "## Batch-size ablation",
         "",
         "Each model pretrained at each batch size with the same number of users seen "
-        "(steps per epoch scaled by 1/batch size), then probed as above. Mean ± std over "
-        "label-sampling seeds.",
+        "(steps per epoch scaled by 1/batch size; one pretraining seed), then probed as "
+        "above. Mean ± std over label-sampling seeds; `bt vs de`: BT / DE − 1 with its 95% "
+        "paired bootstrap interval over users.",
         "",
     ]
     sizes = sorted({int(r["batch_size"]) for r in rows})
@@ -313,14 +339,8 @@ def _ablation_section(rows: Sequence[dict], images: Sequence[str]) -> list[str]:
         if "bt" in models and "de" in models:
             cells = []
             for b in sizes:
-                x, y = (
-                    by.get((task, metric, fraction, "bt", b)),
-                    by.get((task, metric, fraction, "de", b)),
-                )
-                v = report.relative_improvement(
-                    x["mean"] if x else float("nan"), y["mean"] if y else float("nan")
-                )
-                cells.append("n/a" if not math.isfinite(v) else f"{v:+.1f}%")
+                c = ratios.get((task, metric, fraction, b))
+                cells.append("n/a" if c is None else report.ratio_cell(c["ratio"], c["ratio_ci"]))
             lines.append("| bt vs de | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in images] + [""]
@@ -485,7 +505,7 @@ def run_ablation(
     )
     main_names = {c.run_dir: m for m, c in main.items()}
     # Same out_dir as the main report: its cache serves reused main runs.
-    rows = evaluate_runs(
+    records = evaluate_records(
         [c.run_dir for _, _, c in runs],
         report_dir,
         names=[main_names.get(c.run_dir, f"{m}@b{b}") for m, b, c in runs],
@@ -496,15 +516,16 @@ def run_ablation(
         settings=evaluation.settings,
         protocol=evaluation.protocol,
         cache=evaluation.cache,
-        write=False,
-    )
+    ).records
+    rows = record_rows(records, evaluation.settings.k)
     for r in rows:  # model type + batch size: what the plot and table group by
         r["run_name"], r["model"] = r["model"], r["model_type"]
+    ratios = _ablation_ratios(records, rows, evaluation)
     images = _ablation_plots(rows, report_dir, fractions)
     with open(os.path.join(report_dir, ABLATION_JSON), "w") as f:
         json.dump(report.json_safe(rows), f, indent=1, allow_nan=False)
     cap = f"{ablation.epochs} epochs (--ablation_epochs)" if ablation.epochs else "the same"
-    sections = _ablation_section(rows, images) + _run_table(
+    sections = _ablation_section(rows, images, ratios) + _run_table(
         [c for _, _, c in runs],
         results,
         heading="### Ablation runs",

@@ -53,6 +53,7 @@ __all__ = [
     "FAVORITE_GENRE",
     "LIKED_ITEM",
     "DEFAULT_TASKS",
+    "OPT_IN_TASKS",
     "CLAIM_METRICS",
     "Units",
     "ProbeContext",
@@ -72,6 +73,7 @@ NEXT_ITEM_SOFTMAX = "next_item_softmax"  # the full-softmax variant (opt-in: --t
 FAVORITE_GENRE = "favorite_genre"
 LIKED_ITEM = "liked_item"
 DEFAULT_TASKS = (NEXT_ITEM, FAVORITE_GENRE, LIKED_ITEM)  # + every attr_<name> of the data
+OPT_IN_TASKS = (NEXT_ITEM_SOFTMAX,)  # evaluated only when asked for (--tasks)
 # The paper's claim: task -> the metric it is decided on.
 CLAIM_METRICS = {NEXT_ITEM: "ndcg@10", FAVORITE_GENRE: "balanced_accuracy", LIKED_ITEM: "auc"}
 
