@@ -195,5 +195,7 @@ def test_summed_replica_gradients_of_the_global_loss_are_r_times_too_big(setup, 
 
     got = summed_grads(next(iter(distributed)))
     assert max(float(tf.reduce_max(tf.abs(g))) for g in expected) > 1e-2
+    # Float32 sums in another order differ by up to ~1.2e-4 on the largest entries (seen
+    # under load); a wrong factor would be off by 50-100%.
     for g_two, g_one in zip(got, expected):
-        np.testing.assert_allclose(g_two.numpy(), 2.0 * g_one.numpy(), atol=1e-4)
+        np.testing.assert_allclose(g_two.numpy(), 2.0 * g_one.numpy(), rtol=1e-3, atol=1e-4)
