@@ -126,7 +126,7 @@ def exported(tmp_path_factory):
     request.write_text(json.dumps({"dir": export_dir, "batches": BATCHES}))
     loader = _start([sys.executable, "-c", _LOADER, str(request)])
     cli = _start([SAVED_MODEL_CLI, "show", "--dir", export_dir, "--all"])
-    # The README's `saved_model_cli run` call, verbatim but for the ids.
+    # docs/SERVING.md's `saved_model_cli run` call, verbatim but for the ids.
     run = _start(
         [SAVED_MODEL_CLI, "run", "--dir", export_dir, "--tag_set", "serve"]
         + ["--signature_def", "serving_default"]
