@@ -180,3 +180,28 @@ def test_scores_parquet_holds_every_unit_and_recomputes_the_rows(tmp_path):
                 for f in folds
             ]
             assert np.mean(aucs) == pytest.approx(r["value"])  # fmt: skip
+
+
+def test_claim_objective_is_the_mean_of_the_task_ratios_with_one_joint_interval():
+    records = _records()
+    fractions = (0.05, 0.1)
+    out = scores.claim_objective(records, 10, model="bt", reference="de", fractions=fractions,
+                                 n_resamples=300)  # fmt: skip
+    analysed = scores.analyse(records, 10, claim_fractions=fractions, n_resamples=300)
+    by = {t["task"]: t for t in analysed["claim"]["tasks"]}
+    assert set(out["tasks"]) == {NEXT_ITEM, FAVORITE_GENRE, LIKED_ITEM}
+    for task, cell in out["tasks"].items():  # the same point estimate as the claim block's
+        assert cell["ratio"] == pytest.approx(by[task]["ratio"])
+        lo, hi = cell["ci95"]
+        assert lo <= cell["ratio"] <= hi
+    assert out["ratio"] == pytest.approx(np.mean([c["ratio"] for c in out["tasks"].values()]))
+    lo, hi = out["ci95"]
+    assert lo < out["ratio"] < hi
+    # bt beats de on genre and loses on liked item (the records' design).
+    assert out["tasks"][FAVORITE_GENRE]["ci95"][0] > 1 > out["tasks"][LIKED_ITEM]["ci95"][1]
+    # Against itself: exactly 1 in every resample.
+    same = scores.claim_objective(records, 10, model="de", reference="de", fractions=fractions,
+                                  n_resamples=100)  # fmt: skip
+    assert same["ratio"] == pytest.approx(1.0) and same["ci95"] == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="no claim task"):
+        scores.claim_objective(records, 10, model="bt", reference="svd", fractions=fractions)

@@ -384,3 +384,26 @@ def test_chief_and_two_workers_run_each_trial_once(data_dir, tmp_path):
     for name in ("chief", "tuner0", "tuner1"):
         assert (out / "logs" / f"{name}.log").exists()
     assert json.loads((out / "best_hparams.json").read_text()).keys() == {"lambd", "projector"}
+
+
+def test_claim_objective_search_scores_train_and_eval_users_against_svd(data_dir, tmp_path):
+    out = tmp_path / "claim_search"
+    flags = _flags(data_dir, out, "--tuner=random", "--max_trials=2", "--epochs=1",
+                   "--objective=claim", "--objective_fractions=0.5", "--objective_seeds=1")  # fmt: skip
+    summary = ts.main(flags)
+    assert _statuses(out) == {"0": "COMPLETED", "1": "COMPLETED"}
+    ends = {e["trial_id"]: e for e in _events(out) if e["event"] == "end"}
+    for e in ends.values():
+        assert e["cv_claim_vs_svd"] == pytest.approx(e["claim_ratio"])
+        assert e["claim_ratio_lo"] <= e["claim_ratio"] <= e["claim_ratio_hi"]
+        tasks = [e[f"{t}_vs_svd"] for t in ("next_item", "favorite_genre", "liked_item")]
+        assert e["claim_ratio"] == pytest.approx(sum(tasks) / 3)
+        assert all(0 < r < 10 for r in tasks)
+    assert summary["best"]["objective"] == max(e["cv_claim_vs_svd"] for e in ends.values())
+    # The svd floor is probed once for the search: its cache is shared by the trials.
+    cache = out / "search" / "crossfit_cache" / "cache" / "units"
+    assert sorted(p.name for p in cache.iterdir()) == ["svd", "trial_0", "trial_1"]
+    table = (out / "trials.md").read_text()
+    assert "claim_ratio [95%]" in table and "favorite_genre_vs_svd [95%]" in table
+    row = [line for line in table.splitlines() if line.startswith("| **")][0]
+    assert row.count("[") >= 4  # the objective's and each task's interval

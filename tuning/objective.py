@@ -18,24 +18,42 @@ Objectives (``kind`` -> metric name reported to KerasTuner, higher is better):
   epoch are selected by eval HR@10 (the probes' standard-error rule, starting
   from the prior predictor); the score is that selected eval HR@10 (slightly
   optimistic, equally so for every trial).
+* ``claim`` -> ``cv_claim_vs_svd``: all three tasks of the claim at scarce
+  labels, cross-fitted (`crossfit_objective`): the trial's run and the ``svd``
+  floor (the user factors of a rank-d SVD of the same histories) are probed
+  by `bt_tf.evaluate`'s cross-fitted protocol over the train and eval users
+  (5 folds: every one of them scored, by probes trained and selected on the
+  other folds' labels), at ``fractions`` (default 5% and 10%) with
+  ``seeds`` label seeds. Per task of `bt_tf.evaluation.tasks.CLAIM_METRICS`
+  the ratio run / svd of its claim metric (mean over the fractions); the
+  objective is the mean of the three ratios (so each fold weighs by its
+  users: the mean over folds, not one lucky fold), or with ``stat="lower"``
+  the low end of its 95% paired bootstrap interval. The intervals are
+  reported with the trial (``trials.md``). 1.0 = as good as SVD features.
 * ``liked_item`` -> ``eval_liked_item_auc``: future rating >= 4 for (user,
   item) pairs, `bt_tf.evaluation.probe.train_pair_probe` with the encoder's item
   embeddings (L2 and epoch selected by the eval log-likelihood, the probes'
   default), AUC on eval pairs.
 
-Every objective uses all train and all eval labels (a 100% label fraction), so
-the scarce-label selection rule of `bt_tf.evaluate` (selection on the same
-fraction of eval users) is met trivially here.
+The three single-task objectives use all train and all eval labels (a 100%
+label fraction) and score eval users only; ``claim`` scores both splits at
+scarce labels.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
 from bt_tf import features as F
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_split
-from bt_tf.evaluation import labels, metrics
+from bt_tf.evaluation import labels, metrics, scores
+from bt_tf.evaluation.protocol import Protocol
+from bt_tf.evaluation.runner import evaluate_records
+from bt_tf.evaluation.tasks import CLAIM_METRICS
 from bt_tf.evaluation.probe import train_pair_probe, train_softmax_probe
 from bt_tf.training import genre_probe
 
@@ -44,7 +62,10 @@ OBJECTIVES = {
     "favorite_genre": "eval_favorite_genre_accuracy",
     "next_item": "eval_next_item_hr@10",
     "liked_item": "eval_liked_item_auc",
+    "claim": "cv_claim_vs_svd",
 }
+CLAIM_REFERENCE = "svd"  # the floor of the embedding's own size
+STATS = ("mean", "lower")
 _K = 10
 _KEEP = {
     "favorite_genre": [F.FUTURE_GENRE_IDS],
@@ -166,3 +187,62 @@ def _liked_item(emb, kept, num_items: int, item_embeddings, seed: int) -> tuple[
     logits = pair_probe.predict_logits(emb["eval"], pairs["eval"])
     n_users = int(np.unique(pairs["eval"].user_index).size)
     return float(metrics.roc_auc(pairs["eval"].labels, logits)), n_users
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossfitSpec:
+    """How the ``claim`` objective probes a trial (see the module docstring)."""
+
+    fractions: tuple[float, ...] = (0.05, 0.1)
+    seeds: int = 2
+    probe_folds: int = 5
+    stat: str = "mean"
+    n_resamples: int = 1000
+
+    def __post_init__(self):
+        if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"objective fractions {self.fractions}: each in (0, 1]")
+        if self.seeds < 1 or self.probe_folds < 2:
+            raise ValueError("the claim objective needs >= 1 label seed and >= 2 probe folds")
+        if self.stat not in STATS:
+            raise ValueError(f"objective stat {self.stat!r}: expected one of {STATS}")
+
+
+def crossfit_objective(
+    run_dir: str, name: str, cache_dir: str, spec: CrossfitSpec = CrossfitSpec(),
+    *, workers: int | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """The ``claim`` objective of one trained run (named ``name``, e.g. its trial).
+
+    ``cache_dir`` holds the probes' cache; share it between the trials of a
+    search, so the ``svd`` floor is probed once (its cache key is its
+    features, not the trial).
+
+    Returns floats: ``cv_claim_vs_svd``, ``claim_ratio`` and its ``_lo``/``_hi``,
+    and per task ``<task>_vs_svd`` with ``_lo``/``_hi``.
+    """
+    records = evaluate_records(
+        [run_dir], cache_dir, names=[name], label_fractions=spec.fractions,
+        seeds=spec.seeds, tasks=list(CLAIM_METRICS), include_floors=(CLAIM_REFERENCE,),
+        protocol=Protocol(probe_folds=spec.probe_folds, users=tuple(SEARCH_SPLITS)),
+        workers=workers,
+    ).records  # fmt: skip
+    res = scores.claim_objective(
+        records, _K, model=name, reference=CLAIM_REFERENCE, fractions=spec.fractions,
+        n_resamples=spec.n_resamples,
+    )  # fmt: skip
+    lo, hi = res["ci95"]
+    out = {"claim_ratio": res["ratio"], "claim_ratio_lo": lo, "claim_ratio_hi": hi}
+    out[OBJECTIVES["claim"]] = res["ratio"] if spec.stat == "mean" else lo
+    for task, cell in res["tasks"].items():
+        out[f"{task}_vs_svd"] = cell["ratio"]
+        out[f"{task}_vs_svd_lo"], out[f"{task}_vs_svd_hi"] = cell["ci95"]
+    if not np.isfinite(out[OBJECTIVES["claim"]]):
+        raise ValueError(f"{OBJECTIVES['claim']} is not finite: {res}")
+    return {k: float(v) for k, v in out.items()}
+
+
+def claim_columns(metrics: Sequence[str]) -> list[str]:
+    """The value names of `crossfit_objective` that have intervals, in display order."""
+    names = ["claim_ratio", *(f"{t}_vs_svd" for t in CLAIM_METRICS)]
+    return [n for n in names if n in metrics]

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from keras_tuner.engine.trial import Trial
 
 from tuning import space
+from tuning.objective import OBJECTIVES, claim_columns
 
 BEST_HPARAMS = "best_hparams.json"
 TRIALS_MD = "trials.md"
@@ -33,7 +34,8 @@ def load_trials(project_dir: str, objective_name: str) -> list[dict]:
 
     Returns dicts ``{"trial_id", "status", "values" (hyperparameters incl.
     Fixed and tuner/*), "flags" (`space.train_flags`), "objective" (float or
-    None), "epochs", "wall_seconds", "message"}``.
+    None), "epochs", "wall_seconds", "message", "metrics" (every reported
+    value, by name)}``.
     """
     rows = []
     for path in sorted(glob.glob(os.path.join(project_dir, "trial_*", "trial.json"))):
@@ -55,6 +57,7 @@ def load_trials(project_dir: str, objective_name: str) -> list[dict]:
                 "epochs": last("epochs"),
                 "wall_seconds": last("wall_seconds"),
                 "message": trial.message,
+                "metrics": {name: last(name) for name in trial.metrics.metrics},
             }
         )
     return rows
@@ -89,12 +92,24 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _interval(metrics: dict, name: str) -> str:
+    """``"1.032 [0.981, 1.085]"`` from ``name``, ``name_lo``, ``name_hi`` (empty if unset)."""
+    values = [metrics.get(k) for k in (name, f"{name}_lo", f"{name}_hi")]
+    if any(v is None for v in values):
+        return ""
+    return "{:.3f} [{:.3f}, {:.3f}]".format(*values)
+
+
 def trials_table(trials: Sequence[dict], objective_name: str) -> str:
     """Markdown table, one row per trial; the best trial's id is bold."""
     best = best_trial(trials)
     flag_names = [f for f in space.SEARCHABLE_FLAGS if any(f in t["flags"] for t in trials)]
     hyperband = any("tuner/epochs" in t["values"] for t in trials)
-    header = ["trial", *flag_names, objective_name, "epochs", "wall time (s)", "status"]
+    reported = {name for t in trials for name in t.get("metrics", {})}
+    ranged = [n for n in claim_columns(sorted(reported))
+              if {f"{n}_lo", f"{n}_hi"} <= reported]  # fmt: skip
+    header = ["trial", *flag_names, objective_name, *(f"{n} [95%]" for n in ranged),
+              "epochs", "wall time (s)", "status"]  # fmt: skip
     if hyperband:
         header.insert(len(flag_names) + 1, "continues")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -107,7 +122,8 @@ def trials_table(trials: Sequence[dict], objective_name: str) -> str:
         status = t["status"]
         if status != "COMPLETED" and t["message"]:
             status += ": " + t["message"].strip().splitlines()[-1][:80].replace("|", "/")
-        cells += [_fmt(t["objective"]), _fmt(epochs), _fmt(t["wall_seconds"]), status]
+        cells += [_fmt(t["objective"]), *(_interval(t.get("metrics", {}), n) for n in ranged),
+                  _fmt(epochs), _fmt(t["wall_seconds"]), status]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -196,6 +212,12 @@ def write_reports(
             f"Best: trial {best['trial_id']}, {objective_name} = {best['objective']:.4f}, "
             + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(hparams.items()))
             + "\n\n"
+        )
+    if objective_name == OBJECTIVES["claim"]:
+        header += (
+            "Ratios to the `svd` floor (claim metric per task, mean over the objective's "
+            "label fractions; the objective is their mean), cross-fitted over the train and "
+            "eval users, with 95% paired bootstrap intervals over users.\n\n"
         )
     with open(os.path.join(output_dir, TRIALS_MD), "w") as f:
         f.write(header + trials_table(trials, objective_name))

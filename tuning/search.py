@@ -31,8 +31,12 @@ command line (or in `--hparams`) is pinned as well; pinned values are
 recorded with every trial and written to best_hparams.json.
 
 Objective (`--objective`, see `tuning.objective`): favorite_genre (default),
-next_item (HR@10) or liked_item (AUC), on EVAL users; the test split is
-never read during a search.
+next_item (HR@10) or liked_item (AUC), on EVAL users; or `claim`: all three
+tasks of the paper's claim at scarce labels (`--objective_fractions`, default
+5% and 10%), cross-fitted over the train and eval users, as the mean ratio to
+the `svd` floor with its 95% interval in trials.md (`--objective_stat=lower`
+maximizes the interval's low end). The test split is never read during a
+search.
 
 Resume: run the same command again. KerasTuner reloads its state from
 `<output_dir>/search/`; a trial that was running when the search died is
@@ -62,7 +66,7 @@ import sys
 
 from bt_tf import cli
 
-if __name__ == "__main__":
+if __name__ in cli.MAIN_NAMES:  # also a spawned probe worker's import (--objective=claim)
     cli.startup(sys.argv[1:])  # before TensorFlow and Beam are imported: quiet unless --verbose
 
 import argparse
@@ -85,7 +89,7 @@ from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_set
 from bt_tf.training.trainer import train
 from pipelines import preprocess
 from tuning import report, space
-from tuning.objective import OBJECTIVES, objective_name
+from tuning.objective import OBJECTIVES, STATS, CrossfitSpec, objective_name
 from tuning.tuner import BarlowTwinsTuner
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -113,6 +117,7 @@ class SearchConfig:
     num_initial_points: int | None = None  # bayesian; None: KerasTuner's 3 x dimensions
     tuner_seed: int = 1
     space: space.SearchSpace = space.SearchSpace()
+    crossfit: CrossfitSpec = CrossfitSpec()  # how --objective=claim probes a trial
     distributed_workers: int = 0
     oracle_ip: str = "127.0.0.1"
     oracle_port: int = 0  # 0: a free port
@@ -185,6 +190,7 @@ def make_tuner(search: SearchConfig, base: TrainConfig):
         make_oracle(search),
         base,
         search.objective,
+        crossfit=search.crossfit,
         directory=search.output_dir,
         project_name=PROJECT_NAME,
         events_path=search.events_path,
@@ -398,6 +404,11 @@ def _range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    parse = cli.comma_list(float, "label fractions in (0, 1]", lambda v: 0 < v <= 1)
+    return tuple(parse(text))
+
+
 def _positive_ints(what: str):
     parse = cli.comma_list(int, f"{what} (integers >= 1)", lambda v: v >= 1)
     return lambda text: tuple(parse(text))
@@ -415,6 +426,12 @@ _SEARCH_FLAGS = (
     ("--tuner", {"choices": TUNERS, "help": "KerasTuner oracle"}),
     ("--objective", {"choices": sorted(OBJECTIVES), "help": "probe metric on eval users that "
      "the search maximizes"}),
+    ("--objective_fractions", {"type": _fractions, "default": CrossfitSpec.fractions,
+     "help": "claim objective: label fractions (the mean over them)"}),
+    ("--objective_seeds", {"type": int, "default": CrossfitSpec.seeds, "help": "claim "
+     "objective: label seeds per fraction"}),
+    ("--objective_stat", {"choices": STATS, "default": CrossfitSpec.stat, "help": "claim "
+     "objective: the mean ratio to svd, or the low end of its 95%% interval"}),
     ("--max_trials", {"type": int, "help": "trials of random/bayesian"}),
     ("--max_epochs", {"type": int, "help": "hyperband: the largest per-trial budget in epochs "
      "(--epochs sets the epochs of a random/bayesian trial)"}),
@@ -531,6 +548,10 @@ def _configs(args, rest: Sequence[str], base: TrainConfig):
         num_initial_points=args.num_initial_points,
         tuner_seed=args.tuner_seed,
         space=search_space,
+        crossfit=CrossfitSpec(
+            fractions=args.objective_fractions, seeds=args.objective_seeds,
+            stat=args.objective_stat,
+        ),  # fmt: skip
         distributed_workers=args.distributed_workers,
         oracle_ip=args.oracle_ip,
         oracle_port=args.oracle_port,
@@ -576,3 +597,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     cli.run_main(main)
+elif __name__ == cli.SPAWNED_MAIN:
+    cli.end_startup()  # a probe worker of the claim objective: its log lines show

@@ -40,10 +40,11 @@ from bt_tf.serving.export import restore_encoder
 from bt_tf.training.config import TrainConfig
 from bt_tf.training.trainer import data_width, train
 from tuning import space
-from tuning.objective import evaluate_objective, objective_name
+from tuning.objective import CrossfitSpec, crossfit_objective, evaluate_objective, objective_name
 
 RUN_DIR = "run"
 OBJECTIVE_FILE = "objective.json"
+CROSSFIT_CACHE = "crossfit_cache"  # the claim objective's probe cache, shared by the trials
 
 
 def trial_run_dir(project_dir: str, trial_id: str) -> str:
@@ -102,6 +103,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
         replaces the searched fields, ``run_dir``, ``epochs`` (Hyperband)
         and sets ``probe=False, export=False``.
       objective_kind: a key of `tuning.objective.OBJECTIVES`.
+      crossfit: how the ``claim`` objective probes a trial.
       directory, project_name: KerasTuner's project dir is their join.
       events_path: JSON-lines event log (None: no log).
     """
@@ -112,6 +114,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
         base_config: TrainConfig,
         objective_kind: str = "favorite_genre",
         *,
+        crossfit: CrossfitSpec = CrossfitSpec(),
         directory: str,
         project_name: str = "search",
         events_path: str | None = None,
@@ -130,6 +133,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
         self.base_config = base_config
         self.objective_kind = objective_kind
         self.objective_name = objective_name(objective_kind)
+        self.crossfit = crossfit
         self.events_path = events_path
 
     def run_trial(self, trial, *args, **kwargs) -> dict:
@@ -168,12 +172,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
                 cached = json.load(f)
             if cached.get("epochs") == epochs_done and self.objective_name in cached:
                 return cached
-        artifact_dir = metrics["artifact_dir"]
-        width = data_width(config, dataset.load_metadata(artifact_dir))
-        encoder, _ = restore_encoder(config.run_dir)
-        scores = evaluate_objective(
-            encoder, artifact_dir, self.objective_kind, max_len=width, seed=config.seed
-        )
+        scores = self._objective(config, metrics["artifact_dir"])
         final = metrics.get("final", {})
         result = {**scores, "epochs": float(epochs_done)}
         for key in ("loss", "val_loss"):  # reported for the record, never the objective
@@ -183,6 +182,17 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
             json.dump(result, f, indent=2)
         os.replace(cache + ".tmp", cache)
         return result
+
+    def _objective(self, config: TrainConfig, artifact_dir: str) -> dict:
+        if self.objective_kind == "claim":
+            name = os.path.basename(os.path.dirname(config.run_dir))  # trial_<id>
+            cache = os.path.join(self.project_dir, CROSSFIT_CACHE)
+            return crossfit_objective(config.run_dir, name, cache, self.crossfit)
+        width = data_width(config, dataset.load_metadata(artifact_dir))
+        encoder, _ = restore_encoder(config.run_dir)
+        return evaluate_objective(
+            encoder, artifact_dir, self.objective_kind, max_len=width, seed=config.seed
+        )
 
     def on_search_begin(self):
         super().on_search_begin()

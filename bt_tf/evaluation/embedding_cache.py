@@ -92,7 +92,7 @@ def embed_users(encoder, data: EvalData, *, batch_size: int = 512) -> dict[str, 
         input_signature=[tf.TensorSpec([None, None], tf.int32)],
     )
     out = {}
-    for split in F.SPLITS:
+    for split in data.history:
         items = data.history[split].astype(np.int32)
         extents = history_extents(items)
         order = np.argsort(extents, kind="stable")
@@ -121,9 +121,9 @@ def checkpoint_fingerprint(run_dir: str) -> dict:
 
 def data_fingerprint(data: EvalData) -> dict:
     """What identifies the evaluated users: the artifact's metadata, the width
-    and every split's user ids in order."""
+    and every split's user ids in order (the splits read)."""
     ids = hashlib.sha256()
-    for split in F.SPLITS:
+    for split in (s for s in F.SPLITS if s in data.user_ids):
         ids.update(split.encode())
         for user in data.user_ids[split]:
             ids.update(user if isinstance(user, bytes) else str(user).encode())
@@ -153,7 +153,8 @@ def cached_embeddings(
             try:
                 with np.load(path, allow_pickle=False) as z:
                     if str(z["fingerprint"]) == key:
-                        return {s: z[s] for s in F.SPLITS}, z["items"], True
+                        splits = [s for s in F.SPLITS if s in z.files]
+                        return {s: z[s] for s in splits}, z["items"], True
             except (OSError, ValueError, KeyError) as err:  # unreadable: recompute
                 logging.warning("ignoring embedding cache %s: %s", path, err)
     emb, items = compute()

@@ -99,14 +99,17 @@ def load_eval_data(
     width: int | None = None,
     tasks: Sequence[str] | None = None,
     liked_threshold: float = 4.0,
+    splits: Sequence[str] = F.SPLITS,
 ) -> EvalData:
-    """Reads every split once and derives the labels of `tasks` (default: all available).
+    """Reads each of ``splits`` once and derives the labels of `tasks` (default: all
+    available).
 
     Args:
         artifact_dir: preprocessing output dir.
         width: history width (default: the artifact's max_len).
         tasks: subset of `available_tasks(artifact_dir)`.
         liked_threshold: future rating >= this -> liked.
+        splits: the splits read (a search reads train and eval only, never test).
     """
     tasks = _check_tasks(tasks, artifact_dir)
     meta = dataset.load_metadata(artifact_dir)
@@ -114,7 +117,7 @@ def load_eval_data(
     derive = {name: get_task(name) for name in tasks}
     reads = [f for task in derive.values() for f in task.reads]
     user_ids, history, labels = {}, {}, {name: {} for name in tasks}
-    for split in F.SPLITS:
+    for split in splits:
         _, kept = embed_split(
             _no_encoder, artifact_dir, split, max_len=width, keep=list(_KEEP) + reads
         )

@@ -258,6 +258,51 @@ def task_intervals(
     return out
 
 
+def mean_ratios(
+    groups: Sequence[Sequence[tuple[Cell, Cell]]],
+    n_users: int,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> list[tuple[float, tuple[float, float]]]:
+    """Model / reference ratios averaged within groups and over groups, one bootstrap.
+
+    ``groups[g]``: (model cell, reference cell) pairs (e.g. one task's fractions),
+    every cell's ``unit_user`` indexing the same ``n_users`` users, so one
+    resample of users weights every group at once (paired across tasks too).
+
+    Returns ``[(value, (lo, hi))]``: each group's mean ratio, then the mean over
+    the groups.
+    """
+    if not groups or not all(groups):
+        raise ValueError("mean_ratios needs at least one (model, reference) pair per group")
+
+    def statistic(idx, axis=-1):
+        w = _weights(idx, n_users)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_group = [
+                np.mean([_statistic(a, w) / _statistic(b, w) for a, b in pairs], axis=0)
+                for pairs in groups
+            ]
+        out = np.stack([*per_group, np.mean(per_group, axis=0)], axis=0)  # [G + 1, B]
+        return out[:, 0] if np.ndim(idx) == 1 else out
+
+    point = statistic(np.arange(n_users))
+    res = scipy.stats.bootstrap(
+        (np.arange(n_users),),
+        statistic,
+        n_resamples=n_resamples,
+        vectorized=True,
+        method="percentile",
+        confidence_level=confidence,
+        batch=_BATCH,
+        random_state=np.random.default_rng(seed),
+    )
+    lo, hi = res.confidence_interval
+    return [(_finite(point[i]), (_finite(lo[i]), _finite(hi[i]))) for i in range(len(point))]
+
+
 def _finite(v) -> float:
     v = float(v)
     return v if np.isfinite(v) else float("nan")

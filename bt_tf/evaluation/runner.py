@@ -217,7 +217,7 @@ def evaluate_records(
     label_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seeds: int | Sequence[int] = 3,
     tasks: Sequence[str] | None = None,
-    include_floors: bool = True,
+    include_floors: bool | Sequence[str] = True,
     names: Sequence[str] | None = None,
     settings: EvalSettings = EvalSettings(),
     protocol: Protocol = Protocol(),
@@ -227,7 +227,9 @@ def evaluate_records(
 ) -> Evaluation:
     """Probes trained runs (and the floors) on every task; the records, not a report.
 
-    Arguments as `evaluate_runs`'s.
+    Arguments as `evaluate_runs`'s; ``include_floors`` may also name the floors
+    to probe (e.g. ``("svd",)``; the prior predictor is named ``majority`` /
+    ``popularity`` per task, ``prior`` here).
     """
     runs_ = read_runs(run_dirs, names)
     workers = workers or min(4, os.cpu_count() or 1)
@@ -238,6 +240,7 @@ def evaluate_records(
             width=int(runs_[0].config["max_len"]),
             tasks=tasks,
             liked_threshold=settings.liked_threshold,
+            splits=protocol.population_splits(),
         )
         data_fp = data_fingerprint(data)
     task_names = tuple(data.labels)
@@ -263,10 +266,13 @@ def evaluate_records(
         rows = floors.fit_rows(ctx.population, train_users)
         extra = floors.history_floors(ctx.history, ctx.num_items, rows, dim=dim, settings=settings,
                                       clock=clock)  # fmt: skip
-        extra += floors.untrained_floors(
-            data, ctx.population, [r.config for r in runs_], [r.name for r in runs_],
-            data_fp=data_fp, **kw,
-        )  # fmt: skip
+        if include_floors is True or "untrained" in include_floors:
+            extra += floors.untrained_floors(
+                data, ctx.population, [r.config for r in runs_], [r.name for r in runs_],
+                data_fp=data_fp, **kw,
+            )  # fmt: skip
+        if include_floors is not True:  # the named floors only
+            extra = [c for c in extra if c.name.split("(")[0] in include_floors]
         jobs += [(contender, None) for contender in extra]
     return Evaluation(_probe_all(plan, jobs, workers), ctx, clock)
 

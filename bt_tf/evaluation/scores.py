@@ -167,8 +167,57 @@ def analyse(
     return out
 
 
-def _cells(task: str, recs, k: int):
-    """(metric, fraction, model) -> (Cell, replicates), the task's users, its models."""
+def claim_objective(
+    records,
+    k: int,
+    *,
+    model: str,
+    reference: str,
+    fractions: Sequence[float],
+    n_resamples: int = intervals.DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """``model`` / ``reference`` on every task of `tasks.CLAIM_METRICS` (its claim
+    metric, the mean over ``fractions``) and the mean over the tasks, with 95%
+    intervals from ONE paired bootstrap of the users of all tasks together.
+
+    Returns ``{"tasks": {task: {"metric", "ratio", "ci95"}}, "ratio", "ci95"}``.
+    """
+    claim = [r for r in records if r.task in CLAIM_METRICS and r.fraction in set(fractions)]
+    users = np.unique(np.concatenate([r.units.user for r in claim]))
+    by_task = collections.defaultdict(list)
+    for r in claim:
+        by_task[r.task].append(r)
+    groups, names = [], []
+    for task, recs in by_task.items():
+        cells, _, _ = _cells(task, recs, k, users=users)
+        metric = CLAIM_METRICS[task]
+        pairs = [
+            (cells[(metric, f, model)][0], cells[(metric, f, reference)][0])
+            for f in fractions
+            if (metric, f, model) in cells and (metric, f, reference) in cells
+        ]
+        if pairs:
+            groups.append(pairs)
+            names.append(task)
+    if not groups:
+        raise ValueError(f"no claim task has both {model} and {reference} at {list(fractions)}")
+    out = intervals.mean_ratios(groups, int(users.size), n_resamples=n_resamples, seed=seed)
+    return {
+        "tasks": {
+            task: {"metric": CLAIM_METRICS[task], "ratio": v, "ci95": list(ci)}
+            for task, (v, ci) in zip(names, out)
+        },
+        "ratio": out[-1][0],
+        "ci95": list(out[-1][1]),
+    }
+
+
+def _cells(task: str, recs, k: int, users: np.ndarray | None = None):
+    """(metric, fraction, model) -> (Cell, replicates), the task's users, its models.
+
+    ``users``: sorted ids the cells' ``unit_user`` index (default: the task's own).
+    """
     ref = recs[0].units
     for r in recs[1:]:
         if not (
@@ -178,7 +227,10 @@ def _cells(task: str, recs, k: int):
                 f"{task}: {r.model} fraction={r.fraction} seed={r.seed} was scored on other "
                 "users than the other models; they must share the evaluated users."
             )
-    users, unit_user = np.unique(ref.user, return_inverse=True)
+    if users is None:
+        users, unit_user = np.unique(ref.user, return_inverse=True)
+    else:
+        unit_user = np.searchsorted(users, ref.user)
     groups = collections.defaultdict(list)
     for r in recs:
         groups[(r.fraction, r.model)].append(r)
