@@ -388,8 +388,8 @@ def test_chief_and_two_workers_run_each_trial_once(data_dir, tmp_path):
 
 def test_claim_objective_search_scores_train_and_eval_users_against_svd(data_dir, tmp_path):
     out = tmp_path / "claim_search"
-    flags = _flags(data_dir, out, "--tuner=random", "--max_trials=2", "--epochs=1",
-                   "--objective=claim", "--objective_fractions=0.5", "--objective_seeds=1")  # fmt: skip
+    claim = ["--objective=claim", "--objective_fractions=0.5", "--objective_seeds=1"]
+    flags = _flags(data_dir, out, "--tuner=random", "--max_trials=2", "--epochs=1", *claim)
     summary = ts.main(flags)
     assert _statuses(out) == {"0": "COMPLETED", "1": "COMPLETED"}
     ends = {e["trial_id"]: e for e in _events(out) if e["event"] == "end"}

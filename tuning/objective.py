@@ -51,10 +51,10 @@ from bt_tf import features as F
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_split
 from bt_tf.evaluation import labels, metrics, scores
+from bt_tf.evaluation.probe import train_pair_probe, train_softmax_probe
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.runner import evaluate_records
 from bt_tf.evaluation.tasks import CLAIM_METRICS
-from bt_tf.evaluation.probe import train_pair_probe, train_softmax_probe
 from bt_tf.training import genre_probe
 
 SEARCH_SPLITS = genre_probe.SPLITS  # the only splits a search reads: train, eval
