@@ -153,6 +153,7 @@ def test_structured_flags_are_checked_while_parsing(tmp_path):
         f"--hparams={tmp_path / 'no.json'}": "argument --hparams: .*no.json: no such file",
         f"--hparams={bad_json}": r"argument --hparams: .*bad.json, line 2 column 15: not valid",
         "--strategy=gpu": "argument --strategy: invalid choice",
+        "--item_init=pca": "argument --item_init: invalid choice: 'pca'",
     }
     for flag, message in cases.items():
         with pytest.raises(UserError, match=message):
@@ -188,6 +189,22 @@ def test_hparams_values_are_checked_and_name_the_file_and_key(tmp_path):
     path.write_text(json.dumps({"batch_size": 64.0, "lambd": 1, "jit_compile": True}))
     config = flags.parse([f"--hparams={path}"])
     assert (config.batch_size, config.lambd, config.jit_compile) == (64, 1.0, True)
+
+
+def test_item_table_flags_parse_and_a_bad_value_is_one_error_line(capsys):
+    config = flags.parse(["--item_init=svd", "--freeze_item_embeddings"])
+    assert (config.item_init, config.freeze_item_embeddings) == ("svd", True)
+    config = flags.parse([])
+    assert (config.item_init, config.freeze_item_embeddings) == ("random", False)
+    assert config.to_json()["item_init"] == "random"
+    text = " ".join(train.build_parser([]).format_help().split())
+    assert "--item_init {random,svd}" in text and "(default: random)" in text
+    assert "--freeze_item_embeddings, --no-freeze_item_embeddings" in text
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(train.main, ["--item_init=pca"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: argument --item_init: invalid choice: 'pca'")
 
 
 def test_run_main_exit_codes(capsys):

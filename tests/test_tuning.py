@@ -152,6 +152,38 @@ def test_joint_space_adds_temperature_learning_rate_and_bt_weight():
     assert "temperature" not in _kinds(ts.parse([])[0])
 
 
+@pytest.mark.parametrize("model", ["bt", "de", "bt+de"])
+def test_pooling_and_item_init_are_searched_only_when_asked(model):
+    new = {"pooling", "item_init"}
+    assert not new & set(_kinds(ts.parse([f"--model={model}"])[0]))  # default: as before
+    search, _ = ts.parse([f"--model={model}", "--search_pooling", "--search_item_init"])
+    params = {p.name: p for p in search.space.hyperparameters().space}
+    assert {n: type(params[n]).__name__ for n in new} == {n: "Choice" for n in new}
+    assert params["pooling"].values == ["mean", "last"]
+    assert params["item_init"].values == ["random", "svd"]
+    search, _ = ts.parse([f"--model={model}", "--search_item_init"])
+    assert "pooling" not in _kinds(search) and _kinds(search)["item_init"] == "Choice"
+
+    # Pins: --pin, or the training flag given explicitly; a pin alone still records it.
+    search, _ = ts.parse([f"--model={model}", "--search_pooling", "--pin=pooling=last"])
+    assert search.space.pinned == {"pooling": "last"} and _kinds(search)["pooling"] == "Fixed"
+    search, _ = ts.parse([f"--model={model}", "--item_init=svd"])
+    assert search.space.pinned == {"item_init": "svd"} and _kinds(search)["item_init"] == "Fixed"
+    with pytest.raises(ValueError, match="--pin=item_init=pca: expected one of"):
+        ts.parse([f"--model={model}", "--pin=item_init=pca"])
+
+
+def test_pooling_and_item_init_values_become_the_train_config():
+    values = {"pooling": "last", "item_init": "svd", "temperature": 0.2}
+    assert sp.train_flags(values) == values
+    base = TrainConfig(model="de", epochs=5)
+    config = sp.trial_config(base, values, "/tmp/r", epochs=2)
+    assert (config.encoder.pooling, config.item_init, config.temperature) == ("last", "svd", 0.2)
+    assert dataclasses.replace(config.encoder, pooling="mean") == base.encoder
+    assert (config.epochs, config.run_dir, config.freeze_item_embeddings) == (2, "/tmp/r", False)
+    assert "pooling" in sp.SEARCHABLE_FLAGS and "item_init" in sp.SEARCHABLE_FLAGS
+
+
 def test_each_tuner_gets_its_keras_tuner_oracle():
     expected = {
         "random": keras_tuner.oracles.RandomSearchOracle,

@@ -24,11 +24,13 @@ Searched (see `tuning.space`), by `--model`:
   learning rate (log-uniform over `--learning_rate_range`); nothing of BT.
 - bt+de: all of bt's, plus temperature, learning rate and `bt_weight`
   (log-uniform over `--bt_weight_range`).
+- any model: with `--search_pooling` also the pooling (mean or last), with
+  `--search_item_init` also the item table's init (random or svd).
 Pinning: `--pin=lambd=0.005` (repeatable, only names the model has), and any
 of `--lambd`, `--projector`, `--augment`, `--learning_rate`, `--temperature`,
-`--bt_weight` that applies to the model and is given explicitly on the
-command line (or in `--hparams`) is pinned as well; pinned values are
-recorded with every trial and written to best_hparams.json.
+`--bt_weight`, `--pooling`, `--item_init` that applies to the model and is
+given explicitly on the command line (or in `--hparams`) is pinned as well;
+pinned values are recorded with every trial and written to best_hparams.json.
 
 Objective (`--objective`, see `tuning.objective`): favorite_genre (default),
 next_item (HR@10) or liked_item (AUC), on EVAL users; or `claim`: all three
@@ -452,6 +454,10 @@ _SEARCH_FLAGS = (
      "(layers) searched"}),
     ("--search_augment", {"action": _BOOL, "help": "also search mask/reorder/crop strengths "
      "and the learning rate"}),
+    ("--search_pooling", {"action": _BOOL, "help": "also search the encoder's pooling (mean "
+     "or last; any model)"}),
+    ("--search_item_init", {"action": _BOOL, "help": "also search the init of the encoder's "
+     "input item table (random or svd, see --item_init; any model)"}),
     ("--pin", {"action": "append", "default": [], "metavar": "NAME=VALUE", "help": "fix a "
      f"dimension, repeatable; NAME in {', '.join(space.PIN_NAMES)}"}),
     ("--distributed_workers", {"type": int, "help": "tuner workers started on this machine "
@@ -535,6 +541,8 @@ def _configs(args, rest: Sequence[str], base: TrainConfig):
         projector_widths=args.projector_widths,
         projector_depths=args.projector_depths,
         search_augment=args.search_augment,
+        search_pooling=args.search_pooling,
+        search_item_init=args.search_item_init,
         pins=tuple(sorted(pins.items())),
     )
     search = SearchConfig(

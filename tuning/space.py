@@ -19,6 +19,8 @@ name                values                                      TrainConfig fiel
 ``bt_weight``       log-uniform over ``bt_weight_range``        ``bt_weight``
 ``projector``       a pinned projector string                   ``projector``
 ``augment``         a pinned augment string                     ``augment``
+``pooling``         choice mean/last (``search_pooling``)       ``pooling``
+``item_init``       choice random/svd (``search_item_init``)    ``item_init``
 ==================  ==========================================  ======================
 
 Which names a search has depends on the model it tunes (``--model``, see
@@ -28,7 +30,10 @@ rate); ``de`` (the dual encoder) its softmax temperature and learning rate
 only (it has no lambda, projector or augmentation); ``bt+de`` both, plus
 ``bt_weight``. So a DE gets its own temperature and learning rate, found with
 the same tuner and budget as BT, and its ``best_hparams.json`` holds exactly
-the flags ``python -m bt_tf.train --model=de --hparams=FILE`` reads.
+the flags ``python -m bt_tf.train --model=de --hparams=FILE`` reads. Every
+model may also search its encoder's pooling (``search_pooling``) and the init
+of its input item table (``search_item_init``: Keras' random init or the SVD
+item factors, see `bt_tf.training.config`), both off by default.
 
 A *pin* fixes a value: it becomes a `keras_tuner` ``Fixed`` hyperparameter
 (so it is recorded with every trial and written to ``best_hparams.json``)
@@ -49,10 +54,19 @@ import keras_tuner
 
 from bt_tf.data.augment import AugmentPolicy
 from bt_tf.modeling.projector import ProjectorConfig
-from bt_tf.training.config import TrainConfig
+from bt_tf.training.config import ENCODER_FLAGS, ITEM_INITS, POOLINGS, TrainConfig
 
 # TrainConfig fields (= flag names of `bt_tf.train`) that a search may set.
-SEARCHABLE_FLAGS = ("lambd", "projector", "augment", "learning_rate", "temperature", "bt_weight")
+SEARCHABLE_FLAGS = (
+    "lambd",
+    "projector",
+    "augment",
+    "learning_rate",
+    "temperature",
+    "bt_weight",
+    "pooling",
+    "item_init",
+)
 # Names that `--pin=NAME=VALUE` accepts.
 PIN_NAMES = (
     "lambd",
@@ -68,6 +82,8 @@ PIN_NAMES = (
     "learning_rate",
     "temperature",
     "bt_weight",
+    "pooling",
+    "item_init",
 )
 _AUGMENT_PARTS = ("mask", "reorder", "crop", "substitute", "insert")
 # Parts searched on a grid that includes 0 (= op off): the co-occurrence ops
@@ -75,11 +91,13 @@ _AUGMENT_PARTS = ("mask", "reorder", "crop", "substitute", "insert")
 _AUGMENT_STEPS = {"substitute": 0.1, "insert": 0.1}
 _BT_NAMES = ("lambd", "projector", "projector_width", "projector_depth", "augment")
 _BT_NAMES += _AUGMENT_PARTS
+# Choices of the categorical names: every value the TrainConfig field takes.
+_CHOICES = {"pooling": POOLINGS, "item_init": ITEM_INITS}
 # The hyperparameter names (pins included) that apply to each model.
 MODEL_PARAMETERS = {
-    "bt": (*_BT_NAMES, "learning_rate"),
-    "de": ("temperature", "learning_rate"),
-    "bt+de": (*_BT_NAMES, "learning_rate", "temperature", "bt_weight"),
+    "bt": (*_BT_NAMES, "learning_rate", *_CHOICES),
+    "de": ("temperature", "learning_rate", *_CHOICES),
+    "bt+de": (*_BT_NAMES, "learning_rate", "temperature", "bt_weight", *_CHOICES),
 }
 _TYPES = {
     "lambd": float,
@@ -95,6 +113,8 @@ _TYPES = {
     "learning_rate": float,
     "temperature": float,
     "bt_weight": float,
+    "pooling": str,
+    "item_init": str,
 }
 
 
@@ -122,6 +142,9 @@ class SearchSpace:
       temperature_range: (low, high) of the log-uniform DE softmax
         temperature (de, bt+de).
       bt_weight_range: (low, high) of the log-uniform BT loss weight (bt+de).
+      search_pooling: also search the encoder's pooling (choice of mean, last).
+      search_item_init: also search the init of the encoder's input item table
+        (choice of random, svd; see ``--item_init``).
       pins: ``((name, value), ...)``, names from `PIN_NAMES`; pinned names are
         not searched (see module docstring).
     """
@@ -139,6 +162,8 @@ class SearchSpace:
     learning_rate_range: tuple[float, float] = (1e-4, 1e-2)
     temperature_range: tuple[float, float] = (0.02, 1.0)
     bt_weight_range: tuple[float, float] = (0.01, 1.0)
+    search_pooling: bool = False
+    search_item_init: bool = False
     pins: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
@@ -159,6 +184,9 @@ class SearchSpace:
                 "--search_augment searches the Barlow Twins augmentation; --model=de has "
                 "none (its search always covers temperature and learning rate)"
             )
+        for name, choices in _CHOICES.items():
+            if name in pins and pins[name] not in choices:
+                raise ValueError(f"--pin={name}={pins[name]}: expected one of {choices}")
         if "projector" in pins and {"projector_width", "projector_depth"} & set(pins):
             raise ValueError("pin either projector or projector_width/projector_depth, not both")
         parts = "/".join(_AUGMENT_PARTS)
@@ -209,6 +237,9 @@ class SearchSpace:
             log_uniform("temperature")
         if self.model == "bt+de":
             log_uniform("bt_weight")
+        for name, choices in _CHOICES.items():
+            if getattr(self, f"search_{name}") or name in pinned:
+                fixed_or(name, lambda n=name, c=choices: hp.Choice(n, list(c)))
         return hp
 
     def _bt_hyperparameters(self, hp: keras_tuner.HyperParameters, fixed_or) -> None:
@@ -296,6 +327,9 @@ def trial_settings(values: Mapping[str, Any], base: TrainConfig | None = None) -
     for name in ("learning_rate", "temperature", "bt_weight"):
         if name in values:
             out[name] = float(values[name])
+    for name in _CHOICES:
+        if name in values:
+            out[name] = str(values[name])
     return out
 
 
@@ -312,5 +346,10 @@ def trial_config(
     base: TrainConfig, values: Mapping[str, Any], run_dir: str, **overrides
 ) -> TrainConfig:
     """The training config of one trial: ``base`` with the trial's values, its
-    run directory, and ``overrides`` (e.g. ``epochs=``, ``probe=False``)."""
-    return dataclasses.replace(base, run_dir=run_dir, **trial_settings(values, base), **overrides)
+    run directory, and ``overrides`` (e.g. ``epochs=``, ``probe=False``). An
+    encoder setting (``pooling``) goes to ``base.encoder``."""
+    settings = trial_settings(values, base)
+    encoder = {ENCODER_FLAGS[k]: settings.pop(k) for k in list(settings) if k in ENCODER_FLAGS}
+    if encoder:
+        settings["encoder"] = dataclasses.replace(base.encoder, **encoder)
+    return dataclasses.replace(base, run_dir=run_dir, **settings, **overrides)

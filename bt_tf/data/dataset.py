@@ -166,14 +166,18 @@ def split_files(artifact_dir: str, split: str | Sequence[str]) -> list[str]:
     return files
 
 
-def train_histories(artifact_dir: str, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """All train users' full stored histories: ``(values, row_lengths)``, int64 numpy.
+def train_histories(
+    artifact_dir: str, batch_size: int = 4096, split: str | Sequence[str] = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """All users' full stored histories of ``split`` (default the train split; several
+    as in `split_names`): ``(values, row_lengths)``, int64 numpy. Histories only,
+    never the future items (the labels).
 
     ``values`` concatenates the histories (item ids, oldest first) in shard
     order; ``row_lengths`` gives each history's length.
     """
     spec = {F.HISTORY_ITEM_IDS: tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)}
-    ds = tf.data.TFRecordDataset(split_files(artifact_dir, "train"), compression_type="GZIP")
+    ds = tf.data.TFRecordDataset(split_files(artifact_dir, split), compression_type="GZIP")
     ds = ds.batch(batch_size).map(
         lambda s: tf.io.parse_example(s, spec)[F.HISTORY_ITEM_IDS],
         num_parallel_calls=tf.data.AUTOTUNE,

@@ -36,6 +36,7 @@ __all__ = [
     "PRIOR_CONTENDER",
     "Contender",
     "interaction_matrix",
+    "truncated_svd",
     "bag_of_items",
     "svd",
     "prior",
@@ -152,9 +153,12 @@ def _rms_scaled(x: np.ndarray) -> np.ndarray:
 # Floors built from the histories
 
 
-def interaction_matrix(history: np.ndarray, num_items: int) -> scipy.sparse.csr_matrix:
-    """``[n, V]`` binary user x item matrix of padded histories (reserved ids dropped)."""
-    flat, user, n = as_ragged(history)
+def interaction_matrix(
+    history: np.ndarray, num_items: int, row_lengths: np.ndarray | None = None
+) -> scipy.sparse.csr_matrix:
+    """``[n, V]`` binary user x item matrix of padded histories, or of flat values with
+    ``row_lengths`` (`labels.as_ragged`); reserved ids dropped."""
+    flat, user, n = as_ragged(history, row_lengths)
     flat = flat.astype(np.int64)
     keep = (flat >= NUM_RESERVED) & (flat < num_items)
     x = scipy.sparse.csr_matrix(
@@ -214,16 +218,24 @@ def svd(
     """A floor of the embeddings' own size: rank-``dim`` truncated SVD of the
     L2-normalized interaction matrix of ``fit_rows``; users are projected on its
     item factors (``x V``, every user alike), items are the factors ``V``."""
-    from sklearn.decomposition import TruncatedSVD  # lazy: only this floor needs it
-
     bag = _l2_rows(interaction_matrix(history, num_items))
-    fit = bag[fit_rows]
-    k = max(1, min(int(dim), min(fit.shape) - 1))
-    model = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed)
-    model.fit(fit)
+    model = truncated_svd(bag[fit_rows], dim, seed=seed)
     users = np.asarray(model.transform(bag), dtype=np.float32)
     items = np.asarray(model.components_.T, dtype=np.float32)
+    k = model.n_components
     return Contender("svd", 0, users, items, None, {"floor": "svd", "dim": k, "seed": seed})
+
+
+def truncated_svd(matrix, dim: int, *, seed: int = 0):
+    """A `sklearn.decomposition.TruncatedSVD` of rank ``min(dim, min(shape) - 1)`` (at
+    least 1) fitted on ``matrix`` ``[n, V]`` (randomized, 7 power iterations, seeded):
+    the `svd` floor's, and the item factors ``components_.T`` ``[V, k]`` of
+    ``--item_init=svd`` (`bt_tf.training.trainer`)."""
+    from sklearn.decomposition import TruncatedSVD  # lazy: only these need it
+
+    k = max(1, min(int(dim), min(matrix.shape) - 1))
+    model = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed)
+    return model.fit(matrix)
 
 
 def prior(n_users: int) -> Contender:

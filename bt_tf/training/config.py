@@ -39,6 +39,13 @@ then counts the users of all splits (metadata.json's ``num_users``). Validation
 histories are trained on too (with other views), so val_loss then measures the
 fit of the objective rather than its generalization to unseen users.
 
+Item table: ``item_init="svd"`` starts the encoder's input item table from the
+item factors of a rank-``dim`` truncated SVD of the binary user x item matrix of
+the ``train_users``' histories (`bt_tf.training.trainer.svd_item_table`);
+``freeze_item_embeddings`` keeps that table (random or SVD) fixed during
+training. Both act when the model is built: a restored run reads its table from
+its checkpoint. The DE's item tower is a table of its own, left as it is.
+
 No Apache Beam here: ``data`` is the Beam-free preprocessing config.
 """
 
@@ -60,6 +67,9 @@ from pipelines.config import PreprocessConfig
 MODELS = ("bt", "de", "bt+de")
 TRAIN_USERS = ("train", "all")  # whose histories pretrain the encoder (see the module doc)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+# The encoder's input item table at build time: Keras' random init, or the scaled item
+# factors of a truncated SVD of the pretraining users' histories (`trainer.svd_item_table`).
+ITEM_INITS = ("random", "svd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +127,10 @@ class TrainConfig:
     model: str = "bt"  # "bt" (Barlow Twins), "de" (TFRS dual encoder), "bt+de" (joint)
     train_users: str = "train"  # "train": the train split's users; "all": every split's
     encoder: EncoderConfig = EncoderConfig()
+    # the encoder's input item table: its init, and whether training updates it (the
+    # DE's item tower is a separate table: neither applies to it)
+    item_init: str = "random"  # random | svd (rank-dim SVD of the train_users' histories)
+    freeze_item_embeddings: bool = False
     # Barlow Twins
     projector: ProjectorConfig = DEFAULT_PROJECTOR
     lambd: float = 0.005
@@ -155,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"--model={self.model!r}: expected one of {MODELS}")
         if self.train_users not in TRAIN_USERS:
             raise ValueError(f"--train_users={self.train_users!r}: expected one of {TRAIN_USERS}")
+        if self.item_init not in ITEM_INITS:
+            raise ValueError(f"--item_init={self.item_init!r}: expected one of {ITEM_INITS}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
         self._check_budget()
@@ -336,7 +352,13 @@ RESUMABLE_CHANGES = (
     "steps_per_execution",
 )
 # Values of settings that a run directory written before they existed ran with.
-LEGACY_DEFAULTS = {"min_steps_per_epoch": 1, "min_delta": 0.0, "train_users": "train"}
+LEGACY_DEFAULTS = {
+    "min_steps_per_epoch": 1,
+    "min_delta": 0.0,
+    "train_users": "train",
+    "item_init": "random",
+    "freeze_item_embeddings": False,
+}
 
 
 def comparable_settings(recorded: dict) -> dict:

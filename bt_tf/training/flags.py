@@ -26,6 +26,7 @@ from bt_tf.modeling.projector import ProjectorConfig
 from bt_tf.training.config import (
     ENCODER_FLAGS,
     ENCODERS,
+    ITEM_INITS,
     MODELS,
     POOLINGS,
     STRATEGIES,
@@ -159,6 +160,12 @@ _TRAINING_FLAGS = (
     (("--num_heads",), {"type": int, "help": "attention heads per transformer block"}),
     (("--dropout",), {"type": float, "help": "encoder dropout rate"}),
     (("--pooling",), {"choices": POOLINGS, "help": "user vector from the positions"}),
+    (("--item_init",), {"choices": ITEM_INITS, "help": "encoder's input item table: Keras' "
+     "random init, or svd: the item factors of a rank-dim truncated SVD of the binary user x "
+     "item matrix of the --train_users' histories, seeded by --seed (not the DE's item "
+     "tower, a table of its own)"}),
+    (("--freeze_item_embeddings",), {"action": _BOOL, "help": "keep the encoder's input item "
+     "table as initialised (not trained; the DE's item tower still trains)"}),
     (("--projector",), {"type": flag_type(ProjectorConfig.from_string), "help": "BT projector "
      "MLP widths, dash-separated"}),
     (("--lambd",), {"type": float, "help": "BT weight of the off-diagonal term"}),

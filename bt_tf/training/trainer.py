@@ -60,13 +60,74 @@ from pipelines import preprocess
 # Model and data (also used by the tuner and the benchmarks)
 
 
-def build_encoder(config: TrainConfig, vocab_size: int) -> SequenceEncoder:
-    return SequenceEncoder(**config.encoder_kwargs(vocab_size), name="encoder")
+# Keras' default Embedding init is RandomUniform(-0.05, 0.05): its per-column RMS,
+# 0.05 / sqrt(3) ~ 0.029, is the scale the SVD item factors are brought to, so the
+# encoder sees inputs of the size it was designed (and its learning rate tuned) for.
+_KERAS_EMBEDDING_RMS = 0.05 / np.sqrt(3.0)
 
 
-def make_model(config: TrainConfig, vocab_size: int) -> tf.keras.Model:
-    """The model `config.model` names, around a fresh encoder (call inside the strategy scope)."""
-    encoder = build_encoder(config, vocab_size)
+def svd_item_factors(
+    values: np.ndarray, row_lengths: np.ndarray, vocab_size: int, dim: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``--item_init=svd``'s item table: ``(factors [vocab_size, k], rows [vocab_size])``.
+
+    ``values``/``row_lengths``: the pretraining users' histories (flat item ids and
+    each history's length). ``factors`` are the item factors ``components_.T`` of a
+    rank-``k`` truncated SVD (``k = min(dim, min(n, V) - 1)``, seeded by ``seed``) of
+    their binary user x item matrix, the `svd` floor's code
+    (`bt_tf.evaluation.contenders.truncated_svd`), each column scaled to the RMS of
+    Keras' default embedding init over the rows it sets. ``rows``: the rows it sets,
+    the real items (ids >= NUM_RESERVED) that some history holds; the reserved ids
+    (pad, mask, OOV) and items no history holds keep their random init.
+    """
+    from bt_tf.evaluation.contenders import interaction_matrix, truncated_svd
+
+    matrix = interaction_matrix(values, vocab_size, row_lengths)
+    factors = np.asarray(truncated_svd(matrix, dim, seed=seed).components_.T, np.float64)
+    rows = np.asarray(matrix.getnnz(axis=0) > 0)
+    rms = np.sqrt(np.mean(np.square(factors[rows]), axis=0))
+    factors *= _KERAS_EMBEDDING_RMS / np.where(rms > 0, rms, 1.0)
+    return factors.astype(np.float32), rows
+
+
+def svd_item_table(
+    config: TrainConfig, artifact_dir: str, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`svd_item_factors` of the histories the encoder trains on (``config.train_splits``:
+    ``--train_users``), never their future items."""
+    values, row_lengths = dataset.train_histories(artifact_dir, split=config.train_splits)
+    return svd_item_factors(values, row_lengths, vocab_size, config.encoder.dim, config.seed)
+
+
+def build_encoder(
+    config: TrainConfig, vocab_size: int, item_table: tuple[np.ndarray, np.ndarray] | None = None
+) -> SequenceEncoder:
+    """A fresh encoder; ``item_table`` (`svd_item_factors`) overwrites the rows and columns
+    of its input item table that it sets; ``config.freeze_item_embeddings`` freezes it."""
+    encoder = SequenceEncoder(**config.encoder_kwargs(vocab_size), name="encoder")
+    if item_table is not None:
+        factors, rows = item_table
+        encoder(tf.fill([1, 1], NUM_RESERVED), training=False)  # create the variables
+        table = encoder.item_embedding.embeddings
+        values = table.numpy()
+        values[rows, : factors.shape[1]] = factors[rows]
+        table.assign(values)
+    if config.freeze_item_embeddings:
+        encoder.item_embedding.trainable = False
+    return encoder
+
+
+def make_model(config: TrainConfig, vocab_size: int, artifact_dir: str | None = None):
+    """The model `config.model` names, around a fresh encoder (call inside the strategy scope).
+
+    ``artifact_dir``: the data, read for ``--item_init=svd`` (required then).
+    """
+    item_table = None
+    if config.item_init == "svd":
+        if artifact_dir is None:
+            raise ValueError("--item_init=svd needs the artifact_dir of the histories")
+        item_table = svd_item_table(config, artifact_dir, vocab_size)
+    encoder = build_encoder(config, vocab_size, item_table)
     if not config.uses_de:
         return BarlowTwinsModel(encoder, build_projector(config.projector), lambd=config.lambd)
     de_kwargs = dict(
@@ -230,7 +291,7 @@ class ModelState:
 def _compile(run: Run) -> tuple[tf.keras.Model, tf.keras.optimizers.Optimizer]:
     """A fresh compiled model and its optimizer (inside the strategy scope)."""
     config = run.config
-    model = make_model(config, run.vocab_size)
+    model = make_model(config, run.vocab_size, run.artifact_dir)
     optimizer = precision.optimizer_for_policy(tf.keras.optimizers.Adam(config.learning_rate))
     # XLA cannot compile a step that reads other replicas' variables (MirroredStrategy).
     jit = config.jit_compile and run.strategy.num_replicas_in_sync == 1
@@ -420,7 +481,7 @@ def _probe(run: Run, encoder) -> dict | None:
         return None
     width = data_width(config, run.meta)
     trained = genre_probe(encoder, run.artifact_dir, config.seed, width)
-    with run.strategy.scope():
+    with run.strategy.scope():  # Keras' random init, also under --item_init=svd
         fresh = build_encoder(config, run.vocab_size)
     untrained = genre_probe(fresh, run.artifact_dir, config.seed, width)
     print(
