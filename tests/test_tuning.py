@@ -249,7 +249,10 @@ def test_objective_reads_only_train_and_eval(data_dir, tmp_path):
     vocab = int(meta["vocab_sizes"]["items"])
     encoder = SequenceEncoder(vocab, max_len=40, dim=16, num_blocks=1, name="encoder")
 
-    scores = {kind: obj.evaluate_objective(encoder, artifact_dir, kind) for kind in obj.OBJECTIVES}
+    kinds = obj.PROBE_OBJECTIVES
+    scores = {kind: obj.evaluate_objective(encoder, artifact_dir, kind) for kind in kinds}
+    with pytest.raises(ValueError, match="crossfit_objective"):
+        obj.evaluate_objective(encoder, artifact_dir, "claim")
     for kind, result in scores.items():
         value = result[obj.objective_name(kind)]
         assert 0.0 <= value <= 1.0, (kind, value)

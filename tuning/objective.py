@@ -64,6 +64,7 @@ OBJECTIVES = {
     "liked_item": "eval_liked_item_auc",
     "claim": "cv_claim_vs_svd",
 }
+PROBE_OBJECTIVES = ("favorite_genre", "next_item", "liked_item")  # `evaluate_objective`'s
 CLAIM_REFERENCE = "svd"  # the floor of the embedding's own size
 STATS = ("mean", "lower")
 _K = 10
@@ -108,6 +109,8 @@ def evaluate_objective(
       can be reported to KerasTuner as a trial's metrics).
     """
     name = objective_name(kind)
+    if kind not in PROBE_OBJECTIVES:
+        raise ValueError(f"objective {kind!r} scores a trained run: use crossfit_objective")
     emb, kept = {}, {}
     for split in SEARCH_SPLITS:
         emb[split], kept[split] = embed_split(
