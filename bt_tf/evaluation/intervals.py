@@ -155,6 +155,24 @@ def _group_auc(wu: np.ndarray, pos: np.ndarray, orders) -> np.ndarray:
         return out / len(orders) / np.where(tot > 0, tot, np.nan)
 
 
+def _bootstrap_users(statistic, n_users: int, n_resamples: int, seed: int, confidence: float):
+    """(point, low, high) of the vector ``statistic(user indices)``: the percentile
+    bootstrap over users (`scipy.stats.bootstrap`, resamples in batches of `_BATCH`)."""
+    point = statistic(np.arange(n_users))
+    res = scipy.stats.bootstrap(
+        (np.arange(n_users),),
+        statistic,
+        n_resamples=n_resamples,
+        vectorized=True,
+        method="percentile",
+        confidence_level=confidence,
+        batch=_BATCH,
+        random_state=np.random.default_rng(seed),
+    )
+    lo, hi = res.confidence_interval
+    return point, lo, hi
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """``model`` against ``reference`` on one (metric, fraction): ratio and difference."""
@@ -228,18 +246,7 @@ def task_intervals(
         out = np.concatenate(parts, axis=0)
         return out[:, 0] if np.ndim(idx) == 1 else out
 
-    point = statistic(np.arange(n_users))
-    res = scipy.stats.bootstrap(
-        (np.arange(n_users),),
-        statistic,
-        n_resamples=n_resamples,
-        vectorized=True,
-        method="percentile",
-        confidence_level=confidence,
-        batch=_BATCH,
-        random_state=np.random.default_rng(seed),
-    )
-    lo, hi = res.confidence_interval
+    point, lo, hi = _bootstrap_users(statistic, n_users, n_resamples, seed, confidence)
     k, p = len(keys), len(pairs)
 
     def ci(i):
@@ -288,18 +295,7 @@ def mean_ratios(
         out = np.stack([*per_group, np.mean(per_group, axis=0)], axis=0)  # [G + 1, B]
         return out[:, 0] if np.ndim(idx) == 1 else out
 
-    point = statistic(np.arange(n_users))
-    res = scipy.stats.bootstrap(
-        (np.arange(n_users),),
-        statistic,
-        n_resamples=n_resamples,
-        vectorized=True,
-        method="percentile",
-        confidence_level=confidence,
-        batch=_BATCH,
-        random_state=np.random.default_rng(seed),
-    )
-    lo, hi = res.confidence_interval
+    point, lo, hi = _bootstrap_users(statistic, n_users, n_resamples, seed, confidence)
     return [(_finite(point[i]), (_finite(lo[i]), _finite(hi[i]))) for i in range(len(point))]
 
 
