@@ -29,6 +29,7 @@ def test_dataset_defaults_apply_and_explicit_flags_win(tmp_path):
     assert ml100k.max_len == recipe["max_len"]
     assert ml100k.augment == AugmentPolicy.from_string(recipe["augment"])
     assert ml100k.max_epochs == recipe["epochs"]
+    assert ml100k.early_stopping_patience == 0 < synthetic.early_stopping_patience
     explicit = flags.parse(["--dataset", "ml-100k", "--batch_size=128", "--max_len=80"])
     assert explicit.batch_size == 128 and explicit.max_len == 80
     hparams = tmp_path / "h.json"
