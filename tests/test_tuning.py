@@ -442,3 +442,10 @@ def test_claim_objective_search_scores_train_and_eval_users_against_svd(data_dir
     assert "claim_ratio [95%]" in table and "favorite_genre_vs_svd [95%]" in table
     row = [line for line in table.splitlines() if line.startswith("| **")][0]
     assert row.count("[") >= 4  # the objective's and each task's interval
+    # --objective_stat=lower: the interval's low end (probes from the shared cache).
+    spec = obj.CrossfitSpec(fractions=(0.5,), seeds=1, stat="lower")
+    run = out / "search" / "trial_0" / "run"
+    lower = obj.crossfit_objective(str(run), "trial_0", str(cache.parent.parent), spec)
+    assert lower["cv_claim_vs_svd"] == lower["claim_ratio_lo"] == ends["0"]["claim_ratio_lo"]
+    with pytest.raises(ValueError, match="stat"):
+        obj.CrossfitSpec(stat="median")
