@@ -557,7 +557,8 @@ def _configs(args, rest: Sequence[str], base: TrainConfig):
         tuner_seed=args.tuner_seed,
         space=search_space,
         crossfit=CrossfitSpec(
-            fractions=args.objective_fractions, seeds=args.objective_seeds,
+            fractions=args.objective_fractions,
+            seeds=args.objective_seeds,
             stat=args.objective_stat,
         ),  # fmt: skip
         distributed_workers=args.distributed_workers,
