@@ -262,17 +262,17 @@ def evaluate_records(
         for run in runs_
     ]
     if include_floors:
+        wanted = None if include_floors is True else set(include_floors)
         dim = int(runs_[0].config["encoder"]["dim"])
         rows = floors.fit_rows(ctx.population, train_users)
         extra = floors.history_floors(ctx.history, ctx.num_items, rows, dim=dim, settings=settings,
                                       clock=clock)  # fmt: skip
-        if include_floors is True or "untrained" in include_floors:
+        extra = [c for c in extra if wanted is None or c.name in wanted]
+        if wanted is None or "untrained" in wanted:
             extra += floors.untrained_floors(
                 data, ctx.population, [r.config for r in runs_], [r.name for r in runs_],
                 data_fp=data_fp, **kw,
             )  # fmt: skip
-        if include_floors is not True:  # the named floors only
-            extra = [c for c in extra if c.name.split("(")[0] in include_floors]
         jobs += [(contender, None) for contender in extra]
     return Evaluation(_probe_all(plan, jobs, workers), ctx, clock)
 
