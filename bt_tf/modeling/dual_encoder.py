@@ -572,22 +572,26 @@ class DualEncoderModel(tfrs.Model):
     def _sampled_softmax(self, q: tf.Tensor, pos_ids: tf.Tensor, seed) -> tf.Tensor:
         """`[N]` cross-entropy against ``num_negatives`` catalog draws shared by every query
         (the same draw on every replica: same seed), logQ-corrected, accidental hits masked."""
-        k = self.num_negatives
-        if self.log_q is None:  # uniform over the real items: log Q is one constant
-            cand_ids = tf.random.stateless_uniform(
-                [k], seed=seed, minval=NUM_RESERVED, maxval=self.vocab_size, dtype=tf.int32,
-                alg=_ALG,
-            )  # fmt: skip
-        else:
-            cand_ids = tf.random.stateless_categorical(
-                self.log_q[tf.newaxis, :], k, seed=seed, dtype=tf.int32
-            )[0]
+        cand_ids = self.draw_negatives(seed)
         positive = tf.reduce_sum(q * self.item_tower(pos_ids), axis=-1) / self.temperature
         negative = tf.matmul(q, self.item_tower(cand_ids), transpose_b=True) / self.temperature
         if self.log_q is not None:
             positive -= tf.gather(self.log_q, tf.maximum(pos_ids, NUM_RESERVED))
             negative -= tf.gather(self.log_q, cand_ids)[tf.newaxis, :]
         return self._softmax_terms(positive, negative, cand_ids, pos_ids)
+
+    def draw_negatives(self, seed) -> tf.Tensor:
+        """int32 `[num_negatives]` catalog ids of a sampled-softmax step, drawn with
+        replacement: uniformly over the real items, or by `negatives="popularity"`'s Q."""
+        k = self.num_negatives
+        if self.log_q is None:  # uniform over the real items: log Q is one constant
+            return tf.random.stateless_uniform(
+                [k], seed=seed, minval=NUM_RESERVED, maxval=self.vocab_size, dtype=tf.int32,
+                alg=_ALG,
+            )  # fmt: skip
+        return tf.random.stateless_categorical(
+            self.log_q[tf.newaxis, :], k, seed=seed, dtype=tf.int32
+        )[0]
 
     def _softmax_terms(self, positive, negative, cand_ids, pos_ids, cand_ok=None) -> tf.Tensor:
         """`[N]` cross-entropy of `positive` `[N]` among itself and `negative` `[N, C]`."""
