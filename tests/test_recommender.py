@@ -209,4 +209,6 @@ def test_rejection_draws_are_uniform_over_a_large_catalog():
     counts = np.bincount(negatives.ravel(), minlength=2003)
     assert counts[:303].sum() == 0
     expected = 600 * 100 / 1700
-    assert abs(counts[303:].mean() - expected) < 1e-9 and counts[303:].std() < 2.5 * np.sqrt(expected)
+    assert abs(counts[303:].mean() - expected) < 1e-9 and counts[303:].std() < 2.5 * np.sqrt(
+        expected
+    )

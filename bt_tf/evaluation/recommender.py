@@ -570,8 +570,10 @@ def evaluate_recommender(
         row = score_popularity(cases, popularity_counts(config, sequences, num_items), **kwargs)
         results.append({"model": "popularity", "model_type": "popularity", **row})
     report = {
-        "protocols": {p: protocol_text(p, num_negatives, k) for p in
-                      dict.fromkeys(r["protocol"] for r in results)},  # fmt: skip
+        "protocols": {
+            p: protocol_text(p, num_negatives, k)
+            for p in dict.fromkeys(r["protocol"] for r in results)
+        },  # fmt: skip
         "seed": seed,
         "num_negatives": num_negatives,
         "k": k,
@@ -637,7 +639,10 @@ def write_markdown(report: Mapping, path: str) -> None:
 
 
 def hierarchical_means(
-    per_model: Mapping[str, np.ndarray], *, n_resamples: int = 2000, seed: int = 0,
+    per_model: Mapping[str, np.ndarray],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
     chunk: int = 100,
 ) -> dict[str, np.ndarray]:
     """Bootstrap replicates of each model's mean per-user figure, users AND seeds resampled.
@@ -668,8 +673,12 @@ def hierarchical_means(
 
 
 def compare_contenders(
-    per_model: Mapping[str, np.ndarray], baseline: str, *, n_resamples: int = 2000,
-    seed: int = 0, confidence: float = 0.95,
+    per_model: Mapping[str, np.ndarray],
+    baseline: str,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
 ) -> dict:
     """Each model's mean (over seeds and users) with its interval, and each model's ratio
     to ``baseline`` with its paired interval and the per-seed ratios (`hierarchical_means`).

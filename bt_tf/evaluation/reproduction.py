@@ -501,7 +501,10 @@ RECOMMENDER_FIGURES = (("full", "ndcg@10"), ("full", "hr@10"), ("sampled", "ndcg
 
 
 def recommend_and_compare(
-    seeded: Sequence[tuple[str, TrainConfig]], report_dir: str, *, baseline: str = "de",
+    seeded: Sequence[tuple[str, TrainConfig]],
+    report_dir: str,
+    *,
+    baseline: str = "de",
     seed: int = 0,
 ) -> str:
     """Leave-one-out: every contender with an item side (not BT alone) and the popularity
