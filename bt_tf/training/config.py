@@ -100,12 +100,15 @@ class EncoderConfig:
     num_heads: int = 2
     dropout: float = 0.1
     pooling: str = "mean"  # mean | last
+    ffn_dim: int = 0  # transformer feed-forward width; 0: 4 x dim (SASRec's is dim)
 
     def __post_init__(self):
         if self.kind not in ENCODERS:
             raise ValueError(f"--encoder={self.kind!r}: expected one of {ENCODERS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"--pooling={self.pooling!r}: expected one of {POOLINGS}")
+        if self.ffn_dim < 0:
+            raise ValueError("--ffn_dim must be >= 0 (0: 4 x --dim)")
 
     def kwargs(self, vocab_size: int, max_len: int, *, causal: bool) -> dict:
         """Keyword arguments of `bt_tf.modeling.encoders.SequenceEncoder` (config.json's
@@ -119,6 +122,7 @@ class EncoderConfig:
             "dropout": self.dropout,
             "kind": self.kind,
             "pooling": self.pooling,
+            "ffn_dim": self.ffn_dim or None,
             "causal": causal,
         }
 
@@ -131,6 +135,7 @@ ENCODER_FLAGS = {
     "num_heads": "num_heads",
     "dropout": "dropout",
     "pooling": "pooling",
+    "ffn_dim": "ffn_dim",
 }
 DEFAULT_PROJECTOR = ProjectorConfig((1024, 1024, 1024))
 DEFAULT_AUGMENT = AugmentPolicy(mask=0.3, reorder=0.3)
@@ -446,6 +451,7 @@ RESUMABLE_CHANGES = (
 )
 # Values of settings that a run directory written before they existed ran with.
 LEGACY_DEFAULTS = {
+    "ffn_dim": 0,
     "protocol": "history_future",
     "input_len": 0,
     "init_from": "",
