@@ -22,6 +22,7 @@ from bt_tf.features import (
 )
 from bt_tf.modeling.dual_encoder import (
     DualEncoderModel,
+    drop_last_item,
     ItemTower,
     JointModel,
     next_item_targets,
@@ -639,3 +640,13 @@ def test_config_resolves_auto_loss_by_the_logits_size():
     assert TrainConfig(de_loss="in_batch").resolved_de_loss(50) == "in_batch"
     model = make_model(TrainConfig(model="de", de_loss="full_softmax"), VOCAB)
     assert model.loss_kind == "full_softmax" and model.item_tower.tied
+
+
+def test_drop_last_item_keeps_every_query_with_a_target():
+    items = tf.constant([[3, 4, 5, 0], [3, 4, 5, 6], [7, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        drop_last_item(items), [[3, 4, 0, 0], [3, 4, 5, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    )
+    # The valid queries (positions with a next item) are exactly the real positions left.
+    _, valid = next_item_targets(items)
+    np.testing.assert_array_equal(valid, drop_last_item(items).numpy() != PAD_ID)

@@ -129,6 +129,14 @@ def next_item_targets(items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(valid, following, PAD_ID), valid
 
 
+def drop_last_item(items: tf.Tensor) -> tf.Tensor:
+    """`items` `[B, L]` (right-padded) with each row's last real item replaced by padding."""
+    items = tf.cast(items, tf.int32)
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(items, PAD_ID), tf.int32), axis=1)
+    last = tf.one_hot(lengths - 1, tf.shape(items)[1], on_value=True, off_value=False)
+    return tf.where(last, PAD_ID, items)
+
+
 def sample_candidates(pool: tf.Tensor, num: int | tf.Tensor, seed) -> tuple[tf.Tensor, tf.Tensor]:
     """`num` positions of `pool` drawn uniformly without replacement among its valid ones.
 
@@ -525,7 +533,12 @@ class DualEncoderModel(tfrs.Model):
                 ``in_batch``); default `(self.seed, -1)`. Must be the same on every replica.
         """
         items = tf.cast(items, tf.int32)
-        queries = self.encoder(items, training=training, per_position=True)  # [b, L, D]
+        inputs = items
+        if getattr(self.encoder, "positions", "start") == "end":
+            # Right-aligned positions (SASRec's): the last item is only a target, so the
+            # last query sits where a user's most recent item sits when it is embedded.
+            inputs = drop_last_item(items)
+        queries = self.encoder(inputs, training=training, per_position=True)  # [b, L, D]
         targets, valid = next_item_targets(items)
         if seed is None:
             seed = self._sample_seed(training=False)
