@@ -22,9 +22,9 @@ from bt_tf.features import (
 )
 from bt_tf.modeling.dual_encoder import (
     DualEncoderModel,
-    drop_last_item,
     ItemTower,
     JointModel,
+    drop_last_item,
     next_item_targets,
     sample_candidates,
 )
