@@ -241,6 +241,16 @@ def _check_batch(config: TrainConfig, num_train: int, replicas: int) -> None:
         )
 
 
+def _recorded_metrics(run_dir: str) -> dict | None:
+    """metrics.json, or None when it is missing or unreadable (it is rebuilt from the
+    checkpoints and history.csv then: nothing in it is lost)."""
+    try:
+        return runs.read_metrics(run_dir)
+    except runs.UnreadableRunFile as err:
+        print(f"notice: {err.file} is unreadable ({err.problem}); rebuilding it", flush=True)
+        return None
+
+
 def prepare_run(config: TrainConfig, artifact_dir: str | None = None) -> Run | dict:
     """Seeds, checks and sets up the run; a finished run's metrics.json content instead."""
     tf.keras.utils.set_random_seed(config.seed)
@@ -253,7 +263,7 @@ def prepare_run(config: TrainConfig, artifact_dir: str | None = None) -> Run | d
     runs.check_resumable(
         run_dir, config.to_json(), comparable=comparable_settings, resumable=RESUMABLE_CHANGES
     )
-    done = runs.read_metrics(run_dir)
+    done = _recorded_metrics(run_dir)
     if runs.is_complete(done, config.epochs):
         print(f"{run_dir} is complete; reusing it (raise --max_epochs to train on)", flush=True)
         return done
@@ -418,8 +428,13 @@ def fit(run: Run, built: ModelState, inputs: Inputs) -> dict[str, list[float]]:
         min_delta=config.min_delta,
     )
     logs = os.path.join(run.out_dir, runs.LOGS_DIR)
+    # Each epoch's row goes to history.csv BEFORE EpochEnd checkpoints the epoch: a kill
+    # in between replays that epoch, whose row `runs.trim_history` then drops.
+    runs.trim_history(run.out_dir, built.initial_epoch)
+    history_csv = runs.path(run.out_dir, runs.HISTORY_FILE)
     callbacks = [
         tf.keras.callbacks.TerminateOnNaN(),
+        tf.keras.callbacks.CSVLogger(history_csv, append=True),
         epoch_end,
         tf.keras.callbacks.TensorBoard(logs, update_freq="epoch"),
     ]
@@ -447,9 +462,15 @@ def _stop_reason(run: Run, built: ModelState, patience: int, history: dict) -> s
 
 
 def summarize(run: Run, built: ModelState, inputs: Inputs, history: dict) -> dict:
-    """metrics.json's content (without the probe and export entries)."""
+    """metrics.json's content (without the probe and export entries).
+
+    ``history``: every epoch's metrics across resumes, from history.csv
+    (`runs.read_history`); ``history`` (this session's) is used only for a run
+    directory without one.
+    """
     config, progress, patience = run.config, built.progress, _patience(run, inputs)
     epochs_done = int(built.epoch.numpy())
+    history = runs.read_history(run.out_dir, epochs_done) or history
     optimizer_steps = int(built.optimizer.iterations.numpy())
     best_loss = float(progress.best_loss.numpy())
     return {
@@ -542,10 +563,12 @@ def train(config: TrainConfig, artifact_dir: str | None = None) -> dict:
     memory after training, the probe, the export, and ``checkpoints/`` all hold
     the weights of ``metrics["best_epoch"]``.
     """
-    run = prepare_run(config, artifact_dir)
-    if isinstance(run, dict):  # finished before
-        return run
-    built = build_model(run)
-    inputs = build_inputs(run, built.initial_epoch)
-    history = fit(run, built, inputs)
-    return finish(run, built, inputs, history)
+    # One training process per run directory (`runs.lock`); only the chief writes there.
+    with runs.lock(config.run_dir, chief=distribute.is_chief()):
+        run = prepare_run(config, artifact_dir)
+        if isinstance(run, dict):  # finished before
+            return run
+        built = build_model(run)
+        inputs = build_inputs(run, built.initial_epoch)
+        history = fit(run, built, inputs)
+        return finish(run, built, inputs, history)
