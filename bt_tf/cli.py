@@ -65,6 +65,7 @@ import errno
 import importlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -200,6 +201,7 @@ def _tf_error(err: BaseException) -> str | None:
         return None
     message = (err.message or "").strip().splitlines()
     first = message[0].strip() if message else type(err).__name__
+    first = re.sub(r"^\{\{[^}]*\}\}\s*", "", first)  # "{{function_node ...}} <message>"
     name = type(err).__name__
     if name in _TF_ENVIRONMENT_ERRORS:
         return first

@@ -86,8 +86,7 @@ def ensure_dir(path: str) -> str:
         ) from None
     except PermissionError as err:
         raise UserError(
-            f"cannot create the output directory {path}: permission denied "
-            f"({err.filename or path})"
+            f"cannot create the output directory {path}: permission denied ({err.filename or path})"
         ) from None
     return path
 
@@ -99,8 +98,13 @@ def _now() -> str:
 def _command() -> str:
     """This process's command line as the user typed it (``python -m bt_tf.train ...``)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    head = ["python", "-m", spec.name] if spec is not None and spec.name else []
-    head = head or [os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "python")]
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    if spec is not None and spec.name:
+        head = ["python", "-m", spec.name]
+    elif argv0 == "-c":
+        head = ["python", "-c"]
+    else:
+        head = [os.path.basename(argv0)]
     text = shlex.join([*head, *sys.argv[1:]])
     return text if len(text) <= _COMMAND_CHARS else text[: _COMMAND_CHARS - 3] + "..."
 

@@ -92,11 +92,13 @@ class EncoderConfig:
 
     def _check_sizes(self) -> None:
         """The checks `SequenceEncoder` would fail on at build time, after preprocessing."""
-        if self.dim < 1 or self.num_heads < 1 or self.num_blocks < 0:
-            raise ValueError(
-                f"--dim={self.dim}, --num_heads={self.num_heads}, --num_blocks="
-                f"{self.num_blocks}: the width and heads must be >= 1, the blocks >= 0"
-            )
+        for flag, value, least in (
+            ("dim", self.dim, 1),
+            ("num_heads", self.num_heads, 1),
+            ("num_blocks", self.num_blocks, 0),
+        ):
+            if value < least:
+                raise ValueError(f"--{flag}={value}: expected an integer >= {least}")
         if self.kind == "transformer" and self.dim % self.num_heads:
             raise ValueError(
                 f"--dim={self.dim} is not divisible by --num_heads={self.num_heads}: each "
