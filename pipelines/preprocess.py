@@ -238,9 +238,7 @@ def preprocess(config: PreprocessConfig) -> str:
     runner = make_runner(options)
     files = resolve_inputs(config)
     version = version_of(config, files)
-    parent = locks.ensure_dir(
-        posixpath.join(os.path.expanduser(config.output_dir), config.dataset)
-    )
+    parent = locks.ensure_dir(posixpath.join(os.path.expanduser(config.output_dir), config.dataset))
     final = posixpath.join(parent, version)
     if _published(final):
         logging.info("reusing %s", final)

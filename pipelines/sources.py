@@ -80,8 +80,7 @@ def check_length(value: str, what: str) -> str:
     """`value`, or `BadRecord` when it is longer than `MAX_ID_CHARS` characters."""
     if len(value) > MAX_ID_CHARS:
         raise BadRecord(
-            f"{what} is {len(value):,} characters long (at most {MAX_ID_CHARS:,}): "
-            f"{_short(value)}"
+            f"{what} is {len(value):,} characters long (at most {MAX_ID_CHARS:,}): {_short(value)}"
         )
     return value
 
