@@ -229,10 +229,10 @@ def user_error_message(err: BaseException) -> str | None:
     ``FileExistsError``, a full disk, ...), TensorFlow's file system, disk and
     memory errors, and text that is not UTF-8.
     """
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        return _os_error(err)  # "<file>: <what>", not "[Errno 20] <what>: '<file>'"
     if isinstance(err, USER_ERRORS):
         return str(err)
-    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
-        return _os_error(err)
     if isinstance(err, UnicodeDecodeError):
         return f"input is not UTF-8 text: {err}"
     return _tf_error(err)
