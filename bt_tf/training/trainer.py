@@ -31,7 +31,6 @@ state; a finished run (stopped early, or at the cap) is not retrained (raise
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import distribute, runs
+from bt_tf import atomic, distribute, runs
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_items
 from bt_tf.errors import UserError
@@ -673,8 +672,7 @@ def _recommender(run: Run, built: ModelState, inputs: Inputs, result: dict) -> d
         "wall_s": round(result["train_seconds"] + time.perf_counter() - start, 2),
         "reference": recommender.SASREC_REFERENCES,
     }
-    with open(os.path.join(config.run_dir, recommender.JSON_FILE), "w") as f:
-        json.dump(report, f, indent=1)
+    atomic.write_json(os.path.join(config.run_dir, recommender.JSON_FILE), report, indent=1)
     full, sampled = scored["full"], scored["sampled"]
     print(
         f"leave-one-out test ({scored['n_users']} users): full HR@10 {full['hr@10']:.4f} "
