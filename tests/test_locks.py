@@ -9,12 +9,10 @@ run directory, each started side by side.
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import tensorflow as tf
@@ -212,23 +210,6 @@ def test_two_preprocessings_into_one_directory(tmp_path):
     assert sorted(os.listdir(parent)) == sorted(
         os.path.basename(version) + s for s in ("", ".lock", ".lock.json")
     )  # no build directory left
-
-
-def test_a_killed_preprocessing_leaves_no_version_and_the_rerun_completes(tmp_path):
-    out = tmp_path / "data"
-    proc = _start("pipelines.preprocess", *SMALL_DATA, f"--output_dir={out}")
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(out.glob("synthetic/*.partial-*/*")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert list(out.glob("synthetic/*.partial-*")), "killed before it started building"
-    versions = [p for p in (out / "synthetic").iterdir() if p.is_dir() and "." not in p.name]
-    assert versions == []  # complete or absent
-    rerun = _finish([_start("pipelines.preprocess", *SMALL_DATA, f"--output_dir={out}")])[0]
-    assert rerun[0] == 0, rerun[2][-3000:]
-    assert "took over the lock" in rerun[2]  # the killed holder, named
-    assert not list(out.glob("synthetic/*.partial-*"))  # its build removed
 
 
 def test_two_trainings_into_one_run_directory(tmp_path, tiny_data):

@@ -626,6 +626,8 @@ def test_missing_input_names_the_path_and_files(tmp_path):
 
 
 def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
+    """Killed mid-build: no version, only its own build directory; the rerun takes over
+    the dead process's lock (a notice names it), removes that build and publishes."""
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "pipelines.preprocess", "--dataset=synthetic",
@@ -635,18 +637,21 @@ def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     # Kill it mid-flight: once it has written its first Examples (to part files).
-    while time.time() < deadline and not list((out / "synthetic").glob("*.partial/_parts/*")):
+    while time.time() < deadline and not list((out / "synthetic").glob("*.partial-*/_parts/*")):
         time.sleep(0.01)
-    partial = list((out / "synthetic").glob("*.partial"))
+    partial = list((out / "synthetic").glob("*.partial-*"))
     assert partial, "the run never started writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not [p for p in (out / "synthetic").iterdir() if not p.name.endswith(".partial")]
+    dirs = [p for p in (out / "synthetic").iterdir() if p.is_dir()]
+    assert dirs == partial  # complete or absent: no version
 
     finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    versions = [p for p in (out / "synthetic").iterdir()]
-    assert len(versions) == 1 and not versions[0].name.endswith(".partial")
+    assert f"took over the lock of {out / 'synthetic'}" in finished.stderr
+    assert f"from PID {proc.pid} on " in finished.stderr
+    versions = [p for p in (out / "synthetic").iterdir() if p.is_dir()]
+    assert len(versions) == 1 and ".partial" not in versions[0].name
     assert (versions[0] / "metadata.json").exists()
 
 
