@@ -176,3 +176,39 @@ def test_only_bt_runs_is_a_user_error(runs, tmp_path):
     with pytest.raises(UserError, match="needs a run with an item tower"):
         evaluate.main([f"--runs={runs['bt']}", "--recommender", f"--output_dir={tmp_path}"])
     assert not (tmp_path / recommender.JSON_FILE).exists()
+
+
+def test_seed_spread_widens_the_contenders_interval():
+    # 400 users, 3 seeds of a model whose seeds differ by a lot vs by nothing; the same
+    # per-user noise. Resampling seeds makes the first interval much wider; the second
+    # one is the users-only interval.
+    rng = np.random.default_rng(0)
+    users = rng.normal(0.5, 0.2, size=400)
+    base = np.stack([users + rng.normal(0, 0.05, 400) for _ in range(3)])
+    spread = np.stack([users + shift for shift in (-0.15, 0.0, 0.15)])
+    calm = np.stack([users for _ in range(3)])
+    wide = recommender.compare_contenders({"de": base, "x": spread}, "de", seed=1)
+    narrow = recommender.compare_contenders({"de": base, "x": calm}, "de", seed=1)
+    width = lambda c: c["ci95"][1] - c["ci95"][0]  # noqa: E731
+    assert width(wide["models"]["x"]) > 3 * width(narrow["models"]["x"])
+    assert width(wide["comparisons"]["x"]) > 3 * width(narrow["comparisons"]["x"])
+    assert wide["comparisons"]["x"]["per_seed_ratios"] == pytest.approx(
+        list(spread.mean(axis=1) / base.mean(axis=1))
+    )
+    # Paired over users: a model equal to the baseline has a ratio interval of exactly 1.
+    same = recommender.compare_contenders({"de": base, "y": base.copy()}, "de", seed=1)
+    assert same["comparisons"]["y"]["ci95"][0] < 1.0 < same["comparisons"]["y"]["ci95"][1]
+
+
+def test_rejection_draws_are_uniform_over_a_large_catalog():
+    # 2,000 items, 300 rated: the rejection path (unrated > 2 x 100). Every unrated item
+    # is drawn about equally often, no rated or reserved one ever, rows distinct.
+    rated = [np.arange(3, 303)] * 600
+    negatives = recommender.sample_negatives(rated, 2003, seed=3)
+    assert all(len(set(row.tolist())) == 100 for row in negatives)
+    counts = np.bincount(negatives.ravel(), minlength=2003)
+    assert counts[:303].sum() == 0
+    expected = 600 * 100 / 1700
+    assert abs(counts[303:].mean() - expected) < 1e-9 and counts[303:].std() < 2.5 * np.sqrt(
+        expected
+    )

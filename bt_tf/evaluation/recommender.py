@@ -401,11 +401,13 @@ def score_cases(
     num_negatives: int = NUM_NEGATIVES,
     k: int = K,
     n_resamples: int = 2000,
+    keep_ranks: bool = False,
 ) -> dict:
     """Full-ranking (primary) and sampled (secondary) figures of ``cases``' users.
 
     Returns ``{"protocol", "n_users", "n_skipped", "skipped", "full": `interval_block`,
-    "sampled": `interval_block` + "num_negatives", "min_negatives"}, "by_split"}``.
+    "sampled": `interval_block` + "num_negatives", "min_negatives"}, "by_split"}``, and
+    with ``keep_ranks`` the per-user ranks too (``"ranks": {"full", "sampled"}``, arrays).
     The sampled negatives depend only on the users' items and ``seed``.
     """
     num_items = len(item_emb)
@@ -424,6 +426,7 @@ def score_cases(
             "min_negatives": int((negatives >= 0).sum(axis=1).min()) if len(negatives) else 0,
         },
         "by_split": _by_split(cases.split_of, full, k),
+        **({"ranks": {"full": full, "sampled": sampled, "cases": cases}} if keep_ranks else {}),
     }
 
 
@@ -434,6 +437,17 @@ def run_cases(config: Mapping, sequences: Mapping, num_items: int) -> Cases:
     if config.get("protocol") == "leave_one_out":
         return leave_one_out_cases(sequences[artifact, "loo"], max_len, num_items)
     return leave_last_out_cases(sequences[artifact, "llo"], max_len, num_items)
+
+
+def popularity_counts(config: Mapping, sequences: Mapping, num_items: int) -> np.ndarray:
+    """``[num_items]`` occurrences of each id in the histories the run's protocol trains
+    on (every user's, as stored): the popularity ranking's scores."""
+    artifact = os.path.normpath(config["artifact_dir"])
+    if config.get("protocol") == "leave_one_out":
+        histories = sequences[artifact, "loo"].values
+    else:
+        histories = np.concatenate([h for h, _ in sequences[artifact, "llo"].values()])
+    return item_counts(histories, num_items)
 
 
 def _load_sequences(config: Mapping, cache: dict) -> None:
@@ -455,6 +469,7 @@ def score_run(
     k: int = K,
     n_resamples: int = 2000,
     batch_size: int = 512,
+    keep_ranks: bool = False,
 ) -> dict:
     """One DE (or BT+DE) run's figures in its protocol (`score_cases`), with its training
     (``epochs``, ``best_epoch``, ``train_s``) and ``wall_s`` (training + this scoring).
@@ -469,7 +484,8 @@ def score_run(
     user_emb = embed_items(encoder, cases.inputs, batch_size=batch_size)
     out = {"run_dir": run_dir, **score_cases(user_emb, item_emb, cases, seed=seed,
                                              num_negatives=num_negatives, k=k,
-                                             n_resamples=n_resamples)}  # fmt: skip
+                                             n_resamples=n_resamples,
+                                             keep_ranks=keep_ranks)}  # fmt: skip
     metrics = runs.read_metrics(run_dir) or {}
     train_s = float(metrics.get("train_seconds") or 0.0)
     return dict(
@@ -551,18 +567,13 @@ def evaluate_recommender(
         done.add(key)
         num_items = int(config["encoder"]["vocab_size"])
         cases = run_cases(config, sequences, num_items)
-        stored = sequences[key[0], "loo" if cases.protocol == "leave_one_out" else "llo"]
-        histories = (
-            stored.values
-            if cases.protocol == "leave_one_out"
-            else np.concatenate([h for h, _ in stored.values()])
-        )
-        counts = item_counts(histories, num_items)
-        row = score_popularity(cases, counts, **kwargs)
+        row = score_popularity(cases, popularity_counts(config, sequences, num_items), **kwargs)
         results.append({"model": "popularity", "model_type": "popularity", **row})
     report = {
-        "protocols": {p: protocol_text(p, num_negatives, k) for p in
-                      dict.fromkeys(r["protocol"] for r in results)},  # fmt: skip
+        "protocols": {
+            p: protocol_text(p, num_negatives, k)
+            for p in dict.fromkeys(r["protocol"] for r in results)
+        },  # fmt: skip
         "seed": seed,
         "num_negatives": num_negatives,
         "k": k,
@@ -621,3 +632,83 @@ def write_markdown(report: Mapping, path: str) -> None:
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+# --------------------------------------------------------------------------
+# Contenders compared in leave-one-out (`bt_tf.reproduce --protocol=leave_one_out`)
+
+
+def hierarchical_means(
+    per_model: Mapping[str, np.ndarray],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    chunk: int = 100,
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of each model's mean per-user figure, users AND seeds resampled.
+
+    ``per_model``: model -> ``[S, n]`` per-user values of its S pretraining seeds on the
+    same n users. Each replicate draws n users with replacement (the same users for every
+    model: comparisons stay paired) and, independently for each model, S of its seeds
+    with replacement, and averages. So the spread between seeds reaches the interval
+    (averaging the seeds before resampling users alone would hide it). Hand-written with
+    numpy: `scipy.stats.bootstrap` resamples one axis of its samples, not users and each
+    model's seeds at two levels.
+
+    Returns model -> ``[n_resamples]`` replicates.
+    """
+    rng = np.random.default_rng(seed)
+    n = next(iter(per_model.values())).shape[1]
+    out = {m: np.empty(n_resamples) for m in per_model}
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        users = rng.integers(0, n, size=(size, n))
+        weights = np.zeros((size, n))
+        np.add.at(weights, (np.repeat(np.arange(size), n), users.ravel()), 1.0 / n)
+        for m, values in per_model.items():
+            by_seed = weights @ np.asarray(values, np.float64).T  # [size, S]
+            seeds = rng.integers(0, by_seed.shape[1], size=by_seed.shape)
+            out[m][start : start + size] = np.take_along_axis(by_seed, seeds, 1).mean(axis=1)
+    return out
+
+
+def compare_contenders(
+    per_model: Mapping[str, np.ndarray],
+    baseline: str,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Each model's mean (over seeds and users) with its interval, and each model's ratio
+    to ``baseline`` with its paired interval and the per-seed ratios (`hierarchical_means`).
+
+    Returns ``{"models": {m: {"mean", "ci95", "per_seed", "seeds"}}, "comparisons":
+    {m: {"ratio", "ci95", "per_seed_ratios"}}}`` (per-seed ratios pair seed k of the model
+    with seed k of the baseline, where both have it).
+    """
+    reps = hierarchical_means(per_model, n_resamples=n_resamples, seed=seed)
+    tail = 100 * (1 - confidence) / 2
+    models, comparisons = {}, {}
+    for m, values in per_model.items():
+        per_seed = np.asarray(values, np.float64).mean(axis=1)
+        models[m] = {
+            "mean": float(per_seed.mean()),
+            "ci95": np.percentile(reps[m], [tail, 100 - tail]).tolist(),
+            "per_seed": per_seed.tolist(),
+            "seeds": int(per_seed.size),
+        }
+    base = models.get(baseline)
+    for m in per_model:
+        if m == baseline or base is None:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = reps[m] / reps[baseline]
+            pairs = min(models[m]["seeds"], base["seeds"])
+            per_seed = [models[m]["per_seed"][k] / base["per_seed"][k] for k in range(pairs)]
+        comparisons[m] = {
+            "ratio": models[m]["mean"] / base["mean"] if base["mean"] else float("nan"),
+            "ci95": np.nanpercentile(ratio, [tail, 100 - tail]).tolist(),
+            "per_seed_ratios": per_seed,
+        }
+    return {"models": models, "comparisons": comparisons}

@@ -129,6 +129,14 @@ def next_item_targets(items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(valid, following, PAD_ID), valid
 
 
+def drop_last_item(items: tf.Tensor) -> tf.Tensor:
+    """`items` `[B, L]` (right-padded) with each row's last real item replaced by padding."""
+    items = tf.cast(items, tf.int32)
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(items, PAD_ID), tf.int32), axis=1)
+    last = tf.one_hot(lengths - 1, tf.shape(items)[1], on_value=True, off_value=False)
+    return tf.where(last, PAD_ID, items)
+
+
 def sample_candidates(pool: tf.Tensor, num: int | tf.Tensor, seed) -> tuple[tf.Tensor, tf.Tensor]:
     """`num` positions of `pool` drawn uniformly without replacement among its valid ones.
 
@@ -525,7 +533,12 @@ class DualEncoderModel(tfrs.Model):
                 ``in_batch``); default `(self.seed, -1)`. Must be the same on every replica.
         """
         items = tf.cast(items, tf.int32)
-        queries = self.encoder(items, training=training, per_position=True)  # [b, L, D]
+        inputs = items
+        if getattr(self.encoder, "positions", "start") == "end":
+            # Right-aligned positions (SASRec's): the last item is only a target, so the
+            # last query sits where a user's most recent item sits when it is embedded.
+            inputs = drop_last_item(items)
+        queries = self.encoder(inputs, training=training, per_position=True)  # [b, L, D]
         targets, valid = next_item_targets(items)
         if seed is None:
             seed = self._sample_seed(training=False)
@@ -572,22 +585,26 @@ class DualEncoderModel(tfrs.Model):
     def _sampled_softmax(self, q: tf.Tensor, pos_ids: tf.Tensor, seed) -> tf.Tensor:
         """`[N]` cross-entropy against ``num_negatives`` catalog draws shared by every query
         (the same draw on every replica: same seed), logQ-corrected, accidental hits masked."""
-        k = self.num_negatives
-        if self.log_q is None:  # uniform over the real items: log Q is one constant
-            cand_ids = tf.random.stateless_uniform(
-                [k], seed=seed, minval=NUM_RESERVED, maxval=self.vocab_size, dtype=tf.int32,
-                alg=_ALG,
-            )  # fmt: skip
-        else:
-            cand_ids = tf.random.stateless_categorical(
-                self.log_q[tf.newaxis, :], k, seed=seed, dtype=tf.int32
-            )[0]
+        cand_ids = self.draw_negatives(seed)
         positive = tf.reduce_sum(q * self.item_tower(pos_ids), axis=-1) / self.temperature
         negative = tf.matmul(q, self.item_tower(cand_ids), transpose_b=True) / self.temperature
         if self.log_q is not None:
             positive -= tf.gather(self.log_q, tf.maximum(pos_ids, NUM_RESERVED))
             negative -= tf.gather(self.log_q, cand_ids)[tf.newaxis, :]
         return self._softmax_terms(positive, negative, cand_ids, pos_ids)
+
+    def draw_negatives(self, seed) -> tf.Tensor:
+        """int32 `[num_negatives]` catalog ids of a sampled-softmax step, drawn with
+        replacement: uniformly over the real items, or by `negatives="popularity"`'s Q."""
+        k = self.num_negatives
+        if self.log_q is None:  # uniform over the real items: log Q is one constant
+            return tf.random.stateless_uniform(
+                [k], seed=seed, minval=NUM_RESERVED, maxval=self.vocab_size, dtype=tf.int32,
+                alg=_ALG,
+            )  # fmt: skip
+        return tf.random.stateless_categorical(
+            self.log_q[tf.newaxis, :], k, seed=seed, dtype=tf.int32
+        )[0]
 
     def _softmax_terms(self, positive, negative, cand_ids, pos_ids, cand_ok=None) -> tf.Tensor:
         """`[N]` cross-entropy of `positive` `[N]` among itself and `negative` `[N, C]`."""

@@ -59,7 +59,7 @@ from bt_tf.data.augment import AugmentPolicy
 from bt_tf.data.dataset import parse_bucket_boundaries
 from bt_tf.features import SPLITS
 from bt_tf.modeling.encoders import KINDS as ENCODERS
-from bt_tf.modeling.encoders import POOLINGS
+from bt_tf.modeling.encoders import POOLINGS, POSITIONS
 from bt_tf.modeling.precision import PRECISIONS
 from bt_tf.modeling.projector import ProjectorConfig
 from pipelines.config import PreprocessConfig
@@ -100,12 +100,18 @@ class EncoderConfig:
     num_heads: int = 2
     dropout: float = 0.1
     pooling: str = "mean"  # mean | last
+    ffn_dim: int = 0  # transformer feed-forward width; 0: 4 x dim (SASRec's is dim)
+    positions: str = "start"  # start | end (right-aligned: SASRec's)
 
     def __post_init__(self):
         if self.kind not in ENCODERS:
             raise ValueError(f"--encoder={self.kind!r}: expected one of {ENCODERS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"--pooling={self.pooling!r}: expected one of {POOLINGS}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"--positions={self.positions!r}: expected one of {POSITIONS}")
+        if self.ffn_dim < 0:
+            raise ValueError("--ffn_dim must be >= 0 (0: 4 x --dim)")
         self._check_sizes()
 
     def _check_sizes(self) -> None:
@@ -137,6 +143,8 @@ class EncoderConfig:
             "dropout": self.dropout,
             "kind": self.kind,
             "pooling": self.pooling,
+            "ffn_dim": self.ffn_dim or None,
+            "positions": self.positions,
             "causal": causal,
         }
 
@@ -149,6 +157,8 @@ ENCODER_FLAGS = {
     "num_heads": "num_heads",
     "dropout": "dropout",
     "pooling": "pooling",
+    "ffn_dim": "ffn_dim",
+    "positions": "positions",
 }
 DEFAULT_PROJECTOR = ProjectorConfig((1024, 1024, 1024))
 DEFAULT_AUGMENT = AugmentPolicy(mask=0.3, reorder=0.3)
@@ -474,6 +484,8 @@ RESUMABLE_CHANGES = (
 )
 # Values of settings that a run directory written before they existed ran with.
 LEGACY_DEFAULTS = {
+    "ffn_dim": 0,
+    "positions": "start",
     "protocol": "history_future",
     "input_len": 0,
     "init_from": "",

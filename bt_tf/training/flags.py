@@ -202,6 +202,10 @@ _TRAINING_FLAGS = (
     (("--num_heads",), {"type": int, "help": "attention heads per transformer block"}),
     (("--dropout",), {"type": float, "help": "encoder dropout rate"}),
     (("--pooling",), {"choices": POOLINGS, "help": "user vector from the positions"}),
+    (("--ffn_dim",), {"type": int, "help": "transformer feed-forward width (0: 4 x --dim)"}),
+    (("--positions",), {"choices": ("start", "end"), "help": "positional embeddings counted "
+     "from the first item, or from the last (end: SASRec's; the DE then trains each "
+     "sequence's last item as a target only)"}),
     (("--item_init",), {"choices": ITEM_INITS, "help": "encoder's input item table: Keras' "
      "random init, or svd: the item factors of a rank-dim truncated SVD of the binary user x "
      "item matrix of the --train_users' histories, seeded by --seed (not the DE's item "

@@ -554,9 +554,11 @@ def summarize(run: Run, built: ModelState, inputs: Inputs, history: dict) -> dic
     optimizer_steps = int(built.optimizer.iterations.numpy())
     monitor = _monitor(run, inputs)
     best = float(progress.best_loss.numpy())  # lower-is-better (`Progress`)
-    best = (best if monitor_mode(monitor or "val_loss") == "min" else -best) if np.isfinite(
-        best
-    ) else None
+    best = (
+        (best if monitor_mode(monitor or "val_loss") == "min" else -best)
+        if np.isfinite(best)
+        else None
+    )
     return {
         "protocol": config.protocol,
         "epochs_completed": epochs_done,
