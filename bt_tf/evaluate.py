@@ -102,7 +102,7 @@ import os
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import runs
+from bt_tf import locks, runs
 from bt_tf.errors import UserError
 from bt_tf.evaluation import recommender
 from bt_tf.evaluation.intervals import DEFAULT_RESAMPLES
@@ -300,22 +300,24 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             "--runs: leave_one_out runs hold out items, not users: score them as recommenders "
             "(--recommender); the downstream probes need history/future runs"
         )
-    if args.recommender:
-        return _recommender(run_dirs, out_dir, args.recommender_seed)
-    rows = evaluate_runs(
-        run_dirs,
-        out_dir,
-        label_fractions=args.label_fractions,
-        seeds=args.seeds,
-        tasks=tasks_from_flags(args),
-        include_floors=args.floors,
-        settings=settings_from_flags(args),
-        protocol=protocol_from_flags(args),
-        cache=args.cache,
-        bootstrap_resamples=args.bootstrap_resamples,
-        baseline=args.baseline,
-        compare=[m for m in args.compare.split(",") if m.strip()],
-    )
+    # One evaluation per report directory (`bt_tf.locks`): a second one stops at once.
+    with locks.hold_dir(out_dir, hint=" or choose another --output_dir"):
+        if args.recommender:
+            return _recommender(run_dirs, out_dir, args.recommender_seed)
+        rows = evaluate_runs(
+            run_dirs,
+            out_dir,
+            label_fractions=args.label_fractions,
+            seeds=args.seeds,
+            tasks=tasks_from_flags(args),
+            include_floors=args.floors,
+            settings=settings_from_flags(args),
+            protocol=protocol_from_flags(args),
+            cache=args.cache,
+            bootstrap_resamples=args.bootstrap_resamples,
+            baseline=args.baseline,
+            compare=[m for m in args.compare.split(",") if m.strip()],
+        )
     print(os.path.join(out_dir, "report.md"))
     return rows
 

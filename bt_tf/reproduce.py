@@ -77,7 +77,7 @@ import os
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import evaluate
+from bt_tf import evaluate, locks
 from bt_tf.errors import UserError
 from bt_tf.evaluation.reproduction import (
     CONTENDERS,
@@ -285,15 +285,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         fractions=_tuple_or_none(args.ablation_fractions),
         tasks=tuple(args.ablation_tasks),
     )
-    out = reproduce(
-        base,
-        args.output_dir,
-        models=args.models,
-        model_configs=args.model_configs,
-        evaluation=evaluation,
-        ablation=ablation,
-        pretrain_seeds=args.pretrain_seeds,
-    )
+    # One reproduction per output directory (`bt_tf.locks`); each run inside it and the
+    # report are locked again by the training and the evaluation.
+    with locks.hold_dir(args.output_dir, hint=" or choose another --output_dir"):
+        out = reproduce(
+            base,
+            args.output_dir,
+            models=args.models,
+            model_configs=args.model_configs,
+            evaluation=evaluation,
+            ablation=ablation,
+            pretrain_seeds=args.pretrain_seeds,
+        )
     print(out["report"])
     return out
 

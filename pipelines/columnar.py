@@ -123,6 +123,8 @@ def parse_rating_lines(
     stop = [at[:, f * width] for f in (0, 1, 2)] + [ends[rows]]
     length = [b - a for a, b in zip(start, stop)]
     good &= (length[0] > 0) & (length[1] > 0) & (length[3] > 0)
+    # Longer ids go to the line parser, which makes them bad records (sources.MAX_ID_CHARS).
+    good &= (length[0] <= sources.MAX_ID_CHARS) & (length[1] <= sources.MAX_ID_CHARS)
     good &= length[3] <= _MAX_FAST_TIMESTAMP_DIGITS
     b0, b1, b2 = _windows(buf, start[2], 3).T
     whole = (length[2] == 1) & (b0 >= ord("1")) & (b0 <= ord("5"))

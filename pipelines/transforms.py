@@ -55,7 +55,7 @@ from pipelines.config import (
     vocab_path,
 )
 from pipelines.metadata import merge_stats
-from pipelines.sources import BadRecord
+from pipelines.sources import MAX_LINE_BYTES, BadRecord
 
 COUNTER_NAMESPACE = "preprocess"
 DROP_COUNTERS = (
@@ -163,6 +163,10 @@ class ParseChunk(beam.DoFn):
             for i in slow:
                 line = piece[starts[i] : ends[i]]
                 try:
+                    if len(line) > MAX_LINE_BYTES:
+                        raise BadRecord(
+                            f"line of {len(line):,} bytes (at most {MAX_LINE_BYTES:,} are parsed)"
+                        )
                     record = table.parse(line)
                 except BadRecord as err:
                     bad.append(bad_record(chunk.path, number + i, str(err), line))

@@ -4,6 +4,7 @@ import argparse
 import collections
 import dataclasses
 import filecmp
+import glob
 import json
 import logging
 import os
@@ -402,9 +403,9 @@ def test_bad_lines_are_routed_counted_and_fail_above_threshold(tmp_path):
         preprocess(config)
     message = str(err.value)
     assert "4 of" in message and "ratings.dat: 4" in message and "bad_records" in message
-    partial = os.path.join(
-        inputs.artifact_dir(config) + ".partial", "bad_records", "ratings.dat.jsonl"
-    )
+    (build,) = glob.glob(inputs.artifact_dir(config) + ".partial-*")  # this run's, kept
+    assert f"in {os.path.join(build, 'bad_records')}/" in message  # named in the error
+    partial = os.path.join(build, "bad_records", "ratings.dat.jsonl")
     assert not os.path.exists(inputs.artifact_dir(config))  # nothing published
     records = [json.loads(line) for line in open(partial)]
     assert [r["line"] for r in records] == [line for line, _ in fixture["bad_lines"]]
@@ -625,6 +626,8 @@ def test_missing_input_names_the_path_and_files(tmp_path):
 
 
 def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
+    """Killed mid-build: no version, only its own build directory; the rerun takes over
+    the dead process's lock (a notice names it), removes that build and publishes."""
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "pipelines.preprocess", "--dataset=synthetic",
@@ -634,18 +637,21 @@ def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     # Kill it mid-flight: once it has written its first Examples (to part files).
-    while time.time() < deadline and not list((out / "synthetic").glob("*.partial/_parts/*")):
+    while time.time() < deadline and not list((out / "synthetic").glob("*.partial-*/_parts/*")):
         time.sleep(0.01)
-    partial = list((out / "synthetic").glob("*.partial"))
+    partial = list((out / "synthetic").glob("*.partial-*"))
     assert partial, "the run never started writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not [p for p in (out / "synthetic").iterdir() if not p.name.endswith(".partial")]
+    dirs = [p for p in (out / "synthetic").iterdir() if p.is_dir()]
+    assert dirs == partial  # complete or absent: no version
 
     finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    versions = [p for p in (out / "synthetic").iterdir()]
-    assert len(versions) == 1 and not versions[0].name.endswith(".partial")
+    assert f"took over the lock of {out / 'synthetic'}" in finished.stderr
+    assert f"from PID {proc.pid} on " in finished.stderr
+    versions = [p for p in (out / "synthetic").iterdir() if p.is_dir()]
+    assert len(versions) == 1 and ".partial" not in versions[0].name
     assert (versions[0] / "metadata.json").exists()
 
 

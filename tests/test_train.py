@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bt_tf import distribute, runs
+from bt_tf import cli, distribute, runs
+from bt_tf import train as bt_train
 from bt_tf.data import dataset
 from bt_tf.evaluation import embedding_cache
 from bt_tf.features import MASK_ID, PAD_ID
@@ -212,9 +213,79 @@ def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data)
     assert again == metrics
 
 
-@pytest.mark.slow  # ~45 s: a subprocess killed mid-run, then resumed
+def _history_rows(run_dir) -> list[str]:
+    return (run_dir / runs.HISTORY_FILE).read_text().splitlines()
+
+
+def test_metrics_history_has_every_epoch_across_resumes(tmp_path, tiny_data):
+    """A run stopped after 2 of 4 epochs and resumed, and a run whose metrics.json is lost
+    or torn after the last epoch: metrics.json's history has all 4 epochs, equal to an
+    uninterrupted run's (history.csv beside the checkpoints, `runs.read_history`; the
+    slow test below kills a process at epoch 2 of 6)."""
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
+    flags += ["--early_stopping_patience=0"]
+    whole = trainer.train(parse([*flags, f"--output_dir={tmp_path / 'whole'}", "--max_epochs=4"]))
+    assert whole["epochs_completed"] == 4 and len(whole["history"]["loss"]) == 4
+    assert {"loss", "val_loss"} <= set(whole["history"])
+    assert len(_history_rows(tmp_path / "whole")) == 1 + 4  # header + one row per epoch
+
+    run = tmp_path / "resumed"
+    first = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
+    assert len(first["history"]["loss"]) == 2
+    resumed = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=4"]))
+    assert resumed["history"] == whole["history"]  # every epoch, the same values
+    assert resumed["final"] == whole["final"] and len(_history_rows(run)) == 1 + 4
+
+    # Killed after the last epoch, before metrics.json: the rerun rebuilds it from disk.
+    (run / runs.METRICS_FILE).unlink()
+    rebuilt = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=4"]))
+    assert rebuilt["history"] == whole["history"] and rebuilt["best_epoch"] == whole["best_epoch"]
+    # A torn metrics.json (cut short): a notice, then the same rebuild, never a traceback.
+    text = (run / runs.METRICS_FILE).read_text()
+    (run / runs.METRICS_FILE).write_text(text[: len(text) // 2])
+    with pytest.raises(runs.UnreadableRunFile, match="rerun the same bt_tf.train command"):
+        runs.read_metrics(str(run))
+    again = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=4"]))
+    assert again["history"] == whole["history"]
+    assert json.loads((run / runs.METRICS_FILE).read_text())["history"] == whole["history"]
+
+
+def test_history_csv_drops_rows_a_kill_left_beyond_the_checkpoint(tmp_path):
+    """Rows of epochs after the last checkpointed one, repeated rows and a torn last line
+    are what a kill between a row and its checkpoint leaves: the resume keeps one row
+    per checkpointed epoch, the last of each."""
+    (tmp_path / runs.HISTORY_FILE).write_text(
+        "epoch,loss,val_loss\n0,5.0,6.0\n1,4.0,5.0\n1,4.5,5.5\n2,3.0,4.0\n3,2.0"
+    )
+    assert runs.read_history(str(tmp_path), 2) == {"loss": [5.0, 4.5], "val_loss": [6.0, 5.5]}
+    runs.trim_history(str(tmp_path), 2)
+    assert _history_rows(tmp_path) == ["epoch,loss,val_loss", "0,5.0,6.0", "1,4.5,5.5"]
+    runs.trim_history(str(tmp_path), 0)  # a fresh start
+    assert not (tmp_path / runs.HISTORY_FILE).exists() and runs.read_history(str(tmp_path), 3) == {}
+
+
+def test_a_torn_config_json_is_one_error_line_that_says_how_to_recover(tmp_path, tiny_data):
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
+    run = tmp_path / "run"
+    trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=1"]))
+    text = (run / runs.CONFIG_FILE).read_text()
+    (run / runs.CONFIG_FILE).write_text(text[:40])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(bt_train.main, [*flags, f"--output_dir={run}", "--max_epochs=1"])
+    assert exit_info.value.code == 2
+    with pytest.raises(runs.UnreadableRunFile) as err:
+        runs.read_config(str(run))
+    message = str(err.value)
+    assert message.startswith(f"{run / runs.CONFIG_FILE} is unreadable: not valid JSON (")
+    assert "delete it and rerun the same bt_tf.train command" in message and "\n" not in message
+
+
+@pytest.mark.slow  # ~60 s: a subprocess killed mid-run, then resumed
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    data_flags = [f"--data_output_dir={tmp_path / 'data'}", *TINY_FLAGS, "--epochs=4", "--no-probe"]
+    """Killed (SIGKILL) at epoch 2 of 6 and resumed: the same weights, and metrics.json's
+    history has all 6 epochs, equal to an uninterrupted run's."""
+    data_flags = [f"--data_output_dir={tmp_path / 'data'}", *TINY_FLAGS, "--epochs=6", "--no-probe"]
+    data_flags += ["--early_stopping_patience=0"]
     whole = _run([*data_flags, f"--output_dir={tmp_path / 'whole'}", "--no-export"])
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -226,29 +297,31 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     )
     deadline = time.time() + 300
     state = run_dir / runs.STATE_DIR / "checkpoint"
-    while time.time() < deadline and not state.exists():
-        time.sleep(0.05)
+    while time.time() < deadline and "ckpt-2" not in (state.read_text() if state.exists() else ""):
+        time.sleep(0.02)
     assert state.exists(), "no checkpoint was written"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "metrics.json").exists()  # it really died before the end
+    killed_at = tf.train.get_checkpoint_state(str(run_dir / runs.STATE_DIR))
+    epochs_before = runs.checkpoint_number(killed_at.model_checkpoint_path)
+    assert 2 <= epochs_before < 6, epochs_before
 
     resumed = _run([*data_flags, f"--output_dir={run_dir}", "--no-export"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    assert f"resumed from {run_dir / runs.STATE_DIR}/ckpt-{epochs_before}" in resumed.stdout
+    assert "Epoch 1/6" not in resumed.stdout  # the resumed process did not start over
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
-    assert a["epochs_completed"] == b["epochs_completed"] == 4
-    assert len(b["history"]["loss"]) < 4  # the resumed process did not start over
+    assert a["epochs_completed"] == b["epochs_completed"] == 6
     # The same early-stopping record: the same epoch kept, the same counts.
     for key in ("best_epoch", "optimizer_steps", "users_seen", "stop_reason"):
         assert a[key] == b[key], key
     assert a["best_val_loss"] == pytest.approx(b["best_val_loss"], rel=1e-4)
-    # Same batches, same weights: the resumed epochs replay the uninterrupted ones.
-    resumed_epochs = len(b["history"]["loss"])
-    np.testing.assert_allclose(
-        b["history"]["loss"], a["history"]["loss"][-resumed_epochs:], rtol=1e-4
-    )
+    # Every epoch's metrics, the killed process's and the resumed one's, as uninterrupted.
+    assert len(b["history"]["loss"]) == len(b["history"]["val_loss"]) == 6
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=1e-4)
 
     again = _run([*data_flags, f"--output_dir={run_dir}", "--no-export"])
     assert again.returncode == 0 and "is complete" in again.stdout  # finished runs are reused
@@ -428,6 +501,7 @@ def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_d
         path.unlink()
     (run / runs.CHECKPOINT_DIR).rmdir()
     (run / runs.STATE_DIR).rename(run / runs.CHECKPOINT_DIR)
+    (run / runs.HISTORY_FILE).unlink()
     config = json.loads((run / "config.json").read_text())
     for key in ("min_steps_per_epoch", "min_delta"):
         del config[key]
@@ -446,6 +520,7 @@ def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_d
     embedding_cache.restore_run(str(run))
     # A higher cap trains on from its last epoch.
     more = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
+    # Its history starts where history.csv does: the epoch trained after the resume.
     assert more["epochs_completed"] == 2 and len(more["history"]["loss"]) == 1
     assert more["optimizer_steps"] == 8 and more["best_epoch"] in (1, 2)
     export.restore_encoder(str(run))

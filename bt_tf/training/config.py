@@ -112,6 +112,24 @@ class EncoderConfig:
             raise ValueError(f"--positions={self.positions!r}: expected one of {POSITIONS}")
         if self.ffn_dim < 0:
             raise ValueError("--ffn_dim must be >= 0 (0: 4 x --dim)")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """The checks `SequenceEncoder` would fail on at build time, after preprocessing."""
+        for flag, value, least in (
+            ("dim", self.dim, 1),
+            ("num_heads", self.num_heads, 1),
+            ("num_blocks", self.num_blocks, 0),
+        ):
+            if value < least:
+                raise ValueError(f"--{flag}={value}: expected an integer >= {least}")
+        if self.kind == "transformer" and self.dim % self.num_heads:
+            raise ValueError(
+                f"--dim={self.dim} is not divisible by --num_heads={self.num_heads}: each "
+                "attention head gets dim / num_heads dimensions"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout={self.dropout}: expected 0 <= dropout < 1")
 
     def kwargs(self, vocab_size: int, max_len: int, *, causal: bool) -> dict:
         """Keyword arguments of `bt_tf.modeling.encoders.SequenceEncoder` (config.json's
@@ -228,6 +246,7 @@ class TrainConfig:
             raise ValueError("--de_candidates must be >= 0 (0: one per user of the batch)")
         if self.temperature <= 0:
             raise ValueError("--temperature must be > 0")
+        self._check_loss_and_step()
         self._check_speed()
 
     def _check_types(self) -> None:
@@ -242,6 +261,15 @@ class TrainConfig:
                     f"{getattr(self, name)!r}; parse flag strings with "
                     "TrainConfig.from_settings (or bt_tf.training.flags.parse)."
                 )
+
+    def _check_loss_and_step(self) -> None:
+        # A negative weight or step trains without an error and means nothing: refuse it.
+        if not self.lambd > 0:
+            raise ValueError(f"--lambd={self.lambd}: the off-diagonal weight must be > 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate={self.learning_rate}: expected a value > 0")
+        if not self.bt_weight >= 0:
+            raise ValueError(f"--bt_weight={self.bt_weight}: expected a value >= 0")
 
     def _check_budget(self) -> None:
         if self.batch_size < 2:

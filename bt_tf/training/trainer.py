@@ -31,7 +31,6 @@ state; a finished run (stopped early, or at the cap) is not retrained (raise
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import distribute, runs
+from bt_tf import atomic, distribute, runs
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_items
 from bt_tf.errors import UserError
@@ -262,6 +261,16 @@ def _check_batch(config: TrainConfig, num_train: int, replicas: int) -> None:
         )
 
 
+def _recorded_metrics(run_dir: str) -> dict | None:
+    """metrics.json, or None when it is missing or unreadable (it is rebuilt from the
+    checkpoints and history.csv then: nothing in it is lost)."""
+    try:
+        return runs.read_metrics(run_dir)
+    except runs.UnreadableRunFile as err:
+        print(f"notice: {err.file} is unreadable ({err.problem}); rebuilding it", flush=True)
+        return None
+
+
 def prepare_run(config: TrainConfig, artifact_dir: str | None = None) -> Run | dict:
     """Seeds, checks and sets up the run; a finished run's metrics.json content instead."""
     tf.keras.utils.set_random_seed(config.seed)
@@ -274,7 +283,7 @@ def prepare_run(config: TrainConfig, artifact_dir: str | None = None) -> Run | d
     runs.check_resumable(
         run_dir, config.to_json(), comparable=comparable_settings, resumable=RESUMABLE_CHANGES
     )
-    done = runs.read_metrics(run_dir)
+    done = _recorded_metrics(run_dir)
     if runs.is_complete(done, config.epochs):
         print(f"{run_dir} is complete; reusing it (raise --max_epochs to train on)", flush=True)
         return done
@@ -498,9 +507,14 @@ def fit(run: Run, built: ModelState, inputs: Inputs) -> dict[str, list[float]]:
     logs = os.path.join(run.out_dir, runs.LOGS_DIR)
     # The validation item's figures enter the epoch's logs before anything reads them.
     validation = [inputs.next_item] if inputs.next_item is not None else []
+    # Each epoch's row goes to history.csv BEFORE EpochEnd checkpoints the epoch: a kill
+    # in between replays that epoch, whose row `runs.trim_history` then drops.
+    runs.trim_history(run.out_dir, built.initial_epoch)
+    history_csv = runs.path(run.out_dir, runs.HISTORY_FILE)
     callbacks = [
         tf.keras.callbacks.TerminateOnNaN(),
         *validation,
+        tf.keras.callbacks.CSVLogger(history_csv, append=True),
         epoch_end,
         tf.keras.callbacks.TensorBoard(logs, update_freq="epoch"),
     ]
@@ -528,9 +542,15 @@ def _stop_reason(run: Run, built: ModelState, patience: int, history: dict) -> s
 
 
 def summarize(run: Run, built: ModelState, inputs: Inputs, history: dict) -> dict:
-    """metrics.json's content (without the probe and export entries)."""
+    """metrics.json's content (without the probe and export entries).
+
+    ``history``: every epoch's metrics across resumes, from history.csv
+    (`runs.read_history`); ``history`` (this session's) is used only for a run
+    directory without one.
+    """
     config, progress, patience = run.config, built.progress, _patience(run, inputs)
     epochs_done = int(built.epoch.numpy())
+    history = runs.read_history(run.out_dir, epochs_done) or history
     optimizer_steps = int(built.optimizer.iterations.numpy())
     monitor = _monitor(run, inputs)
     best = float(progress.best_loss.numpy())  # lower-is-better (`Progress`)
@@ -654,8 +674,7 @@ def _recommender(run: Run, built: ModelState, inputs: Inputs, result: dict) -> d
         "wall_s": round(result["train_seconds"] + time.perf_counter() - start, 2),
         "reference": recommender.SASREC_REFERENCES,
     }
-    with open(os.path.join(config.run_dir, recommender.JSON_FILE), "w") as f:
-        json.dump(report, f, indent=1)
+    atomic.write_json(os.path.join(config.run_dir, recommender.JSON_FILE), report, indent=1)
     full, sampled = scored["full"], scored["sampled"]
     print(
         f"leave-one-out test ({scored['n_users']} users): full HR@10 {full['hr@10']:.4f} "
@@ -674,10 +693,12 @@ def train(config: TrainConfig, artifact_dir: str | None = None) -> dict:
     memory after training, the probe, the export, and ``checkpoints/`` all hold
     the weights of ``metrics["best_epoch"]``.
     """
-    run = prepare_run(config, artifact_dir)
-    if isinstance(run, dict):  # finished before
-        return run
-    built = build_model(run)
-    inputs = build_inputs(run, built.initial_epoch)
-    history = fit(run, built, inputs)
-    return finish(run, built, inputs, history)
+    # One training process per run directory (`runs.lock`); only the chief writes there.
+    with runs.lock(config.run_dir, chief=distribute.is_chief()):
+        run = prepare_run(config, artifact_dir)
+        if isinstance(run, dict):  # finished before
+            return run
+        built = build_model(run)
+        inputs = build_inputs(run, built.initial_epoch)
+        history = fit(run, built, inputs)
+        return finish(run, built, inputs, history)
