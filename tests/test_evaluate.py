@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,9 @@ from bt_tf.evaluation import (
 from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.serving import export
+from bt_tf.training import trainer
+from bt_tf.training.flags import parse
+from tests.tiny import TINY_FLAGS
 
 QUICK = settings.EvalSettings(c_grid=(1e-2, 1.0))
 # `runs` (conftest.py): {"bt": run dir, "de": run dir} trained on one tiny synthetic artifact.
@@ -167,6 +171,18 @@ def test_item_embeddings_bt_input_table_de_item_tower(runs):
     np.testing.assert_array_equal(bt_items, bt_encoder.item_embedding.embeddings.numpy())
     de_encoder, de_items, config = embedding_cache.restore_run(runs["de"])
     assert de_items.shape == (config["encoder"]["vocab_size"], 16)
+    # The DE ties its item side to the encoder's input table (SASRec) by default ...
+    assert config["tie_item_embeddings"]
+    np.testing.assert_array_equal(de_items, de_encoder.item_embedding.embeddings.numpy())
+
+
+def test_an_untied_de_run_is_scored_with_its_own_item_tower(runs, tmp_path):
+    config = json.loads((Path(runs["de"]) / "config.json").read_text())
+    flags = [*TINY_FLAGS, "--epochs=1", "--no-probe", "--no-export", "--model=de",
+             "--no-tie_item_embeddings", f"--data_output_dir={config['data']['output_dir']}",
+             f"--output_dir={tmp_path / 'untied'}"]  # fmt: skip
+    trainer.train(parse(flags))
+    de_encoder, de_items, _ = embedding_cache.restore_run(str(tmp_path / "untied"))
     assert not np.allclose(de_items, de_encoder.item_embedding.embeddings.numpy())
 
 

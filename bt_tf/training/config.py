@@ -44,7 +44,8 @@ item factors of a rank-``dim`` truncated SVD of the binary user x item matrix of
 the ``train_users``' histories (`bt_tf.training.trainer.svd_item_table`);
 ``freeze_item_embeddings`` keeps that table (random or SVD) fixed during
 training. Both act when the model is built: a restored run reads its table from
-its checkpoint. The DE's item tower is a table of its own, left as it is.
+its checkpoint. The DE's item side is that same table when tied (``tie_item_embeddings``,
+the default), else a table of its own that neither setting touches.
 
 No Apache Beam here: ``data`` is the Beam-free preprocessing config.
 """
@@ -174,7 +175,7 @@ class TrainConfig:
     train_users: str = "train"  # "train": the train split's users; "all": every split's
     encoder: EncoderConfig = EncoderConfig()
     # the encoder's input item table: its init, and whether training updates it (the
-    # DE's item tower is a separate table: neither applies to it)
+    # DE's item side is this table when tied, else a table of its own)
     item_init: str = "random"  # random | svd (rank-dim SVD of the train_users' histories)
     freeze_item_embeddings: bool = False
     # Barlow Twins

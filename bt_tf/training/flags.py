@@ -208,10 +208,10 @@ _TRAINING_FLAGS = (
      "sequence's last item as a target only)"}),
     (("--item_init",), {"choices": ITEM_INITS, "help": "encoder's input item table: Keras' "
      "random init, or svd: the item factors of a rank-dim truncated SVD of the binary user x "
-     "item matrix of the --train_users' histories, seeded by --seed (not the DE's item "
-     "tower, a table of its own)"}),
+     "item matrix of the --train_users' histories, seeded by --seed (the DE's item side "
+     "too when tied)"}),
     (("--freeze_item_embeddings",), {"action": _BOOL, "help": "keep the encoder's input item "
-     "table as initialised (not trained; the DE's item tower still trains)"}),
+     "table as initialised (not trained; with --tie_item_embeddings the DE's item side too)"}),
     (("--projector",), {"type": flag_type(ProjectorConfig.from_string), "help": "BT projector "
      "MLP widths, dash-separated"}),
     (("--lambd",), {"type": float, "help": "BT weight of the off-diagonal term"}),
