@@ -422,3 +422,16 @@ def test_one_pretraining_seed_is_stated_and_a_decided_verdict_says_by_what():
     assert claim["verdict"] == "reproduced"
     assert "decided by the interval over users and label seeds alone" in claim["note"]
     assert all(len(t["per_seed_ratios"]["bt"]) == 1 for t in claim["tasks"])
+
+
+def test_a_ratio_undefined_in_some_resamples_has_no_interval_and_says_why():
+    # One hit among 30 users for both models: resamples without that user give 0 / 0.
+    users = np.arange(30)
+    rank = np.where(users == 0, 1.0, np.inf)
+    records = [Record(m, 0, NEXT_ITEM, f, s, Units(users, users + 3, rank=rank, fold=users % 5), ())
+               for m in ("bt", "de") for f in (0.01, 0.05, 0.1) for s in (0, 1)]  # fmt: skip
+    claim = _claim(records)["claim"]
+    (task,) = claim["tasks"]
+    assert task["ratio"] == pytest.approx(1.0) and np.isnan(task["ci95"]).all()
+    assert task["verdict"] == "inconclusive"
+    assert "no interval for next_item" in claim["note"]

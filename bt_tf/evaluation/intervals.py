@@ -40,6 +40,7 @@ interval then says nothing about it (the claim block says so: ``seeds``).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -323,17 +324,22 @@ def _bootstrap(statistic, design: Design, n_resamples: int, seed: int, confidenc
         return statistic(design.draws(samples))
 
     point = statistic(design.draws(data))[:, 0]
-    res = scipy.stats.bootstrap(
-        data,
-        vectorized,
-        n_resamples=n_resamples,
-        vectorized=True,
-        paired=False,
-        method="percentile",
-        confidence_level=confidence,
-        batch=_BATCH,
-        random_state=np.random.default_rng(seed),
-    )
+    with warnings.catch_warnings():
+        # A statistic undefined in some resample (0 / 0: no hit for either model among
+        # the drawn users) has no interval: NaN, which the report shows as n/a. scipy
+        # warns about it in words meant for BCa.
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        res = scipy.stats.bootstrap(
+            data,
+            vectorized,
+            n_resamples=n_resamples,
+            vectorized=True,
+            paired=False,
+            method="percentile",
+            confidence_level=confidence,
+            batch=_BATCH,
+            random_state=np.random.default_rng(seed),
+        )
     lo, hi = res.confidence_interval
     return point, np.atleast_1d(lo), np.atleast_1d(hi)
 

@@ -316,6 +316,10 @@ def _claim_note(block: Mapping[str, Any]) -> str:
     if block["missing"]:
         notes.append(f"missing {', '.join(block['missing'])}: inconclusive whatever the "
                      "other tasks say")  # fmt: skip
+    undefined = [t["task"] for t in block["tasks"] if not np.all(np.isfinite(t["ci95"]))]
+    if undefined:
+        notes.append(f"no interval for {', '.join(undefined)}: the ratio is undefined in some "
+                     "resamples (0 / 0: too few scored users with a hit)")  # fmt: skip
     if min(block["seeds"].values()) < 2 and block["verdict"] != "inconclusive":
         notes.append("1 pretraining seed: decided by the interval over users and label "
                      "seeds alone; the spread between pretraining seeds is unmeasured")  # fmt: skip
