@@ -73,3 +73,24 @@ def test_chosen_users_are_the_entry_splits_users_by_the_preprocessing_hash():
     entry = dataclasses.replace(flags.dataset_provenance("ml-100k")[1], split_percents=(50, 0))
     half = selection.chosen_users(ids, "ml-100k", [{**entry.to_dict()}])
     assert half.mean() == pytest.approx(0.5, abs=0.06) and not np.array_equal(half, chosen)
+
+
+def test_claim_users_test_scores_the_test_split_and_all_users_beside_it():
+    from bt_tf.evaluation import runner
+    from bt_tf.evaluation.protocol import Population, Protocol
+
+    ids = {
+        "train": np.array([b"a", b"b"]),
+        "eval": np.array([b"c"]),
+        "test": np.array([b"d", b"e"]),
+    }
+    pop = Population.make(ids)
+    assert runner.claim_populations(pop, "all") == [("all", None)]
+    (name, rows), everyone = runner.claim_populations(pop, "test")
+    assert name == "test" and rows.tolist() == [3, 4] and everyone == ("all", None)
+    tuner = Population.make(ids, ("train", "eval"))  # a search never reads test
+    with pytest.raises(ValueError, match="none of that split"):
+        runner.claim_populations(tuner, "test")
+    with pytest.raises(ValueError, match="claim_users='test'"):
+        runner.evaluate_runs(["unused"], None, protocol=Protocol(users=("train", "eval")),
+                             claim_users="test")  # fmt: skip

@@ -336,6 +336,12 @@ def evaluate_runs(
         task, metric, fraction, seed); rows of runs also carry ``run_dir``,
         ``model_type``, ``batch_size``, ``epochs``, ``steps_per_epoch``.
     """
+    if claim_users != CLAIM_USERS_ALL and claim_users not in protocol.population_splits():
+        raise ValueError(
+            f"claim_users={claim_users!r}: the protocol evaluates the "
+            f"{', '.join(protocol.population_splits())} split(s); use {CLAIM_USERS_ALL!r} or "
+            "one of them."
+        )
     evaluation = evaluate_records(
         run_dirs, out_dir, label_fractions=label_fractions, seeds=seeds, tasks=tasks,
         include_floors=include_floors, names=names, settings=settings, protocol=protocol,
