@@ -73,13 +73,18 @@ floor) takes a few minutes on 2 cores (`python -m benchmarks.evaluate` times
 an ML-1M-sized one). Cheaper: fewer ``--label_fractions`` or ``--seeds``,
 ``--probe_folds=0``, ``--no-floors`` when the floors are already known.
 
-The DE as a recommender (``--recommender``): instead of the probes, every DE and
+The runs as recommenders (``--recommender``): instead of the probes, every DE and
 BT+DE run (a "bt" run has no item tower and is skipped) is scored with its own
-query encoder and item tower in the SASRec protocol (leave the last item out,
-rank it against 100 sampled unrated items; `bt_tf.evaluation.recommender`);
-writes ``recommender.json`` and ``recommender.md`` to ``--output_dir``:
+query encoder and item table in the protocol it was trained in: a
+``--protocol=leave_one_out`` run on its users' test item (item n, after the
+history and item n-1), a history/future run on each user's last stored item;
+ranked against the whole catalog minus the user's earlier items (full, the
+headline) and against 100 sampled unrated items (secondary), each with its 95%
+bootstrap interval over users, beside popularity (`bt_tf.evaluation.recommender`);
+writes ``recommender.json`` and ``recommender.md`` to ``--output_dir``. A
+leave-one-out run can only be scored so (it holds out items, not users):
 
-    python -m bt_tf.evaluate --runs=runs/ml100k_de --recommender --output_dir=runs/report
+    python -m bt_tf.evaluate --runs=runs/ml100k_loo_de --recommender --output_dir=runs/report
 
 Caches (``--cache``, on by default), in ``<output_dir>/cache/``: every run's
 and the untrained encoder's user and item embeddings
@@ -313,15 +318,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     run_dirs = [r for r in args.runs.split(",") if r.strip()]
     if not run_dirs:
         raise UserError("--runs names no run directory")
+    protocols = set()
     for run_dir in run_dirs:  # before any work
         try:
-            runs.read_config(run_dir)
+            protocols.add(runs.read_config(run_dir).get("protocol", "history_future"))
         except FileNotFoundError as err:
             hint = "python -m bt_tf.train --output_dir=RUN writes one"
             raise UserError(f"--runs: {err} ({hint})") from None
         except ValueError as err:
             raise UserError(f"--runs: {err}") from None
     out_dir = args.output_dir or os.path.join(os.path.dirname(run_dirs[0]) or ".", "report")
+    if "leave_one_out" in protocols and not args.recommender:
+        raise UserError(
+            "--runs: leave_one_out runs hold out items, not users: score them as recommenders "
+            "(--recommender); the downstream probes need history/future runs"
+        )
     if args.recommender:
         return _recommender(run_dirs, out_dir, args.recommender_seed)
     rows = evaluate_runs(
@@ -345,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 def _recommender(run_dirs: list[str], out_dir: str, seed: int) -> list[dict]:
-    """--recommender: the SASRec-protocol figures of the DE runs, one dict per run."""
+    """--recommender: every DE and BT+DE run as a recommender (full ranking and 100 sampled
+    negatives, in the protocol it was trained in), one dict per run."""
     report = recommender.evaluate_recommender(run_dirs, out_dir, seed=seed)
     print(os.path.join(out_dir, recommender.MARKDOWN_FILE))
     return report["runs"]

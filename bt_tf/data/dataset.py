@@ -47,6 +47,7 @@ import functools
 import json
 import posixpath
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -188,6 +189,73 @@ def train_histories(
         values.append(ragged.flat_values.numpy())
         lengths.append(ragged.row_lengths().numpy())
     return np.concatenate(values), np.concatenate(lengths)
+
+
+class Sequences(NamedTuple):
+    """Users' stored histories (ragged, complete as the artifact keeps them) and futures."""
+
+    values: np.ndarray  # int64: the histories' item ids, user after user, oldest first
+    row_lengths: np.ndarray  # int64 [n]: each history's length
+    future: np.ndarray  # int64 [n, T]: the future items, right-padded with PAD_ID
+
+    def __len__(self) -> int:
+        return len(self.row_lengths)
+
+    def tails(self, width: int, extra: np.ndarray | None = None) -> np.ndarray:
+        """int64 ``[n, width]``: each history (followed by ``extra[u]`` when given and not
+        padding) cut to its most recent ``width`` items, right-padded with ``PAD_ID``."""
+        ends = np.cumsum(self.row_lengths)
+        out = np.full((len(self), width), F.PAD_ID, np.int64)
+        for u, (end, n) in enumerate(zip(ends, self.row_lengths)):
+            row = self.values[end - n : end]
+            if extra is not None and extra[u] != F.PAD_ID:
+                row = np.append(row, extra[u])
+            row = row[-width:] if width else row[:0]
+            out[u, : row.size] = row
+        return out
+
+    def seen(self, num_items: int, extra: np.ndarray | None = None):
+        """scipy CSR ``[n, num_items]`` bool: the items of each history (and ``extra[u]``)."""
+        from scipy import sparse
+
+        rows = np.repeat(np.arange(len(self)), self.row_lengths)
+        cols = self.values
+        if extra is not None:
+            keep = np.asarray(extra) != F.PAD_ID
+            rows = np.concatenate([rows, np.flatnonzero(keep)])
+            cols = np.concatenate([cols, np.asarray(extra)[keep]])
+        inside = (cols >= 0) & (cols < num_items)
+        data = np.ones(int(inside.sum()), bool)
+        matrix = sparse.csr_matrix((data, (rows[inside], cols[inside])), (len(self), num_items))
+        matrix.sum_duplicates()
+        return matrix
+
+
+def read_sequences(
+    artifact_dir: str, split: str | Sequence[str] = "train", batch_size: int = 4096
+) -> Sequences:
+    """Every user's stored history and future of ``split`` (several as in `split_names`),
+    in shard order (`Sequences`). Histories are as stored: at most the artifact's
+    ``max_len`` most recent items (complete ones in a leave-one-out artifact)."""
+    ragged = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+    spec = {F.HISTORY_ITEM_IDS: ragged, F.FUTURE_ITEM_IDS: ragged}
+    ds = tf.data.TFRecordDataset(split_files(artifact_dir, split), compression_type="GZIP")
+    ds = ds.batch(batch_size).map(
+        lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )  # fmt: skip
+    values, lengths, futures = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], []
+    for batch in ds.prefetch(2):
+        history = batch[F.HISTORY_ITEM_IDS]
+        values.append(history.flat_values.numpy())
+        lengths.append(history.row_lengths().numpy())
+        futures.append(batch[F.FUTURE_ITEM_IDS].to_tensor(default_value=F.PAD_ID).numpy())
+    width = max((f.shape[1] for f in futures), default=0)
+    future = np.concatenate(
+        [np.pad(f, ((0, 0), (0, width - f.shape[1])), constant_values=F.PAD_ID)
+         for f in futures] or [np.zeros((0, 0), np.int64)]
+    ).astype(np.int64)  # fmt: skip
+    return Sequences(np.concatenate(values), np.concatenate(lengths), future)
 
 
 @functools.lru_cache(maxsize=4)

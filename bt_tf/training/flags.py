@@ -24,14 +24,18 @@ from bt_tf.errors import UserError
 from bt_tf.modeling.precision import PRECISIONS
 from bt_tf.modeling.projector import ProjectorConfig
 from bt_tf.training.config import (
+    DE_LOSSES,
     ENCODER_FLAGS,
     ENCODERS,
     ITEM_INITS,
     MODELS,
+    NEGATIVE_SAMPLERS,
     POOLINGS,
+    PROTOCOLS,
     STRATEGIES,
     TRAIN_USERS,
     TrainConfig,
+    leave_one_out_data,
 )
 from pipelines import config as data_config
 
@@ -218,12 +222,28 @@ def dataset_provenance(dataset: str) -> tuple[Provenance, ...]:
     return DEFAULTS_PROVENANCE.get(dataset, ())
 
 
-def dataset_defaults(dataset: str, model: str | None = None) -> dict:
+# Flag defaults of a protocol, on top of a dataset's (`dataset_defaults`). Leave-one-out
+# holds out 2 items per user and reads SASRec's input length (200).
+PROTOCOL_DEFAULTS: dict[str, dict] = {
+    "leave_one_out": {"future_len": 2, "min_history_len": 1, "max_len": 200},
+}
+# Under PROTOCOLS_KEY: a dataset's defaults for one protocol (shared, and MODELS_KEY).
+PROTOCOLS_KEY = "protocols"
+
+
+def dataset_defaults(
+    dataset: str, model: str | None = None, protocol: str = "history_future"
+) -> dict:
     """Flag defaults of `dataset` (flag names without dashes), ``{}`` when none: its
-    shared defaults, updated with `model`'s own (none for ``model=None``)."""
+    shared defaults, updated with `model`'s own (none for ``model=None``), then with
+    `protocol`'s (`PROTOCOL_DEFAULTS`) and the dataset's own for that protocol."""
+    out = {}
     entry = DATASET_DEFAULTS.get(dataset, {})
-    shared = {k: v for k, v in entry.items() if k != MODELS_KEY}
-    return {**shared, **entry.get(MODELS_KEY, {}).get(model, {})}
+    for level in (entry, PROTOCOL_DEFAULTS.get(protocol, {}),
+                  entry.get(PROTOCOLS_KEY, {}).get(protocol, {})):  # fmt: skip
+        out.update({k: v for k, v in level.items() if k not in (MODELS_KEY, PROTOCOLS_KEY)})
+        out.update(level.get(MODELS_KEY, {}).get(model, {}))
+    return out
 
 
 # hparams-file keys that name another flag.
@@ -267,6 +287,12 @@ _TRAINING_FLAGS = (
      "runs/<dataset>_<model>)"}),
     (("--model",), {"choices": MODELS, "help": "bt: Barlow Twins; de: TFRS dual encoder (next "
      "item); bt+de: both losses"}),
+    (("--protocol",), {"choices": PROTOCOLS, "help": "history_future: users split into "
+     "train/eval/test, each user's last --future_len items its future (the downstream "
+     "tasks); leave_one_out: every user trains on all but its last 2 items, item n-1 "
+     "validates (epochs judged by its full-ranking NDCG@10), item n tests (SASRec, RecBole)"}),
+    (("--init_from",), {"metavar": "RUN", "help": "start the encoder from this run's (its best "
+     "epoch; same encoder sizes and item vocabulary), e.g. a bt run before a de fine-tune"}),
     (("--train_users",), {"choices": TRAIN_USERS, "help": "whose histories pretrain the "
      "encoder: train (the train split's users) or all (every split's: labels are future "
      "items, which no encoder reads); val_loss stays on eval"}),
@@ -277,6 +303,10 @@ _TRAINING_FLAGS = (
     (("--num_heads",), {"type": int, "help": "attention heads per transformer block"}),
     (("--dropout",), {"type": float, "help": "encoder dropout rate"}),
     (("--pooling",), {"choices": POOLINGS, "help": "user vector from the positions"}),
+    (("--ffn_dim",), {"type": int, "help": "transformer feed-forward width (0: 4 x --dim)"}),
+    (("--positions",), {"choices": ("start", "end"), "help": "positional embeddings counted "
+     "from the first item, or from the last (end: SASRec's; the DE then trains each "
+     "sequence's last item as a target only)"}),
     (("--item_init",), {"choices": ITEM_INITS, "help": "encoder's input item table: Keras' "
      "random init, or svd: the item factors of a rank-dim truncated SVD of the binary user x "
      "item matrix of the --train_users' histories, seeded by --seed (not the DE's item "
@@ -289,6 +319,16 @@ _TRAINING_FLAGS = (
     (("--augment",), {"type": flag_type(AugmentPolicy.from_string), "help": "BT views: "
      "comma-separated name:strength of mask, reorder, crop, substitute, insert, apply_prob "
      "(none: identical views)"}),
+    (("--de_loss",), {"choices": DE_LOSSES, "help": "DE loss: full_softmax (every catalog item "
+     "at every position, SASRec+), sampled_softmax (--num_negatives catalog draws), in_batch "
+     "(the paper's DE); auto: full_softmax where batch x max_len x items logits fit 1 GiB, "
+     "else sampled_softmax"}),
+    (("--num_negatives",), {"type": int, "help": "sampled_softmax: catalog items drawn per "
+     "step, shared by every query"}),
+    (("--negatives",), {"choices": NEGATIVE_SAMPLERS, "help": "sampled_softmax: uniform, or "
+     "popularity draws with the logQ correction"}),
+    (("--tie_item_embeddings",), {"action": _BOOL, "help": "DE: the item tower is the "
+     "encoder's input item table (SASRec's tied embeddings)"}),
     (("--temperature",), {"type": float, "help": "DE softmax temperature (scores / "
      "temperature)"}),
     (("--bt_weight",), {"type": float, "help": "weight of the BT loss in bt+de"}),
@@ -317,9 +357,9 @@ _TRAINING_FLAGS = (
      "(the BT loss stays float32; --model=bt only)"}),
     (("--steps_per_execution",), {"type": int, "help": "train steps per tf.function call "
      "(fewer Python round trips)"}),
-    (("--de_candidates",), {"type": int, "help": "DE: shared sampled-softmax candidates per "
-     "step (0: one per user of the batch)"}),
-    (("--de_logq",), {"action": _BOOL, "help": "DE: logQ correction of the sampled softmax"}),
+    (("--de_candidates",), {"type": int, "help": "in_batch DE: shared candidates per step "
+     "(0: one per user of the batch)"}),
+    (("--de_logq",), {"action": _BOOL, "help": "in_batch DE: logQ correction"}),
     (("--jit_compile",), {"action": _BOOL, "help": "XLA-compile the train step"}),
     (("--probe",), {"action": _BOOL, "help": "favorite-genre probe after training"}),
     (("--export",), {"action": _BOOL, "help": "export the encoder as a SavedModel"}),
@@ -414,6 +454,15 @@ def config_from_flags(
     if not values.get("run_dir"):
         values["run_dir"] = os.path.join("runs", f"{args.dataset}_{args.model}")
     data = data_config.config_from_flags(args, beam_args)
+    if values.get("protocol") == "leave_one_out":
+        if (args.future_len, args.min_history_len) != (2, 1):
+            raise UserError(
+                "--protocol=leave_one_out holds out each user's last 2 items: drop "
+                f"--future_len={args.future_len} / --min_history_len={args.min_history_len} "
+                "(it sets 2 and 1)"
+            )
+        data = leave_one_out_data(data)
+        values["input_len"] = args.max_len  # --max_len: the encoder's input, histories whole
     try:
         return TrainConfig.from_settings(values, data=data)
     except UserError:
@@ -496,12 +545,15 @@ def apply_dataset_defaults(
     probe.add_argument("--dataset", default=data_config.PreprocessConfig().dataset)
     probe.add_argument("--model", default=TrainConfig().model)
     probe.add_argument("--hparams", default=None)
+    probe.add_argument("--protocol", default=TrainConfig().protocol)
     given = probe.parse_known_args(argv)[0]
     if model is not None:
         parser.set_defaults(model=model)
     else:
         model = _hparams_model([given.hparams, *hparams]) or given.model
-    parser.set_defaults(**dataset_defaults(given.dataset, None if shared_only else model))
+    parser.set_defaults(
+        **dataset_defaults(given.dataset, None if shared_only else model, given.protocol)
+    )
     return given.dataset
 
 
