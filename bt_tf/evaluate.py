@@ -45,7 +45,8 @@ the same item-side inputs:
     ``gender``/``age``); accuracy and balanced accuracy.
 
 Floors: ``majority`` / ``popularity`` (no features: the probes' prior
-predictor), ``bag_of_items`` (history bags; item-kNN for next item), ``svd``
+predictor), ``bias`` (liked item only: the item one-hot alone, fitted like
+every contender's per-item bias), ``bag_of_items`` (history bags; item-kNN for next item), ``svd``
 (the rank-d truncated SVD of the interaction matrix, d the encoders' width: a
 floor of the embedding's own size) and ``untrained`` (an encoder of the same
 architecture, freshly initialized).
@@ -57,6 +58,14 @@ first, then per task and metric every model with its 95% paired bootstrap
 interval over users, the ratios against ``--baseline`` and the floors, how
 often selection kept the prior), ``results.json`` (all of it, with the
 ``claim`` block), ``metrics_vs_fraction.png`` and ``timings.json``.
+
+The claim (docs/USAGE.md, "The claim"): ``--claim_models=MODEL,BASELINE``
+(default bt,de) is the one pair judged (MODEL >= 1.08 x BASELINE; ``--baseline``
+only sets the tables' ratios). Its intervals resample users, label seeds and
+each model's pretraining seeds; the block says which scored users' labels
+chose a default the runs used (``selection``: in-sample or out-of-sample,
+from ``DEFAULTS_PROVENANCE`` in `bt_tf.training.flags`). ``--claim_users=test``
+scores it on the test split's users only, beside the all-users claim.
 
 Cost: the probes run in parallel worker processes (numpy, scipy); one run's
 evaluation on ML-100K (943 users, 5 folds, 5 fractions x 3 seeds, every
@@ -107,9 +116,11 @@ from bt_tf.errors import UserError
 from bt_tf.evaluation import recommender
 from bt_tf.evaluation.intervals import DEFAULT_RESAMPLES
 from bt_tf.evaluation.protocol import Protocol
-from bt_tf.evaluation.runner import evaluate_runs
+from bt_tf.evaluation.runner import CLAIM_USERS_ALL, evaluate_runs
+from bt_tf.evaluation.scores import CLAIM_MODELS
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import DEFAULT_TASKS, NEXT_ITEM_SOFTMAX
+from bt_tf.features import SPLITS
 
 __all__ = [
     "float_list",
@@ -134,6 +145,15 @@ def float_list(text: str) -> list[float]:
 # argparse types: comma-separated values, checked (errors name the flag).
 fraction_list = cli.comma_list(float, "fractions in (0, 1]", lambda f: 0.0 < f <= 1.0)
 _positive_list = cli.comma_list(float, "values > 0", lambda v: v > 0.0)
+
+
+def _claim_models(text: str) -> list[str]:
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    if len(models) != 2 or models[0] == models[1]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected two different models, MODEL,BASELINE (e.g. bt,de)"
+        )
+    return models
 
 
 def _at_least(low: int):
@@ -235,8 +255,21 @@ def add_flags(parser) -> None:
         default=DEFAULT_RESAMPLES,
         help="resamples of users of the paired bootstrap intervals",
     )
-    add("--baseline", default="de", help="model the ratios are relative to")
-    add("--compare", default="bt,bt+de", help="models listed first in the tables")
+    add("--baseline", default="de", help="model the ratios are relative to (not the claim's)")
+    add("--compare", default="bt,bt+de,bt_ft", help="models listed first in the tables")
+    add(
+        "--claim_models",
+        type=_claim_models,
+        default=list(CLAIM_MODELS),
+        help="MODEL,BASELINE: the one pair the claim judges (MODEL >= 1.08 x BASELINE)",
+    )
+    add(
+        "--claim_users",
+        choices=(CLAIM_USERS_ALL, *SPLITS),
+        default=CLAIM_USERS_ALL,
+        help="score the claim on every scored user (all) or on one split's users only (e.g. "
+        "test: users whose labels chose no default), shown beside the all-users claim",
+    )
 
 
 def settings_from_flags(args: argparse.Namespace) -> EvalSettings:
@@ -317,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             bootstrap_resamples=args.bootstrap_resamples,
             baseline=args.baseline,
             compare=[m for m in args.compare.split(",") if m.strip()],
+            claim_models=tuple(args.claim_models),
+            claim_users=args.claim_users,
         )
     print(os.path.join(out_dir, "report.md"))
     return rows

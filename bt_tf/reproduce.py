@@ -276,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         baseline=args.baseline,
         compare=tuple(_names(args.compare)),
         bootstrap_resamples=args.bootstrap_resamples,
+        claim_models=tuple(args.claim_models),
+        claim_users=args.claim_users,
     )
     ablation = Ablation(
         batch_sizes=tuple(args.batch_sizes),

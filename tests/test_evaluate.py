@@ -51,13 +51,17 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
             "--label_fractions=0.1",
             "--seeds=2",
             "--bootstrap_resamples=200",
+            "--claim_users=test",
             f"--output_dir={out}",
         ]
     )
     models = {r["model"] for r in rows}
     # One untrained floor per architecture: the DE's query tower is causal, BT's is not.
-    floors = {"untrained(bt)", "untrained(de)", "bag_of_items", "svd", "majority", "popularity"}
+    floors = {"untrained(bt)", "untrained(de)", "bag_of_items", "svd", "majority", "popularity",
+              "bias"}  # fmt: skip
     assert models == {"bt", "de"} | floors
+    # The bias floor (the item one-hot alone) is a liked-item floor only.
+    assert {r["task"] for r in rows if r["model"] == "bias"} == {"liked_item"}
     tasks = {r["task"] for r in rows}
     assert tasks == {"next_item", "favorite_genre", "liked_item", "attr_segment"}
     expected_metrics = {
@@ -95,6 +99,16 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
         "next_item", "favorite_genre", "liked_item"
     }  # fmt: skip
     assert results["claim"]["verdict"] in ("reproduced", "refuted", "inconclusive")
+    # --claim_users=test: the claim on the test users, the all-users claim beside it; the
+    # synthetic data's defaults were chosen on no labels: out-of-sample both.
+    test, everyone = results["claims"]
+    assert results["claim"] == test and (test["model"], test["baseline"]) == ("bt", "de")
+    n_test = len(eval_data.load_eval_data(_artifact(runs["bt"]), tasks=[]).user_ids["test"])
+    assert test["users"] == "test" and 0.9 * n_test <= test["n_users"] <= n_test
+    assert everyone["users"] == "all" and everyone["n_users"] > 0.9 * n_users
+    assert results["provenance"] == []
+    assert test["selection"] == everyone["selection"] == "out_of_sample"
+    assert "| test users only (" in md and "selection: **out-of-sample**" in md
     for c in results["cells"]:
         lo, hi = c["ci95"]
         assert lo <= c["value"] <= hi, c

@@ -141,7 +141,7 @@ def compare(configs, output_dir: str, args: argparse.Namespace, *, users: Sequen
     out = {"fractions": list(args.label_fractions), "users": list(users), "variants": {}}
     for name in names[1:]:
         pair = [r for r in records if r.model in (BASE, name)]  # the bootstrap of these two only
-        analysis = scores.analyse(pair, 10, baseline=BASE, claim_model=name,
+        analysis = scores.analyse(pair, 10, baseline=BASE, claim_models=(name, BASE),
                                   claim_fractions=args.label_fractions,
                                   n_resamples=args.bootstrap_resamples)  # fmt: skip
         claim = analysis["claim"] or {"tasks": []}

@@ -215,7 +215,8 @@ def write_reports(
         header += (
             "Ratios to the `svd` floor (claim metric per task, mean over the objective's "
             "label fractions; the objective is their mean), cross-fitted over the train and "
-            "eval users, with 95% paired bootstrap intervals over users.\n\n"
+            "eval users, with 95% paired bootstrap intervals (users and label seeds "
+            "resampled; one pretraining seed per trial).\n\n"
         )
     atomic.write_text(
         os.path.join(output_dir, TRIALS_MD), header + trials_table(trials, objective_name)

@@ -389,6 +389,8 @@ class EvalRequest:
     baseline: str = "de"
     compare: tuple[str, ...] = ("bt", "bt+de", FINE_TUNE)
     bootstrap_resamples: int | None = None
+    claim_models: tuple[str, str] = ("bt", "de")
+    claim_users: str = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,6 +474,8 @@ def reproduce(
         compare=ev.compare,
         title=f"Downstream evaluation: {base.data.dataset}",
         bootstrap_resamples=ev.bootstrap_resamples,
+        claim_models=ev.claim_models,
+        claim_users=ev.claim_users,
     )
     md = os.path.join(report_dir, "report.md")
     sections = _run_table([c for _, c in seeded], results, note=budget_note(base, n_train))

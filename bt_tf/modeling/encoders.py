@@ -192,6 +192,9 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
             ``"end"`` a causal output at t also depends on HOW MANY items follow t
             (not on which): train it as SASRec does, the last item a target only
             (`bt_tf.modeling.dual_encoder.drop_last_item`).
+        scale_embeddings: multiply the item rows by ``sqrt(dim)`` before the
+            positions are added (SASRec, after the Transformer): with a tied output
+            table the rows stay small for the logits and large beside the positions.
 
     Call: `encoder(items, training=False)` with items int `[B, L]`, L <= max_len,
     right-padded with PAD_ID; returns float `[B, dim]`. With `causal=True`,
@@ -215,6 +218,7 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
         norm_first: bool = True,
         causal: bool = False,
         positions: str = "start",
+        scale_embeddings: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -241,6 +245,7 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
         self.norm_first = norm_first
         self.causal = bool(causal)
         self.positions = positions
+        self.scale_embeddings = bool(scale_embeddings)
 
         self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
         self.embedding_dropout = tf.keras.layers.Dropout(dropout)
@@ -286,6 +291,8 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
             )
         mask = tf.not_equal(items, tf.cast(PAD_ID, items.dtype))  # [B, L]
         x = self.item_embedding(items)  # [B, L, D]
+        if self.scale_embeddings:  # SASRec: item rows x sqrt(dim), positions as they are
+            x = x * tf.cast(tf.sqrt(float(self.dim)), x.dtype)
         if self.kind == "transformer":
             x = x + self.position_embedding(self._position_ids(mask))
             x = self.embedding_dropout(x, training=training)
@@ -331,6 +338,7 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
         config = super().get_config()
         config.update(
             positions=self.positions,
+            scale_embeddings=self.scale_embeddings,
             vocab_size=self.vocab_size,
             max_len=self.max_len,
             dim=self.dim,
