@@ -48,11 +48,33 @@ def bucket_of(user: bytes, config: PreprocessConfig) -> tuple[str, int, int]:
     )
 
 
+def _compact_positions(position: np.ndarray) -> tuple[int, np.ndarray]:
+    """Input positions -> (base, offsets from it): uint32 offsets when they fit, else int64.
+
+    A batch comes from one file (chunk, row group, TFDS shard or synthetic
+    block), so its positions span far less than 2**32: fragments, which Beam
+    groups (and holds) by bucket, carry 4 bytes per interaction instead of 8.
+    """
+    if not len(position):
+        return 0, position.astype(np.uint32)
+    base = int(position.min())
+    offsets = position - base
+    if int(offsets.max()) < 2**32:
+        offsets = offsets.astype(np.uint32)
+    return base, offsets
+
+
+def _positions(fragment: dict) -> np.ndarray:
+    """A fragment's input positions (int64), undoing `_compact_positions`."""
+    return fragment["position"].astype(np.int64) + fragment["position_base"]
+
+
 def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
     """Columnar batch -> (bucket, fragment): the batch's rows of each bucket.
 
     A fragment's rows are sorted by user; its users are run-length coded
-    (``"user"`` distinct ids, ``"count"`` rows of each).
+    (``"user"`` distinct ids, ``"count"`` rows of each); its input positions
+    are offsets from ``"position_base"`` (`_compact_positions`).
     """
     users, owner = unique(batch["user"])
     buckets = [bucket_of(u, config) for u in users.tolist()]
@@ -64,6 +86,7 @@ def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
     for i, key in enumerate(keys):
         rows = order[bounds[i] : bounds[i + 1]]
         ids, counts = np.unique(owner[rows], return_counts=True)
+        base, offsets = _compact_positions(batch["position"][rows])
         yield (
             key,
             {
@@ -72,7 +95,8 @@ def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
                 "item": batch["item"][rows],
                 "timestamp": batch["timestamp"][rows],
                 "rating": batch["rating"][rows],
-                "position": batch["position"][rows],
+                "position": offsets,
+                "position_base": base,
             },
         )
 
@@ -88,7 +112,7 @@ def build_block(fragments: list[dict], user_records: Iterable[tuple], catalog: n
     A block: ``"user"`` (sorted distinct ids, bytes), ``"length"`` (interactions
     per user), ``"item"`` (int32 catalog codes), ``"timestamp"``, ``"rating"``
     (all per interaction, user after user, each user's sorted by timestamp,
-    ties in input order: by the fragments' ``"position"``, so the order follows
+    ties in input order: by the fragments' positions, so the order follows
     the input files and never depends on chunking, sharding or the order the
     fragments arrive in), ``"attributes"`` (user -> attribute dict) and
     ``"num_items"`` (catalog size). The positions are not kept: nothing after
@@ -100,7 +124,7 @@ def build_block(fragments: list[dict], user_records: Iterable[tuple], catalog: n
     item = codes(np.concatenate([f["item"] for f in fragments]), catalog)
     timestamp = np.concatenate([f["timestamp"] for f in fragments])
     rating = np.concatenate([f["rating"] for f in fragments])
-    order = sequence_order(owner, timestamp, np.concatenate([f["position"] for f in fragments]))
+    order = sequence_order(owner, timestamp, np.concatenate([_positions(f) for f in fragments]))
     attributes, drops = user_attributes(user_records, users)
     block = {
         "user": users,

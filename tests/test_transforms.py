@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.typehints.decorators import IOTypeHints
 
 from bt_tf import features as F
-from pipelines import blocks, synthetic, transforms
+from pipelines import blocks, columnar, synthetic, transforms
 from pipelines.config import InteractionsConfig, PreprocessConfig
 from pipelines.examples import TOO_SHORT
 from pipelines.metadata import merge_stats
@@ -171,6 +171,19 @@ def test_build_block_breaks_ties_by_position_whatever_the_fragment_order():
         other = block_of([batches[i] for i in order])
         for key in ("user", "length", "item", "timestamp", "rating"):
             assert other[key].tolist() == first[key].tolist(), (order, key)
+
+    # Fragments carry 4-byte offsets from a base; positions 2**40 apart (two files'
+    # ranks in one batch, which the readers never make) keep 8 bytes, and their order.
+    fragments = {f["user"][0]: f for _, f in blocks.to_fragments(batches[1], config)}
+    assert {u: f["position_base"] for u, f in fragments.items()} == {b"a": 5, b"b": 7}
+    assert fragments[b"a"]["position"].tolist() == [0, 1]  # positions 5 and 6
+    assert fragments[b"a"]["position"].dtype == np.uint32
+    wide = _batch([("a", "x", 7, 1.0), ("a", "y", 7, 1.0), ("a", "z", 7, 1.0)])
+    wide["position"] = columnar.position(np.array([1, 0, 1]), np.array([2, 9, 1]))
+    (_, fragment), *_ = blocks.to_fragments(wide, config)
+    assert fragment["position"].dtype == np.int64
+    block = blocks.build_block([fragment], [], np.array([b"x", b"y", b"z"]))[0]
+    assert block["item"].tolist() == [1, 2, 0]  # y (file 0), then z (file 1, line 1), x
 
 
 def test_k_core_iterates_to_the_fixed_point_and_reports_each_round():
