@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from bt_tf import features as F
-from pipelines.columnar import codes, sequence_order, unique
+from pipelines.columnar import codes, positions, sequence_order, unique
 from pipelines.config import PreprocessConfig
 
 PARTS_PER_SHARD = 8
@@ -48,33 +48,12 @@ def bucket_of(user: bytes, config: PreprocessConfig) -> tuple[str, int, int]:
     )
 
 
-def _compact_positions(position: np.ndarray) -> tuple[int, np.ndarray]:
-    """Input positions -> (base, offsets from it): uint32 offsets when they fit, else int64.
-
-    A batch comes from one file (chunk, row group, TFDS shard or synthetic
-    block), so its positions span far less than 2**32: fragments, which Beam
-    groups (and holds) by bucket, carry 4 bytes per interaction instead of 8.
-    """
-    if not len(position):
-        return 0, position.astype(np.uint32)
-    base = int(position.min())
-    offsets = position - base
-    if int(offsets.max()) < 2**32:
-        offsets = offsets.astype(np.uint32)
-    return base, offsets
-
-
-def _positions(fragment: dict) -> np.ndarray:
-    """A fragment's input positions (int64), undoing `_compact_positions`."""
-    return fragment["position"].astype(np.int64) + fragment["position_base"]
-
-
 def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
     """Columnar batch -> (bucket, fragment): the batch's rows of each bucket.
 
     A fragment's rows are sorted by user; its users are run-length coded
     (``"user"`` distinct ids, ``"count"`` rows of each); its input positions
-    are offsets from ``"position_base"`` (`_compact_positions`).
+    are the batch's: offsets from ``"position_base"`` (`columnar.with_positions`).
     """
     users, owner = unique(batch["user"])
     buckets = [bucket_of(u, config) for u in users.tolist()]
@@ -86,7 +65,6 @@ def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
     for i, key in enumerate(keys):
         rows = order[bounds[i] : bounds[i + 1]]
         ids, counts = np.unique(owner[rows], return_counts=True)
-        base, offsets = _compact_positions(batch["position"][rows])
         yield (
             key,
             {
@@ -95,8 +73,8 @@ def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
                 "item": batch["item"][rows],
                 "timestamp": batch["timestamp"][rows],
                 "rating": batch["rating"][rows],
-                "position": offsets,
-                "position_base": base,
+                "position": batch["position"][rows],
+                "position_base": batch["position_base"],
             },
         )
 
@@ -124,7 +102,7 @@ def build_block(fragments: list[dict], user_records: Iterable[tuple], catalog: n
     item = codes(np.concatenate([f["item"] for f in fragments]), catalog)
     timestamp = np.concatenate([f["timestamp"] for f in fragments])
     rating = np.concatenate([f["rating"] for f in fragments])
-    order = sequence_order(owner, timestamp, np.concatenate([_positions(f) for f in fragments]))
+    order = sequence_order(owner, timestamp, np.concatenate([positions(f) for f in fragments]))
     attributes, drops = user_attributes(user_records, users)
     block = {
         "user": users,

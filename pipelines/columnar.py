@@ -3,10 +3,12 @@
 Interactions travel between Beam steps as columnar batches: "user" and "item"
 as numpy arrays of UTF-8 bytes (dtype S, a quarter of the memory of str arrays;
 byte order is code point order, so every sort is the same as on the strings),
-"timestamp" int64, "rating" float32 and "position" int64: where the row was in
-the input (`position`), which orders a user's interactions that share a
-timestamp. Here: building batches, the vectorized reader of MovieLens ratings
-lines, sorting/coding byte-string ids, and the order of a user's interactions.
+"timestamp" int64, "rating" float32, and where each row was in the input
+(`position`), which orders a user's interactions that share a timestamp:
+"position_base" (a 0-d int64 array) plus "position" offsets from it, uint32 whenever they
+fit (`with_positions`; `positions` gives them back as int64). Here: building
+batches, the vectorized reader of MovieLens ratings lines, sorting/coding
+byte-string ids, and the order of a user's interactions.
 """
 
 from __future__ import annotations
@@ -39,6 +41,29 @@ def position(rank, number):
     return (np.int64(rank) << np.int64(POSITION_BITS)) | number
 
 
+def with_positions(columns: dict, position: np.ndarray) -> dict:
+    """`columns` with the int64 input positions of its rows, stored compactly.
+
+    As ``"position_base"`` (their minimum) plus ``"position"`` offsets from it,
+    uint32 when they fit, else int64. A batch comes from one file (chunk, row
+    group, TFDS shard or synthetic block), so they fit: batches and the
+    fragments Beam groups by bucket carry 4 bytes per interaction, not 8.
+    """
+    position = np.asarray(position, dtype=np.int64)
+    base = int(position.min()) if len(position) else 0
+    offsets = position - base
+    if not len(offsets) or int(offsets.max()) < 2**32:
+        offsets = offsets.astype(np.uint32)
+    columns["position_base"] = np.asarray(base, dtype=np.int64)  # 0-d: an array like the rest
+    columns["position"] = offsets
+    return columns
+
+
+def positions(columns: dict) -> np.ndarray:
+    """The int64 input positions of a batch's (fragment's) rows (`with_positions`)."""
+    return columns["position"].astype(np.int64) + columns["position_base"]
+
+
 def utf8(values) -> np.ndarray:
     """Strings (a sequence, or a numpy str array) -> numpy array of their UTF-8 bytes."""
     if isinstance(values, np.ndarray):
@@ -53,14 +78,14 @@ def utf8(values) -> np.ndarray:
 
 
 def _columnar(rows: list[tuple]) -> dict[str, np.ndarray]:
-    users, items, stamps, ratings, positions = zip(*rows)
-    return {
+    users, items, stamps, ratings, where = zip(*rows)
+    columns = {
         "user": utf8(users),
         "item": utf8(items),
         "timestamp": np.asarray(stamps, dtype=np.int64),
         "rating": np.asarray(ratings, dtype=np.float32),
-        "position": np.asarray(positions, dtype=np.int64),
     }
+    return with_positions(columns, np.asarray(where, dtype=np.int64))
 
 
 def batched(rows: Iterable[tuple]) -> Iterator[dict[str, np.ndarray]]:

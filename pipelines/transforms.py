@@ -163,8 +163,8 @@ class ParseChunk(beam.DoFn):
                 ok, columns = columnar.parse_rating_lines(buf, starts, ends, layout)
                 if len(columns["user"]):
                     counted += len(columns["user"])
-                    columns["position"] = columnar.position(rank, number + np.flatnonzero(ok))
-                    yield columns
+                    where = columnar.position(rank, number + np.flatnonzero(ok))
+                    yield columnar.with_positions(columns, where)
                 slow = np.flatnonzero(~ok).tolist()
             for i in slow:
                 line = piece[starts[i] : ends[i]]
@@ -355,9 +355,10 @@ def synthetic_block(block: int, config: synthetic.SyntheticConfig):
     yield beam.pvalue.TaggedOutput("lines", ("interactions", n))
     interactions = dict(interactions, user=columnar.utf8(interactions["user"]))
     interactions["item"] = columnar.utf8(interactions["item"])
-    interactions["position"] = columnar.position(block, np.arange(n))
-    for start in range(0, len(interactions["user"]), columnar.BATCH_ROWS):
-        yield {k: v[start : start + columnar.BATCH_ROWS] for k, v in interactions.items()}
+    for start in range(0, n, columnar.BATCH_ROWS):
+        batch = {k: v[start : start + columnar.BATCH_ROWS] for k, v in interactions.items()}
+        rows = np.arange(start, start + len(batch["user"]))
+        yield columnar.with_positions(batch, columnar.position(block, rows))
 
 
 class ReadSynthetic(_Step):

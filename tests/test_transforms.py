@@ -41,13 +41,13 @@ def _batch(rows, first: int = 0) -> dict[str, np.ndarray]:
     """(user, item, timestamp, rating) rows -> a columnar batch; row k at input position
     ``first + k``."""
     users, items, stamps, ratings = zip(*rows)
-    return {
+    batch = {
         "user": np.array([u.encode() for u in users], dtype=np.bytes_),
         "item": np.array([i.encode() for i in items], dtype=np.bytes_),
         "timestamp": np.asarray(stamps, dtype=np.int64),
         "rating": np.asarray(ratings, dtype=np.float32),
-        "position": np.arange(first, first + len(rows), dtype=np.int64),
     }
+    return columnar.with_positions(batch, np.arange(first, first + len(rows)))
 
 
 def _rows(batches) -> list[tuple]:
@@ -153,8 +153,7 @@ def test_build_block_breaks_ties_by_position_whatever_the_fragment_order():
     batches = []
     for part in (rows[:2], rows[2:5], rows[5:]):
         batch = _batch([r[:4] for r in part])
-        batch["position"] = np.asarray([r[4] for r in part], dtype=np.int64)
-        batches.append(batch)
+        batches.append(columnar.with_positions(batch, np.asarray([r[4] for r in part])))
     catalog = np.unique(np.concatenate([b["item"] for b in batches]))
 
     def block_of(fragment_batches):
@@ -172,15 +171,17 @@ def test_build_block_breaks_ties_by_position_whatever_the_fragment_order():
         for key in ("user", "length", "item", "timestamp", "rating"):
             assert other[key].tolist() == first[key].tolist(), (order, key)
 
-    # Fragments carry 4-byte offsets from a base; positions 2**40 apart (two files'
-    # ranks in one batch, which the readers never make) keep 8 bytes, and their order.
+    # Batches and fragments carry 4-byte offsets from a base; positions 2**40 apart
+    # (two files' ranks in one batch, which the readers never make) keep 8 bytes, and
+    # their order.
     fragments = {f["user"][0]: f for _, f in blocks.to_fragments(batches[1], config)}
-    assert {u: f["position_base"] for u, f in fragments.items()} == {b"a": 5, b"b": 7}
+    assert {u: int(f["position_base"]) for u, f in fragments.items()} == {b"a": 5, b"b": 5}
     assert fragments[b"a"]["position"].tolist() == [0, 1]  # positions 5 and 6
+    assert fragments[b"b"]["position"].tolist() == [2]  # position 7
     assert fragments[b"a"]["position"].dtype == np.uint32
     wide = _batch([("a", "x", 7, 1.0), ("a", "y", 7, 1.0), ("a", "z", 7, 1.0)])
-    wide["position"] = columnar.position(np.array([1, 0, 1]), np.array([2, 9, 1]))
-    (_, fragment), *_ = blocks.to_fragments(wide, config)
+    where = columnar.position(np.array([1, 0, 1]), np.array([2, 9, 1]))
+    (_, fragment), *_ = blocks.to_fragments(columnar.with_positions(wide, where), config)
     assert fragment["position"].dtype == np.int64
     block = blocks.build_block([fragment], [], np.array([b"x", b"y", b"z"]))[0]
     assert block["item"].tolist() == [1, 2, 0]  # y (file 0), then z (file 1, line 1), x
