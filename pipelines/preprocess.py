@@ -24,7 +24,7 @@ Steps (each a named `PTransform` of `pipelines.transforms`; the numpy work in
    (`pipelines.interactions_source`); unparsable lines go to `bad_records/`.
 2. group (`Split`): a hash of the user id puts each user in a bucket (split, output
    shard, part of that shard); interactions are grouped per bucket into
-   columnar *blocks*, each user's sorted by (timestamp, item id, rating).
+   columnar *blocks*, each user's sorted by timestamp, ties in input order.
 3. k-core (`KCore`): rounds of per-item counts over the blocks, each a combine, each
    filtering users by length and items by count given the previous rounds'
    results, unrolled `kcore_max_iterations` times; the run fails if that was
