@@ -359,6 +359,18 @@ def _pad_batch(truncated: dict, width, future_len: int) -> dict:
     return out
 
 
+def _hold_out(parsed: dict, count: int) -> dict:
+    """Parsed features with each history's last ``count`` items removed (the items a
+    validation holds out: never an input nor a target in training)."""
+    if not count:
+        return parsed
+    out = dict(parsed)
+    for name, value in parsed.items():
+        if name.startswith(_HISTORY_PREFIX) and isinstance(value, tf.RaggedTensor):
+            out[name] = value[:, :-count]
+    return out
+
+
 def _shape_batch(parsed: dict, max_len: int, future_len: int) -> dict:
     """Parsed Examples -> the batch layout of the module docstring."""
     return _pad_batch(_truncate(parsed, max_len, future_len), max_len, future_len)
@@ -494,7 +506,9 @@ def _records(
 _LOAD_CHUNK = 4096  # Examples parsed per call when loading a split into memory
 
 
-def load_rows(records: tf.data.Dataset, spec: dict, max_len: int, future_len: int) -> dict | None:
+def load_rows(
+    records: tf.data.Dataset, spec: dict, max_len: int, future_len: int, hold_out: int = 0
+) -> dict | None:
     """Parses every record once into memory: ``{feature: [N, ...] tensor}`` (None if empty).
 
     History lists keep their last ``max_len`` items and future lists their
@@ -503,7 +517,7 @@ def load_rows(records: tf.data.Dataset, spec: dict, max_len: int, future_len: in
     alone: ML-1M ~5 MB, ML-20M ~110 MB at ``max_len`` 200).
     """
     ds = records.batch(_LOAD_CHUNK).map(
-        lambda s: _truncate(tf.io.parse_example(s, spec), max_len, future_len),
+        lambda s: _truncate(_hold_out(tf.io.parse_example(s, spec), hold_out), max_len, future_len),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -653,6 +667,7 @@ def make_dataset(
     outputs: Sequence[str] | None = None,
     bucket_boundaries: Sequence[int] | str | None = None,
     cache: bool = False,
+    hold_out: int = 0,
 ) -> tf.data.Dataset:
     """Batched, parsed, padded (and optionally augmented) users of one split (or several).
 
@@ -758,6 +773,8 @@ def make_dataset(
         shape ``[B, None]``).
       cache: the in-memory pipeline even without buckets (parse once; every
         batch ``max_len`` wide).
+      hold_out: drop each history's last ``hold_out`` items before anything else
+        (the items a next-item validation holds out, `bt_tf.training.validation`).
 
     Returns:
       A `tf.data.Dataset` of dicts, see the module docstring for the layout.
@@ -796,7 +813,7 @@ def make_dataset(
         drop_remainder=drop_remainder,
     )
     if in_memory:
-        rows = load_rows(records, spec, max_len, future_len)
+        rows = load_rows(records, spec, max_len, future_len, hold_out)
         if rows is None:
             raise ValueError(
                 f"split {split!r} of {artifact_dir} has no users"
@@ -808,8 +825,9 @@ def make_dataset(
         ).map(select)
     else:
         ds = _streamed_batches(
-            records, spec, select, shuffle_buffer_size=shuffle_buffer_size, **batching
-        )
+            records, spec, select, shuffle_buffer_size=shuffle_buffer_size, hold_out=hold_out,
+            **batching,
+        )  # fmt: skip
 
     if augment_policy is not None:
         if augment_policy.needs_cooccurrence and cooccurrence is None:
@@ -841,9 +859,11 @@ def _streamed_batches(
     seed: int,
     repeat: bool,
     drop_remainder: bool,
+    hold_out: int = 0,
 ) -> tf.data.Dataset:
     """`make_dataset`'s streamed pipeline after the reads: shuffle -> repeat -> batch ->
-    parse, padded to `max_len`; `select` keeps the requested keys of a parsed batch."""
+    parse (without each history's last ``hold_out`` items), padded to `max_len`; `select`
+    keeps the requested keys of a parsed batch."""
     ds = records
     if shuffle:
         ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
@@ -855,7 +875,8 @@ def _streamed_batches(
     # flow), so AutoGraph conversion is skipped: it only costs tracing time.
     @tf.autograph.experimental.do_not_convert
     def parse(serialized):
-        return select(_shape_batch(tf.io.parse_example(serialized, spec), max_len, future_len))
+        parsed = _hold_out(tf.io.parse_example(serialized, spec), hold_out)
+        return select(_shape_batch(parsed, max_len, future_len))
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 

@@ -336,10 +336,18 @@ class TrainConfig:
 
     @property
     def monitor(self) -> str:
-        """The validation figure that picks the best epoch and stops training: the
-        validation item's full-ranking NDCG@10 in leave-one-out (a model with an item
-        side), else the model's own loss on eval users."""
-        return VAL_NDCG if self.leave_one_out and self.uses_de else VAL_LOSS
+        """The validation figure that picks the best epoch and stops training: for a model
+        with an item side, its validation item's full-ranking NDCG@10 (leave-one-out: item
+        n-1; history/future: each trained user's last history item, held out of training,
+        `hold_out`); for BT alone, its own loss on eval users."""
+        return VAL_NDCG if self.uses_de else VAL_LOSS
+
+    @property
+    def hold_out(self) -> int:
+        """History items per user held out of training for validation: the last one for a
+        model with an item side in history/future (its validation item); none else
+        (leave-one-out's validation item is in the stored future already)."""
+        return 1 if self.uses_de and not self.leave_one_out else 0
 
     def resolved_de_loss(self, num_items: int) -> str:
         """`de_loss` with "auto" decided for a catalog of ``num_items`` ids: the full

@@ -52,7 +52,8 @@ from bt_tf.modeling.dual_encoder import DualEncoderModel, JointModel
 from bt_tf.modeling.encoders import SequenceEncoder
 from bt_tf.modeling.projector import build_projector
 from bt_tf.serving.export import export_encoder
-from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_settings
+from bt_tf.training import validation
+from bt_tf.training.config import RESUMABLE_CHANGES, VAL_NDCG, TrainConfig, comparable_settings
 from bt_tf.training.genre_probe import genre_probe
 from bt_tf.training.progress import (
     EpochEnd,
@@ -211,6 +212,8 @@ def make_train_data(
         outputs=outputs,
         bucket_boundaries=config.buckets,
         cache=bool(config.cache_input),
+        # the item a history/future DE validates on is never trained on
+        hold_out=config.hold_out if split != "eval" else 0,
     )
     # The DE reads the histories themselves: every position is a next-item pair.
     keep = set(outputs[1:]) | ({ITEMS} if config.uses_de else set())
@@ -465,14 +468,17 @@ def build_inputs(run: Run, initial_epoch: int) -> Inputs:
 
 
 def _next_item_validation(run: Run) -> NextItemValidation | None:
-    """Leave-one-out with an item side: every user's item n-1 ranked each epoch."""
+    """A model with an item side: each epoch, every trained user's validation item ranked
+    (leave-one-out: item n-1; history/future: the last history item, held out of training)."""
     config = run.config
-    if not (config.leave_one_out and config.uses_de):
+    if config.monitor != VAL_NDCG:
         return None
     sequences = dataset.read_sequences(run.artifact_dir, config.train_splits)
-    return NextItemValidation(
-        sequences, max_len=config.max_len, num_items=run.vocab_size, seed=config.seed
-    )
+    if config.leave_one_out:
+        cases = validation.leave_one_out_cases(sequences, "val", config.max_len, run.vocab_size)
+    else:
+        cases = validation.last_history_item_cases(sequences, config.max_len, run.vocab_size)
+    return NextItemValidation(cases, seed=config.seed)
 
 
 def _monitor(run: Run, inputs: Inputs) -> str | None:
@@ -657,9 +663,7 @@ def _recommender(run: Run, built: ModelState, inputs: Inputs, result: dict) -> d
 
     start = time.perf_counter()
     config, model = run.config, built.model
-    sequences = inputs.next_item.sequences if inputs.next_item else None
-    if sequences is None:
-        sequences = dataset.read_sequences(run.artifact_dir, config.train_splits)
+    sequences = dataset.read_sequences(run.artifact_dir, config.train_splits)
     item_emb = model.item_embeddings().numpy()
     cases = recommender.leave_one_out_cases(sequences, config.max_len, len(item_emb))
     user_emb = embed_items(model.encoder, cases.inputs)

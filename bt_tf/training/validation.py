@@ -68,6 +68,37 @@ def leave_one_out_cases(sequences: Sequences, stage: str, max_len: int, num_item
     }
 
 
+def last_history_item_cases(sequences: Sequences, max_len: int, num_items: int) -> dict:
+    """The validation of a history/future run (`leave_one_out_cases`' layout): each user's
+    LAST HISTORY item, ranked after the rest of the history (its most recent ``max_len``).
+    Training holds that item out (`bt_tf.data.dataset.make_dataset`'s ``hold_out``); no
+    future item (a downstream label) is read. The earlier items excluded are the stored
+    history's (at most the artifact's ``max_len``). Users with fewer than 2 history items,
+    or whose last one is not a real item, are skipped and counted."""
+    lengths = sequences.row_lengths
+    ends = np.cumsum(lengths)
+    short = lengths < 2
+    targets = np.where(short, F.PAD_ID, sequences.values[np.maximum(ends - 1, 0)])
+    oov = ~short & ((targets < F.NUM_RESERVED) | (targets >= num_items))
+    users = np.flatnonzero(~short & ~oov)
+    before = Sequences(
+        np.delete(sequences.values, ends[lengths > 0] - 1), np.maximum(lengths - 1, 0),
+        sequences.future,
+    )  # fmt: skip
+    seen = before.seen(num_items)[users].tolil()
+    seen[np.arange(users.size), targets[users]] = False  # the target stays rankable
+    return {
+        "inputs": before.tails(max_len)[users],
+        "targets": targets[users],
+        "seen": seen.tocsr(),
+        "users": users,
+        "skipped": {
+            "fewer_than_2_history_items": int(short.sum()),
+            "target_not_in_vocab": int(oov.sum()),
+        },  # fmt: skip
+    }
+
+
 def full_ranking(user_emb: np.ndarray, item_emb: np.ndarray, targets: np.ndarray, seen):
     """Each target's 1-based rank among every real item but the ``seen`` ones (CSR
     ``[n, num_items]``, `leave_one_out_cases`); ties count against the target."""
@@ -81,10 +112,8 @@ class NextItemValidation(tf.keras.callbacks.Callback):
     """Writes ``val_ndcg@10`` / ``val_hr@10`` of the validation item into each epoch's logs.
 
     Args:
-        sequences: the users' histories and held-out items (n-1, n), `read_sequences`
-            of a leave-one-out artifact.
-        max_len: the encoder's input width.
-        num_items: the item vocabulary size (reserved ids included).
+        cases: the validated users (`leave_one_out_cases` "val" of a leave-one-out
+            artifact, `last_history_item_cases` of a history/future one).
         seed: picks the `MAX_VALIDATION_USERS` sample on larger logs.
         batch_size: users embedded at once.
 
@@ -92,19 +121,14 @@ class NextItemValidation(tf.keras.callbacks.Callback):
     Place it before the callbacks that read the figures.
     """
 
-    def __init__(
-        self, sequences: Sequences, *, max_len: int, num_items: int, seed: int = 0,
-        batch_size: int = 512,
-    ):  # fmt: skip
+    def __init__(self, cases: dict, *, seed: int = 0, batch_size: int = 512):
         super().__init__()
-        cases = leave_one_out_cases(sequences, "val", max_len, num_items)
         index = np.arange(cases["targets"].size)
         if index.size > MAX_VALIDATION_USERS:
             rng = np.random.default_rng(seed)
             index = np.sort(rng.choice(index, MAX_VALIDATION_USERS, replace=False))
         self.inputs, self.targets = cases["inputs"][index], cases["targets"][index]
         self.seen = cases["seen"][index]
-        self.sequences = sequences  # read once; the test stage reuses them
         self.num_users = int(index.size)
         self.batch_size = batch_size
 
