@@ -120,12 +120,14 @@ def tiny_data(tmp_path_factory) -> str:
     return str(path)
 
 
-def _history_owners(artifact_dir: str, width: int) -> dict:
-    """history (as the trainer's batches cut it) -> (split, user id), over every split."""
+def _history_owners(artifact_dir: str, width: int, hold_out: int = 0) -> dict:
+    """history (as the trainer's batches cut it, without the last ``hold_out`` items the
+    DE validates on) -> (split, user id), over every split."""
     owners = {}
     for split in ("train", "eval", "test"):
         ds = dataset.make_dataset(
-            artifact_dir, split, 64, max_len=width, shuffle=False, outputs=["items", "user_id"]
+            artifact_dir, split, 64, max_len=width, shuffle=False,
+            outputs=["items", "user_id"], hold_out=hold_out,
         )
         for batch in ds:
             for items, user in zip(batch["items"].numpy(), batch["user_id"].numpy()):
@@ -149,7 +151,10 @@ def test_train_users_sets_whose_histories_the_train_stream_reads(
     splits = {"train": ["train"], "all": ["train", "eval", "test"]}[train_users]
     num_users = sum(run.meta["num_users"][s] for s in splits)
     assert run.steps == num_users // config.batch_size
-    owners = _history_owners(run.artifact_dir, trainer.data_width(config, run.meta))
+    assert config.hold_out == 1  # the DE trains without each history's last item
+    owners = _history_owners(
+        run.artifact_dir, trainer.data_width(config, run.meta), config.hold_out
+    )
     assert len(owners) == sum(run.meta["num_users"].values())  # a history names its user
     # The first floor(2N / B) batches of the repeated stream hold every user at least once.
     stream = trainer.build_inputs(run, initial_epoch=0).train
