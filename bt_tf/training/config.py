@@ -103,6 +103,7 @@ class EncoderConfig:
     pooling: str = "mean"  # mean | last
     ffn_dim: int = 0  # transformer feed-forward width; 0: 4 x dim (SASRec's is dim)
     positions: str = "start"  # start | end (right-aligned: SASRec's)
+    scale_embeddings: bool = False  # item rows x sqrt(dim) before positions (SASRec's)
 
     def __post_init__(self):
         if self.kind not in ENCODERS:
@@ -146,6 +147,7 @@ class EncoderConfig:
             "pooling": self.pooling,
             "ffn_dim": self.ffn_dim or None,
             "positions": self.positions,
+            "scale_embeddings": self.scale_embeddings,
             "causal": causal,
         }
 
@@ -160,6 +162,7 @@ ENCODER_FLAGS = {
     "pooling": "pooling",
     "ffn_dim": "ffn_dim",
     "positions": "positions",
+    "scale_embeddings": "scale_embeddings",
 }
 DEFAULT_PROJECTOR = ProjectorConfig((1024, 1024, 1024))
 DEFAULT_AUGMENT = AugmentPolicy(mask=0.3, reorder=0.3)
@@ -495,6 +498,7 @@ RESUMABLE_CHANGES = (
 LEGACY_DEFAULTS = {
     "ffn_dim": 0,
     "positions": "start",
+    "scale_embeddings": False,
     "protocol": "history_future",
     "input_len": 0,
     "init_from": "",

@@ -222,10 +222,35 @@ def dataset_provenance(dataset: str) -> tuple[Provenance, ...]:
     return DEFAULTS_PROVENANCE.get(dataset, ())
 
 
+# SASRec's architecture and schedule (Kang & McAuley 2018: 2 blocks, 1 head, feed-forward
+# as wide as the model, dropout 0.2, positions counted from the end, item rows scaled by
+# sqrt(dim), the last position's state, Adam 1e-3, batch 128, inputs of 200) trained with
+# SASRec+'s full softmax cross-entropy at temperature 1; d = 64 (SASRec's 50, rounded up to
+# the project's). The epoch is chosen, and training stopped, on the validation item's
+# full-ranking NDCG@10 (20 epochs without gain, at most 200). Taken from the literature, not
+# chosen on any labels here; on ML-100K it gives the figures of docs/RESULTS.md, "The DE
+# in leave-one-out". Every model of a leave-one-out comparison shares it (bt_ft starts the
+# DE from BT's encoder, which needs the same encoder).
+_SASREC_RECIPE = {
+    "batch_size": 128,
+    "dim": 64,
+    "num_blocks": 2,
+    "num_heads": 1,
+    "ffn_dim": 64,
+    "dropout": 0.2,
+    "positions": "end",
+    "scale_embeddings": True,
+    "pooling": "last",
+    "learning_rate": 1e-3,
+    "temperature": 1.0,
+    "epochs": 200,
+    "early_stopping_patience": 20,
+    "min_steps_per_epoch": 1,  # an epoch is one pass over the users, as in SASRec
+}
 # Flag defaults of a protocol, on top of a dataset's (`dataset_defaults`). Leave-one-out
 # holds out 2 items per user and reads SASRec's input length (200).
 PROTOCOL_DEFAULTS: dict[str, dict] = {
-    "leave_one_out": {"future_len": 2, "min_history_len": 1, "max_len": 200},
+    "leave_one_out": {"future_len": 2, "min_history_len": 1, "max_len": 200, **_SASREC_RECIPE},
 }
 # Under PROTOCOLS_KEY: a dataset's defaults for one protocol (shared, and MODELS_KEY).
 PROTOCOLS_KEY = "protocols"
@@ -307,6 +332,8 @@ _TRAINING_FLAGS = (
     (("--positions",), {"choices": ("start", "end"), "help": "positional embeddings counted "
      "from the first item, or from the last (end: SASRec's; the DE then trains each "
      "sequence's last item as a target only)"}),
+    (("--scale_embeddings",), {"action": _BOOL, "help": "multiply "
+     "the input item rows by sqrt(--dim) before adding positions (SASRec's)"}),
     (("--item_init",), {"choices": ITEM_INITS, "help": "encoder's input item table: Keras' "
      "random init, or svd: the item factors of a rank-dim truncated SVD of the binary user x "
      "item matrix of the --train_users' histories, seeded by --seed (the DE's item side "

@@ -680,10 +680,16 @@ def _recommender(run: Run, built: ModelState, inputs: Inputs, result: dict) -> d
     }
     atomic.write_json(os.path.join(config.run_dir, recommender.JSON_FILE), report, indent=1)
     full, sampled = scored["full"], scored["sampled"]
+
+    def line(block: dict) -> str:
+        return ", ".join(
+            f"{k.upper()} {block[k]:.4f} [{block['ci95'][k][0]:.4f}, {block['ci95'][k][1]:.4f}]"
+            for k in ("hr@10", "ndcg@10")
+        )
+
     print(
-        f"leave-one-out test ({scored['n_users']} users): full HR@10 {full['hr@10']:.4f} "
-        f"NDCG@10 {full['ndcg@10']:.4f} {full['ci95']['ndcg@10']}; sampled (100 negatives) "
-        f"HR@10 {sampled['hr@10']:.4f} NDCG@10 {sampled['ndcg@10']:.4f}",
+        f"leave-one-out test ({scored['n_users']} users): full ranking {line(full)}; "
+        f"sampled (100 unrated negatives) {line(sampled)}",
         flush=True,
     )
     return {"full": full, "sampled": sampled, "n_users": scored["n_users"]}
