@@ -126,8 +126,13 @@ def _history_owners(artifact_dir: str, width: int, hold_out: int = 0) -> dict:
     owners = {}
     for split in ("train", "eval", "test"):
         ds = dataset.make_dataset(
-            artifact_dir, split, 64, max_len=width, shuffle=False,
-            outputs=["items", "user_id"], hold_out=hold_out,
+            artifact_dir,
+            split,
+            64,
+            max_len=width,
+            shuffle=False,
+            outputs=["items", "user_id"],
+            hold_out=hold_out,
         )
         for batch in ds:
             for items, user in zip(batch["items"].numpy(), batch["user_id"].numpy()):

@@ -74,9 +74,7 @@ class EpochEnd(tf.keras.callbacks.Callback):
     `bt_tf.training.trainer.build_model`.
     """
 
-    def __init__(
-        self, state, best, epoch, progress, *, monitor, patience, min_delta, mode="min"
-    ):
+    def __init__(self, state, best, epoch, progress, *, monitor, patience, min_delta, mode="min"):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
