@@ -9,6 +9,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bt_tf import atomic
+
 __all__ = ["cache_file", "write_atomically", "fingerprint_key"]
 
 
@@ -19,12 +21,11 @@ def cache_file(directory: str, name: str, suffix: str) -> str:
 
 
 def write_atomically(path: str, mode: str, write: Callable[[Any], None]) -> None:
-    """``write(file)`` to ``path.tmp``, then renamed: never a half-written cache."""
+    """``write(file)`` to a temporary file beside ``path``, fsynced, then renamed
+    (`bt_tf.atomic.replacing`): never a half-written cache."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, mode) as f:
+    with atomic.replacing(path) as tmp, open(tmp, mode) as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:

@@ -42,7 +42,6 @@ beside them for orientation.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -53,8 +52,8 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
+from bt_tf import atomic, runs
 from bt_tf import features as F
-from bt_tf import runs
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_items, embed_split
 from bt_tf.errors import UserError
@@ -583,8 +582,7 @@ def evaluate_recommender(
         "wall_s": round(time.perf_counter() - start, 2),
     }
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, JSON_FILE), "w") as f:
-        json.dump(report, f, indent=1)
+    atomic.write_json(os.path.join(out_dir, JSON_FILE), report, indent=1)
     write_markdown(report, os.path.join(out_dir, MARKDOWN_FILE))
     return report
 
@@ -630,8 +628,7 @@ def write_markdown(report: Mapping, path: str) -> None:
         f"({report['bootstrap']['n_resamples']} resamples, seed {report['seed']}).",
         "",
     ]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    atomic.write_text(path, "\n".join(lines))
 
 
 # --------------------------------------------------------------------------
