@@ -29,7 +29,7 @@ def test_dataset_defaults_apply_and_explicit_flags_win(tmp_path):
     assert ml100k.max_len == recipe["max_len"]
     assert ml100k.augment == AugmentPolicy.from_string(recipe["augment"])
     assert ml100k.max_epochs == recipe["epochs"]
-    assert ml100k.early_stopping_patience == 0 < synthetic.early_stopping_patience
+    assert ml100k.early_stopping_patience == recipe["early_stopping_patience"] == 10
     explicit = flags.parse(["--dataset", "ml-100k", "--batch_size=128", "--max_len=80"])
     assert explicit.batch_size == 128 and explicit.max_len == 80
     hparams = tmp_path / "h.json"
@@ -77,7 +77,7 @@ def test_a_models_own_dataset_defaults_apply_and_flags_and_hparams_win(own_recip
     hparams.write_text(json.dumps({"model": "de", "temperature": 0.2}))
     tuned = flags.parse(["--dataset=ml-100k", f"--hparams={hparams}"])  # the file names de
     assert (tuned.model, tuned.temperature, tuned.batch_size) == ("de", 0.2, 16)
-    assert flags.parse(["--dataset=ml-1m", "--model=de"]).temperature == 0.1  # no test recipe
+    assert flags.parse(["--dataset=ml-1m", "--model=de"]).temperature == 1.0  # no test recipe
 
 
 def test_a_models_own_dataset_defaults_show_in_help(own_recipes):

@@ -217,7 +217,7 @@ def test_init_from_restores_the_encoder_exactly(runs, tmp_path):
 
 def test_leave_one_out_defaults_are_sasrec_with_a_full_softmax():
     """A leave-one-out DE gets SASRec's recipe trained by full softmax, not the history /
-    future DE's (temperature 0.1, mean pooling, batch 64); flags still override it."""
+    future DE's (mean pooling, batch 64, 50 epochs); flags still override it."""
     loo = parse(["--dataset=ml-100k", "--model=de", "--protocol=leave_one_out"])
     assert (loo.batch_size, loo.temperature, loo.encoder.pooling) == (128, 1.0, "last")
     assert (loo.encoder.positions, loo.encoder.scale_embeddings) == ("end", True)
@@ -225,7 +225,7 @@ def test_leave_one_out_defaults_are_sasrec_with_a_full_softmax():
     assert loo.resolved_de_loss(1349) == "full_softmax"
     assert loo.monitor == "val_ndcg@10" and loo.early_stopping_patience == 20
     hf = parse(["--dataset=ml-100k", "--model=de"])
-    assert (hf.batch_size, hf.temperature, hf.encoder.pooling) == (64, 0.1, "mean")
+    assert (hf.batch_size, hf.max_epochs, hf.encoder.pooling) == (64, 50, "mean")
     assert not hf.encoder.scale_embeddings
     mine = parse(["--dataset=ml-100k", "--protocol=leave_one_out", "--no-scale_embeddings",
                   "--batch_size=32"])  # fmt: skip
