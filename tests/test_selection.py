@@ -26,7 +26,7 @@ def test_every_provenance_entry_names_values_its_dataset_defaults_hold():
                     assert defaults[name] == value, (dataset, model, name)
     # The ones that exist today: all chosen on ML-100K's train + eval users.
     chose = {e.chose.split(" (")[0] for e in flags.dataset_provenance("ml-100k")}
-    assert chose == {"the MovieLens recipe", "the DE's recipe", "the stopping rule"}
+    assert chose == {"the MovieLens recipe", "the DE's recipe"}
     assert {(e.dataset, e.splits) for es in flags.DEFAULTS_PROVENANCE.values() for e in es} == {
         ("ml-100k", ("train", "eval"))
     }  # fmt: skip
