@@ -31,6 +31,7 @@ state; a finished run (stopped early, or at the cap) is not retrained (raise
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import sys
@@ -53,7 +54,13 @@ from bt_tf.modeling.encoders import SequenceEncoder
 from bt_tf.modeling.projector import build_projector
 from bt_tf.serving.export import export_encoder
 from bt_tf.training import validation
-from bt_tf.training.config import RESUMABLE_CHANGES, VAL_NDCG, TrainConfig, comparable_settings
+from bt_tf.training.config import (
+    FULL_SOFTMAX_MAX_BYTES,
+    RESUMABLE_CHANGES,
+    VAL_NDCG,
+    TrainConfig,
+    comparable_settings,
+)
 from bt_tf.training.genre_probe import genre_probe
 from bt_tf.training.progress import (
     EpochEnd,
@@ -140,6 +147,18 @@ def make_model(config: TrainConfig, vocab_size: int, artifact_dir: str | None = 
     if not config.uses_de:
         return BarlowTwinsModel(encoder, build_projector(config.projector), lambd=config.lambd)
     loss = config.resolved_de_loss(vocab_size)
+    logits_gib = 4 * config.batch_size * config.max_len * vocab_size / 2**30
+    if loss == "full_softmax" and logits_gib > FULL_SOFTMAX_MAX_BYTES / 2**30:
+        # TensorFlow's CPU kernels have crashed (SIGSEGV) at 256 x 96 x 50k logits.
+        logging.warning(
+            "--de_loss=full_softmax: one step's logits are up to %.1f GiB (%d users x %d "
+            "positions x %d items); --de_loss=sampled_softmax or a smaller --batch_size "
+            "keeps memory bounded",
+            logits_gib,
+            config.batch_size,
+            config.max_len,
+            vocab_size,
+        )
     item_counts = None
     if loss == "sampled_softmax" and config.negatives == "popularity":
         if artifact_dir is None:
