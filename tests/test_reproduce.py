@@ -351,3 +351,14 @@ def test_leave_one_out_compares_the_recommenders_with_seed_spread(tmp_path):
     assert runs.read_config(out / "bt_ft_seed1")["init_from"] == str(out / "bt_seed1")
     md = (out / "report" / "report.md").read_text()
     assert "## full ndcg@10 (primary)" in md and "| bt_ft |" in md and "## Training runs" in md
+
+
+def test_fine_tunes_of_several_seeds_share_one_name():
+    """bt_ft's seed s starts from bt's seed s: the runs differ in ``init_from`` too, and
+    are still one model's pretraining seeds (found on ML-100K with 2 seeds)."""
+    from bt_tf.evaluation.runner import run_names
+
+    ft = [{"model": "de", "lambd": 0.005, "seed": s, "init_from": f"/o/bt_seed{s}"} for s in (0, 1)]
+    assert run_names(ft, ["/o/bt_ft", "/o/bt_ft_seed1"]) == ["de", "de"]
+    other = [ft[0], {**ft[1], "lambd": 0.01}]  # a real setting differs: two models
+    assert run_names(other, ["/o/bt_ft", "/o/x"]) == ["bt_ft", "x"]

@@ -87,8 +87,10 @@ class Run:
 
 
 def _without_seed(config: Mapping[str, Any]) -> str:
-    """The config's settings other than ``seed`` and ``run_dir``, canonical."""
-    return json.dumps({k: v for k, v in config.items() if k not in ("seed", "run_dir")},
+    """The config's settings other than ``seed``, ``run_dir`` and ``init_from`` (a
+    fine-tune's seed s starts from its pretraining's seed s), canonical."""
+    skip = ("seed", "run_dir", "init_from")
+    return json.dumps({k: v for k, v in config.items() if k not in skip},
                       sort_keys=True, default=str)  # fmt: skip
 
 
