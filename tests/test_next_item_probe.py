@@ -147,7 +147,7 @@ def test_sampled_objective_and_its_gradient_by_hand_and_by_finite_differences():
 # Against the exact probe, on a next-item world with popularity and taste
 
 
-def _probe_world(n=3000, v=603, d=8, seed=0, signal=1.2):
+def _probe_world(n=3000, v=603, d=8, seed=0, signal=0.8):
     """Users and items in one d-space; histories and the next item drawn from
     softmax(signal u.e + log Zipf popularity), the next item never in the history."""
     rng = np.random.default_rng(seed)

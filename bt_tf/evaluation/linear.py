@@ -453,9 +453,7 @@ class BilinearFamily:
         self.base = base
         self.dot = base is None and self.can_dw and self.users.shape[1] == self.items.shape[1]
         self.sample = sample if sample is not None else item_sample(self.log_pop, 0, 0)
-        self._col = np.full(self.num_items, -1, np.int64)  # item -> its column in the sample
-        self._col[self.sample.ids] = np.arange(self.sample.size)
-        self._rows_cache: dict = {}
+        self._states: dict[bool, _SampleState] = {}
 
     @property
     def num_items(self) -> int:
@@ -528,24 +526,38 @@ class BilinearFamily:
             z += np.float32(theta[0]) * (self.base(rows) if base is None else base)
         return z
 
-    def _rows(self, rows: np.ndarray) -> _SampledRows:
+    def _state(self, exact: bool) -> _SampleState:
+        """The fits' sample (``exact`` False) or the whole catalog, with its item ->
+        column map and its cache of row sets."""
+        if exact and self.sample.exact:
+            exact = False
+        if exact not in self._states:
+            sample = item_sample(self.log_pop, 0, 0) if exact else self.sample
+            col = np.full(self.num_items, -1, np.int64)
+            col[sample.ids] = np.arange(sample.size)
+            self._states[exact] = _SampleState(sample, col, {})
+        return self._states[exact]
+
+    def _rows(self, rows: np.ndarray, state: _SampleState | None = None) -> _SampledRows:
         """What every evaluation on ``rows`` reuses (kept for the last few row sets: a
         selection fits every candidate on the same inner folds)."""
+        state = state or self._state(False)
+        cache = state.rows_cache
         key = (rows.size, hash(rows.tobytes()))
-        hit = self._rows_cache.get(key)
+        hit = cache.get(key)
         if hit is not None and np.array_equal(hit.rows, rows):
             return hit
-        if len(self._rows_cache) >= 8:
-            self._rows_cache.pop(next(iter(self._rows_cache)))
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
         t = self.targets[rows]
         r, item = self._masked(rows)
-        col = self._col[item]
+        col = state.col[item]
         keep = col >= 0
         r, col = r[keep], col[keep]
         excluded = np.zeros(rows.size, bool)
         excluded[r[item[keep] == t[r]]] = True
         # the target's own column: its term is added exactly, never as a sample
-        own = self._col[t]
+        own = state.col[t]
         r = np.concatenate([r, np.flatnonzero(own >= 0)])
         col = np.concatenate([col, own[own >= 0]])
         order = np.argsort(r, kind="stable")
@@ -559,23 +571,32 @@ class BilinearFamily:
             mask_cols=col[order],
             excluded=excluded,
         )
-        self._rows_cache[key] = out
+        cache[key] = out
         return out
 
-    def _blocks(self, n: int):
-        step = max(1, _BLOCK // max(1, self.sample.size))
+    @staticmethod
+    def _blocks(n: int, width: int):
+        step = max(1, _BLOCK // max(1, width))
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
-    def _sampled(self, theta: np.ndarray, rows: np.ndarray, want: tuple[bool, bool, bool]):
-        """Per row the sampled log-likelihood, and the gradients asked for in ``want``
-        (scale ``a``, popularity ``b``, the query ``H = dL/dq`` for ``dW``/``a``).
+    def _sampled(
+        self,
+        theta: np.ndarray,
+        rows: np.ndarray,
+        want: tuple[bool, bool, bool],
+        exact: bool = False,
+    ):
+        """Per row the log-likelihood over the fits' sample (``exact``: over the whole
+        catalog), and the gradients asked for in ``want`` (scale ``a``, popularity
+        ``b``, the query ``H = dL/dq`` for ``dW``/``a``).
 
         Returns ``(log_lik [m] float64, grad_a, grad_b, H [m, e] | None)``.
         """
         want_a, want_b, want_h = want
-        data = self._rows(rows)
+        state = self._state(exact)
+        data = self._rows(rows, state)
         m = rows.size
-        sample = self.sample
+        sample = state.sample
         a, b = np.float32(theta[0]), np.float32(theta[1])
         q = None if data.users is None else self._query(theta, data.users)
         items_s = None if self.items is None else self.items[sample.ids]
@@ -585,8 +606,9 @@ class BilinearFamily:
         ll = np.empty(m)
         h = np.zeros((m, items_s.shape[1]), np.float32) if want_h else None
         grad_a = grad_b = 0.0
-        bounds = np.searchsorted(data.mask_rows, [lo for lo, _ in self._blocks(m)] + [m])
-        for (lo, hi), mlo, mhi in zip(self._blocks(m), bounds[:-1], bounds[1:]):
+        blocks = self._blocks(m, sample.size)
+        bounds = np.searchsorted(data.mask_rows, [lo for lo, _ in blocks] + [m])
+        for (lo, hi), mlo, mhi in zip(blocks, bounds[:-1], bounds[1:]):
             st = b * data.target_log_pop[lo:hi]
             if q is None:
                 z = np.broadcast_to(offset, (hi - lo, sample.size)).copy()
@@ -651,9 +673,11 @@ class BilinearFamily:
         return theta
 
     def log_lik(self, theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``[m]`` log-probability of each row's target (over the family's `sample`;
-        -inf where the target is excluded)."""
-        return self._sampled(theta, rows, (False, False, False))[0]
+        """``[m]`` log-probability of each row's target over the WHOLE catalog (-inf
+        where the target is excluded): the selection's out-of-fold score is exact, so
+        that the sample cannot favour a weaker penalty (a sampled softmax
+        underestimates the normalizer where a user's extra mass falls outside it)."""
+        return self._sampled(theta, rows, (False, False, False), exact=True)[0]
 
     def score_fn(self, theta: np.ndarray, rows: np.ndarray):
         """``(start, stop) -> [stop - start, V]`` scores of ``rows[start:stop]``, for
@@ -663,6 +687,16 @@ class BilinearFamily:
             return self.logits(theta, rows[start:stop])
 
         return scores
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _SampleState:
+    """The items an evaluation runs its softmax over, each one's column, and the
+    row sets already prepared for them (`BilinearFamily._rows`)."""
+
+    sample: ItemSample
+    col: np.ndarray
+    rows_cache: dict
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
