@@ -165,14 +165,36 @@ def _claim_lines(claim: Mapping[str, Any] | None) -> list[str]:
         lines.append(f"| {t['task']} | {t['metric']} | {_fmt(t['ratio'])} | "
                      f"[{_fmt(lo)}, {_fmt(hi)}] | {t['verdict']} |")  # fmt: skip
     th = claim["threshold"]
+    decided = claim.get("decided_on") or [t["task"] for t in claim["tasks"]]
+    needed = claim.get("needed", 2)
     lines += [
         "",
         f"**Verdict: {claim['verdict']}.** Per task: reproduced when the ratio is ≥ {th:g} and "
         f"its interval's low end > 1; refuted when the interval's high end < {th:g}; else "
-        "inconclusive. Overall: reproduced (refuted) when at least 2 of the 3 tasks are.",
+        f"inconclusive. Overall: reproduced (refuted) when at least {needed} of the "
+        f"{len(decided)} task(s) it is decided on ({', '.join(decided)}) are.",
         "",
     ]
+    missing = claim.get("not_scored") or {}
+    if missing:
+        lines += [
+            "Not decided on: "
+            + "; ".join(f"{task} (not scored: {why})" for task, why in missing.items())
+            + ".",
+            "",
+        ]
     return lines
+
+
+def _not_scored_lines(not_scored: Mapping[str, str]) -> list[str]:
+    if not not_scored:
+        return []
+    return [
+        "## Tasks not scored",
+        "",
+        *[f"- `{task}`: {why}." for task, why in not_scored.items()],
+        "",
+    ]
 
 
 def write_report(
@@ -213,6 +235,7 @@ def write_report(
         "`scores.parquet`.",
         "",
         *_claim_lines(analysis.get("claim")),
+        *_not_scored_lines(analysis.get("not_scored") or {}),
     ]
     tables = _Tables(analysis, {(b["task"], b["metric"], b["fraction"], b["model"]): b
                                 for b in flagged}, baseline, tuple(compare))  # fmt: skip
@@ -230,6 +253,7 @@ def write_report(
         f.write("\n".join(lines))
     results = {
         "claim": analysis.get("claim"),
+        "not_scored": dict(analysis.get("not_scored") or {}),
         "baseline": baseline,
         "compare": list(compare),
         "population": population,

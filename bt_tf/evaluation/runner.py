@@ -25,7 +25,7 @@ import numpy as np
 import threadpoolctl
 
 from bt_tf import runs
-from bt_tf.evaluation import floors, report, scores
+from bt_tf.evaluation import floors, probing, report, scores
 from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.embedding_cache import (
     cached_embeddings,
@@ -35,11 +35,13 @@ from bt_tf.evaluation.embedding_cache import (
     restore_run,
 )
 from bt_tf.evaluation.eval_data import EvalData, load_eval_data
+from bt_tf.evaluation.intervals import CLAIM_FRACTIONS
 from bt_tf.evaluation.labels import item_counts
 from bt_tf.evaluation.probing import EvalPlan, Record, probe_job, probe_records, record_rows
+from bt_tf.evaluation.progress import Progress
 from bt_tf.evaluation.protocol import Population, Protocol
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
-from bt_tf.evaluation.tasks import ProbeContext
+from bt_tf.evaluation.tasks import CLAIM_METRICS, ProbeContext
 from bt_tf.evaluation.timing import StageClock
 
 __all__ = [
@@ -203,11 +205,13 @@ def _context(
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Evaluation:
-    """What `evaluate_records` probed: every contender's records, on ``ctx``."""
+    """What `evaluate_records` probed: every contender's records, on ``ctx``; the default
+    tasks the data could not support, and why (`eval_data.EvalData.not_scored`)."""
 
     records: list[Record]
     ctx: ProbeContext
     clock: StageClock
+    not_scored: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_records(
@@ -224,6 +228,8 @@ def evaluate_records(
     cache: bool = True,
     timings: list | None = None,
     workers: int | None = None,
+    progress: bool = True,
+    repeated_fractions: Sequence[float] | None = CLAIM_FRACTIONS,
 ) -> Evaluation:
     """Probes trained runs (and the floors) on every task; the records, not a report.
 
@@ -255,6 +261,7 @@ def evaluate_records(
         cache_dir=cache_dir,
         fingerprint=dict(data_fp, train_users=train_users),
         clock=clock,
+        repeated=None if repeated_fractions is None else tuple(repeated_fractions),
     )
     kw = dict(cache_dir=cache_dir, settings=settings, clock=clock)
     jobs = [
@@ -274,7 +281,9 @@ def evaluate_records(
                 data_fp=data_fp, **kw,
             )  # fmt: skip
         jobs += [(contender, None) for contender in extra]
-    return Evaluation(_probe_all(plan, jobs, workers), ctx, clock)
+    for task, why in data.not_scored.items():
+        logging.warning("%s: not scored: %s", task, why)
+    return Evaluation(_probe_all(plan, jobs, workers, progress), ctx, clock, data.not_scored)
 
 
 def evaluate_runs(
@@ -296,6 +305,8 @@ def evaluate_runs(
     timings: list | None = None,
     bootstrap_resamples: int | None = None,
     workers: int | None = None,
+    progress: bool = True,
+    repeated_fractions: Sequence[float] | None = CLAIM_FRACTIONS,
 ) -> list[dict]:
     """Evaluates trained runs (and the floors) on every task; writes the report.
 
@@ -321,6 +332,10 @@ def evaluate_runs(
         bootstrap_resamples: resamples of the intervals (default
             `intervals.DEFAULT_RESAMPLES`).
         workers: contenders probed at once (processes; default: the CPU count, at most 4).
+        progress: print one updating progress line while probing (`progress.Progress`).
+        repeated_fractions: the fractions probed with every label seed (default: the
+            claim's; elsewhere the first seed alone: more cannot change the verdict);
+            None: every fraction below 1.
 
     Returns:
         Result rows (`probing.record_rows`): one per (model, pretraining seed,
@@ -330,41 +345,80 @@ def evaluate_runs(
     evaluation = evaluate_records(
         run_dirs, out_dir, label_fractions=label_fractions, seeds=seeds, tasks=tasks,
         include_floors=include_floors, names=names, settings=settings, protocol=protocol,
-        cache=cache, timings=timings, workers=workers,
+        cache=cache, timings=timings, workers=workers, progress=progress,
+        repeated_fractions=repeated_fractions,
     )  # fmt: skip
     rows = record_rows(evaluation.records, settings.k)
     if write:
         write_outputs(
             evaluation.records, rows, out_dir, evaluation.clock, ctx=evaluation.ctx,
             baseline=baseline, compare=compare, title=title,
-            bootstrap_resamples=bootstrap_resamples,
+            bootstrap_resamples=bootstrap_resamples, not_scored=evaluation.not_scored,
         )  # fmt: skip
     return rows
 
 
-def _probe_all(plan: EvalPlan, jobs, workers: int) -> list[Record]:
-    """`probing.probe_records` of every (contender, extra fields), in ``workers`` processes.
+def _probe_all(plan: EvalPlan, jobs, workers: int, progress: bool = True) -> list[Record]:
+    """`probing.probe_records` of every (contender, extra fields) and task, in ``workers``
+    processes, with one progress line (`progress.Progress`; ``progress`` False: none).
 
     The probes are numpy and scipy, one BLAS thread each; the workers are spawned
     (this process has TensorFlow's threads, which a fork would copy in whatever
     state they are), and their job (`probing.probe_job`) imports neither
     TensorFlow nor the encoders (a ``python -m`` entry point is imported again in
-    the child, quietly: `bt_tf.cli`). Records come back in job order, so the output
-    does not depend on ``workers``.
+    the child, quietly: `bt_tf.cli`). One job is one contender's task; the costliest
+    jobs start first (so no core idles at the end while one long job runs), and
+    records come back in (contender, task) order, so the output does not depend on
+    ``workers``. Each worker reports every finished record through a queue; this
+    process prints it above the progress line.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-            return [r for c, extra in jobs for r in probe_records(plan, c, extra=extra)]
-    spawn = multiprocessing.get_context("spawn")
-    worker_plan = dataclasses.replace(plan, clock=StageClock())
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-        futures = [pool.submit(probe_job, worker_plan, c, extra) for c, extra in jobs]
-        out = []
-        for f in futures:
-            records, stages = f.result()
-            out += records
-            plan.clock.records.extend(stages)
+    units = [(c, extra, task) for c, extra in jobs for task in plan.tasks]
+    steps = [probing.plan_steps(plan, (task,)) for _, _, task in units]
+    line = Progress(
+        "evaluation",
+        sum(len(s) for s in steps),
+        total_weight=sum(sum(s) for s in steps),
+        unit="probes",
+        enabled=progress,
+    )
+    with line:
+        if workers <= 1 or len(units) <= 1:
+            with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+                return [
+                    r
+                    for c, extra, task in units
+                    for r in probe_records(plan, c, extra=extra, tasks=(task,), on_record=line.step)
+                ]
+        spawn = multiprocessing.get_context("spawn")
+        queue = spawn.SimpleQueue()
+        worker_plan = dataclasses.replace(plan, clock=StageClock())
+        costliest_first = sorted(range(len(units)), key=lambda i: (-_cost(units[i], steps[i]), i))
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=spawn, initializer=probing.worker_init, initargs=(queue,)
+        ) as pool:
+            futures = {}
+            for i in costliest_first:
+                c, extra, task = units[i]
+                futures[i] = pool.submit(probe_job, worker_plan, c, extra, (task,))
+            pending = set(futures.values())
+            while pending:
+                _, pending = concurrent.futures.wait(pending, timeout=0.25)
+                while not queue.empty():
+                    line.step(*queue.get())
+            while not queue.empty():
+                line.step(*queue.get())
+            out = []
+            for i in range(len(units)):
+                records, stages = futures[i].result()
+                out += records
+                plan.clock.records.extend(stages)
     return out
+
+
+def _cost(unit, steps: Sequence[float]) -> float:
+    """A job's expected cost: its records' weights; the prior (no features) is cheap."""
+    contender = unit[0]
+    return sum(steps) * (0.1 if contender.users.shape[1] == 0 else 1.0)
 
 
 def write_outputs(
@@ -378,9 +432,14 @@ def write_outputs(
     compare: Sequence[str],
     title: str,
     bootstrap_resamples: int | None = None,
+    not_scored: Mapping[str, str] | None = None,
 ) -> dict:
     """``scores.parquet``, the intervals and claim (`scores.intervals`), the report
-    (`report.write_report`) and ``timings.json``. Returns the report's paths."""
+    (`report.write_report`) and ``timings.json``. Returns the report's paths.
+
+    ``not_scored``: tasks the data could not support -> why; the report and
+    ``results.json`` list them, and the claim says it was decided without them.
+    """
     if out_dir is None:
         raise ValueError("write=True needs an out_dir.")
     os.makedirs(out_dir, exist_ok=True)
@@ -390,6 +449,11 @@ def write_outputs(
     with clock("intervals"):
         kwargs = {} if bootstrap_resamples is None else {"n_resamples": bootstrap_resamples}
         analysis = scores.analyse(records, ctx.settings.k, baseline=baseline, **kwargs)
+    analysis["not_scored"] = dict(not_scored or {})
+    if analysis["claim"] is not None:
+        analysis["claim"]["not_scored"] = {
+            t: why for t, why in analysis["not_scored"].items() if t in CLAIM_METRICS
+        }
     with clock("report"):
         paths = report.write_report(
             rows, analysis, out_dir, baseline=baseline, compare=compare, title=title,

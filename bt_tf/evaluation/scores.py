@@ -266,12 +266,18 @@ def _prior_shares(records) -> list[dict]:
 
 
 def _claim_block(tasks: Sequence[Mapping[str, Any]], model: str, baseline: str) -> dict:
+    """The claim over the claim tasks that were scored (``decided_on``): reproduced
+    (refuted) when a majority of them are, e.g. 2 of 3, or the one task left on a log
+    without item categories or ratings (``needed``)."""
     fractions = sorted({f for t in tasks for f in t["fractions"]})
+    needed = len(tasks) // 2 + 1
     return {
         "threshold": intervals.CLAIM_THRESHOLD,
         "fractions": fractions,
         "model": model,
         "baseline": baseline,
         "tasks": [{k: t[k] for k in ("task", "metric", "ratio", "ci95", "verdict")} for t in tasks],
-        "verdict": intervals.claim_verdict([t["verdict"] for t in tasks]),
+        "decided_on": [t["task"] for t in tasks],
+        "needed": needed,
+        "verdict": intervals.claim_verdict([t["verdict"] for t in tasks], needed=needed),
     }
