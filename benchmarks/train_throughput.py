@@ -3,6 +3,8 @@
     python -m benchmarks.train_throughput                    # BT at max_len 200, jit off/on
     python -m benchmarks.train_throughput --max_len=50 --steps_per_execution=10
     python -m benchmarks.train_throughput --lengths=ml-1m    # realistic lengths, BT and DE
+    python -m benchmarks.train_throughput --lengths=ml-1m --de_losses=full_softmax,in_batch \
+        --vocab_sizes=3709,50003                        # the DE's losses at two catalog sizes
 
 Default mode (``--lengths=full``): prints sequences (users) per second for
   * BT training steps (two views per user) at batch 256, max_len 200, d 64,
@@ -22,6 +24,12 @@ and length-bucketed by `bt_tf.data.dataset.epoch_plan` with
 `bt_tf.data.dataset.auto_bucket_boundaries` (or ``--bucket_boundaries``). After one
 warm-up step per distinct width, the whole epoch is timed for BT (two views)
 and the DE (next-item pairs), and the bucketed / fixed ratio printed.
+
+``--de_losses=L1,L2,...`` (with ``--lengths``): instead, the DE alone on the bucketed
+epoch, once per loss (`bt_tf.modeling.dual_encoder.LOSSES`; ``sampled_softmax`` draws
+``--num_negatives`` uniform negatives) and per catalog size of ``--vocab_sizes``, and
+each loss's rate relative to the first one's; one step's logits are ``batch x width x
+items`` for ``full_softmax``, ``batch x width x (1 + candidates)`` for the others.
 
 Timing is wall clock; ``cpu`` is process CPU time (all threads), which moves
 less when other jobs share the machine. The timed datasets run with tf.data
@@ -118,7 +126,9 @@ def model_batches(items, plan, model_name: str, policy, seed: int) -> list[dict]
     return out
 
 
-def build_model(model_name: str, vocab_size: int, args) -> tf.keras.Model:
+def build_model(
+    model_name: str, vocab_size: int, args, de_loss: str = "in_batch"
+) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(args.seed)
     encoder = SequenceEncoder(
         vocab_size,
@@ -129,7 +139,10 @@ def build_model(model_name: str, vocab_size: int, args) -> tf.keras.Model:
     )
     if model_name == "bt":
         return BarlowTwinsModel(encoder, build_projector(args.projector))
-    return DualEncoderModel(encoder, vocab_size=vocab_size, temperature=0.1)
+    return DualEncoderModel(
+        encoder, vocab_size=vocab_size, temperature=0.1, loss=de_loss,
+        num_negatives=args.num_negatives, tie_embeddings=de_loss != "in_batch",
+    )  # fmt: skip
 
 
 def _clock():
@@ -205,6 +218,39 @@ def realistic_lengths(args) -> dict:
         ratio = results[f"{model_name}_bucketed"] / results[f"{model_name}_fixed"]
         results[f"{model_name}_ratio"] = ratio
         print(f"  {model_name.upper()} bucketed / fixed: {ratio:.2f}x", flush=True)
+    return results
+
+
+def de_losses(args) -> dict:
+    """``--de_losses``: the DE's sequences/s per loss and catalog size, bucketed epochs."""
+    lengths = draw_lengths(LENGTHS[args.lengths], args.users, args.max_len, args.seed)
+    boundaries = dataset.auto_bucket_boundaries(lengths, args.max_len, args.batch_size)
+    plan = epoch_batches(lengths, args.batch_size, boundaries, args.max_len, args.seed)
+    print(
+        f"{args.lengths} lengths: {args.users} users, batch {args.batch_size}, d {args.dim}, "
+        f"{args.num_blocks} blocks, buckets {list(boundaries)}; DE losses {args.de_losses} "
+        f"(sampled_softmax: {args.num_negatives} negatives)",
+        flush=True,
+    )
+    results = {}
+    for vocab_size in (int(v) for v in args.vocab_sizes.split(",")):
+        items = random_histories(lengths, args.max_len, vocab_size, args.seed)
+        batches = model_batches(items, plan, "de", None, args.seed)
+        firsts = {}
+        for batch in batches:
+            firsts.setdefault(batch[ITEMS].shape[1], batch)
+        first = None
+        for loss in args.de_losses.split(","):
+            model = build_model("de", vocab_size, args, de_loss=loss)
+            model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+            wall, cpu = fit_rate(model, batches, list(firsts.values()))
+            results[f"{vocab_size}_{loss}"] = wall
+            first = first or wall
+            print(
+                f"  {vocab_size - NUM_RESERVED:6d} items, {loss:15s}: {wall:8.1f} sequences/s "
+                f"({cpu:8.1f} per CPU-second), {wall / first:.2f}x the first",
+                flush=True,
+            )
     return results
 
 
@@ -296,11 +342,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup_steps", type=int, default=2)
     parser.add_argument("--steps_per_execution", type=int, default=1)
     parser.add_argument("--mixed_precision", default=None, choices=precision.PRECISIONS)
+    parser.add_argument("--de_losses", default="", help="with --lengths: DE losses to time")
+    parser.add_argument("--vocab_sizes", default="3709", help="with --de_losses: catalogs")
+    parser.add_argument("--num_negatives", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     precision.set_precision(args.mixed_precision)
     if args.lengths == "full":
         return full_lengths(args)
+    if args.de_losses:
+        return de_losses(args)
     return realistic_lengths(args)
 
 

@@ -47,10 +47,12 @@ What that gives the user:
 - **Help.** `ArgumentParser` sets ``prog`` to the ``python -m`` command, shows
   every flag's default, and has ``--verbose``. `add_passed_flags` lists the
   flags a command passes on to another one as an argument group.
-- **Errors.** `run_main` turns a user error (`USER_ERRORS`: bad flags, missing
-  files or columns, too many bad records, ...) into ONE line ``error: ...``
-  on stderr and exit code 2; the traceback is printed only with ``--verbose``.
-  Any other exception is a bug and keeps its traceback (exit code 1).
+- **Errors.** `run_main` turns a user error (`user_error_message`: bad flags,
+  missing files or columns, too many bad records, an output directory another
+  process holds, and the environment's refusals: a permission, a path that is
+  a file, a full disk, ...) into ONE line ``error: ...`` on stderr and exit
+  code 2; the traceback is printed only with ``--verbose``. Any other
+  exception is a bug and keeps its traceback (exit code 1).
 
 This module imports nothing heavy: it runs before TensorFlow is imported.
 """
@@ -59,9 +61,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import importlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -163,11 +167,83 @@ def end_startup() -> None:
 # The exception types that are a user's mistake, not a bug. The pipelines' own
 # (too many bad records, a k-core that did not converge, a bad download) are UserErrors.
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError)
+# OSError numbers that report the user's files or machine, not a bug: permissions, a
+# path that is a file (or not one), a full disk or quota, a read-only filesystem, ...
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EACCES", "EPERM", "ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "ENOSPC", "EDQUOT",
+        "EROFS", "ENAMETOOLONG", "EFBIG", "ELOOP", "EMFILE", "ENFILE", "ENOTEMPTY", "EXDEV",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+# TensorFlow's errors (tf.errors.*Error) of the same kind: its file system, a full disk
+# or memory, a corrupt record file. FailedPrecondition counts only for a path's kind
+# ("Is a directory", "Not a directory"): it also reports bugs (an uninitialized value).
+_TF_ENVIRONMENT_ERRORS = (
+    "PermissionDeniedError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "ResourceExhaustedError",
+    "DataLossError",
+    "UnauthenticatedError",
+)
+_TF_PATH_KIND = ("is a directory", "not a directory", "directory not empty")
 
 
-def error_line(err: BaseException) -> str:
+def _tf_error(err: BaseException) -> str | None:
+    """The first line of a TensorFlow error caused by the environment, else None.
+
+    TensorFlow is not imported for this: only an error it raised can be one of its.
+    """
+    errors_impl = sys.modules.get("tensorflow.python.framework.errors_impl")
+    if errors_impl is None or not isinstance(err, errors_impl.OpError):
+        return None
+    message = (err.message or "").strip().splitlines()
+    first = message[0].strip() if message else type(err).__name__
+    first = re.sub(r"^\{\{[^}]*\}\}\s*", "", first)  # "{{function_node ...}} <message>"
+    name = type(err).__name__
+    if name in _TF_ENVIRONMENT_ERRORS:
+        return first
+    if name == "FailedPreconditionError" and any(k in first.lower() for k in _TF_PATH_KIND):
+        return first
+    return None
+
+
+def _os_error(err: OSError) -> str:
+    """``<file>: <what the system said>`` (``<file> -> <file2>: ...`` for a rename)."""
+    what = err.strerror or str(err)
+    if err.filename is None:
+        return what
+    if err.filename2 is None:
+        return f"{err.filename}: {what}"
+    return f"{err.filename} -> {err.filename2}: {what}"
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message of an exception caused by the user's input, flags, files or
+    environment; None for a bug (whose traceback stays).
+
+    Covers `UserError` (and `bt_tf.locks.DirectoryLocked`), missing files, any
+    `OSError` with an `ENVIRONMENT_ERRNOS` number (``PermissionError``,
+    ``FileExistsError``, a full disk, ...), TensorFlow's file system, disk and
+    memory errors, and text that is not UTF-8.
+    """
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        return _os_error(err)  # "<file>: <what>", not "[Errno 20] <what>: '<file>'"
+    if isinstance(err, USER_ERRORS):
+        return str(err)
+    if isinstance(err, UnicodeDecodeError):
+        return f"input is not UTF-8 text: {err}"
+    return _tf_error(err)
+
+
+def error_line(err: BaseException | str) -> str:
     """``error: <message>`` on one line."""
-    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, str):
+        message = " ".join(err.split()) or "unknown error"
+    else:
+        message = " ".join(str(err).split()) or type(err).__name__
     return f"error: {message}"
 
 
@@ -183,10 +259,13 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
             traceback.print_exc()
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except USER_ERRORS as err:
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None:
+            raise  # a bug: its traceback, exit code 1
         if verbose:
             traceback.print_exc()
-        print(error_line(err), file=sys.stderr, flush=True)
+        print(error_line(message), file=sys.stderr, flush=True)
         sys.exit(2)
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 

@@ -2,7 +2,8 @@
 
     python -m bt_tf.embed --run_dir=RUN --output_dir=DIR [--split=all] [--format=parquet]
     python -m bt_tf.embed --saved_model=RUN/export --output_dir=DIR [--artifact_dir=ART]
-    python -m bt_tf.embed --saved_model=EXPORT --input=users.jsonl --output_dir=DIR
+    python -m bt_tf.embed --saved_model=EXPORT --input=users.jsonl --output_dir=DIR \\
+        [--on_unknown=oov|skip|error]
 
 Sources (exactly one of ``--run_dir`` and ``--saved_model``):
 
@@ -21,7 +22,17 @@ Sources (exactly one of ``--run_dir`` and ``--saved_model``):
     ``{"user_id": "u1", "item_ids": ["12", "7", "301"]}`` (history oldest
     first; numbers are read as their decimal strings; ids the model never saw
     embed as unknown items). Their split column reads ``input``; the projector
-    metadata has user ids only.
+    metadata has user ids only. ``--on_unknown``: an item id the model never
+    saw is embedded as the out-of-vocabulary item (``oov``, the default, as
+    training treats items outside its vocabulary), dropped (``skip``: a user
+    left with no item id is not written) or an error naming its line
+    (``error``). What the file held is counted in ``embed_info.json`` (the
+    ``input`` split's ``checks``) and said on stderr: users with unknown item
+    ids and with only unknown ones (who all get one vector under ``oov``),
+    users without any item id (the all-padding output), repeated and empty
+    user ids (written as they come), with the first line numbers of each. A
+    malformed line is an error naming the file and line; a file without any
+    user is an error.
 
 Output under ``--output_dir=DIR``::
 
@@ -44,11 +55,14 @@ user id, split, future favorite genre name, and one column per user
 attribute with its class name; ``""`` = unknown). ``tensorboard --logdir
 DIR/projector`` shows the users as points.
 
-Resuming: a part is written to ``<part>.tmp`` and renamed when complete; a
-rerun with the same settings skips finished splits and finished parts (their
-users are read, not embedded) and writes byte-identical files. A rerun with
-other settings, or after the model changed (new checkpoint, other export),
-stops with an error; ``--overwrite`` starts over.
+Resuming: a part is written to a temporary file beside it and renamed when
+complete (``embed_info.json`` too: `bt_tf.atomic`); a rerun with the same
+settings skips finished splits and finished parts (their users are read, not
+embedded) and writes byte-identical files. A rerun with other settings, or
+after the model changed (new checkpoint, other export), stops with an error;
+``--overwrite`` starts over. One process writes an output directory at a
+time: a second one stops with an error naming the first (``DIR/.lock``,
+`bt_tf.locks`).
 """
 
 from __future__ import annotations
@@ -66,10 +80,13 @@ from collections.abc import Sequence
 
 from bt_tf.serving.embed import (
     FORMATS,
+    INPUT_SPLIT,
+    ON_UNKNOWN,
     PROJECTOR_DIR,
     SPLIT_CHOICES,
     Source,
     default_artifact_dir,
+    describe_checks,
     input_source,
     run_source,
     saved_model_source,
@@ -103,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='with --saved_model: JSON lines {"user_id": ..., "item_ids": [...]} to embed '
         "instead of an artifact dir's users",
     )
+    parser.add_argument(
+        "--on_unknown",
+        default="oov",
+        choices=ON_UNKNOWN,
+        help="with --input: an item id the model never saw is embedded as the "
+        "out-of-vocabulary item (oov), dropped from the history (skip: a user left with "
+        "no item is not written) or an error naming its line (error); counted either way",
+    )
     parser.add_argument("--output_dir", required=True, help="where to write (resumed if present)")
     parser.add_argument("--split", default="all", choices=SPLIT_CHOICES, help="users to embed")
     parser.add_argument("--format", default="parquet", choices=FORMATS, help="embedding files")
@@ -122,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _source_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Source:
+    if args.on_unknown != "oov" and args.input is None:
+        parser.error("--on_unknown goes with --input (the users of a file)")
     if args.run_dir is not None:
         if args.artifact_dir or args.input:
             parser.error("--artifact_dir and --input go with --saved_model, not --run_dir")
@@ -131,7 +158,9 @@ def _source_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser
             parser.error("--input and --artifact_dir exclude each other")
         if args.split != "all":
             parser.error(f"--split={args.split} does not apply to --input users")
-        return input_source(args.saved_model, args.input, batch_size=args.batch_size)
+        return input_source(
+            args.saved_model, args.input, batch_size=args.batch_size, on_unknown=args.on_unknown
+        )
     artifact_dir = args.artifact_dir or default_artifact_dir(args.saved_model)
     if artifact_dir is None:
         parser.error(
@@ -177,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=args.progress,
     )
     print(_listing(args.output_dir, info))
+    checks = info["splits"].get(INPUT_SPLIT, {}).get("checks")
+    line = describe_checks(checks, args.input) if checks and args.input else None
+    if line:
+        print(line, file=sys.stderr, flush=True)
     return 0
 
 

@@ -45,7 +45,8 @@ the same item-side inputs:
     ``gender``/``age``); accuracy and balanced accuracy.
 
 Floors: ``majority`` / ``popularity`` (no features: the probes' prior
-predictor), ``bag_of_items`` (history bags; item-kNN for next item), ``svd``
+predictor), ``bias`` (liked item only: the item one-hot alone, fitted like
+every contender's per-item bias), ``bag_of_items`` (history bags; item-kNN for next item), ``svd``
 (the rank-d truncated SVD of the interaction matrix, d the encoders' width: a
 floor of the embedding's own size) and ``untrained`` (an encoder of the same
 architecture, freshly initialized).
@@ -58,19 +59,32 @@ interval over users, the ratios against ``--baseline`` and the floors, how
 often selection kept the prior), ``results.json`` (all of it, with the
 ``claim`` block), ``metrics_vs_fraction.png`` and ``timings.json``.
 
+The claim (docs/USAGE.md, "The claim"): ``--claim_models=MODEL,BASELINE``
+(default bt,de) is the one pair judged (MODEL >= 1.08 x BASELINE; ``--baseline``
+only sets the tables' ratios). Its intervals resample users, label seeds and
+each model's pretraining seeds; the block says which scored users' labels
+chose a default the runs used (``selection``: in-sample or out-of-sample,
+from ``DEFAULTS_PROVENANCE`` in `bt_tf.training.flags`). ``--claim_users=test``
+scores it on the test split's users only, beside the all-users claim.
+
 Cost: the probes run in parallel worker processes (numpy, scipy); one run's
 evaluation on ML-100K (943 users, 5 folds, 5 fractions x 3 seeds, every
 floor) takes a few minutes on 2 cores (`python -m benchmarks.evaluate` times
 an ML-1M-sized one). Cheaper: fewer ``--label_fractions`` or ``--seeds``,
 ``--probe_folds=0``, ``--no-floors`` when the floors are already known.
 
-The DE as a recommender (``--recommender``): instead of the probes, every DE and
+The runs as recommenders (``--recommender``): instead of the probes, every DE and
 BT+DE run (a "bt" run has no item tower and is skipped) is scored with its own
-query encoder and item tower in the SASRec protocol (leave the last item out,
-rank it against 100 sampled unrated items; `bt_tf.evaluation.recommender`);
-writes ``recommender.json`` and ``recommender.md`` to ``--output_dir``:
+query encoder and item table in the protocol it was trained in: a
+``--protocol=leave_one_out`` run on its users' test item (item n, after the
+history and item n-1), a history/future run on each user's last stored item;
+ranked against the whole catalog minus the user's earlier items (full, the
+headline) and against 100 sampled unrated items (secondary), each with its 95%
+bootstrap interval over users, beside popularity (`bt_tf.evaluation.recommender`);
+writes ``recommender.json`` and ``recommender.md`` to ``--output_dir``. A
+leave-one-out run can only be scored so (it holds out items, not users):
 
-    python -m bt_tf.evaluate --runs=runs/ml100k_de --recommender --output_dir=runs/report
+    python -m bt_tf.evaluate --runs=runs/ml100k_loo_de --recommender --output_dir=runs/report
 
 Caches (``--cache``, on by default), in ``<output_dir>/cache/``: every run's
 and the untrained encoder's user and item embeddings
@@ -97,14 +111,16 @@ import os
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import runs
+from bt_tf import locks, runs
 from bt_tf.errors import UserError
 from bt_tf.evaluation import recommender
 from bt_tf.evaluation.intervals import CLAIM_FRACTIONS, DEFAULT_RESAMPLES
 from bt_tf.evaluation.protocol import Protocol
-from bt_tf.evaluation.runner import evaluate_runs
+from bt_tf.evaluation.runner import CLAIM_USERS_ALL, evaluate_runs
+from bt_tf.evaluation.scores import CLAIM_MODELS
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import DEFAULT_TASKS, NEXT_ITEM_SOFTMAX
+from bt_tf.features import SPLITS
 
 __all__ = [
     "float_list",
@@ -131,6 +147,15 @@ def float_list(text: str) -> list[float]:
 # argparse types: comma-separated values, checked (errors name the flag).
 fraction_list = cli.comma_list(float, "fractions in (0, 1]", lambda f: 0.0 < f <= 1.0)
 _positive_list = cli.comma_list(float, "values > 0", lambda v: v > 0.0)
+
+
+def _claim_models(text: str) -> list[str]:
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    if len(models) != 2 or models[0] == models[1]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected two different models, MODEL,BASELINE (e.g. bt,de)"
+        )
+    return models
 
 
 def _at_least(low: int):
@@ -248,8 +273,21 @@ def add_flags(parser) -> None:
         default=DEFAULT_RESAMPLES,
         help="resamples of users of the paired bootstrap intervals",
     )
-    add("--baseline", default="de", help="model the ratios are relative to")
-    add("--compare", default="bt,bt+de", help="models listed first in the tables")
+    add("--baseline", default="de", help="model the ratios are relative to (not the claim's)")
+    add("--compare", default="bt,bt+de,bt_ft", help="models listed first in the tables")
+    add(
+        "--claim_models",
+        type=_claim_models,
+        default=list(CLAIM_MODELS),
+        help="MODEL,BASELINE: the one pair the claim judges (MODEL >= 1.08 x BASELINE)",
+    )
+    add(
+        "--claim_users",
+        choices=(CLAIM_USERS_ALL, *SPLITS),
+        default=CLAIM_USERS_ALL,
+        help="score the claim on every scored user (all) or on one split's users only (e.g. "
+        "test: users whose labels chose no default), shown beside the all-users claim",
+    )
     add(
         "--quiet",
         default=False,
@@ -314,39 +352,50 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     run_dirs = [r for r in args.runs.split(",") if r.strip()]
     if not run_dirs:
         raise UserError("--runs names no run directory")
+    protocols = set()
     for run_dir in run_dirs:  # before any work
         try:
-            runs.read_config(run_dir)
+            protocols.add(runs.read_config(run_dir).get("protocol", "history_future"))
         except FileNotFoundError as err:
             hint = "python -m bt_tf.train --output_dir=RUN writes one"
             raise UserError(f"--runs: {err} ({hint})") from None
         except ValueError as err:
             raise UserError(f"--runs: {err}") from None
     out_dir = args.output_dir or os.path.join(os.path.dirname(run_dirs[0]) or ".", "report")
-    if args.recommender:
-        return _recommender(run_dirs, out_dir, args.recommender_seed)
-    rows = evaluate_runs(
-        run_dirs,
-        out_dir,
-        label_fractions=args.label_fractions,
-        seeds=args.seeds,
-        tasks=tasks_from_flags(args),
-        include_floors=args.floors,
-        settings=settings_from_flags(args),
-        protocol=protocol_from_flags(args),
-        cache=args.cache,
-        bootstrap_resamples=args.bootstrap_resamples,
-        baseline=args.baseline,
-        compare=[m for m in args.compare.split(",") if m.strip()],
-        progress=not args.quiet,
-        repeated_fractions=repeated_fractions(args),
-    )
+    if "leave_one_out" in protocols and not args.recommender:
+        raise UserError(
+            "--runs: leave_one_out runs hold out items, not users: score them as recommenders "
+            "(--recommender); the downstream probes need history/future runs"
+        )
+    # One evaluation per report directory (`bt_tf.locks`): a second one stops at once.
+    with locks.hold_dir(out_dir, hint=" or choose another --output_dir"):
+        if args.recommender:
+            return _recommender(run_dirs, out_dir, args.recommender_seed)
+        rows = evaluate_runs(
+            run_dirs,
+            out_dir,
+            label_fractions=args.label_fractions,
+            seeds=args.seeds,
+            tasks=tasks_from_flags(args),
+            include_floors=args.floors,
+            settings=settings_from_flags(args),
+            protocol=protocol_from_flags(args),
+            cache=args.cache,
+            bootstrap_resamples=args.bootstrap_resamples,
+            baseline=args.baseline,
+            compare=[m for m in args.compare.split(",") if m.strip()],
+            claim_models=tuple(args.claim_models),
+            claim_users=args.claim_users,
+            progress=not args.quiet,
+            repeated_fractions=repeated_fractions(args),
+        )
     print(os.path.join(out_dir, "report.md"))
     return rows
 
 
 def _recommender(run_dirs: list[str], out_dir: str, seed: int) -> list[dict]:
-    """--recommender: the SASRec-protocol figures of the DE runs, one dict per run."""
+    """--recommender: every DE and BT+DE run as a recommender (full ranking and 100 sampled
+    negatives, in the protocol it was trained in), one dict per run."""
     report = recommender.evaluate_recommender(run_dirs, out_dir, seed=seed)
     print(os.path.join(out_dir, recommender.MARKDOWN_FILE))
     return report["runs"]

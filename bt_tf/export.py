@@ -20,6 +20,7 @@ if __name__ == "__main__":
 import argparse
 from collections.abc import Sequence
 
+from bt_tf import runs
 from bt_tf.serving.export import RECOMMEND_K, export_run
 
 
@@ -45,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"--k={args.k} must be >= 1")
-    path = export_run(args.run_dir, recommend=args.recommend, k=args.k)
+    runs.read_config(args.run_dir)  # a run directory, before its lock is taken
+    with runs.lock(args.run_dir):  # not while a training process writes the run
+        path = export_run(args.run_dir, recommend=args.recommend, k=args.k)
     print(path)
     return 0
 

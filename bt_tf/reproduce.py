@@ -77,11 +77,13 @@ import os
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import evaluate
+from bt_tf import evaluate, locks
 from bt_tf.errors import UserError
 from bt_tf.evaluation.reproduction import (
+    CONTENDERS,
     DEFAULT_BATCH_SIZES,
     DEFAULT_PRETRAIN_SEEDS,
+    FINE_TUNE,
     Ablation,
     EvalRequest,
     reproduce,
@@ -120,7 +122,8 @@ def _pretrain_seeds(text: str) -> int:
 
 
 # argparse types of the comma-separated flags (errors name the flag).
-_models = cli.comma_list(str, f"models ({', '.join(MODELS)})", lambda m: m in MODELS)
+_models = cli.comma_list(str, f"models ({', '.join(CONTENDERS)})", lambda m: m in CONTENDERS)
+_ablation_models = cli.comma_list(str, f"models ({', '.join(MODELS)})", lambda m: m in MODELS)
 _batch_sizes = cli.comma_list(int, "batch sizes >= 2", lambda b: b >= 2)
 TRAINING_GROUP = "training flags (passed to bt_tf.train, for every run)"
 EVALUATION_GROUP = "evaluation flags (passed to bt_tf.evaluate)"
@@ -145,7 +148,12 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         default="",
         help="root of the runs and the report (empty: runs/reproduce_<dataset>)",
     )
-    add("--models", type=_models, default=list(MODELS), help="models of the comparison")
+    add(
+        "--models",
+        type=_models,
+        default=list(CONTENDERS),
+        help=f"models of the comparison ({FINE_TUNE}: the bt runs fine-tuned as the DE)",
+    )
     add(
         "--pretrain_seeds",
         type=_pretrain_seeds,
@@ -173,7 +181,12 @@ def build_parser(argv: Sequence[str] | None = None, *, passed: bool = True):
         default=True,
         help="run the batch-size ablation (--no-ablation: only the main comparison)",
     )
-    add("--ablation_models", type=_models, default=["bt", "de"], help="models of the ablation")
+    add(
+        "--ablation_models",
+        type=_ablation_models,
+        default=["bt", "de"],
+        help="models of the ablation",
+    )
     add("--ablation_epochs", type=int, default=0, help="cap of the ablation runs (0: --max_epochs)")
     add(
         "--ablation_fractions",
@@ -222,14 +235,14 @@ def parse(argv: Sequence[str] | None):
     if any(a == "--model" or a.startswith("--model=") for a in rest):
         raise UserError("--model is set by bt_tf.reproduce for each run; use --models=bt,de,...")
     if not args.models:
-        raise UserError(f"--models names no model; expected a subset of {MODELS}")
+        raise UserError(f"--models names no model; expected a subset of {CONTENDERS}")
     base = flags.parse(rest, description=_PASSED, shared_only=True)
     args.model_configs = {}
     for name, model in HPARAMS_FLAGS.items():
         own = _own_config(rest, model, getattr(args, f"hparams_{name}"), f"--hparams_{name}")
         if own != dataclasses.replace(base, model=model, run_dir=own.run_dir):
             args.model_configs[model] = own
-    if args.probe_folds >= 2 and not _given(argv, "--train_users"):
+    if args.probe_folds >= 2 and not _given(argv, "--train_users") and not base.leave_one_out:
         # Cross-fitted: every user is scored, so every user's history is pretrained on
         # (labels are futures, which no encoder reads).
         base = dataclasses.replace(base, train_users="all")
@@ -265,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         baseline=args.baseline,
         compare=tuple(_names(args.compare)),
         bootstrap_resamples=args.bootstrap_resamples,
+        claim_models=tuple(args.claim_models),
+        claim_users=args.claim_users,
         progress=not args.quiet,
         repeated_fractions=evaluate.repeated_fractions(args),
     )
@@ -276,15 +291,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         fractions=_tuple_or_none(args.ablation_fractions),
         tasks=tuple(args.ablation_tasks),
     )
-    out = reproduce(
-        base,
-        args.output_dir,
-        models=args.models,
-        model_configs=args.model_configs,
-        evaluation=evaluation,
-        ablation=ablation,
-        pretrain_seeds=args.pretrain_seeds,
-    )
+    # One reproduction per output directory (`bt_tf.locks`); each run inside it and the
+    # report are locked again by the training and the evaluation.
+    with locks.hold_dir(args.output_dir, hint=" or choose another --output_dir"):
+        out = reproduce(
+            base,
+            args.output_dir,
+            models=args.models,
+            model_configs=args.model_configs,
+            evaluation=evaluation,
+            ablation=ablation,
+            pretrain_seeds=args.pretrain_seeds,
+        )
     print(time_summary(out["times"]))
     print(out["report"])
     return out

@@ -4,10 +4,19 @@ A run directory (``--output_dir`` of `bt_tf.train`, default ``runs/<dataset>_<mo
 
     config.json     every setting (flat, flag names) + artifact_dir, max_len, encoder kwargs
     metrics.json    written when training finishes (best_epoch, stop_reason, history, ...)
+    history.csv     one row per finished epoch (Keras CSVLogger): metrics.json's history
     checkpoints/    THE run's weights: the epoch with the lowest val_loss; every loader reads it
     train_state/    the last epoch's model, optimizer, data position and stopping state (resume)
     logs/           TensorBoard
     export/         the SavedModel (`bt_tf.serving.export`)
+    .lock           held by the training process (`lock`, `bt_tf.locks`)
+
+config.json and metrics.json are written atomically (`bt_tf.atomic`); one that
+is unreadable all the same (cut short by a full disk before this, edited by
+hand) raises `UnreadableRunFile`, a one-line user error that says how to
+recover. history.csv survives resumes: metrics.json's ``history`` is rebuilt
+from it (`read_history`), so it holds every epoch however often the run was
+killed and resumed.
 
 This module only knows files and names; it imports TensorFlow for `tf.io.gfile`
 (run directories may live on GCS) and `tf.train` checkpoint helpers.
@@ -15,13 +24,18 @@ This module only knows files and names; it imports TensorFlow for `tf.io.gfile`
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
+import io
 import json
+import math
 import posixpath
 from collections.abc import Callable, Iterable
 
 import tensorflow as tf
 
+from bt_tf import atomic, locks
 from bt_tf.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -30,6 +44,8 @@ CHECKPOINT_DIR = "checkpoints"  # the run's weights (best epoch): what every loa
 STATE_DIR = "train_state"  # the last epoch's model, optimizer, data position, stopping state
 EXPORT_DIR = "export"
 LOGS_DIR = "logs"
+HISTORY_FILE = "history.csv"  # per-epoch metrics, one row per epoch (CSVLogger's layout)
+_EPOCH_COLUMN = "epoch"  # CSVLogger's 0-based epoch index
 # config.json keys beside the settings: what rebuilding the encoder needs.
 DERIVED_KEYS = ("artifact_dir", "max_len", "encoder")
 
@@ -39,14 +55,54 @@ def path(run_dir: str, name: str) -> str:
     return posixpath.join(run_dir, name)
 
 
+class UnreadableRunFile(UserError):
+    """A run directory's JSON file that does not parse; the message says how to recover."""
+
+    def __init__(self, file: str, problem: str, recovery: str):
+        super().__init__(f"{file} is unreadable: {problem}; {recovery}")
+        self.file, self.problem = file, problem
+
+
+# How to recover each file of a run directory when it is unreadable.
+_RECOVERY = {
+    CONFIG_FILE: "restore it, or delete it and rerun the same bt_tf.train command (the run "
+    "resumes from its checkpoints and writes config.json again)",
+    METRICS_FILE: "rerun the same bt_tf.train command: it rebuilds metrics.json from the "
+    "checkpoints and history.csv without training again",
+}
+
+
 def _read_json(file: str) -> dict:
-    with tf.io.gfile.GFile(file) as f:
-        return json.load(f)
+    """A run file's JSON object; `UnreadableRunFile` when it is cut short or not an object."""
+    try:
+        with tf.io.gfile.GFile(file, "rb") as f:
+            content = json.loads(f.read().decode("utf-8"))
+    except json.JSONDecodeError as err:
+        problem = f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    else:
+        if isinstance(content, dict):
+            return content
+        problem = f"a JSON {type(content).__name__}, not an object"
+    recovery = _RECOVERY.get(posixpath.basename(file), "restore it or delete it")
+    raise UnreadableRunFile(file, problem, recovery)
 
 
 def _write_json(file: str, content: dict) -> None:
-    with tf.io.gfile.GFile(file, "w") as f:
-        json.dump(content, f, indent=2)
+    atomic.write_json(file, content, indent=2)
+
+
+def lock(run_dir: str, *, chief: bool = True) -> contextlib.AbstractContextManager:
+    """Holds ``run_dir/.lock`` (created with the directory) for a training process.
+
+    A second training process into `run_dir` stops with `bt_tf.locks.DirectoryLocked`
+    naming this one. ``chief=False`` (a non-chief worker of a multi-worker run,
+    which writes only to its own scratch directory) takes no lock.
+    """
+    if not chief:
+        return contextlib.nullcontext()
+    return locks.hold_dir(run_dir, hint=" or use another --output_dir")
 
 
 def read_config(run_dir: str) -> dict:
@@ -60,7 +116,7 @@ def read_config(run_dir: str) -> dict:
     config = _read_json(file)
     missing = [key for key in DERIVED_KEYS if key not in config]
     if missing or not isinstance(config["encoder"], dict):
-        raise ValueError(
+        raise UserError(
             f"{file} lacks {missing or ['encoder (a dict)']}: export needs 'artifact_dir', "
             "'max_len' and 'encoder' (the SequenceEncoder keyword arguments)."
         )
@@ -86,6 +142,68 @@ def read_metrics(run_dir: str) -> dict | None:
 
 def write_metrics(run_dir: str, metrics: dict) -> None:
     _write_json(path(run_dir, METRICS_FILE), metrics)
+
+
+def trim_history(out_dir: str, epochs: int) -> None:
+    """Keeps the rows of epochs ``1..epochs`` in ``out_dir/history.csv`` (the last row of
+    each), before training resumes after epoch `epochs`; removes the file when 0.
+
+    Rows of epochs after the last checkpointed one (a kill between the row and the
+    checkpoint), repeated rows and a torn last line go, so the rows that training
+    appends next continue a clean file.
+    """
+    file = path(out_dir, HISTORY_FILE)
+    if not tf.io.gfile.exists(file):
+        return
+    if epochs <= 0:
+        tf.io.gfile.remove(file)
+        return
+    columns, rows = _history_rows(file, epochs)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    for epoch in sorted(rows):
+        writer.writerow(rows[epoch])
+    atomic.write_text(file, out.getvalue())
+
+
+def _history_rows(file: str, epochs: int) -> tuple[list[str], dict[int, dict]]:
+    """(columns, 0-based epoch -> its last well-formed row) of a history.csv, epochs < `epochs`."""
+    with tf.io.gfile.GFile(file, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    reader = csv.DictReader(io.StringIO(text))
+    columns = list(reader.fieldnames or [])
+    rows: dict[int, dict] = {}
+    for row in reader:
+        try:
+            epoch = int(row[_EPOCH_COLUMN])
+            values = {k: float(v) for k, v in row.items() if k != _EPOCH_COLUMN}
+        except (KeyError, TypeError, ValueError):
+            continue  # a torn or merged line: its epoch is replayed after the resume
+        if None in row or not 0 <= epoch < epochs:
+            continue
+        rows[epoch] = {_EPOCH_COLUMN: str(epoch), **{k: repr(v) for k, v in values.items()}}
+    return columns, rows
+
+
+def read_history(out_dir: str, epochs: int) -> dict[str, list[float]]:
+    """metrics.json's ``history``: metric name -> one value per epoch, epochs 1..`epochs`.
+
+    Read from ``out_dir/history.csv`` (the last row of each epoch). A run directory
+    from before history.csv has rows only for the epochs trained since; its
+    history starts there.
+    """
+    file = path(out_dir, HISTORY_FILE)
+    if not tf.io.gfile.exists(file):
+        return {}
+    columns, rows = _history_rows(file, epochs)
+    if not rows:
+        return {}
+    names = [c for c in columns if c != _EPOCH_COLUMN]
+    return {
+        name: [float(rows[e][name]) if name in rows[e] else math.nan for e in sorted(rows)]
+        for name in names
+    }
 
 
 def is_complete(metrics: dict | None, max_epochs: int) -> bool:

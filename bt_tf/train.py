@@ -42,6 +42,7 @@ import logging
 import os
 import types
 
+from bt_tf import distribute, runs
 from bt_tf.errors import UserError
 from bt_tf.training import flags
 from bt_tf.training.trainer import ensure_artifacts, train
@@ -75,7 +76,9 @@ def main(argv=None) -> dict:
     config = flags.parse(argv, description=cli.summary(__doc__), prog=PROG)
     if config.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
         raise UserError("--strategy=multi_worker needs TF_CONFIG describing the cluster")
-    return train(config, ensure_artifacts(config))
+    # The run directory's lock first: a second run into it stops before preprocessing.
+    with runs.lock(config.run_dir, chief=distribute.is_chief()):
+        return train(config, ensure_artifacts(config))
 
 
 if __name__ == "__main__":

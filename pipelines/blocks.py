@@ -5,7 +5,7 @@ id: the split, the output shard its Example goes to, and one of
 `PARTS_PER_SHARD` parts of that shard. Interactions are grouped per bucket,
 not per user, so a group is a few large numpy arrays rather than one small
 group per user, and each bucket becomes one *block*: its users' interactions
-as columns sorted by (user id, timestamp, item id, rating), with items as
+as columns sorted by (user id, timestamp, input position), with items as
 int32 codes into the sorted distinct item ids (the "catalog"). A block holds
 about 1 / (3 * num_shards * PARTS_PER_SHARD) of the data, never all of it.
 """
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from bt_tf import features as F
-from pipelines.columnar import codes, sequence_order, unique
+from pipelines.columnar import codes, positions, sequence_order, unique
 from pipelines.config import PreprocessConfig
 
 PARTS_PER_SHARD = 8
@@ -52,7 +52,8 @@ def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
     """Columnar batch -> (bucket, fragment): the batch's rows of each bucket.
 
     A fragment's rows are sorted by user; its users are run-length coded
-    (``"user"`` distinct ids, ``"count"`` rows of each).
+    (``"user"`` distinct ids, ``"count"`` rows of each); its input positions
+    are the batch's: offsets from ``"position_base"`` (`columnar.with_positions`).
     """
     users, owner = unique(batch["user"])
     buckets = [bucket_of(u, config) for u in users.tolist()]
@@ -72,6 +73,8 @@ def to_fragments(batch: dict[str, np.ndarray], config: PreprocessConfig):
                 "item": batch["item"][rows],
                 "timestamp": batch["timestamp"][rows],
                 "rating": batch["rating"][rows],
+                "position": batch["position"][rows],
+                "position_base": batch["position_base"],
             },
         )
 
@@ -86,9 +89,12 @@ def build_block(fragments: list[dict], user_records: Iterable[tuple], catalog: n
 
     A block: ``"user"`` (sorted distinct ids, bytes), ``"length"`` (interactions
     per user), ``"item"`` (int32 catalog codes), ``"timestamp"``, ``"rating"``
-    (all per interaction, user after user, each user's sorted by (timestamp,
-    item id, rating): the order never depends on file order or sharding),
-    ``"attributes"`` (user -> attribute dict) and ``"num_items"`` (catalog size).
+    (all per interaction, user after user, each user's sorted by timestamp,
+    ties in input order: by the fragments' positions, so the order follows
+    the input files and never depends on chunking, sharding or the order the
+    fragments arrive in), ``"attributes"`` (user -> attribute dict) and
+    ``"num_items"`` (catalog size). The positions are not kept: nothing after
+    this sort reorders a user's interactions.
     `drops`: the user records left out, by reason (`user_attributes`).
     """
     users, fragment_users = unique(np.concatenate([f["user"] for f in fragments]))
@@ -96,9 +102,7 @@ def build_block(fragments: list[dict], user_records: Iterable[tuple], catalog: n
     item = codes(np.concatenate([f["item"] for f in fragments]), catalog)
     timestamp = np.concatenate([f["timestamp"] for f in fragments])
     rating = np.concatenate([f["rating"] for f in fragments])
-    # Catalog codes sort like the item ids; the item id, then the rating, break
-    # timestamp ties.
-    order = sequence_order(owner, timestamp, item, rating)
+    order = sequence_order(owner, timestamp, np.concatenate([positions(f) for f in fragments]))
     attributes, drops = user_attributes(user_records, users)
     block = {
         "user": users,

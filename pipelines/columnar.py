@@ -3,8 +3,12 @@
 Interactions travel between Beam steps as columnar batches: "user" and "item"
 as numpy arrays of UTF-8 bytes (dtype S, a quarter of the memory of str arrays;
 byte order is code point order, so every sort is the same as on the strings),
-"timestamp" int64 and "rating" float32. Here: building batches, the vectorized
-reader of MovieLens ratings lines, and sorting/coding byte-string ids.
+"timestamp" int64, "rating" float32, and where each row was in the input
+(`position`), which orders a user's interactions that share a timestamp:
+"position_base" (a 0-d int64 array) plus "position" offsets from it, uint32 whenever they
+fit (`with_positions`; `positions` gives them back as int64). Here: building
+batches, the vectorized reader of MovieLens ratings lines, sorting/coding
+byte-string ids, and the order of a user's interactions.
 """
 
 from __future__ import annotations
@@ -17,6 +21,47 @@ import numpy as np
 from pipelines import sources
 
 BATCH_ROWS = 100_000  # interactions per columnar batch between Beam steps
+POSITION_BITS = 40  # low bits of a position: the line (row) number in its file
+
+
+def position(rank, number):
+    """Input position(s) of rows: ``rank << 40 | number``, int64.
+
+    `rank` is the rank of the row's input file in the sorted list of the
+    run's interaction files (a synthetic block, a TFDS shard when TFDS does
+    not tell its size); `number` the row's 1-based line (Parquet: row) number
+    in that file, or its index. Positions sort like (rank, number), so a
+    user's interactions with one timestamp keep the order of the input (a
+    stable sort of it, as SASRec and RecBole read their files), whatever the
+    chunks, shards or runner.
+    """
+    number = np.asarray(number, dtype=np.int64)
+    if number.size and (int(number.min()) < 0 or int(number.max()) >> POSITION_BITS):
+        raise ValueError(f"a line or row number must be in [0, 2**{POSITION_BITS})")
+    return (np.int64(rank) << np.int64(POSITION_BITS)) | number
+
+
+def with_positions(columns: dict, position: np.ndarray) -> dict:
+    """`columns` with the int64 input positions of its rows, stored compactly.
+
+    As ``"position_base"`` (their minimum) plus ``"position"`` offsets from it,
+    uint32 when they fit, else int64. A batch comes from one file (chunk, row
+    group, TFDS shard or synthetic block), so they fit: batches and the
+    fragments Beam groups by bucket carry 4 bytes per interaction, not 8.
+    """
+    position = np.asarray(position, dtype=np.int64)
+    base = int(position.min()) if len(position) else 0
+    offsets = position - base
+    if not len(offsets) or int(offsets.max()) < 2**32:
+        offsets = offsets.astype(np.uint32)
+    columns["position_base"] = np.asarray(base, dtype=np.int64)  # 0-d: an array like the rest
+    columns["position"] = offsets
+    return columns
+
+
+def positions(columns: dict) -> np.ndarray:
+    """The int64 input positions of a batch's (fragment's) rows (`with_positions`)."""
+    return columns["position"].astype(np.int64) + columns["position_base"]
 
 
 def utf8(values) -> np.ndarray:
@@ -33,16 +78,18 @@ def utf8(values) -> np.ndarray:
 
 
 def _columnar(rows: list[tuple]) -> dict[str, np.ndarray]:
-    users, items, stamps, ratings = zip(*rows)
-    return {
+    users, items, stamps, ratings, where = zip(*rows)
+    columns = {
         "user": utf8(users),
         "item": utf8(items),
         "timestamp": np.asarray(stamps, dtype=np.int64),
         "rating": np.asarray(ratings, dtype=np.float32),
     }
+    return with_positions(columns, np.asarray(where, dtype=np.int64))
 
 
 def batched(rows: Iterable[tuple]) -> Iterator[dict[str, np.ndarray]]:
+    """(user, item, timestamp, rating, position) rows -> columnar batches of `BATCH_ROWS`."""
     buffer = []
     for row in rows:
         buffer.append(row)
@@ -123,6 +170,8 @@ def parse_rating_lines(
     stop = [at[:, f * width] for f in (0, 1, 2)] + [ends[rows]]
     length = [b - a for a, b in zip(start, stop)]
     good &= (length[0] > 0) & (length[1] > 0) & (length[3] > 0)
+    # Longer ids go to the line parser, which makes them bad records (sources.MAX_ID_CHARS).
+    good &= (length[0] <= sources.MAX_ID_CHARS) & (length[1] <= sources.MAX_ID_CHARS)
     good &= length[3] <= _MAX_FAST_TIMESTAMP_DIGITS
     b0, b1, b2 = _windows(buf, start[2], 3).T
     whole = (length[2] == 1) & (b0 >= ord("1")) & (b0 <= ord("5"))
@@ -190,22 +239,19 @@ def codes(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return np.searchsorted(sorted_keys, keys).astype(np.int32)
 
 
-def sequence_order(owner, timestamp, item, rating) -> np.ndarray:
-    """``np.lexsort((rating, item, timestamp, owner))``, on two packed int keys when they fit.
+def sequence_order(owner, timestamp, position) -> np.ndarray:
+    """``np.lexsort((position, timestamp, owner))``, on one packed key when it fits.
 
-    (item, rating) pack into one key (rating as order-preserving bits, -0.0 as
-    0.0 and NaN last, as numpy compares them); (owner, timestamp) into another
-    when the block's timestamps span few enough seconds.
+    Each user's interactions by time, ties in input order (`position`).
+    Positions are distinct within a run, so the order is total: it depends on
+    nothing but the input (not on chunks, shards, fragment arrival or runner).
+    (owner, timestamp) pack into one int64 key when the block's timestamps
+    span few enough seconds.
     """
-    r = np.asarray(rating, dtype=np.float32) + np.float32(0.0)  # -0.0 -> 0.0
-    r = np.where(np.isnan(r), np.float32(np.nan), r)
-    bits = r.view(np.uint32).astype(np.uint64)
-    bits = np.where(bits >> np.uint64(31), bits ^ np.uint64(0xFFFFFFFF), bits | np.uint64(1 << 31))
-    low = (item.astype(np.uint64) << np.uint64(32)) | bits
     if len(owner):
         t0 = int(timestamp.min())
         span = int(timestamp.max()) - t0 + 1
         if span * (int(owner.max()) + 1) < 2**63:
             high = owner.astype(np.int64) * span + (timestamp - t0)
-            return np.lexsort((low, high))
-    return np.lexsort((low, timestamp, owner))
+            return np.lexsort((position, high))
+    return np.lexsort((position, timestamp, owner))

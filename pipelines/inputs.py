@@ -16,6 +16,12 @@ import tensorflow as tf
 from pipelines import download, interactions_source, sources, synthetic, textio, tfds_source
 from pipelines.config import PreprocessConfig
 
+# The artifacts' format, part of every version digest: raise it whenever the same
+# input and settings would write different bytes, so older artifacts are not reused.
+# 2: a user's interactions with one timestamp in input order (`tie_order`);
+# 1 (unnamed): by item id, then rating.
+ARTIFACT_FORMAT = 2
+
 
 def fingerprint(path: str) -> dict:
     """Size and the SHA-256 of the first MiB: cheap, and enough to tell files apart."""
@@ -54,6 +60,7 @@ def resolve_inputs(config: PreprocessConfig) -> dict[str, str]:
 def version_of(config: PreprocessConfig, files: dict[str, str]) -> str:
     """A digest of the output settings and input fingerprints: the version dir name."""
     key = {
+        "format": ARTIFACT_FORMAT,
         "settings": config.output_settings(),
         "inputs": {t: fingerprint(p) for t, p in sorted(files.items())},
     }
@@ -67,6 +74,15 @@ def artifact_dir(config: PreprocessConfig) -> str:
     return posixpath.join(
         os.path.expanduser(config.output_dir), config.dataset, version_of(config, files)
     )
+
+
+def tie_order(config: PreprocessConfig) -> str:
+    """How a user's interactions with the same timestamp are ordered (metadata.json)."""
+    if config.dataset == "synthetic":
+        return "generation order (block, row in the block)"
+    if config.source == "tfds":
+        return "TFDS example order (index in the train split)"
+    return "input order (rank of the file in sorted name order, line or row number)"
 
 
 def table_of(label: str) -> str:

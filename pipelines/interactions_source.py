@@ -78,7 +78,14 @@ import tensorflow as tf
 from bt_tf.errors import UserError
 from pipelines import textio
 from pipelines.config import InteractionsConfig
-from pipelines.sources import BadRecord, Table, _decode_utf8, _load_json_object, _short
+from pipelines.sources import (
+    BadRecord,
+    Table,
+    _decode_utf8,
+    _load_json_object,
+    _short,
+    check_length,
+)
 
 __all__ = [
     "FORMATS",
@@ -202,7 +209,7 @@ def _id(value, column: str) -> str:
     text = value.strip()
     if not text:
         raise BadRecord(f"empty {column}")
-    return text
+    return check_length(text, column)
 
 
 def _rating(value, column: str) -> float:
@@ -230,8 +237,9 @@ def _label(value) -> str | None:
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, str):
-        return value.strip() or None
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+        return check_length(value.strip(), "a category or attribute value") or None
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return check_length(text, "a category or attribute value")
 
 
 def _categories(value, sep: str) -> tuple[str, ...]:
@@ -240,7 +248,9 @@ def _categories(value, sep: str) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         parts = [_label(v) for v in value]
     elif isinstance(value, str):
-        parts = [p.strip() for p in (value.split(sep) if sep else [value])]
+        parts = [
+            check_length(p.strip(), "a category") for p in (value.split(sep) if sep else [value])
+        ]
     else:
         parts = [_label(value)]
     return tuple(dict.fromkeys(p for p in parts if p))  # dedupe, keep order
@@ -541,10 +551,16 @@ class _JsonLine:
 
 
 def _parquet_file(path: str):
+    """`pyarrow.parquet.ParquetFile` of `path`; `UserError` naming it when it is not Parquet."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     source = textio.open_binary(path) if "://" in path else path
-    return pq.ParquetFile(source)
+    try:
+        return pq.ParquetFile(source)
+    except pa.ArrowInvalid as err:  # e.g. "Parquet magic bytes not found in footer"
+        message = str(err).split(". ")[0].replace("'<Buffer>'", "the file")
+        raise UserError(f"{path} is not a readable Parquet file ({message})") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from bt_tf import features as F
 from bt_tf.errors import UserError
 from pipelines.config import PreprocessConfig
 from pipelines.examples import TOO_SHORT
-from pipelines.inputs import fingerprint, item_feature_name
+from pipelines.inputs import ARTIFACT_FORMAT, fingerprint, item_feature_name, tie_order
 
 
 def merge_stats(entries: Iterable[tuple[str, object]]) -> dict:
@@ -102,7 +102,10 @@ def metadata(
         "dataset": config.dataset,
         "source": config.source,
         "version": version,
+        "format": ARTIFACT_FORMAT,
         "settings": config.output_settings(),
+        # A user's interactions: by timestamp, ties in this order.
+        "tie_order": tie_order(config),
         "max_len": config.max_len,
         "max_history_len": stats.get("max_history_len", 0),  # longest history written
         "future_len": config.future_len,

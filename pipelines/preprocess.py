@@ -24,7 +24,7 @@ Steps (each a named `PTransform` of `pipelines.transforms`; the numpy work in
    (`pipelines.interactions_source`); unparsable lines go to `bad_records/`.
 2. group (`Split`): a hash of the user id puts each user in a bucket (split, output
    shard, part of that shard); interactions are grouped per bucket into
-   columnar *blocks*, each user's sorted by (timestamp, item id, rating).
+   columnar *blocks*, each user's sorted by timestamp, ties in input order.
 3. k-core (`KCore`): rounds of per-item counts over the blocks, each a combine, each
    filtering users by length and items by count given the previous rounds'
    results, unrolled `kcore_max_iterations` times; the run fails if that was
@@ -38,10 +38,13 @@ Steps (each a named `PTransform` of `pipelines.transforms`; the numpy work in
 7. the rest: `WriteBadRecords`, `WriteVocab`, `WriteStats`; then `metadata.json` and
    `schema.pbtxt` (`pipelines.metadata`). Every dropped record is counted by a Beam
    counter (`transforms.DROP_COUNTERS`).
-Everything is written to `<version>.partial/` and renamed at the very end, so
-an interrupted run leaves no partial version and a rerun starts clean. No step
-holds all interactions: a block holds the users of one of 3 * num_shards * 8
-buckets.
+Everything is written to a directory of this process, `<version>.partial-<unique>/`,
+and renamed to `<version>/` at the very end, so an interrupted run leaves no
+partial version and a rerun starts clean (it removes what a killed run left).
+One process builds a version at a time: a second one into the same output
+directory stops with one `error:` line naming the first (host, PID, start
+time; the lock file `<version>.lock`, `bt_tf.locks`). No step holds all
+interactions: a block holds the users of one of 3 * num_shards * 8 buckets.
 
 Runner: `--runner=DirectRunner` unless a `--runner` is given (`local_runner`:
 DirectRunner's batch engine, without its attempt to download the Prism runner).
@@ -63,6 +66,7 @@ import json
 import logging
 import os
 import posixpath
+import uuid
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -76,6 +80,7 @@ from google.protobuf import text_format
 
 import pipelines  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
 from bt_tf import features as F
+from bt_tf import locks
 from bt_tf.errors import UserError
 from pipelines import textio, transforms
 from pipelines.config import (
@@ -217,29 +222,64 @@ def make_runner(options: PipelineOptions):
         raise UserError(f"--runner={name}: {err}") from None
 
 
+PARTIAL = ".partial"  # "<version>.partial-<unique>/": one build in progress (or killed)
+
+
 def preprocess(config: PreprocessConfig) -> str:
-    """Runs the pipeline unless its version already exists; returns the artifact dir."""
+    """Runs the pipeline unless its version already exists; returns the artifact dir.
+
+    One process builds a version at a time: the others stop with
+    `bt_tf.locks.DirectoryLocked` (the lock file ``<version>.lock`` beside it).
+    The build goes to a directory of its own, ``<version>.partial-<unique>/``,
+    renamed to ``<version>/`` when complete: a version directory is complete
+    or absent, and a reader never sees one being written.
+    """
     options = pipeline_options(config.beam_args)  # bad Beam options fail before any work
     runner = make_runner(options)
     files = resolve_inputs(config)
     version = version_of(config, files)
-    final = posixpath.join(os.path.expanduser(config.output_dir), config.dataset, version)
-    if tf.io.gfile.exists(posixpath.join(final, F.METADATA_FILE)):
+    parent = locks.ensure_dir(posixpath.join(os.path.expanduser(config.output_dir), config.dataset))
+    final = posixpath.join(parent, version)
+    if _published(final):
         logging.info("reusing %s", final)
         return final
-    tmp = final + ".partial"
-    if tf.io.gfile.exists(tmp):  # left by an interrupted run: start clean
-        tf.io.gfile.rmtree(tmp)
-    tf.io.gfile.makedirs(tmp)
-
-    with beam.Pipeline(runner=runner, options=options) as p:
-        build_pipeline(p, config, files, tmp)
-    parts = posixpath.join(tmp, PARTS_DIR)
-    if tf.io.gfile.exists(parts):
-        tf.io.gfile.rmtree(parts)
-    _write_metadata(config, files, version, tmp)
-    tf.io.gfile.rename(tmp, final, overwrite=False)
+    with locks.hold(final + ".lock", what=final, hint=" or use another output directory"):
+        if _published(final):  # built by the process that held the lock just before
+            logging.info("reusing %s", final)
+            return final
+        _remove_partials(parent, version)
+        tmp = _partial_dir(parent, version)
+        with beam.Pipeline(runner=runner, options=options) as p:
+            build_pipeline(p, config, files, tmp)
+        parts = posixpath.join(tmp, PARTS_DIR)
+        if tf.io.gfile.exists(parts):
+            tf.io.gfile.rmtree(parts)
+        _write_metadata(config, files, version, tmp)
+        if tf.io.gfile.exists(final):  # without metadata.json: an incomplete older build
+            logging.warning("replacing %s, which lacks %s", final, F.METADATA_FILE)
+            tf.io.gfile.rmtree(final)
+        tf.io.gfile.rename(tmp, final, overwrite=False)
     return final
+
+
+def _published(version_dir: str) -> bool:
+    """Whether a version is complete (its metadata.json is written last, then it is renamed)."""
+    return tf.io.gfile.exists(posixpath.join(version_dir, F.METADATA_FILE))
+
+
+def _remove_partials(parent: str, version: str) -> None:
+    """Removes builds of `version` that a killed process left (call with its lock held)."""
+    for name in tf.io.gfile.listdir(parent):
+        if name.rstrip("/").startswith(version + PARTIAL):
+            logging.info("removing %s, left by an interrupted run", name.rstrip("/"))
+            tf.io.gfile.rmtree(posixpath.join(parent, name.rstrip("/")))
+
+
+def _partial_dir(parent: str, version: str) -> str:
+    """A new, empty build directory of this process: ``<version>.partial-<unique>``."""
+    tmp = posixpath.join(parent, f"{version}{PARTIAL}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    tf.io.gfile.makedirs(tmp)
+    return tmp
 
 
 def _write_metadata(config: PreprocessConfig, files: dict, version: str, tmp: str) -> None:

@@ -39,6 +39,9 @@ __all__ = [
     "SOURCE_NAMES",
     "YELP_HOMEPAGE",
     "BadRecord",
+    "MAX_ID_CHARS",
+    "MAX_LINE_BYTES",
+    "check_length",
     "RawSource",
     "Table",
     "age_bucket",
@@ -62,6 +65,24 @@ class BadRecord(ValueError):
 
     Example reason: ``"expected 4 '::'-separated fields, got 3"``.
     """
+
+
+# The longest id (user, item, business) or category a record may have, in characters;
+# a longer one makes the record bad. Ids travel between the Beam steps as fixed-width
+# numpy byte strings (`pipelines.columnar`): one id of 200 MB in a batch of 100,000
+# rows would ask numpy for 20 TB.
+MAX_ID_CHARS = 1024
+# The longest line a line parser is given, in bytes (a Yelp review line is a few KiB).
+MAX_LINE_BYTES = 1 << 20
+
+
+def check_length(value: str, what: str) -> str:
+    """`value`, or `BadRecord` when it is longer than `MAX_ID_CHARS` characters."""
+    if len(value) > MAX_ID_CHARS:
+        raise BadRecord(
+            f"{what} is {len(value):,} characters long (at most {MAX_ID_CHARS:,}): {_short(value)}"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +171,7 @@ def _decode_utf8(line: bytes) -> str:
 def _check_id(value: str, what: str) -> str:
     if not _is_uint(value):
         raise BadRecord(f"non-numeric {what} {_short(value)}")
-    return value
+    return check_length(value, what)
 
 
 def _check_timestamp(value: str) -> int:
@@ -424,7 +445,7 @@ def _string_field(obj: dict, key: str) -> str:
         raise BadRecord(f"missing key {key!r}") from None
     if not isinstance(value, str) or not value:
         raise BadRecord(f"{key} must be a non-empty string, got {_short(value)}")
-    return value
+    return check_length(value, key)
 
 
 def parse_yelp_review(line: bytes):

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from bt_tf import atomic
+
 _READ_BLOCK = 1 << 20
 
 
@@ -32,10 +34,10 @@ def open_binary(path: str):
 
 
 def write_text(lines: Sequence[str], path: str) -> None:
-    """Writes `lines`, each ended by a newline, to `path` (any tf.io.gfile path)."""
+    """Writes `lines`, each ended by a newline, to `path` (any tf.io.gfile path), atomically
+    (`bt_tf.atomic`: a reader never sees half of metadata.json or a vocabulary)."""
     tf.io.gfile.makedirs(posixpath.dirname(path))
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
+    atomic.write_text(path, "".join(line + "\n" for line in lines))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,12 @@
 `tfds_records(dataset, shard, num_shards)` reads one of `num_shards` even
 sub-splits of the TFDS ``train`` split (`tfds.even_splits`), so every Beam
 worker reads only its part, and yields the same record shapes as the raw
-readers of `pipelines.sources`:
+readers of `pipelines.sources`. The sub-splits are consecutive ranges of the
+split's examples, read in TFDS's deterministic order (``shuffle_files=False``):
+`shard_start` is the index of a shard's first example, so an example's index
+in the split is the same for any number of shards (the pipeline orders a
+user's same-second interactions by it). That order is not the raw file's:
+TFDS stores the examples shuffled by a hash of their key (the line number).
 
 * ``("interactions", (user_id, item_id, timestamp, rating))``
 * ``("items", (item_id, genres))``: once per rating; the pipeline deduplicates.
@@ -53,7 +58,7 @@ from types import MappingProxyType
 
 from pipelines.sources import ML1M_ATTRIBUTES, ML100K_ATTRIBUTES, age_bucket
 
-__all__ = ["TFDS_NAMES", "prepare_tfds", "tfds_attributes", "tfds_records"]
+__all__ = ["TFDS_NAMES", "prepare_tfds", "shard_start", "tfds_attributes", "tfds_records"]
 
 TFDS_NAMES = {
     "ml-100k": "movielens/100k-ratings",
@@ -158,6 +163,25 @@ def prepare_tfds(dataset: str, data_dir: str | None = None) -> None:
     builder = _builder(dataset, data_dir)
     if not builder.is_prepared():
         builder.download_and_prepare()
+
+
+def shard_start(dataset: str, shard: int, num_shards: int, data_dir: str | None = None):
+    """Index in the TFDS train split of the first example `tfds_records` reads for `shard`.
+
+    None when TFDS does not know the split's size (`tfds.testing.mock_data`).
+    The TFDS dataset must be prepared (`prepare_tfds`).
+    """
+    import tensorflow_datasets as tfds
+
+    splits = _builder(dataset, data_dir).info.splits
+    try:
+        known = splits["train"].num_examples is not None
+    except KeyError:  # split sizes unknown (tfds.testing.mock_data)
+        known = False
+    if not known:
+        return None
+    (instruction,) = tfds.even_splits("train", n=num_shards)[shard].to_absolute(splits)
+    return int(instruction.from_ or 0)  # None: the first example
 
 
 def tfds_records(

@@ -55,7 +55,7 @@ from pipelines.config import (
     vocab_path,
 )
 from pipelines.metadata import merge_stats
-from pipelines.sources import BadRecord
+from pipelines.sources import MAX_LINE_BYTES, BadRecord
 
 COUNTER_NAMESPACE = "preprocess"
 DROP_COUNTERS = (
@@ -91,7 +91,7 @@ class _Step(beam.PTransform):
 class Parsed(NamedTuple):
     """What a reader gives: five PCollections."""
 
-    interactions: beam.PCollection  # columnar batches (`pipelines.columnar`)
+    interactions: beam.PCollection  # columnar batches with positions (`pipelines.columnar`)
     items: beam.PCollection  # (item id, genres)
     users: beam.PCollection  # (user id, {attribute: value})
     bad: beam.PCollection  # one dict per bad record: file, path, line (or row), reason, text
@@ -103,7 +103,8 @@ _PIECE_BYTES = 4 << 20  # lines parsed at once by the vectorized path
 
 
 def _emit(table: str, records: Iterable[tuple]):
-    """Routes good records: interactions as columnar batches, others tagged by table."""
+    """Routes good records: interactions (with their input position appended) as
+    columnar batches, others tagged by table."""
     if table == "interactions":
         yield from columnar.batched(records)
     else:
@@ -136,14 +137,18 @@ class ParseChunk(beam.DoFn):
     Tagged outputs: "items", "users" (records), "bad" (one dict per bad line),
     "lines" ((table, number of non-blank data lines)). MovieLens ratings lines
     are parsed with numpy (`columnar.parse_rating_lines`); all others, and any
-    line it does not accept, one by one with the table's parser.
+    line it does not accept, one by one with the table's parser. Each
+    interaction's position is (its file's rank, its line number).
     """
 
-    def __init__(self, tables: dict):
+    def __init__(self, tables: dict, ranks: dict):
         self._tables = tables  # path -> sources.Table
+        self._ranks = ranks  # path -> rank among the interaction files (`interaction_ranks`)
 
     def process(self, chunk: textio.Chunk, newlines_before: dict):
         table = self._tables[chunk.path]
+        rank = self._ranks.get(chunk.path, 0)
+        base = int(columnar.position(rank, 0))  # + line number: `columnar.position`
         layout = columnar.rating_lines_of(table.parse) if chunk.table == "interactions" else None
         first, data = textio.read_block(chunk, newlines_before[chunk.key])
         records, bad, counted = [], [], 0
@@ -158,18 +163,23 @@ class ParseChunk(beam.DoFn):
                 ok, columns = columnar.parse_rating_lines(buf, starts, ends, layout)
                 if len(columns["user"]):
                     counted += len(columns["user"])
-                    yield columns
+                    where = columnar.position(rank, number + np.flatnonzero(ok))
+                    yield columnar.with_positions(columns, where)
                 slow = np.flatnonzero(~ok).tolist()
             for i in slow:
                 line = piece[starts[i] : ends[i]]
                 try:
+                    if len(line) > MAX_LINE_BYTES:
+                        raise BadRecord(
+                            f"line of {len(line):,} bytes (at most {MAX_LINE_BYTES:,} are parsed)"
+                        )
                     record = table.parse(line)
                 except BadRecord as err:
                     bad.append(bad_record(chunk.path, number + i, str(err), line))
                     continue
                 if record is not None:
                     counted += 1
-                    records.append(record)
+                    records.append(record + (base + number + i,))
         yield from _emit(chunk.table, records)
         yield from _emit_tail(chunk.table, bad, counted)
 
@@ -177,14 +187,17 @@ class ParseChunk(beam.DoFn):
 class ParseParquet(beam.DoFn):
     """Reads one Parquet row group; the same outputs as `ParseChunk`.
 
-    Bad rows are reported with their 1-based row number in the file (``"row"``).
+    Bad rows are reported with their 1-based row number in the file (``"row"``);
+    an interaction's position is (its file's rank, that row number).
     """
 
-    def __init__(self, parsers: dict):
+    def __init__(self, parsers: dict, ranks: dict):
         self._parsers = parsers  # path -> (columns, RowParser)
+        self._ranks = ranks  # path -> rank among the interaction files
 
     def process(self, part: interactions_source.ParquetPart):
         columns, parser = self._parsers[part.path]
+        base = int(columnar.position(self._ranks.get(part.path, 0), 0))
         bad, counted = [], {"n": 0}
 
         def records() -> Iterator[tuple]:
@@ -196,10 +209,21 @@ class ParseParquet(beam.DoFn):
                     bad.append(bad_record(part.path, row, reason, text.encode("utf-8"), key="row"))
                 else:
                     counted["n"] += 1
-                    yield record
+                    yield record + (base + row,)
 
         yield from _emit(part.table, records())
         yield from _emit_tail(part.table, bad, counted["n"])
+
+
+def interaction_ranks(files: dict[str, str]) -> dict[str, int]:
+    """Interaction file path -> its rank in the sorted list of the run's interaction files.
+
+    Labels are ``"interactions"`` or ``"interactions/<file name>"``
+    (`inputs.resolve_inputs`): sorted labels are the files in sorted name
+    order, the order `interactions_source.find_interaction_files` lists them.
+    """
+    labels = sorted(label for label in files if inputs.table_of(label) == "interactions")
+    return {files[label]: rank for rank, label in enumerate(labels)}
 
 
 class ReadRaw(_Step):
@@ -208,6 +232,7 @@ class ReadRaw(_Step):
 
     def expand(self, pbegin):
         tables, parquet = inputs.readers(self._config, self._files)
+        ranks = interaction_ranks(self._files)
         by_label = sorted(self._files.items())
         plans = [
             c
@@ -223,9 +248,9 @@ class ReadRaw(_Step):
         ]
         branches = []
         if plans:
-            branches.append(self._read_text(pbegin, tables, plans))
+            branches.append(self._read_text(pbegin, tables, ranks, plans))
         if parts:
-            branches.append(self._read_parquet(pbegin, parquet, parts))
+            branches.append(self._read_parquet(pbegin, parquet, ranks, parts))
         if len(branches) == 1:
             return Parsed(*(getattr(branches[0], tag) for tag in Parsed._fields))
         return Parsed(
@@ -237,7 +262,7 @@ class ReadRaw(_Step):
         )
 
     @staticmethod
-    def _read_text(pbegin, tables: dict, plans: list):
+    def _read_text(pbegin, tables: dict, ranks: dict, plans: list):
         """Chunks of line-oriented files -> `ParseChunk`'s outputs (exact line numbers)."""
         chunks = pbegin | "Chunks" >> beam.Create(plans)
         newlines = (
@@ -250,25 +275,30 @@ class ReadRaw(_Step):
             chunks
             | "SpreadChunks" >> beam.Reshuffle()
             | "Parse"
-            >> beam.ParDo(ParseChunk(tables), beam.pvalue.AsSingleton(newlines)).with_outputs(
-                *_OUTPUTS, main="interactions"
-            )
+            >> beam.ParDo(
+                ParseChunk(tables, ranks), beam.pvalue.AsSingleton(newlines)
+            ).with_outputs(*_OUTPUTS, main="interactions")
         )
 
     @staticmethod
-    def _read_parquet(pbegin, parsers: dict, parts: list):
+    def _read_parquet(pbegin, parsers: dict, ranks: dict, parts: list):
         """Parquet row groups -> `ParseParquet`'s outputs."""
         return (
             pbegin
             | "RowGroups" >> beam.Create(parts)
             | "SpreadRowGroups" >> beam.Reshuffle()
             | "ReadParquet"
-            >> beam.ParDo(ParseParquet(parsers)).with_outputs(*_OUTPUTS, main="interactions")
+            >> beam.ParDo(ParseParquet(parsers, ranks)).with_outputs(*_OUTPUTS, main="interactions")
         )
 
 
 def tfds_shard(shard: int, dataset: str, num_shards: int, data_dir: str | None):
-    """One shard of a TFDS MovieLens split: interactions batched, other tables tagged."""
+    """One shard of a TFDS MovieLens split: interactions batched, other tables tagged.
+
+    An interaction's position is its example's index in the TFDS train split
+    (`tfds_source.shard_start`), the same for any number of shards; when TFDS
+    does not know the split's size (mock data), (shard, index in the shard).
+    """
     rows = []
     for table, record in tfds_source.tfds_records(dataset, shard, num_shards, data_dir):
         if table == "interactions":
@@ -276,7 +306,10 @@ def tfds_shard(shard: int, dataset: str, num_shards: int, data_dir: str | None):
         else:
             yield beam.pvalue.TaggedOutput(table, record)
     yield beam.pvalue.TaggedOutput("lines", ("interactions", len(rows)))
-    yield from columnar.batched(rows)
+    start = tfds_source.shard_start(dataset, shard, num_shards, data_dir)  # now prepared
+    if start is None:
+        start = int(columnar.position(shard, 0))
+    yield from columnar.batched(r + (start + i,) for i, r in enumerate(rows))
 
 
 def _user_json(record: tuple) -> tuple[str, str]:
@@ -315,15 +348,21 @@ class ReadTfds(_Step):
 
 
 def synthetic_block(block: int, config: synthetic.SyntheticConfig):
-    """One block of generated users: users tagged, interactions as columnar batches."""
+    """One block of generated users: users tagged, interactions as columnar batches.
+
+    Positions are (block, row in the block): ties keep the generation order.
+    """
     interactions, users = synthetic.generate_block(config, block)
     for user in users:
         yield beam.pvalue.TaggedOutput("users", user)
-    yield beam.pvalue.TaggedOutput("lines", ("interactions", len(interactions["user"])))
+    n = len(interactions["user"])
+    yield beam.pvalue.TaggedOutput("lines", ("interactions", n))
     interactions = dict(interactions, user=columnar.utf8(interactions["user"]))
     interactions["item"] = columnar.utf8(interactions["item"])
-    for start in range(0, len(interactions["user"]), columnar.BATCH_ROWS):
-        yield {k: v[start : start + columnar.BATCH_ROWS] for k, v in interactions.items()}
+    for start in range(0, n, columnar.BATCH_ROWS):
+        batch = {k: v[start : start + columnar.BATCH_ROWS] for k, v in interactions.items()}
+        rows = np.arange(start, start + len(batch["user"]))
+        yield columnar.with_positions(batch, columnar.position(block, rows))
 
 
 class ReadSynthetic(_Step):

@@ -15,7 +15,9 @@ raw into the interactions file, spread over it at fixed positions (bad line
 
 The values are built so that edge cases appear in every fixture: latin-1 and
 UTF-8 titles with commas, quotes, parentheses and colons; the first user has
-three ratings with the same timestamp (tie-break tests); item popularity is
+three ratings with the same timestamp (tie-break tests), and with ``burst=k``
+every user's last k ratings share one timestamp and are written in DESCENDING
+item-id order (file order, not id order, must decide); item popularity is
 skewed (k-core tests find rare items); some movies have no genres and some
 businesses null or empty categories; ML-100K users cover every age bucket
 boundary and zip codes with letters, and its movies include ``unknown``-only,
@@ -92,10 +94,14 @@ def _pick_items(rng, num_items: int, count: int) -> list[int]:
     ]
 
 
-def _user_events(rng, counts, num_items, base_time, star_values):
+def _user_events(rng, counts, num_items, base_time, star_values, burst=0, ids=None):
     """Per user: list of (item_index, timestamp, rating), in file (not time) order.
 
-    The first user's first three events share one timestamp.
+    The first user's first three events share one timestamp. With `burst`, each
+    user's last `burst` events (by time) share the timestamp of the first of
+    them and keep their slots in the file, filled in descending ``ids[item]``
+    order (string order, the old tie-break's reverse); `burst` draws nothing
+    from `rng`, so the other values are the same as without it.
     """
     events = []
     for u, count in enumerate(counts):
@@ -107,6 +113,12 @@ def _user_events(rng, counts, num_items, base_time, star_values):
             times[1] = times[2] = times[0]
         stars = [star_values[int(i)] for i in rng.integers(0, len(star_values), count)]
         order = rng.permutation(count)  # real files are not time-sorted per user
+        if 0 < burst < count:
+            tied = range(count - burst, count)
+            for i in tied:
+                times[i] = times[count - burst]
+            slots = [k for k, i in enumerate(order) if i in tied]
+            order[slots] = sorted(tied, key=lambda i: ids[items[i]], reverse=True)
         events.append([(items[i], times[i], stars[i]) for i in order])
     return events
 
@@ -234,6 +246,7 @@ def write_ml100k(
     per_user=12,
     seed: int = 0,
     bad_lines: Sequence[str | bytes] = (),
+    burst: int = 0,
 ) -> dict:
     """Writes u.data, u.item, u.user, u.genre (GroupLens ml-100k layout) into `data_dir`.
 
@@ -243,7 +256,7 @@ def write_ml100k(
     every 17th from the 6th on has no flag at all, and every 11th from the 8th
     on has ``unknown`` and real genres: the expected genres (``items``) drop
     ``unknown``. User records hold the ML-1M age bucket of the written age.
-    `bad_lines` go into u.data.
+    `bad_lines` go into u.data; `burst`: see the module docstring.
     """
     data_dir = str(data_dir)
     os.makedirs(data_dir, exist_ok=True)
@@ -282,7 +295,9 @@ def write_ml100k(
         user_lines.append("|".join(fields).encode("latin-1"))
 
     counts = _per_user_counts(rng, num_users, per_user)
-    events = _user_events(rng, counts, num_items, ML100K_BASE_TIME, (1, 2, 3, 4, 5))
+    events = _user_events(
+        rng, counts, num_items, ML100K_BASE_TIME, (1, 2, 3, 4, 5), burst, movie_ids
+    )
     interactions, rating_lines = [], []
     for user_id, user_events in zip(user_ids, events):
         for item, ts, stars in user_events:
@@ -537,6 +552,7 @@ def write_interactions(
     bad_lines: Sequence[str | bytes] = (),
     parquet_bad_rows: int = 0,
     row_group_size: int = 64,
+    burst: int = 0,
 ) -> dict:
     """Writes a user's own interaction log split over one file per format.
 
@@ -548,6 +564,7 @@ def write_interactions(
     stores timestamps as strings (styles mixed), in row groups of
     `row_group_size` rows, followed by `parquet_bad_rows` rows with the
     timestamp ``"yesterday"``. `bad_lines` go raw into the first text file.
+    `burst`: see the module docstring (a burst spans files).
 
     `items_file` (CSV: ``item_id,title,categories``, '|'-separated, some
     empty, titles with commas and quotes) and `users_file` (JSON lines:
@@ -564,7 +581,8 @@ def write_interactions(
     item_ids = [str(1000 + 7 * i) for i in range(num_items)]
     user_ids = [_own_user_id(i) for i in range(num_users)]
     counts = _per_user_counts(rng, num_users, per_user)
-    events = _user_events(rng, counts, num_items, OWN_BASE_TIME, (1.0, 2.0, 3.0, 4.0, 5.0))
+    stars = (1.0, 2.0, 3.0, 4.0, 5.0)
+    events = _user_events(rng, counts, num_items, OWN_BASE_TIME, stars, burst, item_ids)
     rows = [
         (user_ids[u], item_ids[item], ts, stars if ratings else 0.0)
         for u, user_events in enumerate(events)
@@ -659,3 +677,17 @@ def _delimited(fields, sep: str) -> bytes:
     buf = io.StringIO()
     csv.writer(buf, delimiter=sep, lineterminator="").writerow(fields)
     return buf.getvalue().encode("utf-8")
+
+
+def time_order(rows) -> dict[str, list[tuple]]:
+    """User -> its (timestamp, item, rating) in time order, ties in the order of `rows`.
+
+    `rows` are (user, item, timestamp, rating) in input order (a fixture's
+    ``"interactions"``, or its files' records one file after the other in
+    sorted name order): a stable sort by (user, timestamp), the order SASRec
+    and RecBole read a log in, and the order the pipeline must write.
+    """
+    out: dict[str, list[tuple]] = {}
+    for user, item, ts, rating in rows:
+        out.setdefault(user, []).append((ts, item, rating))
+    return {user: sorted(seq, key=lambda e: e[0]) for user, seq in out.items()}

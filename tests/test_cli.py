@@ -236,6 +236,55 @@ def test_run_main_exit_codes(capsys):
     assert isinstance(parser.parse_args([]), argparse.Namespace)
 
 
+def test_the_environments_refusals_are_user_errors_and_bugs_keep_their_traceback(tmp_path, capsys):
+    """OSErrors of permissions, paths and full disks, and TensorFlow's file-system errors,
+    are one error line (exit 2; --verbose adds the traceback); other errors are bugs."""
+    import errno
+
+    import tensorflow as tf
+
+    def failing(make):
+        def main(argv):
+            raise make()
+
+        return main
+
+    (tmp_path / "a_file").write_text("x")
+
+    def os_makedirs_on_a_file():
+        os.makedirs(tmp_path / "a_file" / "run")
+
+    def tf_write_into_a_missing_dir():
+        with tf.io.gfile.GFile(str(tmp_path / "no" / "such" / "dir" / "x.json"), "w") as f:
+            f.write("x")
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x"))
+
+    for cause, expected in (
+        (os_makedirs_on_a_file, f"error: {tmp_path / 'a_file' / 'run'}: Not a directory"),
+        (tf_write_into_a_missing_dir, f"error: {tmp_path / 'no'}"),
+        (full_disk, f"error: {tmp_path / 'x'}: No space left on device"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_main(lambda argv, cause=cause: cause(), [])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(expected), err
+    with pytest.raises(SystemExit):
+        cli.run_main(lambda argv: full_disk(), ["--verbose"])
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1].endswith("No space left on device")
+    # Bugs: an OSError without a user's errno, TensorFlow's invalid argument, a KeyError.
+    for bug in (
+        lambda: OSError("socket closed"),
+        lambda: tf.errors.InvalidArgumentError(None, None, "Incompatible shapes"),
+        lambda: KeyError("x"),
+    ):
+        with pytest.raises((OSError, tf.errors.InvalidArgumentError, KeyError)):
+            cli.run_main(failing(bug), [])
+
+
 def test_console_scripts_run_the_entry_points_under_their_own_name(monkeypatch):
     scripts = _pyproject_scripts()
     assert set(scripts) == set(cli.CONSOLE_SCRIPTS)

@@ -1,12 +1,23 @@
 """The cross-fitted protocol: folds, label samples, the contenders' probes, and no leakage."""
 
 import dataclasses
+import glob
+import json
+import os
+import shutil
 
 import numpy as np
 import pytest
+import scipy.sparse
+import tensorflow as tf
 
-from bt_tf.evaluation import contenders, metrics, tasks
+from bt_tf import features as F
+from bt_tf import runs as runs_
+from bt_tf.data import dataset
+from bt_tf.data.embeddings import embed_split
+from bt_tf.evaluation import contenders, eval_data, floors, metrics, probing, runner, tasks
 from bt_tf.evaluation.contenders import Contender
+from bt_tf.evaluation.embedding_cache import embed_users
 from bt_tf.evaluation.labels import Pairs, item_counts, liked_item_pairs
 from bt_tf.evaluation.protocol import Population, Protocol, fold_of, sample_fold_labels
 from bt_tf.evaluation.settings import EvalSettings
@@ -17,6 +28,9 @@ from bt_tf.evaluation.tasks import (
     ProbeContext,
     probe_contender,
 )
+from bt_tf.evaluation.timing import StageClock
+from bt_tf.training import flags, trainer
+from tests.tiny import TINY_FLAGS
 
 SIZES = {"train": 300, "eval": 60, "test": 60}
 NUM_ITEMS = 33  # ids 3..32 in 3 genre blocks of 10
@@ -218,3 +232,201 @@ def test_floors_have_the_embeddings_size_and_the_same_item_side_inputs():
         units, _ = probe_contender(ctx, c, NEXT_ITEM, 0.1, seed=0)
         hr[c.name] = tasks.get_task(NEXT_ITEM).metric_values(units, 10)["hr@10"]
     assert hr["svd"] > hr["prior"] + 0.1 and hr["bag_of_items"] > hr["prior"] + 0.1, hr
+
+
+# --------------------------------------------------------------------------
+# Every future poisoned, everything rebuilt: nothing but the targets may change.
+
+_FUTURE = (F.FUTURE_ITEM_IDS, F.FUTURE_RAW_ITEM_IDS, F.FUTURE_TIMESTAMPS, F.FUTURE_RATINGS,
+           F.FUTURE_GENRE_IDS, F.FUTURE_GENRE_COUNTS)  # fmt: skip
+_POISON_TASKS = (FAVORITE_GENRE, NEXT_ITEM, LIKED_ITEM)
+_QUICK = EvalSettings(c_grid=(1e-2, 1.0), next_item_c_grid=(1e-4, 1e-2))
+_LEAKS = ("popularity", "svd", "knn", "item_init")
+
+
+def _poison_futures(clean: str, out: str, seed: int = 3) -> None:
+    """A copy of artifact dir ``clean`` in which every user's future (items, raw ids,
+    timestamps, ratings, genres) is random garbage of the same length; histories,
+    vocabulary, schema and metadata are untouched."""
+    shutil.copytree(clean, out)
+    rng = np.random.default_rng(seed)
+    vocab = int(dataset.load_metadata(clean)["vocab_sizes"]["items"])
+    genres = int(dataset.load_metadata(clean)["vocab_sizes"]["genres"])
+    for path in glob.glob(os.path.join(out, "Split-*", "*.tfrecord.gz")):
+        examples = [tf.train.Example.FromString(r.numpy())
+                    for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]  # fmt: skip
+        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+            for ex in examples:
+                f = ex.features.feature
+                n = len(f[F.FUTURE_ITEM_IDS].int64_list.value)
+                items = rng.integers(F.NUM_RESERVED, vocab, n)
+                values = {
+                    F.FUTURE_ITEM_IDS: items,
+                    F.FUTURE_RAW_ITEM_IDS: [f"garbage{i}".encode() for i in items],
+                    F.FUTURE_TIMESTAMPS: np.sort(rng.integers(2_000_000_000, 2_100_000_000, n)),
+                    F.FUTURE_RATINGS: rng.integers(1, 6, n).astype(float),
+                    F.FUTURE_GENRE_IDS: rng.integers(F.NUM_RESERVED, genres, n),
+                    F.FUTURE_GENRE_COUNTS: np.ones(n, np.int64),
+                }
+                for name, v in values.items():
+                    kind = f[name].WhichOneof("kind")
+                    getattr(f[name], kind).ClearField("value")
+                    getattr(f[name], kind).value.extend(list(v))
+                writer.write(ex.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def poisoned(runs, tmp_path_factory):
+    """(clean artifact dir, its copy with every future poisoned)."""
+    with open(os.path.join(runs["bt"], "config.json")) as f:
+        clean = json.load(f)["artifact_dir"]
+    out = str(tmp_path_factory.mktemp("poisoned") / "artifact")
+    _poison_futures(clean, out)
+    return clean, out
+
+
+def _futures(artifact: str, population) -> np.ndarray:
+    """``[N, K]`` every user's future item ids (0-padded), in population order."""
+    per_split = {s: embed_split(eval_data._no_encoder, artifact, s, keep=[F.FUTURE_ITEM_IDS])[1]
+                 [F.FUTURE_ITEM_IDS] for s in population.splits}  # fmt: skip
+    width = max(v.shape[1] for v in per_split.values())
+    return population.stack({s: np.pad(v, ((0, 0), (0, width - v.shape[1])))
+                             for s, v in per_split.items()})  # fmt: skip
+
+
+def _svd_init_encoder(artifact: str, vocab: int, leaky_rows: np.ndarray | None):
+    """An encoder with ``--item_init=svd`` as training builds it (`trainer.svd_item_table`
+    of the artifact's histories); ``leaky_rows``: a broken table from these padded rows
+    (histories with their futures) instead."""
+    config = flags.parse([*TINY_FLAGS, "--item_init=svd", "--train_users=all"])
+    if leaky_rows is None:
+        table = trainer.svd_item_table(config, artifact, vocab)
+    else:
+        lengths = (leaky_rows != F.PAD_ID).sum(axis=1)
+        values = np.concatenate([r[r != F.PAD_ID] for r in leaky_rows])
+        table = trainer.svd_item_factors(values, lengths, vocab, config.encoder.dim, config.seed)
+    tf.keras.backend.experimental.enable_tf_random_generator()
+    tf.keras.utils.set_random_seed(config.seed)
+    return trainer.build_encoder(config, vocab, table)
+
+
+def _rebuilt(artifact: str, labels_from=None, leak: str | None = None, only=None):
+    """(data, context, contenders) rebuilt from ``artifact`` as `runner` builds them (the
+    cross-fitted protocol over every split, floors fitted on every user's history,
+    an ``--item_init=svd`` encoder); ``labels_from``: take these `EvalData`'s labels
+    (the targets) instead; ``leak``: one of `_LEAKS` deliberately built from the
+    histories AND futures; ``only``: build only the contender of this name."""
+    width = int(dataset.load_metadata(artifact)["max_len"])
+    data = eval_data.load_eval_data(artifact, width=width, tasks=_POISON_TASKS)
+    if labels_from is not None:
+        data = dataclasses.replace(data, labels=labels_from.labels)
+    ctx = runner._context(data, Protocol(probe_folds=5), _QUICK, "all", _POISON_TASKS)
+    vocab, rows = ctx.num_items, floors.fit_rows(ctx.population, "all")
+    leaky = None
+    if leak:
+        leaky = np.concatenate([ctx.history, _futures(artifact, ctx.population)], axis=1)
+    if leak == "popularity":
+        ctx = dataclasses.replace(ctx, item_counts=item_counts(leaky[rows], vocab))
+    out = floors.history_floors(ctx.history, vocab, rows, dim=16, settings=_QUICK,
+                                clock=StageClock())  # fmt: skip  # prior, bias, bag, svd
+    if leak == "svd":
+        out[3] = contenders.svd(leaky, vocab, rows, 16)
+    if leak == "knn":
+        bags = contenders.interaction_matrix(leaky, vocab)
+        bags = scipy.sparse.diags(1.0 / np.sqrt(np.maximum(bags.sum(axis=1).A1, 1))) @ bags
+        out[2] = dataclasses.replace(out[2], knn=contenders.item_knn(bags.tocsr()[rows]))
+    if only in (None, "svd_init"):
+        encoder = _svd_init_encoder(artifact, vocab, leaky[rows] if leak == "item_init" else None)
+        users = ctx.population.stack(embed_users(encoder, data))
+        out.append(Contender("svd_init", 0, users, encoder.item_embedding.embeddings.numpy()))
+    return data, ctx, [c for c in out if only in (None, c.name)]
+
+
+def _changed(clean, other, tasks=_POISON_TASKS, names=None) -> list[tuple[str, str, str]]:
+    """(contender, task, field) of every scored unit field that differs between two worlds."""
+    (_, ctx_a, cs_a), (_, ctx_b, cs_b) = clean, other
+    by_name = {c.name: c for c in cs_b}
+    out = []
+    for a in cs_a:
+        if a.name not in by_name or (names is not None and a.name not in names):
+            continue
+        b = by_name[a.name]
+        for task in tasks:
+            if a.tasks is not None and task not in a.tasks:
+                continue
+            ua = probe_contender(ctx_a, a, task, 0.2, seed=0)[0].arrays()
+            ub = probe_contender(ctx_b, b, task, 0.2, seed=0)[0].arrays()
+            out += [
+                (a.name, task, k) for k in ua if not np.array_equal(ua[k], ub[k], equal_nan=True)
+            ]
+    return out
+
+
+def test_poisoned_futures_change_nothing_but_the_targets(poisoned):
+    """Every user is scored (cross-fitted) and every user's future is garbage in the
+    poisoned artifact; everything is rebuilt from it (labels, popularity, the floors'
+    item vectors and item-kNN, the --item_init=svd table, the folds). With the clean
+    targets put back, every scored unit of every contender and floor on every task is
+    identical: no future reaches anything but the targets. Each of four deliberately
+    broken builders (popularity, svd item vectors, item-kNN, item_init=svd read the
+    futures too) is caught."""
+    clean_dir, bad_dir = poisoned
+    clean = _rebuilt(clean_dir)
+    bad_data = eval_data.load_eval_data(bad_dir, tasks=_POISON_TASKS)
+    for task in (FAVORITE_GENRE, NEXT_ITEM):  # the poison reached the targets
+        changed = np.mean(np.concatenate(list(bad_data.labels[task].values()))
+                          != np.concatenate(list(clean[0].labels[task].values())))  # fmt: skip
+        assert changed > 0.5, task
+    restored = _rebuilt(bad_dir, labels_from=clean[0])
+    assert [c.name for c in restored[2]] == ["prior", "bias", "bag_of_items", "svd", "svd_init"]
+    assert _changed(clean, restored) == []
+    # Without the targets put back, the same comparison sees the poison (it can fail).
+    assert _changed(clean, _rebuilt(bad_dir, only="svd"), tasks=(FAVORITE_GENRE,))
+    caught = {
+        "popularity": ("prior", NEXT_ITEM),  # the popularity floor and every next-item prior
+        "svd": ("svd", FAVORITE_GENRE),
+        "knn": ("bag_of_items", NEXT_ITEM),
+        "item_init": ("svd_init", FAVORITE_GENRE),
+    }
+    for leak, (name, task) in caught.items():
+        broken_clean = _rebuilt(clean_dir, leak=leak, only=name)
+        broken = _rebuilt(bad_dir, labels_from=clean[0], leak=leak, only=name)
+        assert _changed(broken_clean, broken, tasks=(task,)), leak
+
+
+def test_bias_floor_is_the_item_one_hot_alone_fitted_like_the_others():
+    """Liked item where some items are liked by everyone, others by nobody: the item
+    alone decides. The prior (majority) gets nothing (AUC 0.5 by construction); the
+    bias floor, the item one-hot fitted like every contender's, finds it. It is probed
+    on liked item only."""
+    ctx, _ = _context()
+    p = ctx.labels[LIKED_ITEM]
+    by_item = Pairs(p.user_index, p.item_ids, (p.item_ids % 2 == 0).astype(p.labels.dtype))
+    ctx = dataclasses.replace(ctx, labels={**ctx.labels, LIKED_ITEM: by_item})
+    bias, prior = contenders.item_bias(ctx.population.size), contenders.prior(ctx.population.size)
+    x = bias.pair_features(by_item, NUM_ITEMS)
+    assert x.x.shape[1] == 0 and x.width == NUM_ITEMS and np.array_equal(x.ids, by_item.item_ids)
+    task = tasks.get_task(LIKED_ITEM)
+    auc = {c.name: task.metric_values(probe_contender(ctx, c, LIKED_ITEM, 0.2, 0)[0], 10)["auc"]
+           for c in (bias, prior)}  # fmt: skip
+    assert auc["prior"] == 0.5 and auc["bias"] > 0.95, auc
+    plan = probing.EvalPlan(ctx, (0.2,), (0,), (FAVORITE_GENRE, NEXT_ITEM, LIKED_ITEM))
+    assert [(r.model, r.task) for r in probing.probe_records(plan, bias)] == [("bias", LIKED_ITEM)]
+
+
+@pytest.mark.slow
+def test_training_on_poisoned_futures_gives_the_same_weights(poisoned, tmp_path):
+    """A BT+DE run with --item_init=svd trained on the clean and on the poisoned artifact
+    (every future garbage): the same weights, bit for bit (training reads histories only)."""
+    weights = []
+    for name, artifact in zip(("clean", "poisoned"), poisoned):
+        config = flags.parse([*TINY_FLAGS, "--model=bt+de", "--item_init=svd", "--epochs=2",
+                              "--train_users=all", "--no-probe", "--no-export",
+                              f"--output_dir={tmp_path / name}"])  # fmt: skip
+        trainer.train(config, artifact_dir=artifact)
+        reader = tf.train.load_checkpoint(runs_.latest_checkpoint(str(tmp_path / name)))
+        weights.append({k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+                        if "optimizer" not in k.lower()})  # fmt: skip
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 5
+    for key, value in weights[0].items():
+        np.testing.assert_array_equal(value, weights[1][key], err_msg=key)

@@ -24,6 +24,7 @@ from bt_tf.modeling.dual_encoder import (
     DualEncoderModel,
     ItemTower,
     JointModel,
+    drop_last_item,
     next_item_targets,
     sample_candidates,
 )
@@ -545,3 +546,107 @@ def test_per_replica_negatives_would_change_the_loss(two_replicas):
     loss_local = local.evaluate(batch, verbose=0, return_dict=True)["loss"]
     # Fewer negatives per query: a clearly smaller cross-entropy.
     assert loss_local < loss_one - 0.1, (loss_one, loss_local)
+
+
+# --------------------------------------------------------------------------
+# The full softmax (SASRec+), the catalog-sampled softmax and tied embeddings
+
+
+def _full_softmax_expected(temperature):
+    """Hand cross-entropies of the three `HAND_ITEMS` queries against every real item
+    3..7 (candidate rows: c5 = [1, 0], c6 = [0, 1], the others 0), scores / temperature:
+    (0, 0) q = [1, 0], target 5: scores 0, 0, 1, 0, 0;
+    (0, 1) q = [1, 1], target 6: scores 0, 0, 1, 1, 0;
+    (1, 0) q = [0, 1], target 5: scores 0, 0, 0, 1, 0."""
+    a = 1.0 / temperature
+    return (
+        (np.log(np.exp(a) + 4) - a) + (np.log(2 * np.exp(a) + 3) - a) + np.log(np.exp(a) + 4)
+    ) / 3
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_full_softmax_by_hand_over_every_real_item(temperature):
+    expected = _full_softmax_expected(temperature)
+    if temperature == 1.0:
+        assert expected == pytest.approx(1.31408, abs=1e-5)
+    model = _hand_model(temperature, loss="full_softmax")
+    assert _loss(model) == pytest.approx(expected, abs=1e-5)
+    # Reserved ids (pad, mask, OOV) are never a class: huge candidate rows change nothing.
+    table = model.item_tower.embedding.get_weights()[0]
+    table[:NUM_RESERVED] = 50.0
+    model.item_tower.embedding.set_weights([table])
+    assert _loss(model) == pytest.approx(expected, abs=1e-5)
+
+
+def test_sampled_softmax_over_catalog_draws_by_hand_with_logq():
+    # Popularity draws with Q(i) ∝ count(i) + 1 over the real items 3..7.
+    counts = np.array([0, 0, 0, 7, 0, 3, 1, 0], np.float64)
+    model = _hand_model(loss="sampled_softmax", negatives="popularity", item_counts=counts,
+                        num_negatives=6)  # fmt: skip
+    q_prob = np.array([0, 0, 0, 8, 1, 4, 2, 1]) / 16.0
+    np.testing.assert_allclose(np.exp(model.log_q.numpy()), q_prob, atol=1e-6)
+    drawn = model.draw_negatives(model._sample_seed(training=False)).numpy()
+    assert drawn.shape == (6,) and drawn.min() >= NUM_RESERVED
+    queries = {(0, 0): ([1, 0], 5), (0, 1): ([1, 1], 6), (1, 0): ([0, 1], 5)}
+    candidates = np.zeros([8, 2])
+    candidates[5:7] = [[1, 0], [0, 1]]
+    total = 0.0
+    for q, target in queries.values():
+        positive = candidates[target] @ q - np.log(q_prob[target])
+        negative = [candidates[i] @ q - np.log(q_prob[i]) for i in drawn if i != target]
+        total += np.logaddexp.reduce([positive, *negative]) - positive
+    assert _loss(model) == pytest.approx(total / 3, abs=1e-5)
+    # Over many steps the draws follow Q (never a reserved id).
+    seeds = [tf.constant([0, step], tf.int64) for step in range(300)]
+    many = np.concatenate([model.draw_negatives(s).numpy() for s in seeds])
+    share = np.bincount(many, minlength=8) / many.size
+    np.testing.assert_allclose(share, q_prob, atol=0.02)
+    uniform = _hand_model(loss="sampled_softmax", num_negatives=6)
+    many = np.concatenate([uniform.draw_negatives(s).numpy() for s in seeds])
+    np.testing.assert_allclose(np.bincount(many, minlength=8)[3:] / many.size, 0.2, atol=0.02)
+    assert np.bincount(many, minlength=8)[:NUM_RESERVED].sum() == 0
+
+
+def test_popularity_negatives_need_counts():
+    with pytest.raises(ValueError, match="needs item_counts"):
+        _hand_model(loss="sampled_softmax", negatives="popularity")
+    with pytest.raises(ValueError, match="loss='softmax' is not one of"):
+        _hand_model(loss="softmax")
+
+
+def test_tied_item_embeddings_are_one_table_trained_by_both_sides(tmp_path):
+    encoder = SequenceEncoder(VOCAB, max_len=6, dim=8, num_blocks=1, causal=True)
+    model = DualEncoderModel(encoder, tie_embeddings=True, loss="full_softmax", top_k=None)
+    items, _ = _histories(8, 6, VOCAB, seed=0, min_len=2)
+    model(items)
+    assert model.item_tower.embedding is encoder.item_embedding
+    np.testing.assert_array_equal(model.item_embeddings(), encoder.item_embedding.embeddings)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+    before = encoder.item_embedding.embeddings.numpy().copy()
+    model.fit({ITEMS: items}, batch_size=8, epochs=1, verbose=0)
+    after = encoder.item_embedding.embeddings.numpy()
+    assert not np.allclose(before, after)
+    np.testing.assert_array_equal(model.item_embeddings(), after)
+    # One variable: the table is checkpointed once (under the encoder).
+    assert sum(v is encoder.item_embedding.embeddings for v in model.trainable_variables) == 1
+    with pytest.raises(ValueError, match="pass no item_tower"):
+        DualEncoderModel(encoder, ItemTower(VOCAB, 8), tie_embeddings=True)
+
+
+def test_config_resolves_auto_loss_by_the_logits_size():
+    config = TrainConfig(batch_size=64)  # max_len 200
+    assert config.resolved_de_loss(3_700) == "full_softmax"  # ML-1M: 190 MB of logits
+    assert config.resolved_de_loss(50_000) == "sampled_softmax"  # 2.6 GB
+    assert TrainConfig(de_loss="in_batch").resolved_de_loss(50) == "in_batch"
+    model = make_model(TrainConfig(model="de", de_loss="full_softmax"), VOCAB)
+    assert model.loss_kind == "full_softmax" and model.item_tower.tied
+
+
+def test_drop_last_item_keeps_every_query_with_a_target():
+    items = tf.constant([[3, 4, 5, 0], [3, 4, 5, 6], [7, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        drop_last_item(items), [[3, 4, 0, 0], [3, 4, 5, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    )
+    # The valid queries (positions with a next item) are exactly the real positions left.
+    _, valid = next_item_targets(items)
+    np.testing.assert_array_equal(valid, drop_last_item(items).numpy() != PAD_ID)

@@ -18,6 +18,7 @@ from bt_tf import embed as embed_cli
 from bt_tf import features as F
 from bt_tf.data import dataset
 from bt_tf.data.embeddings import embed_split
+from bt_tf.errors import UserError
 from bt_tf.evaluation import labels
 from bt_tf.serving import embed, export
 from bt_tf.training.flags import parse
@@ -75,10 +76,12 @@ def reference(run):
 
 
 def _files(directory):
-    """{relative path: bytes} of every file below `directory`."""
+    """{relative path: bytes} of every file below `directory` but the lock's (its holder)."""
     out = {}
     for root, _, names in os.walk(directory):
         for name in names:
+            if name.startswith(".lock"):
+                continue
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 out[os.path.relpath(path, directory)] = f.read()
@@ -258,8 +261,86 @@ def test_input_file_users(run, reference, tmp_path):
         ]
 
     path.write_text('{"user_id": "a", "item_ids": ["1"]}\n{"user_id": "b", "item_ids": "1 2"}\n')
-    with pytest.raises(ValueError, match=r"users.jsonl, line 2: item_ids must be a list"):
+    with pytest.raises(UserError, match=r"item_ids must be a list .* \(.*users.jsonl:2\)$"):
         list(embed.read_input_file(str(path)))
+
+
+def test_input_checks_are_counted_and_on_unknown_decides(run, reference, tmp_path, capsys):
+    """Unknown item ids, empty histories, repeated and empty user ids: counted in
+    embed_info.json and said on stderr; --on_unknown=oov embeds unknown ids as the OOV
+    item, skip drops them (and users left with nothing), error names the line."""
+    _, emb, kept = reference["eval"]
+    known = [v.decode() for v in kept[F.HISTORY_RAW_ITEM_IDS][0] if v]
+    users = [
+        ("me0", known),
+        ("me0", known),  # line 2: a repeated user id
+        ("", known),  # line 3: an empty user id
+        ("lost", ["never-1", "never-2"]),  # line 4: only unknown ids
+        ("part", [*known, "never-3"]),  # line 5: one unknown id
+        ("nothing", []),  # line 6: an empty history
+    ]
+    path = tmp_path / "users.jsonl"
+    path.write_text("".join(json.dumps({"user_id": u, "item_ids": h}) + "\n" for u, h in users))
+    export_dir = os.path.join(run["dir"], "export")
+
+    def embed_with(policy: str):
+        out = str(tmp_path / policy)
+        argv = [f"--saved_model={export_dir}", f"--input={path}", f"--output_dir={out}"]
+        code = cli_code(embed_cli.main, [*argv, f"--on_unknown={policy}", "--no-progress"])
+        return code, out, capsys.readouterr().err
+
+    code, out, err = embed_with("oov")
+    assert code == 0
+    checks = json.load(open(os.path.join(out, "embed_info.json")))["splits"]["input"]["checks"]
+    assert checks == {
+        "on_unknown": "oov",
+        "users_read": 6,
+        "users_written": 6,
+        "unknown_item_ids": 3,
+        "unknown_items": 2,
+        "only_unknown_items": 1,
+        "empty_histories": 1,
+        "duplicate_user_ids": 1,
+        "empty_user_ids": 1,
+        "skipped": 0,
+        "first_lines": {
+            "unknown_items": [4, 5],
+            "only_unknown_items": [4],
+            "empty_histories": [6],
+            "duplicate_user_ids": [2],
+            "empty_user_ids": [3],
+        },
+    }
+    (warning,) = err.splitlines()
+    assert warning.startswith(f"warning: {path}: 6 users read, 6 written; 2 users with 3 item")
+    assert "1 repeated user ids (written again)" in warning and "1 empty user ids" in warning
+    ids, _, vectors = embed.read_embeddings(out)
+    assert list(ids) == [u for u, _ in users]  # written as they come
+    np.testing.assert_allclose(vectors[0], emb[0], atol=1e-5)
+    assert np.abs(vectors[4] - vectors[0]).max() > 1e-4  # the OOV item counts in "part"
+
+    code, out, err = embed_with("skip")
+    assert code == 0
+    checks = json.load(open(os.path.join(out, "embed_info.json")))["splits"]["input"]["checks"]
+    assert (checks["users_written"], checks["skipped"]) == (4, 2)
+    assert checks["first_lines"]["skipped"] == [4, 6]
+    ids, _, vectors = embed.read_embeddings(out)
+    assert list(ids) == ["me0", "me0", "", "part"]
+    np.testing.assert_allclose(vectors[3], emb[0], atol=1e-5)  # "part" without its unknown id
+
+    code, out, err = embed_with("error")
+    assert code == 2 and err.count("\n") == 1
+    assert err == (
+        "error: item id 'never-1' is not in the model's vocabulary (--on_unknown=error) "
+        f"({path}:4)\n"
+    )
+
+
+def cli_code(main, argv) -> int:
+    """The exit code of ``main(argv)`` run as the command line runs it."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(main, argv)
+    return exit_info.value.code
 
 
 def test_flag_errors_exit_with_code_2(run, tmp_path, capsys):

@@ -222,3 +222,16 @@ def test_projector_layout_and_shape():
 def test_bad_projector_spec_raises(spec):
     with pytest.raises(ValueError, match="1024-1024-1024"):
         parse_projector_spec(spec)
+
+
+def test_end_positions_give_the_most_recent_item_the_last_row():
+    encoder = SequenceEncoder(20, max_len=6, dim=4, num_blocks=1, dropout=0.0, positions="end")
+    items = tf.constant([[3, 4, 5, 0, 0], [3, 4, 5, 6, 7], [0, 0, 0, 0, 0]])
+    mask = tf.not_equal(items, 0)
+    np.testing.assert_array_equal(
+        encoder._position_ids(mask), [[3, 4, 5, 5, 5], [1, 2, 3, 4, 5], [5, 5, 5, 5, 5]]
+    )
+    start = SequenceEncoder(20, max_len=6, dim=4, num_blocks=1, positions="start")
+    np.testing.assert_array_equal(start._position_ids(mask), [[0, 1, 2, 3, 4]])
+    with pytest.raises(ValueError, match="positions='middle'"):
+        SequenceEncoder(20, positions="middle")

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,9 @@ from bt_tf.evaluation import (
 from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.serving import export
+from bt_tf.training import trainer
+from bt_tf.training.flags import parse
+from tests.tiny import TINY_FLAGS
 
 QUICK = settings.EvalSettings(c_grid=(1e-2, 1.0))
 # `runs` (conftest.py): {"bt": run dir, "de": run dir} trained on one tiny synthetic artifact.
@@ -47,13 +51,17 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
             "--label_fractions=0.1",
             "--seeds=2",
             "--bootstrap_resamples=200",
+            "--claim_users=test",
             f"--output_dir={out}",
         ]
     )
     models = {r["model"] for r in rows}
     # One untrained floor per architecture: the DE's query tower is causal, BT's is not.
-    floors = {"untrained(bt)", "untrained(de)", "bag_of_items", "svd", "majority", "popularity"}
+    floors = {"untrained(bt)", "untrained(de)", "bag_of_items", "svd", "majority", "popularity",
+              "bias"}  # fmt: skip
     assert models == {"bt", "de"} | floors
+    # The bias floor (the item one-hot alone) is a liked-item floor only.
+    assert {r["task"] for r in rows if r["model"] == "bias"} == {"liked_item"}
     tasks = {r["task"] for r in rows}
     assert tasks == {"next_item", "favorite_genre", "liked_item", "attr_segment"}
     expected_metrics = {
@@ -70,9 +78,11 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
                 cell = [
                     r for r in rows if (r["model"], r["task"], r["metric"]) == (model, task, metric)
                 ]
-                assert sorted((r["fraction"], r["seed"]) for r in cell) == [
-                    (0.1, 0), (0.1, 1)
-                ], (model, task, metric)  # fmt: skip
+                # label seeds are repeated where they decide the claim (its tasks at
+                # 10%); a user attribute gets the first seed alone
+                want = [(0.1, 0)] if task == "attr_segment" else [(0.1, 0), (0.1, 1)]
+                assert sorted((r["fraction"], r["seed"]) for r in cell) == want, (
+                    model, task, metric)  # fmt: skip
     for r in rows:
         assert math.isfinite(r["value"]) and 0.0 <= r["value"] <= 1.0, r
         assert 0.0 <= r["prior_selected"] <= 1.0
@@ -91,6 +101,16 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
         "next_item", "favorite_genre", "liked_item"
     }  # fmt: skip
     assert results["claim"]["verdict"] in ("reproduced", "refuted", "inconclusive")
+    # --claim_users=test: the claim on the test users, the all-users claim beside it; the
+    # synthetic data's defaults were chosen on no labels: out-of-sample both.
+    test, everyone = results["claims"]
+    assert results["claim"] == test and (test["model"], test["baseline"]) == ("bt", "de")
+    n_test = len(eval_data.load_eval_data(_artifact(runs["bt"]), tasks=[]).user_ids["test"])
+    assert test["users"] == "test" and 0.9 * n_test <= test["n_users"] <= n_test
+    assert everyone["users"] == "all" and everyone["n_users"] > 0.9 * n_users
+    assert results["provenance"] == []
+    assert test["selection"] == everyone["selection"] == "out_of_sample"
+    assert "| test users only (" in md and "selection: **out-of-sample**" in md
     for c in results["cells"]:
         lo, hi = c["ci95"]
         assert lo <= c["value"] <= hi, c
@@ -101,7 +121,7 @@ def test_cli_end_to_end_every_model_floor_task_and_valid_numbers(runs, tmp_path)
 
 def test_inductive_protocol_trains_on_train_and_eval_labels_and_test_never_steers_it(runs):
     """--probe_folds=0: the labelled users are a fraction of train + eval users;
-    replacing the test users' labels and embeddings changes their scores only."""
+    shuffling the test users' labels and embeddings changes their scores only."""
     artifact = _artifact(runs["bt"])
     meta = dataset.load_metadata(artifact)
     data = eval_data.load_eval_data(artifact, width=40)
@@ -138,7 +158,10 @@ def test_inductive_protocol_trains_on_train_and_eval_labels_and_test_never_steer
     scrambled = eval_data.EvalData(**{**vars(data), "labels": {
         t: {**data.labels[t], "test": rng.permutation(data.labels[t]["test"])} for t in tasks
     }})  # fmt: skip
-    _, records2 = probe(scrambled, {**emb, "test": np.zeros_like(emb["test"])})
+    # Test users' embeddings shuffled among them, not zeroed: features are standardized
+    # with the mean and s.d. of ALL evaluated users (label-free, contenders.py), which
+    # zeros would move (and with them, legitimately, the selection).
+    _, records2 = probe(scrambled, {**emb, "test": rng.permutation(emb["test"])})
     assert [r.fits for r in records] == [r.fits for r in records2]  # the same selections
     assert any(not np.array_equal(a.units.pred, b.units.pred) for a, b in zip(records, records2))
 
@@ -167,6 +190,18 @@ def test_item_embeddings_bt_input_table_de_item_tower(runs):
     np.testing.assert_array_equal(bt_items, bt_encoder.item_embedding.embeddings.numpy())
     de_encoder, de_items, config = embedding_cache.restore_run(runs["de"])
     assert de_items.shape == (config["encoder"]["vocab_size"], 16)
+    # The DE ties its item side to the encoder's input table (SASRec) by default ...
+    assert config["tie_item_embeddings"]
+    np.testing.assert_array_equal(de_items, de_encoder.item_embedding.embeddings.numpy())
+
+
+def test_an_untied_de_run_is_scored_with_its_own_item_tower(runs, tmp_path):
+    config = json.loads((Path(runs["de"]) / "config.json").read_text())
+    flags = [*TINY_FLAGS, "--epochs=1", "--no-probe", "--no-export", "--model=de",
+             "--no-tie_item_embeddings", f"--data_output_dir={config['data']['output_dir']}",
+             f"--output_dir={tmp_path / 'untied'}"]  # fmt: skip
+    trainer.train(parse(flags))
+    de_encoder, de_items, _ = embedding_cache.restore_run(str(tmp_path / "untied"))
     assert not np.allclose(de_items, de_encoder.item_embedding.embeddings.numpy())
 
 

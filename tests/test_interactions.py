@@ -513,6 +513,10 @@ def test_end_to_end_every_format_with_items_users_and_bad_records(tmp_path):
     categories, attributes = dict(fixture["items"]), fixture["attributes"]
     expected = _k_core(fixture["interactions"], 5, 5)
     ratings = {(u, i, t): r for u, i, t, r in expected}
+    kept = set(expected)
+    # The files one after the other in sorted name order, each in line (row) order.
+    in_files = [r for path in sorted(fixture["files"]) for r in fixture["files"][path]]
+    in_order = rawdata.time_order([r for r in in_files if r in kept])
     got = []
     for split, rows in _examples(root).items():
         assert len(rows) == meta["num_users"][split]
@@ -521,7 +525,7 @@ def test_end_to_end_every_format_with_items_users_and_bad_records(tmp_path):
             raw = row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS]
             stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
             scores = row[F.HISTORY_RATINGS] + row[F.FUTURE_RATINGS]
-            assert list(zip(stamps, raw)) == sorted(zip(stamps, raw))
+            assert list(zip(stamps, raw, scores)) == in_order[user]
             assert scores == [ratings[(user, i, t)] for i, t in zip(raw, stamps)]
             got += [(user, i, t) for i, t in zip(raw, stamps)]
             hist = row[F.HISTORY_RAW_ITEM_IDS]
@@ -578,3 +582,45 @@ def test_end_to_end_without_optional_files_or_ratings(tmp_path):
     assert tasks.LIKED_ITEM not in available and tasks.FAVORITE_GENRE not in available
     with pytest.raises(ValueError, match="liked_item.*no ratings"):
         eval_data.load_eval_data(root, tasks=[tasks.LIKED_ITEM])
+
+
+def test_several_files_order_ties_by_file_rank_then_line(tmp_path):
+    """Same-second interactions spread over files: by (timestamp, rank of the file in
+    sorted name order, line or row), whatever the generation order or the item ids."""
+    fixture = rawdata.write_interactions(
+        tmp_path / "raw",
+        formats=("parquet", "csv", "jsonl", "tsv"),  # part-0-parquet.parquet, part-1-csv.csv, ...
+        num_users=20,
+        per_user=(6, 12),
+        items_file=None,
+        users_file=None,
+        burst=4,  # each user's last 4 share a second, written over 4 files
+        row_group_size=8,
+    )
+    config = _config(
+        tmp_path,
+        data_dir=fixture["data_dir"],
+        interactions=COLS,
+        min_user_interactions=1,
+        min_item_interactions=1,
+        future_len=2,
+        min_history_len=1,
+        chunk_bytes=64,
+    )
+    root = preprocess(config)
+    assert _meta(root)["tie_order"].startswith("input order")
+    in_files = [r for path in sorted(fixture["files"]) for r in fixture["files"][path]]
+    in_order = rawdata.time_order(in_files)
+    generated = rawdata.time_order(fixture["interactions"])
+    not_generated = 0
+    for rows in _examples(root).values():
+        for row in rows:
+            user = row[F.USER_ID][0]
+            raw = row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS]
+            stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
+            scores = row[F.HISTORY_RATINGS] + row[F.FUTURE_RATINGS]
+            assert list(zip(stamps, raw, scores)) == in_order[user]
+            burst = raw[-4:]
+            assert len(set(stamps[-4:])) == 1 and burst != sorted(burst)  # not id order
+            not_generated += in_order[user] != generated[user]
+    assert not_generated > 0  # a burst that wraps from the last file to the first

@@ -96,8 +96,9 @@ def test_frozen_item_table_stays_bit_identical_while_the_rest_trains(
 ):
     run_dir = tmp_path / "run"
     config = _config(
-        tiny_data, run_dir, f"--model={model}", f"--item_init={init}", "--freeze_item_embeddings"
-    )
+        tiny_data, run_dir, f"--model={model}", f"--item_init={init}", "--freeze_item_embeddings",
+        "--no-tie_item_embeddings",  # else the DE's item side is this (frozen) table
+    )  # fmt: skip
     run = trainer.prepare_run(config, pp.preprocess(config.data))
     built = _built(run)
     table = built.model.encoder.item_embedding.embeddings

@@ -67,8 +67,10 @@ def test_tasks_the_log_cannot_support_are_named_with_why_and_the_claim_rests_on_
     md = (report_dir / "report.md").read_text()
     assert "## Tasks not scored" in md
     assert f"- `favorite_genre`: {NO_GENRES}." in md and f"- `liked_item`: {NO_RATINGS}." in md
-    assert "at least 1 of the 1 task(s) it is decided on (next_item)" in md
-    assert "Not decided on: favorite_genre (not scored: no item has" in md
+    assert "at least 1 of the 1 task(s) the data supports are (next_item; not scored: " in md
+    assert f"| favorite_genre | not scored: {NO_GENRES} |" in md
+    assert f"| liked_item | not scored: {NO_RATINGS} |" in md
+    assert "decided on next_item only: favorite_genre not scored (no item has" in claim["note"]
     # Label seeds are repeated where they decide the claim (10%), not at 100%.
     seeds = {(r["fraction"], r["seed"]) for r in results["rows"] if r["model"] == "bt"}
     assert seeds == {(0.1, 0), (0.1, 1), (1.0, 0)}

@@ -4,6 +4,7 @@ import argparse
 import collections
 import dataclasses
 import filecmp
+import glob
 import json
 import logging
 import os
@@ -52,6 +53,33 @@ def _examples(root: str) -> dict[str, list[dict]]:
             rows.append(row)
         out[split] = rows
     return out
+
+
+def _serialized(root: str) -> dict[str, dict[str, bytes]]:
+    """Split -> user id -> its serialized Example, whatever the shards."""
+    out = {}
+    for split in F.SPLITS:
+        files = sorted(tf.io.gfile.glob(os.path.join(root, F.SPLIT_DIR.format(split), "*.gz")))
+        users = {}
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            ex = tf.train.Example.FromString(record.numpy())
+            users[ex.features.feature[F.USER_ID].bytes_list.value[0].decode()] = record.numpy()
+        out[split] = users
+    return out
+
+
+def _sequences(root: str) -> dict[str, list[tuple]]:
+    """User -> (timestamp, raw item id) of its history then its future."""
+    return {
+        row[F.USER_ID][0]: list(
+            zip(
+                row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS],
+                row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS],
+            )
+        )
+        for rows in _examples(root).values()
+        for row in rows
+    }
 
 
 def _all_files(root: str) -> list[str]:
@@ -219,13 +247,14 @@ def test_ml1m_k_core_order_split_and_attributes(tmp_path):
     got = collections.Counter()
     users = dict(fixture["users"])
     classes = meta["attributes"]
+    in_order = rawdata.time_order(expected)
     for rows in _examples(root).values():
         for row in rows:
             user = row[F.USER_ID][0]
             raw = row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS]
             stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
-            # chronological, timestamp ties broken by item id (string order)
-            assert list(zip(stamps, raw)) == sorted(zip(stamps, raw))
+            # chronological, timestamp ties in file order
+            assert list(zip(stamps, raw)) == [(t, i) for t, i, _ in in_order[user]]
             got.update((user, item) for item in raw)
             for name in ("gender", "age", "occupation"):
                 value = classes[name]["classes"][row[F.ATTRIBUTE_PREFIX + name][0]]
@@ -239,7 +268,8 @@ def test_ml1m_k_core_order_split_and_attributes(tmp_path):
     assert items[3:] == sorted(counts, key=lambda i: (-counts[i], i))
 
 
-_ML100K_FIXTURE = dict(num_users=40, num_items=60, per_user=(4, 16), seed=7)
+# burst=4: every user's last 4 ratings share a second, in the file by descending item id.
+_ML100K_FIXTURE = dict(num_users=40, num_items=60, per_user=(4, 16), seed=7, burst=4)
 _ML100K_BAD_DATA = ["196\t242\t3", "196\t242\t9\t881250949"]
 _ML100K_BAD_ITEM = "9999|Bad (1999)|01-Jan-1999||url|" + "|".join(["0"] * 18 + ["2"])
 _ML100K_BAD_USER = "3|twenty|M|student|12345"
@@ -321,6 +351,7 @@ def test_ml100k_end_to_end_follows_the_data_contract(ml100k_run):
     expected = _k_core(fixture["interactions"], 6, 4)
     assert meta["kcore"]["iterations"] >= 2  # the fixture needs iterating
     catalog, users = dict(fixture["items"]), dict(fixture["users"])
+    in_order = rawdata.time_order(expected)
     got = collections.Counter()
     examples = _examples(root)
     for split, rows in examples.items():
@@ -330,7 +361,7 @@ def test_ml100k_end_to_end_follows_the_data_contract(ml100k_run):
             assert blocks.split_of(user, 80, 10) == split
             raw = row[F.HISTORY_RAW_ITEM_IDS] + row[F.FUTURE_RAW_ITEM_IDS]
             stamps = row[F.HISTORY_TIMESTAMPS] + row[F.FUTURE_TIMESTAMPS]
-            assert list(zip(stamps, raw)) == sorted(zip(stamps, raw))
+            assert list(zip(stamps, raw)) == [(t, i) for t, i, _ in in_order[user]]
             assert len(row[F.FUTURE_ITEM_IDS]) == 3 and row[F.HISTORY_LENGTH][0] >= 3
             got.update((user, item) for item in raw)
             for name in ("gender", "age", "occupation"):
@@ -352,8 +383,47 @@ def test_ml100k_end_to_end_follows_the_data_contract(ml100k_run):
     )
 
 
-def test_ml100k_tfds_source_writes_the_same_examples_as_raw(ml100k_run, tmp_path):
-    """TFDS `movielens/100k-ratings` built from the same data (minus the bad lines)."""
+def test_same_second_ratings_keep_file_order_across_history_and_future(ml100k_run, tmp_path):
+    """SASRec's and RecBole's order: by time, ties in file order (a stable sort of u.data).
+    The fixture writes each user's last 4 same-second ratings by DESCENDING item id, so
+    the old tie-break (ascending id) would put them the other way round."""
+    fixture, config, root = ml100k_run
+    in_order = rawdata.time_order(_k_core(fixture["interactions"], 6, 4))
+    crossing = 0
+    for rows in _examples(root).values():
+        for row in rows:
+            seq = in_order[row[F.USER_ID][0]]
+            history, future = row[F.HISTORY_RAW_ITEM_IDS], row[F.FUTURE_RAW_ITEM_IDS]
+            assert history + future == [i for _, i, _ in seq]
+            assert future == [i for _, i, _ in seq[-3:]]
+            tail = row[F.HISTORY_TIMESTAMPS][-1:] + row[F.FUTURE_TIMESTAMPS]
+            if len(set(tail)) == 1:  # the burst spans the history's end and the future
+                assert history[-1:] + future == sorted(history[-1:] + future, reverse=True)
+                crossing += 1
+    # Users left by the k-core with 4 same-second ratings last (their burst, or what
+    # the k-core left of it plus an earlier rating at the same second).
+    spanning = sum(len(seq) >= 4 and seq[-4][0] == seq[-1][0] for seq in in_order.values())
+    print(f"users whose same-second ratings span history and future: {crossing}")
+    assert crossing == spanning > 0
+
+    # The same Examples whatever the read chunks and the number of shards.
+    other = preprocess(
+        dataclasses.replace(config, output_dir=str(tmp_path), chunk_bytes=97, num_shards=3)
+    )
+    assert os.path.basename(other) != os.path.basename(root)  # num_shards is in the version
+    assert _serialized(other) == _serialized(root)
+
+
+def _tfds_config(tmp_path, tfds_dir: str, shards: int) -> PreprocessConfig:
+    return dataclasses.replace(
+        _ml100k_config(tmp_path, None), source="tfds", cache_dir=tfds_dir, tfds_shards=shards
+    )
+
+
+def test_ml100k_tfds_source_writes_the_same_users_as_raw_ties_in_tfds_order(ml100k_run, tmp_path):
+    """TFDS `movielens/100k-ratings` built from the same data (minus the bad lines): the
+    same users, interactions and vocabularies; a user's same-second ratings in TFDS's
+    example order (TFDS stores u.data shuffled), the same for any --tfds_shards."""
     from unittest import mock
 
     import tensorflow_datasets as tfds
@@ -371,22 +441,40 @@ def test_ml100k_tfds_source_writes_the_same_examples_as_raw(ml100k_run, tmp_path
         tfds.download.DownloadManager, "download_and_extract", return_value=str(tmp_path / "clean")
     ):
         tfds_source.prepare_tfds("ml-100k", data_dir=tfds_dir)
-    config = dataclasses.replace(
-        _ml100k_config(tmp_path, None),
-        source="tfds",
-        cache_dir=tfds_dir,
-        tfds_shards=3,
-    )
-    root = preprocess(config)
+    root = preprocess(_tfds_config(tmp_path, tfds_dir, 3))
     meta = json.load(open(os.path.join(root, "metadata.json")))
     assert meta["source"] == "tfds" and meta["bad_records"]["total"] == 0
+    assert meta["tie_order"].startswith("TFDS example order")
     raw_meta = json.load(open(os.path.join(raw_root, "metadata.json")))
     for key in ("attributes", "num_users", "num_interactions", "vocab_sizes", "max_history_len"):
         assert meta[key] == raw_meta[key], key
-    same = [f for f in _all_files(raw_root) if f.startswith(("Split-", "vocab/"))]
-    assert len(same) == 2 * 3 + 2
-    match, mismatch, errors = filecmp.cmpfiles(raw_root, root, same, shallow=False)
-    assert mismatch == [] and errors == [] and len(match) == len(same)
+    vocab = ["vocab/items.txt", "vocab/genres.txt"]
+    _, mismatch, errors = filecmp.cmpfiles(raw_root, root, vocab, shallow=False)
+    assert mismatch == [] and errors == []
+
+    builder = tfds.builder(tfds_source.TFDS_NAMES["ml-100k"], data_dir=tfds_dir)
+    tfds_rows = [
+        (ex["user_id"].decode(), ex["movie_id"].decode(), int(ex["timestamp"]), 0.0)
+        for ex in tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False))
+    ]
+    tfds_order = rawdata.time_order(_k_core(tfds_rows, 6, 4))
+    file_order = rawdata.time_order(_k_core(fixture["interactions"], 6, 4))
+    got, got_raw = _sequences(root), _sequences(raw_root)
+    assert set(got) == set(got_raw)
+    differ = 0
+    for user, seq in got.items():
+        assert seq == [(t, i) for t, i, _ in tfds_order[user]]
+        assert got_raw[user] == [(t, i) for t, i, _ in file_order[user]]
+        assert sorted(seq) == sorted(got_raw[user])
+        differ += seq != got_raw[user]
+    assert differ > 0  # TFDS's order is not the file's
+
+    # Shards are consecutive ranges of one order: 2 shards write the same bytes as 3.
+    two = preprocess(_tfds_config(tmp_path / "two", tfds_dir, 2))
+    files = [f for f in _all_files(root) if f.startswith(("Split-", "vocab/"))]
+    assert len(files) == 2 * 3 + 2
+    _, mismatch, errors = filecmp.cmpfiles(root, two, files, shallow=False)
+    assert mismatch == [] and errors == []
 
 
 def test_bad_lines_are_routed_counted_and_fail_above_threshold(tmp_path):
@@ -402,9 +490,9 @@ def test_bad_lines_are_routed_counted_and_fail_above_threshold(tmp_path):
         preprocess(config)
     message = str(err.value)
     assert "4 of" in message and "ratings.dat: 4" in message and "bad_records" in message
-    partial = os.path.join(
-        inputs.artifact_dir(config) + ".partial", "bad_records", "ratings.dat.jsonl"
-    )
+    (build,) = glob.glob(inputs.artifact_dir(config) + ".partial-*")  # this run's, kept
+    assert f"in {os.path.join(build, 'bad_records')}/" in message  # named in the error
+    partial = os.path.join(build, "bad_records", "ratings.dat.jsonl")
     assert not os.path.exists(inputs.artifact_dir(config))  # nothing published
     records = [json.loads(line) for line in open(partial)]
     assert [r["line"] for r in records] == [line for line, _ in fixture["bad_lines"]]
@@ -625,6 +713,8 @@ def test_missing_input_names_the_path_and_files(tmp_path):
 
 
 def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
+    """Killed mid-build: no version, only its own build directory; the rerun takes over
+    the dead process's lock (a notice names it), removes that build and publishes."""
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "pipelines.preprocess", "--dataset=synthetic",
@@ -634,18 +724,21 @@ def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     # Kill it mid-flight: once it has written its first Examples (to part files).
-    while time.time() < deadline and not list((out / "synthetic").glob("*.partial/_parts/*")):
+    while time.time() < deadline and not list((out / "synthetic").glob("*.partial-*/_parts/*")):
         time.sleep(0.01)
-    partial = list((out / "synthetic").glob("*.partial"))
+    partial = list((out / "synthetic").glob("*.partial-*"))
     assert partial, "the run never started writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not [p for p in (out / "synthetic").iterdir() if not p.name.endswith(".partial")]
+    dirs = [p for p in (out / "synthetic").iterdir() if p.is_dir()]
+    assert dirs == partial  # complete or absent: no version
 
     finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    versions = [p for p in (out / "synthetic").iterdir()]
-    assert len(versions) == 1 and not versions[0].name.endswith(".partial")
+    assert f"took over the lock of {out / 'synthetic'}" in finished.stderr
+    assert f"from PID {proc.pid} on " in finished.stderr
+    versions = [p for p in (out / "synthetic").iterdir() if p.is_dir()]
+    assert len(versions) == 1 and ".partial" not in versions[0].name
     assert (versions[0] / "metadata.json").exists()
 
 

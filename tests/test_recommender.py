@@ -140,30 +140,75 @@ def test_flag_scores_de_runs_skips_bt_and_writes_the_report(runs, trained_de, tm
         [r["model"] for r in rows] == [r["model"] for r in report["runs"]] == ["de", "popularity"]
     )
     row, popular = report["runs"]
-    assert (popular["n_users"], popular["min_negatives"]) == (row["n_users"], 100)
+    assert row["protocol"] == popular["protocol"] == "leave_last_out"
+    assert (popular["n_users"], popular["sampled"]["min_negatives"]) == (row["n_users"], 100)
     artifact = runs_lib.read_config(trained_de)["artifact_dir"]
     n_total = sum(len(history) for history, _ in recommender.read_sequences(artifact).values())
     assert row["n_users"] + row["n_skipped"] == n_total and row["n_users"] > 0.9 * n_total
     assert row["n_skipped"] == sum(row["skipped"].values())
-    assert row["min_negatives"] == 100 and set(row["by_split"]) == set(F.SPLITS)
-    for metric in ("hr@10", "ndcg@10"):
-        low, high = row[f"{metric}_ci95"]
-        assert 0.0 <= low < row[metric] < high <= 1.0, (metric, row)
+    assert row["sampled"]["min_negatives"] == 100 and set(row["by_split"]) == set(F.SPLITS)
+    for ranking in ("full", "sampled"):
+        for metric in ("hr@10", "ndcg@10"):
+            low, high = row[ranking]["ci95"][metric]
+            assert 0.0 <= low < row[ranking][metric] < high <= 1.0, (ranking, metric, row)
     # A random scorer hits the top 10 of 101 with probability 10/101 = 0.099; the trained
-    # DE's whole interval lies above it (HR@10 ~0.33 on these 400 users).
-    assert row["hr@10_ci95"][0] > 10 / 101 and row["ndcg@10"] < row["hr@10"]
-    assert report["reference"]["hr@10"] == 0.8245 and report["reference"]["ndcg@10"] == 0.5905
-    assert "SASRec protocol" in report["protocol"] and report["seed"] == 0
+    # DE's whole interval lies above it (HR@10 ~0.33 on these 400 users). The full ranking
+    # (about 200 items) is harder than the sampled one.
+    sampled, full = row["sampled"], row["full"]
+    assert sampled["ci95"]["hr@10"][0] > 10 / 101 and sampled["ndcg@10"] < sampled["hr@10"]
+    assert full["hr@10"] <= sampled["hr@10"]
+    assert row["epochs"] == 1 and row["best_epoch"] == 1 and row["wall_s"] >= row["train_s"]
+    names = [ref["name"] for ref in report["reference"]]
+    assert report["reference"][0]["sampled"] == {"hr@10": 0.8245, "ndcg@10": 0.5905}
+    assert "public PyTorch port" in names[1] and report["seed"] == 0
+    assert "leave_last_out" in report["protocols"]
     md = (out / recommender.MARKDOWN_FILE).read_text()
-    assert f"| de | {row['n_users']} | {row['n_skipped']} | {row['hr@10']:.4f} [" in md
-    assert "| 0.8245 | 0.5905 |" in md and "| popularity |" in md
+    assert f"| de | leave_last_out | {row['n_users']} | {row['n_skipped']} | " in md
+    assert f"{full['hr@10']:.4f} [" in md and "| 0.8245 | 0.5905 |" in md
+    assert "| popularity |" in md
     assert not (out / "report.md").exists() and not (out / "cache").exists()  # no probes
     # Same seed, same figures (negatives and bootstrap).
     again = recommender.evaluate_recommender([trained_de], str(tmp_path / "again"))["runs"][0]
-    assert (again["hr@10"], again["ndcg@10_ci95"]) == (row["hr@10"], row["ndcg@10_ci95"])
+    assert (again["sampled"], again["full"]) == (row["sampled"], row["full"])
 
 
 def test_only_bt_runs_is_a_user_error(runs, tmp_path):
     with pytest.raises(UserError, match="needs a run with an item tower"):
         evaluate.main([f"--runs={runs['bt']}", "--recommender", f"--output_dir={tmp_path}"])
     assert not (tmp_path / recommender.JSON_FILE).exists()
+
+
+def test_seed_spread_widens_the_contenders_interval():
+    # 400 users, 3 seeds of a model whose seeds differ by a lot vs by nothing; the same
+    # per-user noise. Resampling seeds makes the first interval much wider; the second
+    # one is the users-only interval.
+    rng = np.random.default_rng(0)
+    users = rng.normal(0.5, 0.2, size=400)
+    base = np.stack([users + rng.normal(0, 0.05, 400) for _ in range(3)])
+    spread = np.stack([users + shift for shift in (-0.15, 0.0, 0.15)])
+    calm = np.stack([users for _ in range(3)])
+    wide = recommender.compare_contenders({"de": base, "x": spread}, "de", seed=1)
+    narrow = recommender.compare_contenders({"de": base, "x": calm}, "de", seed=1)
+    width = lambda c: c["ci95"][1] - c["ci95"][0]  # noqa: E731
+    assert width(wide["models"]["x"]) > 3 * width(narrow["models"]["x"])
+    assert width(wide["comparisons"]["x"]) > 3 * width(narrow["comparisons"]["x"])
+    assert wide["comparisons"]["x"]["per_seed_ratios"] == pytest.approx(
+        list(spread.mean(axis=1) / base.mean(axis=1))
+    )
+    # Paired over users: a model equal to the baseline has a ratio interval of exactly 1.
+    same = recommender.compare_contenders({"de": base, "y": base.copy()}, "de", seed=1)
+    assert same["comparisons"]["y"]["ci95"][0] < 1.0 < same["comparisons"]["y"]["ci95"][1]
+
+
+def test_rejection_draws_are_uniform_over_a_large_catalog():
+    # 2,000 items, 300 rated: the rejection path (unrated > 2 x 100). Every unrated item
+    # is drawn about equally often, no rated or reserved one ever, rows distinct.
+    rated = [np.arange(3, 303)] * 600
+    negatives = recommender.sample_negatives(rated, 2003, seed=3)
+    assert all(len(set(row.tolist())) == 100 for row in negatives)
+    counts = np.bincount(negatives.ravel(), minlength=2003)
+    assert counts[:303].sum() == 0
+    expected = 600 * 100 / 1700
+    assert abs(counts[303:].mean() - expected) < 1e-9 and counts[303:].std() < 2.5 * np.sqrt(
+        expected
+    )

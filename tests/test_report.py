@@ -147,10 +147,43 @@ def test_report_opens_with_the_verdict_and_every_cell_carries_its_interval(tmp_p
     # How often selection kept the prior: de 2 of 5 folds.
     assert "Selection kept the prior predictor" in fav and "| de | 0.40 | 0.40 |" in fav
     res = json.load(open(paths["json"]))
-    assert set(res["claim"]) >= {"threshold", "fractions", "tasks", "verdict"}
-    assert all(set(t) == {"task", "metric", "ratio", "ci95", "verdict"}
-               for t in res["claim"]["tasks"])  # fmt: skip
+    assert set(res["claim"]) >= {"threshold", "fractions", "tasks", "verdict", "model",
+                                 "baseline", "selection", "seeds", "missing"}  # fmt: skip
+    assert all(set(t) == {"task", "metric", "ratio", "ci95", "verdict", "fractions", "n_users",
+                          "per_seed_ratios"} for t in res["claim"]["tasks"])  # fmt: skip
+    # No next-item records: the claim says so and cannot decide.
+    assert res["claim"]["missing"] == ["next_item"] and res["claim"]["verdict"] == "inconclusive"
+    assert "| next_item | missing |" in claim and "**Verdict: inconclusive.** (missing" in claim
+    fav_claim = next(t for t in res["claim"]["tasks"] if t["task"] == "favorite_genre")
+    r = fav_claim["ratio"]  # one pretraining seed each: the per-seed ratios are the ratio
+    assert f"| bt {r:.2f}; de {r:.2f} |" in claim
+    assert res["claims"] == [res["claim"]] and res["provenance"] is None
     assert len(res["rows"]) == len(rows) and res["bootstrap"]["resamples"] == 300
     with open(paths["plot"], "rb") as f:
         assert f.read(8) == PNG_MAGIC
     assert np.std(matplotlib.image.imread(paths["plot"])) > 0  # not a blank canvas
+
+
+def test_report_shows_both_claims_their_selection_and_the_defaults_chosen_on_labels(tmp_path):
+    records = _records()
+    chosen = np.zeros(300, bool)
+    chosen[:200] = True
+    users = (("test", np.arange(250, 300)), ("all", None))
+    analysis = scores.analyse(records, 10, n_resamples=200, chosen=chosen, claim_users=users)
+    provenance = [dict(chose="the DE's recipe", settings={"temperature": 0.1}, models=["de"],
+                       dataset="ml-100k", splits=["train", "eval"], split_percents=[80, 10],
+                       labels=["next_item"], how="tuning.compare", runs=["de"],
+                       used={"temperature": 0.1})]  # fmt: skip
+    paths = report.write_report(record_rows(records, 10), analysis, str(tmp_path),
+                                provenance=provenance)  # fmt: skip
+    md = open(paths["markdown"]).read()
+    claim = md.split("## The claim")[1].split("## favorite_genre")[0]
+    assert "| test users only (50) | out-of-sample | inconclusive |" in claim
+    assert "| all scored users (300) | in-sample (67% chose defaults) | inconclusive |" in claim
+    assert claim.index("### Scored on test users only") < claim.index("### Scored on all scored")
+    assert "- the DE's recipe: the train + eval users of ml-100k, labels of next_item" in claim
+    res = json.load(open(paths["json"]))
+    assert [c["users"] for c in res["claims"]] == ["test", "all"] and res["claim"][
+        "users"
+    ] == "test"
+    assert res["provenance"] == provenance

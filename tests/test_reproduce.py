@@ -315,3 +315,39 @@ def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
     assert _mtimes(watched) == before
     assert second["rows"] == first["rows"]
     assert second["ablation_rows"] == first["ablation_rows"]
+
+
+def test_the_fine_tune_starts_from_the_bt_run_of_its_seed():
+    _, base = reproduce.parse(["--dim=8"])
+    configs = reproduction.main_configs(base, "/out", ["bt_ft", "de", "bt"], num_train_users=330)
+    assert list(configs) == ["bt", "de", "bt_ft"]  # BT trains before its fine-tune
+    ft = configs["bt_ft"]
+    assert (ft.model, ft.run_dir, ft.init_from) == ("de", "/out/bt_ft", "/out/bt")
+    seeded = reproduction.seed_configs(configs, 3)
+    fts = [c for m, c in seeded if m == "bt_ft"]
+    assert [c.init_from for c in fts] == ["/out/bt", "/out/bt_seed1", "/out/bt_seed2"]
+    assert [c.seed for c in fts] == [0, 1, 2]
+    assert all(not c.init_from for m, c in seeded if m != "bt_ft")
+    with pytest.raises(ValueError, match="bt_ft fine-tunes the bt runs; add bt"):
+        reproduction.main_configs(base, "/out", ["de", "bt_ft"], num_train_users=330)
+
+
+def test_leave_one_out_compares_the_recommenders_with_seed_spread(tmp_path):
+    out = tmp_path / "loo"
+    flags = [*TINY, "--epochs=1", "--no-export", "--protocol=leave_one_out", "--no-ablation",
+             "--models=bt,de,bt_ft", "--pretrain_seeds=2", f"--output_dir={out}",
+             f"--data_output_dir={tmp_path / 'data'}"]  # fmt: skip
+    reproduce.main(flags)
+    report = json.loads((out / "report" / "recommender.json").read_text())
+    assert {r["model"] for r in report["runs"]} == {"de", "bt_ft", "popularity"}
+    primary = report["contenders"]["full ndcg@10"]
+    assert set(primary["models"]) == {"de", "bt_ft", "popularity"}
+    de, ft = primary["models"]["de"], primary["models"]["bt_ft"]
+    assert de["seeds"] == ft["seeds"] == 2 and primary["models"]["popularity"]["seeds"] == 1
+    assert de["mean"] == pytest.approx(sum(de["per_seed"]) / 2)
+    comparison = primary["comparisons"]["bt_ft"]
+    assert comparison["ci95"][0] <= comparison["ratio"] <= comparison["ci95"][1]
+    assert len(comparison["per_seed_ratios"]) == 2
+    assert runs.read_config(out / "bt_ft_seed1")["init_from"] == str(out / "bt_seed1")
+    md = (out / "report" / "report.md").read_text()
+    assert "## full ndcg@10 (primary)" in md and "| bt_ft |" in md and "## Training runs" in md

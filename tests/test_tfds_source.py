@@ -58,6 +58,7 @@ def test_mock_ml1m_types_and_attribute_mapping():
         examples = list(tfds.as_numpy(tfds.load("movielens/1m-ratings", split="train")))
         records = list(tfds_source.tfds_records("ml-1m", 0, 1))
         info = tfds.builder("movielens/1m-ratings").info
+        assert tfds_source.shard_start("ml-1m", 0, 1) is None  # no split sizes: unknown
     assert [kind for kind, _ in records] == ["interactions", "items", "users"] * n
     got = _by_kind(records)
     genre_names = info.features["movie_genres"].feature.names
@@ -187,6 +188,11 @@ def test_shards_partition_the_split(ml1m, num_shards):
             assert not seen[i] & seen[j]
     assert set().union(*seen) == set(summary["interactions"])
     assert all(len(s["items"]) == len(s["users"]) == len(s["interactions"]) for s in shards)
+    # Consecutive ranges of the split's one order: shard_start + i is the index in it.
+    whole = _by_kind(tfds_source.tfds_records("ml-1m", 0, 1, data_dir=data_dir))["interactions"]
+    for s, shard in enumerate(shards):
+        start = tfds_source.shard_start("ml-1m", s, num_shards, data_dir=data_dir)
+        assert shard["interactions"] == whole[start : start + sizes[s]]
 
 
 def test_more_shards_than_examples(ml1m):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bt_tf import distribute, runs
+from bt_tf import cli, distribute, runs
+from bt_tf import train as bt_train
 from bt_tf.data import dataset
 from bt_tf.evaluation import embedding_cache
 from bt_tf.features import MASK_ID, PAD_ID
@@ -119,12 +120,14 @@ def tiny_data(tmp_path_factory) -> str:
     return str(path)
 
 
-def _history_owners(artifact_dir: str, width: int) -> dict:
-    """history (as the trainer's batches cut it) -> (split, user id), over every split."""
+def _history_owners(artifact_dir: str, width: int, hold_out: int = 0) -> dict:
+    """history (as the trainer's batches cut it, without the last ``hold_out`` items the
+    DE validates on) -> (split, user id), over every split."""
     owners = {}
     for split in ("train", "eval", "test"):
         ds = dataset.make_dataset(
-            artifact_dir, split, 64, max_len=width, shuffle=False, outputs=["items", "user_id"]
+            artifact_dir, split, 64, max_len=width, shuffle=False,
+            outputs=["items", "user_id"], hold_out=hold_out,
         )
         for batch in ds:
             for items, user in zip(batch["items"].numpy(), batch["user_id"].numpy()):
@@ -148,7 +151,10 @@ def test_train_users_sets_whose_histories_the_train_stream_reads(
     splits = {"train": ["train"], "all": ["train", "eval", "test"]}[train_users]
     num_users = sum(run.meta["num_users"][s] for s in splits)
     assert run.steps == num_users // config.batch_size
-    owners = _history_owners(run.artifact_dir, trainer.data_width(config, run.meta))
+    assert config.hold_out == 1  # the DE trains without each history's last item
+    owners = _history_owners(
+        run.artifact_dir, trainer.data_width(config, run.meta), config.hold_out
+    )
     assert len(owners) == sum(run.meta["num_users"].values())  # a history names its user
     # The first floor(2N / B) batches of the repeated stream hold every user at least once.
     stream = trainer.build_inputs(run, initial_epoch=0).train
@@ -169,12 +175,13 @@ def _encoder_variables(checkpoint: str) -> dict:
 
 
 def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data):
-    """val_loss peaks early (a high learning rate): the best epoch's weights, not the
-    last one's, are what metrics.json names and export/, evaluate and bt_tf.export use."""
+    """val_loss stops improving within a few epochs (a high learning rate; on the tiny
+    synthetic data at epoch 6 of 8): the best epoch's weights, not the last one's, are
+    what metrics.json names and export/, evaluate and bt_tf.export use."""
     flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe"]
     flags += ["--learning_rate=0.03", "--early_stopping_patience=1"]
     run = tmp_path / "peaked"
-    result = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=5"]))
+    result = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=8"]))
     val = result["history"]["val_loss"]
     best = result["best_epoch"]
     assert result["stop_reason"] == "patience" and result["stopped_early"]
@@ -208,13 +215,83 @@ def test_the_run_keeps_and_every_loader_gets_the_best_epoch(tmp_path, tiny_data)
     np.testing.assert_allclose(served["user_embedding"].numpy(), want_emb, atol=1e-5)
 
     # A run that stopped early is finished: a rerun with a higher cap reuses it.
-    again = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=9"]))
+    again = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=12"]))
     assert again == metrics
 
 
-@pytest.mark.slow  # ~45 s: a subprocess killed mid-run, then resumed
+def _history_rows(run_dir) -> list[str]:
+    return (run_dir / runs.HISTORY_FILE).read_text().splitlines()
+
+
+def test_metrics_history_has_every_epoch_across_resumes(tmp_path, tiny_data):
+    """A run stopped after 2 of 4 epochs and resumed, and a run whose metrics.json is lost
+    or torn after the last epoch: metrics.json's history has all 4 epochs, equal to an
+    uninterrupted run's (history.csv beside the checkpoints, `runs.read_history`; the
+    slow test below kills a process at epoch 2 of 6)."""
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
+    flags += ["--early_stopping_patience=0"]
+    whole = trainer.train(parse([*flags, f"--output_dir={tmp_path / 'whole'}", "--max_epochs=4"]))
+    assert whole["epochs_completed"] == 4 and len(whole["history"]["loss"]) == 4
+    assert {"loss", "val_loss"} <= set(whole["history"])
+    assert len(_history_rows(tmp_path / "whole")) == 1 + 4  # header + one row per epoch
+
+    run = tmp_path / "resumed"
+    first = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
+    assert len(first["history"]["loss"]) == 2
+    resumed = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=4"]))
+    assert resumed["history"] == whole["history"]  # every epoch, the same values
+    assert resumed["final"] == whole["final"] and len(_history_rows(run)) == 1 + 4
+
+    # Killed after the last epoch, before metrics.json: the rerun rebuilds it from disk.
+    (run / runs.METRICS_FILE).unlink()
+    rebuilt = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=4"]))
+    assert rebuilt["history"] == whole["history"] and rebuilt["best_epoch"] == whole["best_epoch"]
+    # A torn metrics.json (cut short): a notice, then the same rebuild, never a traceback.
+    text = (run / runs.METRICS_FILE).read_text()
+    (run / runs.METRICS_FILE).write_text(text[: len(text) // 2])
+    with pytest.raises(runs.UnreadableRunFile, match="rerun the same bt_tf.train command"):
+        runs.read_metrics(str(run))
+    again = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=4"]))
+    assert again["history"] == whole["history"]
+    assert json.loads((run / runs.METRICS_FILE).read_text())["history"] == whole["history"]
+
+
+def test_history_csv_drops_rows_a_kill_left_beyond_the_checkpoint(tmp_path):
+    """Rows of epochs after the last checkpointed one, repeated rows and a torn last line
+    are what a kill between a row and its checkpoint leaves: the resume keeps one row
+    per checkpointed epoch, the last of each."""
+    (tmp_path / runs.HISTORY_FILE).write_text(
+        "epoch,loss,val_loss\n0,5.0,6.0\n1,4.0,5.0\n1,4.5,5.5\n2,3.0,4.0\n3,2.0"
+    )
+    assert runs.read_history(str(tmp_path), 2) == {"loss": [5.0, 4.5], "val_loss": [6.0, 5.5]}
+    runs.trim_history(str(tmp_path), 2)
+    assert _history_rows(tmp_path) == ["epoch,loss,val_loss", "0,5.0,6.0", "1,4.5,5.5"]
+    runs.trim_history(str(tmp_path), 0)  # a fresh start
+    assert not (tmp_path / runs.HISTORY_FILE).exists() and runs.read_history(str(tmp_path), 3) == {}
+
+
+def test_a_torn_config_json_is_one_error_line_that_says_how_to_recover(tmp_path, tiny_data):
+    flags = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
+    run = tmp_path / "run"
+    trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=1"]))
+    text = (run / runs.CONFIG_FILE).read_text()
+    (run / runs.CONFIG_FILE).write_text(text[:40])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(bt_train.main, [*flags, f"--output_dir={run}", "--max_epochs=1"])
+    assert exit_info.value.code == 2
+    with pytest.raises(runs.UnreadableRunFile) as err:
+        runs.read_config(str(run))
+    message = str(err.value)
+    assert message.startswith(f"{run / runs.CONFIG_FILE} is unreadable: not valid JSON (")
+    assert "delete it and rerun the same bt_tf.train command" in message and "\n" not in message
+
+
+@pytest.mark.slow  # ~60 s: a subprocess killed mid-run, then resumed
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    data_flags = [f"--data_output_dir={tmp_path / 'data'}", *TINY_FLAGS, "--epochs=4", "--no-probe"]
+    """Killed (SIGKILL) at epoch 2 of 6 and resumed: the same weights, and metrics.json's
+    history has all 6 epochs, equal to an uninterrupted run's."""
+    data_flags = [f"--data_output_dir={tmp_path / 'data'}", *TINY_FLAGS, "--epochs=6", "--no-probe"]
+    data_flags += ["--early_stopping_patience=0"]
     whole = _run([*data_flags, f"--output_dir={tmp_path / 'whole'}", "--no-export"])
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -226,29 +303,31 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     )
     deadline = time.time() + 300
     state = run_dir / runs.STATE_DIR / "checkpoint"
-    while time.time() < deadline and not state.exists():
-        time.sleep(0.05)
+    while time.time() < deadline and "ckpt-2" not in (state.read_text() if state.exists() else ""):
+        time.sleep(0.02)
     assert state.exists(), "no checkpoint was written"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "metrics.json").exists()  # it really died before the end
+    killed_at = tf.train.get_checkpoint_state(str(run_dir / runs.STATE_DIR))
+    epochs_before = runs.checkpoint_number(killed_at.model_checkpoint_path)
+    assert 2 <= epochs_before < 6, epochs_before
 
     resumed = _run([*data_flags, f"--output_dir={run_dir}", "--no-export"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    assert f"resumed from {run_dir / runs.STATE_DIR}/ckpt-{epochs_before}" in resumed.stdout
+    assert "Epoch 1/6" not in resumed.stdout  # the resumed process did not start over
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
-    assert a["epochs_completed"] == b["epochs_completed"] == 4
-    assert len(b["history"]["loss"]) < 4  # the resumed process did not start over
+    assert a["epochs_completed"] == b["epochs_completed"] == 6
     # The same early-stopping record: the same epoch kept, the same counts.
     for key in ("best_epoch", "optimizer_steps", "users_seen", "stop_reason"):
         assert a[key] == b[key], key
     assert a["best_val_loss"] == pytest.approx(b["best_val_loss"], rel=1e-4)
-    # Same batches, same weights: the resumed epochs replay the uninterrupted ones.
-    resumed_epochs = len(b["history"]["loss"])
-    np.testing.assert_allclose(
-        b["history"]["loss"], a["history"]["loss"][-resumed_epochs:], rtol=1e-4
-    )
+    # Every epoch's metrics, the killed process's and the resumed one's, as uninterrupted.
+    assert len(b["history"]["loss"]) == len(b["history"]["val_loss"]) == 6
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=1e-4)
 
     again = _run([*data_flags, f"--output_dir={run_dir}", "--no-export"])
     assert again.returncode == 0 and "is complete" in again.stdout  # finished runs are reused
@@ -428,6 +507,7 @@ def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_d
         path.unlink()
     (run / runs.CHECKPOINT_DIR).rmdir()
     (run / runs.STATE_DIR).rename(run / runs.CHECKPOINT_DIR)
+    (run / runs.HISTORY_FILE).unlink()
     config = json.loads((run / "config.json").read_text())
     for key in ("min_steps_per_epoch", "min_delta"):
         del config[key]
@@ -446,6 +526,7 @@ def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_d
     embedding_cache.restore_run(str(run))
     # A higher cap trains on from its last epoch.
     more = trainer.train(parse([*flags, f"--output_dir={run}", "--max_epochs=2"]))
+    # Its history starts where history.csv does: the epoch trained after the resume.
     assert more["epochs_completed"] == 2 and len(more["history"]["loss"]) == 1
     assert more["optimizer_steps"] == 8 and more["best_epoch"] in (1, 2)
     export.restore_encoder(str(run))

@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.typehints.decorators import IOTypeHints
 
 from bt_tf import features as F
-from pipelines import blocks, synthetic, transforms
+from pipelines import blocks, columnar, synthetic, transforms
 from pipelines.config import InteractionsConfig, PreprocessConfig
 from pipelines.examples import TOO_SHORT
 from pipelines.metadata import merge_stats
@@ -37,15 +37,17 @@ def _run(p: test_pipeline.TestPipeline) -> dict[str, int]:
     return {c.key.metric.name: c.committed for c in result.metrics().query(query)["counters"]}
 
 
-def _batch(rows) -> dict[str, np.ndarray]:
-    """(user, item, timestamp, rating) rows -> a columnar batch."""
+def _batch(rows, first: int = 0) -> dict[str, np.ndarray]:
+    """(user, item, timestamp, rating) rows -> a columnar batch; row k at input position
+    ``first + k``."""
     users, items, stamps, ratings = zip(*rows)
-    return {
+    batch = {
         "user": np.array([u.encode() for u in users], dtype=np.bytes_),
         "item": np.array([i.encode() for i in items], dtype=np.bytes_),
         "timestamp": np.asarray(stamps, dtype=np.int64),
         "rating": np.asarray(ratings, dtype=np.float32),
     }
+    return columnar.with_positions(batch, np.arange(first, first + len(rows)))
 
 
 def _rows(batches) -> list[tuple]:
@@ -117,19 +119,72 @@ def test_attribute_classes_are_counted_from_a_users_file(tmp_path):
 
 def test_split_buckets_users_and_sorts_each_users_interactions():
     config = PreprocessConfig(num_shards=2)
-    rows = [("a", "y", 30, 1.0), ("b", "x", 5, 2.0), ("a", "x", 10, 4.0), ("a", "z", 10, 3.0)]
+    rows = [("a", "y", 30, 1.0), ("b", "x", 5, 2.0), ("a", "z", 10, 3.0), ("a", "x", 10, 4.0)]
     users = [("a", {"g": "1"}), ("a", {"g": "0"}), ("ghost", {"g": "1"})]
     p = _pipeline()
-    batches = p | "Batches" >> beam.Create([_batch(rows[:2]), _batch(rows[2:])])
+    batches = p | "Batches" >> beam.Create([_batch(rows[:2]), _batch(rows[2:], first=2)])
     split = (batches, p | "Users" >> beam.Create(users)) | transforms.Split(config)
     assert_that(split.catalog | beam.Map(list), equal_to([[b"x", b"y", b"z"]]), label="Catalog")
     bucket = {u: blocks.bucket_of(u.encode(), config) for u in "ab"}
-    expected = [(bucket["a"], "a", 0, 10), (bucket["a"], "a", 2, 10), (bucket["a"], "a", 1, 30)]
+    # By time; "z" and "x" share a timestamp: input order (z first), not id order.
+    expected = [(bucket["a"], "a", 2, 10), (bucket["a"], "a", 0, 10), (bucket["a"], "a", 1, 30)]
     expected.append((bucket["b"], "b", 0, 5))
     assert_that(split.blocks | beam.FlatMap(_block_rows), equal_to(expected), label="Blocks")
     attributes = split.blocks | beam.FlatMap(lambda kv: kv[1]["attributes"].items())
     assert_that(attributes, equal_to([(b"a", {"g": "0"})]), label="Attributes")
     assert _run(p) == {"duplicate_user_records": 1, "user_records_without_interactions": 1}
+
+
+def test_build_block_breaks_ties_by_position_whatever_the_fragment_order():
+    """A user's same-second interactions: by input position, wherever (in which
+    fragment, in what arrival order) the rows come from; other users' rows too."""
+    config = PreprocessConfig(num_shards=1)
+    # "a" has 4 interactions at t=7 in input order w, z, x, y (positions 3, 5, 8, 9),
+    # spread over three batches; "b" one at t=7 and one earlier.
+    rows = [
+        ("a", "w", 7, 5.0, 3),
+        ("b", "x", 7, 1.0, 4),
+        ("a", "z", 7, 1.0, 5),
+        ("a", "v", 2, 2.0, 6),
+        ("b", "y", 1, 3.0, 7),
+        ("a", "x", 7, 4.0, 8),
+        ("a", "y", 7, 4.0, 9),
+    ]
+    batches = []
+    for part in (rows[:2], rows[2:5], rows[5:]):
+        batch = _batch([r[:4] for r in part])
+        batches.append(columnar.with_positions(batch, np.asarray([r[4] for r in part])))
+    catalog = np.unique(np.concatenate([b["item"] for b in batches]))
+
+    def block_of(fragment_batches):
+        fragments = [f for b in fragment_batches for _, f in blocks.to_fragments(b, config)]
+        return blocks.build_block(fragments, [], catalog)[0]
+
+    first = block_of(batches)
+    names = [catalog[c].decode() for c in first["item"]]
+    assert first["user"].tolist() == [b"a", b"b"] and first["length"].tolist() == [5, 2]
+    assert names == ["v", "w", "z", "x", "y", "y", "x"]
+    assert first["timestamp"].tolist() == [2, 7, 7, 7, 7, 1, 7]
+    assert first["rating"].tolist() == [2.0, 5.0, 1.0, 4.0, 4.0, 3.0, 1.0]
+    for order in ([2, 1, 0], [1, 2, 0], [2, 0, 1]):
+        other = block_of([batches[i] for i in order])
+        for key in ("user", "length", "item", "timestamp", "rating"):
+            assert other[key].tolist() == first[key].tolist(), (order, key)
+
+    # Batches and fragments carry 4-byte offsets from a base; positions 2**40 apart
+    # (two files' ranks in one batch, which the readers never make) keep 8 bytes, and
+    # their order.
+    fragments = {f["user"][0]: f for _, f in blocks.to_fragments(batches[1], config)}
+    assert {u: int(f["position_base"]) for u, f in fragments.items()} == {b"a": 5, b"b": 5}
+    assert fragments[b"a"]["position"].tolist() == [0, 1]  # positions 5 and 6
+    assert fragments[b"b"]["position"].tolist() == [2]  # position 7
+    assert fragments[b"a"]["position"].dtype == np.uint32
+    wide = _batch([("a", "x", 7, 1.0), ("a", "y", 7, 1.0), ("a", "z", 7, 1.0)])
+    where = columnar.position(np.array([1, 0, 1]), np.array([2, 9, 1]))
+    (_, fragment), *_ = blocks.to_fragments(columnar.with_positions(wide, where), config)
+    assert fragment["position"].dtype == np.int64
+    block = blocks.build_block([fragment], [], np.array([b"x", b"y", b"z"]))[0]
+    assert block["item"].tolist() == [1, 2, 0]  # y (file 0), then z (file 1, line 1), x
 
 
 def test_k_core_iterates_to_the_fixed_point_and_reports_each_round():

@@ -332,7 +332,7 @@ def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
     assert train(config)["epochs_completed"] == 1
 
 
-def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path):
+def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path, capsys):
     search, base = ts.parse(
         _flags(data_dir, tmp_path / "hb", "--tuner=hyperband", "--max_epochs=3")
     )
@@ -348,15 +348,21 @@ def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path):
 
     parent = run("0000", **{"tuner/epochs": 1, "tuner/initial_epoch": 0})
     assert parent["epochs"] == 1
+    capsys.readouterr()
     child = run("0001", **{"tuner/epochs": 3, "tuner/initial_epoch": 1, "tuner/trial_id": "0000"})
     assert child["epochs"] == 3
-    metrics = json.loads(
-        (tmp_path / "hb" / "search" / "trial_0001" / "run" / "metrics.json").read_text()
+    child_run = tmp_path / "hb" / "search" / "trial_0001" / "run"
+    resumed = f"resumed from {child_run}/train_state/ckpt-1"
+    assert resumed in capsys.readouterr().out  # from the parent's checkpoint, not retrained
+    metrics = json.loads((child_run / "metrics.json").read_text())
+    # The parent is untouched and still 1 epoch; the child's history is the parent's first
+    # epoch (its history.csv, copied with the checkpoints), then epochs 2 and 3.
+    parent_metrics = json.loads(
+        (tmp_path / "hb" / "search" / "trial_0000" / "run" / "metrics.json").read_text()
     )
-    assert len(metrics["history"]["loss"]) == 2  # epochs 2 and 3 only: resumed, not retrained
-    # The parent is untouched and still 1 epoch.
-    parent_metrics = tmp_path / "hb" / "search" / "trial_0000" / "run" / "metrics.json"
-    assert json.loads(parent_metrics.read_text())["epochs_completed"] == 1
+    assert parent_metrics["epochs_completed"] == 1
+    assert len(metrics["history"]["loss"]) == 3
+    assert metrics["history"]["loss"][0] == parent_metrics["history"]["loss"][0]
 
 
 @pytest.mark.slow  # ~45 s: a subprocess killed mid-run, then resumed

@@ -33,13 +33,12 @@ if __name__ in cli.MAIN_NAMES:  # also a spawned probe worker's import of this m
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import evaluate
+from bt_tf import atomic, evaluate, locks
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
 from bt_tf.evaluation import scores
@@ -142,7 +141,7 @@ def compare(configs, output_dir: str, args: argparse.Namespace, *, users: Sequen
     out = {"fractions": list(args.label_fractions), "users": list(users), "variants": {}}
     for name in names[1:]:
         pair = [r for r in records if r.model in (BASE, name)]  # the bootstrap of these two only
-        analysis = scores.analyse(pair, 10, baseline=BASE, claim_model=name,
+        analysis = scores.analyse(pair, 10, baseline=BASE, claim_models=(name, BASE),
                                   claim_fractions=args.label_fractions,
                                   n_resamples=args.bootstrap_resamples)  # fmt: skip
         claim = analysis["claim"] or {"tasks": []}
@@ -165,8 +164,7 @@ def _position(ci) -> str:
 
 
 def write_outputs(result: dict, output_dir: str) -> str:
-    with open(os.path.join(output_dir, "compare.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    atomic.write_json(os.path.join(output_dir, "compare.json"), result, indent=1)
     tasks = list(CLAIM_METRICS)
     fr = ", ".join(f"{100 * f:g}%" for f in result["fractions"])
     lines = [
@@ -188,8 +186,7 @@ def write_outputs(result: dict, output_dir: str) -> str:
                              for k, v in result["settings"][name].items())  # fmt: skip
         lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
     path = os.path.join(output_dir, "compare.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -224,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.pretrain_seeds < 1:
         raise UserError("--pretrain_seeds must be >= 1")
     configs = variant_configs(rest, args.variants, args.output_dir, args.pretrain_seeds)
-    result = compare(configs, args.output_dir, args, users=users)
-    print(write_outputs(result, args.output_dir))
+    with locks.hold_dir(args.output_dir, hint=" or choose another --output_dir"):
+        result = compare(configs, args.output_dir, args, users=users)
+        print(write_outputs(result, args.output_dir))
     return result
 
 

@@ -15,12 +15,12 @@ rewrite the reports.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Sequence
 
 from keras_tuner.engine.trial import Trial
 
+from bt_tf import atomic
 from tuning import space
 from tuning.objective import OBJECTIVES, claim_columns
 
@@ -185,7 +185,8 @@ def plot_objective_vs_lambda(trials: Sequence[dict], objective_name: str, path: 
         ax.legend(handles=handles, title="projector", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -201,10 +202,7 @@ def write_reports(
     hparams = None
     if best is not None:
         hparams = best_hparams(best, include_epochs=include_epochs)
-        tmp = os.path.join(output_dir, BEST_HPARAMS + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(hparams, f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(output_dir, BEST_HPARAMS))
+        atomic.write_json(os.path.join(output_dir, BEST_HPARAMS), hparams, indent=2, sort_keys=True)
     n_done = len(completed(trials))
     header = f"# Trials ({n_done} completed of {len(trials)}; objective {objective_name}, max)\n\n"
     if best is not None:
@@ -217,9 +215,11 @@ def write_reports(
         header += (
             "Ratios to the `svd` floor (claim metric per task, mean over the objective's "
             "label fractions; the objective is their mean), cross-fitted over the train and "
-            "eval users, with 95% paired bootstrap intervals over users.\n\n"
+            "eval users, with 95% paired bootstrap intervals (users and label seeds "
+            "resampled; one pretraining seed per trial).\n\n"
         )
-    with open(os.path.join(output_dir, TRIALS_MD), "w") as f:
-        f.write(header + trials_table(trials, objective_name))
+    atomic.write_text(
+        os.path.join(output_dir, TRIALS_MD), header + trials_table(trials, objective_name)
+    )
     plot_objective_vs_lambda(trials, objective_name, os.path.join(output_dir, PLOT))
     return {"trials": trials, "best": best, "best_hparams": hparams}

@@ -84,7 +84,7 @@ import time
 from collections.abc import Sequence
 
 import bt_tf  # noqa: F401  (One Keras: before TensorFlow and KerasTuner)
-from bt_tf import runs
+from bt_tf import atomic, locks, runs
 from bt_tf.errors import UserError
 from bt_tf.training import flags
 from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_settings
@@ -241,9 +241,8 @@ def prepare(search: SearchConfig, base: TrainConfig) -> None:
                 f"{', '.join(_RERUN_CHANGES)} may change), or pass --overwrite or another "
                 "--output_dir to start a new one."
             )
-    with open(path, "w") as f:
-        full = {"search": search.to_json(), "train": base.to_json()}
-        json.dump({**new, "full": full}, f, indent=2)
+    full = {"search": search.to_json(), "train": base.to_json()}
+    atomic.write_json(path, {**new, "full": full}, indent=2)
 
 
 def write_reports(search: SearchConfig) -> dict:
@@ -585,8 +584,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     role = role_from_env(os.environ)
     if os.environ.get(LAUNCHER_PID):
         die_with_parent(int(os.environ[LAUNCHER_PID]))
-    if role is not None:
+    if role is not None:  # a chief or worker that the launcher below started
         return run_search(search, base, role=role)
+    # One search per output directory (`bt_tf.locks`); the launcher holds it for its workers.
+    with locks.hold_dir(search.output_dir, hint=" or choose another --output_dir"):
+        return _search(search, base, argv)
+
+
+def _search(search: SearchConfig, base: TrainConfig, argv: Sequence[str]) -> dict:
+    """The search of this process (``--distributed_workers=0``) or of the chief and workers
+    it starts, then the best configuration retrained and exported."""
     if search.distributed_workers:
         prepare(search, base)
         preprocess.preprocess(base.data)  # once, so the workers do not race to write it

@@ -34,7 +34,7 @@ import keras_tuner
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import runs
+from bt_tf import atomic, runs
 from bt_tf.data import dataset
 from bt_tf.serving.export import restore_encoder
 from bt_tf.training.config import TrainConfig
@@ -178,9 +178,7 @@ class BarlowTwinsTuner(keras_tuner.Tuner):
         for key in ("loss", "val_loss"):  # reported for the record, never the objective
             if key in final:
                 result[f"bt_{key}"] = float(final[key])
-        with open(cache + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(cache + ".tmp", cache)
+        atomic.write_json(cache, result, indent=2)
         return result
 
     def _objective(self, config: TrainConfig, artifact_dir: str) -> dict:

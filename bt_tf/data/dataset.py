@@ -47,6 +47,7 @@ import functools
 import json
 import posixpath
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -190,6 +191,73 @@ def train_histories(
     return np.concatenate(values), np.concatenate(lengths)
 
 
+class Sequences(NamedTuple):
+    """Users' stored histories (ragged, complete as the artifact keeps them) and futures."""
+
+    values: np.ndarray  # int64: the histories' item ids, user after user, oldest first
+    row_lengths: np.ndarray  # int64 [n]: each history's length
+    future: np.ndarray  # int64 [n, T]: the future items, right-padded with PAD_ID
+
+    def __len__(self) -> int:
+        return len(self.row_lengths)
+
+    def tails(self, width: int, extra: np.ndarray | None = None) -> np.ndarray:
+        """int64 ``[n, width]``: each history (followed by ``extra[u]`` when given and not
+        padding) cut to its most recent ``width`` items, right-padded with ``PAD_ID``."""
+        ends = np.cumsum(self.row_lengths)
+        out = np.full((len(self), width), F.PAD_ID, np.int64)
+        for u, (end, n) in enumerate(zip(ends, self.row_lengths)):
+            row = self.values[end - n : end]
+            if extra is not None and extra[u] != F.PAD_ID:
+                row = np.append(row, extra[u])
+            row = row[-width:] if width else row[:0]
+            out[u, : row.size] = row
+        return out
+
+    def seen(self, num_items: int, extra: np.ndarray | None = None):
+        """scipy CSR ``[n, num_items]`` bool: the items of each history (and ``extra[u]``)."""
+        from scipy import sparse
+
+        rows = np.repeat(np.arange(len(self)), self.row_lengths)
+        cols = self.values
+        if extra is not None:
+            keep = np.asarray(extra) != F.PAD_ID
+            rows = np.concatenate([rows, np.flatnonzero(keep)])
+            cols = np.concatenate([cols, np.asarray(extra)[keep]])
+        inside = (cols >= 0) & (cols < num_items)
+        data = np.ones(int(inside.sum()), bool)
+        matrix = sparse.csr_matrix((data, (rows[inside], cols[inside])), (len(self), num_items))
+        matrix.sum_duplicates()
+        return matrix
+
+
+def read_sequences(
+    artifact_dir: str, split: str | Sequence[str] = "train", batch_size: int = 4096
+) -> Sequences:
+    """Every user's stored history and future of ``split`` (several as in `split_names`),
+    in shard order (`Sequences`). Histories are as stored: at most the artifact's
+    ``max_len`` most recent items (complete ones in a leave-one-out artifact)."""
+    ragged = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+    spec = {F.HISTORY_ITEM_IDS: ragged, F.FUTURE_ITEM_IDS: ragged}
+    ds = tf.data.TFRecordDataset(split_files(artifact_dir, split), compression_type="GZIP")
+    ds = ds.batch(batch_size).map(
+        lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )  # fmt: skip
+    values, lengths, futures = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], []
+    for batch in ds.prefetch(2):
+        history = batch[F.HISTORY_ITEM_IDS]
+        values.append(history.flat_values.numpy())
+        lengths.append(history.row_lengths().numpy())
+        futures.append(batch[F.FUTURE_ITEM_IDS].to_tensor(default_value=F.PAD_ID).numpy())
+    width = max((f.shape[1] for f in futures), default=0)
+    future = np.concatenate(
+        [np.pad(f, ((0, 0), (0, width - f.shape[1])), constant_values=F.PAD_ID)
+         for f in futures] or [np.zeros((0, 0), np.int64)]
+    ).astype(np.int64)  # fmt: skip
+    return Sequences(np.concatenate(values), np.concatenate(lengths), future)
+
+
 @functools.lru_cache(maxsize=4)
 def cooccurrence_table(
     artifact_dir: str,
@@ -288,6 +356,18 @@ def _pad_batch(truncated: dict, width, future_len: int) -> dict:
                 out[FUTURE_LENGTH] = tf.cast(value.row_lengths(), tf.int32)
         else:
             out[name] = value
+    return out
+
+
+def _hold_out(parsed: dict, count: int) -> dict:
+    """Parsed features with each history's last ``count`` items removed (the items a
+    validation holds out: never an input nor a target in training)."""
+    if not count:
+        return parsed
+    out = dict(parsed)
+    for name, value in parsed.items():
+        if name.startswith(_HISTORY_PREFIX) and isinstance(value, tf.RaggedTensor):
+            out[name] = value[:, :-count]
     return out
 
 
@@ -426,7 +506,9 @@ def _records(
 _LOAD_CHUNK = 4096  # Examples parsed per call when loading a split into memory
 
 
-def load_rows(records: tf.data.Dataset, spec: dict, max_len: int, future_len: int) -> dict | None:
+def load_rows(
+    records: tf.data.Dataset, spec: dict, max_len: int, future_len: int, hold_out: int = 0
+) -> dict | None:
     """Parses every record once into memory: ``{feature: [N, ...] tensor}`` (None if empty).
 
     History lists keep their last ``max_len`` items and future lists their
@@ -435,7 +517,7 @@ def load_rows(records: tf.data.Dataset, spec: dict, max_len: int, future_len: in
     alone: ML-1M ~5 MB, ML-20M ~110 MB at ``max_len`` 200).
     """
     ds = records.batch(_LOAD_CHUNK).map(
-        lambda s: _truncate(tf.io.parse_example(s, spec), max_len, future_len),
+        lambda s: _truncate(_hold_out(tf.io.parse_example(s, spec), hold_out), max_len, future_len),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -585,6 +667,7 @@ def make_dataset(
     outputs: Sequence[str] | None = None,
     bucket_boundaries: Sequence[int] | str | None = None,
     cache: bool = False,
+    hold_out: int = 0,
 ) -> tf.data.Dataset:
     """Batched, parsed, padded (and optionally augmented) users of one split (or several).
 
@@ -690,6 +773,8 @@ def make_dataset(
         shape ``[B, None]``).
       cache: the in-memory pipeline even without buckets (parse once; every
         batch ``max_len`` wide).
+      hold_out: drop each history's last ``hold_out`` items before anything else
+        (the items a next-item validation holds out, `bt_tf.training.validation`).
 
     Returns:
       A `tf.data.Dataset` of dicts, see the module docstring for the layout.
@@ -728,7 +813,7 @@ def make_dataset(
         drop_remainder=drop_remainder,
     )
     if in_memory:
-        rows = load_rows(records, spec, max_len, future_len)
+        rows = load_rows(records, spec, max_len, future_len, hold_out)
         if rows is None:
             raise ValueError(
                 f"split {split!r} of {artifact_dir} has no users"
@@ -740,8 +825,9 @@ def make_dataset(
         ).map(select)
     else:
         ds = _streamed_batches(
-            records, spec, select, shuffle_buffer_size=shuffle_buffer_size, **batching
-        )
+            records, spec, select, shuffle_buffer_size=shuffle_buffer_size, hold_out=hold_out,
+            **batching,
+        )  # fmt: skip
 
     if augment_policy is not None:
         if augment_policy.needs_cooccurrence and cooccurrence is None:
@@ -773,9 +859,11 @@ def _streamed_batches(
     seed: int,
     repeat: bool,
     drop_remainder: bool,
+    hold_out: int = 0,
 ) -> tf.data.Dataset:
     """`make_dataset`'s streamed pipeline after the reads: shuffle -> repeat -> batch ->
-    parse, padded to `max_len`; `select` keeps the requested keys of a parsed batch."""
+    parse (without each history's last ``hold_out`` items), padded to `max_len`; `select`
+    keeps the requested keys of a parsed batch."""
     ds = records
     if shuffle:
         ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
@@ -787,7 +875,8 @@ def _streamed_batches(
     # flow), so AutoGraph conversion is skipped: it only costs tracing time.
     @tf.autograph.experimental.do_not_convert
     def parse(serialized):
-        return select(_shape_batch(tf.io.parse_example(serialized, spec), max_len, future_len))
+        parsed = _hold_out(tf.io.parse_example(serialized, spec), hold_out)
+        return select(_shape_batch(parsed, max_len, future_len))
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 

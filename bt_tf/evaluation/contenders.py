@@ -34,6 +34,7 @@ from bt_tf.features import NUM_RESERVED
 
 __all__ = [
     "PRIOR_CONTENDER",
+    "BIAS_CONTENDER",
     "Contender",
     "KnnScore",
     "interaction_matrix",
@@ -41,10 +42,12 @@ __all__ = [
     "bag_of_items",
     "svd",
     "prior",
+    "item_bias",
     "item_knn",
 ]
 
 PRIOR_CONTENDER = "prior"  # rows name it after the task's prior predictor (majority, popularity)
+BIAS_CONTENDER = "bias"  # liked item's per-item bias alone (`item_bias`)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +65,7 @@ class Contender:
         fingerprint: identifies the features in the result cache.
         bag: ``[N, V]`` the histories' bags the item-kNN score reads, when
             ``users`` are a projection of them (large catalogs); None: ``users``.
+        tasks: the tasks it is probed on (None: every task).
     """
 
     name: str
@@ -71,6 +75,7 @@ class Contender:
     knn: Any = None
     fingerprint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     bag: Any = None
+    tasks: tuple[str, ...] | None = None
     _pair_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -107,7 +112,9 @@ class Contender:
 
     def _pair_features(self, pairs: Pairs, num_items: int) -> OneHotBlock | PairBlock:
         m = len(pairs)
-        if self.users.shape[1] == 0:  # the prior: nothing, not even the item
+        if self.users.shape[1] == 0:  # the prior: nothing, not even the item; bias: the item
+            if self.name == BIAS_CONTENDER:
+                return OneHotBlock(np.zeros((m, 0)), pairs.item_ids, num_items)
             return OneHotBlock(np.zeros((m, 0)), np.zeros(m, np.int64), 0)
         users, ui, ii = self.softmax_users, pairs.user_index, pairs.item_ids
         if self.sparse or self._item_std is None:
@@ -300,6 +307,15 @@ def truncated_svd(matrix, dim: int, *, seed: int = 0):
     k = max(1, min(int(dim), min(matrix.shape) - 1))
     model = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed)
     return model.fit(matrix)
+
+
+def item_bias(n_users: int, tasks: tuple[str, ...] = ("liked_item",)) -> Contender:
+    """No user features, only liked item's one-hot of the item: the per-item bias every
+    contender's liked-item probe has, fitted (selected by cross-validation) like theirs:
+    what the item alone is worth (the ``bias`` floor; probed on ``tasks`` only, as on
+    the others it would be the prior)."""
+    return Contender(BIAS_CONTENDER, 0, np.zeros((n_users, 0), np.float32), None, None,
+                     {"floor": BIAS_CONTENDER}, tasks=tuple(tasks))  # fmt: skip
 
 
 def prior(n_users: int) -> Contender:

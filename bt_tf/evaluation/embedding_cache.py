@@ -43,14 +43,13 @@ EMBEDDINGS_DIR = "embeddings"  # under the evaluation's cache dir
 def restore_run(run_dir: str) -> tuple[tf.keras.layers.Layer, np.ndarray, dict]:
     """(frozen encoder, item embeddings ``[vocab, d]``, config dict) of a run.
 
-    Item embeddings: the DE item tower for "de" and "bt+de" runs, the encoder's
-    input embedding table for "bt" runs.
+    Item embeddings: the DE item tower for "de" and "bt+de" runs (the encoder's input
+    table when the run tied them), the encoder's input embedding table for "bt" runs.
     """
     encoder, config = export.restore_encoder(run_dir)
     encoder.trainable = False
-    vocab = int(config["encoder"]["vocab_size"])
     if "de" in config.get("model", "bt").split("+"):
-        items = export.restore_item_embeddings(run_dir, vocab, encoder.output_dim)
+        items = export.run_item_embeddings(run_dir, config, encoder)
     else:
         items = encoder.item_embedding.embeddings.numpy()
     return encoder, np.asarray(items, np.float32), config

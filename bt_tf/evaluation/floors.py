@@ -2,7 +2,8 @@
 
 ``majority`` / ``popularity`` (the `contenders.prior` contender: no features,
 so every probe stays its prior predictor: the majority class of the
-labelled users, the popularity ranking), ``bag_of_items`` (L2-normalized
+labelled users, the popularity ranking), ``bias`` (liked item only: the item
+one-hot alone, fitted like every contender's per-item bias), ``bag_of_items`` (L2-normalized
 history bags; item-kNN for next item), ``svd`` (a floor of the embedding's own
 size: the rank-d truncated SVD of the interaction matrix, d the encoders'
 output width) and ``untrained`` (an encoder of the runs' architecture,
@@ -25,6 +26,7 @@ from bt_tf.evaluation.embedding_cache import cached_embeddings, embed_users, unt
 from bt_tf.evaluation.eval_data import EvalData
 from bt_tf.evaluation.protocol import Population
 from bt_tf.evaluation.settings import EvalSettings
+from bt_tf.evaluation.tasks import LIKED_ITEM
 from bt_tf.evaluation.timing import StageClock
 from bt_tf.features import SPLITS
 
@@ -48,7 +50,8 @@ def history_floors(
     settings: EvalSettings,
     clock: StageClock,
 ) -> list[Contender]:
-    """``prior`` (majority / popularity), ``bag_of_items`` and ``svd`` (rank ``dim``)."""
+    """``prior`` (majority / popularity), ``bias`` (liked item's item one-hot alone),
+    ``bag_of_items`` and ``svd`` (rank ``dim``)."""
     large = num_items > settings.bag_projection_above
     with clock("bag_of_items + svd: features"):
         bag = contenders.bag_of_items(
@@ -59,7 +62,8 @@ def history_floors(
             knn_top_k=settings.knn_top_k if large else None,
         )
         svd = contenders.svd(history, num_items, rows, dim)
-    return [contenders.prior(history.shape[0]), bag, svd]
+    n = history.shape[0]
+    return [contenders.prior(n), contenders.item_bias(n, (LIKED_ITEM,)), bag, svd]
 
 
 def untrained_floors(

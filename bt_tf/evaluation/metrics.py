@@ -76,7 +76,8 @@ def target_ranks(
         or a callable ``(start, stop) -> [stop - start, num_items]``.
       targets: ``[n]`` int item ids (one relevant item per user).
       exclude: optional padded ``[n, L]`` int item ids to remove from each
-        user's ranking; 0 = padding.
+        user's ranking (0 = padding), or a scipy sparse ``[n, num_items]`` matrix
+        whose nonzero entries are the items to remove.
       chunk_size: rows processed at once (a copy of chunk_size * num_items,
         float32 scores as float32, others as float64: 256 x 30k items = 61 MB).
 
@@ -86,7 +87,12 @@ def target_ranks(
     """
     targets = np.asarray(targets).astype(np.int64).reshape(-1)
     n = targets.shape[0]
-    if exclude is not None:
+    sparse_exclude = exclude is not None and hasattr(exclude, "tocsr")
+    if sparse_exclude:
+        exclude = exclude.tocsr()
+        if exclude.shape[0] != n:
+            raise ValueError(f"exclude has {exclude.shape[0]} rows, targets {n}.")
+    elif exclude is not None:
         exclude = np.asarray(exclude).astype(np.int64)
         if exclude.ndim != 2 or exclude.shape[0] != n:
             raise ValueError(
@@ -108,7 +114,11 @@ def target_ranks(
         num_items = s.shape[1]
         s[:, :NUM_RESERVED] = -np.inf  # reserved ids are never ranked
         rows = np.arange(stop - start)
-        if exclude is not None:
+        if sparse_exclude:
+            r, c = exclude[start:stop].nonzero()
+            inside = c < num_items
+            s[r[inside], c[inside]] = -np.inf
+        elif exclude is not None:
             ex = exclude[start:stop]
             r, c = np.nonzero((ex > 0) & (ex < num_items))
             s[r, ex[r, c]] = -np.inf

@@ -201,6 +201,8 @@ def probe_records(
         directory = cache_file(os.path.join(plan.cache_dir, UNITS_DIR), contender.key, "")
     out = []
     for task in plan.tasks if tasks is None else tasks:
+        if contender.tasks is not None and task not in contender.tasks:
+            continue
         name = _model_name(contender, task)
         key = _fingerprint(plan, contender, task)
         with plan.clock(f"{contender.key}: {task}"):

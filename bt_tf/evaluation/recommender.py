@@ -1,38 +1,43 @@
-"""The dual encoder as a recommender, scored in the protocol of SASRec (Kang & McAuley 2018).
+"""The runs with an item side as recommenders, in the protocol sequential recommenders use.
 
 The probes of `bt_tf.evaluation.probing` ask what a frozen user embedding
-knows; this module asks how well a DE run recommends WITH ITS OWN TOWERS, the
-way sequential recommenders are usually compared ("Self-Attentive Sequential
-Recommendation", Kang & McAuley, ICDM 2018):
+knows; this module asks how well a DE (or BT+DE) run recommends WITH ITS OWN
+TOWERS, the way sequential recommenders are compared ("Self-Attentive
+Sequential Recommendation", Kang & McAuley, ICDM 2018; RecBole):
 
-* A user's full sequence is the stored history followed by the future
-  (`bt_tf.features`). Its LAST item is held out as the target; the input is
-  the most recent ``max_len`` items before it (the run's encoder width), i.e.
-  the tail of ``history + future[:-1]`` (`sasrec_inputs`).
-* 100 negatives per user, drawn uniformly without replacement from the
-  catalog ids the user never rated (`sample_negatives`). "Never rated" is
-  judged on what the artifact stores: the history truncated to the
-  artifact's ``max_len`` plus the future; older ratings are not kept, so a
-  negative may be an item the user rated long ago. Reserved ids 0/1/2 are
-  never negatives. SASRec's code draws each negative independently
-  (duplicates possible); here the 100 are distinct.
-* Score = the run's query encoder on the input, dot the item tower's row
-  (`restore_run`). The target's rank among the 101 items is
-  ``1 + #{negatives scoring higher} + #{negatives scoring equal}`` (ties
-  count against the target, as in `bt_tf.evaluation.metrics`);
-  HR@10 = 1[rank <= 10], NDCG@10 = 1[rank <= 10] / log2(rank + 1) (`sampled_ranks`).
-* Users whose target is a reserved id (an item outside the train
-  vocabulary: OOV) or whose input is empty are skipped and counted.
+* ``leave_one_out`` (runs trained with ``--protocol=leave_one_out``, the
+  field's protocol): every user trained on all but its last two items; item
+  n-1 validated (epoch selection, `bt_tf.training.validation`); item n, the
+  test item, is ranked after the history and item n-1 (the most recent
+  ``max_len``) (`leave_one_out_cases`).
+* ``leave_last_out`` (runs on a history/future artifact): each user's last
+  stored item is held out after the rest (`sasrec_inputs`,
+  `leave_last_out_cases`); the encoder trained on the train split's histories.
 
-Every user of every split is scored (the DE trains on train users'
-histories, never on anyone's future, so every target is unseen). Per run,
-95% intervals come from `scipy.stats.bootstrap` over users (percentile,
-2000 resamples, seeded). Negatives depend only on the artifact, the seed and
-the user order, so runs on one artifact are scored against the same
-negatives. `evaluate_recommender` writes ``recommender.json`` and
-``recommender.md``. The SASRec paper's ML-1M figures are reported beside
-them for orientation only: another dataset (ML-1M, not ML-100K), a longer
-input (200) and its own item filtering.
+Both are ranked two ways, with the same per-user scores (the run's query encoder
+on the input, dot its item table, `restore_run`):
+
+* **full** (primary): against every real item but the user's own earlier
+  items (a target the user had before stays rankable); reserved ids never.
+* **sampled** (secondary, as SASRec reported): against 100 negatives drawn
+  uniformly without replacement from the catalog ids the user never rated
+  in the stored data (`sample_negatives`). Sampled metrics can order models
+  differently from full ones (Krichene & Rendle, KDD 2020), so they are
+  labelled as sampled and never the headline.
+
+Ties count against the target (``rank = 1 + #{others scoring >= target}``,
+as in `bt_tf.evaluation.metrics`); HR@10 = 1[rank <= 10], NDCG@10 =
+1[rank <= 10] / log2(rank + 1). Users whose target is outside the vocabulary
+(OOV), whose input is empty, or (leave-one-out) who have fewer than 3 items
+are skipped and counted. Per run, 95% intervals come from
+`scipy.stats.bootstrap` over users (percentile, 2000 resamples, seeded).
+Negatives depend only on the artifact, the seed and the user order, so runs
+on one artifact are scored against the same negatives; a popularity ranking
+of the same users comes with them. `evaluate_recommender` writes
+``recommender.json`` and ``recommender.md``; `bt_tf.train` writes a
+leave-one-out run's own ``recommender.json`` into its run directory.
+Published and measured SASRec figures (`SASREC_REFERENCES`) are reported
+beside them for orientation.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -56,46 +62,77 @@ from bt_tf.evaluation.embedding_cache import restore_run
 from bt_tf.evaluation.labels import item_counts
 from bt_tf.evaluation.metrics import hits_at_k, ndcg_gains_at_k
 from bt_tf.evaluation.runner import run_names
+from bt_tf.training import validation
 
 __all__ = [
     "NUM_NEGATIVES",
     "K",
-    "SASREC_ML1M",
+    "SASREC_REFERENCES",
     "JSON_FILE",
     "MARKDOWN_FILE",
-    "protocol",
+    "protocol_text",
     "sasrec_inputs",
     "sample_negatives",
     "sampled_ranks",
     "bootstrap_interval",
+    "interval_block",
     "read_sequences",
+    "Cases",
+    "leave_one_out_cases",
+    "leave_last_out_cases",
+    "score_cases",
     "score_run",
+    "score_popularity",
     "evaluate_recommender",
     "write_markdown",
 ]
 
 NUM_NEGATIVES = 100
 K = 10
-# The published SASRec figures on MovieLens-1M (same protocol, another dataset).
-SASREC_ML1M = {
-    "hr@10": 0.8245,
-    "ndcg@10": 0.5905,
-    "source": "Kang & McAuley 2018, Self-Attentive Sequential Recommendation (SASRec, "
-    "MovieLens-1M)",
-}
+# Published and measured SASRec figures, for orientation beside ours.
+SASREC_REFERENCES = (
+    {
+        "name": "SASRec (published, ML-1M)",
+        "protocol": "leave_one_out",
+        "sampled": {"hr@10": 0.8245, "ndcg@10": 0.5905},
+        "source": "Kang & McAuley 2018, Self-Attentive Sequential Recommendation, Table III "
+        "(MovieLens-1M, 100 sampled negatives; another dataset than ML-100K)",
+    },
+    {
+        "name": "SASRec, public PyTorch port (ML-100K)",
+        "protocol": "leave_one_out",
+        "full": {"hr@10": 0.194, "ndcg@10": 0.100},
+        "sampled": {"hr@10": 0.743, "ndcg@10": 0.462},
+        "source": "a widely used PyTorch SASRec (binary cross-entropy, one sampled negative per "
+        "position, 2 blocks, d=50, max_len 200, dropout 0.2, Adam 1e-3, batch 128) on the "
+        "ML-100K ratings of shared/tools/ml100k_offline.py, ties in file order, no k-core, "
+        "epoch 200 (issue 22)",
+    },
+)
 JSON_FILE = "recommender.json"
 MARKDOWN_FILE = "recommender.md"
 
 
-def protocol(num_negatives: int = NUM_NEGATIVES, k: int = K) -> str:
-    """The protocol in one sentence, as the report states it."""
+def protocol_text(protocol: str, num_negatives: int = NUM_NEGATIVES, k: int = K) -> str:
+    """A protocol in one paragraph, as the report states it."""
+    if protocol == "leave_one_out":
+        return (
+            "leave_one_out (SASRec, RecBole): every user trained on all but its last two "
+            "items; item n-1 validated (epoch selection); item n is the test item, ranked "
+            "after the history and item n-1 (the most recent max_len) by the run's own query "
+            "encoder dot its item table, against every real item but the user's earlier "
+            f"ones (full) and against {num_negatives} items the user never rated (sampled); "
+            f"ties count against the target; HR@{k} and NDCG@{k} over every user."
+        )
     return (
-        f"SASRec protocol: each user's last item (history + future) is held out and ranked "
-        f"by the run's own query encoder (input: the items before it, the most recent "
-        f"max_len) dot its item tower against {num_negatives} items drawn uniformly without "
-        f"replacement from those the user never rated in the stored data (history truncated "
-        f"to the artifact's max_len, plus the future); ties count against the target; "
-        f"HR@{k} and NDCG@{k} over every user of every split."
+        "leave_last_out on a history/future artifact: each user's last stored item "
+        "(history + future) is held out and ranked by the run's own query encoder (input: "
+        "the items before it, the most recent max_len) dot its item tower against every "
+        "real item but the user's earlier stored ones (full) and against "
+        f"{num_negatives} items drawn uniformly without replacement from those the user "
+        "never rated in the stored data (sampled); the history is truncated to the "
+        f"artifact's max_len; ties count against the target; HR@{k} and NDCG@{k} over "
+        "every user of every split (the encoder trained on train users' histories)."
     )
 
 
@@ -156,7 +193,11 @@ def sample_negatives(
     ``num_negatives`` gets ALL of them (the row is then padded with -1): the
     ranking is over every item left, never over repeats. One
     ``np.random.default_rng(seed)`` stream draws the users in order, so the
-    same seed and users give the same negatives.
+    same seed and users give the same negatives. Draws are uniform with
+    rejection (a rated or repeated id is drawn again), which is a uniform sample
+    without replacement of the unrated ids and costs ``O(num_negatives)`` per user
+    whatever the catalog's size (a mask over the catalog per user was 5e9 writes
+    at 100k users x 50k items).
 
     Returns:
         int64 ``[n, num_negatives]``, -1 where a user has no more unrated items.
@@ -165,17 +206,24 @@ def sample_negatives(
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}.")
     rng = np.random.default_rng(seed)
     out = np.full((len(rated), num_negatives), -1, np.int64)
-    unrated = np.ones(num_items, bool)
+    catalog = num_items - F.NUM_RESERVED
     for u, ids in enumerate(rated):
-        unrated[F.NUM_RESERVED :] = True
-        unrated[: F.NUM_RESERVED] = False
-        ids = np.asarray(ids, np.int64)
-        unrated[ids[(ids >= 0) & (ids < num_items)]] = False
-        candidates = np.flatnonzero(unrated)
-        if candidates.size <= num_negatives:
-            out[u, : candidates.size] = rng.permutation(candidates)
-        else:
-            out[u] = rng.choice(candidates, size=num_negatives, replace=False)
+        ids = np.unique(np.asarray(ids, np.int64))
+        ids = ids[(ids >= F.NUM_RESERVED) & (ids < num_items)]
+        unrated = catalog - ids.size
+        if unrated <= 2 * num_negatives:  # few left: draw from them exactly
+            candidates = np.setdiff1d(np.arange(F.NUM_RESERVED, num_items), ids)
+            take = min(num_negatives, candidates.size)
+            out[u, :take] = rng.choice(candidates, size=take, replace=False)
+            continue
+        drawn = np.zeros(0, np.int64)
+        while drawn.size < num_negatives:
+            more = rng.integers(F.NUM_RESERVED, num_items, size=2 * num_negatives)
+            more = more[~np.isin(more, ids, assume_unique=False)]
+            drawn = np.concatenate([drawn, more])
+            _, first = np.unique(drawn, return_index=True)
+            drawn = drawn[np.sort(first)]  # distinct, in the order drawn
+        out[u] = drawn[:num_negatives]
     return out
 
 
@@ -265,56 +313,61 @@ def read_sequences(artifact_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]
     return out
 
 
-def _interval_fields(values: np.ndarray, name: str, seed: int, n_resamples: int) -> dict:
-    low, high = bootstrap_interval(values, seed=seed, n_resamples=n_resamples)
-    mean = float(values.mean()) if values.size else float("nan")
-    return {name: mean, f"{name}_ci95": [low, high]}
+def interval_block(ranks: np.ndarray, k: int, seed: int, n_resamples: int) -> dict:
+    """``{"hr@k", "ndcg@k", "ci95": {"hr@k": [lo, hi], "ndcg@k": [lo, hi]}}`` of per-user
+    ranks: means over users and their percentile bootstrap intervals."""
+    out: dict = {"ci95": {}}
+    for name, gains in ((f"hr@{k}", hits_at_k(ranks, k)), (f"ndcg@{k}", ndcg_gains_at_k(ranks, k))):
+        out[name] = float(gains.mean()) if gains.size else float("nan")
+        out["ci95"][name] = list(bootstrap_interval(gains, seed=seed, n_resamples=n_resamples))
+    return out
 
 
-def _by_split(split_of: np.ndarray, hits: np.ndarray, gains: np.ndarray, k: int) -> dict:
-    """split -> n_users and mean HR@k / NDCG@k of its scored users (no interval)."""
+def _by_split(split_of: np.ndarray, ranks: np.ndarray, k: int) -> dict:
+    """split -> n_users and mean HR@k / NDCG@k (full ranking) of its scored users."""
     out = {}
     for split in dict.fromkeys(split_of.tolist()):
         mine = split_of == split
         out[split] = {
             "n_users": int(mine.sum()),
-            f"hr@{k}": float(hits[mine].mean()),
-            f"ndcg@{k}": float(gains[mine].mean()),
+            f"hr@{k}": float(hits_at_k(ranks[mine], k).mean()),
+            f"ndcg@{k}": float(ndcg_gains_at_k(ranks[mine], k).mean()),
         }
     return out
 
 
-def score_run(
-    run_dir: str,
-    sequences: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    *,
-    seed: int = 0,
-    num_negatives: int = NUM_NEGATIVES,
-    k: int = K,
-    n_resamples: int = 2000,
-    batch_size: int = 512,
-) -> dict:
-    """One DE (or BT+DE) run's SASRec figures on ``sequences`` (`read_sequences` of its artifact).
+class Cases(NamedTuple):
+    """The scored users of one protocol: what each is ranked on."""
 
-    Returns:
-        ``{"run_dir", "n_users", "n_skipped", "skipped", "hr@k", "hr@k_ci95",
-        "ndcg@k", "ndcg@k_ci95", "min_negatives", "by_split", "wall_s"}``;
-        ``n_users`` counts the scored users, ``skipped`` the others by reason,
-        ``min_negatives`` the fewest negatives a user had; ``by_split`` the
-        figures of train, eval and test users apart (the DE trained on train
-        users' histories; every target is a future item, unseen in training).
-    """
-    start = time.perf_counter()
-    encoder, item_emb, config = restore_run(run_dir)
-    cases = _cases(sequences, int(config["encoder"]["max_len"]), len(item_emb), seed, num_negatives)
-    user_emb = embed_items(encoder, cases["inputs"], batch_size=batch_size)
-    ranks = sampled_ranks(user_emb, item_emb, cases["targets"], cases["negatives"])
-    out = {"run_dir": run_dir, **_figures(ranks, cases, seed, k, n_resamples)}
-    return dict(out, wall_s=round(time.perf_counter() - start, 2))
+    protocol: str  # "leave_one_out" or "leave_last_out"
+    inputs: np.ndarray  # int64 [m, max_len] the encoder's input
+    targets: np.ndarray  # int64 [m] the held-out item
+    seen: object  # scipy CSR [m, num_items]: earlier items, excluded from the full ranking
+    rated: list  # per user, every stored item: never a sampled negative
+    split_of: np.ndarray  # [m] the user's split
+    skipped: dict  # users not scored, by reason
 
 
-def _cases(sequences, max_len: int, num_items: int, seed: int, num_negatives: int) -> dict:
-    """The scored users' inputs, targets and negatives, and the users skipped."""
+def leave_one_out_cases(sequences: dataset.Sequences, max_len: int, num_items: int) -> Cases:
+    """The test stage of a leave-one-out artifact (`bt_tf.training.validation`): item n
+    ranked after the history and item n-1."""
+    cases = validation.leave_one_out_cases(sequences, "test", max_len, num_items)
+    users = cases["users"]
+    ends = np.cumsum(sequences.row_lengths)
+    rated = [
+        np.concatenate([sequences.values[e - n : e], sequences.future[u]])
+        for u, e, n in zip(users, ends[users], sequences.row_lengths[users])
+    ]
+    split_of = np.full(users.size, "train")
+    return Cases("leave_one_out", cases["inputs"], cases["targets"], cases["seen"], rated,
+                 split_of, cases["skipped"])  # fmt: skip
+
+
+def leave_last_out_cases(sequences: Mapping[str, tuple], max_len: int, num_items: int) -> Cases:
+    """A history/future artifact's users (`read_sequences`), each one's last stored item
+    held out after the rest (`sasrec_inputs`)."""
+    from scipy import sparse
+
     inputs, targets, rated, split_of = [], [], [], []
     for split in sequences:
         x, t, r = sasrec_inputs(*sequences[split], max_len)
@@ -325,55 +378,133 @@ def _cases(sequences, max_len: int, num_items: int, seed: int, num_negatives: in
     inputs, targets, split_of = np.concatenate(inputs), np.concatenate(targets), np.array(split_of)
     oov = (targets < F.NUM_RESERVED) | (targets >= num_items)
     empty = ~oov & ~(inputs != F.PAD_ID).any(axis=1)
-    keep = ~(oov | empty)
-    negatives = sample_negatives(
-        [r for r, kept in zip(rated, keep) if kept],
-        num_items,
-        num_negatives=num_negatives,
-        seed=seed,
-    )
-    return {
-        "inputs": inputs[keep],
-        "targets": targets[keep],
-        "negatives": negatives,
-        "split_of": split_of[keep],
-        "skipped": {"reserved_or_oov_target": int(oov.sum()), "empty_input": int(empty.sum())},
-    }
+    keep = np.flatnonzero(~(oov | empty))
+    # Earlier items: every stored item but the target (a repeat of it stays rankable).
+    rows = [np.setdiff1d(rated[u], [targets[u]]) for u in keep]
+    seen = sparse.csr_matrix(
+        (np.ones(sum(r.size for r in rows), bool),
+         (np.repeat(np.arange(keep.size), [r.size for r in rows]),
+          np.concatenate(rows + [np.zeros(0, np.int64)]).clip(0, num_items - 1))),
+        shape=(keep.size, num_items),
+    )  # fmt: skip
+    skipped = {"reserved_or_oov_target": int(oov.sum()), "empty_input": int(empty.sum())}
+    return Cases("leave_last_out", inputs[keep], targets[keep], seen, [rated[u] for u in keep],
+                 split_of[keep], skipped)  # fmt: skip
 
 
-def _figures(ranks: np.ndarray, cases: dict, seed: int, k: int, n_resamples: int) -> dict:
-    hits, gains = hits_at_k(ranks, k), ndcg_gains_at_k(ranks, k)
-    negatives = cases["negatives"]
-    return {
-        "n_users": int(ranks.size),
-        "n_skipped": int(sum(cases["skipped"].values())),
-        "skipped": cases["skipped"],
-        **_interval_fields(hits, f"hr@{k}", seed, n_resamples),
-        **_interval_fields(gains, f"ndcg@{k}", seed, n_resamples),
-        "min_negatives": int((negatives >= 0).sum(axis=1).min()) if len(negatives) else 0,
-        "by_split": _by_split(cases["split_of"], hits, gains, k),
-    }
-
-
-def score_popularity(
-    sequences: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    num_items: int,
-    max_len: int,
+def score_cases(
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    cases: Cases,
     *,
     seed: int = 0,
     num_negatives: int = NUM_NEGATIVES,
     k: int = K,
     n_resamples: int = 2000,
+    keep_ranks: bool = False,
 ) -> dict:
-    """The popularity ranking in the same protocol (same users, targets and negatives
-    as `score_run` with the same seed): items scored by how often they occur in the
-    users' histories (label-free; ties count against the target). A recommender that
-    does not beat it has learned nothing a count would not give."""
-    cases = _cases(sequences, max_len, num_items, seed, num_negatives)
-    counts = item_counts(np.concatenate([h for h, _ in sequences.values()]), num_items)
-    ranks = sampled_ranks(np.ones((len(cases["targets"]), 1)), counts[:, None],
-                          cases["targets"], cases["negatives"])  # fmt: skip
-    return {"run_dir": "", **_figures(ranks, cases, seed, k, n_resamples)}
+    """Full-ranking (primary) and sampled (secondary) figures of ``cases``' users.
+
+    Returns ``{"protocol", "n_users", "n_skipped", "skipped", "full": `interval_block`,
+    "sampled": `interval_block` + "num_negatives", "min_negatives"}, "by_split"}``, and
+    with ``keep_ranks`` the per-user ranks too (``"ranks": {"full", "sampled"}``, arrays).
+    The sampled negatives depend only on the users' items and ``seed``.
+    """
+    num_items = len(item_emb)
+    full = validation.full_ranking(user_emb, item_emb, cases.targets, cases.seen)
+    negatives = sample_negatives(cases.rated, num_items, num_negatives=num_negatives, seed=seed)
+    sampled = sampled_ranks(user_emb, item_emb, cases.targets, negatives)
+    return {
+        "protocol": cases.protocol,
+        "n_users": int(cases.targets.size),
+        "n_skipped": int(sum(cases.skipped.values())),
+        "skipped": dict(cases.skipped),
+        "full": interval_block(full, k, seed, n_resamples),
+        "sampled": {
+            **interval_block(sampled, k, seed, n_resamples),
+            "num_negatives": num_negatives,
+            "min_negatives": int((negatives >= 0).sum(axis=1).min()) if len(negatives) else 0,
+        },
+        "by_split": _by_split(cases.split_of, full, k),
+        **({"ranks": {"full": full, "sampled": sampled, "cases": cases}} if keep_ranks else {}),
+    }
+
+
+def run_cases(config: Mapping, sequences: Mapping, num_items: int) -> Cases:
+    """The cases a run is scored on: its protocol's, from ``sequences[artifact]``."""
+    max_len = int(config["encoder"]["max_len"])
+    artifact = os.path.normpath(config["artifact_dir"])
+    if config.get("protocol") == "leave_one_out":
+        return leave_one_out_cases(sequences[artifact, "loo"], max_len, num_items)
+    return leave_last_out_cases(sequences[artifact, "llo"], max_len, num_items)
+
+
+def popularity_counts(config: Mapping, sequences: Mapping, num_items: int) -> np.ndarray:
+    """``[num_items]`` occurrences of each id in the histories the run's protocol trains
+    on (every user's, as stored): the popularity ranking's scores."""
+    artifact = os.path.normpath(config["artifact_dir"])
+    if config.get("protocol") == "leave_one_out":
+        histories = sequences[artifact, "loo"].values
+    else:
+        histories = np.concatenate([h for h, _ in sequences[artifact, "llo"].values()])
+    return item_counts(histories, num_items)
+
+
+def _load_sequences(config: Mapping, cache: dict) -> None:
+    """Reads the run's artifact into ``cache`` once (keyed by artifact and protocol)."""
+    artifact = os.path.normpath(config["artifact_dir"])
+    if config.get("protocol") == "leave_one_out":
+        if (artifact, "loo") not in cache:
+            cache[artifact, "loo"] = dataset.read_sequences(artifact, F.SPLITS)
+    elif (artifact, "llo") not in cache:
+        cache[artifact, "llo"] = read_sequences(artifact)
+
+
+def score_run(
+    run_dir: str,
+    sequences: Mapping | None = None,
+    *,
+    seed: int = 0,
+    num_negatives: int = NUM_NEGATIVES,
+    k: int = K,
+    n_resamples: int = 2000,
+    batch_size: int = 512,
+    keep_ranks: bool = False,
+) -> dict:
+    """One DE (or BT+DE) run's figures in its protocol (`score_cases`), with its training
+    (``epochs``, ``best_epoch``, ``train_s``) and ``wall_s`` (training + this scoring).
+
+    ``sequences``: a cache of artifacts already read (`_load_sequences`), filled here.
+    """
+    start = time.perf_counter()
+    sequences = {} if sequences is None else sequences
+    encoder, item_emb, config = restore_run(run_dir)
+    _load_sequences(config, sequences)
+    cases = run_cases(config, sequences, len(item_emb))
+    user_emb = embed_items(encoder, cases.inputs, batch_size=batch_size)
+    out = {"run_dir": run_dir, **score_cases(user_emb, item_emb, cases, seed=seed,
+                                             num_negatives=num_negatives, k=k,
+                                             n_resamples=n_resamples,
+                                             keep_ranks=keep_ranks)}  # fmt: skip
+    metrics = runs.read_metrics(run_dir) or {}
+    train_s = float(metrics.get("train_seconds") or 0.0)
+    return dict(
+        out,
+        epochs=metrics.get("epochs_completed"),
+        best_epoch=metrics.get("best_epoch"),
+        train_s=round(train_s, 2),
+        wall_s=round(train_s + time.perf_counter() - start, 2),
+    )
+
+
+def score_popularity(cases: Cases, counts: np.ndarray, **kwargs) -> dict:
+    """The popularity ranking of the same users, targets and negatives as `score_cases`:
+    items scored by their count in the training histories (label-free; ties count
+    against the target). A recommender that does not beat it has learned nothing a
+    count would not give."""
+    ones = np.ones((len(cases.targets), 1), np.float32)
+    return {"run_dir": "", **score_cases(ones, np.asarray(counts, np.float32)[:, None], cases,
+                                         **kwargs)}  # fmt: skip
 
 
 def _recommender_runs(run_dirs: Sequence[str]) -> list[tuple[str, str, dict]]:
@@ -404,54 +535,50 @@ def evaluate_recommender(
     n_resamples: int = 2000,
     batch_size: int = 512,
 ) -> dict:
-    """Scores every DE and BT+DE run of ``run_dirs`` in the SASRec protocol (module docstring).
+    """Scores every DE and BT+DE run of ``run_dirs`` as a recommender (module docstring):
+    in leave-one-out for runs trained so, else each user's last stored item.
 
     Runs may come from different artifact dirs (each is read once). Writes
     ``<out_dir>/recommender.json`` (the returned dict) and ``recommender.md``.
 
     Returns:
-        ``{"protocol", "seed", "num_negatives", "k", "bootstrap", "reference",
-        "runs": [{"model", "model_type", ...`score_run` fields}], "wall_s"}``
-        (``wall_s``: the whole evaluation, reading the data included).
+        ``{"seed", "num_negatives", "k", "bootstrap", "reference", "runs": [{"model",
+        "model_type", ...`score_run` fields}], "wall_s"}``; one popularity row per
+        artifact and protocol comes after the runs.
     """
     start = time.perf_counter()
     chosen = _recommender_runs(run_dirs)
-    sequences: dict[str, dict] = {}
+    sequences: dict = {}
     results = []
+    kwargs = dict(seed=seed, num_negatives=num_negatives, k=k, n_resamples=n_resamples)
     for name, run_dir, config in chosen:
-        artifact = os.path.normpath(config["artifact_dir"])
-        if artifact not in sequences:
-            sequences[artifact] = read_sequences(artifact)
-        row = score_run(
-            run_dir,
-            sequences[artifact],
-            seed=seed,
-            num_negatives=num_negatives,
-            k=k,
-            n_resamples=n_resamples,
-            batch_size=batch_size,
-        )
+        row = score_run(run_dir, sequences, batch_size=batch_size, **kwargs)
         results.append({"model": name, "model_type": config.get("model", "bt"), **row})
         logging.info(
-            "%s: HR@%d %.4f, NDCG@%d %.4f over %d users (%d skipped), %.1f s",
-            name, k, row[f"hr@{k}"], k, row[f"ndcg@{k}"], row["n_users"], row["n_skipped"],
-            row["wall_s"],
+            "%s (%s): full HR@%d %.4f NDCG@%d %.4f; sampled HR@%d %.4f; %d users (%d skipped)",
+            name, row["protocol"], k, row["full"][f"hr@{k}"], k, row["full"][f"ndcg@{k}"],
+            k, row["sampled"][f"hr@{k}"], row["n_users"], row["n_skipped"],
         )  # fmt: skip
-    for artifact, seqs in sequences.items():  # the popularity ranking, once per artifact
-        config = next(c for _, _, c in chosen if os.path.normpath(c["artifact_dir"]) == artifact)
-        encoder = config["encoder"]
-        row = score_popularity(
-            seqs, int(encoder["vocab_size"]), int(encoder["max_len"]), seed=seed,
-            num_negatives=num_negatives, k=k, n_resamples=n_resamples,
-        )  # fmt: skip
+    done = set()
+    for _, _, config in chosen:  # the popularity ranking, once per artifact and protocol
+        key = (os.path.normpath(config["artifact_dir"]), config.get("protocol"))
+        if key in done:
+            continue
+        done.add(key)
+        num_items = int(config["encoder"]["vocab_size"])
+        cases = run_cases(config, sequences, num_items)
+        row = score_popularity(cases, popularity_counts(config, sequences, num_items), **kwargs)
         results.append({"model": "popularity", "model_type": "popularity", **row})
     report = {
-        "protocol": protocol(num_negatives, k),
+        "protocols": {
+            p: protocol_text(p, num_negatives, k)
+            for p in dict.fromkeys(r["protocol"] for r in results)
+        },  # fmt: skip
         "seed": seed,
         "num_negatives": num_negatives,
         "k": k,
         "bootstrap": {"method": "percentile", "n_resamples": n_resamples, "confidence": 0.95},
-        "reference": SASREC_ML1M,
+        "reference": SASREC_REFERENCES,
         "runs": results,
         "wall_s": round(time.perf_counter() - start, 2),
     }
@@ -462,35 +589,126 @@ def evaluate_recommender(
     return report
 
 
-def _cell(mean: float, interval: Sequence[float]) -> str:
-    return f"{mean:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+def _cell(block: Mapping, name: str) -> str:
+    low, high = block["ci95"][name]
+    return f"{block[name]:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def write_markdown(report: Mapping, path: str) -> None:
-    """``report`` (`evaluate_recommender`'s) as a Markdown table, the reference row last."""
+    """``report`` (`evaluate_recommender`'s) as a Markdown table, the references last."""
     k = report["k"]
-    lines = [
-        "# The dual encoder as a recommender (SASRec protocol)",
-        "",
-        report["protocol"],
-        "",
-        f"| model | n users | skipped | HR@{k} [95% CI] | NDCG@{k} [95% CI] | run |",
-        "|---|---|---|---|---|---|",
+    lines = ["# The runs as recommenders", ""]
+    for text in report["protocols"].values():
+        lines += [text, ""]
+    lines += [
+        f"| model | protocol | users | skipped | full HR@{k} | full NDCG@{k} | "
+        f"sampled HR@{k} | sampled NDCG@{k} | epochs (best) | run |",
+        "|---" * 10 + "|",
     ]
     for r in report["runs"]:
+        epochs = f"{r.get('epochs')} ({r.get('best_epoch')})" if r.get("epochs") else ""
         lines.append(
-            f"| {r['model']} | {r['n_users']} | {r['n_skipped']} | "
-            f"{_cell(r[f'hr@{k}'], r[f'hr@{k}_ci95'])} | "
-            f"{_cell(r[f'ndcg@{k}'], r[f'ndcg@{k}_ci95'])} | `{r['run_dir']}` |"
+            f"| {r['model']} | {r['protocol']} | {r['n_users']} | {r['n_skipped']} | "
+            f"{_cell(r['full'], f'hr@{k}')} | {_cell(r['full'], f'ndcg@{k}')} | "
+            f"{_cell(r['sampled'], f'hr@{k}')} | {_cell(r['sampled'], f'ndcg@{k}')} | "
+            f"{epochs} | `{r['run_dir']}` |"
         )
-    ref = report["reference"]
+    for ref in report["reference"]:
+        full = ref.get("full", {})
+        lines.append(
+            f"| {ref['name']} | {ref['protocol']} | | | {full.get('hr@10', '')} | "
+            f"{full.get('ndcg@10', '')} | {ref['sampled']['hr@10']} | "
+            f"{ref['sampled']['ndcg@10']} | | |"
+        )
+    lines += [""] + [f"- {ref['name']}: {ref['source']}" for ref in report["reference"]]
     lines += [
-        f"| SASRec (published, ML-1M) | | | {ref['hr@10']:.4f} | {ref['ndcg@10']:.4f} | |",
         "",
-        f"Reference: {ref['source']}; another dataset and setup, for orientation only. "
-        f"95% intervals: percentile bootstrap over users ({report['bootstrap']['n_resamples']} "
-        f"resamples, seed {report['seed']}).",
+        f"Full ranking: the held-out item against every real item but the user's own earlier "
+        f"ones (primary). Sampled: against {report['num_negatives']} items the user never "
+        f"rated (secondary; sampled metrics can order models differently, Krichene & Rendle "
+        f"2020). 95% intervals: percentile bootstrap over users "
+        f"({report['bootstrap']['n_resamples']} resamples, seed {report['seed']}).",
         "",
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+# --------------------------------------------------------------------------
+# Contenders compared in leave-one-out (`bt_tf.reproduce --protocol=leave_one_out`)
+
+
+def hierarchical_means(
+    per_model: Mapping[str, np.ndarray],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    chunk: int = 100,
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of each model's mean per-user figure, users AND seeds resampled.
+
+    ``per_model``: model -> ``[S, n]`` per-user values of its S pretraining seeds on the
+    same n users. Each replicate draws n users with replacement (the same users for every
+    model: comparisons stay paired) and, independently for each model, S of its seeds
+    with replacement, and averages. So the spread between seeds reaches the interval
+    (averaging the seeds before resampling users alone would hide it). Hand-written with
+    numpy: `scipy.stats.bootstrap` resamples one axis of its samples, not users and each
+    model's seeds at two levels.
+
+    Returns model -> ``[n_resamples]`` replicates.
+    """
+    rng = np.random.default_rng(seed)
+    n = next(iter(per_model.values())).shape[1]
+    out = {m: np.empty(n_resamples) for m in per_model}
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        users = rng.integers(0, n, size=(size, n))
+        weights = np.zeros((size, n))
+        np.add.at(weights, (np.repeat(np.arange(size), n), users.ravel()), 1.0 / n)
+        for m, values in per_model.items():
+            by_seed = weights @ np.asarray(values, np.float64).T  # [size, S]
+            seeds = rng.integers(0, by_seed.shape[1], size=by_seed.shape)
+            out[m][start : start + size] = np.take_along_axis(by_seed, seeds, 1).mean(axis=1)
+    return out
+
+
+def compare_contenders(
+    per_model: Mapping[str, np.ndarray],
+    baseline: str,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Each model's mean (over seeds and users) with its interval, and each model's ratio
+    to ``baseline`` with its paired interval and the per-seed ratios (`hierarchical_means`).
+
+    Returns ``{"models": {m: {"mean", "ci95", "per_seed", "seeds"}}, "comparisons":
+    {m: {"ratio", "ci95", "per_seed_ratios"}}}`` (per-seed ratios pair seed k of the model
+    with seed k of the baseline, where both have it).
+    """
+    reps = hierarchical_means(per_model, n_resamples=n_resamples, seed=seed)
+    tail = 100 * (1 - confidence) / 2
+    models, comparisons = {}, {}
+    for m, values in per_model.items():
+        per_seed = np.asarray(values, np.float64).mean(axis=1)
+        models[m] = {
+            "mean": float(per_seed.mean()),
+            "ci95": np.percentile(reps[m], [tail, 100 - tail]).tolist(),
+            "per_seed": per_seed.tolist(),
+            "seeds": int(per_seed.size),
+        }
+    base = models.get(baseline)
+    for m in per_model:
+        if m == baseline or base is None:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = reps[m] / reps[baseline]
+            pairs = min(models[m]["seeds"], base["seeds"])
+            per_seed = [models[m]["per_seed"][k] / base["per_seed"][k] for k in range(pairs)]
+        comparisons[m] = {
+            "ratio": models[m]["mean"] / base["mean"] if base["mean"] else float("nan"),
+            "ci95": np.nanpercentile(ratio, [tail, 100 - tail]).tolist(),
+            "per_seed_ratios": per_seed,
+        }
+    return {"models": models, "comparisons": comparisons}

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bt_tf.evaluation.scores import FLOORS, is_floor
+from bt_tf.evaluation.intervals import CLAIM_TASKS_NEEDED
+from bt_tf.evaluation.scores import FLOORS, PRIOR_FLOORS, is_floor
 
 __all__ = [
     "BELOW_FLOOR",
@@ -149,41 +150,110 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-def _claim_lines(claim: Mapping[str, Any] | None) -> list[str]:
-    if not claim:
-        return ["## The claim", "", "Not decided: it needs `bt` and `de` runs.", ""]
-    fr = ", ".join(_fraction_label(f) for f in claim["fractions"])
-    lines = [
-        f"## The claim: {claim['model']} ≥ {claim['threshold']:g} × {claim['baseline']}",
+def _claim_lines(
+    claims: Sequence[Mapping[str, Any]], provenance: Sequence[Mapping[str, Any]] | None = None
+) -> list[str]:
+    """The claim section: one table per claim block (the first decides), the rules, and
+    the defaults chosen on labels (``provenance``)."""
+    if not claims:
+        return ["## The claim", "", "Not decided: it needs runs of both claim models "
+                "(`--claim_models`, default bt,de).", ""]  # fmt: skip
+    first = claims[0]
+    lines = [f"## The claim: {first['model']} ≥ {first['threshold']:g} × {first['baseline']}", ""]
+    if len(claims) > 1:
+        lines += ["| scored users | selection | verdict |", "|---|---|---|"]
+        lines += [f"| {_users_label(c)} | {_selection_label(c)} | {c['verdict']} |"
+                  for c in claims]  # fmt: skip
+        lines.append("")
+    for claim in claims:
+        lines += _claim_table(claim, heading=len(claims) > 1)
+    th = first["threshold"]
+    lines += [
+        f"Per task: reproduced when the ratio is ≥ {th:g} and its interval's low end > 1; "
+        f"refuted when the interval's high end < {th:g}; else inconclusive. Overall: "
+        f"{_overall_rule(first)}; "
+        "inconclusive whenever a task (or a fraction of one) is missing. The interval "
+        "resamples the users, the label seeds (shared by every model: a label seed draws "
+        "the same labelled users for all) and each model's pretraining seeds; the "
+        "per-seed ratios show the spread it draws from.",
         "",
-        f"| task | metric | {claim['model']} / {claim['baseline']} (mean over {fr} labels) "
-        "| 95% interval | verdict |",
-        "|---|---|---|---|---|",
+    ]
+    return lines + _provenance_lines(provenance)
+
+
+def _overall_rule(claim: Mapping[str, Any]) -> str:
+    """The overall rule: at least 2 of the 3 tasks, or a majority of the tasks the claim
+    was decided on when the data could not support all three."""
+    if not claim.get("not_scored"):
+        return f"reproduced (refuted) when at least {CLAIM_TASKS_NEEDED} of the 3 tasks are"
+    decided = claim["decided_on"]
+    return (
+        f"reproduced (refuted) when at least {claim['needed']} of the {len(decided)} task(s) "
+        f"the data supports are ({', '.join(decided) or 'none'}; not scored: "
+        + "; ".join(f"{t}, {why}" for t, why in claim["not_scored"].items())
+        + ")"
+    )
+
+
+def _users_label(claim: Mapping[str, Any]) -> str:
+    who = "all scored users" if claim["users"] == "all" else f"{claim['users']} users only"
+    return f"{who} ({claim['n_users']})"
+
+
+def _selection_label(claim: Mapping[str, Any]) -> str:
+    if claim["selection"] == "in_sample":
+        return f"in-sample ({100 * claim['in_sample_share']:.0f}% chose defaults)"
+    return claim["selection"].replace("_", "-")
+
+
+def _seed_ratios(per_seed: Mapping[str, Mapping[str, float]]) -> str:
+    return "; ".join(f"{m} " + " / ".join(_fmt(v, ".2f") for v in ratios.values())
+                     for m, ratios in per_seed.items())  # fmt: skip
+
+
+def _claim_table(claim: Mapping[str, Any], *, heading: bool) -> list[str]:
+    model, base = claim["model"], claim["baseline"]
+    fr = ", ".join(_fraction_label(f) for f in claim["fractions"]) or "no claim fraction"
+    seeds = ", ".join(f"{m} {n}" for m, n in claim["seeds"].items())
+    lines = [f"### Scored on {_users_label(claim)}", ""] if heading else []
+    lines += [
+        f"Scored users: {_users_label(claim)}; selection: **{_selection_label(claim)}**. "
+        f"Pretraining seeds: {seeds}. Interval: {claim['interval']}.",
+        "",
+        f"| task | metric | {model} / {base} (mean over {fr} labels) | 95% interval "
+        f"| per pretraining seed ({model} seeds vs all {base}; all {model} vs {base} seeds) "
+        "| verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for t in claim["tasks"]:
         lo, hi = t["ci95"]
-        lines.append(f"| {t['task']} | {t['metric']} | {_fmt(t['ratio'])} | "
-                     f"[{_fmt(lo)}, {_fmt(hi)}] | {t['verdict']} |")  # fmt: skip
-    th = claim["threshold"]
-    decided = claim.get("decided_on") or [t["task"] for t in claim["tasks"]]
-    needed = claim.get("needed", 2)
-    lines += [
-        "",
-        f"**Verdict: {claim['verdict']}.** Per task: reproduced when the ratio is ≥ {th:g} and "
-        f"its interval's low end > 1; refuted when the interval's high end < {th:g}; else "
-        f"inconclusive. Overall: reproduced (refuted) when at least {needed} of the "
-        f"{len(decided)} task(s) it is decided on ({', '.join(decided)}) are.",
-        "",
-    ]
-    missing = claim.get("not_scored") or {}
-    if missing:
-        lines += [
-            "Not decided on: "
-            + "; ".join(f"{task} (not scored: {why})" for task, why in missing.items())
-            + ".",
-            "",
-        ]
+        own = "" if t["fractions"] == claim["fractions"] else (
+            " (" + ", ".join(_fraction_label(f) for f in t["fractions"]) + ")")  # fmt: skip
+        lines.append(f"| {t['task']}{own} | {t['metric']} | {_fmt(t['ratio'])} | "
+                     f"[{_fmt(lo)}, {_fmt(hi)}] | {_seed_ratios(t['per_seed_ratios'])} | "
+                     f"{t['verdict']} |")  # fmt: skip
+    for m in claim["missing"]:
+        lines.append(f"| {m} | missing | | | | |")
+    for task, why in (claim.get("not_scored") or {}).items():
+        lines.append(f"| {task} | not scored: {why} | | | | |")
+    lines += ["", f"**Verdict: {claim['verdict']}.**"
+              + (f" ({claim['note']}.)" if claim.get("note") else ""), ""]  # fmt: skip
     return lines
+
+
+def _provenance_lines(provenance: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    if provenance is None:
+        return []
+    if not provenance:
+        return ["Defaults chosen on labels: none of the runs' settings was chosen by "
+                "reading labels (`DEFAULTS_PROVENANCE`).", ""]  # fmt: skip
+    lines = ["Defaults the runs used that were chosen by reading labels "
+             "(`bt_tf.training.flags.DEFAULTS_PROVENANCE`):", ""]  # fmt: skip
+    for p in provenance:
+        lines.append(f"- {p['chose']}: the {' + '.join(p['splits'])} users of {p['dataset']}, "
+                     f"labels of {', '.join(p['labels'])}; {p['how']}. Used by "
+                     f"{', '.join(p['runs'])}.")  # fmt: skip
+    return lines + [""]
 
 
 def _not_scored_lines(not_scored: Mapping[str, str]) -> list[str]:
@@ -207,8 +277,12 @@ def write_report(
     title: str = "Downstream evaluation",
     protocol: str = "",
     population: str = "",
+    provenance: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Writes ``report.md``, ``results.json`` and ``metrics_vs_fraction.png``.
+
+    ``provenance``: the defaults the runs used that were chosen on labels
+    (`selection.used_provenance`; None: not recorded), copied to results.json.
 
     Returns ``{"markdown": path, "json": path, "plot": path}``.
     """
@@ -230,11 +304,11 @@ def write_report(
         f"Every figure: the metric on the scored users, averaged over label seeds and "
         f"pretraining seeds (learned models: {', '.join(map(str, pretrain)) or '-'} "
         "pretraining seed(s)), with its 95% paired bootstrap interval "
-        f"({boot['resamples']} resamples of users, a user's pairs with the user; every "
-        "model on the same resampled users; percentile method). Per-user scores: "
-        "`scores.parquet`.",
+        f"({boot['resamples']} resamples; each draws {_resampled(boot)}; a user's pairs "
+        "go with the user; every model on the same resampled users; percentile method). "
+        "Per-user scores: `scores.parquet`.",
         "",
-        *_claim_lines(analysis.get("claim")),
+        *_claim_lines(_claims(analysis), provenance),
         *_not_scored_lines(analysis.get("not_scored") or {}),
     ]
     tables = _Tables(analysis, {(b["task"], b["metric"], b["fraction"], b["model"]): b
@@ -253,6 +327,8 @@ def write_report(
         f.write("\n".join(lines))
     results = {
         "claim": analysis.get("claim"),
+        "claims": _claims(analysis),
+        "provenance": provenance,
         "not_scored": dict(analysis.get("not_scored") or {}),
         "baseline": baseline,
         "compare": list(compare),
@@ -270,6 +346,18 @@ def write_report(
         json.dump(json_safe(results), f, indent=1, allow_nan=False)
     plot_metric_vs_fraction(analysis["cells"], paths["plot"], baseline=baseline, compare=compare)
     return paths
+
+
+def _claims(analysis: Mapping[str, Any]) -> list:
+    """Every claim block (`scores.analyse`'s ``claims``; older analyses: ``claim``)."""
+    if "claims" in analysis:
+        return list(analysis["claims"])
+    return [analysis["claim"]] if analysis.get("claim") else []
+
+
+def _resampled(boot: Mapping[str, Any]) -> str:
+    parts = list(boot.get("resampled") or ["users"])
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
 
 
 def _table_head(first: str, fractions: Sequence[float]) -> list[str]:
@@ -333,7 +421,7 @@ class _Tables:
 
     def prior_kept(self, task: str) -> list[str]:
         """How often selection kept the prior predictor, per model and fraction."""
-        rows = [p for p in self.prior if p["task"] == task and p["model"] not in FLOORS[3:]]
+        rows = [p for p in self.prior if p["task"] == task and p["model"] not in PRIOR_FLOORS]
         if not rows:
             return []
         fractions = sorted({p["fraction"] for p in rows})

@@ -18,7 +18,9 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
-from bt_tf import runs as runs_lib
+import numpy as np
+
+from bt_tf import runs
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
 from bt_tf.evaluation import report, scores
@@ -30,6 +32,7 @@ from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.runner import evaluate_records, evaluate_runs
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
+from bt_tf.runs import read_config
 from bt_tf.training import trainer
 from bt_tf.training.config import MODELS, TrainConfig
 from pipelines import preprocess
@@ -55,6 +58,10 @@ __all__ = [
     "time_summary",
 ]
 
+# The contender pretrained with BT and then fine-tuned as the DE (`--init_from`): the
+# paper's "pretrain on unlabelled sequences" use. Its runs are DE runs.
+FINE_TUNE = "bt_ft"
+CONTENDERS = (*MODELS, FINE_TUNE)
 REPORT_DIR = "report"
 ABLATION_DIR = "batch_size"
 ABLATION_JSON = "batch_size_ablation.json"
@@ -95,13 +102,17 @@ def main_configs(
     whose own ``batch_size`` differs trains `equal_budget_steps` per epoch, so
     that its epoch is as many users as ``base``'s (needs ``num_train_users``).
     """
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in CONTENDERS]
     if unknown or not models:
-        raise UserError(f"--models={','.join(models)}: expected a subset of {MODELS}")
+        raise UserError(f"--models={','.join(models)}: expected a subset of {CONTENDERS}")
+    if FINE_TUNE in models and "bt" not in models:
+        raise UserError(f"--models: {FINE_TUNE} fine-tunes the bt runs; add bt")
     out = {}
-    for m in models:
-        c = (own or {}).get(m, base)
-        if c.model != m and c is not base:
+    # BT first: the fine-tune starts from its runs.
+    for m in sorted(models, key=CONTENDERS.index):
+        kind = "de" if m == FINE_TUNE else m
+        c = (own or {}).get(kind, base)
+        if c.model != kind and c is not base:
             raise UserError(f"the settings given for {m} set model={c.model!r}")
         if c.data != base.data:
             raise UserError(
@@ -117,8 +128,9 @@ def main_configs(
             )
         c = dataclasses.replace(
             c,
-            model=m,
+            model=kind,
             run_dir=os.path.join(output_dir, m),
+            init_from=os.path.join(output_dir, "bt") if m == FINE_TUNE else c.init_from,
             **{k: getattr(base, k) for k in BUDGET_KEYS},
         )
         if c.batch_size != base.batch_size:
@@ -138,16 +150,20 @@ def seed_configs(
     Seed ``k`` of ``0 .. pretrain_seeds - 1`` trains with the model's ``seed + k``
     in ``<run_dir>_seed<k>``; seed 0 is the config itself (its run dir
     ``<output_dir>/<model>``, so a comparison run with one seed is reused).
+    A fine-tune's seed k starts from the run of seed k it starts from.
     Model by model, seeds in order.
     """
     if pretrain_seeds < 1:
         raise UserError(f"--pretrain_seeds={pretrain_seeds}: need at least 1")
 
-    def seeded(c: TrainConfig, k: int) -> TrainConfig:
-        return dataclasses.replace(c, seed=c.seed + k, run_dir=f"{c.run_dir}_seed{k}")
+    def seeded(m: str, c: TrainConfig, k: int) -> TrainConfig:
+        init = f"{c.init_from}_seed{k}" if m == FINE_TUNE else c.init_from
+        return dataclasses.replace(
+            c, seed=c.seed + k, run_dir=f"{c.run_dir}_seed{k}", init_from=init
+        )
 
     return [
-        (m, c if k == 0 else seeded(c, k))
+        (m, c if k == 0 else seeded(m, c, k))
         for m, c in configs.items()
         for k in range(pretrain_seeds)
     ]
@@ -378,10 +394,12 @@ class EvalRequest:
     protocol: Protocol = Protocol()
     cache: bool = True
     baseline: str = "de"
-    compare: tuple[str, ...] = ("bt", "bt+de")
+    compare: tuple[str, ...] = ("bt", "bt+de", FINE_TUNE)
     bootstrap_resamples: int | None = None
     progress: bool = True
     repeated_fractions: tuple[float, ...] | None = CLAIM_FRACTIONS
+    claim_models: tuple[str, str] = ("bt", "de")
+    claim_users: str = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,6 +464,15 @@ def reproduce(
     start = time.perf_counter()
     results = _train_all([c for _, c in seeded], "training")
     wall = {"training": time.perf_counter() - start}
+    if base.leave_one_out:  # the field's protocol: the contenders as recommenders
+        start = time.perf_counter()
+        md = recommend_and_compare(seeded, report_dir, baseline=evaluation.baseline)
+        wall["evaluation"] = time.perf_counter() - start
+        times = run_times(results, wall)
+        _append_sections(md, _run_table([c for _, c in seeded], results,
+                                        note=budget_note(base, n_train)))  # fmt: skip
+        logging.info("report: %s", md)
+        return {"report": md, "rows": [], "ablation_rows": [], "times": times}
     ev = evaluation
     start = time.perf_counter()
     rows = evaluate_runs(
@@ -465,6 +492,8 @@ def reproduce(
         bootstrap_resamples=ev.bootstrap_resamples,
         progress=ev.progress,
         repeated_fractions=ev.repeated_fractions,
+        claim_models=ev.claim_models,
+        claim_users=ev.claim_users,
     )
     wall["evaluation"] = time.perf_counter() - start
     md = os.path.join(report_dir, "report.md")
@@ -530,6 +559,109 @@ def _time_lines(times: Mapping[str, float]) -> list[str]:
     ]
 
 
+# The figures the leave-one-out comparison reports, primary first: (ranking, metric).
+RECOMMENDER_FIGURES = (("full", "ndcg@10"), ("full", "hr@10"), ("sampled", "ndcg@10"),
+                       ("sampled", "hr@10"))  # fmt: skip
+
+
+def recommend_and_compare(
+    seeded: Sequence[tuple[str, TrainConfig]],
+    report_dir: str,
+    *,
+    baseline: str = "de",
+    seed: int = 0,
+) -> str:
+    """Leave-one-out: every contender with an item side (not BT alone) and the popularity
+    ranking scored on the test item (`recommender.score_run`), each contender's mean over
+    its pretraining seeds and its ratio to ``baseline`` with paired intervals over users
+    and seeds (`recommender.compare_contenders`). Writes ``recommender.json`` and
+    ``report.md`` to ``report_dir``; returns the report's path."""
+    from bt_tf.evaluation import recommender
+
+    os.makedirs(report_dir, exist_ok=True)
+    cache: dict = {}
+    rows, ranks = [], {}
+    cases, config = None, None
+    for m, c in seeded:
+        if not c.uses_de:
+            logging.info("%s (%s): no item side, not a recommender; skipped", m, c.run_dir)
+            continue
+        row = recommender.score_run(c.run_dir, cache, seed=seed, keep_ranks=True)
+        scored = row.pop("ranks")
+        if cases is not None and not np.array_equal(cases.targets, scored["cases"].targets):
+            raise UserError(f"{c.run_dir}: scored on other users than the runs before it")
+        cases, config = scored.pop("cases"), runs.read_config(c.run_dir)
+        ranks.setdefault(m, []).append(scored)
+        rows.append({"model": m, "pretrain_seed": c.seed, **row})
+    if cases is None:
+        raise UserError("leave_one_out compares runs with an item side: add de, bt+de or bt_ft")
+    num_items = int(config["encoder"]["vocab_size"])
+    counts = recommender.popularity_counts(config, cache, num_items)
+    popular = recommender.score_popularity(cases, counts, seed=seed, keep_ranks=True)
+    scored = popular.pop("ranks")
+    scored.pop("cases")
+    ranks["popularity"] = [scored]
+    rows.append({"model": "popularity", "pretrain_seed": None, **popular})
+    comparisons = {}
+    for ranking, metric in RECOMMENDER_FIGURES:
+        k = int(metric.split("@")[1])
+        gains = recommender.hits_at_k if metric.startswith("hr") else recommender.ndcg_gains_at_k
+        per_model = {m: np.stack([gains(r[ranking], k) for r in rs]) for m, rs in ranks.items()}
+        comparisons[f"{ranking} {metric}"] = recommender.compare_contenders(
+            per_model, baseline, seed=seed
+        )
+    out = {
+        "protocol": recommender.protocol_text("leave_one_out"),
+        "baseline": baseline,
+        "runs": rows,
+        "contenders": comparisons,
+        "reference": recommender.SASREC_REFERENCES,
+    }
+    with open(os.path.join(report_dir, recommender.JSON_FILE), "w") as f:
+        json.dump(report.json_safe(out), f, indent=1, allow_nan=False)
+    md = os.path.join(report_dir, "report.md")
+    with open(md, "w") as f:
+        f.write("\n".join(_recommender_section(out)))
+    return md
+
+
+def _recommender_section(out: Mapping) -> list[str]:
+    """The leave-one-out report: one table per figure, contenders as rows."""
+    baseline = out["baseline"]
+    lines = ["# The contenders as recommenders (leave-one-out)", "", out["protocol"], ""]
+    for figure, block in out["contenders"].items():
+        lines += [
+            f"## {figure}" + (" (primary)" if figure.startswith("full ndcg") else ""),
+            "",
+            f"| model | mean [95% CI] | per seed | / {baseline} [95% CI] | per-seed ratios |",
+            "|---|---|---|---|---|",
+        ]
+        for m, cell in block["models"].items():
+            low, high = cell["ci95"]
+            c = block["comparisons"].get(m)
+            ratio = (
+                report.ratio_cell(c["ratio"], c["ci95"]) if c else ("-" if m == baseline else "")
+            )
+            seeds = " / ".join(f"{v:.4f}" for v in cell["per_seed"])
+            per = " / ".join(f"{v:.3f}" for v in c["per_seed_ratios"]) if c else ""
+            lines.append(
+                f"| {m} | {cell['mean']:.4f} [{low:.4f}, {high:.4f}] | {seeds} | {ratio} | {per} |"
+            )
+        lines.append("")
+    lines += [
+        "Intervals: 95% percentile bootstrap, 2000 resamples of users and, for each model, "
+        "of its pretraining seeds (paired over users). References (another setup, for "
+        "orientation): "
+        + "; ".join(
+            f"{r['name']}: sampled HR@10 {r['sampled']['hr@10']}"
+            + (f", full NDCG@10 {r['full']['ndcg@10']}" if "full" in r else "")
+            for r in out["reference"]
+        ),
+        "",
+    ]
+    return lines
+
+
 def run_ablation(
     base: TrainConfig,
     output_dir: str,
@@ -562,7 +694,7 @@ def run_ablation(
     )
     main_names = {c.run_dir: m for m, c in main.items()}
     # A log without item categories has no favorite_genre: the ablation runs without it.
-    missing = unavailable_tasks(runs_lib.read_config(runs[0][2].run_dir)["artifact_dir"])
+    missing = unavailable_tasks(read_config(runs[0][2].run_dir)["artifact_dir"])
     tasks = [t for t in ablation.tasks if t not in missing]
     for t in ablation.tasks:
         if t in missing:

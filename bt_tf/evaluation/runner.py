@@ -25,7 +25,7 @@ import numpy as np
 import threadpoolctl
 
 from bt_tf import runs
-from bt_tf.evaluation import floors, probing, report, scores
+from bt_tf.evaluation import floors, probing, report, scores, selection
 from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.embedding_cache import (
     cached_embeddings,
@@ -41,11 +41,13 @@ from bt_tf.evaluation.probing import EvalPlan, Record, probe_job, probe_records,
 from bt_tf.evaluation.progress import Progress
 from bt_tf.evaluation.protocol import Population, Protocol
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
-from bt_tf.evaluation.tasks import CLAIM_METRICS, ProbeContext
+from bt_tf.evaluation.tasks import ProbeContext
 from bt_tf.evaluation.timing import StageClock
 
 __all__ = [
     "CACHE_DIR",
+    "CLAIM_USERS_ALL",
+    "claim_populations",
     "TIMINGS_FILE",
     "Run",
     "read_runs",
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 CACHE_DIR = "cache"
+CLAIM_USERS_ALL = "all"  # --claim_users: the claim on every scored user
 TIMINGS_FILE = "timings.json"
 
 
@@ -205,12 +208,14 @@ def _context(
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Evaluation:
-    """What `evaluate_records` probed: every contender's records, on ``ctx``; the default
-    tasks the data could not support, and why (`eval_data.EvalData.not_scored`)."""
+    """What `evaluate_records` probed: every contender's records, on ``ctx``, the runs,
+    and the default tasks the data could not support, and why
+    (`eval_data.EvalData.not_scored`)."""
 
     records: list[Record]
     ctx: ProbeContext
     clock: StageClock
+    runs: list[Run] = dataclasses.field(default_factory=list)
     not_scored: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -283,7 +288,8 @@ def evaluate_records(
         jobs += [(contender, None) for contender in extra]
     for task, why in data.not_scored.items():
         logging.warning("%s: not scored: %s", task, why)
-    return Evaluation(_probe_all(plan, jobs, workers, progress), ctx, clock, data.not_scored)
+    return Evaluation(_probe_all(plan, jobs, workers, progress), ctx, clock, runs_,
+                      data.not_scored)  # fmt: skip
 
 
 def evaluate_runs(
@@ -305,6 +311,8 @@ def evaluate_runs(
     timings: list | None = None,
     bootstrap_resamples: int | None = None,
     workers: int | None = None,
+    claim_models: tuple[str, str] = scores.CLAIM_MODELS,
+    claim_users: str = CLAIM_USERS_ALL,
     progress: bool = True,
     repeated_fractions: Sequence[float] | None = CLAIM_FRACTIONS,
 ) -> list[dict]:
@@ -326,6 +334,9 @@ def evaluate_runs(
         write: write ``scores.parquet``, ``report.md``, ``results.json``,
             ``timings.json`` and plots to ``out_dir`` (`write_outputs`).
         baseline, compare: the models the report compares (ratios over ``baseline``).
+        claim_models: the claim's (model, baseline), whatever ``baseline`` is.
+        claim_users: ``all`` (every scored user) or a split: the claim is scored on
+            that split's users (and, beside it, on all); see `claim_populations`.
         title: the report's title.
         timings: if given, a list that gets one ``{"stage", "wall_s", "cpu_s"}``
             per stage; every stage is also logged.
@@ -342,6 +353,12 @@ def evaluate_runs(
         task, metric, fraction, seed); rows of runs also carry ``run_dir``,
         ``model_type``, ``batch_size``, ``epochs``, ``steps_per_epoch``.
     """
+    if claim_users != CLAIM_USERS_ALL and claim_users not in protocol.population_splits():
+        raise ValueError(
+            f"claim_users={claim_users!r}: the protocol evaluates the "
+            f"{', '.join(protocol.population_splits())} split(s); use {CLAIM_USERS_ALL!r} or "
+            "one of them."
+        )
     evaluation = evaluate_records(
         run_dirs, out_dir, label_fractions=label_fractions, seeds=seeds, tasks=tasks,
         include_floors=include_floors, names=names, settings=settings, protocol=protocol,
@@ -353,7 +370,9 @@ def evaluate_runs(
         write_outputs(
             evaluation.records, rows, out_dir, evaluation.clock, ctx=evaluation.ctx,
             baseline=baseline, compare=compare, title=title,
-            bootstrap_resamples=bootstrap_resamples, not_scored=evaluation.not_scored,
+            bootstrap_resamples=bootstrap_resamples, runs=evaluation.runs,
+            claim_models=claim_models, claim_users=claim_users,
+            not_scored=evaluation.not_scored,
         )  # fmt: skip
     return rows
 
@@ -372,7 +391,8 @@ def _probe_all(plan: EvalPlan, jobs, workers: int, progress: bool = True) -> lis
     ``workers``. Each worker reports every finished record through a queue; this
     process prints it above the progress line.
     """
-    units = [(c, extra, task) for c, extra in jobs for task in plan.tasks]
+    units = [(c, extra, task) for c, extra in jobs for task in plan.tasks
+             if c.tasks is None or task in c.tasks]  # fmt: skip
     steps = [probing.plan_steps(plan, (task,)) for _, _, task in units]
     line = Progress(
         "evaluation",
@@ -432,37 +452,63 @@ def write_outputs(
     compare: Sequence[str],
     title: str,
     bootstrap_resamples: int | None = None,
+    runs: Sequence[Run] = (),
+    claim_models: tuple[str, str] = scores.CLAIM_MODELS,
+    claim_users: str = CLAIM_USERS_ALL,
     not_scored: Mapping[str, str] | None = None,
 ) -> dict:
-    """``scores.parquet``, the intervals and claim (`scores.intervals`), the report
+    """``scores.parquet``, the intervals and claim (`scores.analyse`), the report
     (`report.write_report`) and ``timings.json``. Returns the report's paths.
 
-    ``not_scored``: tasks the data could not support -> why; the report and
-    ``results.json`` list them, and the claim says it was decided without them.
-    """
+    ``runs``: the evaluated runs, whose configs say which defaults chosen on labels
+    they used (`selection`: the claim's in-sample / out-of-sample). ``not_scored``:
+    tasks the data could not support -> why; the report and ``results.json`` list
+    them, and the claim is decided without them (`scores.claim_block`)."""
     if out_dir is None:
         raise ValueError("write=True needs an out_dir.")
     os.makedirs(out_dir, exist_ok=True)
     with clock("scores"):
         path = os.path.join(out_dir, scores.SCORES_FILE)
         scores.write_scores(records, ctx.population, path, ctx.settings.k)
+    provenance = chosen = None
+    if runs:
+        provenance = selection.used_provenance([r.config for r in runs], [r.name for r in runs])
+        dataset = (runs[0].config.get("data") or {}).get("dataset", "")
+        chosen = selection.chosen_users(ctx.population.user_ids, dataset, provenance)
     with clock("intervals"):
         kwargs = {} if bootstrap_resamples is None else {"n_resamples": bootstrap_resamples}
-        analysis = scores.analyse(records, ctx.settings.k, baseline=baseline, **kwargs)
-    analysis["not_scored"] = dict(not_scored or {})
-    if analysis["claim"] is not None:
-        analysis["claim"]["not_scored"] = {
-            t: why for t, why in analysis["not_scored"].items() if t in CLAIM_METRICS
-        }
+        analysis = scores.analyse(
+            records, ctx.settings.k, baseline=baseline, claim_models=tuple(claim_models),
+            claim_users=claim_populations(ctx.population, claim_users), chosen=chosen,
+            not_scored=not_scored, **kwargs,
+        )  # fmt: skip
     with clock("report"):
         paths = report.write_report(
             rows, analysis, out_dir, baseline=baseline, compare=compare, title=title,
             protocol=ctx.protocol.describe(), population=_population_note(ctx),
+            provenance=provenance,
         )  # fmt: skip
     with open(os.path.join(out_dir, TIMINGS_FILE), "w") as f:
         json.dump({"stages": clock.records, "cpu_count": os.cpu_count()}, f, indent=1)
     logging.info("wrote %s", paths["markdown"])
     return paths
+
+
+def claim_populations(
+    population: Population, claim_users: str
+) -> list[tuple[str, np.ndarray | None]]:
+    """`scores.analyse`'s ``claim_users`` of ``--claim_users``: ``all`` -> every scored
+    user; a split (e.g. ``test``) -> that split's users first (the claim), then every
+    scored user beside it."""
+    if claim_users == CLAIM_USERS_ALL:
+        return [(CLAIM_USERS_ALL, None)]
+    rows = np.flatnonzero(population.split_of == claim_users)
+    if not rows.size:
+        raise ValueError(
+            f"claim_users={claim_users!r}: the evaluated users ({', '.join(population.splits)} "
+            f"split(s)) have none of that split; use {CLAIM_USERS_ALL!r} or one of them."
+        )
+    return [(claim_users, rows), (CLAIM_USERS_ALL, None)]
 
 
 def _population_note(ctx: ProbeContext) -> str:

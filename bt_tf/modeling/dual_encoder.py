@@ -15,7 +15,27 @@ Padding positions, the last real position (no next item) and targets that
 are not real items (OOV) are no query. A user of n items thus gives n - 1
 pairs per epoch, where a single random (prefix, next item) cut gave one.
 
-Loss (`DualEncoderModel.retrieval_terms`): a sampled softmax in the TFRS way.
+Losses (`DualEncoderModel.retrieval_terms`, `loss=`), every one a softmax
+cross-entropy of each valid query against its next item:
+
+* ``"full_softmax"``: against EVERY real item of the catalog (SASRec+,
+  Klenitskiy & Vasilev, RecSys 2023): logits ``[b·L, V]`` from one matmul of
+  the queries with the whole candidate table per step, the reserved ids
+  (pad, mask, OOV) never a class. Exact, no sampling noise; the cost follows
+  the catalog (``b·L·V`` logits per replica), so it is the choice wherever the
+  catalog fits (every MovieLens size).
+* ``"sampled_softmax"``: against ``num_negatives`` items drawn with replacement
+  from the catalog (``negatives="uniform"``, or ``"popularity"``: in proportion
+  to ``item_counts``), shared by every query of the global batch, each logit
+  corrected by ``- log Q(item)`` (Q the sampling distribution: Jean et al. 2015,
+  Yi et al. 2019; for uniform draws the correction is a constant and changes
+  nothing), a negative equal to the query's target masked. For catalogs too
+  large for the full softmax (gSASRec, Petrov & Macdonald 2023, shows hundreds
+  to thousands of negatives come close to it).
+* ``"in_batch"``: the paper's dual encoder, described next (kept for the
+  claim's small-batch ablation: its negatives scale with the batch).
+
+The in-batch loss is a sampled softmax in the TFRS way.
 Every valid query of the batch is scored `q·e / temperature` against its own
 target (the positive) and against a SHARED candidate set: the targets at
 `num_candidates` positions drawn uniformly without replacement among the
@@ -78,6 +98,9 @@ _EVAL_STEP = -1
 # Logit of a masked candidate (accidental hit, or a drawn position without a
 # target): exp() of it is 0 in float32 after the temperature division.
 _MASKED = -1e9
+# The DE losses (module docstring) and the catalog draws of the sampled softmax.
+LOSSES = ("full_softmax", "sampled_softmax", "in_batch")
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
 
 
 # --------------------------------------------------------------------------
@@ -104,6 +127,14 @@ def next_item_targets(items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     following = tf.concat([items[:, 1:], tf.zeros_like(items[:, :1])], axis=1)  # items[t + 1]
     valid = tf.not_equal(items, PAD_ID) & (following >= NUM_RESERVED)
     return tf.where(valid, following, PAD_ID), valid
+
+
+def drop_last_item(items: tf.Tensor) -> tf.Tensor:
+    """`items` `[B, L]` (right-padded) with each row's last real item replaced by padding."""
+    items = tf.cast(items, tf.int32)
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(items, PAD_ID), tf.int32), axis=1)
+    last = tf.one_hot(lengths - 1, tf.shape(items)[1], on_value=True, off_value=False)
+    return tf.where(last, PAD_ID, items)
 
 
 def sample_candidates(pool: tf.Tensor, num: int | tf.Tensor, seed) -> tuple[tf.Tensor, tf.Tensor]:
@@ -134,6 +165,24 @@ def sample_candidates(pool: tf.Tensor, num: int | tf.Tensor, seed) -> tuple[tf.T
         k = tf.minimum(num, tf.size(pool))
     _, index = tf.math.top_k(keys, k=k)
     return tf.gather(pool, index), tf.gather(valid, index)
+
+
+def _popularity_log_q(item_counts, vocab_size: int) -> np.ndarray:
+    """`[vocab_size]` log-probabilities of the popularity draw: Q(i) ∝ count(i) + 1 for the
+    real items (add-one: an item no training history holds can still be drawn, and its
+    logQ stays finite), and never a reserved id (log Q = -inf there)."""
+    if item_counts is None:
+        raise ValueError('negatives="popularity" needs item_counts (training occurrences per id)')
+    counts = np.asarray(item_counts, np.float64).reshape(-1)
+    if counts.shape != (vocab_size,) or (counts < 0).any():
+        raise ValueError(
+            f"item_counts must be [vocab_size={vocab_size}] non-negative counts, got "
+            f"shape {counts.shape}"
+        )
+    weights = counts + 1.0
+    weights[:NUM_RESERVED] = 0.0
+    with np.errstate(divide="ignore"):
+        return np.log(weights / weights.sum()).astype(np.float32)
 
 
 def _batch(data, extra_keys: Sequence[str] = (), model_name: str = "DualEncoderModel"):
@@ -173,6 +222,10 @@ class ItemTower(tf.keras.layers.Layer):
             right-padded with `PAD_ID` (genre vocabulary ids, reserved 0/1/2).
             Held as a constant, not a variable: pass it again when rebuilding.
         num_genres: genre vocabulary size; required with `item_genres`.
+        shared_embedding: an existing `[vocab_size, dim]` `Embedding` layer to use as
+            the table (tied input and output embeddings: the query encoder's
+            `item_embedding`, as SASRec ties them); None = a table of its own.
+            A tied table is checkpointed once, under the encoder.
 
     Call: `tower(ids)` with int ids of any shape `S` → float `S + [dim]`.
     """
@@ -183,13 +236,24 @@ class ItemTower(tf.keras.layers.Layer):
         dim: int,
         item_genres: np.ndarray | None = None,
         num_genres: int | None = None,
+        shared_embedding: tf.keras.layers.Embedding | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.dim = dim
         self.num_genres = num_genres
-        self.embedding = tf.keras.layers.Embedding(vocab_size, dim, name="embedding")
+        if shared_embedding is not None and (
+            shared_embedding.input_dim != vocab_size or shared_embedding.output_dim != dim
+        ):
+            raise ValueError(
+                f"shared_embedding is [{shared_embedding.input_dim}, "
+                f"{shared_embedding.output_dim}], the tower needs [{vocab_size}, {dim}]."
+            )
+        self.tied = shared_embedding is not None
+        self.embedding = shared_embedding or tf.keras.layers.Embedding(
+            vocab_size, dim, name="embedding"
+        )
         self.item_genres = None
         self.genre_embedding = None
         if item_genres is not None:
@@ -219,6 +283,8 @@ class ItemTower(tf.keras.layers.Layer):
         return out + tf.math.divide_no_nan(summed, tf.reduce_sum(weights, axis=-2))
 
     def get_config(self):
+        if self.tied:
+            raise NotImplementedError("a tied ItemTower is rebuilt with its encoder, not alone")
         config = super().get_config()
         config.update(vocab_size=self.vocab_size, dim=self.dim, num_genres=self.num_genres)
         if self.item_genres is not None:
@@ -300,19 +366,28 @@ class DualEncoderModel(tfrs.Model):
             (the same class and size as the BT backbone): `encoder(items,
             per_position=True)` `[B, L, dim]`, `encoder(items)` `[B, dim]`.
         item_tower: candidate tower, int ids → `[..., dim]`; default a plain
-            `ItemTower(vocab_size, encoder.output_dim)`.
+            `ItemTower(vocab_size, encoder.output_dim)`, or with
+            ``tie_embeddings`` one that reads the encoder's input item table.
         vocab_size: item vocabulary size incl. reserved ids; default
             `encoder.vocab_size` (checked against it when both are known).
         temperature: softmax temperature; scores are divided by it.
-        num_candidates: shared candidates per step, drawn among the global
-            batch's valid positions; None = the number of users in the global
+        loss: ``"in_batch"`` (default here, the paper's DE), ``"full_softmax"``
+            or ``"sampled_softmax"`` (module docstring).
+        num_negatives: catalog draws per step of ``"sampled_softmax"``.
+        negatives: ``"uniform"`` or ``"popularity"`` draws of ``"sampled_softmax"``.
+        item_counts: float `[vocab_size]` training occurrences per item id, the
+            ``"popularity"`` distribution (reserved ids are never drawn).
+        tie_embeddings: the candidate table IS the encoder's input item table
+            (SASRec's tied embeddings; only without an explicit ``item_tower``).
+        num_candidates: (``"in_batch"``) shared candidates per step, drawn among the
+            global batch's valid positions; None = the number of users in the global
             batch (one per user, the negatives of one-pair-per-user in-batch
             softmax).
         remove_accidental_hits: mask a candidate whose item equals the query's
             target (on by default: with every position a query, popular items
             recur in a batch many times).
-        logq_correction: subtract `log Q(item)` from every logit, Q the item's
-            share of the valid positions the candidates are drawn from.
+        logq_correction: (``"in_batch"``) subtract `log Q(item)` from every logit, Q
+            the item's share of the valid positions the candidates are drawn from.
         global_negatives: draw candidates from the global batch (default);
             False = each replica from its own rows, as plain TFRS (the update
             then depends on the number of replicas; kept for comparison).
@@ -340,6 +415,11 @@ class DualEncoderModel(tfrs.Model):
         *,
         vocab_size: int | None = None,
         temperature: float = 1.0,
+        loss: str = "in_batch",
+        num_negatives: int = 1000,
+        negatives: str = "uniform",
+        item_counts: np.ndarray | None = None,
+        tie_embeddings: bool = False,
         num_candidates: int | None = None,
         remove_accidental_hits: bool = True,
         logq_correction: bool = False,
@@ -349,6 +429,14 @@ class DualEncoderModel(tfrs.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r} is not one of {LOSSES}.")
+        if negatives not in NEGATIVE_SAMPLERS:
+            raise ValueError(f"negatives={negatives!r} is not one of {NEGATIVE_SAMPLERS}.")
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}.")
+        if tie_embeddings and item_tower is not None:
+            raise ValueError("tie_embeddings builds its own item tower: pass no item_tower.")
         encoder_vocab = getattr(encoder, "vocab_size", None)
         if vocab_size is None:
             vocab_size = encoder_vocab
@@ -373,11 +461,21 @@ class DualEncoderModel(tfrs.Model):
             )
         self.encoder = encoder
         self.vocab_size = vocab_size
-        self.item_tower = (
-            item_tower
-            if item_tower is not None
-            else ItemTower(vocab_size, encoder.output_dim, name="item_tower")
-        )
+        if item_tower is None:
+            shared = None
+            if tie_embeddings:
+                encoder(tf.fill([1, 1], NUM_RESERVED), training=False)  # build its table
+                shared = encoder.item_embedding
+            item_tower = ItemTower(
+                vocab_size, encoder.output_dim, shared_embedding=shared, name="item_tower"
+            )
+        self.item_tower = item_tower
+        self.loss_kind = loss
+        self.num_negatives = num_negatives
+        self.negatives = negatives
+        self.log_q = None  # [V] log of the popularity draw's probabilities
+        if loss == "sampled_softmax" and negatives == "popularity":
+            self.log_q = tf.constant(_popularity_log_q(item_counts, vocab_size), tf.float32)
         self.temperature = temperature
         self.num_candidates = num_candidates
         self.remove_accidental_hits = remove_accidental_hits
@@ -426,17 +524,101 @@ class DualEncoderModel(tfrs.Model):
         return tf.stack([tf.constant(self.seed, tf.int64), step])
 
     def retrieval_terms(self, items, training=False, seed=None) -> RetrievalTerms:
-        """Sampled softmax of every valid position's query (see the class docstring).
+        """Softmax cross-entropy of every valid position's query (module and class docstrings).
 
         Args:
             items: int `[b, L]` right-padded histories (this replica's rows).
             training: passed to the encoder.
-            seed: int `[2]` stateless seed of the candidate draw; default
-                `(self.seed, -1)`. Must be the same on every replica.
+            seed: int `[2]` stateless seed of the negatives' draw (``sampled_softmax``,
+                ``in_batch``); default `(self.seed, -1)`. Must be the same on every replica.
         """
         items = tf.cast(items, tf.int32)
-        queries = self.encoder(items, training=training, per_position=True)  # [b, L, D]
+        inputs = items
+        if getattr(self.encoder, "positions", "start") == "end":
+            # Right-aligned positions (SASRec's): the last item is only a target, so the
+            # last query sits where a user's most recent item sits when it is embedded.
+            inputs = drop_last_item(items)
+        queries = self.encoder(inputs, training=training, per_position=True)  # [b, L, D]
         targets, valid = next_item_targets(items)
+        if seed is None:
+            seed = self._sample_seed(training=False)
+        dim = tf.shape(queries)[-1]
+        q = tf.reshape(queries, [-1, dim])  # [N, D], N = b·L
+        pos_ids = tf.reshape(targets, [-1])
+        if self.loss_kind == "full_softmax":
+            cross_entropy = self._full_softmax(q, pos_ids)
+        elif self.loss_kind == "sampled_softmax":
+            cross_entropy = self._sampled_softmax(q, pos_ids, seed)
+        else:
+            cross_entropy = self._in_batch(q, targets, pos_ids, seed)
+        weight = tf.cast(tf.reshape(valid, [-1]), tf.float32)
+        summed = tf.reduce_sum(cross_entropy * weight)
+        # How the global loss is formed: one all-reduce (SUM) of this replica's
+        # summed cross-entropy and valid-query count gives the global ones.
+        count = tf.reduce_sum(weight)
+        total, global_count = summed, count
+        ctx = replica_context()
+        if ctx is not None:
+            total, global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [summed, count])
+        global_count = tf.stop_gradient(global_count)
+        return RetrievalTerms(
+            replica_share=tf.math.divide_no_nan(summed, global_count),
+            loss=tf.math.divide_no_nan(total, global_count),
+            queries=queries,
+            targets=targets,
+            valid=valid,
+        )
+
+    def _full_softmax(self, q: tf.Tensor, pos_ids: tf.Tensor) -> tf.Tensor:
+        """`[N]` cross-entropy of each query against every real item (one `[N, V]` matmul).
+
+        Rows without a pair get a real class (weight 0 later) so that no value is huge.
+        """
+        catalog = self.item_tower(tf.range(self.vocab_size))  # [V, D]
+        logits = tf.matmul(q, catalog, transpose_b=True) / self.temperature  # [N, V]
+        reserved = tf.cast(tf.range(self.vocab_size) < NUM_RESERVED, logits.dtype) * _MASKED
+        labels = tf.maximum(pos_ids, NUM_RESERVED)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=logits + reserved[tf.newaxis, :]
+        )
+
+    def _sampled_softmax(self, q: tf.Tensor, pos_ids: tf.Tensor, seed) -> tf.Tensor:
+        """`[N]` cross-entropy against ``num_negatives`` catalog draws shared by every query
+        (the same draw on every replica: same seed), logQ-corrected, accidental hits masked."""
+        cand_ids = self.draw_negatives(seed)
+        positive = tf.reduce_sum(q * self.item_tower(pos_ids), axis=-1) / self.temperature
+        negative = tf.matmul(q, self.item_tower(cand_ids), transpose_b=True) / self.temperature
+        if self.log_q is not None:
+            positive -= tf.gather(self.log_q, tf.maximum(pos_ids, NUM_RESERVED))
+            negative -= tf.gather(self.log_q, cand_ids)[tf.newaxis, :]
+        return self._softmax_terms(positive, negative, cand_ids, pos_ids)
+
+    def draw_negatives(self, seed) -> tf.Tensor:
+        """int32 `[num_negatives]` catalog ids of a sampled-softmax step, drawn with
+        replacement: uniformly over the real items, or by `negatives="popularity"`'s Q."""
+        k = self.num_negatives
+        if self.log_q is None:  # uniform over the real items: log Q is one constant
+            return tf.random.stateless_uniform(
+                [k], seed=seed, minval=NUM_RESERVED, maxval=self.vocab_size, dtype=tf.int32,
+                alg=_ALG,
+            )  # fmt: skip
+        return tf.random.stateless_categorical(
+            self.log_q[tf.newaxis, :], k, seed=seed, dtype=tf.int32
+        )[0]
+
+    def _softmax_terms(self, positive, negative, cand_ids, pos_ids, cand_ok=None) -> tf.Tensor:
+        """`[N]` cross-entropy of `positive` `[N]` among itself and `negative` `[N, C]`."""
+        keep = tf.ones_like(negative, tf.bool)
+        if cand_ok is not None:
+            keep &= cand_ok[tf.newaxis, :]
+        if self.remove_accidental_hits:
+            keep &= tf.not_equal(cand_ids[tf.newaxis, :], pos_ids[:, tf.newaxis])
+        negative = tf.where(keep, negative, _MASKED)
+        logits = tf.concat([positive[:, tf.newaxis], negative], axis=1)  # [N, 1 + C]
+        return tf.reduce_logsumexp(logits, axis=1) - positive
+
+    def _in_batch(self, q: tf.Tensor, targets: tf.Tensor, pos_ids: tf.Tensor, seed) -> tf.Tensor:
+        """`[N]` cross-entropy against candidates drawn from the global batch's targets."""
         ctx = replica_context()
         pool = targets
         if ctx is not None and self.global_negatives:
@@ -444,15 +626,8 @@ class DualEncoderModel(tfrs.Model):
         num = self.num_candidates
         if num is None:  # one per user of the global batch
             num = pool.shape[0] if pool.shape[0] is not None else tf.shape(pool)[0]
-        if seed is None:
-            seed = self._sample_seed(training=False)
         flat_pool = tf.reshape(pool, [-1])
         cand_ids, cand_ok = sample_candidates(flat_pool, num, seed)
-
-        dim = tf.shape(queries)[-1]
-        q = tf.reshape(queries, [-1, dim])  # [N, D], N = b·L
-        pos_ids = tf.reshape(targets, [-1])
-        q_valid = tf.reshape(valid, [-1])
         positive = tf.reduce_sum(q * self.item_tower(pos_ids), axis=-1) / self.temperature  # [N]
         negative = tf.matmul(q, self.item_tower(cand_ids), transpose_b=True) / self.temperature
         if self.logq_correction:
@@ -464,28 +639,7 @@ class DualEncoderModel(tfrs.Model):
             log_q = tf.math.log(tf.maximum(counts, 1.0) / tf.maximum(tf.reduce_sum(counts), 1.0))
             positive -= tf.gather(log_q, pos_ids)
             negative -= tf.gather(log_q, cand_ids)[tf.newaxis, :]
-        keep = tf.broadcast_to(cand_ok[tf.newaxis, :], tf.shape(negative))
-        if self.remove_accidental_hits:
-            keep &= tf.not_equal(cand_ids[tf.newaxis, :], pos_ids[:, tf.newaxis])
-        negative = tf.where(keep, negative, _MASKED)
-        logits = tf.concat([positive[:, tf.newaxis], negative], axis=1)  # [N, 1 + C]
-        weight = tf.cast(q_valid, tf.float32)
-        cross_entropy = (tf.reduce_logsumexp(logits, axis=1) - positive) * weight
-        summed = tf.reduce_sum(cross_entropy)
-        # How the global loss is formed: one all-reduce (SUM) of this replica's
-        # summed cross-entropy and valid-query count gives the global ones.
-        count = tf.reduce_sum(weight)
-        total, global_count = summed, count
-        if ctx is not None:
-            total, global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [summed, count])
-        global_count = tf.stop_gradient(global_count)
-        return RetrievalTerms(
-            replica_share=tf.math.divide_no_nan(summed, global_count),
-            loss=tf.math.divide_no_nan(total, global_count),
-            queries=queries,
-            targets=targets,
-            valid=valid,
-        )
+        return self._softmax_terms(positive, negative, cand_ids, pos_ids, cand_ok)
 
     def _objective(self, inputs, training: bool) -> tuple[tf.Tensor, RetrievalTerms]:
         """(this replica's share of the loss, the DE terms); updates the loss trackers."""

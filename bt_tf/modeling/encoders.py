@@ -32,6 +32,8 @@ from bt_tf.features import PAD_ID
 
 KINDS = ("transformer", "gru", "mean")
 POOLINGS = ("mean", "last")
+# Positional-table rows: counted from the first item ("start") or aligned on the last ("end").
+POSITIONS = ("start", "end")
 
 
 def _causal_pool(x: tf.Tensor, mask: tf.Tensor, pooling: str) -> tf.Tensor:
@@ -183,6 +185,16 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
         norm_first: pre-LN (True, with a final LayerNorm) or post-LN blocks.
         causal: position t sees only positions <= t (see above); the dual
             encoder's query tower. False (default): bidirectional, the BT backbone.
+        positions: which positional-table row each item gets: ``"start"`` counts
+            from the first item (row t for position t); ``"end"`` aligns every
+            row's last real item on row ``max_len - 1`` (SASRec, whose left padding
+            gives the most recent item the same position in every sequence). With
+            ``"end"`` a causal output at t also depends on HOW MANY items follow t
+            (not on which): train it as SASRec does, the last item a target only
+            (`bt_tf.modeling.dual_encoder.drop_last_item`).
+        scale_embeddings: multiply the item rows by ``sqrt(dim)`` before the
+            positions are added (SASRec, after the Transformer): with a tied output
+            table the rows stay small for the logits and large beside the positions.
 
     Call: `encoder(items, training=False)` with items int `[B, L]`, L <= max_len,
     right-padded with PAD_ID; returns float `[B, dim]`. With `causal=True`,
@@ -205,9 +217,13 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
         ffn_dim: int | None = None,
         norm_first: bool = True,
         causal: bool = False,
+        positions: str = "start",
+        scale_embeddings: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if positions not in POSITIONS:
+            raise ValueError(f"positions={positions!r} is not one of {POSITIONS}.")
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not one of {KINDS}.")
         if pooling not in POOLINGS:
@@ -228,6 +244,8 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
         self.ffn_dim = ffn_dim if ffn_dim is not None else 4 * dim
         self.norm_first = norm_first
         self.causal = bool(causal)
+        self.positions = positions
+        self.scale_embeddings = bool(scale_embeddings)
 
         self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
         self.embedding_dropout = tf.keras.layers.Dropout(dropout)
@@ -273,8 +291,10 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
             )
         mask = tf.not_equal(items, tf.cast(PAD_ID, items.dtype))  # [B, L]
         x = self.item_embedding(items)  # [B, L, D]
+        if self.scale_embeddings:  # SASRec: item rows x sqrt(dim), positions as they are
+            x = x * tf.cast(tf.sqrt(float(self.dim)), x.dtype)
         if self.kind == "transformer":
-            x = x + self.position_embedding(tf.range(tf.shape(items)[1]))[tf.newaxis]
+            x = x + self.position_embedding(self._position_ids(mask))
             x = self.embedding_dropout(x, training=training)
             # Queries may attend only to real keys. Padded query rows still see
             # the real keys (never NaN) and are dropped by the pooling.
@@ -302,9 +322,23 @@ class SequenceEncoder(tf.keras.layers.Layer):  # long __init__: checks every arg
         per_pos = _causal_pool(x, mask, self.pooling)
         return per_pos if per_position else _last_real(per_pos, mask)
 
+    def _position_ids(self, mask: tf.Tensor) -> tf.Tensor:
+        """`[B, L]` (or `[1, L]`) positional-table rows: from the left (`"start"`), or
+        right-aligned so that each row's last real item is row ``max_len - 1`` (`"end"`,
+        SASRec's left padding: the most recent item always has the same position).
+        Padding positions are clipped to the table; they are masked anyway."""
+        width = tf.shape(mask)[1]
+        ids = tf.range(width)[tf.newaxis, :]
+        if self.positions == "start":
+            return ids
+        lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1, keepdims=True)
+        return tf.clip_by_value(ids + self.max_len - lengths, 0, self.max_len - 1)
+
     def get_config(self):
         config = super().get_config()
         config.update(
+            positions=self.positions,
+            scale_embeddings=self.scale_embeddings,
             vocab_size=self.vocab_size,
             max_len=self.max_len,
             dim=self.dim,

@@ -23,14 +23,15 @@ import numpy as np
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
+from bt_tf import atomic, locks, runs
 from bt_tf import features as F
-from bt_tf import runs
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
 from bt_tf.evaluation import labels
 from bt_tf.serving import export
 
 FORMATS = ("parquet", "tfrecord")
+ON_UNKNOWN = ("oov", "skip", "error")  # --input: what an item id the model never saw does
 SPLIT_CHOICES = ("all", *F.SPLITS)
 INPUT_SPLIT = "input"  # split name of the users of an --input file
 INFO_FILE = "embed_info.json"
@@ -66,6 +67,10 @@ class Source:
         artifact_dir: the preprocessing output the users come from (projector
             metadata: favorite genre, attributes), or None.
         batch_size: users per batch of ``batches`` (and per model call).
+        checks: after a full pass of ``batches(split)``, what that pass counted
+            in its input (`InputChecks.result`: unknown item ids, empty
+            histories, duplicate or empty user ids), or None for sources
+            that need no checks.
     """
 
     description: dict
@@ -75,6 +80,7 @@ class Source:
     num_users: Callable[[str], int | None]
     artifact_dir: str | None = None
     batch_size: int = 512
+    checks: Callable[[], dict] | None = None
 
 
 def _artifact_batches(artifact_dir: str, input_key: str, batch_size: int, max_len: int | None):
@@ -130,6 +136,14 @@ def run_source(run_dir: str, *, batch_size: int = 512) -> Source:
 
 def _serving_embed(export_dir: str) -> tuple[Callable[[tf.Tensor], np.ndarray], dict]:
     """(raw ids string ``[b, L]`` -> float32 ``[b, d]`` via ``serving_default``, description)."""
+    embed, description, _ = _load_serving(export_dir)
+    return embed, description
+
+
+def _load_serving(export_dir: str):
+    """`_serving_embed`'s pair and the export's vocabulary test: raw item ids (a list of
+    str) -> bool array, True for ids in the vocabulary (None when the export has no
+    ``lookup_ids`` function)."""
     loaded = export.load_export(export_dir)
     if export.SERVING_SIGNATURE not in loaded.signatures:
         raise ValueError(f"{export_dir} has no {export.SERVING_SIGNATURE!r} signature.")
@@ -142,7 +156,15 @@ def _serving_embed(export_dir: str) -> tuple[Callable[[tf.Tensor], np.ndarray], 
         "saved_model": os.path.abspath(export_dir),
         "fingerprint": tf.saved_model.experimental.read_fingerprint(export_dir).singleprint(),
     }
-    return embed, description
+    known = None
+    if hasattr(loaded, "lookup_ids"):
+
+        def known(items: list[str]) -> np.ndarray:
+            # One id per row: the lookup keeps the last max_len ids of a row.
+            ids = loaded.lookup_ids(tf.constant(np.array(items, dtype=object).reshape(-1, 1)))
+            return ids.numpy()[:, 0] != F.OOV_ID
+
+    return embed, description, known
 
 
 def default_artifact_dir(export_dir: str) -> str | None:
@@ -170,58 +192,216 @@ def saved_model_source(export_dir: str, artifact_dir: str, *, batch_size: int = 
     )
 
 
-def read_input_file(path: str) -> Iterator[tuple[str, list[str]]]:
-    """(user id, raw item ids oldest first) per line of a JSON-lines file; blank lines skipped.
+def _input_records(path: str) -> Iterator[tuple[int, str, list[str]]]:
+    """(line number, user id, raw item ids oldest first) per line of a JSON-lines file;
+    blank lines skipped.
 
     Raises:
-        ValueError: naming the file and line of a malformed record.
+        UserError: ``<problem> (<file>:<line>)`` for a line that is not UTF-8, not
+            JSON, not an object with ``user_id`` and ``item_ids``, or whose values
+            have the wrong type (``user_id``: string or integer; ``item_ids``: a
+            list of non-empty strings or integers).
     """
-    with tf.io.gfile.GFile(path) as f:
-        for lineno, line in enumerate(f, 1):
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"({path}:{lineno})"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(
+                    f"bytes {raw[err.start : err.end]!r} at byte {err.start} are not UTF-8 {where}"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}, line {lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not JSON ({err.msg}).") from None
+                raise UserError(f"not JSON: {err.msg} at column {err.colno} {where}") from None
             if not isinstance(record, dict) or not {"user_id", "item_ids"} <= set(record):
-                raise ValueError(
-                    f'{where}: expected {{"user_id": "...", "item_ids": ["...", ...]}}, '
-                    f"got {line.strip()[:80]!r}."
+                raise UserError(
+                    f'expected {{"user_id": "...", "item_ids": ["...", ...]}}, got '
+                    f"{line.strip()[:80]!r} {where}"
                 )
             user, items = record["user_id"], record["item_ids"]
             if isinstance(user, bool) or not isinstance(user, (str, int)):
-                raise ValueError(f"{where}: user_id must be a string or integer, got {user!r}.")
+                raise UserError(f"user_id must be a string or an integer, got {user!r:.80} {where}")
             if not isinstance(items, list) or any(
-                isinstance(i, bool) or not isinstance(i, (str, int)) for i in items
+                isinstance(i, bool) or not isinstance(i, (str, int)) or i == "" for i in items
             ):
-                raise ValueError(
-                    f"{where}: item_ids must be a list of strings or integers, got {items!r:.80}."
+                raise UserError(
+                    "item_ids must be a list of non-empty strings or integers, got "
+                    f"{items!r:.80} {where}"
                 )
-            yield str(user), [str(i) for i in items]
+            yield lineno, str(user), [str(i) for i in items]
 
 
-def input_source(export_dir: str, input_path: str, *, batch_size: int = 512) -> Source:
-    """An export's ``serving_default`` on the users of a JSON-lines file (`read_input_file`)."""
+def read_input_file(path: str) -> Iterator[tuple[str, list[str]]]:
+    """(user id, raw item ids oldest first) per line of a JSON-lines file; blank lines
+    skipped. Raises `UserError` naming the file and line of a malformed record."""
+    for _, user, items in _input_records(path):
+        yield user, items
+
+
+_LISTED_LINES = 10  # line numbers kept per kind of finding in embed_info.json
+
+
+class InputChecks:
+    """What one pass over an ``--input`` file found, counted (``embed_info.json``'s
+    ``checks`` of the ``input`` split; `describe_checks` says it in words).
+
+    Kinds, each with a count and the first `_LISTED_LINES` line numbers:
+    ``unknown_items`` (users with item ids the model's vocabulary lacks),
+    ``only_unknown_items`` (users all of whose item ids are unknown: under
+    ``oov`` they all get the same vector), ``empty_histories`` (no item id at
+    all: the all-padding output), ``duplicate_user_ids`` (a user id seen on an
+    earlier line; written again), ``empty_user_ids``, and ``skipped`` (users
+    left out under ``--on_unknown=skip``).
+    """
+
+    KINDS = (
+        "unknown_items",
+        "only_unknown_items",
+        "empty_histories",
+        "duplicate_user_ids",
+        "empty_user_ids",
+        "skipped",
+    )
+
+    def __init__(self, on_unknown: str):
+        self.on_unknown = on_unknown
+        self.users = self.written = self.unknown_ids = 0
+        self.counts = dict.fromkeys(self.KINDS, 0)
+        self.lines: dict[str, list[int]] = {k: [] for k in self.KINDS}
+        self._seen: set[str] = set()
+
+    def add(self, kind: str, lineno: int) -> None:
+        self.counts[kind] += 1
+        if len(self.lines[kind]) < _LISTED_LINES:
+            self.lines[kind].append(lineno)
+
+    def user(self, lineno: int, user: str) -> None:
+        self.users += 1
+        if not user.strip():
+            self.add("empty_user_ids", lineno)
+        if user in self._seen:
+            self.add("duplicate_user_ids", lineno)
+        self._seen.add(user)
+
+    def result(self) -> dict:
+        return {
+            "on_unknown": self.on_unknown,
+            "users_read": self.users,
+            "users_written": self.written,
+            "unknown_item_ids": self.unknown_ids,
+            **self.counts,
+            "first_lines": {k: v for k, v in self.lines.items() if v},
+        }
+
+
+def describe_checks(checks: dict, path: str) -> str | None:
+    """One line for stderr about what `InputChecks` found in `path`; None when nothing."""
+    n = checks
+    parts = []
+    if n["unknown_items"]:
+        what = {
+            "oov": "embedded as the out-of-vocabulary item",
+            "skip": "dropped from the histories",
+        }[n["on_unknown"]]
+        parts.append(
+            f"{n['unknown_items']} users with {n['unknown_item_ids']} item ids the model "
+            f"never saw ({what}; {n['only_unknown_items']} users had only such ids)"
+        )
+    labels_ = {
+        "empty_histories": "users with no item id"
+        + (" (embedded as an empty history)" if n["on_unknown"] != "skip" else ""),
+        "duplicate_user_ids": "repeated user ids (written again)",
+        "empty_user_ids": "empty user ids",
+        "skipped": "users left out (no known item id; --on_unknown=skip)",
+    }
+    parts += [f"{n[k]} {label}" for k, label in labels_.items() if n[k]]
+    if not parts:
+        return None
+    lines = ", ".join(
+        f"{k} at line{'s' * (len(v) > 1)} {', '.join(map(str, v))}"
+        for k, v in n.get("first_lines", {}).items()
+    )
+    return (
+        f"warning: {path}: {n['users_read']} users read, {n['users_written']} written; "
+        f"{'; '.join(parts)} (first {lines})"
+    )
+
+
+def input_source(
+    export_dir: str, input_path: str, *, batch_size: int = 512, on_unknown: str = "oov"
+) -> Source:
+    """An export's ``serving_default`` on the users of a JSON-lines file (`_input_records`).
+
+    ``on_unknown``: what an item id the model's vocabulary lacks does: ``oov``
+    embeds it as the out-of-vocabulary item (as training does with items
+    outside the vocabulary), ``skip`` drops it (a user left with no item is not
+    written), ``error`` stops with its file and line. Every pass counts what it
+    found (`InputChecks`, the source's ``checks``). An input without any user is
+    a `UserError`.
+    """
+    if on_unknown not in ON_UNKNOWN:
+        raise ValueError(f"on_unknown={on_unknown!r}: expected one of {ON_UNKNOWN}")
     if not tf.io.gfile.exists(input_path):
         raise FileNotFoundError(f"--input file {input_path!r} does not exist.")
-    embed, description = _serving_embed(export_dir)
-    description = {"kind": "input", **description}
+    if next(_input_records(input_path), None) is None:
+        raise UserError(f"--input file {input_path} holds no user (it is empty or blank)")
+    embed, description, known = _load_serving(export_dir)
+    if known is None and on_unknown != "oov":
+        raise UserError(
+            f"{export_dir} cannot tell known item ids from unknown ones (no lookup_ids "
+            f"function): --on_unknown={on_unknown} needs an export of bt_tf.export"
+        )
+    description = {"kind": "input", **description, "on_unknown": on_unknown}
     description.update(input=os.path.abspath(input_path), input_sha256=runs.file_sha256(input_path))
     info_path = posixpath.join(export_dir, export.EXPORT_INFO_FILE)
     max_len = None
     if tf.io.gfile.exists(info_path):
         with tf.io.gfile.GFile(info_path) as f:
             max_len = json.load(f).get("max_len")  # the export keeps the last max_len anyway
+    checks = {"last": None}
 
     def batches(split: str):
-        records = read_input_file(input_path)
+        tally = InputChecks(on_unknown)
+        records = _input_records(input_path)
         while chunk := list(itertools.islice(records, batch_size)):
-            rows = [items[-max_len:] if max_len else items for _, items in chunk]
+            flat = [item for _, _, items in chunk for item in items]
+            is_known = known(flat) if known is not None and flat else np.ones(len(flat), bool)
+            users, rows, at = [], [], 0
+            for lineno, user, items in chunk:
+                tally.user(lineno, user)
+                mask, at = is_known[at : at + len(items)], at + len(items)
+                if not items:
+                    tally.add("empty_histories", lineno)
+                elif not mask.all():
+                    tally.add("unknown_items", lineno)
+                    tally.unknown_ids += int((~mask).sum())
+                    if not mask.any():
+                        tally.add("only_unknown_items", lineno)
+                    if on_unknown == "error":
+                        first = items[int(np.argmin(mask))]
+                        raise UserError(
+                            f"item id {first!r:.80} is not in the model's vocabulary "
+                            f"(--on_unknown=error) ({input_path}:{lineno})"
+                        )
+                    if on_unknown == "skip":
+                        items = [i for i, k in zip(items, mask) if k]
+                if on_unknown == "skip" and not items:
+                    tally.add("skipped", lineno)
+                    continue
+                users.append(user)
+                rows.append(items[-max_len:] if max_len else items)
+            tally.written += len(users)
+            checks["last"] = tally.result()
+            if not rows:
+                continue
             width = max(1, max(len(r) for r in rows))
             raw = np.array([r + [""] * (width - len(r)) for r in rows], dtype=object)
-            yield np.array([u.encode() for u, _ in chunk], dtype=object), tf.constant(raw)
+            yield np.array([u.encode() for u in users], dtype=object), tf.constant(raw)
+        checks["last"] = tally.result()
 
     return Source(
         description=description,
@@ -230,6 +410,7 @@ def input_source(export_dir: str, input_path: str, *, batch_size: int = 512) -> 
         embed=embed,
         num_users=lambda split: None,
         batch_size=batch_size,
+        checks=lambda: checks["last"],
     )
 
 
@@ -260,11 +441,13 @@ def _parquet_schema():
 
 
 class _PartWriter:
-    """One part file, written to ``path + ".tmp"`` and renamed by `close` (atomic)."""
+    """One part file, written to a temporary file beside it and fsynced and renamed by
+    `close` (`bt_tf.atomic.replacing`): a part is complete or absent."""
 
     def __init__(self, path: str, fmt: str, split: str):
         self.path, self.fmt, self.split, self.rows = path, fmt, split, 0
-        self._tmp = path + ".tmp"
+        self._replacing = atomic.replacing(path)
+        self._tmp = self._replacing.__enter__()
         self._buffer: list[tuple[list[str], np.ndarray]] = []
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -305,10 +488,8 @@ class _PartWriter:
     def close(self) -> None:
         if self.fmt == "parquet":
             self._flush()
-            self._writer.close()
-        else:
-            self._writer.close()
-        tf.io.gfile.rename(self._tmp, self.path, overwrite=True)
+        self._writer.close()
+        self._replacing.__exit__(None, None, None)  # fsync, rename to the part's name
 
 
 def _example(user: str, split: str, vector: np.ndarray) -> tf.train.Example:
@@ -420,16 +601,21 @@ def _read_info(output_dir: str) -> dict | None:
     path = posixpath.join(output_dir, INFO_FILE)
     if not tf.io.gfile.exists(path):
         return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        try:
+            info = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            info = err
+    if not isinstance(info, dict):
+        raise UserError(
+            f"{path} is unreadable ({info}); delete {output_dir} (or pass --overwrite) and "
+            "run bt_tf.embed again"
+        )
+    return info
 
 
 def _write_info(output_dir: str, info: dict) -> None:
-    path = posixpath.join(output_dir, INFO_FILE)
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        json.dump(info, f, indent=2)
-        f.write("\n")
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    atomic.write_json(posixpath.join(output_dir, INFO_FILE), info, indent=2)
 
 
 def _part_path(split: str, index: int, fmt: str) -> str:
@@ -466,7 +652,10 @@ def _embed_split(
             writer.close()
     finally:
         bar.close()
-    return {"users": users, "parts": parts, "dim": dim}
+    out = {"users": users, "parts": parts, "dim": dim}
+    if source.checks is not None:
+        out["checks"] = source.checks()
+    return out
 
 
 def _sample(total: int, max_users: int, seed: int) -> np.ndarray:
@@ -653,51 +842,56 @@ def write_embeddings(
         "batch_size": batch_size,
         "part_size": part_batches * batch_size,
     }
-    tf.io.gfile.makedirs(output_dir)
-    info = _read_info(output_dir)
-    if info is not None and info.get("settings") != settings:
-        if not overwrite:
-            raise OutputMismatch(
-                f"{output_dir} holds embeddings written with other settings or another model "
-                f"({_differences(info.get('settings') or {}, settings)}); pass --overwrite to "
-                "replace them, or choose another --output_dir."
-            )
-        _clear(output_dir)
-        info = None
-    if info is None:
-        info = {"settings": settings, "dim": None, "splits": {}, "projector": None}
-        _write_info(output_dir, info)
-    tf.io.gfile.makedirs(posixpath.join(output_dir, EMBEDDINGS_DIR))
-
-    for split in splits:
-        done = info["splits"].get(split)
-        if done and all(tf.io.gfile.exists(posixpath.join(output_dir, p)) for p in done["parts"]):
-            continue
-        result = _embed_split(source, split, output_dir, fmt, part_batches, progress)
-        info["dim"] = info["dim"] or result["dim"]
-        info["splits"][split] = {"users": result["users"], "parts": result["parts"]}
-        info["splits"] = {s: info["splits"][s] for s in _ordered(info["splits"])}
-        _write_info(output_dir, info)
-    if info["dim"] is None and any(v["parts"] for v in info["splits"].values()):
-        first = next(p for v in info["splits"].values() for p in v["parts"])
-        info["dim"] = int(next(_read_part(posixpath.join(output_dir, first), fmt))[2].shape[1])
-        _write_info(output_dir, info)
-
-    chosen = _ordered(splits)
-    total = sum(info["splits"][split]["users"] for split in chosen)
-    if projector_users and total:
-        wanted = {"max_users": projector_users, "seed": seed, "splits": chosen}
-        old = {k: (info["projector"] or {}).get(k) for k in wanted}
-        if old != wanted or not tf.io.gfile.exists(posixpath.join(output_dir, PROJECTOR_DIR)):
-            info["projector"] = write_projector(
-                output_dir,
-                dict(info, splits={split: info["splits"][split] for split in chosen}),
-                max_users=projector_users,
-                seed=seed,
-                artifact_dir=source.artifact_dir,
-            )
+    # One writer per output directory: a second bt_tf.embed into it stops at once.
+    with locks.hold_dir(output_dir, hint=" or choose another --output_dir"):
+        info = _read_info(output_dir)
+        if info is not None and info.get("settings") != settings:
+            if not overwrite:
+                raise OutputMismatch(
+                    f"{output_dir} holds embeddings written with other settings or another model "
+                    f"({_differences(info.get('settings') or {}, settings)}); pass --overwrite to "
+                    "replace them, or choose another --output_dir."
+                )
+            _clear(output_dir)
+            info = None
+        if info is None:
+            info = {"settings": settings, "dim": None, "splits": {}, "projector": None}
             _write_info(output_dir, info)
-    return info
+        tf.io.gfile.makedirs(posixpath.join(output_dir, EMBEDDINGS_DIR))
+
+        for split in splits:
+            done = info["splits"].get(split)
+            if done and all(
+                tf.io.gfile.exists(posixpath.join(output_dir, p)) for p in done["parts"]
+            ):
+                continue
+            result = _embed_split(source, split, output_dir, fmt, part_batches, progress)
+            info["dim"] = info["dim"] or result["dim"]
+            info["splits"][split] = {
+                k: result[k] for k in ("users", "parts", "checks") if k in result
+            }
+            info["splits"] = {s: info["splits"][s] for s in _ordered(info["splits"])}
+            _write_info(output_dir, info)
+        if info["dim"] is None and any(v["parts"] for v in info["splits"].values()):
+            first = next(p for v in info["splits"].values() for p in v["parts"])
+            info["dim"] = int(next(_read_part(posixpath.join(output_dir, first), fmt))[2].shape[1])
+            _write_info(output_dir, info)
+
+        chosen = _ordered(splits)
+        total = sum(info["splits"][split]["users"] for split in chosen)
+        if projector_users and total:
+            wanted = {"max_users": projector_users, "seed": seed, "splits": chosen}
+            old = {k: (info["projector"] or {}).get(k) for k in wanted}
+            if old != wanted or not tf.io.gfile.exists(posixpath.join(output_dir, PROJECTOR_DIR)):
+                info["projector"] = write_projector(
+                    output_dir,
+                    dict(info, splits={split: info["splits"][split] for split in chosen}),
+                    max_users=projector_users,
+                    seed=seed,
+                    artifact_dir=source.artifact_dir,
+                )
+                _write_info(output_dir, info)
+        return info
 
 
 def _ordered(splits: Iterable[str]) -> list[str]:

@@ -388,6 +388,15 @@ def restore_item_embeddings(run_dir: str, vocab_size: int, dim: int) -> np.ndarr
     return reader.get_tensor(found[0])
 
 
+def run_item_embeddings(run_dir: str, config: dict, encoder) -> np.ndarray:
+    """A DE run's candidate table ``[vocab_size, dim]``: the restored encoder's input item
+    table when the run tied them (``tie_item_embeddings`` in config.json: one table,
+    checkpointed under the encoder), else its item tower's (`restore_item_embeddings`)."""
+    if config.get("tie_item_embeddings"):
+        return encoder.item_embedding.embeddings.numpy()
+    return restore_item_embeddings(run_dir, encoder.vocab_size, encoder.output_dim)
+
+
 def export_run(run_dir: str, *, recommend: bool | None = None, k: int = RECOMMEND_K) -> str:
     """Exports the run's encoder to ``RUN/export/``.
 
@@ -403,7 +412,7 @@ def export_run(run_dir: str, *, recommend: bool | None = None, k: int = RECOMMEN
         recommend = "de" in config.get("model", "bt").split("+")  # config.json: a flat dict
     item_embeddings = None
     if recommend:
-        item_embeddings = restore_item_embeddings(run_dir, len(vocab), encoder.output_dim)
+        item_embeddings = run_item_embeddings(run_dir, config, encoder)
     return export_encoder(
         encoder,
         vocab,

@@ -44,7 +44,8 @@ item factors of a rank-``dim`` truncated SVD of the binary user x item matrix of
 the ``train_users``' histories (`bt_tf.training.trainer.svd_item_table`);
 ``freeze_item_embeddings`` keeps that table (random or SVD) fixed during
 training. Both act when the model is built: a restored run reads its table from
-its checkpoint. The DE's item tower is a table of its own, left as it is.
+its checkpoint. The DE's item side is that same table when tied (``tie_item_embeddings``,
+the default), else a table of its own that neither setting touches.
 
 No Apache Beam here: ``data`` is the Beam-free preprocessing config.
 """
@@ -59,12 +60,30 @@ from bt_tf.data.augment import AugmentPolicy
 from bt_tf.data.dataset import parse_bucket_boundaries
 from bt_tf.features import SPLITS
 from bt_tf.modeling.encoders import KINDS as ENCODERS
-from bt_tf.modeling.encoders import POOLINGS
+from bt_tf.modeling.encoders import POOLINGS, POSITIONS
 from bt_tf.modeling.precision import PRECISIONS
 from bt_tf.modeling.projector import ProjectorConfig
 from pipelines.config import PreprocessConfig
 
 MODELS = ("bt", "de", "bt+de")
+# How users' sequences are cut (see the module doc): "history_future" (users split by a
+# hash into train / eval / test, each user's last `future_len` items its future: the
+# downstream tasks' protocol) or "leave_one_out" (every user trains on all but its last
+# two items, item n-1 validates, item n tests: SASRec's and RecBole's protocol).
+PROTOCOLS = ("history_future", "leave_one_out")
+# The DE loss (`bt_tf.modeling.dual_encoder`); "auto": full_softmax where its logits fit
+# (`TrainConfig.resolved_de_loss`), else sampled_softmax.
+DE_LOSSES = ("auto", "full_softmax", "sampled_softmax", "in_batch")
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
+# "auto" keeps the full softmax while one step's logits, batch_size x max_len x items
+# float32, stay under this many bytes (every MovieLens size at the default batches; the
+# gradient doubles it): ML-1M 64 x 200 x 3.7k = 190 MB, 50k items at 256 x 200 = 10 GB.
+FULL_SOFTMAX_MAX_BYTES = 1 << 30
+# What validation judges epochs by: leave_one_out runs with an item side rank the
+# validation item (item n-1) against the whole catalog (higher is better); every other
+# run takes its own loss on eval users (lower is better).
+VAL_NDCG = "val_ndcg@10"
+VAL_LOSS = "val_loss"
 TRAIN_USERS = ("train", "all")  # whose histories pretrain the encoder (see the module doc)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 # The encoder's input item table at build time: Keras' random init, or the scaled item
@@ -82,12 +101,36 @@ class EncoderConfig:
     num_heads: int = 2
     dropout: float = 0.1
     pooling: str = "mean"  # mean | last
+    ffn_dim: int = 0  # transformer feed-forward width; 0: 4 x dim (SASRec's is dim)
+    positions: str = "start"  # start | end (right-aligned: SASRec's)
 
     def __post_init__(self):
         if self.kind not in ENCODERS:
             raise ValueError(f"--encoder={self.kind!r}: expected one of {ENCODERS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"--pooling={self.pooling!r}: expected one of {POOLINGS}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"--positions={self.positions!r}: expected one of {POSITIONS}")
+        if self.ffn_dim < 0:
+            raise ValueError("--ffn_dim must be >= 0 (0: 4 x --dim)")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """The checks `SequenceEncoder` would fail on at build time, after preprocessing."""
+        for flag, value, least in (
+            ("dim", self.dim, 1),
+            ("num_heads", self.num_heads, 1),
+            ("num_blocks", self.num_blocks, 0),
+        ):
+            if value < least:
+                raise ValueError(f"--{flag}={value}: expected an integer >= {least}")
+        if self.kind == "transformer" and self.dim % self.num_heads:
+            raise ValueError(
+                f"--dim={self.dim} is not divisible by --num_heads={self.num_heads}: each "
+                "attention head gets dim / num_heads dimensions"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout={self.dropout}: expected 0 <= dropout < 1")
 
     def kwargs(self, vocab_size: int, max_len: int, *, causal: bool) -> dict:
         """Keyword arguments of `bt_tf.modeling.encoders.SequenceEncoder` (config.json's
@@ -101,6 +144,8 @@ class EncoderConfig:
             "dropout": self.dropout,
             "kind": self.kind,
             "pooling": self.pooling,
+            "ffn_dim": self.ffn_dim or None,
+            "positions": self.positions,
             "causal": causal,
         }
 
@@ -113,6 +158,8 @@ ENCODER_FLAGS = {
     "num_heads": "num_heads",
     "dropout": "dropout",
     "pooling": "pooling",
+    "ffn_dim": "ffn_dim",
+    "positions": "positions",
 }
 DEFAULT_PROJECTOR = ProjectorConfig((1024, 1024, 1024))
 DEFAULT_AUGMENT = AugmentPolicy(mask=0.3, reorder=0.3)
@@ -128,18 +175,29 @@ class TrainConfig:
     train_users: str = "train"  # "train": the train split's users; "all": every split's
     encoder: EncoderConfig = EncoderConfig()
     # the encoder's input item table: its init, and whether training updates it (the
-    # DE's item tower is a separate table: neither applies to it)
+    # DE's item side is this table when tied, else a table of its own)
     item_init: str = "random"  # random | svd (rank-dim SVD of the train_users' histories)
     freeze_item_embeddings: bool = False
     # Barlow Twins
     projector: ProjectorConfig = DEFAULT_PROJECTOR
     lambd: float = 0.005
     augment: AugmentPolicy = DEFAULT_AUGMENT
+    protocol: str = "history_future"  # history_future | leave_one_out (PROTOCOLS)
+    # the encoder's input width; 0: the data's max_len (leave_one_out stores complete
+    # histories, so that every earlier item is excluded from the ranking, and reads the
+    # --max_len most recent)
+    input_len: int = 0
+    # start the encoder from another run's (its best epoch), e.g. BT pretraining then DE
+    init_from: str = ""
     # dual encoder / joint (causal query tower, every position a next-item query)
+    de_loss: str = "auto"  # auto | full_softmax | sampled_softmax | in_batch
+    num_negatives: int = 1000  # sampled_softmax: catalog draws per step
+    negatives: str = "uniform"  # sampled_softmax: uniform | popularity (with logQ)
+    tie_item_embeddings: bool = True  # the item tower IS the encoder's input table (SASRec)
     temperature: float = 0.1
     bt_weight: float = 0.1
-    de_candidates: int = 0  # shared sampled-softmax candidates per step; 0: one per user
-    # logQ correction of the sampled softmax: without it, candidates drawn from the
+    de_candidates: int = 0  # in_batch: shared candidates per step; 0: one per user
+    # logQ correction of the in-batch softmax: without it, candidates drawn from the
     # batch's targets push popular items down and full-catalog HR@10 suffers.
     de_logq: bool = True
     # optimization
@@ -174,10 +232,22 @@ class TrainConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
         self._check_budget()
+        self._check_protocol()
+        for name, value, allowed in (
+            ("de_loss", self.de_loss, DE_LOSSES),
+            ("negatives", self.negatives, NEGATIVE_SAMPLERS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"--{name}={value!r}: expected one of {allowed}")
+        if self.input_len < 0:
+            raise ValueError("input_len must be >= 0 (0: the data's --max_len)")
+        if self.num_negatives < 1:
+            raise ValueError("--num_negatives must be >= 1")
         if self.de_candidates < 0:
             raise ValueError("--de_candidates must be >= 0 (0: one per user of the batch)")
         if self.temperature <= 0:
             raise ValueError("--temperature must be > 0")
+        self._check_loss_and_step()
         self._check_speed()
 
     def _check_types(self) -> None:
@@ -193,6 +263,15 @@ class TrainConfig:
                     "TrainConfig.from_settings (or bt_tf.training.flags.parse)."
                 )
 
+    def _check_loss_and_step(self) -> None:
+        # A negative weight or step trains without an error and means nothing: refuse it.
+        if not self.lambd > 0:
+            raise ValueError(f"--lambd={self.lambd}: the off-diagonal weight must be > 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate={self.learning_rate}: expected a value > 0")
+        if not self.bt_weight >= 0:
+            raise ValueError(f"--bt_weight={self.bt_weight}: expected a value >= 0")
+
     def _check_budget(self) -> None:
         if self.batch_size < 2:
             raise ValueError("--batch_size must be >= 2 (Barlow Twins standardizes over the batch)")
@@ -202,6 +281,23 @@ class TrainConfig:
             raise ValueError("--steps_per_epoch must be >= 0 and --min_steps_per_epoch >= 1")
         if self.early_stopping_patience < 0 or not 0.0 <= self.min_delta < 1.0:
             raise ValueError("--early_stopping_patience must be >= 0 and 0 <= --min_delta < 1")
+
+    def _check_protocol(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol={self.protocol!r}: expected one of {PROTOCOLS}")
+        if self.protocol == "leave_one_out":
+            d = self.data
+            cut = (d.future_len, d.train_percent, d.eval_percent)
+            if cut != (2, 100, 0):
+                raise ValueError(
+                    "--protocol=leave_one_out holds out each user's last 2 items and splits "
+                    f"no users: it needs future_len=2, train_percent=100, eval_percent=0, got "
+                    f"{cut} (build the data config with leave_one_out_data)"
+                )
+            if not self.input_len:
+                raise ValueError("--protocol=leave_one_out needs input_len (the encoder's width)")
+            if self.train_users != "train":
+                raise ValueError("--protocol=leave_one_out trains every user: --train_users=train")
 
     def _check_speed(self) -> None:
         if self.mixed_precision not in (None, *PRECISIONS):
@@ -235,6 +331,33 @@ class TrainConfig:
         return "de" in self.model.split("+")
 
     @property
+    def leave_one_out(self) -> bool:
+        return self.protocol == "leave_one_out"
+
+    @property
+    def monitor(self) -> str:
+        """The validation figure that picks the best epoch and stops training: for a model
+        with an item side, its validation item's full-ranking NDCG@10 (leave-one-out: item
+        n-1; history/future: each trained user's last history item, held out of training,
+        `hold_out`); for BT alone, its own loss on eval users."""
+        return VAL_NDCG if self.uses_de else VAL_LOSS
+
+    @property
+    def hold_out(self) -> int:
+        """History items per user held out of training for validation: the last one for a
+        model with an item side in history/future (its validation item); none else
+        (leave-one-out's validation item is in the stored future already)."""
+        return 1 if self.uses_de and not self.leave_one_out else 0
+
+    def resolved_de_loss(self, num_items: int) -> str:
+        """`de_loss` with "auto" decided for a catalog of ``num_items`` ids: the full
+        softmax while one step's logits fit `FULL_SOFTMAX_MAX_BYTES`, else sampled."""
+        if self.de_loss != "auto":
+            return self.de_loss
+        logits_bytes = 4 * self.batch_size * self.max_len * num_items
+        return "full_softmax" if logits_bytes <= FULL_SOFTMAX_MAX_BYTES else "sampled_softmax"
+
+    @property
     def max_epochs(self) -> int:
         """The epoch cap (stored as ``epochs``, the flag's old name)."""
         return self.epochs
@@ -263,7 +386,8 @@ class TrainConfig:
 
     @property
     def max_len(self) -> int:
-        return self.data.max_len
+        """The encoder's input width: ``input_len``, else the data's ``max_len``."""
+        return self.input_len or self.data.max_len
 
     def encoder_kwargs(self, vocab_size: int) -> dict:
         """Keyword arguments of `bt_tf.modeling.encoders.SequenceEncoder`.
@@ -317,6 +441,22 @@ class TrainConfig:
         return cls.from_settings(values, data=data)
 
 
+# History kept by a leave-one-out artifact: complete (a user with more is cut to the most
+# recent), so that the ranking excludes every item a user had before, as SASRec's does.
+LEAVE_ONE_OUT_HISTORY = 100_000
+
+
+def leave_one_out_data(data: PreprocessConfig) -> PreprocessConfig:
+    """``data`` cut for ``--protocol=leave_one_out``: every user in one split (the
+    vocabulary then covers every user's training items), each user's last 2 items held
+    out (item n-1 validates, item n tests), a history of at least 1 item, kept whole
+    (`LEAVE_ONE_OUT_HISTORY`; the encoder reads its ``input_len`` most recent)."""
+    return dataclasses.replace(
+        data, future_len=2, min_history_len=1, train_percent=100, eval_percent=0,
+        max_len=LEAVE_ONE_OUT_HISTORY,
+    )  # fmt: skip
+
+
 def parse_flag(flag: str, text: str, parse):
     """``parse(text)``, or ValueError ``--flag='text': why``."""
     try:
@@ -353,6 +493,15 @@ RESUMABLE_CHANGES = (
 )
 # Values of settings that a run directory written before they existed ran with.
 LEGACY_DEFAULTS = {
+    "ffn_dim": 0,
+    "positions": "start",
+    "protocol": "history_future",
+    "input_len": 0,
+    "init_from": "",
+    "de_loss": "in_batch",
+    "num_negatives": 1000,
+    "negatives": "uniform",
+    "tie_item_embeddings": False,
     "min_steps_per_epoch": 1,
     "min_delta": 0.0,
     "train_users": "train",

@@ -24,14 +24,18 @@ from bt_tf.errors import UserError
 from bt_tf.modeling.precision import PRECISIONS
 from bt_tf.modeling.projector import ProjectorConfig
 from bt_tf.training.config import (
+    DE_LOSSES,
     ENCODER_FLAGS,
     ENCODERS,
     ITEM_INITS,
     MODELS,
+    NEGATIVE_SAMPLERS,
     POOLINGS,
+    PROTOCOLS,
     STRATEGIES,
     TRAIN_USERS,
     TrainConfig,
+    leave_one_out_data,
 )
 from pipelines import config as data_config
 
@@ -117,12 +121,129 @@ DATASET_DEFAULTS: dict[str, dict] = {
 }
 
 
-def dataset_defaults(dataset: str, model: str | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Whose labels chose a default of `DATASET_DEFAULTS`: the evaluation compares it to
+    the users it scores (`bt_tf.evaluation.selection`; the claim's ``selection``).
+
+    Attributes:
+        chose: what was chosen, in words.
+        settings: flag name -> the chosen value (a run whose config holds one of
+            them used the choice).
+        models: the models whose default it is (`config.MODELS`: every model).
+        dataset: the data whose users' labels chose it (``--dataset``).
+        splits: those users' splits, under ``split_percents`` (the preprocessing's
+            ``train_percent``, ``eval_percent``: a user's split is a hash of the id).
+        labels: the tasks whose labels were read.
+        how: the method, and where its figures are.
+    """
+
+    chose: str
+    settings: dict
+    models: tuple[str, ...]
+    dataset: str
+    splits: tuple[str, ...]
+    split_percents: tuple[int, int]
+    labels: tuple[str, ...]
+    how: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CLAIM_LABELS = ("next_item", "favorite_genre", "liked_item")  # tasks.CLAIM_METRICS
+_ML100K_TRAIN_EVAL = dict(dataset="ml-100k", splits=("train", "eval"), split_percents=(80, 10))
+
+
+def _recipe_provenance(settings: dict) -> Provenance:
+    return Provenance(
+        chose="the MovieLens recipe (batch 64, projector 512-512, crop views; histories of "
+        "50 on ML-100K)",
+        settings=settings,
+        models=MODELS,
+        labels=("favorite_genre", "attr_gender"),
+        how="BT variants, 5-fold cross-validation of logistic-regression probes on the "
+        "train + eval users (docs/RESULTS.md, 'How the recipe was chosen')",
+        **_ML100K_TRAIN_EVAL,
+    )
+
+
+def _de_provenance(settings: dict) -> Provenance:
+    return Provenance(
+        chose="the DE's recipe (temperature 0.1, learning rate 1e-3, mean pooling, logQ; batch 64)",
+        settings=settings,
+        models=("de",),
+        labels=_CLAIM_LABELS,
+        how="tuning.compare, one setting changed per variant, 2 pretraining seeds, probes "
+        "cross-fitted over the 848 train + eval users at 5-10% labels (docs/RESULTS.md, "
+        "'The DE's recipe')",
+        **_ML100K_TRAIN_EVAL,
+    )
+
+
+_STOPPING_PROVENANCE = Provenance(
+    chose="the stopping rule (train the 30-epoch cap, keep the best val_loss epoch)",
+    settings={"early_stopping_patience": 0, "epochs": 30},
+    models=MODELS,
+    labels=_CLAIM_LABELS,
+    how="tuning.compare of the DE with patience 0 against 3 and of 60- and 100-epoch caps "
+    "(and BT's 100-epoch cap), 3 pretraining seeds, probes cross-fitted over the 848 train "
+    "+ eval users at 5-10% labels (docs/RESULTS.md, 'The stopping rule')",
+    **_ML100K_TRAIN_EVAL,
+)
+_RECIPE_SETTINGS = {k: _MOVIELENS_RECIPE[k] for k in ("batch_size", "projector", "augment")}
+_DE_SETTINGS = _de_recipe(64)
+
+# Per DATASET_DEFAULTS entry: whose labels chose its values (`Provenance`). Every
+# results.json copies the entries a run used, and the claim says whether any scored
+# user's labels took part (in-sample) or none did (out-of-sample). A new default chosen
+# on labels gets its entry here; choose it on users the claim is never scored on
+# (e.g. ML-100K's train + eval users, then score the claim with --claim_users=test).
+DEFAULTS_PROVENANCE: dict[str, tuple[Provenance, ...]] = {
+    "ml-100k": (
+        _recipe_provenance({**_RECIPE_SETTINGS, "max_len": 50}),
+        _de_provenance(_DE_SETTINGS),
+        _STOPPING_PROVENANCE,
+    ),
+    "ml-1m": (
+        _recipe_provenance(_RECIPE_SETTINGS),
+        _de_provenance(_DE_SETTINGS),
+        _STOPPING_PROVENANCE,
+    ),
+    "ml-20m": (  # batch 256 there: not chosen on labels
+        _recipe_provenance({k: v for k, v in _RECIPE_SETTINGS.items() if k != "batch_size"}),
+        _de_provenance({k: v for k, v in _DE_SETTINGS.items() if k != "batch_size"}),
+    ),
+}
+
+
+def dataset_provenance(dataset: str) -> tuple[Provenance, ...]:
+    """`DEFAULTS_PROVENANCE` of ``dataset`` (none for data without chosen defaults)."""
+    return DEFAULTS_PROVENANCE.get(dataset, ())
+
+
+# Flag defaults of a protocol, on top of a dataset's (`dataset_defaults`). Leave-one-out
+# holds out 2 items per user and reads SASRec's input length (200).
+PROTOCOL_DEFAULTS: dict[str, dict] = {
+    "leave_one_out": {"future_len": 2, "min_history_len": 1, "max_len": 200},
+}
+# Under PROTOCOLS_KEY: a dataset's defaults for one protocol (shared, and MODELS_KEY).
+PROTOCOLS_KEY = "protocols"
+
+
+def dataset_defaults(
+    dataset: str, model: str | None = None, protocol: str = "history_future"
+) -> dict:
     """Flag defaults of `dataset` (flag names without dashes), ``{}`` when none: its
-    shared defaults, updated with `model`'s own (none for ``model=None``)."""
+    shared defaults, updated with `model`'s own (none for ``model=None``), then with
+    `protocol`'s (`PROTOCOL_DEFAULTS`) and the dataset's own for that protocol."""
+    out = {}
     entry = DATASET_DEFAULTS.get(dataset, {})
-    shared = {k: v for k, v in entry.items() if k != MODELS_KEY}
-    return {**shared, **entry.get(MODELS_KEY, {}).get(model, {})}
+    for level in (entry, PROTOCOL_DEFAULTS.get(protocol, {}),
+                  entry.get(PROTOCOLS_KEY, {}).get(protocol, {})):  # fmt: skip
+        out.update({k: v for k, v in level.items() if k not in (MODELS_KEY, PROTOCOLS_KEY)})
+        out.update(level.get(MODELS_KEY, {}).get(model, {}))
+    return out
 
 
 # hparams-file keys that name another flag.
@@ -166,6 +287,12 @@ _TRAINING_FLAGS = (
      "runs/<dataset>_<model>)"}),
     (("--model",), {"choices": MODELS, "help": "bt: Barlow Twins; de: TFRS dual encoder (next "
      "item); bt+de: both losses"}),
+    (("--protocol",), {"choices": PROTOCOLS, "help": "history_future: users split into "
+     "train/eval/test, each user's last --future_len items its future (the downstream "
+     "tasks); leave_one_out: every user trains on all but its last 2 items, item n-1 "
+     "validates (epochs judged by its full-ranking NDCG@10), item n tests (SASRec, RecBole)"}),
+    (("--init_from",), {"metavar": "RUN", "help": "start the encoder from this run's (its best "
+     "epoch; same encoder sizes and item vocabulary), e.g. a bt run before a de fine-tune"}),
     (("--train_users",), {"choices": TRAIN_USERS, "help": "whose histories pretrain the "
      "encoder: train (the train split's users) or all (every split's: labels are future "
      "items, which no encoder reads); val_loss stays on eval"}),
@@ -176,18 +303,32 @@ _TRAINING_FLAGS = (
     (("--num_heads",), {"type": int, "help": "attention heads per transformer block"}),
     (("--dropout",), {"type": float, "help": "encoder dropout rate"}),
     (("--pooling",), {"choices": POOLINGS, "help": "user vector from the positions"}),
+    (("--ffn_dim",), {"type": int, "help": "transformer feed-forward width (0: 4 x --dim)"}),
+    (("--positions",), {"choices": ("start", "end"), "help": "positional embeddings counted "
+     "from the first item, or from the last (end: SASRec's; the DE then trains each "
+     "sequence's last item as a target only)"}),
     (("--item_init",), {"choices": ITEM_INITS, "help": "encoder's input item table: Keras' "
      "random init, or svd: the item factors of a rank-dim truncated SVD of the binary user x "
-     "item matrix of the --train_users' histories, seeded by --seed (not the DE's item "
-     "tower, a table of its own)"}),
+     "item matrix of the --train_users' histories, seeded by --seed (the DE's item side "
+     "too when tied)"}),
     (("--freeze_item_embeddings",), {"action": _BOOL, "help": "keep the encoder's input item "
-     "table as initialised (not trained; the DE's item tower still trains)"}),
+     "table as initialised (not trained; with --tie_item_embeddings the DE's item side too)"}),
     (("--projector",), {"type": flag_type(ProjectorConfig.from_string), "help": "BT projector "
      "MLP widths, dash-separated"}),
     (("--lambd",), {"type": float, "help": "BT weight of the off-diagonal term"}),
     (("--augment",), {"type": flag_type(AugmentPolicy.from_string), "help": "BT views: "
      "comma-separated name:strength of mask, reorder, crop, substitute, insert, apply_prob "
      "(none: identical views)"}),
+    (("--de_loss",), {"choices": DE_LOSSES, "help": "DE loss: full_softmax (every catalog item "
+     "at every position, SASRec+), sampled_softmax (--num_negatives catalog draws), in_batch "
+     "(the paper's DE); auto: full_softmax where batch x max_len x items logits fit 1 GiB, "
+     "else sampled_softmax"}),
+    (("--num_negatives",), {"type": int, "help": "sampled_softmax: catalog items drawn per "
+     "step, shared by every query"}),
+    (("--negatives",), {"choices": NEGATIVE_SAMPLERS, "help": "sampled_softmax: uniform, or "
+     "popularity draws with the logQ correction"}),
+    (("--tie_item_embeddings",), {"action": _BOOL, "help": "DE: the item tower is the "
+     "encoder's input item table (SASRec's tied embeddings)"}),
     (("--temperature",), {"type": float, "help": "DE softmax temperature (scores / "
      "temperature)"}),
     (("--bt_weight",), {"type": float, "help": "weight of the BT loss in bt+de"}),
@@ -216,9 +357,9 @@ _TRAINING_FLAGS = (
      "(the BT loss stays float32; --model=bt only)"}),
     (("--steps_per_execution",), {"type": int, "help": "train steps per tf.function call "
      "(fewer Python round trips)"}),
-    (("--de_candidates",), {"type": int, "help": "DE: shared sampled-softmax candidates per "
-     "step (0: one per user of the batch)"}),
-    (("--de_logq",), {"action": _BOOL, "help": "DE: logQ correction of the sampled softmax"}),
+    (("--de_candidates",), {"type": int, "help": "in_batch DE: shared candidates per step "
+     "(0: one per user of the batch)"}),
+    (("--de_logq",), {"action": _BOOL, "help": "in_batch DE: logQ correction"}),
     (("--jit_compile",), {"action": _BOOL, "help": "XLA-compile the train step"}),
     (("--probe",), {"action": _BOOL, "help": "favorite-genre probe after training"}),
     (("--export",), {"action": _BOOL, "help": "export the encoder as a SavedModel"}),
@@ -313,6 +454,15 @@ def config_from_flags(
     if not values.get("run_dir"):
         values["run_dir"] = os.path.join("runs", f"{args.dataset}_{args.model}")
     data = data_config.config_from_flags(args, beam_args)
+    if values.get("protocol") == "leave_one_out":
+        if (args.future_len, args.min_history_len) != (2, 1):
+            raise UserError(
+                "--protocol=leave_one_out holds out each user's last 2 items: drop "
+                f"--future_len={args.future_len} / --min_history_len={args.min_history_len} "
+                "(it sets 2 and 1)"
+            )
+        data = leave_one_out_data(data)
+        values["input_len"] = args.max_len  # --max_len: the encoder's input, histories whole
     try:
         return TrainConfig.from_settings(values, data=data)
     except UserError:
@@ -395,12 +545,15 @@ def apply_dataset_defaults(
     probe.add_argument("--dataset", default=data_config.PreprocessConfig().dataset)
     probe.add_argument("--model", default=TrainConfig().model)
     probe.add_argument("--hparams", default=None)
+    probe.add_argument("--protocol", default=TrainConfig().protocol)
     given = probe.parse_known_args(argv)[0]
     if model is not None:
         parser.set_defaults(model=model)
     else:
         model = _hparams_model([given.hparams, *hparams]) or given.model
-    parser.set_defaults(**dataset_defaults(given.dataset, None if shared_only else model))
+    parser.set_defaults(
+        **dataset_defaults(given.dataset, None if shared_only else model, given.protocol)
+    )
     return given.dataset
 
 

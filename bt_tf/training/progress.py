@@ -15,15 +15,22 @@ import tensorflow as tf
 import bt_tf  # noqa: F401  (One Keras: sets TF_USE_LEGACY_KERAS before tensorflow)
 from bt_tf.features import NUM_RESERVED
 
-MONITOR = "val_loss"
+MONITOR = "val_loss"  # the default monitor (TrainConfig.monitor says which a run uses)
+
+
+def monitor_mode(monitor: str) -> str:
+    """``"min"`` for a loss, ``"max"`` for a ranking figure (``val_ndcg@10``, ``val_hr@10``)."""
+    return "min" if monitor.endswith("loss") else "max"
 
 
 class Progress(tf.Module):
     """Where training is, checkpointed with the state so a resumed run decides alike.
 
-    ``best_*``: the epoch with the lowest val_loss (its weights are in
-    ``checkpoints/``); ``ref_*``: the last epoch whose val_loss beat the
-    reference by more than ``min_delta`` (patience counts from it).
+    ``best_*``: the epoch with the best monitored value (its weights are in
+    ``checkpoints/``); ``ref_*``: the last epoch whose value beat the
+    reference by more than ``min_delta`` (patience counts from it). The values
+    are stored lower-is-better: a monitor to maximize (``val_ndcg@10``) is
+    stored negated (``best_loss`` keeps its name for older checkpoints).
     """
 
     def __init__(self):
@@ -67,10 +74,15 @@ class EpochEnd(tf.keras.callbacks.Callback):
     `bt_tf.training.trainer.build_model`.
     """
 
-    def __init__(self, state, best, epoch, progress, *, monitor, patience, min_delta):
+    def __init__(
+        self, state, best, epoch, progress, *, monitor, patience, min_delta, mode="min"
+    ):
         super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self._state, self._best, self._epoch, self._progress = state, best, epoch, progress
         self._monitor, self._patience, self._min_delta = monitor, patience, min_delta
+        self._sign = 1.0 if mode == "min" else -1.0
 
     def on_train_begin(self, logs=None):
         self._start = time.time()
@@ -82,7 +94,7 @@ class EpochEnd(tf.keras.callbacks.Callback):
             return None, True, True
         p = self._progress
         value = (logs or {}).get(self._monitor)
-        value = float(value) if value is not None else float("nan")
+        value = self._sign * float(value) if value is not None else float("nan")
         best, ref = float(p.best_loss.numpy()), float(p.ref_loss.numpy())
         improved = np.isfinite(value) and value < best
         significant = improved and (

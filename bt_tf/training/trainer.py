@@ -41,8 +41,9 @@ import numpy as np
 import tensorflow as tf
 
 import bt_tf  # noqa: F401  (One Keras)
-from bt_tf import distribute, runs
+from bt_tf import atomic, distribute, runs
 from bt_tf.data import dataset
+from bt_tf.data.embeddings import embed_items
 from bt_tf.errors import UserError
 from bt_tf.features import ITEMS, NUM_RESERVED, VIEW1, VIEW2
 from bt_tf.modeling import precision
@@ -51,9 +52,17 @@ from bt_tf.modeling.dual_encoder import DualEncoderModel, JointModel
 from bt_tf.modeling.encoders import SequenceEncoder
 from bt_tf.modeling.projector import build_projector
 from bt_tf.serving.export import export_encoder
-from bt_tf.training.config import RESUMABLE_CHANGES, TrainConfig, comparable_settings
+from bt_tf.training import validation
+from bt_tf.training.config import RESUMABLE_CHANGES, VAL_NDCG, TrainConfig, comparable_settings
 from bt_tf.training.genre_probe import genre_probe
-from bt_tf.training.progress import MONITOR, EpochEnd, Progress, dropout_rng, patience_exhausted
+from bt_tf.training.progress import (
+    EpochEnd,
+    Progress,
+    dropout_rng,
+    monitor_mode,
+    patience_exhausted,
+)
+from bt_tf.training.validation import NextItemValidation
 from pipelines import preprocess
 
 # --------------------------------------------------------------------------
@@ -130,9 +139,21 @@ def make_model(config: TrainConfig, vocab_size: int, artifact_dir: str | None = 
     encoder = build_encoder(config, vocab_size, item_table)
     if not config.uses_de:
         return BarlowTwinsModel(encoder, build_projector(config.projector), lambd=config.lambd)
+    loss = config.resolved_de_loss(vocab_size)
+    item_counts = None
+    if loss == "sampled_softmax" and config.negatives == "popularity":
+        if artifact_dir is None:
+            raise ValueError("--negatives=popularity needs the artifact_dir of the histories")
+        values, _ = dataset.train_histories(artifact_dir, split=config.train_splits)
+        item_counts = np.bincount(values, minlength=vocab_size)[:vocab_size]
     de_kwargs = dict(
         vocab_size=vocab_size,
         temperature=config.temperature,
+        loss=loss,
+        num_negatives=config.num_negatives,
+        negatives=config.negatives,
+        item_counts=item_counts,
+        tie_embeddings=config.tie_item_embeddings,
         num_candidates=config.de_candidates or None,
         logq_correction=config.de_logq,
         seed=config.seed,
@@ -191,6 +212,8 @@ def make_train_data(
         outputs=outputs,
         bucket_boundaries=config.buckets,
         cache=bool(config.cache_input),
+        # the item a history/future DE validates on is never trained on
+        hold_out=config.hold_out if split != "eval" else 0,
     )
     # The DE reads the histories themselves: every position is a next-item pair.
     keep = set(outputs[1:]) | ({ITEMS} if config.uses_de else set())
@@ -241,6 +264,16 @@ def _check_batch(config: TrainConfig, num_train: int, replicas: int) -> None:
         )
 
 
+def _recorded_metrics(run_dir: str) -> dict | None:
+    """metrics.json, or None when it is missing or unreadable (it is rebuilt from the
+    checkpoints and history.csv then: nothing in it is lost)."""
+    try:
+        return runs.read_metrics(run_dir)
+    except runs.UnreadableRunFile as err:
+        print(f"notice: {err.file} is unreadable ({err.problem}); rebuilding it", flush=True)
+        return None
+
+
 def prepare_run(config: TrainConfig, artifact_dir: str | None = None) -> Run | dict:
     """Seeds, checks and sets up the run; a finished run's metrics.json content instead."""
     tf.keras.utils.set_random_seed(config.seed)
@@ -253,7 +286,7 @@ def prepare_run(config: TrainConfig, artifact_dir: str | None = None) -> Run | d
     runs.check_resumable(
         run_dir, config.to_json(), comparable=comparable_settings, resumable=RESUMABLE_CHANGES
     )
-    done = runs.read_metrics(run_dir)
+    done = _recorded_metrics(run_dir)
     if runs.is_complete(done, config.epochs):
         print(f"{run_dir} is complete; reusing it (raise --max_epochs to train on)", flush=True)
         return done
@@ -318,6 +351,34 @@ def _restore_state(checkpoint, state, out_dir: str, progress: Progress) -> None:
         print(f"resumed from {legacy} (a run from before {runs.STATE_DIR}/)", flush=True)
 
 
+# Encoder settings that may differ between a run and the run it starts from (--init_from):
+# the weights are the same; causal attention only masks them differently.
+_INIT_FROM_FREE = ("causal", "pooling", "dropout")
+
+
+def init_encoder_from(encoder, source_dir: str, run: Run) -> None:
+    """Overwrites ``encoder``'s weights with those of the run in ``source_dir`` (its best
+    epoch's, as every loader gets them): same sizes and the same item vocabulary, else a
+    `UserError` that says what differs."""
+    source_config = runs.read_config(source_dir)
+    if runs.read_metrics(source_dir) is None:  # written when a run finishes
+        raise UserError(f"--init_from={source_dir}: that run has not finished training")
+    theirs, ours = source_config.get("encoder", {}), run.config.encoder_kwargs(run.vocab_size)
+    differ = sorted(k for k in ours if k not in _INIT_FROM_FREE and theirs.get(k) != ours[k])
+    if differ:
+        pairs = ", ".join(f"{k}={theirs.get(k)} (here {ours[k]})" for k in differ)
+        raise UserError(f"--init_from={source_dir}: its encoder differs: {pairs}")
+    if dataset.load_vocab(source_config["artifact_dir"]) != dataset.load_vocab(run.artifact_dir):
+        raise UserError(
+            f"--init_from={source_dir}: its item vocabulary ({source_config['artifact_dir']}) "
+            f"is not this run's ({run.artifact_dir}): item ids would mean other items"
+        )
+    path = runs.latest_checkpoint(source_dir)
+    status = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(path)
+    status.expect_partial().assert_existing_objects_matched()
+    print(f"encoder initialised from {path}", flush=True)
+
+
 def build_model(run: Run) -> ModelState:
     """The compiled model and its checkpoints, restored to where a killed run stopped."""
     with run.strategy.scope():
@@ -341,6 +402,8 @@ def build_model(run: Run) -> ModelState:
     )
     _restore_state(checkpoint, state, out_dir, progress)
     initial_epoch = int(epoch.numpy())
+    if run.config.init_from and not initial_epoch:  # a fresh start (a resume has its weights)
+        init_encoder_from(model.encoder, run.config.init_from, run)
     if initial_epoch and int(progress.best_epoch.numpy()) > runs.checkpoint_number(
         best.latest_checkpoint
     ):
@@ -352,6 +415,8 @@ def build_model(run: Run) -> ModelState:
 class Inputs:
     train: tf.distribute.DistributedDataset | tf.data.Dataset
     val: tf.data.Dataset | None  # None without enough eval users for one batch
+    # leave_one_out with an item side: the validation item's ranking (else None)
+    next_item: NextItemValidation | None = None
 
 
 def _val_data(run: Run) -> tf.data.Dataset | None:
@@ -359,7 +424,8 @@ def _val_data(run: Run) -> tf.data.Dataset | None:
     replicas = run.strategy.num_replicas_in_sync
     eval_batch = min(config.batch_size, run.num_eval_users) // replicas * replicas
     if eval_batch < 2:
-        print(f"{run.num_eval_users} eval users: no val_loss, the last epoch is kept", flush=True)
+        if config.monitor == "val_loss":
+            print(f"{run.num_eval_users} eval users: no val_loss, the last epoch is kept")
         return None
     val = make_train_data(config, run.artifact_dir, "eval", eval_batch, repeat=False, seed=1)
     # The first pass's views and cuts, every epoch and after a resume: one fixed objective.
@@ -394,16 +460,42 @@ def build_inputs(run: Run, initial_epoch: int) -> Inputs:
         return distribute.interleave(parts).skip(initial_epoch * run.steps * len(parts))
 
     # One device: the dataset itself; else one input pipeline per worker.
-    return Inputs(run.strategy.distribute_datasets_from_function(train_data), _val_data(run))
+    return Inputs(
+        run.strategy.distribute_datasets_from_function(train_data),
+        _val_data(run),
+        _next_item_validation(run),
+    )
+
+
+def _next_item_validation(run: Run) -> NextItemValidation | None:
+    """A model with an item side: each epoch, every trained user's validation item ranked
+    (leave-one-out: item n-1; history/future: the last history item, held out of training)."""
+    config = run.config
+    if config.monitor != VAL_NDCG:
+        return None
+    sequences = dataset.read_sequences(run.artifact_dir, config.train_splits)
+    if config.leave_one_out:
+        cases = validation.leave_one_out_cases(sequences, "val", config.max_len, run.vocab_size)
+    else:
+        cases = validation.last_history_item_cases(sequences, config.max_len, run.vocab_size)
+    return NextItemValidation(cases, seed=config.seed)
+
+
+def _monitor(run: Run, inputs: Inputs) -> str | None:
+    """What judges the epochs (`TrainConfig.monitor`), None when nothing validates."""
+    monitor = run.config.monitor
+    if monitor.startswith("val_ndcg"):
+        return monitor if inputs.next_item is not None and inputs.next_item.num_users else None
+    return monitor if inputs.val is not None else None
 
 
 def _patience(run: Run, inputs: Inputs) -> int:
-    return run.config.early_stopping_patience if inputs.val is not None else 0
+    return run.config.early_stopping_patience if _monitor(run, inputs) else 0
 
 
 def fit(run: Run, built: ModelState, inputs: Inputs) -> dict[str, list[float]]:
     """Trains up to the epoch cap or early stop; the Keras history of this session."""
-    config, patience = run.config, _patience(run, inputs)
+    config, patience, monitor = run.config, _patience(run, inputs), _monitor(run, inputs)
     if built.initial_epoch >= config.epochs or patience_exhausted(
         built.progress, built.initial_epoch, patience
     ):
@@ -413,13 +505,22 @@ def fit(run: Run, built: ModelState, inputs: Inputs) -> dict[str, list[float]]:
         built.best,
         built.epoch,
         built.progress,
-        monitor=MONITOR if inputs.val is not None else None,
+        monitor=monitor,
         patience=patience,
         min_delta=config.min_delta,
+        mode=monitor_mode(monitor or "val_loss"),
     )
     logs = os.path.join(run.out_dir, runs.LOGS_DIR)
+    # The validation item's figures enter the epoch's logs before anything reads them.
+    validation = [inputs.next_item] if inputs.next_item is not None else []
+    # Each epoch's row goes to history.csv BEFORE EpochEnd checkpoints the epoch: a kill
+    # in between replays that epoch, whose row `runs.trim_history` then drops.
+    runs.trim_history(run.out_dir, built.initial_epoch)
+    history_csv = runs.path(run.out_dir, runs.HISTORY_FILE)
     callbacks = [
         tf.keras.callbacks.TerminateOnNaN(),
+        *validation,
+        tf.keras.callbacks.CSVLogger(history_csv, append=True),
         epoch_end,
         tf.keras.callbacks.TensorBoard(logs, update_freq="epoch"),
     ]
@@ -447,19 +548,33 @@ def _stop_reason(run: Run, built: ModelState, patience: int, history: dict) -> s
 
 
 def summarize(run: Run, built: ModelState, inputs: Inputs, history: dict) -> dict:
-    """metrics.json's content (without the probe and export entries)."""
+    """metrics.json's content (without the probe and export entries).
+
+    ``history``: every epoch's metrics across resumes, from history.csv
+    (`runs.read_history`); ``history`` (this session's) is used only for a run
+    directory without one.
+    """
     config, progress, patience = run.config, built.progress, _patience(run, inputs)
     epochs_done = int(built.epoch.numpy())
+    history = runs.read_history(run.out_dir, epochs_done) or history
     optimizer_steps = int(built.optimizer.iterations.numpy())
-    best_loss = float(progress.best_loss.numpy())
+    monitor = _monitor(run, inputs)
+    best = float(progress.best_loss.numpy())  # lower-is-better (`Progress`)
+    best = (
+        (best if monitor_mode(monitor or "val_loss") == "min" else -best)
+        if np.isfinite(best)
+        else None
+    )
     return {
+        "protocol": config.protocol,
         "epochs_completed": epochs_done,
         "max_epochs": config.epochs,
         "stopped_early": epochs_done < config.epochs,
         "stop_reason": _stop_reason(run, built, patience, history),
-        "monitor": MONITOR if inputs.val is not None else None,
+        "monitor": monitor,
         "best_epoch": int(progress.best_epoch.numpy()),
-        "best_val_loss": best_loss if np.isfinite(best_loss) else None,
+        "best_value": best,
+        "best_val_loss": best if monitor == "val_loss" else None,
         "patience": patience,
         "min_delta": config.min_delta,
         "steps_per_epoch": run.steps,
@@ -516,8 +631,8 @@ def finish(run: Run, built: ModelState, inputs: Inputs, history: dict) -> dict:
     if built.best.latest_checkpoint:  # the best epoch's weights, as every loader gets them
         built.weights.restore(built.best.latest_checkpoint).assert_existing_objects_matched()
     print(
-        f"kept epoch {result['best_epoch']} of {result['epochs_completed']} (val_loss "
-        f"{result['best_val_loss']}; stopped: {result['stop_reason']}); "
+        f"kept epoch {result['best_epoch']} of {result['epochs_completed']} ("
+        f"{result['monitor']} {result['best_value']}; stopped: {result['stop_reason']}); "
         f"{result['optimizer_steps']} steps, {result['users_seen']} users seen",
         flush=True,
     )
@@ -525,13 +640,53 @@ def finish(run: Run, built: ModelState, inputs: Inputs, history: dict) -> dict:
         shutil.rmtree(run.out_dir, ignore_errors=True)
         return result
     config = run.config
-    probe = _probe(run, built.model.encoder) if config.probe else None
+    probe = None
+    if config.probe and config.leave_one_out:
+        print("favorite-genre probe skipped: leave_one_out has no eval users", flush=True)
+    elif config.probe:
+        probe = _probe(run, built.model.encoder)
     if probe is not None:
         result["probe"] = probe
     if config.export:
         result["export_dir"] = _export(run, built.model)
+    if config.leave_one_out and config.uses_de:
+        result["recommender"] = _recommender(run, built, inputs, result)
     runs.write_metrics(config.run_dir, result)
     return result
+
+
+def _recommender(run: Run, built: ModelState, inputs: Inputs, result: dict) -> dict:
+    """Leave-one-out: the test item ranked by the kept epoch's towers, written to
+    ``RUN/recommender.json`` (`bt_tf.evaluation.recommender.score_cases`); its headline
+    figures, for metrics.json."""
+    from bt_tf.evaluation import recommender  # scipy and the evaluation stack: only here
+
+    start = time.perf_counter()
+    config, model = run.config, built.model
+    sequences = dataset.read_sequences(run.artifact_dir, config.train_splits)
+    item_emb = model.item_embeddings().numpy()
+    cases = recommender.leave_one_out_cases(sequences, config.max_len, len(item_emb))
+    user_emb = embed_items(model.encoder, cases.inputs)
+    scored = recommender.score_cases(user_emb, item_emb, cases, seed=config.seed)
+    report = {
+        "run_dir": config.run_dir,
+        "model": config.model,
+        **scored,
+        "epochs": result["epochs_completed"],
+        "best_epoch": result["best_epoch"],
+        "train_s": result["train_seconds"],
+        "wall_s": round(result["train_seconds"] + time.perf_counter() - start, 2),
+        "reference": recommender.SASREC_REFERENCES,
+    }
+    atomic.write_json(os.path.join(config.run_dir, recommender.JSON_FILE), report, indent=1)
+    full, sampled = scored["full"], scored["sampled"]
+    print(
+        f"leave-one-out test ({scored['n_users']} users): full HR@10 {full['hr@10']:.4f} "
+        f"NDCG@10 {full['ndcg@10']:.4f} {full['ci95']['ndcg@10']}; sampled (100 negatives) "
+        f"HR@10 {sampled['hr@10']:.4f} NDCG@10 {sampled['ndcg@10']:.4f}",
+        flush=True,
+    )
+    return {"full": full, "sampled": sampled, "n_users": scored["n_users"]}
 
 
 def train(config: TrainConfig, artifact_dir: str | None = None) -> dict:
@@ -542,10 +697,12 @@ def train(config: TrainConfig, artifact_dir: str | None = None) -> dict:
     memory after training, the probe, the export, and ``checkpoints/`` all hold
     the weights of ``metrics["best_epoch"]``.
     """
-    run = prepare_run(config, artifact_dir)
-    if isinstance(run, dict):  # finished before
-        return run
-    built = build_model(run)
-    inputs = build_inputs(run, built.initial_epoch)
-    history = fit(run, built, inputs)
-    return finish(run, built, inputs, history)
+    # One training process per run directory (`runs.lock`); only the chief writes there.
+    with runs.lock(config.run_dir, chief=distribute.is_chief()):
+        run = prepare_run(config, artifact_dir)
+        if isinstance(run, dict):  # finished before
+            return run
+        built = build_model(run)
+        inputs = build_inputs(run, built.initial_epoch)
+        history = fit(run, built, inputs)
+        return finish(run, built, inputs, history)
