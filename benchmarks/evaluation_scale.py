@@ -3,6 +3,8 @@
     python -m benchmarks.evaluation_scale                       # shapes 3k and 25k
     python -m benchmarks.evaluation_scale --shapes=100k         # 100,000 users, 50,000 items
     python -m benchmarks.evaluation_scale --shapes=25k --models=bt --pretrain_seeds=1
+    python -m benchmarks.evaluation_scale --shapes=100k --models=bt --pretrain_seeds=1 \
+        --fractions=0.01,0.1,1.0 --seeds=1                     # bounded: per-probe costs
 
 Per shape (users, items, mean events per user, after the 5/5 k-core):
 
@@ -146,7 +148,7 @@ def run_shape(shape: str, args) -> dict:
     start = time.perf_counter()
     with ProcessTreeMeter() as meter:
         evaluation = runner.evaluate_records(
-            run_dirs, out_dir, label_fractions=DEFAULT_FRACTIONS, seeds=3,
+            run_dirs, out_dir, label_fractions=args.fractions, seeds=args.seeds,
             settings=EvalSettings(), timings=timings, workers=args.workers,
             progress=not args.quiet,
         )  # fmt: skip
@@ -172,6 +174,13 @@ def run_shape(shape: str, args) -> dict:
     probes = per_probe(evaluation.records)
     for (task, fraction), (mean, count) in probes.items():
         print(f"    {task} at {fraction:g}: {mean:.2f} s x {count}")
+    print(f"  CPU seconds per contender and task ({len(contenders)} contenders):")
+    per_contender = collections.defaultdict(float)
+    for r in evaluation.records:
+        if r.cpu_s is not None:
+            per_contender[(r.model, r.task)] += r.cpu_s
+    for (model, task), cpu in sorted(per_contender.items()):
+        print(f"    {model} {task}: {cpu:.1f}")
     print(
         f"  evaluation: {wall:.0f} s wall ({probed:.0f} s probing), {meter.cpu_seconds():.0f} "
         f"CPU-s, peak memory {meter.peak / 2**30:.2f} GB (process tree); {os.cpu_count()} CPUs, "
@@ -191,6 +200,7 @@ def run_shape(shape: str, args) -> dict:
         "load_average": [load_before[0], load_after[0]],
         "stages": stage_totals(timings),
         "cpu_s_per_probe": {f"{t}|{f:g}": v for (t, f), v in probes.items()},
+        "cpu_s_per_contender": {f"{m}|{t}": v for (m, t), v in per_contender.items()},
     }
     with open(os.path.join(args.work_dir, f"summary_{shape}.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -207,6 +217,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_len", type=int, default=200)
     parser.add_argument("--workers", type=int, default=None, help="probe processes")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--fractions",
+        type=lambda text: [float(f) for f in text.split(",") if f.strip()],
+        default=list(DEFAULT_FRACTIONS),
+        help="label fractions (default: the evaluation's; fewer bound a large shape's run, "
+        "the CPU seconds per probe at each fraction then give the whole run's)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="label seeds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
