@@ -114,7 +114,7 @@ import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import locks, runs
 from bt_tf.errors import UserError
 from bt_tf.evaluation import recommender
-from bt_tf.evaluation.intervals import DEFAULT_RESAMPLES
+from bt_tf.evaluation.intervals import CLAIM_FRACTIONS, DEFAULT_RESAMPLES
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.runner import CLAIM_USERS_ALL, evaluate_runs
 from bt_tf.evaluation.scores import CLAIM_MODELS
@@ -129,6 +129,8 @@ __all__ = [
     "settings_from_flags",
     "protocol_from_flags",
     "tasks_from_flags",
+    "log_level",
+    "repeated_fractions",
     "build_parser",
     "main",
 ]
@@ -178,6 +180,13 @@ _SETTING_FLAGS = {
         help="probe selection: the simplest candidate within this many standard errors "
         "of the best cross-validated log-likelihood wins (0 = plain argmax)",
     ),
+    "next_item_negatives": dict(
+        type=_at_least(0),
+        help="next item: the probe's fits and selection run their softmax over this many "
+        "items, the most popular always and a popularity-weighted sample of the rest "
+        "(logQ-corrected); 0 or at least half the catalog: every item. The HR/NDCG "
+        "always rank the full catalog",
+    ),
     "exclude_history": dict(
         action=_BOOLEAN, help="next item: leave the user's history items out of the ranking"
     ),
@@ -225,6 +234,15 @@ def add_flags(parser) -> None:
     )
     add("--seeds", type=_at_least(1), default=3, help="label-sampling seeds per fraction (0..n-1)")
     add(
+        "--seeds_beyond_claim",
+        default=False,
+        action=_BOOLEAN,
+        help="repeat the label seeds for every task at every fraction below 1 (default: "
+        "only for the claim's tasks at its fractions, "
+        f"{','.join(f'{f:g}' for f in CLAIM_FRACTIONS)}; the others cannot change the verdict "
+        "and get the first seed)",
+    )
+    add(
         "--tasks",
         default="",
         help=f"comma-separated subset of {', '.join(DEFAULT_TASKS)}, {NEXT_ITEM_SOFTMAX} (the "
@@ -270,6 +288,12 @@ def add_flags(parser) -> None:
         help="score the claim on every scored user (all) or on one split's users only (e.g. "
         "test: users whose labels chose no default), shown beside the all-users claim",
     )
+    add(
+        "--quiet",
+        default=False,
+        action=_BOOLEAN,
+        help="no progress line and no line per probe (warnings, errors and the result only)",
+    )
 
 
 def settings_from_flags(args: argparse.Namespace) -> EvalSettings:
@@ -282,6 +306,16 @@ def settings_from_flags(args: argparse.Namespace) -> EvalSettings:
 def protocol_from_flags(args: argparse.Namespace) -> Protocol:
     """The `Protocol` of parsed `add_flags` flags."""
     return Protocol(probe_folds=args.probe_folds, inner_folds=args.inner_folds)
+
+
+def repeated_fractions(args: argparse.Namespace) -> tuple[float, ...] | None:
+    """The fractions probed with every label seed (None: all below 1)."""
+    return None if args.seeds_beyond_claim else CLAIM_FRACTIONS
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """INFO, or WARNING under ``--quiet``."""
+    return logging.WARNING if args.quiet else logging.INFO
 
 
 def tasks_from_flags(args: argparse.Namespace) -> list[str] | None:
@@ -313,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=log_level(args), format="%(message)s", force=True)
     run_dirs = [r for r in args.runs.split(",") if r.strip()]
     if not run_dirs:
         raise UserError("--runs names no run directory")
@@ -352,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             compare=[m for m in args.compare.split(",") if m.strip()],
             claim_models=tuple(args.claim_models),
             claim_users=args.claim_users,
+            progress=not args.quiet,
+            repeated_fractions=repeated_fractions(args),
         )
     print(os.path.join(out_dir, "report.md"))
     return rows

@@ -87,6 +87,7 @@ from bt_tf.evaluation.reproduction import (
     Ablation,
     EvalRequest,
     reproduce,
+    time_summary,
 )
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
 from bt_tf.training import flags
@@ -265,6 +266,7 @@ def _given(argv: Sequence[str], flag: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     args, base = parse(argv)
+    logging.getLogger().setLevel(evaluate.log_level(args))
     evaluation = EvalRequest(
         label_fractions=tuple(args.label_fractions),
         seeds=args.seeds,
@@ -278,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bootstrap_resamples=args.bootstrap_resamples,
         claim_models=tuple(args.claim_models),
         claim_users=args.claim_users,
+        progress=not args.quiet,
+        repeated_fractions=evaluate.repeated_fractions(args),
     )
     ablation = Ablation(
         batch_sizes=tuple(args.batch_sizes),
@@ -299,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ablation=ablation,
             pretrain_seeds=args.pretrain_seeds,
         )
+    print(time_summary(out["times"]))
     print(out["report"])
     return out
 

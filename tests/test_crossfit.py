@@ -224,7 +224,7 @@ def test_floors_have_the_embeddings_size_and_the_same_item_side_inputs():
     for c in (bt, svd, bag):
         x = c.pair_features(pairs, NUM_ITEMS)
         assert x.width == NUM_ITEMS and np.array_equal(x.ids, pairs.item_ids)
-    assert bt.pair_features(pairs, NUM_ITEMS).x.shape[1] == 3 * 8  # [u, v, u * v]
+    assert bt.pair_features(pairs, NUM_ITEMS).shape[1] == 3 * 8 + NUM_ITEMS  # [u, v, u * v, 1]
     assert contenders.prior(5).pair_features(pairs, NUM_ITEMS).shape[1] == 0
     # The history floors learn the planted blocks too (their histories reveal them).
     hr = {}

@@ -5,11 +5,12 @@ import pytest
 import scipy.sparse
 from sklearn.linear_model import LogisticRegression
 
-from bt_tf.evaluation import metrics
+from bt_tf.evaluation import linear, metrics
 from bt_tf.evaluation.linear import (
     PRIOR,
     BilinearFamily,
     OneHotBlock,
+    PairBlock,
     SoftmaxFamily,
     _dot,
     _tdot,
@@ -72,6 +73,32 @@ def test_one_hot_block_products_equal_the_explicit_matrix():
     np.testing.assert_allclose(_dot(sub, w), full[[1, 4]] @ w)
     sparse = OneHotBlock(scipy.sparse.csr_matrix(dense), ids, 5)
     np.testing.assert_allclose(_tdot(sparse, g), full.T @ g)
+
+
+@pytest.mark.parametrize("sparse_users", [False, True])
+def test_pair_block_products_equal_the_explicit_matrix(sparse_users):
+    # [u_user, v_item, u * v, onehot(item)] of 9 pairs over 4 users and 5 items
+    rng = np.random.default_rng(1)
+    users, items = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
+    ui, ii = rng.integers(0, 4, 9), rng.integers(0, 5, 9)
+    product = users[ui] * items[ii]
+    full = np.concatenate([users[ui], items[ii], product, np.eye(5)[ii]], axis=1)
+    stored = scipy.sparse.csr_matrix(users) if sparse_users else users
+    block = PairBlock(stored, items, product, ui, ii, 5)
+    w, g = rng.normal(size=(14, 2)), rng.normal(size=(9, 2))
+    assert block.shape == (9, 14)
+    np.testing.assert_allclose(_dot(block, w), full @ w)
+    np.testing.assert_allclose(_tdot(block, g), full.T @ g)
+    np.testing.assert_allclose(linear._column_squares(block), (full**2).sum(axis=0))
+    rows = np.array([0, 3, 8])
+    np.testing.assert_allclose(_dot(block[rows], w), full[rows] @ w)
+    np.testing.assert_allclose(_tdot(block[rows], g[rows]), full[rows].T @ g[rows])
+    # The fit on the factored pairs is the fit on the explicit matrix.
+    y = rng.integers(0, 2, 9)
+    a = SoftmaxFamily(block, y, 2).fit(np.arange(9), 1.0, np.arange(2))
+    b = SoftmaxFamily(full, y, 2).fit(np.arange(9), 1.0, np.arange(2))
+    np.testing.assert_allclose(a.w, b.w, atol=1e-5)
+    np.testing.assert_allclose(a.b, b.b, atol=1e-5)
 
 
 def test_inner_folds_keep_groups_together_and_balance_strata():

@@ -29,13 +29,14 @@ import numpy as np
 import scipy.sparse
 
 from bt_tf.evaluation.labels import Pairs, as_ragged
-from bt_tf.evaluation.linear import BilinearFamily, OneHotBlock
+from bt_tf.evaluation.linear import BilinearFamily, ItemSample, OneHotBlock, PairBlock
 from bt_tf.features import NUM_RESERVED
 
 __all__ = [
     "PRIOR_CONTENDER",
     "BIAS_CONTENDER",
     "Contender",
+    "KnnScore",
     "interaction_matrix",
     "truncated_svd",
     "bag_of_items",
@@ -59,8 +60,11 @@ class Contender:
         users: ``[N, d]`` dense or ``[N, F]`` sparse user features.
         items: ``[V, e]`` item vectors, or None (bag-of-items, prior).
         knn: ``[V, V]`` item-item similarities for the next-item base score of
-            a sparse bag (`item_knn`), else None.
+            a sparse bag (`item_knn`: dense, or sparse with ``top_k`` per item),
+            else None.
         fingerprint: identifies the features in the result cache.
+        bag: ``[N, V]`` the histories' bags the item-kNN score reads, when
+            ``users`` are a projection of them (large catalogs); None: ``users``.
         tasks: the tasks it is probed on (None: every task).
     """
 
@@ -68,8 +72,9 @@ class Contender:
     pretrain_seed: int
     users: Any
     items: np.ndarray | None = None
-    knn: np.ndarray | None = None
+    knn: Any = None
     fingerprint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    bag: Any = None
     tasks: tuple[str, ...] | None = None
     _pair_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -96,7 +101,7 @@ class Contender:
         std = real.std(axis=0)
         return (items - real.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
-    def pair_features(self, pairs: Pairs, num_items: int) -> OneHotBlock:
+    def pair_features(self, pairs: Pairs, num_items: int) -> OneHotBlock | PairBlock:
         """``[m, F + V]`` liked-item features of population pairs (see the module
         docstring), computed once per pairs object."""
         key = (id(pairs), num_items)
@@ -105,38 +110,79 @@ class Contender:
             self._pair_cache[key] = self._pair_features(pairs, num_items)
         return self._pair_cache[key]
 
-    def _pair_features(self, pairs: Pairs, num_items: int) -> OneHotBlock:
+    def _pair_features(self, pairs: Pairs, num_items: int) -> OneHotBlock | PairBlock:
         m = len(pairs)
         if self.users.shape[1] == 0:  # the prior: nothing, not even the item; bias: the item
             if self.name == BIAS_CONTENDER:
                 return OneHotBlock(np.zeros((m, 0)), pairs.item_ids, num_items)
             return OneHotBlock(np.zeros((m, 0)), np.zeros(m, np.int64), 0)
-        u = self.softmax_users[pairs.user_index]
+        users, ui, ii = self.softmax_users, pairs.user_index, pairs.item_ids
         if self.sparse or self._item_std is None:
-            return OneHotBlock(u, pairs.item_ids, num_items)
-        v = self._item_std[pairs.item_ids]
-        parts = [u, v] + ([u * v] if u.shape[1] == v.shape[1] else [])
-        return OneHotBlock(np.concatenate(parts, axis=1), pairs.item_ids, num_items)
+            none = np.zeros((num_items, 0))
+            return PairBlock(users, none, np.zeros((m, 0)), ui, ii, num_items)
+        items = self._item_std
+        both = users.shape[1] == items.shape[1]
+        product = users[ui] * items[ii] if both else np.zeros((m, 0))
+        return PairBlock(users, items, product, ui, ii, num_items)
 
     def next_item_family(
-        self, targets: np.ndarray, log_popularity: np.ndarray, exclude: np.ndarray | None
+        self,
+        targets: np.ndarray,
+        log_popularity: np.ndarray,
+        exclude: np.ndarray | None,
+        sample: ItemSample | None = None,
     ) -> BilinearFamily:
-        """The bilinear next-item probe family over this contender's vectors."""
+        """The bilinear next-item probe family over this contender's vectors, its fits
+        over ``sample`` (default: the full catalog)."""
         if self.users.shape[1] == 0:
-            return BilinearFamily(None, None, targets, log_popularity, exclude)
-        if self.sparse:
-            users, knn = self.users, self.knn
+            return BilinearFamily(None, None, targets, log_popularity, exclude, sample=sample)
+        if self.knn is not None:
             return BilinearFamily(
                 None, None, targets, log_popularity, exclude,
-                base=lambda rows: np.asarray(users[rows] @ knn, dtype=np.float32),
+                base=KnnScore(self.users if self.bag is None else self.bag, self.knn),
+                sample=sample,
             )  # fmt: skip
         if self.items is None:
             raise ValueError(f"{self.name}: dense user features need item vectors")
         items = np.asarray(self.items, dtype=np.float32)
         return BilinearFamily(
             _rms_scaled(self.users), items / _rms(items[NUM_RESERVED:]), targets,
-            log_popularity, exclude,
+            log_popularity, exclude, sample=sample,
         )  # fmt: skip
+
+
+class KnnScore:
+    """The bag-of-items floor's next-item base score: ``s0(u, i) = bag_u . knn[:, i]``
+    (the item-kNN score of the history), for `linear.BilinearFamily`.
+
+    ``users`` ``[N, V]`` sparse bags; ``knn`` ``[V, V]`` item-item similarities,
+    dense or sparse (`item_knn`).
+    """
+
+    def __init__(self, users, knn):
+        self.users = scipy.sparse.csr_matrix(users)
+        self.knn = knn
+        self._columns: tuple[bytes, Any] | None = None  # the last sample's columns
+
+    def _knn_columns(self, cols: np.ndarray):
+        key = cols.tobytes()
+        if self._columns is None or self._columns[0] != key:
+            self._columns = (key, self.knn[:, cols])
+        return self._columns[1]
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        """``[m, |cols|]`` float32 base scores of ``rows`` (``cols`` None: every item)."""
+        knn = self.knn if cols is None else self._knn_columns(cols)
+        out = self.users[rows] @ knn
+        return np.asarray(out.todense() if scipy.sparse.issparse(out) else out, dtype=np.float32)
+
+    def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``[m]`` float32 base score of each row's own item ``items[j]``."""
+        bags = self.users[rows].tocoo()
+        sim = self.knn[bags.col, np.asarray(items)[bags.row]]
+        sim = np.asarray(sim.todense() if scipy.sparse.issparse(sim) else sim).reshape(-1)
+        out = np.bincount(bags.row, weights=bags.data * sim, minlength=len(rows))
+        return out.astype(np.float32)
 
 
 def _standardize(x: np.ndarray) -> np.ndarray:
@@ -182,18 +228,35 @@ def _l2_rows(x: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
     return (scipy.sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x).tocsr().astype(np.float32)
 
 
-def item_knn(fit_rows: scipy.sparse.csr_matrix, *, top_k: int | None = None) -> np.ndarray:
-    """``[V, V]`` cosine similarity of the items' user columns in ``fit_rows``
-    (zero diagonal), each column cut to its ``top_k`` largest when given."""
+def item_knn(fit_rows: scipy.sparse.csr_matrix, *, top_k: int | None = None, block: int = 1024):
+    """``[V, V]`` cosine similarity of the items' user columns in ``fit_rows`` (zero
+    diagonal): dense, or with ``top_k`` a sparse CSC matrix keeping each column's
+    ``top_k`` largest (computed ``block`` columns at a time: a 50k-item catalog's
+    dense similarities would take 10 GB)."""
     x = scipy.sparse.csc_matrix(fit_rows, dtype=np.float32)
+    v = x.shape[1]
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).reshape(-1))
-    inv = 1.0 / np.maximum(norms, 1e-12)
-    sim = np.asarray((x.T @ x).todense(), dtype=np.float32) * inv[:, None] * inv[None, :]
-    np.fill_diagonal(sim, 0.0)
-    if top_k is not None and top_k < sim.shape[0]:
-        cut = np.partition(sim, -top_k, axis=0)[-top_k]
-        sim[sim < cut[None, :]] = 0.0
-    return sim
+    inv = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
+    xt = x.T.tocsr()
+    if top_k is None or top_k >= v:
+        sim = np.asarray((xt @ x).todense(), dtype=np.float32) * inv[:, None] * inv[None, :]
+        np.fill_diagonal(sim, 0.0)
+        return sim
+    rows, cols, vals = [], [], []
+    for lo in range(0, v, block):
+        hi = min(v, lo + block)
+        sim = np.asarray((xt @ x[:, lo:hi]).todense(), dtype=np.float32)
+        sim *= inv[:, None] * inv[None, lo:hi]
+        sim[np.arange(lo, hi), np.arange(hi - lo)] = 0.0
+        top = np.argpartition(sim, -top_k, axis=0)[-top_k:]  # [top_k, block] row ids
+        value = np.take_along_axis(sim, top, axis=0)
+        keep = value > 0
+        rows.append(top[keep])
+        cols.append(np.broadcast_to(np.arange(lo, hi), top.shape)[keep])
+        vals.append(value[keep])
+    return scipy.sparse.csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(v, v)
+    )
 
 
 def bag_of_items(
@@ -216,7 +279,8 @@ def bag_of_items(
         proj = rng.normal(0.0, 1.0 / np.sqrt(projection_dim), size=(num_items, projection_dim))
         users = scipy.sparse.csr_matrix(bag @ proj.astype(np.float32))
     fingerprint = {"floor": "bag_of_items", "projection_dim": projection_dim, "knn": knn_top_k}
-    return Contender("bag_of_items", 0, users, None, knn, fingerprint)
+    # next item reads the bag itself (its item-kNN score), not its projection
+    return Contender("bag_of_items", 0, users, None, knn, fingerprint, bag=bag)
 
 
 def svd(

@@ -45,6 +45,9 @@ class EvalData:
         labels: task -> split -> labels in `tasks.evaluate_embeddings`'s
             layout (``[n]`` class ids with -1 unknown, next-item ids, or
             `labels.Pairs` indexing that split's users).
+        not_scored: default tasks the data cannot support -> why (e.g. a log
+            without item categories or ratings; `unavailable_tasks`), when the
+            tasks were the defaults.
     """
 
     artifact_dir: str
@@ -53,6 +56,7 @@ class EvalData:
     user_ids: dict[str, np.ndarray]
     history: dict[str, np.ndarray]
     labels: dict[str, dict[str, Any]]
+    not_scored: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def unavailable_tasks(artifact_dir: str) -> dict[str, str]:
@@ -111,6 +115,7 @@ def load_eval_data(
         liked_threshold: future rating >= this -> liked.
         splits: the splits read (a search reads train and eval only, never test).
     """
+    not_scored = unavailable_tasks(artifact_dir) if tasks is None else {}
     tasks = _check_tasks(tasks, artifact_dir)
     meta = dataset.load_metadata(artifact_dir)
     width = int(width or meta["max_len"])
@@ -132,4 +137,5 @@ def load_eval_data(
         user_ids=user_ids,
         history=history,
         labels=labels,
+        not_scored=not_scored,
     )

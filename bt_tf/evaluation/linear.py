@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 import scipy.sparse
-import threadpoolctl
 
 from bt_tf.features import NUM_RESERVED
 
@@ -51,6 +50,9 @@ __all__ = [
     "DEFAULT_INNER_FOLDS",
     "SoftmaxFamily",
     "BilinearFamily",
+    "PairBlock",
+    "ItemSample",
+    "item_sample",
     "Selection",
     "inner_folds",
     "select_and_fit",
@@ -61,7 +63,8 @@ PRIOR = -1.0  # the candidate "prior predictor" (no feature weight)
 # C values from the strongest penalty to the weakest (features standardized).
 DEFAULT_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_INNER_FOLDS = 3
-_MASKED = np.float32(-1e30)  # logit of an item that can never be the answer
+# Scores per row block of the next-item evaluations (float32: 4 MB, cache-sized).
+_BLOCK = 1 << 20
 _LBFGS = dict(maxiter=300, gtol=1e-6, ftol=1e-9)
 # float32 scores: a loss known to ~1e-7 cannot meet a 1e-9 relative decrease.
 _BILINEAR_TOLERANCE = dict(gtol=1e-4, ftol=1e-6)
@@ -81,14 +84,13 @@ def candidate_name(c: float) -> str:
 
 
 def _minimize(fun, x0: np.ndarray, **tolerance) -> np.ndarray:
-    # One BLAS thread: L-BFGS-B's own small vector operations through a
+    # Run it with one BLAS thread (the evaluation's probe workers do:
+    # `probing.probe_job`): L-BFGS-B's own small vector operations through a
     # multi-threaded OpenBLAS took 25x longer on 2 busy cores (0.17 s instead of
-    # 7 ms for an 85-parameter quadratic); the probes' own matrix products are
-    # small enough that one thread loses little.
-    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-        options = dict(_LBFGS, **tolerance)
-        res = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", options=options)
-    return res.x
+    # 7 ms for an 85-parameter quadratic). Not set here: `threadpool_limits` costs
+    # 2-20 ms per call (it finds the loaded libraries anew), more than most fits.
+    options = dict(_LBFGS, **tolerance)
+    return scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", options=options).x
 
 
 # --------------------------------------------------------------------------
@@ -114,8 +116,63 @@ class OneHotBlock:
         return OneHotBlock(self.x[rows], self.ids[rows], self.width)
 
 
+@dataclasses.dataclass(frozen=True)
+class PairBlock:
+    """(user, item) pair features ``[u_user, v_item, x, onehot(item)]`` kept factored.
+
+    ``users [N, d]`` (dense or sparse) and ``items [V, e]`` are per user and per item,
+    indexed by each pair's ``user_index`` and ``item_ids``; ``x [m, p]`` holds the
+    per-pair columns (e.g. ``u * v``); ``width`` one-hot columns of the item follow.
+    Products go through the N users' and V items' rows instead of m pairs' copies of
+    them, so a fit reads ``m x p`` per-pair floats per step instead of ``m x (d + e +
+    p)`` (the liked-item probe's features: a third).
+    """
+
+    users: Any
+    items: np.ndarray
+    x: np.ndarray
+    user_index: np.ndarray
+    item_ids: np.ndarray
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        d, e, p = self.parts()
+        return self.x.shape[0], d + e + p + self.width
+
+    def __getitem__(self, rows) -> PairBlock:
+        return dataclasses.replace(
+            self, x=self.x[rows], user_index=self.user_index[rows], item_ids=self.item_ids[rows]
+        )
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The one-hot block's item of each pair (as `OneHotBlock.ids`)."""
+        return self.item_ids
+
+    def parts(self) -> tuple[int, int, int]:
+        return self.users.shape[1], self.items.shape[1], self.x.shape[1]
+
+
+def _group_sums(index: np.ndarray, g: np.ndarray, size: int) -> np.ndarray:
+    """``[size, k]`` sums of the rows of ``g [m, k]`` by ``index [m]`` (a bincount per
+    column: the sums of ``np.add.at``, 10x faster)."""
+    out = np.zeros((size, g.shape[1]))
+    for j in range(g.shape[1] if size else 0):
+        out[:, j] = np.bincount(index, weights=g[:, j], minlength=size)
+    return out
+
+
 def _dot(x, w: np.ndarray) -> np.ndarray:
-    """``x @ w`` for dense, sparse or `OneHotBlock` features."""
+    """``x @ w`` for dense, sparse, `OneHotBlock` or `PairBlock` features."""
+    if isinstance(x, PairBlock):
+        d, e, p = x.parts()
+        out = _dot(x.x, w[d + e : d + e + p])
+        if d:
+            out = out + np.asarray(x.users @ w[:d])[x.user_index]
+        if e:
+            out = out + (x.items @ w[d : d + e])[x.item_ids]
+        return out + w[d + e + p :][x.item_ids] if x.width else out
     if isinstance(x, OneHotBlock):
         f = x.x.shape[1]
         out = _dot(x.x, w[:f])
@@ -124,12 +181,22 @@ def _dot(x, w: np.ndarray) -> np.ndarray:
 
 
 def _tdot(x, g: np.ndarray) -> np.ndarray:
-    """``x.T @ g`` for dense, sparse or `OneHotBlock` features."""
-    if isinstance(x, OneHotBlock):
-        out = np.zeros((x.width, g.shape[1]))
+    """``x.T @ g`` for dense, sparse, `OneHotBlock` or `PairBlock` features."""
+    if isinstance(x, PairBlock):
+        d, e, _ = x.parts()
+        by_item = _group_sums(x.item_ids, g, x.items.shape[0]) if (e or x.width) else None
+        parts = []
+        if d:
+            by_user = _group_sums(x.user_index, g, x.users.shape[0])
+            parts.append(np.asarray(x.users.T @ by_user))
+        if e:
+            parts.append(x.items.T @ by_item)
+        parts.append(_tdot(x.x, g))
         if x.width:
-            np.add.at(out, x.ids, g)
-        return np.concatenate([_tdot(x.x, g), out], axis=0)
+            parts.append(by_item[: x.width])
+        return np.concatenate(parts, axis=0)
+    if isinstance(x, OneHotBlock):
+        return np.concatenate([_tdot(x.x, g), _group_sums(x.ids, g, x.width)], axis=0)
     return np.asarray(x.T @ g)
 
 
@@ -151,7 +218,7 @@ class SoftmaxFamily:
     def __init__(self, x, y: np.ndarray, num_classes: int, *, smoothing: float = 0.5):
         if scipy.sparse.issparse(x):
             x = x.tocsr()
-        elif not isinstance(x, OneHotBlock):
+        elif not isinstance(x, (OneHotBlock, PairBlock)):
             x = np.asarray(x, dtype=np.float64)
         self.x = x
         self.y = np.asarray(y, dtype=np.int64).reshape(-1)
@@ -178,25 +245,28 @@ class SoftmaxFamily:
         onehot = np.zeros((n, k))
         onehot[np.arange(n), col] = 1.0
         s = self.smoothing
+        # L-BFGS runs on v = w / scale (per feature): the same optimum, each weight's
+        # curvature about that of a standardized feature's
+        scale = _preconditioner(x, c)[:, None]
 
         def fun(theta):
-            w, b = theta[: f * k].reshape(f, k), theta[f * k :]
+            w, b = theta[: f * k].reshape(f, k) * scale, theta[f * k :]
             z = _dot(x, w) + b
             lse = logsumexp(z, axis=1)
             lb = logsumexp(b)
             loss = (lse.sum() - (z * onehot).sum()) + s * (k * lb - b.sum())
             loss += 0.5 / c * (w * w).sum()
             g = np.exp(z - lse[:, None]) - onehot
-            gw = _tdot(x, g) + w / c
+            gw = (_tdot(x, g) + w / c) * scale
             gb = g.sum(axis=0) + s * (k * np.exp(b - lb) - 1.0)
             return loss / n, np.concatenate([gw.ravel(), gb]) / n
 
         if init is not None and np.array_equal(init.classes, classes):
-            x0 = np.concatenate([init.w.ravel(), init.b])
+            x0 = np.concatenate([(init.w / scale).ravel(), init.b])
         else:
             x0 = np.concatenate([np.zeros(f * k), prior_b])
         theta = _minimize(fun, x0)
-        return SoftmaxFit(theta[: f * k].reshape(f, k), theta[f * k :], classes)
+        return SoftmaxFit(theta[: f * k].reshape(f, k) * scale, theta[f * k :], classes)
 
     def log_lik(self, fit: SoftmaxFit, rows: np.ndarray) -> np.ndarray:
         """``[m]`` log-probability of each row's label (-inf when its class is not in the fit)."""
@@ -208,6 +278,41 @@ class SoftmaxFamily:
         out = np.full(rows.size, -np.inf)
         out[known] = z[np.flatnonzero(known), col[known]] - lse[known]
         return out
+
+
+def _column_squares(x) -> np.ndarray:
+    """``[F]`` sum of squares of each feature column of ``x`` (dense, sparse, `OneHotBlock`,
+    `PairBlock`)."""
+    if isinstance(x, PairBlock):
+        d, e, _ = x.parts()
+        per_item = np.bincount(x.item_ids, minlength=x.items.shape[0]).astype(np.float64)
+        parts = []
+        if d:
+            per_user = np.bincount(x.user_index, minlength=x.users.shape[0]).astype(np.float64)
+            squares = x.users.multiply(x.users) if scipy.sparse.issparse(x.users) else x.users**2
+            parts.append(np.asarray(squares.T @ per_user, dtype=np.float64).reshape(-1))
+        if e:
+            parts.append((x.items**2).T @ per_item)
+        parts.append(_column_squares(x.x))
+        if x.width:
+            parts.append(per_item[: x.width])
+        return np.concatenate(parts)
+    if isinstance(x, OneHotBlock):
+        return np.concatenate([_column_squares(x.x), np.bincount(x.ids, minlength=x.width)])
+    if scipy.sparse.issparse(x):
+        return np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).reshape(-1)
+    return np.einsum("ij,ij->j", x, x)
+
+
+def _preconditioner(x, c: float) -> np.ndarray:
+    """``[F]`` scales that make a softmax fit's weights about equally curved: a weight's
+    curvature is about ``sum_r x_rj^2 p(1 - p) + 1/C``, so a rare one-hot item or a
+    small sparse feature is far flatter than a standardized feature, which slows
+    L-BFGS down (on ML-100K's liked-item pairs, 126 function evaluations per fit).
+    Fitting ``v = w / scale`` instead changes nothing but the path to the optimum."""
+    n = x.shape[0]
+    h = _column_squares(x) / 4.0 + 1.0 / c
+    return np.sqrt((n / 4.0 + 1.0 / c) / h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +341,72 @@ class SoftmaxFit:
 # Next item: bilinear scores over the catalog
 
 
+@dataclasses.dataclass(frozen=True)
+class ItemSample:
+    """The items a next-item fit's softmax runs over (`item_sample`).
+
+    ``ids [S]`` item ids, ``log_q [S]`` the log of each one's inclusion
+    probability (0: always included). `BilinearFamily` estimates the softmax's
+    normalizer ``Z_r = sum_i exp(s_ri)`` (over the items that can be row r's
+    answer) by ``exp(s_rt) + sum_{j in ids, j != t} exp(s_rj - log_q_j)``: the
+    target's own term exactly, the others by Horvitz-Thompson (unbiased for
+    their sum; the "logQ correction" of sampled softmax). ``exact``: every
+    item is in ``ids``, so that is the full softmax.
+    """
+
+    ids: np.ndarray
+    log_q: np.ndarray
+    exact: bool
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.size)
+
+
+def item_sample(log_popularity: np.ndarray, size: int, seed) -> ItemSample:
+    """``size`` catalog items (reserved ids never) drawn with probability proportional to
+    their popularity ``exp(log_popularity)``, without replacement, seeded.
+
+    Systematic probability-proportional-to-size sampling (Madow 1949): item j is
+    included with probability exactly ``pi_j = min(1, k p_j)`` (``k`` such that the
+    ``pi`` sum to ``size``), so the items with ``k p_j >= 1`` (the head of the
+    catalog, where a popularity-led softmax puts most of its mass) are always in
+    and the tail is represented by a weighted sample. ``size <= 0`` or at least half
+    the catalog (where a sample would save less than half the work): every item
+    (`ItemSample.exact`).
+    """
+    real = np.arange(NUM_RESERVED, np.asarray(log_popularity).size)
+    if size <= 0 or 2 * size >= real.size:
+        return ItemSample(real, np.zeros(real.size, np.float32), True)
+    lp = np.asarray(log_popularity, dtype=np.float64)[real]
+    pi = _inclusion_probabilities(np.exp(lp - lp.max()), int(size))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(real.size)
+    cum = np.cumsum(pi[order])
+    cum *= size / cum[-1]  # exactly `size` unit steps despite rounding
+    points = rng.random() + np.arange(size)
+    picked = np.unique(order[np.minimum(np.searchsorted(cum, points, side="right"), real.size - 1)])
+    return ItemSample(real[picked], np.log(pi[picked]).astype(np.float32), False)
+
+
+def _inclusion_probabilities(weights: np.ndarray, size: int) -> np.ndarray:
+    """``min(1, k w)`` summing to ``size``: the ``h`` largest weights capped at 1, ``k``
+    spreading the rest over the others (the smallest ``h`` that leaves every
+    uncapped ``k w < 1``)."""
+    order = np.argsort(-weights, kind="stable")
+    w = weights[order]
+    tail = np.cumsum(w[::-1])[::-1]  # tail[h] = sum of w[h:]
+    h = np.arange(min(size, w.size))
+    k = (size - h) / tail[h]
+    capped = int(np.flatnonzero(k * w[h] < 1.0)[0])
+    pi = np.empty_like(weights)
+    pi[order] = np.minimum(1.0, k[capped] * w)
+    pi[order[:capped]] = 1.0
+    return pi
+
+
 class BilinearFamily:
-    """Next-item probe: a softmax over the whole catalog of ``a s0 + u' dW e + b log pop``.
+    """Next-item probe: a softmax over the catalog of ``a s0 + u' dW e + b log pop``.
 
     Args:
         users: ``[N, d]`` dense user vectors (scaled), or None.
@@ -246,15 +415,24 @@ class BilinearFamily:
         log_popularity: ``[V]`` log of the smoothed item counts of the
             label-free histories (the prior ranking).
         exclude: ``[N, L]`` item ids that can never be a row's answer (its
-            history; 0 = padding), masked in training and in scoring.
-        base: ``rows -> [m, V]`` base scores ``s0`` (bag-of-items: item-kNN);
-            default: ``s0 = u . e`` when users and items have one width.
+            history; 0 = padding), masked in training and in scoring. A row
+            whose target is among them cannot be learnt from: `fit` must not
+            be given it (its `log_lik` is -inf).
+        base: base scores ``s0`` of the catalog (bag-of-items: item-kNN), an
+            object with ``base(rows, cols=None) -> [m, |cols|]`` (None: every
+            item) and ``base.at(rows, items) -> [m]``; default ``s0 = u . e``
+            when users and items have one width.
+        sample: the items the fits' softmax runs over (`item_sample`; default
+            every item: the exact softmax). Only `fit` and `log_lik` (the
+            selection) use it; `logits` and `score_fn` (the metric) always
+            score the full catalog.
 
     Parameters: ``theta = [a, b, dW.ravel()]``. ``c == PRIOR`` fits ``b``
     alone (the popularity ranking, sharpened); ``c == 0`` fits ``a`` and
     ``b``; ``c > 0`` also ``dW``, penalized by ``||dW||^2 / (2 c)`` (needs
     users and items). With ``s0 = u . e`` the scores are ``(a u + u dW) E' +
-    b log pop``: one ``[m, e] x [e, V]`` product per evaluation.
+    b log pop``: per evaluation, one ``[m, e] x [e, S]`` product forward and one
+    back, in float32, over row blocks of about `_BLOCK` scores.
     """
 
     def __init__(
@@ -265,6 +443,7 @@ class BilinearFamily:
         log_popularity: np.ndarray,
         exclude: np.ndarray | None = None,
         base=None,
+        sample: ItemSample | None = None,
     ):
         self.users = None if users is None else np.asarray(users, dtype=np.float32)
         self.items = None if items is None else np.asarray(items, dtype=np.float32)
@@ -273,6 +452,8 @@ class BilinearFamily:
         self.exclude = exclude
         self.base = base
         self.dot = base is None and self.can_dw and self.users.shape[1] == self.items.shape[1]
+        self.sample = sample if sample is not None else item_sample(self.log_pop, 0, 0)
+        self._states: dict[bool, _SampleState] = {}
 
     @property
     def num_items(self) -> int:
@@ -333,7 +514,7 @@ class BilinearFamily:
         return q
 
     def logits(self, theta: np.ndarray, rows: np.ndarray, base=None) -> np.ndarray:
-        """``[m, V]`` float32 scores of ``rows`` (unmasked)."""
+        """``[m, V]`` float32 scores of ``rows`` over the full catalog (unmasked)."""
         users = self.users[rows] if self.users is not None else None
         q = None if users is None else self._query(theta, users)
         if q is None:
@@ -345,43 +526,146 @@ class BilinearFamily:
             z += np.float32(theta[0]) * (self.base(rows) if base is None else base)
         return z
 
+    def _state(self, exact: bool) -> _SampleState:
+        """The fits' sample (``exact`` False) or the whole catalog, with its item ->
+        column map and its cache of row sets."""
+        if exact and self.sample.exact:
+            exact = False
+        if exact not in self._states:
+            sample = item_sample(self.log_pop, 0, 0) if exact else self.sample
+            col = np.full(self.num_items, -1, np.int64)
+            col[sample.ids] = np.arange(sample.size)
+            self._states[exact] = _SampleState(sample, col, {})
+        return self._states[exact]
+
+    def _rows(self, rows: np.ndarray, state: _SampleState | None = None) -> _SampledRows:
+        """What every evaluation on ``rows`` reuses (kept for the last few row sets: a
+        selection fits every candidate on the same inner folds)."""
+        state = state or self._state(False)
+        cache = state.rows_cache
+        key = (rows.size, hash(rows.tobytes()))
+        hit = cache.get(key)
+        if hit is not None and np.array_equal(hit.rows, rows):
+            return hit
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
+        t = self.targets[rows]
+        r, item = self._masked(rows)
+        col = state.col[item]
+        keep = col >= 0
+        r, col = r[keep], col[keep]
+        excluded = np.zeros(rows.size, bool)
+        excluded[r[item[keep] == t[r]]] = True
+        # the target's own column: its term is added exactly, never as a sample
+        own = state.col[t]
+        r = np.concatenate([r, np.flatnonzero(own >= 0)])
+        col = np.concatenate([col, own[own >= 0]])
+        order = np.argsort(r, kind="stable")
+        out = _SampledRows(
+            rows=rows.copy(),
+            users=None if self.users is None else self.users[rows],
+            target_items=None if self.items is None else self.items[t],
+            target_log_pop=self.log_pop[t],
+            target_base=None if self.base is None else self.base.at(rows, t),
+            mask_rows=r[order],
+            mask_cols=col[order],
+            excluded=excluded,
+        )
+        cache[key] = out
+        return out
+
+    @staticmethod
+    def _blocks(n: int, width: int):
+        step = max(1, _BLOCK // max(1, width))
+        return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+    def _sampled(
+        self,
+        theta: np.ndarray,
+        rows: np.ndarray,
+        want: tuple[bool, bool, bool],
+        exact: bool = False,
+    ):
+        """Per row the log-likelihood over the fits' sample (``exact``: over the whole
+        catalog), and the gradients asked for in ``want`` (scale ``a``, popularity
+        ``b``, the query ``H = dL/dq`` for ``dW``/``a``).
+
+        Returns ``(log_lik [m] float64, grad_a, grad_b, H [m, e] | None)``.
+        """
+        want_a, want_b, want_h = want
+        state = self._state(exact)
+        data = self._rows(rows, state)
+        m = rows.size
+        sample = state.sample
+        a, b = np.float32(theta[0]), np.float32(theta[1])
+        q = None if data.users is None else self._query(theta, data.users)
+        items_s = None if self.items is None else self.items[sample.ids]
+        lp_s = self.log_pop[sample.ids]
+        offset = b * lp_s - sample.log_q  # [S]
+        use_base = self.base is not None and (theta[0] != 0.0 or want_a)
+        ll = np.empty(m)
+        h = np.zeros((m, items_s.shape[1]), np.float32) if want_h else None
+        grad_a = grad_b = 0.0
+        blocks = self._blocks(m, sample.size)
+        bounds = np.searchsorted(data.mask_rows, [lo for lo, _ in blocks] + [m])
+        for (lo, hi), mlo, mhi in zip(blocks, bounds[:-1], bounds[1:]):
+            st = b * data.target_log_pop[lo:hi]
+            if q is None:
+                z = np.broadcast_to(offset, (hi - lo, sample.size)).copy()
+            else:
+                z = q[lo:hi] @ items_s.T
+                z += offset
+                st = st + np.einsum("ij,ij->i", q[lo:hi], data.target_items[lo:hi])
+            if use_base:
+                base_s = self.base(rows[lo:hi], sample.ids)
+                z += a * base_s
+                st = st + a * data.target_base[lo:hi]
+            z[data.mask_rows[mlo:mhi] - lo, data.mask_cols[mlo:mhi]] = -np.inf
+            top = np.maximum(z.max(axis=1), st)
+            z -= top[:, None]
+            p = np.exp(z, out=z)
+            p_t = np.exp(st - top)
+            total = p.sum(axis=1) + p_t
+            ll[lo:hi] = (st - top).astype(np.float64) - np.log(total.astype(np.float64))
+            if not (want_a or want_b or want_h):
+                continue
+            # d loss / d s_j = p_j / total (sampled j), p_t / total - 1 (the target);
+            # the 1 / total is applied to the [m, e] and [m] products, not to p
+            inv = 1.0 / total
+            w = p_t * inv - 1.0
+            if want_b:
+                grad_b += float((p @ lp_s) @ inv) + float(w @ data.target_log_pop[lo:hi])
+            if want_a and use_base:
+                mass = np.einsum("ij,ij->i", p, base_s)
+                grad_a += float(mass @ inv) + float(w @ data.target_base[lo:hi])
+            if want_h:
+                h[lo:hi] = (p @ items_s) * inv[:, None] + w[:, None] * data.target_items[lo:hi]
+        if want_a and self.dot:
+            grad_a += float(np.vdot(data.users, h))
+        ll[data.excluded] = -np.inf
+        return ll, grad_a, grad_b, h
+
     def fit(self, rows: np.ndarray, c: float, init: np.ndarray | None = None) -> np.ndarray:
-        """``theta`` maximizing the penalized log-likelihood of ``rows``' targets."""
+        """``theta`` maximizing the penalized log-likelihood of ``rows``' targets (over
+        the family's `sample`)."""
         free = self._free(c)
         theta0 = self.initial() if init is None else np.array(init, dtype=np.float64)
         theta0[~free] = self.initial()[~free]
         n = rows.size
-        at = (np.arange(n), self.targets[rows])
-        base = self.base(rows) if (free[0] and self.base is not None) else None
-        mr, mc = self._masked(rows)
-        users = self.users[rows] if self.users is not None else None
         d, e = self._dw_shape()
+        want_h = bool(free[2:].any() or (free[0] and self.dot))
 
         def fun(sub):
             theta = theta0.copy()
             theta[free] = sub
-            z = self.logits(theta, rows, base)
-            z[:, :NUM_RESERVED] = _MASKED
-            z[mr, mc] = _MASKED
-            z -= z.max(axis=1, keepdims=True)
-            picked = z[at].astype(np.float64)
-            p = np.exp(z, out=z)
-            s = p.sum(axis=1, dtype=np.float64)
-            loss = float(np.log(s).sum() - picked.sum())
-            p /= s[:, None].astype(np.float32)
-            p[at] -= 1.0  # d loss / d logits
+            ll, grad_a, grad_b, h = self._sampled(theta, rows, (bool(free[0]), True, want_h))
+            loss = -float(ll.sum())
             grad = np.zeros_like(theta)
-            grad[1] = float(p.sum(axis=0, dtype=np.float64) @ self.log_pop)
-            if base is not None:
-                grad[0] = float(np.vdot(p, base))
-            if free[0] and self.dot or free[2:].any():
-                h = p @ self.items  # [n, e]
-                if free[0] and self.dot:
-                    grad[0] = float(np.vdot(users, h))
-                if free[2:].any():
-                    dw = theta[2:].reshape(d, e)
-                    grad[2:] = (users.T @ h).ravel() + dw.ravel() / c
-                    loss += 0.5 / c * float((dw * dw).sum())
+            grad[0], grad[1] = grad_a, grad_b
+            if free[2:].any():
+                dw = theta[2:].reshape(d, e)
+                grad[2:] = (self._rows(rows).users.T @ h).ravel() + dw.ravel() / c
+                loss += 0.5 / c * float((dw * dw).sum())
             return loss / n, grad[free] / n
 
         theta = theta0.copy()
@@ -389,12 +673,11 @@ class BilinearFamily:
         return theta
 
     def log_lik(self, theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``[m]`` log-probability of each row's target."""
-        z = self.logits(theta, rows).astype(np.float64)
-        z[:, :NUM_RESERVED] = -np.inf
-        mr, mc = self._masked(rows)
-        z[mr, mc] = -np.inf
-        return z[np.arange(rows.size), self.targets[rows]] - logsumexp(z, axis=1)
+        """``[m]`` log-probability of each row's target over the WHOLE catalog (-inf
+        where the target is excluded): the selection's out-of-fold score is exact, so
+        that the sample cannot favour a weaker penalty (a sampled softmax
+        underestimates the normalizer where a user's extra mass falls outside it)."""
+        return self._sampled(theta, rows, (False, False, False), exact=True)[0]
 
     def score_fn(self, theta: np.ndarray, rows: np.ndarray):
         """``(start, stop) -> [stop - start, V]`` scores of ``rows[start:stop]``, for
@@ -404,6 +687,32 @@ class BilinearFamily:
             return self.logits(theta, rows[start:stop])
 
         return scores
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _SampleState:
+    """The items an evaluation runs its softmax over, each one's column, and the
+    row sets already prepared for them (`BilinearFamily._rows`)."""
+
+    sample: ItemSample
+    col: np.ndarray
+    rows_cache: dict
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _SampledRows:
+    """One row set's inputs to `BilinearFamily._sampled`: its users and target-side
+    terms, and the (row, sample column) positions masked out (the row's excluded
+    items and its target's own column), sorted by row."""
+
+    rows: np.ndarray
+    users: np.ndarray | None
+    target_items: np.ndarray | None
+    target_log_pop: np.ndarray
+    target_base: np.ndarray | None
+    mask_rows: np.ndarray
+    mask_cols: np.ndarray
+    excluded: np.ndarray  # rows whose target is excluded (cannot be their answer)
 
 
 # --------------------------------------------------------------------------

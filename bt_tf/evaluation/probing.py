@@ -6,12 +6,16 @@ context, the label fractions and seeds, the tasks, the cache dir, the clock);
 returns one `Record` per (task, fraction, seed): the per-unit scores of every
 scored user and the fit of every fold. Each record is stored in
 ``<cache_dir>/units/<contender>/<task>|<fraction>|<seed>.npz`` under a
-fingerprint of the features, the settings and the protocol, so an
+fingerprint of the features, the settings its task reads and the protocol, so an
 interrupted evaluation resumes where it stopped and a rerun recomputes
 nothing.
 
 At fraction 1.0 every seed would label the same users, so only the first
-seed is probed there.
+seed is probed there; and label seeds are repeated only where they decide the
+claim: its tasks (`tasks.CLAIM_METRICS`) at its fractions (`EvalPlan.repeated`,
+default `intervals.CLAIM_FRACTIONS`). Elsewhere (e.g. 25%, user attributes) the
+first seed alone: more seeds would not change the verdict, and the probes at
+large fractions cost the most.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,10 +33,21 @@ import threadpoolctl
 
 from bt_tf.evaluation.caching import cache_file, fingerprint_key, write_atomically
 from bt_tf.evaluation.contenders import PRIOR_CONTENDER, Contender
-from bt_tf.evaluation.tasks import ProbeContext, Units, get_task, probe_contender
+from bt_tf.evaluation.intervals import CLAIM_FRACTIONS
+from bt_tf.evaluation.tasks import CLAIM_METRICS, ProbeContext, Units, get_task, probe_contender
 from bt_tf.evaluation.timing import StageClock
 
-__all__ = ["EvalPlan", "Record", "probe_records", "probe_job", "record_rows", "seeds_at"]
+__all__ = [
+    "EvalPlan",
+    "Record",
+    "record_weight",
+    "plan_steps",
+    "probe_records",
+    "worker_init",
+    "probe_job",
+    "record_rows",
+    "seeds_at",
+]
 
 UNITS_DIR = "units"
 
@@ -47,6 +63,8 @@ class EvalPlan:
         cache_dir: where finished records are stored and reused (None: no cache).
         fingerprint: identifies the data (users, width) in the cache.
         clock: records the time of each stage.
+        repeated: the fractions at which the claim's tasks are probed with every
+            seed (`seeds_at`; None: every task at every fraction below 1).
     """
 
     ctx: ProbeContext
@@ -56,11 +74,33 @@ class EvalPlan:
     cache_dir: str | None = None
     fingerprint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     clock: StageClock = dataclasses.field(default_factory=StageClock)
+    repeated: tuple[float, ...] | None = CLAIM_FRACTIONS
+
+    def seeds_at(self, task: str, fraction: float) -> tuple[int, ...]:
+        return seeds_at(fraction, self.seeds, self.repeated, task=task)
 
 
-def seeds_at(fraction: float, seeds: Sequence[int]) -> tuple[int, ...]:
-    """The seeds probed at ``fraction``: the first only at 1.0 (every seed labels everyone)."""
-    return tuple(seeds[:1]) if fraction >= 1.0 else tuple(seeds)
+def seeds_at(
+    fraction: float,
+    seeds: Sequence[int],
+    repeated: Sequence[float] | None = None,
+    *,
+    task: str | None = None,
+) -> tuple[int, ...]:
+    """The seeds probed at ``fraction``: the first only at 1.0 (every seed labels
+    everyone), and, unless ``repeated`` is None, at fractions not in ``repeated`` and
+    for a ``task`` that is not one of the claim's."""
+    if fraction >= 1.0:
+        return tuple(seeds[:1])
+    if repeated is not None and (
+        not _among(fraction, repeated) or (task is not None and task not in CLAIM_METRICS)
+    ):
+        return tuple(seeds[:1])
+    return tuple(seeds)
+
+
+def _among(fraction: float, fractions: Sequence[float]) -> bool:
+    return any(abs(float(fraction) - float(f)) < 1e-12 for f in fractions)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,6 +115,7 @@ class Record:
     units: Units
     fits: tuple[dict, ...]
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    cpu_s: float | None = None  # CPU seconds of its probes (None: read from the cache)
 
 
 def _model_name(contender: Contender, task: str) -> str:
@@ -83,12 +124,16 @@ def _model_name(contender: Contender, task: str) -> str:
     return contender.name
 
 
-def _fingerprint(plan: EvalPlan, contender: Contender) -> str:
+def _fingerprint(plan: EvalPlan, contender: Contender, task: str) -> str:
+    """The cache key of ``contender``'s records of ``task``: its features, the settings
+    the task reads (`tasks.Task.settings_read`: a flag of another task leaves its
+    cache valid), the protocol and the data."""
     ctx = plan.ctx
+    settings = dataclasses.asdict(ctx.settings)
     return fingerprint_key(
         {
             "features": dict(contender.fingerprint),
-            "settings": dataclasses.asdict(ctx.settings),
+            "settings": {name: settings[name] for name in get_task(task).settings_read},
             "protocol": dataclasses.asdict(ctx.protocol),
             "data": dict(plan.fingerprint),
         }
@@ -118,55 +163,105 @@ def _store(path: str, key: str, units: Units, fits: Sequence[dict]) -> None:
     )
 
 
+def record_weight(fraction: float) -> float:
+    """The expected cost of one (task, fraction, seed) probe relative to the others, for
+    the time left of `progress.Progress`: its fits grow with the labelled users
+    (``fraction``), its scoring is the same at every fraction."""
+    return float(fraction) + 0.02
+
+
+def plan_steps(plan: EvalPlan, tasks: Sequence[str] | None = None) -> list[float]:
+    """The `record_weight` of every record `probe_records` returns for one contender."""
+    return [
+        record_weight(fraction)
+        for task in (plan.tasks if tasks is None else tasks)
+        for fraction in plan.fractions
+        for _ in plan.seeds_at(task, fraction)
+    ]
+
+
+# (weight, message) -> None: told after every record (`progress.Progress.step`).
+OnRecord = Callable[[float, str], None]
+
+
 def probe_records(
-    plan: EvalPlan, contender: Contender, *, extra: Mapping[str, Any] | None = None
+    plan: EvalPlan,
+    contender: Contender,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    tasks: Sequence[str] | None = None,
+    on_record: OnRecord | None = None,
 ) -> list[Record]:
-    """Every (task, fraction, seed) of ``plan`` for ``contender``, from the cache where it
-    holds them. ``extra`` is carried by every record (e.g. the run's directory)."""
-    key = _fingerprint(plan, contender)
+    """Every (task, fraction, seed) of ``plan`` (or of ``tasks``) for ``contender``, from
+    the cache where it holds them. ``extra`` is carried by every record (e.g. the run's
+    directory); ``on_record(weight, line)`` is told after each (default: the line is
+    logged)."""
     directory = None
     if plan.cache_dir is not None:
         directory = cache_file(os.path.join(plan.cache_dir, UNITS_DIR), contender.key, "")
     out = []
-    for task in plan.tasks:
+    for task in plan.tasks if tasks is None else tasks:
         if contender.tasks is not None and task not in contender.tasks:
             continue
         name = _model_name(contender, task)
+        key = _fingerprint(plan, contender, task)
         with plan.clock(f"{contender.key}: {task}"):
             for fraction in plan.fractions:
-                for seed in seeds_at(fraction, plan.seeds):
+                for seed in plan.seeds_at(task, fraction):
                     path = None
                     if directory is not None:
                         path = cache_file(directory, f"{task}|{fraction!r}|{seed}", ".npz")
                     cached = _load(path, key) if path else None
+                    cpu = None
                     if cached is None:
+                        start = time.process_time()
                         units, fits = probe_contender(plan.ctx, contender, task, fraction, seed)
+                        cpu = time.process_time() - start
                         if path:
                             _store(path, key, units, fits)
                     else:
                         units, fits = cached
                     out.append(Record(name, contender.pretrain_seed, task, fraction, seed,
-                                      units, tuple(fits), dict(extra or {})))  # fmt: skip
-                    _log(out[-1], plan.ctx.settings.k, cached is not None)
+                                      units, tuple(fits), dict(extra or {}), cpu))  # fmt: skip
+                    line = _line(out[-1], plan.ctx.settings.k, cached is not None)
+                    if on_record is None:
+                        logging.info(line)
+                    else:
+                        on_record(record_weight(fraction), line)
     return out
 
 
-def probe_job(plan: EvalPlan, contender: Contender, extra=None) -> tuple[list[Record], list]:
+_QUEUE = None  # a worker's channel to the parent's progress line (`worker_init`)
+
+
+def worker_init(queue) -> None:
+    """A probe worker's start: its (weight, line) per record go to ``queue``; the parent
+    prints them above its progress line. A spawned process starts without the
+    parent's logging set-up: warnings still show."""
+    global _QUEUE
+    _QUEUE = queue
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+
+
+def probe_job(
+    plan: EvalPlan, contender: Contender, extra=None, tasks: Sequence[str] | None = None
+) -> tuple[list[Record], list]:
     """A worker process's job: `probe_records` with one BLAS thread, and the times of
-    its stages (a spawned process starts without the parent's logging set-up)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    its stages."""
+    queue = _QUEUE
+    on_record = None if queue is None else (lambda weight, line: queue.put((weight, line)))
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-        records = probe_records(plan, contender, extra=extra)
+        records = probe_records(plan, contender, extra=extra, tasks=tasks, on_record=on_record)
     return records, plan.clock.records
 
 
-def _log(record: Record, k: int, cached: bool) -> None:
+def _line(record: Record, k: int, cached: bool) -> str:
     values = get_task(record.task).metric_values(record.units, k)
     text = ", ".join(f"{m}={v:.4f}" for m, v in values.items())
-    logging.info(
-        "%s seed%d %s fraction=%g seed=%d: %s%s", record.model, record.pretrain_seed,
-        record.task, record.fraction, record.seed, text, " (cached)" if cached else "",
-    )  # fmt: skip
+    return (
+        f"{record.model} seed{record.pretrain_seed} {record.task} fraction={record.fraction:g} "
+        f"seed={record.seed}: {text}{' (cached)' if cached else ''}"
+    )
 
 
 def record_rows(records: Sequence[Record], k: int) -> list[dict]:

@@ -171,7 +171,7 @@ def _claim_lines(
     lines += [
         f"Per task: reproduced when the ratio is ≥ {th:g} and its interval's low end > 1; "
         f"refuted when the interval's high end < {th:g}; else inconclusive. Overall: "
-        f"reproduced (refuted) when at least {CLAIM_TASKS_NEEDED} of the 3 tasks are; "
+        f"{_overall_rule(first)}; "
         "inconclusive whenever a task (or a fraction of one) is missing. The interval "
         "resamples the users, the label seeds (shared by every model: a label seed draws "
         "the same labelled users for all) and each model's pretraining seeds; the "
@@ -179,6 +179,20 @@ def _claim_lines(
         "",
     ]
     return lines + _provenance_lines(provenance)
+
+
+def _overall_rule(claim: Mapping[str, Any]) -> str:
+    """The overall rule: at least 2 of the 3 tasks, or a majority of the tasks the claim
+    was decided on when the data could not support all three."""
+    if not claim.get("not_scored"):
+        return f"reproduced (refuted) when at least {CLAIM_TASKS_NEEDED} of the 3 tasks are"
+    decided = claim["decided_on"]
+    return (
+        f"reproduced (refuted) when at least {claim['needed']} of the {len(decided)} task(s) "
+        f"the data supports are ({', '.join(decided) or 'none'}; not scored: "
+        + "; ".join(f"{t}, {why}" for t, why in claim["not_scored"].items())
+        + ")"
+    )
 
 
 def _users_label(claim: Mapping[str, Any]) -> str:
@@ -220,6 +234,8 @@ def _claim_table(claim: Mapping[str, Any], *, heading: bool) -> list[str]:
                      f"{t['verdict']} |")  # fmt: skip
     for m in claim["missing"]:
         lines.append(f"| {m} | missing | | | | |")
+    for task, why in (claim.get("not_scored") or {}).items():
+        lines.append(f"| {task} | not scored: {why} | | | | |")
     lines += ["", f"**Verdict: {claim['verdict']}.**"
               + (f" ({claim['note']}.)" if claim.get("note") else ""), ""]  # fmt: skip
     return lines
@@ -238,6 +254,17 @@ def _provenance_lines(provenance: Sequence[Mapping[str, Any]] | None) -> list[st
                      f"labels of {', '.join(p['labels'])}; {p['how']}. Used by "
                      f"{', '.join(p['runs'])}.")  # fmt: skip
     return lines + [""]
+
+
+def _not_scored_lines(not_scored: Mapping[str, str]) -> list[str]:
+    if not not_scored:
+        return []
+    return [
+        "## Tasks not scored",
+        "",
+        *[f"- `{task}`: {why}." for task, why in not_scored.items()],
+        "",
+    ]
 
 
 def write_report(
@@ -282,6 +309,7 @@ def write_report(
         "Per-user scores: `scores.parquet`.",
         "",
         *_claim_lines(_claims(analysis), provenance),
+        *_not_scored_lines(analysis.get("not_scored") or {}),
     ]
     tables = _Tables(analysis, {(b["task"], b["metric"], b["fraction"], b["model"]): b
                                 for b in flagged}, baseline, tuple(compare))  # fmt: skip
@@ -301,6 +329,7 @@ def write_report(
         "claim": analysis.get("claim"),
         "claims": _claims(analysis),
         "provenance": provenance,
+        "not_scored": dict(analysis.get("not_scored") or {}),
         "baseline": baseline,
         "compare": list(compare),
         "population": population,

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,11 +24,15 @@ from bt_tf import runs
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
 from bt_tf.evaluation import report, scores
+from bt_tf.evaluation.eval_data import unavailable_tasks
+from bt_tf.evaluation.intervals import CLAIM_FRACTIONS
 from bt_tf.evaluation.probing import record_rows
+from bt_tf.evaluation.progress import format_seconds
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.runner import evaluate_records, evaluate_runs
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import FAVORITE_GENRE, NEXT_ITEM
+from bt_tf.runs import read_config
 from bt_tf.training import trainer
 from bt_tf.training.config import MODELS, TrainConfig
 from pipelines import preprocess
@@ -49,6 +54,8 @@ __all__ = [
     "budget_note",
     "run_ablation",
     "reproduce",
+    "run_times",
+    "time_summary",
 ]
 
 # The contender pretrained with BT and then fine-tuned as the DE (`--init_from`): the
@@ -389,6 +396,8 @@ class EvalRequest:
     baseline: str = "de"
     compare: tuple[str, ...] = ("bt", "bt+de", FINE_TUNE)
     bootstrap_resamples: int | None = None
+    progress: bool = True
+    repeated_fractions: tuple[float, ...] | None = CLAIM_FRACTIONS
     claim_models: tuple[str, str] = ("bt", "de")
     claim_users: str = "all"
 
@@ -443,7 +452,8 @@ def reproduce(
     ``pretrain_seeds`` seeds (`seed_configs`); its runs share the model's name
     in the rows (``pretrain_seed`` tells them apart), so the report pools them.
     The ablation trains the first seed only. ``ablation.batch_sizes=()``: no ablation.
-    Returns ``{"report": path of report.md, "rows": main rows, "ablation_rows": [...]}``.
+    Returns ``{"report": path of report.md, "rows": main rows, "ablation_rows": [...],
+    "times": `run_times` (+ ``ablation_wall_s``)}``.
     """
     report_dir = os.path.join(output_dir, REPORT_DIR)
     artifact_dir = preprocess.preprocess(base.data)
@@ -451,14 +461,20 @@ def reproduce(
     n_train = base.num_train_users(dataset.load_metadata(artifact_dir)["num_users"])
     configs = main_configs(base, output_dir, models, own=model_configs, num_train_users=n_train)
     seeded = seed_configs(configs, pretrain_seeds)
+    start = time.perf_counter()
     results = _train_all([c for _, c in seeded], "training")
+    wall = {"training": time.perf_counter() - start}
     if base.leave_one_out:  # the field's protocol: the contenders as recommenders
+        start = time.perf_counter()
         md = recommend_and_compare(seeded, report_dir, baseline=evaluation.baseline)
+        wall["evaluation"] = time.perf_counter() - start
+        times = run_times(results, wall)
         _append_sections(md, _run_table([c for _, c in seeded], results,
                                         note=budget_note(base, n_train)))  # fmt: skip
         logging.info("report: %s", md)
-        return {"report": md, "rows": [], "ablation_rows": []}
+        return {"report": md, "rows": [], "ablation_rows": [], "times": times}
     ev = evaluation
+    start = time.perf_counter()
     rows = evaluate_runs(
         [c.run_dir for _, c in seeded],
         report_dir,
@@ -474,13 +490,19 @@ def reproduce(
         compare=ev.compare,
         title=f"Downstream evaluation: {base.data.dataset}",
         bootstrap_resamples=ev.bootstrap_resamples,
+        progress=ev.progress,
+        repeated_fractions=ev.repeated_fractions,
         claim_models=ev.claim_models,
         claim_users=ev.claim_users,
     )
+    wall["evaluation"] = time.perf_counter() - start
     md = os.path.join(report_dir, "report.md")
-    sections = _run_table([c for _, c in seeded], results, note=budget_note(base, n_train))
+    times = run_times(results, wall)
+    sections = _time_lines(times)
+    sections += _run_table([c for _, c in seeded], results, note=budget_note(base, n_train))
     ablation_rows: list[dict] = []
     if ablation.batch_sizes:
+        start = time.perf_counter()
         own = main_configs(
             base, output_dir, ablation.models, own=model_configs, num_train_users=n_train
         )
@@ -494,9 +516,47 @@ def reproduce(
             evaluation=evaluation,
         )
         sections += more
+        times["ablation_wall_s"] = round(time.perf_counter() - start, 1)
     _append_sections(md, sections)
     logging.info("report: %s", md)
-    return {"report": md, "rows": rows, "ablation_rows": ablation_rows}
+    return {"report": md, "rows": rows, "ablation_rows": ablation_rows, "times": times}
+
+
+def run_times(results: Sequence[Mapping], wall: Mapping[str, float]) -> dict:
+    """How long the main comparison took: ``training_s`` (the runs' own training time,
+    `bt_tf.train`'s ``train_seconds``, also for runs this invocation reused),
+    ``training_wall_s`` / ``evaluation_wall_s`` (this invocation's)."""
+    trained = [float(r.get("train_seconds") or 0.0) for r in results]
+    return {
+        "training_s": round(sum(trained), 1),
+        "runs": len(trained),
+        "training_wall_s": round(wall["training"], 1),
+        "evaluation_wall_s": round(wall["evaluation"], 1),
+    }
+
+
+def time_summary(times: Mapping[str, float]) -> str:
+    """One line: the runs' training time and this invocation's evaluation time."""
+    line = (
+        f"training: {format_seconds(times['training_s'])} ({times['runs']} runs; this "
+        f"invocation {format_seconds(times['training_wall_s'])}), evaluation: "
+        f"{format_seconds(times['evaluation_wall_s'])}"
+    )
+    if "ablation_wall_s" in times:
+        line += f", batch-size ablation: {format_seconds(times['ablation_wall_s'])}"
+    return line
+
+
+def _time_lines(times: Mapping[str, float]) -> list[str]:
+    return [
+        "## Time",
+        "",
+        f"Training {times['training_s']:.0f} s (the {times['runs']} runs' own training time, "
+        f"as `bt_tf.train` measured it), evaluation {times['evaluation_wall_s']:.0f} s (wall, "
+        f"this invocation: embeddings, every probe, intervals and report; training here "
+        f"took {times['training_wall_s']:.0f} s of wall time).",
+        "",
+    ]
 
 
 # The figures the leave-one-out comparison reports, primary first: (ranking, metric).
@@ -633,6 +693,15 @@ def run_ablation(
         {min(evaluation.label_fractions), max(evaluation.label_fractions)}
     )
     main_names = {c.run_dir: m for m, c in main.items()}
+    # A log without item categories has no favorite_genre: the ablation runs without it.
+    missing = unavailable_tasks(read_config(runs[0][2].run_dir)["artifact_dir"])
+    tasks = [t for t in ablation.tasks if t not in missing]
+    for t in ablation.tasks:
+        if t in missing:
+            logging.warning("ablation: %s not scored: %s", t, missing[t])
+    if not tasks:
+        why = "; ".join(f"{t}: {missing[t]}" for t in ablation.tasks)
+        return [], ["## Batch-size ablation", "", f"Not evaluated: no task to score ({why}).", ""]
     # Same out_dir as the main report: its cache serves reused main runs.
     records = evaluate_records(
         [c.run_dir for _, _, c in runs],
@@ -640,11 +709,13 @@ def run_ablation(
         names=[main_names.get(c.run_dir, f"{m}@b{b}") for m, b, c in runs],
         label_fractions=fractions,
         seeds=evaluation.seeds,
-        tasks=list(ablation.tasks),
+        tasks=tasks,
         include_floors=False,
         settings=evaluation.settings,
         protocol=evaluation.protocol,
         cache=evaluation.cache,
+        progress=evaluation.progress,
+        repeated_fractions=evaluation.repeated_fractions,
     ).records
     rows = record_rows(records, evaluation.settings.k)
     for r in rows:  # model type + batch size: what the plot and table group by

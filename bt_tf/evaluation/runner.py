@@ -25,7 +25,7 @@ import numpy as np
 import threadpoolctl
 
 from bt_tf import runs
-from bt_tf.evaluation import floors, report, scores, selection
+from bt_tf.evaluation import floors, probing, report, scores, selection
 from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.embedding_cache import (
     cached_embeddings,
@@ -35,8 +35,10 @@ from bt_tf.evaluation.embedding_cache import (
     restore_run,
 )
 from bt_tf.evaluation.eval_data import EvalData, load_eval_data
+from bt_tf.evaluation.intervals import CLAIM_FRACTIONS
 from bt_tf.evaluation.labels import item_counts
 from bt_tf.evaluation.probing import EvalPlan, Record, probe_job, probe_records, record_rows
+from bt_tf.evaluation.progress import Progress
 from bt_tf.evaluation.protocol import Population, Protocol
 from bt_tf.evaluation.settings import DEFAULT_FRACTIONS, EvalSettings
 from bt_tf.evaluation.tasks import ProbeContext
@@ -208,12 +210,15 @@ def _context(
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Evaluation:
-    """What `evaluate_records` probed: every contender's records, on ``ctx``, and the runs."""
+    """What `evaluate_records` probed: every contender's records, on ``ctx``, the runs,
+    and the default tasks the data could not support, and why
+    (`eval_data.EvalData.not_scored`)."""
 
     records: list[Record]
     ctx: ProbeContext
     clock: StageClock
     runs: list[Run] = dataclasses.field(default_factory=list)
+    not_scored: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_records(
@@ -230,6 +235,8 @@ def evaluate_records(
     cache: bool = True,
     timings: list | None = None,
     workers: int | None = None,
+    progress: bool = True,
+    repeated_fractions: Sequence[float] | None = CLAIM_FRACTIONS,
 ) -> Evaluation:
     """Probes trained runs (and the floors) on every task; the records, not a report.
 
@@ -261,6 +268,7 @@ def evaluate_records(
         cache_dir=cache_dir,
         fingerprint=dict(data_fp, train_users=train_users),
         clock=clock,
+        repeated=None if repeated_fractions is None else tuple(repeated_fractions),
     )
     kw = dict(cache_dir=cache_dir, settings=settings, clock=clock)
     jobs = [
@@ -280,7 +288,10 @@ def evaluate_records(
                 data_fp=data_fp, **kw,
             )  # fmt: skip
         jobs += [(contender, None) for contender in extra]
-    return Evaluation(_probe_all(plan, jobs, workers), ctx, clock, runs_)
+    for task, why in data.not_scored.items():
+        logging.warning("%s: not scored: %s", task, why)
+    return Evaluation(_probe_all(plan, jobs, workers, progress), ctx, clock, runs_,
+                      data.not_scored)  # fmt: skip
 
 
 def evaluate_runs(
@@ -304,6 +315,8 @@ def evaluate_runs(
     workers: int | None = None,
     claim_models: tuple[str, str] = scores.CLAIM_MODELS,
     claim_users: str = CLAIM_USERS_ALL,
+    progress: bool = True,
+    repeated_fractions: Sequence[float] | None = CLAIM_FRACTIONS,
 ) -> list[dict]:
     """Evaluates trained runs (and the floors) on every task; writes the report.
 
@@ -332,6 +345,10 @@ def evaluate_runs(
         bootstrap_resamples: resamples of the intervals (default
             `intervals.DEFAULT_RESAMPLES`).
         workers: contenders probed at once (processes; default: the CPU count, at most 4).
+        progress: print one updating progress line while probing (`progress.Progress`).
+        repeated_fractions: the fractions probed with every label seed (default: the
+            claim's; elsewhere the first seed alone: more cannot change the verdict);
+            None: every fraction below 1.
 
     Returns:
         Result rows (`probing.record_rows`): one per (model, pretraining seed,
@@ -347,7 +364,8 @@ def evaluate_runs(
     evaluation = evaluate_records(
         run_dirs, out_dir, label_fractions=label_fractions, seeds=seeds, tasks=tasks,
         include_floors=include_floors, names=names, settings=settings, protocol=protocol,
-        cache=cache, timings=timings, workers=workers,
+        cache=cache, timings=timings, workers=workers, progress=progress,
+        repeated_fractions=repeated_fractions,
     )  # fmt: skip
     rows = record_rows(evaluation.records, settings.k)
     if write:
@@ -356,33 +374,73 @@ def evaluate_runs(
             baseline=baseline, compare=compare, title=title,
             bootstrap_resamples=bootstrap_resamples, runs=evaluation.runs,
             claim_models=claim_models, claim_users=claim_users,
+            not_scored=evaluation.not_scored,
         )  # fmt: skip
     return rows
 
 
-def _probe_all(plan: EvalPlan, jobs, workers: int) -> list[Record]:
-    """`probing.probe_records` of every (contender, extra fields), in ``workers`` processes.
+def _probe_all(plan: EvalPlan, jobs, workers: int, progress: bool = True) -> list[Record]:
+    """`probing.probe_records` of every (contender, extra fields) and task, in ``workers``
+    processes, with one progress line (`progress.Progress`; ``progress`` False: none).
 
     The probes are numpy and scipy, one BLAS thread each; the workers are spawned
     (this process has TensorFlow's threads, which a fork would copy in whatever
     state they are), and their job (`probing.probe_job`) imports neither
     TensorFlow nor the encoders (a ``python -m`` entry point is imported again in
-    the child, quietly: `bt_tf.cli`). Records come back in job order, so the output
-    does not depend on ``workers``.
+    the child, quietly: `bt_tf.cli`). One job is one contender's task; the costliest
+    jobs start first (so no core idles at the end while one long job runs), and
+    records come back in (contender, task) order, so the output does not depend on
+    ``workers``. Each worker reports every finished record through a queue; this
+    process prints it above the progress line.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-            return [r for c, extra in jobs for r in probe_records(plan, c, extra=extra)]
-    spawn = multiprocessing.get_context("spawn")
-    worker_plan = dataclasses.replace(plan, clock=StageClock())
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-        futures = [pool.submit(probe_job, worker_plan, c, extra) for c, extra in jobs]
-        out = []
-        for f in futures:
-            records, stages = f.result()
-            out += records
-            plan.clock.records.extend(stages)
+    units = [(c, extra, task) for c, extra in jobs for task in plan.tasks
+             if c.tasks is None or task in c.tasks]  # fmt: skip
+    steps = [probing.plan_steps(plan, (task,)) for _, _, task in units]
+    line = Progress(
+        "evaluation",
+        sum(len(s) for s in steps),
+        total_weight=sum(sum(s) for s in steps),
+        unit="probes",
+        enabled=progress,
+    )
+    with line:
+        if workers <= 1 or len(units) <= 1:
+            with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+                return [
+                    r
+                    for c, extra, task in units
+                    for r in probe_records(plan, c, extra=extra, tasks=(task,), on_record=line.step)
+                ]
+        spawn = multiprocessing.get_context("spawn")
+        queue = spawn.SimpleQueue()
+        worker_plan = dataclasses.replace(plan, clock=StageClock())
+        costliest_first = sorted(range(len(units)), key=lambda i: (-_cost(units[i], steps[i]), i))
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=spawn, initializer=probing.worker_init, initargs=(queue,)
+        ) as pool:
+            futures = {}
+            for i in costliest_first:
+                c, extra, task = units[i]
+                futures[i] = pool.submit(probe_job, worker_plan, c, extra, (task,))
+            pending = set(futures.values())
+            while pending:
+                _, pending = concurrent.futures.wait(pending, timeout=0.25)
+                while not queue.empty():
+                    line.step(*queue.get())
+            while not queue.empty():
+                line.step(*queue.get())
+            out = []
+            for i in range(len(units)):
+                records, stages = futures[i].result()
+                out += records
+                plan.clock.records.extend(stages)
     return out
+
+
+def _cost(unit, steps: Sequence[float]) -> float:
+    """A job's expected cost: its records' weights; the prior (no features) is cheap."""
+    contender = unit[0]
+    return sum(steps) * (0.1 if contender.users.shape[1] == 0 else 1.0)
 
 
 def write_outputs(
@@ -399,12 +457,15 @@ def write_outputs(
     runs: Sequence[Run] = (),
     claim_models: tuple[str, str] = scores.CLAIM_MODELS,
     claim_users: str = CLAIM_USERS_ALL,
+    not_scored: Mapping[str, str] | None = None,
 ) -> dict:
     """``scores.parquet``, the intervals and claim (`scores.analyse`), the report
     (`report.write_report`) and ``timings.json``. Returns the report's paths.
 
     ``runs``: the evaluated runs, whose configs say which defaults chosen on labels
-    they used (`selection`: the claim's in-sample / out-of-sample)."""
+    they used (`selection`: the claim's in-sample / out-of-sample). ``not_scored``:
+    tasks the data could not support -> why; the report and ``results.json`` list
+    them, and the claim is decided without them (`scores.claim_block`)."""
     if out_dir is None:
         raise ValueError("write=True needs an out_dir.")
     os.makedirs(out_dir, exist_ok=True)
@@ -421,7 +482,7 @@ def write_outputs(
         analysis = scores.analyse(
             records, ctx.settings.k, baseline=baseline, claim_models=tuple(claim_models),
             claim_users=claim_populations(ctx.population, claim_users), chosen=chosen,
-            **kwargs,
+            not_scored=not_scored, **kwargs,
         )  # fmt: skip
     with clock("report"):
         paths = report.write_report(

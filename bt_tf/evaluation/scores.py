@@ -134,6 +134,7 @@ def analyse(
     n_resamples: int = intervals.DEFAULT_RESAMPLES,
     seed: int = 0,
     resample_seeds: bool = True,
+    not_scored: Mapping[str, str] | None = None,
 ) -> dict:
     """Every metric with its interval, the comparisons, the prior-selection shares and
     the claim, from the records' units (see the module docstring).
@@ -146,11 +147,14 @@ def analyse(
     comparisons only, never the claim. ``chosen``: ``[N]`` bool, the population
     rows whose labels chose a default the runs used (`selection.chosen_users`;
     None: not recorded). ``resample_seeds=False``: intervals over users alone.
+    ``not_scored``: tasks the data cannot support -> why (`eval_data.unavailable_tasks`):
+    listed as ``"not_scored"``; the claim is decided without them (`claim_block`).
     """
     by_task = collections.defaultdict(list)
     for r in records:
         by_task[r.task].append(r)
-    out = {"cells": [], "comparisons": [], "prior_selected": _prior_shares(records)}
+    out = {"cells": [], "comparisons": [], "prior_selected": _prior_shares(records),
+           "not_scored": dict(not_scored or {})}  # fmt: skip
     design = None
     for task, recs in by_task.items():
         cells, n_users, models = _cells(task, recs, k)
@@ -171,7 +175,7 @@ def analyse(
     claims = [
         claim_block(records, k, model=model, baseline=reference, fractions=claim_fractions,
                     users=rows, users_name=name, chosen=chosen, n_resamples=n_resamples,
-                    seed=seed, resample_seeds=resample_seeds)
+                    seed=seed, resample_seeds=resample_seeds, not_scored=not_scored)
         for name, rows in claim_users
     ]  # fmt: skip
     out["claims"] = [c for c in claims if c is not None]
@@ -195,6 +199,7 @@ def claim_block(
     n_resamples: int = intervals.DEFAULT_RESAMPLES,
     seed: int = 0,
     resample_seeds: bool = True,
+    not_scored: Mapping[str, str] | None = None,
 ) -> dict | None:
     """The claim ``model`` >= `intervals.CLAIM_THRESHOLD` x ``baseline``, decided per task
     of `tasks.CLAIM_METRICS` on its claim metric, the mean over ``fractions`` of
@@ -204,12 +209,17 @@ def claim_block(
     ``users``: the population rows the claim is scored on (None: every scored
     user); the probes are the same (cross-fitted: trained on the other folds'
     labels), only the scored units are restricted. ``chosen``: ``[N]`` bool, the
-    rows whose labels chose a default the runs used (`selection`).
+    rows whose labels chose a default the runs used (`selection`). ``not_scored``:
+    claim tasks the data cannot support (a log without item categories or ratings)
+    -> why: the claim is decided on the others (``decided_on``), reproduced (refuted)
+    when a majority of them are (``needed``: 2 of 3 or 2, 1 of 1); a task merely
+    absent from the records stays ``missing`` (inconclusive).
 
     Returns ``{"model", "baseline", "threshold", "users", "n_users", "fractions",
     "seeds", "interval", "selection", "in_sample_share", "tasks": [{"task",
     "metric", "ratio", "ci95", "verdict", "fractions", "n_users",
-    "per_seed_ratios"}], "missing", "verdict", "note"}`` (docs/USAGE.md, "The claim").
+    "per_seed_ratios"}], "missing", "decided_on", "needed", "not_scored", "verdict",
+    "note"}`` (docs/USAGE.md, "The claim").
     """
     if model == baseline:
         raise ValueError(f"the claim compares two models, got {model!r} twice")
@@ -226,8 +236,13 @@ def claim_block(
     by_task = collections.defaultdict(list)
     for r in recs:
         by_task[r.task].append(r)
+    unsupported = {t: why for t, why in (not_scored or {}).items() if t in CLAIM_METRICS}
+    decided_on = [t for t in CLAIM_METRICS if t not in unsupported]
+    needed = intervals.CLAIM_TASKS_NEEDED if not unsupported else len(decided_on) // 2 + 1
     groups, rows, missing = [], [], []
     for task, metric in CLAIM_METRICS.items():
+        if task in unsupported:
+            continue
         cells = _cells(task, by_task[task], k, users=everyone, keep=keep)[0] if (
             task in by_task and everyone.size) else {}  # fmt: skip
         have = [f for f in wanted if (metric, f, model) in cells and (metric, f, baseline) in cells]
@@ -258,8 +273,11 @@ def claim_block(
         **_selection(everyone, chosen),
         "tasks": [{key: row[key] for key in _TASK_KEYS} for row in rows],
         "missing": missing,
+        "decided_on": decided_on,
+        "needed": needed,
+        "not_scored": unsupported,
         "verdict": intervals.claim_verdict(
-            [row["verdict"] for row in rows], missing=len(missing)
+            [row["verdict"] for row in rows], needed=needed, missing=len(missing)
         ),  # fmt: skip
     }
     block["note"] = _claim_note(block)
@@ -313,6 +331,9 @@ def _selection(scored: np.ndarray, chosen: np.ndarray | None) -> dict:
 def _claim_note(block: Mapping[str, Any]) -> str:
     """What qualifies the verdict, in words ("" when nothing does)."""
     notes = []
+    if block.get("not_scored"):
+        why = "; ".join(f"{t} not scored ({w})" for t, w in block["not_scored"].items())
+        notes.append(f"decided on {', '.join(block['decided_on']) or 'no task'} only: {why}")
     if block["missing"]:
         notes.append(f"missing {', '.join(block['missing'])}: inconclusive whatever the "
                      "other tasks say")  # fmt: skip

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "DEFAULT_L2_GRID",
     "DEFAULT_SE_RULE",
+    "DEFAULT_NEXT_ITEM_NEGATIVES",
     "EvalSettings",
 ]
 
@@ -28,6 +29,8 @@ DEFAULT_L2_GRID = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)
 # 0-27%, DE in 20-40%, untrained encoders in 47-87%, and no accuracy fell below
 # the majority class's by more than 0.02.
 DEFAULT_SE_RULE = 0.0
+# Items of the next-item probe's sampled softmax (`EvalSettings.next_item_negatives`).
+DEFAULT_NEXT_ITEM_NEGATIVES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,11 @@ class EvalSettings:
         next_item_c_grid: the same for the bilinear next-item probe's ``dW``
             (its scale terms are free; ``dW`` has ``d x e`` entries, hence a
             stronger grid).
+        next_item_negatives: items the next-item probe's fits and selection
+            run their softmax over (`linear.item_sample`: the most popular
+            always, the rest a popularity-weighted sample with the logQ
+            correction); 0 or at least half the catalog: the full softmax. The
+            metric always ranks the full catalog.
         probe_se_rule: selection slack in standard errors (`DEFAULT_SE_RULE`).
         exclude_history: remove history items from the next-item ranking.
         k: cutoff of HR@k / NDCG@k.
@@ -57,6 +65,7 @@ class EvalSettings:
 
     c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     next_item_c_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    next_item_negatives: int = DEFAULT_NEXT_ITEM_NEGATIVES
     probe_se_rule: float = DEFAULT_SE_RULE
     exclude_history: bool = True
     k: int = 10

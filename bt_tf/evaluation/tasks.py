@@ -42,6 +42,7 @@ from bt_tf.evaluation.linear import (
     SoftmaxFamily,
     candidate_name,
     inner_folds,
+    item_sample,
     select_and_fit,
 )
 from bt_tf.evaluation.protocol import Fold, Population, Protocol, sample_fold_labels
@@ -78,6 +79,7 @@ OPT_IN_TASKS = (NEXT_ITEM_SOFTMAX,)  # evaluated only when asked for (--tasks)
 CLAIM_METRICS = {NEXT_ITEM: "ndcg@10", FAVORITE_GENRE: "balanced_accuracy", LIKED_ITEM: "auc"}
 
 _SELECTION_STREAM = 7  # seeds the inner folds apart from the label sample
+_SAMPLE_STREAM = 11  # seeds the next-item fits' item sample
 _INT_FIELDS = ("item", "pred", "fold")  # `Units` fields whose missing value is -1
 
 
@@ -192,6 +194,8 @@ class Task:
     name: str
     reads: tuple[str, ...] = ()  # example features besides the future items it needs
     prior_name = "majority"  # what the `prior` contender is called on this task
+    # The `EvalSettings` fields its units depend on (the result cache's key).
+    settings_read: tuple[str, ...] = ("c_grid", "probe_se_rule")
 
     def unavailable(self, meta: Mapping[str, Any]) -> str | None:
         """Why the data (its metadata) cannot support the task, or None."""
@@ -276,9 +280,18 @@ class FavoriteGenreTask(ClassificationTask):
 
 
 def _next_item_rows(ctx: ProbeContext, name: str, fold: Fold, fraction: float, seed: int):
-    """(labelled rows with an in-vocabulary target, scored rows with any future item)."""
+    """(labelled rows with an in-vocabulary target that is not in the excluded history,
+    scored rows with any future item).
+
+    A user whose next item is already in their history (a repeat purchase) cannot be
+    ranked it when the history is excluded: scored, it is a miss; labelled, it would
+    ask the probe for an item it is never allowed to predict, so it is not trained on.
+    """
     t = np.asarray(ctx.labels[name], dtype=np.int64)
     trainable = (t >= F.NUM_RESERVED) & (t < ctx.num_items)
+    exclude = ctx.exclude()
+    if exclude is not None:
+        trainable &= ~(np.asarray(exclude) == t[:, None]).any(axis=1)
     labelled = sample_fold_labels(np.where(trainable, t, -1), fold, fraction, seed, stratify=False)
     scored = fold.scored[t[fold.scored] != F.PAD_ID]  # OOV targets count as misses
     return t, labelled, scored
@@ -292,6 +305,7 @@ class NextItemTask(Task):
 
     name = NEXT_ITEM
     prior_name = "popularity"
+    settings_read = ("next_item_c_grid", "next_item_negatives", "probe_se_rule", "exclude_history")
 
     def derive(self, kept, *, liked_threshold):
         return first_future_item(kept[F.FUTURE_ITEM_IDS].astype(np.int64))
@@ -301,7 +315,10 @@ class NextItemTask(Task):
 
     def score_fold(self, ctx, contender, fold, fraction, seed):
         t, labelled, scored = _next_item_rows(ctx, self.name, fold, fraction, seed)
-        family = contender.next_item_family(t, ctx.log_popularity, ctx.exclude())
+        # The fits' items: one seeded sample per (seed, fold), the same for every contender.
+        seeds = [int(seed), fold.index, _SAMPLE_STREAM]
+        sample = item_sample(ctx.log_popularity, ctx.settings.next_item_negatives, seeds)
+        family = contender.next_item_family(t, ctx.log_popularity, ctx.exclude(), sample)
         theta, selection = select_and_fit(
             family,
             labelled,
@@ -333,6 +350,10 @@ class NextItemSoftmaxTask(NextItemTask):
     labels only what the prior gives."""
 
     name = NEXT_ITEM_SOFTMAX
+    settings_read = (
+        "l2_grid", "probe_max_epochs", "probe_patience", "probe_min_epochs", "probe_se_rule",
+        "exclude_history", "k",
+    )  # fmt: skip
 
     def score_fold(self, ctx, contender, fold, fraction, seed):
         t, labelled, scored = _next_item_rows(ctx, self.name, fold, fraction, seed)
@@ -377,6 +398,7 @@ class LikedItemTask(Task):
     pairs used (a user's pairs share an inner fold); accuracy and AUC."""
 
     name = LIKED_ITEM
+    settings_read = ("c_grid", "probe_se_rule", "liked_threshold")
 
     def unavailable(self, meta):
         if meta.get("has_ratings") is False:
