@@ -17,7 +17,6 @@ it (NaN -> null).
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bt_tf import atomic
 from bt_tf.evaluation.intervals import CLAIM_TASKS_NEEDED
 from bt_tf.evaluation.scores import FLOORS, PRIOR_FLOORS, is_floor
 
@@ -323,8 +323,7 @@ def write_report(
         "json": os.path.join(out_dir, "results.json"),
         "plot": os.path.join(out_dir, "metrics_vs_fraction.png"),
     }
-    with open(paths["markdown"], "w") as f:
-        f.write("\n".join(lines))
+    atomic.write_text(paths["markdown"], "\n".join(lines))
     results = {
         "claim": analysis.get("claim"),
         "claims": _claims(analysis),
@@ -342,8 +341,7 @@ def write_report(
         "aggregates": aggregate(rows),
         "rows": [dict(r) for r in rows],
     }
-    with open(paths["json"], "w") as f:
-        json.dump(json_safe(results), f, indent=1, allow_nan=False)
+    atomic.write_json(paths["json"], json_safe(results), indent=1, allow_nan=False)
     plot_metric_vs_fraction(analysis["cells"], paths["plot"], baseline=baseline, compare=compare)
     return paths
 
@@ -481,7 +479,8 @@ def plot_metric_vs_fraction(
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    with atomic.replacing(out_path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out_path
 
@@ -526,6 +525,7 @@ def plot_batch_size_ablation(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    with atomic.replacing(out_path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out_path

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bt_tf import runs
+from bt_tf import atomic, runs
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
 from bt_tf.evaluation import report, scores
@@ -374,8 +374,7 @@ def _append_sections(path: str, sections: list[str]) -> None:
     """Appends ``sections`` to the report written by `report.write_report`."""
     with open(path) as f:
         text = f.read()
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n\n" + "\n".join(sections))
+    atomic.write_text(path, text.rstrip("\n") + "\n\n" + "\n".join(sections))
 
 
 # --------------------------------------------------------------------------
@@ -617,11 +616,14 @@ def recommend_and_compare(
         "contenders": comparisons,
         "reference": recommender.SASREC_REFERENCES,
     }
-    with open(os.path.join(report_dir, recommender.JSON_FILE), "w") as f:
-        json.dump(report.json_safe(out), f, indent=1, allow_nan=False)
+    atomic.write_json(
+        os.path.join(report_dir, recommender.JSON_FILE),
+        report.json_safe(out),
+        indent=1,
+        allow_nan=False,
+    )
     md = os.path.join(report_dir, "report.md")
-    with open(md, "w") as f:
-        f.write("\n".join(_recommender_section(out)))
+    atomic.write_text(md, "\n".join(_recommender_section(out)))
     return md
 
 
@@ -722,8 +724,9 @@ def run_ablation(
         r["run_name"], r["model"] = r["model"], r["model_type"]
     ratios = _ablation_ratios(records, rows, evaluation)
     images = _ablation_plots(rows, report_dir, fractions)
-    with open(os.path.join(report_dir, ABLATION_JSON), "w") as f:
-        json.dump(report.json_safe(rows), f, indent=1, allow_nan=False)
+    atomic.write_json(
+        os.path.join(report_dir, ABLATION_JSON), report.json_safe(rows), indent=1, allow_nan=False
+    )
     cap = f"{ablation.epochs} epochs (--ablation_epochs)" if ablation.epochs else "the same"
     sections = _ablation_section(rows, images, ratios) + _run_table(
         [c for _, _, c in runs],

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import threadpoolctl
 
-from bt_tf import runs
+from bt_tf import atomic, runs
 from bt_tf.evaluation import floors, probing, report, scores, selection
 from bt_tf.evaluation.contenders import Contender
 from bt_tf.evaluation.embedding_cache import (
@@ -490,8 +490,11 @@ def write_outputs(
             protocol=ctx.protocol.describe(), population=_population_note(ctx),
             provenance=provenance,
         )  # fmt: skip
-    with open(os.path.join(out_dir, TIMINGS_FILE), "w") as f:
-        json.dump({"stages": clock.records, "cpu_count": os.cpu_count()}, f, indent=1)
+    atomic.write_json(
+        os.path.join(out_dir, TIMINGS_FILE),
+        {"stages": clock.records, "cpu_count": os.cpu_count()},
+        indent=1,
+    )
     logging.info("wrote %s", paths["markdown"])
     return paths
 

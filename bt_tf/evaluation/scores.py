@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bt_tf import atomic
 from bt_tf.evaluation import intervals, metrics
 from bt_tf.evaluation.protocol import Population
 from bt_tf.evaluation.tasks import CLAIM_METRICS, get_task
@@ -85,7 +86,6 @@ def _contributions(task: str, units, k: int) -> dict[str, np.ndarray]:
 def write_scores(records, population: Population, path: str, k: int = 10) -> str:
     """Writes every record's units to a Parquet file ``path`` (one row per unit)."""
     import pyarrow as pa  # lazy: only writing the table needs it
-    import pyarrow.parquet as pq
 
     cols = _columns(records, population, k)
     table = pa.table(
@@ -94,7 +94,7 @@ def write_scores(records, population: Population, path: str, k: int = 10) -> str
             for name, values in cols.items()
         }
     )
-    pq.write_table(table, path, compression="zstd")
+    atomic.write_parquet(path, table, compression="zstd")
     return path
 
 
