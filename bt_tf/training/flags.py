@@ -92,6 +92,11 @@ def _de_recipe(batch_size: int) -> dict:
 # validation item's NDCG@10, which is not noisy like its old sampled val_loss).
 _LONGER_CAP = {"epochs": 50, "early_stopping_patience": 10}
 
+# BT+DE's next-item term is the DE's loss, at the DE's temperature (issue 22: BT-SR is
+# the DE's cross-entropy plus a weighted BT term); until then it ran at the shared
+# default 0.1, chosen for the in-batch softmax.
+_JOINT_RECIPE = {"temperature": _de_recipe(64)["temperature"]}
+
 # Under MODELS_KEY: a model's own defaults ("bt", "de", "bt+de"), on top of the
 # dataset's shared ones; model settings only (no data flags: every model of a
 # comparison reads the same data; bt_tf.reproduce also keeps the budget shared).
@@ -101,19 +106,19 @@ DATASET_DEFAULTS: dict[str, dict] = {
         **_MOVIELENS_RECIPE,
         "max_len": 50,
         **_LONGER_CAP,
-        MODELS_KEY: {"de": _de_recipe(64)},
+        MODELS_KEY: {"de": _de_recipe(64), "bt+de": _JOINT_RECIPE},
     },
     "ml-1m": {
         **_MOVIELENS_RECIPE,
         "max_len": 100,
         **_LONGER_CAP,
-        MODELS_KEY: {"de": _de_recipe(64)},
+        MODELS_KEY: {"de": _de_recipe(64), "bt+de": _JOINT_RECIPE},
     },
     "ml-20m": {
         **_MOVIELENS_RECIPE,
         "max_len": 100,
         "batch_size": 256,
-        MODELS_KEY: {"de": _de_recipe(256)},
+        MODELS_KEY: {"de": _de_recipe(256), "bt+de": _JOINT_RECIPE},
     },
 }
 
