@@ -357,8 +357,13 @@ class TrainConfig:
         softmax while one step's logits fit `FULL_SOFTMAX_MAX_BYTES`, else sampled."""
         if self.de_loss != "auto":
             return self.de_loss
-        logits_bytes = 4 * self.batch_size * self.max_len * num_items
-        return "full_softmax" if logits_bytes <= FULL_SOFTMAX_MAX_BYTES else "sampled_softmax"
+        fits = self.full_softmax_bytes(num_items) <= FULL_SOFTMAX_MAX_BYTES
+        return "full_softmax" if fits else "sampled_softmax"
+
+    def full_softmax_bytes(self, num_items: int) -> int:
+        """Bytes of one step's full-softmax logits at most (batch x max_len x items,
+        float32), what `resolved_de_loss` holds to `FULL_SOFTMAX_MAX_BYTES`."""
+        return 4 * self.batch_size * self.max_len * num_items
 
     @property
     def max_epochs(self) -> int:

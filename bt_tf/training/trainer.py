@@ -147,14 +147,14 @@ def make_model(config: TrainConfig, vocab_size: int, artifact_dir: str | None = 
     if not config.uses_de:
         return BarlowTwinsModel(encoder, build_projector(config.projector), lambd=config.lambd)
     loss = config.resolved_de_loss(vocab_size)
-    logits_gib = 4 * config.batch_size * config.max_len * vocab_size / 2**30
-    if loss == "full_softmax" and logits_gib > FULL_SOFTMAX_MAX_BYTES / 2**30:
+    logits_bytes = config.full_softmax_bytes(vocab_size)
+    if loss == "full_softmax" and logits_bytes > FULL_SOFTMAX_MAX_BYTES:
         # TensorFlow's CPU kernels have crashed (SIGSEGV) at 256 x 96 x 50k logits.
         logging.warning(
             "--de_loss=full_softmax: one step's logits are up to %.1f GiB (%d users x %d "
             "positions x %d items); --de_loss=sampled_softmax or a smaller --batch_size "
             "keeps memory bounded",
-            logits_gib,
+            logits_bytes / 2**30,
             config.batch_size,
             config.max_len,
             vocab_size,
