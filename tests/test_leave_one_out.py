@@ -224,6 +224,10 @@ def test_leave_one_out_defaults_are_sasrec_with_a_full_softmax():
     assert (loo.encoder.num_heads, loo.encoder.ffn_dim, loo.input_len) == (1, 64, 200)
     assert loo.resolved_de_loss(1349) == "full_softmax"
     assert loo.monitor == "val_ndcg@10" and loo.early_stopping_patience == 20
+    # BT-SR's small weight is leave-one-out's own; history / future keeps 0.1.
+    joint = parse(["--dataset=ml-100k", "--model=bt+de", "--protocol=leave_one_out"])
+    assert joint.bt_weight == 0.001 and loo.bt_weight == 0.1
+    assert parse(["--dataset=ml-100k", "--model=bt+de"]).bt_weight == 0.1
     hf = parse(["--dataset=ml-100k", "--model=de"])
     assert (hf.batch_size, hf.max_epochs, hf.encoder.pooling) == (64, 50, "mean")
     assert not hf.encoder.scale_embeddings

@@ -233,7 +233,9 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     # The run table: budget as trained, and the setting in which the models differ.
     row = [line for line in md.splitlines() if line.startswith("| de | `")][0]
     assert "| 32 | 4 | 1 | 1 | 1 | max_epochs | 4 | 128 |" in row and "temperature=0.2" in row
-    assert "best epoch" in md and "train seconds" in md
+    assert "best epoch" in md and "train seconds" in md and "judged by" in md
+    de_metrics = metrics["de"]
+    assert f"| {de_metrics['monitor'] or 'n/a'} |" in row
     for r in first["rows"]:
         assert 0.0 <= r["value"] <= 1.0, r
 

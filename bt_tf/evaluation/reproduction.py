@@ -254,16 +254,18 @@ def budget_note(base: TrainConfig, num_train_users: int | None) -> str:
         else (f"one pass over the train users, >= {base.min_steps_per_epoch} steps")
     )
     stop = (
-        f"stops once val_loss has not improved by {base.min_delta:g} (relative) for "
-        f"{base.early_stopping_patience} epochs"
+        f"stops once its validation figure (column \"judged by\": val_ndcg@10 of the "
+        "validation item for runs with an item side, else val_loss) has not improved by "
+        f"{base.min_delta:g} (relative) for {base.early_stopping_patience} epochs"
         if base.early_stopping_patience
         else "early stopping off: trains the full cap"
     )
     return (
         f"Equal budget, trained to convergence: every run has the same cap, {base.epochs} "
         f"epochs of {epoch} (another batch size b trains E/b steps per epoch), {stop}, "
-        "and keeps the weights of its best val_loss epoch (evaluated below). Users seen "
-        "= optimizer steps × batch size, as trained."
+        "and keeps the weights of its best epoch by that figure (evaluated below; a run "
+        "with nothing to validate it keeps its last epoch). Users seen = optimizer steps × "
+        "batch size, as trained."
     )
 
 
@@ -282,9 +284,9 @@ def _run_table(
     lines = [heading, ""] + ([note, ""] if note else [])
     lines += [
         "| model | run dir | batch size | steps/epoch | max epochs | epochs | best epoch | "
-        "stopped by | optimizer steps | users seen | best val loss | train seconds | "
+        "stopped by | optimizer steps | users seen | judged by | best value | train seconds | "
         "differing settings |",
-        "|---" * 13 + "|",
+        "|---" * 14 + "|",
     ]
     for c, r in zip(configs, results):
         steps = int(r.get("steps_per_epoch") or 0)
@@ -297,7 +299,8 @@ def _run_table(
         lines.append(
             f"| {c.model} | `{c.run_dir}` | {c.batch_size} | {steps} | {c.epochs} | {epochs} | "
             f"{_cell(r.get('best_epoch'))} | {_cell(r.get('stop_reason'))} | "
-            f"{optimizer_steps} | {users} | {_cell(r.get('best_val_loss'), '{:.4g}')} | "
+            f"{optimizer_steps} | {users} | {_cell(r.get('monitor'))} | "
+            f"{_cell(r.get('best_value', r.get('best_val_loss')), '{:.4g}')} | "
             f"{_cell(r.get('train_seconds'))} | {settings} |"
         )
     lines.append("")
