@@ -166,14 +166,23 @@ class KnnScore:
         self._columns: tuple[bytes, Any] | None = None  # the last sample's columns
 
     def _knn_columns(self, cols: np.ndarray):
+        """``knn[:, cols]``, kept by rows (CSR) for the products: scipy converts the
+        right operand of a sparse product to the left one's format on every call, and
+        the exact softmax's columns are the whole catalog (10M entries at 50k items),
+        read in blocks of ~20 users."""
         key = cols.tobytes()
         if self._columns is None or self._columns[0] != key:
-            self._columns = (key, self.knn[:, cols])
+            part = self.knn[:, cols]
+            self._columns = (
+                key,
+                scipy.sparse.csr_matrix(part) if scipy.sparse.issparse(part) else part,
+            )
         return self._columns[1]
 
     def _knn_rows(self):
         """``knn`` for the full catalog's products (one per block of ranked users), made
-        once: a CSC ``knn`` would be converted to rows anew by every product."""
+        once: a CSC ``knn`` would be converted to rows anew by every product
+        (`_knn_columns`)."""
         if self._rows is None:
             self._rows = (
                 scipy.sparse.csr_matrix(self.knn) if scipy.sparse.issparse(self.knn) else self.knn
