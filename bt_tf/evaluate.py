@@ -187,6 +187,12 @@ _SETTING_FLAGS = {
         "(logQ-corrected); 0 or at least half the catalog: every item. The HR/NDCG "
         "always rank the full catalog",
     ),
+    "next_item_selection_rows": dict(
+        type=_at_least(0),
+        help="next item: with more labelled users than this, the probe's C is chosen by "
+        "cross-validation on a seeded subsample of this many, then refitted on all; "
+        "0: on all of them",
+    ),
     "exclude_history": dict(
         action=_BOOLEAN, help="next item: leave the user's history items out of the ranking"
     ),

@@ -164,7 +164,7 @@ def _probe_world(n=3000, v=603, d=8, seed=0, signal=0.8):
     return users, items, history, target, pop
 
 
-def _context(world, negatives: int) -> tuple[ProbeContext, Contender]:
+def _context(world, negatives: int, selection_rows: int = 0) -> tuple[ProbeContext, Contender]:
     users, items, history, target, pop = world
     protocol = Protocol(probe_folds=3, users=("train",))
     ctx = ProbeContext(
@@ -174,7 +174,11 @@ def _context(world, negatives: int) -> tuple[ProbeContext, Contender]:
         num_items=items.shape[0],
         item_counts=item_counts(history, items.shape[0]),
         folds=protocol.folds(pop),
-        settings=EvalSettings(next_item_c_grid=(1e-3, 1e-2, 1e-1), next_item_negatives=negatives),
+        settings=EvalSettings(
+            next_item_c_grid=(1e-3, 1e-2, 1e-1),
+            next_item_negatives=negatives,
+            next_item_selection_rows=selection_rows,
+        ),
         protocol=protocol,
     )
     return ctx, Contender("bt", 0, users, items)
@@ -204,6 +208,51 @@ def test_sampled_probe_scores_inside_the_exact_probes_intervals(fraction):
         assert lo <= new.mean() <= hi, (gains.__name__, new.mean(), (lo, ref.mean(), hi))
     popularity = metrics.hits_at_k(_popularity_ranks(world), 10).mean()
     assert metrics.hits_at_k(sampled.rank, 10).mean() > popularity + 0.02  # it learnt something
+
+
+def test_c_selected_on_a_subsample_scores_inside_the_exact_selections_intervals():
+    # At 100% labels each fold has 2,000 labelled users; C is chosen by cross-validation
+    # on 400 of them and refitted on all 2,000: every user's HR@10 and NDCG@10 fall
+    # inside the 95% intervals of the probe selected on all of them. The sampled softmax
+    # of a large catalog, where labelled users are many (a catalog under 2,048 items is
+    # fitted exactly, and there the selection on all rows is no different).
+    world = _probe_world()
+    negatives = 64
+    out = {}
+    for rows in (0, 400):
+        ctx, bt = _context(world, negatives, selection_rows=rows)
+        out[rows] = probe_contender(ctx, bt, NEXT_ITEM, 1.0, seed=0)
+    (exact, exact_fits), (sub, sub_fits) = out[0], out[400]
+    np.testing.assert_array_equal(exact.user, sub.user)
+    for e, f in zip(exact_fits, sub_fits):
+        assert e["n_labelled"] == f["n_labelled"] > 1900  # the refit sees every labelled user
+        assert e["selection_rows"] == e["n_labelled"] and f["selection_rows"] == 400
+    for gains in (metrics.hits_at_k, metrics.ndcg_gains_at_k):
+        ref, new = gains(exact.rank, 10), gains(sub.rank, 10)
+        lo, hi = _bootstrap_ci(ref)
+        assert lo <= new.mean() <= hi, (gains.__name__, new.mean(), (lo, ref.mean(), hi))
+    popularity = metrics.hits_at_k(_popularity_ranks(world), 10).mean()
+    assert metrics.hits_at_k(sub.rank, 10).mean() > popularity + 0.02  # it learnt something
+    # Below the threshold nothing changes: 5% labels (100 per fold) select on all rows.
+    small = {}
+    for rows in (0, 400):
+        ctx, bt = _context(world, negatives, selection_rows=rows)
+        small[rows] = probe_contender(ctx, bt, NEXT_ITEM, 0.05, seed=0)[0]
+    np.testing.assert_array_equal(small[0].rank, small[400].rank)
+
+
+def test_selection_subsample_takes_whole_groups_seeded_and_everything_when_small():
+    groups = np.repeat(np.arange(50), np.arange(50) % 4 + 1)  # 50 groups of 1-4 rows
+    n = groups.size
+    sub = linear.selection_subsample(n, 30, seed=[3, 1], groups=groups)
+    assert 30 <= sub.size < 30 + 4 and np.all(np.diff(sub) > 0)
+    for g in np.unique(groups[sub]):  # a group is in whole or not at all
+        assert np.isin(np.flatnonzero(groups == g), sub).all()
+    np.testing.assert_array_equal(sub, linear.selection_subsample(n, 30, [3, 1], groups=groups))
+    assert not np.array_equal(sub, linear.selection_subsample(n, 30, [4, 1], groups=groups))
+    np.testing.assert_array_equal(linear.selection_subsample(n, n, 0, groups=groups), np.arange(n))
+    plain = linear.selection_subsample(1000, 100, seed=0)
+    assert plain.size == 100 and np.unique(plain).size == 100
 
 
 def _popularity_ranks(world):

@@ -63,6 +63,7 @@ PRIOR = -1.0  # the candidate "prior predictor" (no feature weight)
 # C values from the strongest penalty to the weakest (features standardized).
 DEFAULT_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_INNER_FOLDS = 3
+_SUBSAMPLE_STREAM = 0x5E1  # `selection_subsample`'s stream of a selection's seed
 # Scores per row block of the next-item evaluations (float32: 4 MB, cache-sized).
 _BLOCK = 1 << 20
 _LBFGS = dict(maxiter=300, gtol=1e-6, ftol=1e-9)
@@ -759,6 +760,7 @@ class Selection:
     c: float
     cv: tuple
     folds: int
+    rows: int = 0  # the rows the cross-validation ran on (fewer than given: a subsample)
 
     @property
     def prior_selected(self) -> bool:
@@ -776,6 +778,7 @@ def select_and_fit(
     strata: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     prune: float = 2.0,
+    selection_rows: int = 0,
 ):
     """Chooses a candidate by cross-validation inside ``rows``, then fits it on all of them.
 
@@ -794,6 +797,15 @@ def select_and_fit(
             one before it and than the best by ``prune`` standard errors (the
             candidates after it are never fitted; their ``cv`` entries are
             None).
+        selection_rows: above this many rows (0: never), the cross-validation
+            runs on a seeded subsample of about this many rows (whole groups;
+            `selection_subsample`) and only the chosen candidate's refit sees
+            every row. An approximation: the C the subsample's cross-validation
+            picks stands for the one all rows' would. The penalty is against the
+            summed loss, so ``C`` is a prior strength that does not depend on the
+            number of rows: the refit on ``n`` rows uses the chosen ``C`` as is,
+            as the full cross-validation's refit (on 3/2 of its inner fits'
+            rows) always did.
 
     Returns:
         ``(fit, Selection)``: the chosen candidate refitted on every row.
@@ -802,18 +814,26 @@ def select_and_fit(
     candidates = list(candidates)
     if not candidates or candidates[0] != PRIOR:
         raise ValueError("candidates must start with PRIOR (the prior predictor).")
-    fold = inner_folds(rows.size, folds, seed, strata=strata, groups=groups)
-    k = int(fold.max(initial=-1)) + 1
     softmax = isinstance(family, SoftmaxFamily)
     all_classes = family.classes(rows) if softmax else None
+    sel = np.arange(rows.size)
+    if 0 < selection_rows < rows.size:
+        sel = selection_subsample(rows.size, selection_rows, seed, groups=groups)
+    sel_rows = rows[sel]
+    fold = inner_folds(
+        sel_rows.size, folds, seed,
+        strata=None if strata is None else np.asarray(strata)[sel],
+        groups=None if groups is None else np.asarray(groups)[sel],
+    )  # fmt: skip
+    k = int(fold.max(initial=-1)) + 1
     if k < 2:
         return _fit(family, rows, PRIOR, all_classes), Selection(PRIOR, (), 0)
-    oof = np.full((len(candidates), rows.size), np.nan)
+    oof = np.full((len(candidates), sel_rows.size), np.nan)
     fits = [None] * k  # per inner fold, the last candidate's fit (warm starts)
     first = {}  # candidate -> its fit on inner fold 0 (the refit's start)
     for ci, c in enumerate(candidates):
         for j in range(k):
-            tr, te = rows[fold != j], rows[fold == j]
+            tr, te = sel_rows[fold != j], sel_rows[fold == j]
             fits[j] = _fit(family, tr, c, all_classes, fits[j])
             # a label with probability 0 costs a lot, not infinitely
             oof[ci, fold == j] = np.maximum(family.log_lik(fits[j], te), -1e3)
@@ -833,7 +853,24 @@ def select_and_fit(
         for i, c in enumerate(candidates)
     )  # fmt: skip
     fit = _fit(family, rows, candidates[chosen], all_classes, first[chosen])
-    return fit, Selection(candidates[chosen], cv, k)
+    return fit, Selection(candidates[chosen], cv, k, int(sel_rows.size))
+
+
+def selection_subsample(n: int, size: int, seed, *, groups: np.ndarray | None = None):
+    """Sorted positions in ``range(n)`` of a seeded subsample of at least ``size`` rows
+    (all of them when ``n <= size``): whole groups (e.g. one user's pairs) in a seeded
+    order until ``size`` rows are in. Its own stream of ``seed``, so it does not
+    repeat the inner folds' permutation."""
+    if n <= size:
+        return np.arange(n)
+    groups = np.arange(n) if groups is None else np.asarray(groups).reshape(-1)
+    uniq, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), _SUBSAMPLE_STREAM])
+    order = rng.permutation(uniq.size)
+    take = int(np.searchsorted(np.cumsum(counts[order]), size)) + 1
+    keep = np.zeros(uniq.size, bool)
+    keep[order[:take]] = True
+    return np.flatnonzero(keep[inverse.reshape(-1)])
 
 
 def _se(values: np.ndarray) -> float:

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_L2_GRID",
     "DEFAULT_SE_RULE",
     "DEFAULT_NEXT_ITEM_NEGATIVES",
+    "DEFAULT_NEXT_ITEM_SELECTION_ROWS",
     "EvalSettings",
 ]
 
@@ -31,6 +32,9 @@ DEFAULT_L2_GRID = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)
 DEFAULT_SE_RULE = 0.0
 # Items of the next-item probe's sampled softmax (`EvalSettings.next_item_negatives`).
 DEFAULT_NEXT_ITEM_NEGATIVES = 1024
+# Labelled users the next-item probe's C selection runs on at most
+# (`EvalSettings.next_item_selection_rows`; see its docstring for the measurements).
+DEFAULT_NEXT_ITEM_SELECTION_ROWS = 4000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,12 @@ class EvalSettings:
             always, the rest a popularity-weighted sample with the logQ
             correction); 0 or at least half the catalog: the full softmax. The
             metric always ranks the full catalog.
+        next_item_selection_rows: above this many labelled users, the
+            next-item probe's C is chosen by cross-validation on a seeded
+            subsample of this many (`linear.select_and_fit`'s
+            ``selection_rows``), then refitted on all of them; 0: on all. The
+            selection fits are most of a large fraction's cost (18 of 19 fits
+            per fold, each on 2/3 of the labelled users).
         probe_se_rule: selection slack in standard errors (`DEFAULT_SE_RULE`).
         exclude_history: remove history items from the next-item ranking.
         k: cutoff of HR@k / NDCG@k.
@@ -66,6 +76,7 @@ class EvalSettings:
     c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     next_item_c_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
     next_item_negatives: int = DEFAULT_NEXT_ITEM_NEGATIVES
+    next_item_selection_rows: int = DEFAULT_NEXT_ITEM_SELECTION_ROWS
     probe_se_rule: float = DEFAULT_SE_RULE
     exclude_history: bool = True
     k: int = 10

@@ -185,6 +185,7 @@ def _fit_info(fold: Fold, labelled: np.ndarray, selection) -> dict:
         "candidate": candidate_name(selection.c),
         "prior_selected": bool(selection.prior_selected),
         "inner_folds": int(selection.folds),
+        "selection_rows": int(selection.rows),
     }
 
 
@@ -305,7 +306,10 @@ class NextItemTask(Task):
 
     name = NEXT_ITEM
     prior_name = "popularity"
-    settings_read = ("next_item_c_grid", "next_item_negatives", "probe_se_rule", "exclude_history")
+    settings_read = (
+        "next_item_c_grid", "next_item_negatives", "next_item_selection_rows", "probe_se_rule",
+        "exclude_history",
+    )  # fmt: skip
 
     def derive(self, kept, *, liked_threshold):
         return first_future_item(kept[F.FUTURE_ITEM_IDS].astype(np.int64))
@@ -326,6 +330,7 @@ class NextItemTask(Task):
             folds=ctx.protocol.inner_folds,
             se_rule=ctx.settings.probe_se_rule,
             seed=_selection_seed(seed, fold),
+            selection_rows=ctx.settings.next_item_selection_rows,
         )
         exclude = ctx.exclude()
         ranks = metrics.target_ranks(
