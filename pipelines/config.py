@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import posixpath
 from collections.abc import Sequence
 
@@ -269,6 +270,33 @@ def _add_interactions_flags(parser: argparse.ArgumentParser) -> None:
     for field, text in _INTERACTIONS_FLAGS:
         default = getattr(o, field)
         group.add_argument(f"--{field}", type=type(default), default=default, help=text)
+
+
+def parse_with_beam_flags(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """`parser`'s flags, and the rest as Beam pipeline options; `UserError` for a flag
+    that neither defines. Beam itself only logs "Discarding unparseable args" and goes
+    on, so a mistyped flag (``--run_dir`` for ``--output_dir``) would silently be lost."""
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        from apache_beam.options.pipeline_options import PipelineOptions  # Beam on demand
+
+        options = PipelineOptions(list(rest))
+        known = options.get_all_options()
+        every = options.get_all_options(retain_unknown_options=True)
+        unknown = [f"--{name}" for name in every if name not in known]
+        after_flag = [p.startswith("--") and "=" not in p for p in ["-", *rest]]
+        unknown += [a for a, value in zip(rest, after_flag) if not a.startswith("-") and not value]
+        if unknown:
+            what, flag = unknown[0], unknown[0].startswith("-")
+            close = difflib.get_close_matches(what, parser._option_string_actions, 1)
+            hint = f"; did you mean {close[0]}?" if close and flag else ""
+            raise UserError(
+                f"unknown {'flag' if flag else 'argument'} {what}: neither this command's flag "
+                f"nor a Beam pipeline option{hint}"
+            )
+    return args, rest
 
 
 def config_from_flags(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> PreprocessConfig:

@@ -90,6 +90,7 @@ from pipelines.config import (
     PreprocessConfig,
     add_flags,
     config_from_flags,
+    parse_with_beam_flags,
 )
 from pipelines.inputs import artifact_dir, resolve_inputs, version_of
 from pipelines.metadata import (
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = parse_with_beam_flags(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = preprocess(config_from_flags(args, beam_args))
     with tf.io.gfile.GFile(posixpath.join(path, F.METADATA_FILE)) as f:

@@ -240,3 +240,21 @@ def test_importing_bt_tf_leaves_tensorflow_out_and_the_api_is_lazy():
 
     assert bt_tf.TrainConfig is TrainConfig and bt_tf.AugmentPolicy is AugmentPolicy
     assert callable(bt_tf.train) and bt_tf.train.train is trainer.train
+
+
+def test_a_flag_neither_we_nor_beam_know_is_an_error_naming_it():
+    """Beam only logs "Discarding unparseable args" for a flag it does not know, so a typo
+    (``--run_dir`` for ``--output_dir``) would silently be lost; Beam's own options pass."""
+    with pytest.raises(UserError, match=r"unknown flag --run_dir: .*did you mean --output_dir\?"):
+        flags.parse(["--dataset=synthetic", "--run_dir=/tmp/x"], prog="bt_tf.train")
+    with pytest.raises(UserError, match=r"unknown argument stray: neither this command's flag"):
+        flags.parse(["--dataset=synthetic", "--epochs", "1", "stray"], prog="bt_tf.train")
+    config = flags.parse(
+        ["--dataset=synthetic", "--direct_num_workers=2", "--runner", "DirectRunner"],
+        prog="bt_tf.train",
+    )
+    assert config.data.beam_args == ("--direct_num_workers=2", "--runner", "DirectRunner")
+    parser = argparse.ArgumentParser(prog="pipelines.preprocess")
+    parser.add_argument("--dataset")
+    with pytest.raises(UserError, match="unknown flag --epochs: neither this command's flag"):
+        data_config.parse_with_beam_flags(parser, ["--dataset=synthetic", "--epochs=3"])

@@ -538,7 +538,8 @@ def parse(
     ``model``: the run's model, for a command line without ``--model`` (the runs
     of `bt_tf.reproduce`): its dataset defaults apply; ``shared_only``: the
     dataset's shared defaults alone (see `apply_dataset_defaults`). Unknown flags
-    are Beam options. Raises `UserError` naming the flag for a bad value.
+    are Beam options (`UserError` for one Beam does not know either). Raises
+    `UserError` naming the flag for a bad value.
     """
     parser = build_parser(
         argv,
@@ -548,7 +549,7 @@ def parse(
         shared_only=shared_only,
         hparams=hparams,
     )
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = data_config.parse_with_beam_flags(parser, argv)
     return config_from_flags(args, beam_args, hparams)
 
 
