@@ -23,11 +23,7 @@ from tests.tiny import TINY_FLAGS
 KERAS_RMS = 0.05 / np.sqrt(3.0)  # RandomUniform(-0.05, 0.05), Keras' Embedding default
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny_data")
-    pp.preprocess(parse([*TINY_FLAGS, f"--data_output_dir={path}"]).data)
-    return str(path)
+# `tiny_data` (conftest.py): the tiny job's data, preprocessed once for the session.
 
 
 def _config(tiny_data, run_dir, *extra):

@@ -230,14 +230,3 @@ def test_two_trainings_into_one_run_directory(tmp_path, tiny_data):
     assert len(metrics["history"]["loss"]) == 3  # one run's epochs, not two runs' mixed
     events = [f for _, _, fs in os.walk(os.path.join(run, "logs")) for f in fs]
     assert len([f for f in events if "events" in f]) == 2  # one train, one validation file
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    """The tiny job's data, preprocessed once for this module."""
-    from bt_tf.training.flags import parse
-    from pipelines import preprocess
-
-    root = tmp_path_factory.mktemp("locks_data")
-    preprocess.preprocess(parse([*TINY_FLAGS, f"--data_output_dir={root}"]).data)
-    return str(root)
