@@ -188,6 +188,9 @@ def _records(shard: str) -> int:
     return sum(1 for _ in tf.data.TFRecordDataset(shard, compression_type="GZIP"))
 
 
+# ~15 s on 2 quiet cores. In the default suite: two trainings into one run directory (below),
+# the lock of a preprocessing taken over from a killed one (test_preprocess.py).
+@pytest.mark.slow
 def test_two_preprocessings_into_one_directory(tmp_path):
     """Started together: one builds the version, the other stops with the lock's error
     line naming it; the published version holds exactly the records metadata.json counts."""

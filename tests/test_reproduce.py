@@ -251,6 +251,9 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path, tiny_dat
     assert second["rows"] == first["rows"]
 
 
+# ~40 s on 2 quiet cores (4 runs, each evaluated twice). In the default suite: the seeds'
+# configs (test_pretrain_seeds_expand_...), one run per model end to end (test_equal_budget_...).
+@pytest.mark.slow
 def test_pretrain_seeds_train_every_model_twice_and_pool_in_the_report(tmp_path, tiny_data):
     out = tmp_path / "repro"
     argv = _argv(
@@ -339,6 +342,10 @@ def test_the_fine_tune_starts_from_the_bt_run_of_its_seed():
         reproduction.main_configs(base, "/out", ["de", "bt_ft"], num_train_users=330)
 
 
+# ~30 s on 2 quiet cores (6 runs). In the default suite: the leave-one-out split, training
+# and metrics (test_leave_one_out.py), `evaluate --recommender` end to end (test_recommender.py),
+# the seed spread (test_recommender.py) and the fine-tune's configs (test_the_fine_tune_...).
+@pytest.mark.slow
 def test_leave_one_out_compares_the_recommenders_with_seed_spread(tmp_path, tiny_data):
     out = tmp_path / "loo"
     flags = [*TINY, "--epochs=1", "--no-export", "--protocol=leave_one_out", "--no-ablation",

@@ -473,6 +473,9 @@ def test_replica_contexts_give_each_replica_its_own_shard():
     assert ids(2, 1, 4) == [(4, 2, 4), (4, 3, 4)]  # worker 1 of 2, two replicas each
 
 
+# ~20 s on 2 quiet cores (two processes one after the other). In the default suite:
+# `python -m bt_tf.train` to the end (test_locks.py), bt_tf.export's main (test_export.py).
+@pytest.mark.slow
 def test_export_cli_on_a_trained_run(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     done = _run(
@@ -495,6 +498,7 @@ def test_export_cli_on_a_trained_run(tmp_path, tiny_data):
     assert config["encoder"]["dim"] == 16 and os.path.isdir(config["artifact_dir"])
 
 
+@pytest.mark.slow  # ~10 s on 2 quiet cores: a run directory of an old layout (three trainings)
 def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_data):
     """Old layout: config.json with `epochs` and without the newer settings, the last
     epoch's full state in checkpoints/, no train_state/: reused, loaded, resumable."""

@@ -310,6 +310,9 @@ def test_random_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path
     assert len(_events(out)) == before
 
 
+# ~15 s on 2 quiet cores. In the default suite: a search end to end (the random search above),
+# the DE's space (test_de_space_is_temperature_and_learning_rate_only).
+@pytest.mark.slow
 def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
     out = tmp_path / "de_search"
     flags = _flags(data_dir, out, "--model=de", "--tuner=random", "--max_trials=2", "--epochs=1")
@@ -332,6 +335,9 @@ def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
     assert train(config)["epochs_completed"] == 1
 
 
+# ~15 s on 2 quiet cores. In the default suite: the Hyperband oracle (test_each_tuner_gets_...),
+# a resumed run's history (test_train.py::test_metrics_history_has_every_epoch_across_resumes).
+@pytest.mark.slow
 def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path, capsys):
     search, base = ts.parse(
         _flags(data_dir, tmp_path / "hb", "--tuner=hyperband", "--max_epochs=3")
@@ -427,6 +433,10 @@ def test_chief_and_two_workers_run_each_trial_once(data_dir, tmp_path):
     assert json.loads((out / "best_hparams.json").read_text()).keys() == {"lambd", "projector"}
 
 
+# ~20 s on 2 quiet cores (2 trials, each probed on 3 tasks, and the svd floor). In the default
+# suite: a search end to end (the random search above), the cross-fitted scoring it rests on
+# (test_crossfit.py).
+@pytest.mark.slow
 def test_claim_objective_search_scores_train_and_eval_users_against_svd(data_dir, tmp_path):
     out = tmp_path / "claim_search"
     claim = ["--objective=claim", "--objective_fractions=0.5", "--objective_seeds=1"]
