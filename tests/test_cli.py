@@ -557,6 +557,9 @@ def test_export_embed_and_benchmark_user_errors_are_one_line(tmp_path):
     assert not (tmp_path / "embeddings").exists()
 
 
+# ~12 s on 2 quiet cores (a preprocessing in a process of its own). In the default suite: a
+# console script's quiet start-up (test_a_console_script_helps_and_fails_like_python_m).
+@pytest.mark.slow
 def test_preprocessing_is_quiet_unless_verbose(tmp_path):
     """The default job's preprocessing (synthetic data, made small) prints its result on
     stdout and no warning on stderr: no library banner, no Beam type-hint warning
