@@ -20,6 +20,7 @@ import keras_tuner
 import pytest
 from keras_tuner.engine.trial import Trial
 
+from bt_tf import runs
 from bt_tf.data import dataset
 from bt_tf.data.augment import AugmentPolicy
 from bt_tf.modeling.encoders import SequenceEncoder
@@ -402,8 +403,12 @@ def test_killed_search_resumes_without_rerunning_finished_trials(data_dir, tmp_p
     assert sorted(ends) == ["0", "1", "2"]  # every trial finished exactly once
     assert starts.count("0") == 1 and starts.count("1") == 2  # only the killed one again
     assert trial0_metrics.stat().st_mtime_ns == mtime
+    # Resumed from its checkpoint, not retrained; metrics.json's history has both epochs, the
+    # one before the kill from history.csv (test_train.py::test_metrics_history_...).
+    state = ckpt.parent.parent / runs.STATE_DIR
+    assert f"resumed from {state}/ckpt-{ckpts_at_kill}" in rerun.stdout, rerun.stdout[-3000:]
     history = json.loads((ckpt.parent.parent / "metrics.json").read_text())["history"]
-    assert len(history.get("loss", [])) == 2 - ckpts_at_kill  # resumed from its checkpoint
+    assert len(history["loss"]) == 2
 
 
 @pytest.mark.slow  # four Python processes with TensorFlow: ~70 s on an idle 2-core machine
