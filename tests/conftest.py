@@ -31,8 +31,23 @@ def two_replicas():
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    """{"bt": run dir, "de": run dir} trained on one tiny synthetic artifact (1 epoch of
+def tiny_data(tmp_path_factory) -> str:
+    """A ``--data_output_dir`` holding the tiny job's data (`tests.tiny`), preprocessed once
+    for the session: every test that trains on it with the tiny data flags reuses the
+    version instead of rebuilding it (a preprocessing reuses a published version). Tests
+    that change an artifact copy it first, or build their own."""
+    from bt_tf.training.flags import parse
+    from pipelines import preprocess
+    from tests.tiny import TINY_FLAGS
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    preprocess.preprocess(parse([*TINY_FLAGS, f"--data_output_dir={root}"]).data)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, tiny_data):
+    """{"bt": run dir, "de": run dir} trained on the tiny artifact (`tiny_data`; 1 epoch of
     4 steps each), shared by the evaluation tests; tests that change a run copy it first."""
     from bt_tf.training import trainer
     from bt_tf.training.flags import parse
@@ -48,7 +63,7 @@ def runs(tmp_path_factory):
                 "--no-probe",
                 "--no-export",
                 f"--model={model}",
-                f"--data_output_dir={root / 'data'}",
+                f"--data_output_dir={tiny_data}",
                 f"--output_dir={root / model}",
             ]
         )

@@ -323,6 +323,9 @@ def _bt_model():
     return BarlowTwinsModel(encoder, build_projector("16-8"), lambd=0.05)
 
 
+# ~10 s on 2 quiet cores. In the default suite: one replica equals two for Barlow Twins
+# (test_distributed.py), the DE's loss on batches of different widths (test_dual_encoder.py).
+@pytest.mark.slow
 def test_one_replica_equals_two_with_buckets(artifact_dir, two_replicas):
     """Bucketed batches of varying width: fit on two replicas == fit on one device.
 

@@ -26,7 +26,7 @@ from bt_tf import cli, console, embed, evaluate, export, reproduce, train
 from bt_tf.errors import UserError
 from bt_tf.training import flags
 from pipelines import preprocess
-from tuning import search
+from tuning import compare, search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = {
@@ -449,12 +449,10 @@ def _assert_one_error_line(results: dict, expected: dict) -> None:
         assert stderr.count("\n") == 1 and stderr.startswith(start), (module, stderr[-3000:])
 
 
-def test_pipeline_and_tuning_user_errors_are_one_line(tmp_path):
-    """One ``error:`` line and exit code 2 whichever layer finds the error: the pipeline's
-    bad-record check (the issue's log, alone and under bt_tf.train), a config check, the
-    flags of a recipe."""
+def _own_purchases(tmp_path) -> list[str]:
+    """The flags that read `_purchases_with_bad_rows`'s log (written into ``tmp_path/log``)."""
     log = os.path.dirname(_purchases_with_bad_rows(tmp_path / "log"))
-    own = [
+    return [
         "--dataset=interactions",
         f"--data_dir={log}",
         "--user_col=customer",
@@ -462,6 +460,49 @@ def test_pipeline_and_tuning_user_errors_are_one_line(tmp_path):
         "--time_col=ts",
         "--rating_col=stars",
     ]
+
+
+def test_pipeline_and_tuning_user_errors_are_one_line_in_process(tmp_path, capsys):
+    """The cases of the slow test below through `cli.run_main` in this process (the entry
+    points' own ``main``, as ``python -m`` runs them): the pipeline's bad-record check under
+    bt_tf.train, a config check of tuning.search, the flags of a tuning.compare recipe."""
+    own, data = _own_purchases(tmp_path), str(tmp_path / "data")
+    cases = {
+        "bt_tf.train": (
+            train.main,
+            [*own, f"--data_output_dir={data}/train", f"--output_dir={tmp_path}/run"],
+            "error: 4 of 1800 input records (0.2222%) could not be parsed (purchases.csv: 4)",
+        ),
+        "tuning.search": (
+            search.main,
+            ["--dataset=interactions", f"--output_dir={tmp_path}/search"],
+            "error: --dataset=interactions needs --data_dir",
+        ),
+        "tuning.compare": (
+            compare.main,
+            [
+                f"--output_dir={tmp_path}/compare",
+                "--variants=big:lambd=abc",
+                f"--data_output_dir={data}/compare",
+            ],
+            "error: argument --lambd: invalid float value: 'abc'",
+        ),
+    }
+    for module, (main, argv, start) in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_main(main, argv)
+        stderr = capsys.readouterr().err
+        assert exit_info.value.code == 2, (module, stderr[-3000:])
+        assert stderr.count("\n") == 1 and stderr.startswith(start), (module, stderr[-3000:])
+    assert not os.path.exists(f"{data}/compare")  # every recipe is checked before the data
+
+
+@pytest.mark.slow  # four TensorFlow start-ups (~20 s on 2 quiet cores); the test above in process
+def test_pipeline_and_tuning_user_errors_are_one_line(tmp_path):
+    """One ``error:`` line and exit code 2 whichever layer finds the error: the pipeline's
+    bad-record check (the issue's log, alone and under bt_tf.train), a config check, the
+    flags of a recipe."""
+    own = _own_purchases(tmp_path)
     data = str(tmp_path / "data")
     cases = {
         "pipelines.preprocess": (*own, f"--output_dir={data}/preprocess"),
@@ -516,6 +557,9 @@ def test_export_embed_and_benchmark_user_errors_are_one_line(tmp_path):
     assert not (tmp_path / "embeddings").exists()
 
 
+# ~12 s on 2 quiet cores (a preprocessing in a process of its own). In the default suite: a
+# console script's quiet start-up (test_a_console_script_helps_and_fails_like_python_m).
+@pytest.mark.slow
 def test_preprocessing_is_quiet_unless_verbose(tmp_path):
     """The default job's preprocessing (synthetic data, made small) prints its result on
     stdout and no warning on stderr: no library banner, no Beam type-hint warning

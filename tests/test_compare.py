@@ -40,11 +40,11 @@ def test_variant_configs_share_the_budget_and_seed_every_recipe(tmp_path):
     assert big.batch_size == 64 and big.steps_per_epoch * 64 == pytest.approx(users * 32, abs=32)
 
 
-def test_compare_end_to_end_on_tiny_runs(tmp_path):
+def test_compare_end_to_end_on_tiny_runs(tmp_path, tiny_data):
     out = tmp_path / "out"
     result = compare.main([
         *TINY_FLAGS, "--epochs=1", "--no-probe", "--no-export",
-        f"--data_output_dir={tmp_path / 'data'}", f"--output_dir={out}",
+        f"--data_output_dir={tiny_data}", f"--output_dir={out}",
         "--variants=lam:lambd=0.05", "--pretrain_seeds=1", "--tasks=favorite_genre",
         "--label_fractions=0.5", "--seeds=1", "--bootstrap_resamples=200",
     ])  # fmt: skip

@@ -471,8 +471,14 @@ def _network_weights(model):
 
 
 # The joint variant (~20 s: synchronized batch norm and BT all-reduces on top)
-# checks that only the BT part is divided by the replica count.
-@pytest.mark.parametrize("kind", ["de", "de_logq", pytest.param("joint", marks=pytest.mark.slow)])
+# checks that only the BT part is divided by the replica count; de_logq (~10 s) is de
+# with the popularity correction. The default suite runs de.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "kind", ["de", pytest.param("de_logq", marks=SLOW), pytest.param("joint", marks=SLOW)]
+)
 def test_fit_and_evaluate_on_two_replicas_equal_one_device(kind, two_replicas):
     data = _replica_data()
     dataset = tf.data.Dataset.from_tensors(data).repeat(2)  # two steps: two candidate draws

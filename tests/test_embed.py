@@ -21,9 +21,6 @@ from bt_tf.data.embeddings import embed_split
 from bt_tf.errors import UserError
 from bt_tf.evaluation import labels
 from bt_tf.serving import embed, export
-from bt_tf.training.flags import parse
-from bt_tf.training.trainer import train
-from tests.tiny import TINY_FLAGS
 
 # Parts of 128 users (2 batches) so train's ~310 users span three parts.
 FLAGS = ["--batch_size=64", "--part_size=100", "--no-progress"]
@@ -31,20 +28,13 @@ PROJECTOR_USERS = 150  # fewer than the ~400 users: the projector holds a sample
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny trained BT run (with its export) and its embeddings written from the run dir."""
+def run(runs, tmp_path_factory):
+    """A tiny trained BT run (the shared `runs["bt"]`, copied, with its export) and its
+    embeddings written from the run dir."""
     root = tmp_path_factory.mktemp("embed")
-    config = parse(
-        [
-            *TINY_FLAGS,
-            "--epochs=1",
-            "--no-probe",
-            f"--data_output_dir={root / 'data'}",
-            f"--output_dir={root / 'run'}",
-        ]
-    )
-    train(config)
     run_dir, out = str(root / "run"), str(root / "out")
+    shutil.copytree(runs["bt"], run_dir)
+    export.export_run(run_dir)
     with open(os.path.join(run_dir, "config.json")) as f:
         run_config = json.load(f)
     assert (

@@ -265,6 +265,10 @@ class CountingEncoder:
         return getattr(self.encoder, name)
 
 
+# ~12 s on 2 quiet cores (three evaluations). In the default suite: the result cache
+# (test_cache_reuses_results_and_settings_invalidate_it), a rerun that recomputes nothing
+# (test_reproduce.py::test_equal_budget_...).
+@pytest.mark.slow
 def test_embeddings_are_cached_on_disk_until_the_checkpoint_changes(runs, tmp_path, monkeypatch):
     run = tmp_path / "bt"
     shutil.copytree(runs["bt"], run)

@@ -188,6 +188,9 @@ def _records(shard: str) -> int:
     return sum(1 for _ in tf.data.TFRecordDataset(shard, compression_type="GZIP"))
 
 
+# ~15 s on 2 quiet cores. In the default suite: a held data version stops a preprocessing
+# (below).
+@pytest.mark.slow
 def test_two_preprocessings_into_one_directory(tmp_path):
     """Started together: one builds the version, the other stops with the lock's error
     line naming it; the published version holds exactly the records metadata.json counts."""
@@ -212,6 +215,64 @@ def test_two_preprocessings_into_one_directory(tmp_path):
     )  # no build directory left
 
 
+_HOLD_FILE = """
+import sys, time
+from bt_tf import locks
+with locks.hold(sys.argv[1], what=sys.argv[2]):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_held_run_directory_or_data_version_stops_training_and_preprocessing(tmp_path, tiny_data):
+    """The slow collision tests' cheaper siblings: another live process holds the run
+    directory (the data version's lock file): `trainer.train` (`preprocess`) in this process
+    stops with the lock's error naming the holder, and writes nothing."""
+    import posixpath
+
+    from bt_tf.training import trainer
+    from bt_tf.training.flags import parse
+    from pipelines import preprocess
+
+    run = tmp_path / "run"
+    argv = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", f"--output_dir={run}"]
+    config = parse([*argv, "--no-probe", "--no-export", "--max_epochs=1"])
+    holder = _holder(run, 60)
+    try:
+        with pytest.raises(locks.DirectoryLocked) as err:
+            trainer.train(config)
+        assert str(err.value).startswith(f"{run} is in use by another process: PID {holder.pid} ")
+        assert not (run / "config.json").exists() and not (run / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+    data = parse([*TINY_FLAGS, f"--data_output_dir={tmp_path / 'data'}"]).data
+    parent = tmp_path / "data" / data.dataset
+    parent.mkdir(parents=True)
+    version = preprocess.version_of(data, preprocess.resolve_inputs(data))
+    final = posixpath.join(str(parent), version)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_FILE, final + ".lock", final],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        with pytest.raises(locks.DirectoryLocked) as err:
+            preprocess.preprocess(data)
+        assert str(err.value).startswith(f"{final} is in use by another process: PID {holder.pid} ")
+        assert sorted(os.listdir(parent)) == [version + ".lock", version + ".lock.json"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ~15 s on 2 quiet cores. In the default suite: the test above. (`bt-train` to the end as a
+# process of its own: CI's default job, .ci/run.)
+@pytest.mark.slow
 def test_two_trainings_into_one_run_directory(tmp_path, tiny_data):
     """Different settings, one run directory: one trains, the other stops at once."""
     run = str(tmp_path / "run")
@@ -230,14 +291,3 @@ def test_two_trainings_into_one_run_directory(tmp_path, tiny_data):
     assert len(metrics["history"]["loss"]) == 3  # one run's epochs, not two runs' mixed
     events = [f for _, _, fs in os.walk(os.path.join(run, "logs")) for f in fs]
     assert len([f for f in events if "events" in f]) == 2  # one train, one validation file
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    """The tiny job's data, preprocessed once for this module."""
-    from bt_tf.training.flags import parse
-    from pipelines import preprocess
-
-    root = tmp_path_factory.mktemp("locks_data")
-    preprocess.preprocess(parse([*TINY_FLAGS, f"--data_output_dir={root}"]).data)
-    return str(root)

@@ -190,7 +190,8 @@ def _bootstrap_ci(values: np.ndarray) -> tuple[float, float]:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-@pytest.mark.parametrize("fraction", [0.05, 1.0])
+# At 100% labels: ~15 s on 2 quiet cores (20x the labelled users of 5%).
+@pytest.mark.parametrize("fraction", [0.05, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_sampled_probe_scores_inside_the_exact_probes_intervals(fraction):
     # 600 items, the fits' softmax over 64 of them (11%): every user's HR@10 and NDCG@10
     # (full-catalog ranks) fall inside the 95% intervals of the exact probe's.
@@ -210,6 +211,9 @@ def test_sampled_probe_scores_inside_the_exact_probes_intervals(fraction):
     assert metrics.hits_at_k(sampled.rank, 10).mean() > popularity + 0.02  # it learnt something
 
 
+# ~12 s on 2 quiet cores (four probes of 2,000 labelled users per fold). In the default
+# suite: the subsample itself (below), the sampled probe against the exact one (above, 5%).
+@pytest.mark.slow
 def test_c_selected_on_a_subsample_scores_inside_the_exact_selections_intervals():
     # At 100% labels each fold has 2,000 labelled users; C is chosen by cross-validation
     # on 400 of them and refitted on all 2,000: every user's HR@10 and NDCG@10 fall

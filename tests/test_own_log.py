@@ -16,6 +16,9 @@ NO_GENRES = "no item has a genre/category (e.g. no --items_file)"
 NO_RATINGS = "the data has no ratings (no --rating_col)"
 
 
+# The tests on `reproduced` are slow: its reproduction takes ~30 s on 2 quiet cores. In the
+# default suite: a reproduction end to end (test_reproduce.py::test_equal_budget_...), the
+# own-log pipeline (test_interactions.py), the result cache (test_evaluate.py).
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """A tiny own log (customer, sku, ts only), BT and DE trained, evaluated."""
@@ -52,6 +55,7 @@ def reproduced(tmp_path_factory):
     return root, result, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_tasks_the_log_cannot_support_are_named_with_why_and_the_claim_rests_on_the_others(
     reproduced,
 ):
@@ -85,6 +89,7 @@ def test_tasks_the_log_cannot_support_are_named_with_why_and_the_claim_rests_on_
     assert "## Time" in md
 
 
+@pytest.mark.slow
 def test_quiet_evaluation_prints_no_progress_line(reproduced, capsys):
     root = reproduced[0]
     runs = ",".join(str(root / "repro" / m) for m in ("bt", "de"))
@@ -117,6 +122,7 @@ def test_progress_line_counts_steps_and_weighs_the_time_left(monkeypatch):
     assert [progress.format_seconds(s) for s in (42, 425, 3725)] == ["42s", "7m05s", "1h02m"]
 
 
+@pytest.mark.slow
 def test_the_result_cache_is_kept_when_a_setting_of_another_task_changes(reproduced, tmp_path):
     from bt_tf.evaluation import runner
     from bt_tf.evaluation.settings import EvalSettings

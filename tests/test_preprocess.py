@@ -420,6 +420,9 @@ def _tfds_config(tmp_path, tfds_dir: str, shards: int) -> PreprocessConfig:
     )
 
 
+# ~10 s on 2 quiet cores. In the default suite: the TFDS source through the pipeline (below)
+# and its reader (test_tfds_source.py).
+@pytest.mark.slow
 def test_ml100k_tfds_source_writes_the_same_users_as_raw_ties_in_tfds_order(ml100k_run, tmp_path):
     """TFDS `movielens/100k-ratings` built from the same data (minus the bad lines): the
     same users, interactions and vocabularies; a user's same-second ratings in TFDS's
@@ -509,6 +512,9 @@ def test_bad_lines_are_routed_counted_and_fail_above_threshold(tmp_path):
     assert len(kept) == 4
 
 
+# ~8 s on 2 quiet cores (two preprocessings). In the default suite: byte-range chunks and
+# their line numbers in the own-log reader (test_interactions.py, chunk_bytes=40 and 64).
+@pytest.mark.slow
 def test_small_read_chunks_give_the_same_output_and_line_numbers(tmp_path):
     fixture = rawdata.write_ml1m(
         tmp_path / "raw", num_users=30, per_user=12, bad_lines=["1::2", "x::y::z::w"]
@@ -712,6 +718,9 @@ def test_missing_input_names_the_path_and_files(tmp_path):
         preprocess(_config(tmp_path, dataset="yelp", data_dir=str(tmp_path / "raw")))
 
 
+# ~15 s on 2 quiet cores (two processes). In the default suite: a held version's lock stops a
+# preprocessing (test_locks.py), a killed holder's lock is taken over (test_locks.py).
+@pytest.mark.slow
 def test_killed_run_leaves_no_version_and_a_rerun_completes(tmp_path):
     """Killed mid-build: no version, only its own build directory; the rerun takes over
     the dead process's lock (a notice names it), removes that build and publishes."""

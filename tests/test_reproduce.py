@@ -201,10 +201,11 @@ def _mtimes(paths):
     return {p: os.stat(p).st_mtime_ns for p in paths}
 
 
-def _argv(tmp_path, *extra):
+def _argv(tmp_path, data, *extra):
+    """``data``: the session's tiny data (`tiny_data`, conftest.py), reused, not rebuilt."""
     return [
         *TINY_FLAGS,
-        f"--data_output_dir={tmp_path / 'data'}",
+        f"--data_output_dir={data}",
         f"--output_dir={tmp_path / 'repro'}",
         "--tasks=favorite_genre",
         "--label_fractions=0.5",
@@ -215,11 +216,13 @@ def _argv(tmp_path, *extra):
     ]
 
 
-def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
+def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path, tiny_data):
     out = tmp_path / "repro"
     de_hparams = tmp_path / "de.json"
     de_hparams.write_text(json.dumps({"temperature": 0.2}))
-    argv = _argv(tmp_path, "--models=bt,de", "--no-ablation", f"--hparams_de={de_hparams}")
+    argv = _argv(
+        tmp_path, tiny_data, "--models=bt,de", "--no-ablation", f"--hparams_de={de_hparams}"
+    )
     first = reproduce.main(argv)
     md = (out / "report" / "report.md").read_text()
     for name in ("bt", "de", "untrained(bt)", "untrained(de)", "bag_of_items", "majority"):
@@ -248,9 +251,14 @@ def test_equal_budget_report_and_rerun_reuses_runs_and_probes(tmp_path):
     assert second["rows"] == first["rows"]
 
 
-def test_pretrain_seeds_train_every_model_twice_and_pool_in_the_report(tmp_path):
+# ~40 s on 2 quiet cores (4 runs, each evaluated twice). In the default suite: the seeds'
+# configs (test_pretrain_seeds_expand_...), one run per model end to end (test_equal_budget_...).
+@pytest.mark.slow
+def test_pretrain_seeds_train_every_model_twice_and_pool_in_the_report(tmp_path, tiny_data):
     out = tmp_path / "repro"
-    argv = _argv(tmp_path, "--models=bt,de", "--no-ablation", "--pretrain_seeds=2", "--seeds=1")
+    argv = _argv(
+        tmp_path, tiny_data, "--models=bt,de", "--no-ablation", "--pretrain_seeds=2", "--seeds=1"
+    )
     first = reproduce.main(argv)
     dirs = {m: [out / m, out / f"{m}_seed1"] for m in ("bt", "de")}
     for m, (one, two) in dirs.items():
@@ -281,9 +289,9 @@ def test_pretrain_seeds_train_every_model_twice_and_pool_in_the_report(tmp_path)
 
 
 @pytest.mark.slow
-def test_three_models_and_batch_size_ablation_then_rerun(tmp_path):
+def test_three_models_and_batch_size_ablation_then_rerun(tmp_path, tiny_data):
     out = tmp_path / "repro"
-    argv = _argv(tmp_path, "--batch_sizes=16,32", "--ablation_models=bt")
+    argv = _argv(tmp_path, tiny_data, "--batch_sizes=16,32", "--ablation_models=bt")
     first = reproduce.main(argv)
     report_dir = out / "report"
     md = (report_dir / "report.md").read_text()
@@ -334,11 +342,15 @@ def test_the_fine_tune_starts_from_the_bt_run_of_its_seed():
         reproduction.main_configs(base, "/out", ["de", "bt_ft"], num_train_users=330)
 
 
-def test_leave_one_out_compares_the_recommenders_with_seed_spread(tmp_path):
+# ~30 s on 2 quiet cores (6 runs). In the default suite: the leave-one-out split, training
+# and metrics (test_leave_one_out.py), `evaluate --recommender` end to end (test_recommender.py),
+# the seed spread (test_recommender.py) and the fine-tune's configs (test_the_fine_tune_...).
+@pytest.mark.slow
+def test_leave_one_out_compares_the_recommenders_with_seed_spread(tmp_path, tiny_data):
     out = tmp_path / "loo"
     flags = [*TINY, "--epochs=1", "--no-export", "--protocol=leave_one_out", "--no-ablation",
              "--models=bt,de,bt_ft", "--pretrain_seeds=2", f"--output_dir={out}",
-             f"--data_output_dir={tmp_path / 'data'}"]  # fmt: skip
+             f"--data_output_dir={tiny_data}"]  # fmt: skip
     reproduce.main(flags)
     report = json.loads((out / "report" / "recommender.json").read_text())
     assert {r["model"] for r in report["runs"]} == {"de", "bt_ft", "popularity"}

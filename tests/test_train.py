@@ -112,12 +112,7 @@ def test_hparams_files_name_the_cap_either_way(tmp_path, key):
         parse([f"--hparams={path}"])
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    """Preprocessed once for the tests that train several tiny runs on it."""
-    path = tmp_path_factory.mktemp("tiny_data")
-    pp.preprocess(parse([*TINY_FLAGS, f"--data_output_dir={path}"]).data)
-    return str(path)
+# `tiny_data` (conftest.py): the tiny job's data, preprocessed once for the session.
 
 
 def _history_owners(artifact_dir: str, width: int, hold_out: int = 0) -> dict:
@@ -478,11 +473,14 @@ def test_replica_contexts_give_each_replica_its_own_shard():
     assert ids(2, 1, 4) == [(4, 2, 4), (4, 3, 4)]  # worker 1 of 2, two replicas each
 
 
-def test_export_cli_on_a_trained_run(tmp_path):
+# ~20 s on 2 quiet cores (two processes one after the other). In the default suite:
+# `python -m bt_tf.train` to the end (test_locks.py), bt_tf.export's main (test_export.py).
+@pytest.mark.slow
+def test_export_cli_on_a_trained_run(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     done = _run(
         [
-            f"--data_output_dir={tmp_path / 'data'}",
+            f"--data_output_dir={tiny_data}",
             f"--output_dir={run_dir}",
             *TINY_FLAGS,
             "--epochs=1",
@@ -500,6 +498,7 @@ def test_export_cli_on_a_trained_run(tmp_path):
     assert config["encoder"]["dim"] == 16 and os.path.isdir(config["artifact_dir"])
 
 
+@pytest.mark.slow  # ~10 s on 2 quiet cores: a run directory of an old layout (three trainings)
 def test_a_run_directory_from_before_early_stopping_still_loads(tmp_path, tiny_data):
     """Old layout: config.json with `epochs` and without the newer settings, the last
     epoch's full state in checkpoints/, no train_state/: reused, loaded, resumable."""

@@ -20,6 +20,7 @@ import keras_tuner
 import pytest
 from keras_tuner.engine.trial import Trial
 
+from bt_tf import runs
 from bt_tf.data import dataset
 from bt_tf.data.augment import AugmentPolicy
 from bt_tf.modeling.encoders import SequenceEncoder
@@ -310,6 +311,9 @@ def test_random_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path
     assert len(_events(out)) == before
 
 
+# ~15 s on 2 quiet cores. In the default suite: a search end to end (the random search above),
+# the DE's space (test_de_space_is_temperature_and_learning_rate_only).
+@pytest.mark.slow
 def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
     out = tmp_path / "de_search"
     flags = _flags(data_dir, out, "--model=de", "--tuner=random", "--max_trials=2", "--epochs=1")
@@ -332,6 +336,9 @@ def test_de_search_writes_best_hparams_that_train_accepts(data_dir, tmp_path):
     assert train(config)["epochs_completed"] == 1
 
 
+# ~15 s on 2 quiet cores. In the default suite: the Hyperband oracle (test_each_tuner_gets_...),
+# a resumed run's history (test_train.py::test_metrics_history_has_every_epoch_across_resumes).
+@pytest.mark.slow
 def test_hyperband_continues_the_parent_checkpoint(data_dir, tmp_path, capsys):
     search, base = ts.parse(
         _flags(data_dir, tmp_path / "hb", "--tuner=hyperband", "--max_epochs=3")
@@ -396,8 +403,12 @@ def test_killed_search_resumes_without_rerunning_finished_trials(data_dir, tmp_p
     assert sorted(ends) == ["0", "1", "2"]  # every trial finished exactly once
     assert starts.count("0") == 1 and starts.count("1") == 2  # only the killed one again
     assert trial0_metrics.stat().st_mtime_ns == mtime
+    # Resumed from its checkpoint, not retrained; metrics.json's history has both epochs, the
+    # one before the kill from history.csv (test_train.py::test_metrics_history_...).
+    state = ckpt.parent.parent / runs.STATE_DIR
+    assert f"resumed from {state}/ckpt-{ckpts_at_kill}" in rerun.stdout, rerun.stdout[-3000:]
     history = json.loads((ckpt.parent.parent / "metrics.json").read_text())["history"]
-    assert len(history.get("loss", [])) == 2 - ckpts_at_kill  # resumed from its checkpoint
+    assert len(history["loss"]) == 2
 
 
 @pytest.mark.slow  # four Python processes with TensorFlow: ~70 s on an idle 2-core machine
@@ -427,6 +438,10 @@ def test_chief_and_two_workers_run_each_trial_once(data_dir, tmp_path):
     assert json.loads((out / "best_hparams.json").read_text()).keys() == {"lambd", "projector"}
 
 
+# ~20 s on 2 quiet cores (2 trials, each probed on 3 tasks, and the svd floor). In the default
+# suite: a search end to end (the random search above), the cross-fitted scoring it rests on
+# (test_crossfit.py).
+@pytest.mark.slow
 def test_claim_objective_search_scores_train_and_eval_users_against_svd(data_dir, tmp_path):
     out = tmp_path / "claim_search"
     claim = ["--objective=claim", "--objective_fractions=0.5", "--objective_seeds=1"]

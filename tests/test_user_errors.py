@@ -84,14 +84,14 @@ def _embed_inputs(tmp_path) -> dict[str, bytes]:
 
 
 def test_every_user_mistake_is_one_error_line_with_exit_code_2(
-    tmp_path, capsys, saved_model, tiny_data_dir
+    tmp_path, capsys, saved_model, tiny_data
 ):
     table = []  # (mistake, command, exit code, stderr)
 
     def row(mistake, command, code, stderr):
         table.append((mistake, command, code, stderr))
 
-    train = [*TINY_FLAGS, f"--data_output_dir={tiny_data_dir}", "--no-probe", "--no-export"]
+    train = [*TINY_FLAGS, f"--data_output_dir={tiny_data}", "--no-probe", "--no-export"]
     run = f"--output_dir={tmp_path / 'run'}"
 
     # The rows that need processes of their own start first and run alongside the rest.
@@ -196,15 +196,6 @@ def test_every_user_mistake_is_one_error_line_with_exit_code_2(
         assert "unreadable_directory; Permission denied" in messages["an unreadable directory"]
     if mounted:
         assert "No space left on device" in messages["a full disk (64 KiB tmpfs)"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data_dir(tmp_path_factory) -> str:
-    from bt_tf.training.flags import parse
-
-    root = tmp_path_factory.mktemp("errors_data")
-    preprocess.preprocess(parse([*TINY_FLAGS, f"--data_output_dir={root}"]).data)
-    return str(root)
 
 
 def test_overlong_ids_and_lines_go_to_bad_records(tmp_path):
