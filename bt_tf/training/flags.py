@@ -219,8 +219,9 @@ def dataset_provenance(dataset: str) -> tuple[Provenance, ...]:
 # full-ranking NDCG@10 (20 epochs without gain, at most 200). Taken from the literature, not
 # chosen on any labels here; on ML-100K it gives the figures of docs/RESULTS.md, "The DE
 # in leave-one-out". Pooling was checked on the validation item only: the running mean
-# reached val NDCG@10 0.076 by epoch 42 where `last` was at 0.104 (peak 0.108). Every model of a leave-one-out comparison shares it (bt_ft starts the
-# DE from BT's encoder, which needs the same encoder).
+# reached val NDCG@10 0.076 by epoch 42 where `last` was at 0.104 (peak 0.108). Every
+# model of a leave-one-out comparison shares it (bt_ft starts the DE from BT's encoder,
+# which needs the same encoder).
 _SASREC_RECIPE = {
     "batch_size": 128,
     "dim": 64,
