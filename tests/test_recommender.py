@@ -164,7 +164,12 @@ def test_flag_scores_de_runs_skips_bt_and_writes_the_report(runs, trained_de, tm
     assert "leave_last_out" in report["protocols"]
     md = (out / recommender.MARKDOWN_FILE).read_text()
     assert f"| de | leave_last_out | {row['n_users']} | {row['n_skipped']} | " in md
-    assert f"{full['hr@10']:.4f} [" in md and "| 0.8245 | 0.5905 |" in md
+    # Every figure with its interval, in the header's order (full HR, NDCG; sampled HR, NDCG).
+    cells = " | ".join(
+        f"{b[m]:.4f} [{b['ci95'][m][0]:.4f}, {b['ci95'][m][1]:.4f}]"
+        for b in (full, sampled) for m in ("hr@10", "ndcg@10")
+    )  # fmt: skip
+    assert f"| {row['n_skipped']} | {cells} | 1 (1) |" in md and "| 0.8245 | 0.5905 |" in md
     assert "| popularity |" in md
     assert not (out / "report.md").exists() and not (out / "cache").exists()  # no probes
     # Same seed, same figures (negatives and bootstrap).

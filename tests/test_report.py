@@ -187,3 +187,9 @@ def test_report_shows_both_claims_their_selection_and_the_defaults_chosen_on_lab
         "users"
     ] == "test"
     assert res["provenance"] == provenance
+
+
+def test_value_cell_prints_the_interval_and_says_what_is_missing():
+    assert report.value_cell(0.0945, [0.0802, 0.10921], ".4f") == "0.0945 [0.0802, 0.1092]"
+    assert report.value_cell(0.5, [0.4, float("nan")]) == "0.500 [0.400, n/a]"
+    assert report.value_cell(float("nan"), [0.1, 0.2]) == report.value_cell(None, []) == "n/a"

@@ -365,6 +365,8 @@ def test_leave_one_out_compares_the_recommenders_with_seed_spread(tmp_path, tiny
     assert runs.read_config(out / "bt_ft_seed1")["init_from"] == str(out / "bt_seed1")
     md = (out / "report" / "report.md").read_text()
     assert "## full ndcg@10 (primary)" in md and "| bt_ft |" in md and "## Training runs" in md
+    low, high = de["ci95"]
+    assert f"| de | {de['mean']:.4f} [{low:.4f}, {high:.4f}] |" in md
 
 
 def test_fine_tunes_of_several_seeds_share_one_name():

@@ -60,6 +60,7 @@ from bt_tf.errors import UserError
 from bt_tf.evaluation.embedding_cache import restore_run
 from bt_tf.evaluation.labels import item_counts
 from bt_tf.evaluation.metrics import hits_at_k, ndcg_gains_at_k
+from bt_tf.evaluation.report import value_cell
 from bt_tf.evaluation.runner import run_names
 from bt_tf.training import validation
 
@@ -587,9 +588,9 @@ def evaluate_recommender(
     return report
 
 
-def _cell(block: Mapping, name: str) -> str:
-    low, high = block["ci95"][name]
-    return f"{block[name]:.4f} [{low:.4f}, {high:.4f}]"
+def interval_cell(block: Mapping, name: str) -> str:
+    """``"0.0945 [0.0802, 0.1092]"``: figure ``name`` of a `interval_block` with its interval."""
+    return value_cell(block[name], block["ci95"][name], ".4f")
 
 
 def write_markdown(report: Mapping, path: str) -> None:
@@ -605,11 +606,11 @@ def write_markdown(report: Mapping, path: str) -> None:
     ]
     for r in report["runs"]:
         epochs = f"{r.get('epochs')} ({r.get('best_epoch')})" if r.get("epochs") else ""
+        cells = [interval_cell(r[kind], f"{m}@{k}") for kind in ("full", "sampled")
+                 for m in ("hr", "ndcg")]  # fmt: skip
         lines.append(
             f"| {r['model']} | {r['protocol']} | {r['n_users']} | {r['n_skipped']} | "
-            f"{_cell(r['full'], f'hr@{k}')} | {_cell(r['full'], f'ndcg@{k}')} | "
-            f"{_cell(r['sampled'], f'hr@{k}')} | {_cell(r['sampled'], f'ndcg@{k}')} | "
-            f"{epochs} | `{r['run_dir']}` |"
+            f"{' | '.join(cells)} | {epochs} | `{r['run_dir']}` |"
         )
     for ref in report["reference"]:
         full = ref.get("full", {})

@@ -118,10 +118,11 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
 
 
-def _value_cell(value: float, ci: Sequence[float]) -> str:
+def value_cell(value: float, ci: Sequence[float], spec: str = ".3f") -> str:
+    """``"value [lo, hi]"`` (``n/a`` for a missing value or bound): every interval printed."""
     if value is None or not math.isfinite(value):
         return "n/a"
-    return f"{value:.3f} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return f"{value:{spec}} [{_fmt(ci[0], spec)}, {_fmt(ci[1], spec)}]"
 
 
 def _pct(v: float | None) -> str:
@@ -387,7 +388,7 @@ class _Tables:
             vals = []
             for f in fractions:
                 c = self.cells.get((task, metric, m, f))
-                cell = _value_cell(c["value"], c["ci95"]) if c else ""
+                cell = value_cell(c["value"], c["ci95"]) if c else ""
                 b = self.flags.get((task, metric, f, m))
                 if b:
                     cell += f" {BELOW_FLOOR}"

@@ -642,16 +642,14 @@ def _recommender_section(out: Mapping) -> list[str]:
             "|---|---|---|---|---|",
         ]
         for m, cell in block["models"].items():
-            low, high = cell["ci95"]
             c = block["comparisons"].get(m)
             ratio = (
                 report.ratio_cell(c["ratio"], c["ci95"]) if c else ("-" if m == baseline else "")
             )
             seeds = " / ".join(f"{v:.4f}" for v in cell["per_seed"])
             per = " / ".join(f"{v:.3f}" for v in c["per_seed_ratios"]) if c else ""
-            lines.append(
-                f"| {m} | {cell['mean']:.4f} [{low:.4f}, {high:.4f}] | {seeds} | {ratio} | {per} |"
-            )
+            mean = report.value_cell(cell["mean"], cell["ci95"], ".4f")
+            lines.append(f"| {m} | {mean} | {seeds} | {ratio} | {per} |")
         lines.append("")
     lines += [
         "Intervals: 95% percentile bootstrap, 2000 resamples of users and, for each model, "

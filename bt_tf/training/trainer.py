@@ -701,10 +701,8 @@ def _recommender(run: Run, built: ModelState, inputs: Inputs, result: dict) -> d
     full, sampled = scored["full"], scored["sampled"]
 
     def line(block: dict) -> str:
-        return ", ".join(
-            f"{k.upper()} {block[k]:.4f} [{block['ci95'][k][0]:.4f}, {block['ci95'][k][1]:.4f}]"
-            for k in ("hr@10", "ndcg@10")
-        )
+        cells = (f"{k.upper()} {recommender.interval_cell(block, k)}" for k in ("hr@10", "ndcg@10"))
+        return ", ".join(cells)
 
     print(
         f"leave-one-out test ({scored['n_users']} users): full ranking {line(full)}; "
