@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bt_tf import runs
 from bt_tf.errors import UserError
 from tests.tiny import TINY_FLAGS
 from tuning import compare
@@ -57,3 +58,30 @@ def test_compare_end_to_end_on_tiny_runs(tmp_path, tiny_data):
     assert json.loads((out / "compare.json").read_text())["variants"] == result["variants"]
     # The test split is never scored.
     assert not list((out / "report").glob("scores.parquet"))  # no report: records only
+
+
+def test_leave_one_out_recipes_are_judged_on_the_validation_item(tmp_path, tiny_data):
+    out = tmp_path / "loo"
+    result = compare.main([
+        *TINY_FLAGS, "--epochs=1", "--no-probe", "--no-export", "--model=de",
+        "--protocol=leave_one_out", f"--data_output_dir={tiny_data}", f"--output_dir={out}",
+        "--variants=d8:dim=8", "--pretrain_seeds=1",
+    ])  # fmt: skip
+    assert result["stage"] == "val" and result["figures"][0] == "full ndcg@10"
+    # The base's figure is what training itself judged its epoch by: the validation item.
+    best = runs.read_metrics(str(out / "base" / "seed0"))
+    assert best["monitor"] == "val_ndcg@10"
+    assert result["models"]["base"]["full ndcg@10"]["mean"] == pytest.approx(best["best_value"])
+    assert set(result["variants"]) == {"d8"} and "popularity" in result["models"]
+    for figure in result["figures"]:
+        cell = result["variants"]["d8"][figure]
+        lo, hi = cell["ci95"]
+        assert lo <= cell["ratio"] <= hi and len(cell["per_seed_ratios"]) == 1, figure
+    report = json.loads((out / "report" / "recommender.json").read_text())
+    assert {r["stage"] for r in report["runs"]} == {"val"}
+    # ...and no run scored its test item (training's own closing figures are off).
+    assert not list(out.glob("*/seed0/recommender.json"))
+    assert "recommender" not in best and not runs.read_config(str(out / "d8" / "seed0"))[
+        "score_test"]
+    md = (out / "compare.md").read_text()
+    assert "validation item" in md and "| d8 | dim=8 | " in md and "| base | | 0." in md

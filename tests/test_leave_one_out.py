@@ -124,7 +124,13 @@ def test_a_leave_one_out_run_judges_epochs_by_the_validation_item(loo_run):
     scored = recommender.score_run(str(root / "de"), seed=config.seed)
     for name in ("hr@10", "ndcg@10"):
         assert scored["full"][name] == pytest.approx(report["full"][name], abs=1e-6)
-    assert scored["protocol"] == "leave_one_out"
+    assert scored["protocol"] == "leave_one_out" and scored["stage"] == "test"
+    # Scored on the validation item instead (what `tuning.compare` chooses recipes on),
+    # the figure is the one training kept its epoch by.
+    val = recommender.score_run(str(root / "de"), seed=config.seed, stage="val", keep_ranks=True)
+    assert val["full"]["ndcg@10"] == pytest.approx(metrics["best_value"], abs=1e-6)
+    vocab = dataset.load_vocab(metrics["artifact_dir"])
+    assert all(vocab[t].startswith("V") for t in val["ranks"]["cases"].targets)
 
 
 def test_full_ranking_excludes_earlier_items_and_counts_ties_against_the_target():

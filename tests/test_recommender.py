@@ -217,3 +217,10 @@ def test_rejection_draws_are_uniform_over_a_large_catalog():
     assert abs(counts[303:].mean() - expected) < 1e-9 and counts[303:].std() < 2.5 * np.sqrt(
         expected
     )
+
+
+def test_only_a_leave_one_out_run_has_a_validation_item_to_score(trained_de):
+    with pytest.raises(UserError, match="only a leave-one-out run has a validation item"):
+        recommender.score_run(trained_de, stage="val")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        recommender.score_run(trained_de, stage="eval")

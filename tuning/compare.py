@@ -17,6 +17,14 @@ over ``--label_fractions`` (default 5% and 10%), with its 95% paired bootstrap
 interval. A variant is ``ahead`` on a task when the interval's low end is
 above 1, ``behind`` when its high end is below 1.
 
+Under ``--protocol=leave_one_out`` there are no downstream labels: every recipe is
+judged on the validation item (item n-1, the one training already selects epochs on;
+`bt_tf.evaluation.recommender.score_run` with ``stage="val"``) of every user, by
+full-ranking NDCG@10 (primary) and HR@10 and sampled HR@10 / NDCG@10 beside it, each
+variant / base with its 95% interval, users and seeds resampled and paired over users
+(`reproduction.recommend_and_compare`). The test item is never scored: the runs train
+with ``--no-score_test``.
+
 Writes ``<output_dir>/compare.md`` and ``compare.json`` beside the runs
 (``<output_dir>/<variant>/seed<k>``) and the evaluation
 (``<output_dir>/report/``); rerunning reuses finished runs and probes.
@@ -33,6 +41,7 @@ if __name__ in cli.MAIN_NAMES:  # also a spawned probe worker's import of this m
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -41,7 +50,7 @@ import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import atomic, evaluate, locks
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
-from bt_tf.evaluation import scores
+from bt_tf.evaluation import recommender, reproduction, scores
 from bt_tf.evaluation.intervals import CLAIM_FRACTIONS
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.reproduction import equal_budget_steps
@@ -51,7 +60,7 @@ from bt_tf.training import flags, trainer
 from bt_tf.training.config import TrainConfig
 from pipelines import preprocess
 
-__all__ = ["BASE", "parse_variants", "variant_configs", "compare", "main"]
+__all__ = ["BASE", "parse_variants", "variant_configs", "compare", "compare_recommenders", "main"]
 
 BASE = "base"
 _TRAINING_DESCRIPTION = "tuning.compare training flags"  # their parser's description
@@ -154,6 +163,38 @@ def compare(configs, output_dir: str, args: argparse.Namespace, *, users: Sequen
     return out
 
 
+def compare_recommenders(configs, output_dir: str) -> dict:
+    """Leave-one-out recipes: trains every config (finished runs are reused), scores each
+    on the validation item and compares every variant with the base (module docstring).
+    Returns ``{"protocol", "stage", "figures", "models": {name: {figure: {"mean",
+    "ci95"}}}, "variants": {name: {figure: {"ratio", "ci95", "per_seed_ratios",
+    "position"}}}}``; the popularity ranking is among the models, as a floor."""
+    # No run ranks its test item: nothing about it is computed while recipes are chosen.
+    configs = [(name, dataclasses.replace(c, score_test=False)) for name, c in configs]
+    for name, config in configs:
+        logging.info("== %s seed %d: %s", name, config.seed, config.run_dir)
+        trainer.train(config)
+    report_dir = os.path.join(output_dir, "report")
+    reproduction.recommend_and_compare(configs, report_dir, baseline=BASE, stage="val")
+    with open(os.path.join(report_dir, recommender.JSON_FILE)) as f:
+        report = json.load(f)
+    figures = list(report["contenders"])
+    out = {"protocol": "leave_one_out", "stage": "val", "figures": figures,
+           "models": {}, "variants": {}}  # fmt: skip
+    for figure, block in report["contenders"].items():
+        for name, model in block["models"].items():
+            cell = {"mean": model["mean"], "ci95": model["ci95"], "seeds": model["seeds"]}
+            out["models"].setdefault(name, {})[figure] = cell
+        for name, c in block["comparisons"].items():
+            if name == "popularity":
+                continue
+            out["variants"].setdefault(name, {})[figure] = {
+                "ratio": c["ratio"], "ci95": c["ci95"],
+                "per_seed_ratios": c["per_seed_ratios"], "position": _position(c["ci95"]),
+            }  # fmt: skip
+    return out
+
+
 def _position(ci) -> str:
     lo, hi = ci
     if lo is not None and lo == lo and lo > 1.0:
@@ -163,8 +204,47 @@ def _position(ci) -> str:
     return "within noise"
 
 
+def _ratio_cell(c: dict | None) -> str:
+    if c is None:
+        return ""
+    lo, hi = c["ci95"]
+    return f"{c['ratio']:.3f} [{lo:.3f}, {hi:.3f}] {c['position']}"
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(k if v is None else f"{k}={v}" for k, v in settings.items())
+
+
+def _recommender_lines(result: dict) -> list[str]:
+    """compare.md of a leave-one-out comparison: one column per figure."""
+    figures = result["figures"]
+    lines = [
+        "# Recipes against the base, on the validation item (leave-one-out)",
+        "",
+        "Variant / base with its 95% interval (every user's item n-1, users and training "
+        "seeds resampled, paired over users); the base's own figures in its row. The test "
+        "item is not scored.",
+        "",
+        "| variant | settings | " + " | ".join(figures) + " |",
+        "|---|---|" + "---|" * len(figures),
+    ]
+    base = result["models"][BASE]
+    lines.append(f"| {BASE} | | " + " | ".join(
+        f"{base[f]['mean']:.4f} [{base[f]['ci95'][0]:.4f}, {base[f]['ci95'][1]:.4f}]"
+        for f in figures) + " |")  # fmt: skip
+    for name, per_figure in result["variants"].items():
+        cells = [_ratio_cell(per_figure.get(f)) for f in figures]
+        lines.append(f"| {name} | {_settings_text(result['settings'][name])} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    return lines
+
+
 def write_outputs(result: dict, output_dir: str) -> str:
     atomic.write_json(os.path.join(output_dir, "compare.json"), result, indent=1)
+    path = os.path.join(output_dir, "compare.md")
+    if result.get("protocol") == "leave_one_out":
+        atomic.write_text(path, "\n".join(_recommender_lines(result)) + "\n")
+        return path
     tasks = list(CLAIM_METRICS)
     fr = ", ".join(f"{100 * f:g}%" for f in result["fractions"])
     lines = [
@@ -177,15 +257,9 @@ def write_outputs(result: dict, output_dir: str) -> str:
         "|---|---|" + "---|" * len(tasks),
     ]
     for name, per_task in result["variants"].items():
-        cells = []
-        for t in tasks:
-            c = per_task.get(t)
-            cells.append("" if c is None else f"{c['ratio']:.3f} [{c['ci95'][0]:.3f}, "
-                         f"{c['ci95'][1]:.3f}] {c['position']}")  # fmt: skip
-        settings = ", ".join(k if v is None else f"{k}={v}"
-                             for k, v in result["settings"][name].items())  # fmt: skip
+        cells = [_ratio_cell(per_task.get(t)) for t in tasks]
+        settings = _settings_text(result["settings"][name])
         lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
-    path = os.path.join(output_dir, "compare.md")
     atomic.write_text(path, "\n".join(lines) + "\n")
     return path
 
@@ -204,7 +278,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="NAME:flag=value[,flag=value];NAME:... (each against the base recipe)",
     )
     add("--pretrain_seeds", type=int, default=2, help="training seeds per recipe")
-    add("--users", default="train,eval", help="splits whose users are scored (not test)")
+    add("--users", default="train,eval", help="splits whose users are scored (not test; "
+        "under leave_one_out every user's validation item is)")
     group = parser.add_argument_group("evaluation flags (bt_tf.evaluate)")
     evaluate.add_flags(group)
     parser.set_defaults(label_fractions=list(f for f in CLAIM_FRACTIONS if f >= 0.05))
@@ -222,7 +297,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise UserError("--pretrain_seeds must be >= 1")
     configs = variant_configs(rest, args.variants, args.output_dir, args.pretrain_seeds)
     with locks.hold_dir(args.output_dir, hint=" or choose another --output_dir"):
-        result = compare(configs, args.output_dir, args, users=users)
+        if configs[0][1].protocol == "leave_one_out":
+            result = compare_recommenders(configs, args.output_dir)
+            result["settings"] = {n: dict(s) for n, s in args.variants}
+        else:
+            result = compare(configs, args.output_dir, args, users=users)
         print(write_outputs(result, args.output_dir))
     return result
 

@@ -348,10 +348,15 @@ class Cases(NamedTuple):
     skipped: dict  # users not scored, by reason
 
 
-def leave_one_out_cases(sequences: dataset.Sequences, max_len: int, num_items: int) -> Cases:
-    """The test stage of a leave-one-out artifact (`bt_tf.training.validation`): item n
-    ranked after the history and item n-1."""
-    cases = validation.leave_one_out_cases(sequences, "test", max_len, num_items)
+def leave_one_out_cases(
+    sequences: dataset.Sequences, max_len: int, num_items: int, stage: str = "test"
+) -> Cases:
+    """A stage of a leave-one-out artifact (`bt_tf.training.validation`): ``"test"``, item n
+    ranked after the history and item n-1; ``"val"``, item n-1 after the history (what
+    training's epoch selection ranks; `tuning.compare` chooses recipes on it). Either way
+    no sampled negative is one of the user's items (item n included: it only leaves the
+    pool, nothing is scored on it)."""
+    cases = validation.leave_one_out_cases(sequences, stage, max_len, num_items)
     users = cases["users"]
     ends = np.cumsum(sequences.row_lengths)
     rated = [
@@ -430,12 +435,23 @@ def score_cases(
     }
 
 
-def run_cases(config: Mapping, sequences: Mapping, num_items: int) -> Cases:
-    """The cases a run is scored on: its protocol's, from ``sequences[artifact]``."""
+STAGES = ("test", "val")
+
+
+def run_cases(config: Mapping, sequences: Mapping, num_items: int, stage: str = "test") -> Cases:
+    """The cases a run is scored on: its protocol's, from ``sequences[artifact]``;
+    ``stage="val"`` (leave-one-out only) the validation item's."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     max_len = int(config["encoder"]["max_len"])
     artifact = os.path.normpath(config["artifact_dir"])
     if config.get("protocol") == "leave_one_out":
-        return leave_one_out_cases(sequences[artifact, "loo"], max_len, num_items)
+        return leave_one_out_cases(sequences[artifact, "loo"], max_len, num_items, stage)
+    if stage != "test":
+        raise UserError(
+            f"{config.get('run_dir', 'the run')}: only a leave-one-out run has a validation "
+            "item to score (train it with --protocol=leave_one_out)"
+        )
     return leave_last_out_cases(sequences[artifact, "llo"], max_len, num_items)
 
 
@@ -470,19 +486,22 @@ def score_run(
     n_resamples: int = 2000,
     batch_size: int = 512,
     keep_ranks: bool = False,
+    stage: str = "test",
 ) -> dict:
     """One DE (or BT+DE) run's figures in its protocol (`score_cases`), with its training
     (``epochs``, ``best_epoch``, ``train_s``) and ``wall_s`` (training + this scoring).
 
     ``sequences``: a cache of artifacts already read (`_load_sequences`), filled here.
+    ``stage``: ``"test"``, or ``"val"`` for a leave-one-out run's validation item
+    (`run_cases`; the result then says ``"stage": "val"``).
     """
     start = time.perf_counter()
     sequences = {} if sequences is None else sequences
     encoder, item_emb, config = restore_run(run_dir)
     _load_sequences(config, sequences)
-    cases = run_cases(config, sequences, len(item_emb))
+    cases = run_cases(config, sequences, len(item_emb), stage)
     user_emb = embed_items(encoder, cases.inputs, batch_size=batch_size)
-    out = {"run_dir": run_dir, **score_cases(user_emb, item_emb, cases, seed=seed,
+    out = {"run_dir": run_dir, "stage": stage, **score_cases(user_emb, item_emb, cases, seed=seed,
                                              num_negatives=num_negatives, k=k,
                                              n_resamples=n_resamples,
                                              keep_ranks=keep_ranks)}  # fmt: skip

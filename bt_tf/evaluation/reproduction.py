@@ -572,9 +572,11 @@ def recommend_and_compare(
     *,
     baseline: str = "de",
     seed: int = 0,
+    stage: str = "test",
 ) -> str:
     """Leave-one-out: every contender with an item side (not BT alone) and the popularity
-    ranking scored on the test item (`recommender.score_run`), each contender's mean over
+    ranking scored on the test item (`recommender.score_run`; ``stage="val"``: on the
+    validation item, as `tuning.compare` chooses recipes), each contender's mean over
     its pretraining seeds and its ratio to ``baseline`` with paired intervals over users
     and seeds (`recommender.compare_contenders`). Writes ``recommender.json`` and
     ``report.md`` to ``report_dir``; returns the report's path."""
@@ -588,7 +590,7 @@ def recommend_and_compare(
         if not c.uses_de:
             logging.info("%s (%s): no item side, not a recommender; skipped", m, c.run_dir)
             continue
-        row = recommender.score_run(c.run_dir, cache, seed=seed, keep_ranks=True)
+        row = recommender.score_run(c.run_dir, cache, seed=seed, keep_ranks=True, stage=stage)
         scored = row.pop("ranks")
         if cases is not None and not np.array_equal(cases.targets, scored["cases"].targets):
             raise UserError(f"{c.run_dir}: scored on other users than the runs before it")
@@ -603,7 +605,7 @@ def recommend_and_compare(
     scored = popular.pop("ranks")
     scored.pop("cases")
     ranks["popularity"] = [scored]
-    rows.append({"model": "popularity", "pretrain_seed": None, **popular})
+    rows.append({"model": "popularity", "pretrain_seed": None, "stage": stage, **popular})
     comparisons = {}
     for ranking, metric in RECOMMENDER_FIGURES:
         k = int(metric.split("@")[1])
@@ -614,6 +616,7 @@ def recommend_and_compare(
         )
     out = {
         "protocol": recommender.protocol_text("leave_one_out"),
+        "stage": stage,
         "baseline": baseline,
         "runs": rows,
         "contenders": comparisons,
@@ -634,6 +637,9 @@ def _recommender_section(out: Mapping) -> list[str]:
     """The leave-one-out report: one table per figure, contenders as rows."""
     baseline = out["baseline"]
     lines = ["# The contenders as recommenders (leave-one-out)", "", out["protocol"], ""]
+    if out.get("stage") == "val":
+        lines += ["Scored on the VALIDATION item (item n-1 after the history), not the test "
+                  "item: the figures a recipe is chosen on.", ""]  # fmt: skip
     for figure, block in out["contenders"].items():
         lines += [
             f"## {figure}" + (" (primary)" if figure.startswith("full ndcg") else ""),

@@ -223,6 +223,7 @@ class TrainConfig:
     # after training
     probe: bool = True
     export: bool = True
+    score_test: bool = True  # leave_one_out: rank the test item after training
 
     def __post_init__(self):
         self._check_types()
@@ -494,6 +495,7 @@ RESUMABLE_CHANGES = (
     "epochs",
     "probe",
     "export",
+    "score_test",
     "early_stopping_patience",
     "min_delta",
     "strategy",

@@ -391,6 +391,9 @@ _TRAINING_FLAGS = (
     (("--jit_compile",), {"action": _BOOL, "help": "XLA-compile the train step"}),
     (("--probe",), {"action": _BOOL, "help": "favorite-genre probe after training"}),
     (("--export",), {"action": _BOOL, "help": "export the encoder as a SavedModel"}),
+    (("--score_test",), {"action": _BOOL, "help": "leave_one_out: rank the test item after "
+     "training (RUN/recommender.json); tuning.compare turns it off, so that a recipe is "
+     "chosen without any test figure in sight"}),
 )  # fmt: skip
 
 

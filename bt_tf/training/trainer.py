@@ -668,7 +668,7 @@ def finish(run: Run, built: ModelState, inputs: Inputs, history: dict) -> dict:
         result["probe"] = probe
     if config.export:
         result["export_dir"] = _export(run, built.model)
-    if config.leave_one_out and config.uses_de:
+    if config.leave_one_out and config.uses_de and config.score_test:
         result["recommender"] = _recommender(run, built, inputs, result)
     runs.write_metrics(config.run_dir, result)
     return result
