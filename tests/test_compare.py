@@ -35,6 +35,9 @@ def test_variant_configs_share_the_budget_and_seed_every_recipe(tmp_path):
     assert by[("t", 1)].temperature == 0.3 and by[("t", 1)].run_dir.endswith("t/seed1")
     with pytest.raises(UserError, match=r"lambda_typo.*not training flags"):
         compare.variant_configs(argv, compare.parse_variants("x:lambda_typo=1"), str(tmp_path), 1)
+    with pytest.raises(UserError, match=r"\['loo'\] change --protocol"):
+        compare.variant_configs(argv, compare.parse_variants("loo:protocol=leave_one_out"),
+                                str(tmp_path), 1)  # fmt: skip
     base, big = by[("base", 0)], by[("b64", 0)]
     # Equal users per epoch: the base's one pass of 32-user steps, in 64-user steps.
     users = base.steps_for(base.num_train_users({"train": 313, "eval": 46, "test": 41}))

@@ -110,6 +110,9 @@ def variant_configs(
         extra = [f"--{k}" if v is None else f"--{k}={v}" for k, v in settings.items()]
         parsed.append((name, flags.parse([*argv, *extra], description=_TRAINING_DESCRIPTION)))
     base = parsed[0][1]
+    other = [name for name, config in parsed if config.protocol != base.protocol]
+    if other:  # recipes are compared on one protocol's figures
+        raise UserError(f"--variants: {other} change --protocol; compare within one protocol")
     users = base.num_train_users(
         dataset.load_metadata(preprocess.preprocess(base.data))["num_users"]
     )
