@@ -50,7 +50,7 @@ import bt_tf  # noqa: F401  (One Keras)
 from bt_tf import atomic, evaluate, locks
 from bt_tf.data import dataset
 from bt_tf.errors import UserError
-from bt_tf.evaluation import recommender, reproduction, scores
+from bt_tf.evaluation import recommender, report, reproduction, scores
 from bt_tf.evaluation.intervals import CLAIM_FRACTIONS
 from bt_tf.evaluation.protocol import Protocol
 from bt_tf.evaluation.reproduction import equal_budget_steps
@@ -180,11 +180,11 @@ def compare_recommenders(configs, output_dir: str) -> dict:
     report_dir = os.path.join(output_dir, "report")
     reproduction.recommend_and_compare(configs, report_dir, baseline=BASE, stage="val")
     with open(os.path.join(report_dir, recommender.JSON_FILE)) as f:
-        report = json.load(f)
-    figures = list(report["contenders"])
+        contenders = json.load(f)["contenders"]
+    figures = list(contenders)
     out = {"protocol": "leave_one_out", "stage": "val", "figures": figures,
            "models": {}, "variants": {}}  # fmt: skip
-    for figure, block in report["contenders"].items():
+    for figure, block in contenders.items():
         for name, model in block["models"].items():
             cell = {"mean": model["mean"], "ci95": model["ci95"], "seeds": model["seeds"]}
             out["models"].setdefault(name, {})[figure] = cell
@@ -232,9 +232,8 @@ def _recommender_lines(result: dict) -> list[str]:
         "|---|---|" + "---|" * len(figures),
     ]
     base = result["models"][BASE]
-    lines.append(f"| {BASE} | | " + " | ".join(
-        f"{base[f]['mean']:.4f} [{base[f]['ci95'][0]:.4f}, {base[f]['ci95'][1]:.4f}]"
-        for f in figures) + " |")  # fmt: skip
+    cells = [report.value_cell(base[f]["mean"], base[f]["ci95"], ".4f") for f in figures]
+    lines.append(f"| {BASE} | | " + " | ".join(cells) + " |")
     for name, per_figure in result["variants"].items():
         cells = [_ratio_cell(per_figure.get(f)) for f in figures]
         lines.append(f"| {name} | {_settings_text(result['settings'][name])} | "
